@@ -1,0 +1,1 @@
+"""The engine and everything it owns: config, model, registry, ledger, metrics."""

@@ -1,0 +1,242 @@
+"""Typed configuration, loaded from YAML and overridable from the command line.
+
+Every block is a dataclass; ``load_config`` checks each key and type against
+them, so a typo or a wrong type is one ``ConfigError`` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    """Size of the built-in GPT-style model (context length = full_training.max_seq_length)."""
+
+    n_layer: int = 2
+    n_head: int = 4
+    d_model: int = 128
+    vocab_size: int = 2048
+    dropout: float = 0.0
+
+
+@dataclass
+class FineTuningConfig:
+    """The seed's FINE_TUNING block: an update on new data only."""
+
+    learning_rate: float = 0.0001
+    epochs: int = 3
+    batch_size: int = 8
+    max_seq_length: int = 512
+    strategy: list[str] = field(default_factory=lambda: ["low_lr"])
+
+
+@dataclass
+class FullTrainingConfig:
+    """Training from scratch on all data (``retain train``)."""
+
+    learning_rate: float = 0.001
+    epochs: int = 10
+    batch_size: int = 8
+    max_seq_length: int = 512
+    init: Literal["random"] = "random"
+
+
+@dataclass
+class ValidationConfig:
+    """What is kept aside to measure retention (old items) and learning (new items)."""
+
+    retention_fraction: float = 0.05
+    retention_max: int = 200
+    holdout_fraction: float = 0.1
+    holdout_max: int = 100
+    eval_max_items: int = 256
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    fine_tuning: FineTuningConfig = field(default_factory=FineTuningConfig)
+    full_training: FullTrainingConfig = field(default_factory=FullTrainingConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    dedupers: list[str] = field(default_factory=lambda: ["exact"])
+    preprocessors: list[str] = field(default_factory=lambda: ["clean"])
+    validators: list[str] = field(default_factory=lambda: ["finite"])
+    # Options of each plugin, by the name it registered (sources, strategies, ...).
+    # Checked against that plugin's own options dataclass when it is built.
+    options: dict[str, dict] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+_POSITIVE = {
+    "model.n_layer", "model.n_head", "model.d_model", "model.vocab_size",
+    "fine_tuning.learning_rate", "fine_tuning.epochs", "fine_tuning.batch_size",
+    "fine_tuning.max_seq_length", "full_training.learning_rate", "full_training.epochs",
+    "full_training.batch_size", "full_training.max_seq_length", "validation.eval_max_items",
+}
+_FRACTIONS = {"validation.retention_fraction", "validation.holdout_fraction", "model.dropout"}
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin is not None:
+        return str(tp).replace("typing.", "")
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it (ints widen to float)."""
+    origin = typing.get_origin(tp)
+    bad = ConfigError(
+        f"config key '{key}': expected {_type_name(tp)}, got {type(value).__name__} {value!r}"
+    )
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise bad
+        return build_dataclass(tp, value, key)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise bad
+        return value
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, str) and item_tp is str:
+            # "replay,ewc" on the command line means ["replay", "ewc"].
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise bad
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad
+        _, val_tp = typing.get_args(tp)
+        return {str(k): _coerce(v, val_tp, f"{key}.{k}") for k, v in value.items()}
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise bad
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    if tp is Any:
+        return value
+    raise TypeError(f"unsupported config annotation {tp!r} for {key}")
+
+
+def build_dataclass(cls: type, data: dict | None, prefix: str = "") -> Any:
+    """Build ``cls`` from ``data``, refusing unknown keys and wrong types."""
+    data = data or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config key '{prefix or '<root>'}': expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            close = [n for n in names if n.replace("_", "") == str(key).replace("_", "").replace("-", "").lower()]
+            hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(sorted(names))})"
+            raise ConfigError(f"unknown config key '{full}'{hint}")
+        kwargs[key] = _coerce(value, hints[key], full)
+        if full in _POSITIVE and kwargs[key] <= 0:
+            raise ConfigError(f"config key '{full}': must be > 0, got {value!r}")
+        if full in _FRACTIONS and not 0 <= kwargs[key] < 1:
+            raise ConfigError(f"config key '{full}': must be in [0, 1), got {value!r}")
+        if full in ("validation.retention_max", "validation.holdout_max") and kwargs[key] < 0:
+            raise ConfigError(f"config key '{full}': must be >= 0, got {value!r}")
+    obj = cls(**kwargs)
+    if cls is ModelConfig and obj.d_model % obj.n_head:
+        raise ConfigError(
+            f"config key '{prefix}.d_model': {obj.d_model} must be divisible by n_head={obj.n_head}"
+        )
+    return obj
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"fine_tuning.epochs=2"`` -> (["fine_tuning", "epochs"], 2); values are YAML."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects KEY=VALUE, got {text!r}")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set expects KEY=VALUE, got {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def _apply(data: dict, path: list[str], value: Any) -> None:
+    node = data
+    for part in path[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[path[-1]] = value
+
+
+def default_config_text() -> str:
+    """The embedded default ``config.yaml`` that ships inside the package."""
+    return resources.files("retain").joinpath("config.yaml").read_text(encoding="utf-8")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load ``path`` (or the embedded default), apply ``KEY=VALUE`` overrides, validate."""
+    if path is None:
+        text, where = default_config_text(), "<embedded config.yaml>"
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        text, where = p.read_text(encoding="utf-8"), str(p)
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where} is not valid YAML: {exc}".splitlines()[0]) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: the top level must be a mapping of config keys")
+    for item in overrides or []:
+        key, value = parse_override(item)
+        _apply(data, key, value)
+    return build_dataclass(Config, data)
+
+
+def plugin_options(config: Config, name: str, options_cls: type | None) -> Any:
+    """The typed options of plugin ``name`` from ``config.options[name]``."""
+    raw = config.options.get(name, {})
+    if options_cls is None:
+        if raw:
+            raise ConfigError(f"config key 'options.{name}': plugin '{name}' takes no options")
+        return None
+    return build_dataclass(options_cls, raw, f"options.{name}")

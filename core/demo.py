@@ -1,0 +1,118 @@
+"""``retain demo``: the whole story on text that ships with Python itself.
+
+Base corpus: paragraphs of the language reference (``pydoc_data.topics``).
+New data: docstrings of standard-library modules, plus duplicates of three
+kinds (repeats in the batch, case/spacing variants, items the base already
+learned), so every step of the update has something to do.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import random
+import time
+from pathlib import Path
+
+from .config import load_config
+from .engine import Engine, Output
+
+# Pure-Python modules with substantial docstrings, present on every CPython 3.10+.
+DOC_MODULES = [
+    "argparse", "ast", "base64", "bisect", "calendar", "cmd", "codecs", "collections", "colorsys",
+    "configparser", "contextlib", "copy", "csv", "dataclasses", "datetime", "decimal", "difflib",
+    "doctest", "email", "enum", "fileinput", "fnmatch", "fractions", "ftplib", "functools",
+    "getopt", "gettext", "glob", "gzip", "heapq", "hmac", "html", "http", "imaplib", "inspect",
+    "ipaddress", "json", "logging", "mailbox", "netrc", "numbers", "operator", "optparse",
+    "pathlib", "pickle", "pickletools", "pkgutil", "platform", "plistlib", "poplib", "pprint",
+    "pydoc", "queue", "quopri", "random", "re", "sched", "secrets", "selectors", "shelve", "shlex",
+    "shutil", "smtplib", "socket", "socketserver", "statistics", "string", "struct", "subprocess",
+    "tabnanny", "tarfile", "tempfile", "textwrap", "threading", "timeit", "tokenize", "trace",
+    "traceback", "turtle", "typing", "unittest", "uuid", "warnings", "wave", "weakref", "zipfile",
+]
+
+N_BASE = 1500       # the seed's "All 1,500"
+N_NEW = 33          # the seed's "Preprocess (33 items)"
+N_DUPES = 12        # the seed's "Skip duplicates (12)"
+
+
+def base_corpus(n: int = N_BASE) -> list[str]:
+    from pydoc_data.topics import topics
+
+    paras = [p.strip() for key in sorted(topics) for p in topics[key].split("\n\n")]
+    paras = [p for p in paras if len(p) >= 80]
+    return random.Random(0).sample(paras, min(n, len(paras)))
+
+
+def docstring_paragraphs() -> list[str]:
+    out = []
+    for name in DOC_MODULES:
+        try:
+            doc = importlib.import_module(name).__doc__ or ""
+        except Exception:  # a module missing from a trimmed Python: just skip it
+            continue
+        out += [p.strip() for p in doc.split("\n\n") if len(p.strip()) >= 80]
+    return out
+
+
+def new_batch(base: list[str]) -> list[str]:
+    """33 new paragraphs + 12 duplicates (4 repeats, 4 case/space variants, 4 already learned)."""
+    rng = random.Random(1)
+    fresh = rng.sample(docstring_paragraphs(), N_NEW)
+    repeats = rng.sample(fresh, 4)
+    variants = ["  " + p.upper().replace(" ", "   ") for p in rng.sample(fresh, 4)]
+    learned = rng.sample(base, 4)
+    batch = fresh + repeats + variants + learned
+    rng.shuffle(batch)
+    return batch
+
+
+def _write_jsonl(path: Path, texts: list[str]) -> None:
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+
+
+def run_demo(model_dir: Path, console=None, device: str | None = None) -> dict:
+    started = time.perf_counter()
+    model_dir = Path(model_dir)
+    if model_dir.exists() and any(model_dir.iterdir()):
+        from .errors import ModelError
+        raise ModelError(f"{model_dir} already exists; remove it or pass --model NEW_DIR")
+    data_dir = model_dir / "demo-data"
+    data_dir.mkdir(parents=True)
+    base = base_corpus()
+    _write_jsonl(data_dir / "base.jsonl", base)
+    _write_jsonl(data_dir / "new.jsonl", new_batch(base))
+
+    # The embedded config as is (10 epochs of full training, 3 of fine-tuning), except
+    # a larger share of the new items held out, so "learning" is measured on more than 3.
+    cfg = load_config(None, ["validation.holdout_fraction=0.2"])
+    out = Output(console)
+    engine = Engine(cfg, output=out, device=device)
+
+    out.step("\n[bold cyan]== Full training: base model on the Python language reference ==[/]")
+    trained = engine.train([str(data_dir / "base.jsonl")], model_dir)
+    out.step("\n[bold cyan]== Fine-tuning: 45 new items (module docstrings, with duplicates) ==[/]")
+    updated = engine.update([str(data_dir / "new.jsonl")], model_dir)
+
+    m = updated["metrics"]
+    report = {"train": trained, "update": updated, "seconds": time.perf_counter() - started}
+    if console is not None:
+        from rich.table import Table
+        import math
+
+        table = Table(title="Before / after the update")
+        for col in ("held-out items", "loss before", "loss after", "perplexity before", "perplexity after", "change"):
+            table.add_column(col, justify="right")
+        for label, b, a, n in (
+            ("old: language reference", m["retention_loss_before"], m["retention_loss_after"], m["retention_items"]),
+            ("new: module docstrings", m["new_loss_before"], m["new_loss_after"], m["new_holdout_items"]),
+        ):
+            table.add_row(f"{label} ({n})", f"{b:.3f}", f"{a:.3f}", f"{math.exp(b):.1f}",
+                          f"{math.exp(a):.1f}", f"{100 * (a - b) / b:+.1f}%")
+        console.print(table)
+        t_train, t_update = trained["timings"]["total"], updated["timings"]["total"]
+        console.print(f"Full training: {t_train:.0f}s on {trained['counts']['trained']} items; "
+                      f"update: {t_update:.0f}s on {updated['counts']['trained']} new items "
+                      f"({t_train / t_update:.1f}x faster). Total {report['seconds']:.0f}s. "
+                      f"Model in {model_dir}/")
+    return report

@@ -1,0 +1,60 @@
+"""User-facing errors. Each maps to one documented exit code in ``retain.cli``.
+
+Raise these for anything the user can fix (a config key, a path, a plugin name);
+anything else is a bug and keeps its traceback.
+"""
+
+
+class RetainError(Exception):
+    """Base class: a problem the user can fix, reported as one line."""
+
+    exit_code = 1
+
+
+class ConfigError(RetainError):
+    """The configuration is invalid (unknown key, wrong type, bad value)."""
+
+    exit_code = 3
+
+
+class SourceError(RetainError):
+    """Input data cannot be read (missing file, unknown format, strict rejects)."""
+
+    exit_code = 4
+
+
+class ModelError(RetainError):
+    """No model, or a model directory that cannot be loaded safely."""
+
+    exit_code = 5
+
+
+class PluginError(RetainError):
+    """An unknown plugin name, or a plugin that failed while running."""
+
+    exit_code = 6
+
+
+class LockedError(RetainError):
+    """Another process is writing to this model directory."""
+
+    exit_code = 7
+
+
+class UpdateRejected(RetainError):
+    """The quality gate rejected the candidate; the current model was kept."""
+
+    exit_code = 10
+
+
+EXIT_CODES = {
+    0: "success",
+    1: "internal error (a bug: please report it with the traceback)",
+    2: "command-line usage error",
+    ConfigError.exit_code: "invalid configuration",
+    SourceError.exit_code: "input data cannot be read",
+    ModelError.exit_code: "model missing or unloadable",
+    PluginError.exit_code: "unknown or failing plugin",
+    LockedError.exit_code: "model directory locked by another writer",
+    UpdateRejected.exit_code: "update rejected by the quality gate (current model kept)",
+}

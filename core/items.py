@@ -1,0 +1,64 @@
+"""Items: what everything upstream of the tokenizer speaks in."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+_WS = re.compile(r"\s+")
+
+
+def normalize_text(text: str) -> str:
+    """Unicode-compatibility form, case-folded, whitespace collapsed.
+
+    Two texts that differ only in case, spacing or Unicode form are the same item.
+    """
+    return _WS.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(normalize_text(text).encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Item:
+    """One unit of training data and where it came from."""
+
+    text: str
+    source: str = ""          # plugin name, e.g. "jsonl"
+    file: str = ""            # file path or other locator
+    line: int | None = None   # 1-based line (or record) number, when there is one
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def hash(self) -> str:
+        return text_hash(self.text)
+
+    @property
+    def origin(self) -> str:
+        return f"{self.file}:{self.line}" if self.line is not None else self.file
+
+    def with_text(self, text: str) -> "Item":
+        return replace(self, text=text)
+
+
+@dataclass(frozen=True)
+class Reject:
+    """Input that could not be used, and why. Goes to the rejects file, never silently away."""
+
+    reason: str
+    source: str = ""
+    file: str = ""
+    line: int | None = None
+    excerpt: str = ""
+
+    @classmethod
+    def of(cls, item: Item, reason: str) -> "Reject":
+        return cls(reason, item.source, item.file, item.line, item.text[:200])
+
+    def to_json(self) -> dict:
+        return {"reason": self.reason, "source": self.source, "file": self.file,
+                "line": self.line, "excerpt": self.excerpt}

@@ -1,0 +1,119 @@
+"""The pluggy plugin manager and the registry of what plugins register."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field, fields, is_dataclass, MISSING
+from typing import Any, Callable
+
+import pluggy
+
+from . import hookspecs
+from .config import Config, plugin_options
+from .errors import PluginError
+
+KINDS = ("sources", "preprocessors", "dedupers", "strategies", "validators")
+_SINGULAR = {"sources": "source", "preprocessors": "preprocessor", "dedupers": "deduper",
+             "strategies": "strategy", "validators": "validator"}
+
+
+@dataclass
+class Registration:
+    kind: str
+    name: str
+    factory: Callable[[Any], Any]
+    options: type | None
+    description: str
+    plugin: str
+    extra: dict = field(default_factory=dict)
+
+    def option_defaults(self) -> dict[str, Any]:
+        if self.options is None or not is_dataclass(self.options):
+            return {}
+        out = {}
+        for f in fields(self.options):
+            if f.default is not MISSING:
+                out[f.name] = f.default
+            elif f.default_factory is not MISSING:  # type: ignore[misc]
+                out[f.name] = f.default_factory()  # type: ignore[misc]
+        return out
+
+
+class Registry:
+    """Everything plugins registered, by kind and name."""
+
+    def __init__(self, pm: pluggy.PluginManager):
+        self.pm = pm
+        self.by_kind: dict[str, dict[str, Registration]] = {k: {} for k in KINDS}
+        for kind in KINDS:
+            hook = getattr(pm.hook, f"register_{kind}")
+            for impl in hook.get_hookimpls():
+                plugin_name = pm.get_name(impl.plugin) or repr(impl.plugin)
+                impl.function(register=self._registrar(kind, plugin_name))
+
+    def _registrar(self, kind: str, plugin_name: str):
+        def register(name: str, factory: Callable, *, options: type | None = None,
+                     description: str = "", **extra: Any) -> None:
+            table = self.by_kind[kind]
+            if name in table:
+                raise PluginError(f"{_SINGULAR[kind]} '{name}' is registered twice: by "
+                                  f"'{table[name].plugin}' and by '{plugin_name}'")
+            if not description:
+                doc = inspect.getdoc(factory) or ""
+                description = doc.splitlines()[0] if doc else ""
+            table[name] = Registration(kind, name, factory, options, description, plugin_name, extra)
+        return register
+
+    def get(self, kind: str, name: str) -> Registration:
+        table = self.by_kind[kind]
+        if name not in table:
+            known = ", ".join(sorted(table)) or "none"
+            raise PluginError(f"unknown {_SINGULAR[kind]} '{name}' (known: {known}); "
+                              "`retain plugins` lists what is installed")
+        return table[name]
+
+    def build(self, kind: str, name: str, config: Config) -> Any:
+        reg = self.get(kind, name)
+        opts = plugin_options(config, name, reg.options)
+        try:
+            obj = reg.factory(opts)
+        except Exception as exc:  # a third-party factory failing is the plugin's error
+            raise PluginError(f"{_SINGULAR[kind]} '{name}' (from plugin '{reg.plugin}') failed to "
+                              f"start: {type(exc).__name__}: {exc}") from exc
+        if getattr(obj, "name", None) in (None, ""):
+            try:
+                obj.name = name
+            except AttributeError:
+                pass
+        return obj
+
+
+def make_plugin_manager(load_entrypoints: bool = True, extra_plugins: list | None = None) -> pluggy.PluginManager:
+    """A plugin manager with the hookspecs, entry-point plugins and ``extra_plugins``."""
+    pm = pluggy.PluginManager("retain")
+    pm.add_hookspecs(hookspecs)
+    if load_entrypoints:
+        try:
+            pm.load_setuptools_entrypoints("retain")
+        except Exception as exc:
+            raise PluginError(f"a plugin in the 'retain' entry-point group failed to load: "
+                              f"{type(exc).__name__}: {exc}") from exc
+    for plugin in extra_plugins or []:
+        pm.register(plugin)
+    return pm
+
+
+def describe_plugins(pm: pluggy.PluginManager) -> list[dict]:
+    """Name, package, hooks and registrations of every plugin (for ``retain plugins``)."""
+    dists = {id(p): d for p, d in pm.list_plugin_distinfo()}
+    registry = Registry(pm)
+    out = []
+    for plugin in pm.get_plugins():
+        name = pm.get_name(plugin)
+        dist = dists.get(id(plugin))
+        package = f"{dist.project_name} {dist.version}" if dist else "(registered in code)"
+        hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
+        provides = [f"{_SINGULAR[r.kind]}:{r.name}" for kind in KINDS
+                    for r in registry.by_kind[kind].values() if r.plugin == name]
+        out.append({"name": name, "package": package, "hooks": hooks, "provides": provides})
+    return sorted(out, key=lambda d: (d["package"], d["name"]))

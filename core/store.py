@@ -1,0 +1,330 @@
+"""The model directory: versions, the CURRENT pointer, the ledger, rejects, the lock.
+
+    my-model/
+      CURRENT             name of the current version, replaced atomically
+      versions/0001/      manifest.json, model.safetensors, tokenizer.json,
+                          holdout.jsonl, strategy/*.safetensors|json
+      ledger.sqlite       every item a version learned (or held out): hash, version, role
+      rejects.jsonl       inputs that could not be used, with reasons
+      .lock               one writer at a time
+
+A version is written to ``versions/.tmp-*`` and renamed into place; it becomes
+the model only when CURRENT names it. What a model "knows" is defined by the
+chain CURRENT -> parent -> ..., so ledger rows of a version that never became
+current (crash, rejection, rollback) simply do not count: no flag to keep in sync.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from .errors import LockedError, ModelError
+
+FORMAT = 1
+WEIGHTS = "model.safetensors"
+TOKENIZER = "tokenizer.json"
+MANIFEST = "manifest.json"
+HOLDOUT = "holdout.jsonl"
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+class Ledger:
+    """Every item a version trained on or held out, in SQLite (scales past memory)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._db: sqlite3.Connection | None = None
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            self._db = sqlite3.connect(self.path)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS items (hash TEXT NOT NULL, version TEXT NOT NULL,"
+                " role TEXT NOT NULL, source TEXT, origin TEXT, PRIMARY KEY (hash, version))"
+            )
+        return self._db
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def add(self, version: str, rows: Iterable[tuple[str, str, str, str]]) -> None:
+        """rows: (hash, role, source, origin). Counted only once ``version`` is in the chain."""
+        with self.db:
+            self.db.executemany(
+                "INSERT OR REPLACE INTO items (hash, version, role, source, origin) VALUES (?, ?, ?, ?, ?)",
+                ((h, version, role, src, origin) for h, role, src, origin in rows),
+            )
+
+    def find(self, hashes: list[str], chain: list[str]) -> dict[str, tuple[str, str]]:
+        """{hash: (version, role)} for the hashes learned or held out by a version in ``chain``."""
+        live = set(chain)
+        found: dict[str, tuple[str, str]] = {}
+        for start in range(0, len(hashes), 500):
+            part = hashes[start:start + 500]
+            q = f"SELECT hash, version, role FROM items WHERE hash IN ({','.join('?' * len(part))})"
+            for h, version, role in self.db.execute(q, part):
+                if version in live and h not in found:
+                    found[h] = (version, role)
+        return found
+
+    def count(self, chain: list[str]) -> dict[str, int]:
+        if not chain:
+            return {}
+        q = (f"SELECT role, COUNT(*) FROM items WHERE version IN ({','.join('?' * len(chain))})"
+             " GROUP BY role")
+        return dict(self.db.execute(q, chain).fetchall())
+
+    def forget_versions_except(self, keep: list[str]) -> int:
+        """Drop rows of versions that no longer exist (a crash before the rename)."""
+        with self.db:
+            if not keep:
+                return self.db.execute("DELETE FROM items").rowcount
+            q = f"DELETE FROM items WHERE version NOT IN ({','.join('?' * len(keep))})"
+            return self.db.execute(q, keep).rowcount
+
+
+@dataclass
+class VersionWriter:
+    """A version being written in a temp dir; ``finish`` checksums and renames it into place."""
+
+    store: "ModelStore"
+    name: str
+    tmp: Path
+
+    def write_json(self, rel: str, obj: Any) -> None:
+        self._path(rel).write_text(json.dumps(obj, indent=2, sort_keys=True), encoding="utf-8")
+
+    def write_text(self, rel: str, text: str) -> None:
+        self._path(rel).write_text(text, encoding="utf-8")
+
+    def write_tensors(self, rel: str, tensors: dict, metadata: dict[str, str] | None = None) -> None:
+        from safetensors.torch import save_file
+
+        save_file(tensors, str(self._path(rel)), metadata=metadata)
+
+    def _path(self, rel: str) -> Path:
+        p = self.tmp / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def finish(self, manifest: dict) -> Path:
+        files = {}
+        for p in sorted(self.tmp.rglob("*")):
+            if p.is_file():
+                with open(p, "rb") as f:
+                    os.fsync(f.fileno())
+                files[p.relative_to(self.tmp).as_posix()] = sha256_file(p)
+        manifest = {**manifest, "format": FORMAT, "version": self.name, "files": files}
+        manifest_path = self.tmp / MANIFEST
+        with open(manifest_path, "w", encoding="utf-8") as f:
+            json.dump(manifest, f, indent=2, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_dir(self.tmp)
+        final = self.store.versions_dir / self.name
+        os.rename(self.tmp, final)
+        _fsync_dir(self.store.versions_dir)
+        return final
+
+    def abandon(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class ModelStore:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.versions_dir = self.root / "versions"
+        self.ledger = Ledger(self.root / "ledger.sqlite")
+
+    # --- reading -----------------------------------------------------------
+    def exists(self) -> bool:
+        return (self.root / "CURRENT").is_file()
+
+    def current(self) -> str:
+        path = self.root / "CURRENT"
+        if not path.is_file():
+            if self.root.exists() and any(self.root.iterdir()):
+                raise ModelError(f"{self.root} holds no current model (no CURRENT file); "
+                                 f"train one with: retain train --model {self.root} --data ...")
+            raise ModelError(f"no model in {self.root}; train one first with: "
+                             f"retain train --model {self.root} --data ...")
+        name = path.read_text(encoding="utf-8").strip()
+        if not (self.versions_dir / name).is_dir():
+            raise ModelError(f"{self.root}/CURRENT names version '{name}', which does not exist")
+        return name
+
+    def versions(self) -> list[str]:
+        if not self.versions_dir.is_dir():
+            return []
+        return sorted(p.name for p in self.versions_dir.iterdir()
+                      if p.is_dir() and not p.name.startswith("."))
+
+    def manifest(self, version: str) -> dict:
+        path = self.versions_dir / version / MANIFEST
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ModelError(f"version {version}: {MANIFEST} is missing") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ModelError(f"version {version}: {MANIFEST} is not valid JSON ({exc})") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ModelError(f"version {version}: unknown manifest format")
+        return data
+
+    def chain(self, version: str | None = None) -> list[str]:
+        """``version`` (default: current) and its ancestors, newest first."""
+        out: list[str] = []
+        name: str | None = version or self.current()
+        while name and name not in out:
+            out.append(name)
+            name = self.manifest(name).get("parent")
+        return out
+
+    def verified_path(self, version: str, rel: str, manifest: dict | None = None) -> Path:
+        """Path of a version's file after checking it against the manifest's checksum."""
+        manifest = manifest or self.manifest(version)
+        expected = manifest.get("files", {}).get(rel)
+        path = self.versions_dir / version / rel
+        if expected is None:
+            raise ModelError(f"version {version}: {rel} is not listed in its manifest")
+        if not path.is_file():
+            raise ModelError(f"version {version}: {rel} is listed in the manifest but missing")
+        if sha256_file(path) != expected:
+            raise ModelError(f"version {version}: {rel} does not match its checksum "
+                             "(truncated or modified); refusing to load it")
+        return path
+
+    def read_tensors(self, version: str, rel: str, manifest: dict | None = None) -> dict:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        path = self.verified_path(version, rel, manifest)
+        try:
+            return load_file(str(path))  # safetensors only: never pickle
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ModelError(f"version {version}: {rel} is not a valid safetensors file ({exc})") from None
+
+    def read_jsonl(self, version: str, rel: str, manifest: dict | None = None) -> list[dict]:
+        path = self.verified_path(version, rel, manifest)
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+    def holdout(self, chain: list[str]) -> list[dict]:
+        """Held-out items of every version in ``chain`` (never trained on): the retention set."""
+        items = []
+        for version in chain:
+            m = self.manifest(version)
+            if HOLDOUT in m.get("files", {}):
+                items.extend(self.read_jsonl(version, HOLDOUT, m))
+        return items
+
+    # --- writing -----------------------------------------------------------
+    def next_version_name(self) -> str:
+        nums = [int(v) for v in self.versions() if v.isdigit()]
+        return f"{(max(nums) if nums else 0) + 1:04d}"
+
+    def begin_version(self) -> VersionWriter:
+        self.versions_dir.mkdir(parents=True, exist_ok=True)
+        name = self.next_version_name()
+        tmp = self.versions_dir / f".tmp-{name}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        return VersionWriter(self, name, tmp)
+
+    def set_current(self, version: str) -> None:
+        if not (self.versions_dir / version / MANIFEST).is_file():
+            raise ModelError(f"cannot make {version} current: it is not a complete version")
+        atomic_write_text(self.root / "CURRENT", version + "\n")
+
+    def append_rejects(self, rejects: list, run_id: str) -> Path:
+        path = self.root / "rejects.jsonl"
+        if rejects:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with open(path, "a", encoding="utf-8") as f:
+                for r in rejects:
+                    f.write(json.dumps({"run": run_id, "time": now_iso(), **r.to_json()},
+                                       ensure_ascii=False) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        return path
+
+    def recover(self) -> list[str]:
+        """Clean up after a process that died mid-update. Call with the lock held."""
+        notes = []
+        if self.versions_dir.is_dir():
+            for p in self.versions_dir.iterdir():
+                if p.name.startswith(".tmp-"):
+                    shutil.rmtree(p, ignore_errors=True)
+                    notes.append(f"removed unfinished version {p.name}")
+        if self.ledger.path.exists():
+            dropped = self.ledger.forget_versions_except(self.versions())
+            if dropped:
+                notes.append(f"dropped {dropped} ledger rows of unfinished versions")
+        return notes
+
+    @contextlib.contextmanager
+    def lock(self, wait: float = 0.0) -> Iterator[None]:
+        """One writer at a time. Waits up to ``wait`` seconds, then raises LockedError."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + wait
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+                        raise LockedError(
+                            f"{self.root} is being updated by another process (pid {holder}); "
+                            "retry later or pass --wait SECONDS") from None
+                    time.sleep(0.2)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # closing releases the flock

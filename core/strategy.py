@@ -1,0 +1,45 @@
+"""What a strategy is: the base class every anti-forgetting strategy extends."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+
+@dataclass
+class TrainSettings:
+    """How one training run goes. Strategies may change it in ``configure``."""
+
+    learning_rate: float
+    epochs: int
+    batch_size: int
+    max_seq_length: int
+    schedule: Literal["constant", "cosine"] = "constant"
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+
+
+class Strategy:
+    """Base class for anti-forgetting strategies. Override what you need.
+
+    During a run the strategy object is registered as a pluggy plugin, so it
+    can also implement hooks from ``retain.core.hookspecs`` (``training_penalty``,
+    ``epoch_ended``, ...) with ``@hookimpl``-decorated methods.
+    """
+
+    name: str = ""
+
+    def configure(self, settings: TrainSettings, run: Any) -> None:
+        """Adjust learning rate, epochs, schedule before training starts."""
+
+    def avalanche_plugins(self, run: Any) -> list:
+        """avalanche-lib plugins to add to the training template."""
+        return []
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the next update needs: tensors and JSON-able values. Saved with the version."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned after the previous update (may be empty)."""

@@ -1,0 +1,144 @@
+"""One training experience on avalanche-lib's SupervisedTemplate, for causal-LM batches.
+
+Avalanche's datasets and plugins are built for classification (one scalar
+target per sample). We hand it a generic ``AvalancheDataset`` over
+``TensorDataset(inputs, targets, task)`` with the target *sequence* as ``y``
+and a token-level cross-entropy as the criterion; the template, EWC, replay,
+SI, MAS and (A)GEM plugins then work unchanged on next-token prediction.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Callable
+
+import torch
+from torch.utils.data import TensorDataset
+
+from .model import IGNORE_INDEX, lm_loss
+from .strategy import TrainSettings
+
+
+def make_dataset(x: torch.Tensor, y: torch.Tensor):
+    """An AvalancheDataset of (inputs, target sequence, task label 0)."""
+    from avalanche.benchmarks.utils import AvalancheDataset, DataAttribute
+
+    t = torch.zeros(len(x), dtype=torch.long)
+    return AvalancheDataset(
+        [TensorDataset(x, y, t)],
+        data_attributes=[
+            DataAttribute(t, "targets_task_labels", use_in_getitem=False),
+            # The whole target row as "targets": replay buffers only need it to exist.
+            DataAttribute(y, "targets", use_in_getitem=False),
+        ],
+    )
+
+
+def pad_to(x: torch.Tensor, y: torch.Tensor, width: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad rows to a fixed width so datasets of different updates (replay) can be mixed."""
+    if x.size(1) >= width:
+        return x[:, :width], y[:, :width]
+    extra = width - x.size(1)
+    return (torch.nn.functional.pad(x, (0, extra), value=pad_id),
+            torch.nn.functional.pad(y, (0, extra), value=IGNORE_INDEX))
+
+
+class _RecordingCriterion:
+    """Token-level cross-entropy that remembers the task loss (without penalties)."""
+
+    def __init__(self) -> None:
+        self.last: torch.Tensor | None = None
+
+    def __call__(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        loss = lm_loss(logits, targets)
+        self.last = loss.detach()
+        return loss
+
+
+def lr_lambda(settings: TrainSettings, total_steps: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if settings.warmup_steps and step < settings.warmup_steps:
+            return (step + 1) / settings.warmup_steps
+        if settings.schedule == "cosine":
+            span = max(1, total_steps - settings.warmup_steps)
+            progress = min(1.0, (step - settings.warmup_steps) / span)
+            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+        return 1.0
+    return factor
+
+
+def fit(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, settings: TrainSettings, *,
+        device: torch.device, pad_id: int, penalty: Callable[..., torch.Tensor | None],
+        extra_plugins: list, on_step: Callable[[int, int, float], None],
+        on_epoch: Callable[[int, float], None], template_hook: Callable[[Any], None] | None = None) -> list[float]:
+    """Train ``model`` on (x, y) for ``settings.epochs``; return the mean task loss per epoch.
+
+    ``penalty(model, inputs, targets, logits)`` returns the summed extra loss
+    terms (from the ``training_penalty`` hook) or None.
+    """
+    from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
+    from avalanche.core import SupervisedPlugin
+    from avalanche.training.templates import SupervisedTemplate
+
+    x, y = pad_to(x, y, settings.max_seq_length, pad_id)
+    experience = benchmark_from_datasets(train=[make_dataset(x, y)]).train_stream[0]
+    criterion = _RecordingCriterion()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate,
+                                  weight_decay=settings.weight_decay)
+    steps_per_epoch = math.ceil(len(x) / settings.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(settings, steps_per_epoch * settings.epochs))
+    epoch_losses: list[float] = []
+
+    class EngineLoop(SupervisedPlugin):
+        """Trims padding, adds hook penalties, clips, schedules and reports."""
+
+        def before_training_epoch(self, strategy, **kw):
+            self.total = torch.zeros((), dtype=torch.float64)
+            self.count = 0
+
+        def before_forward(self, strategy, **kw):
+            # Rows are padded to max_seq_length so replayed data can be mixed in;
+            # compute only up to the longest real sequence of this batch.
+            mb_y = strategy.mbatch[1]
+            width = int((mb_y != IGNORE_INDEX).sum(1).max().clamp(min=1))
+            strategy.mbatch[0] = strategy.mbatch[0][:, :width]
+            strategy.mbatch[1] = mb_y[:, :width]
+
+        def before_backward(self, strategy, **kw):
+            extra = penalty(strategy.model, strategy.mb_x, strategy.mb_y, strategy.mb_output)
+            if extra is not None:
+                strategy.loss = strategy.loss + extra
+
+        def before_update(self, strategy, **kw):
+            if settings.grad_clip:
+                torch.nn.utils.clip_grad_norm_(strategy.model.parameters(), settings.grad_clip)
+
+        def after_update(self, strategy, **kw):
+            scheduler.step()
+
+        def after_training_iteration(self, strategy, **kw):
+            loss = float(criterion.last)
+            self.total += loss
+            self.count += 1
+            on_step(len(epoch_losses) + 1, self.count, loss)
+
+        def after_training_epoch(self, strategy, **kw):
+            mean = float(self.total / max(1, self.count))
+            epoch_losses.append(mean)
+            on_epoch(len(epoch_losses), mean)
+
+    with warnings.catch_warnings():
+        # avalanche warns about its own deprecations and about running without loggers
+        warnings.simplefilter("ignore")
+        template = SupervisedTemplate(
+            model=model, optimizer=optimizer, criterion=criterion,
+            train_mb_size=settings.batch_size, train_epochs=settings.epochs,
+            eval_mb_size=settings.batch_size, device=device,
+            plugins=[*extra_plugins, EngineLoop()], evaluator=None,
+        )
+        if template_hook is not None:
+            template_hook(template)
+        template.train(experience)
+    return epoch_losses

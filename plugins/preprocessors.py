@@ -1,0 +1,43 @@
+"""Built-in preprocessors."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+
+from retain.core.hookspecs import hookimpl
+from retain.core.items import Item, Reject
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_SPACES = re.compile(r"[ \t]+")
+_BLANKS = re.compile(r"\n{3,}")
+
+
+@dataclass
+class CleanOptions:
+    min_chars: int = 1
+    max_chars: int = 0  # 0: no limit; longer items are split into several sequences anyway
+
+
+class Clean:
+    """Unicode NFC, control characters removed, runs of spaces collapsed, trimmed."""
+
+    def __init__(self, options: CleanOptions):
+        self.options = options
+
+    def __call__(self, item: Item) -> Item | Reject:
+        text = unicodedata.normalize("NFC", item.text).replace("\r\n", "\n").replace("\r", "\n")
+        text = _CONTROL.sub("", text)
+        text = _BLANKS.sub("\n\n", "\n".join(_SPACES.sub(" ", ln).strip() for ln in text.split("\n")))
+        text = text.strip()
+        if len(text) < max(1, self.options.min_chars):
+            return Reject.of(item, f"shorter than {self.options.min_chars} characters after cleaning")
+        if self.options.max_chars and len(text) > self.options.max_chars:
+            return Reject.of(item, f"longer than {self.options.max_chars} characters")
+        return item.with_text(text) if text != item.text else item
+
+
+@hookimpl
+def register_preprocessors(register):
+    register("clean", Clean, options=CleanOptions)

@@ -1,0 +1,1 @@
+"""Built-in anti-forgetting strategies, registered through the ``retain`` entry-point group."""
