@@ -47,7 +47,7 @@ def handle_errors(func):
         except RetainError as exc:
             from rich.console import Console
 
-            Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {exc}", markup=True)
+            Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {exc}")
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             typer.echo("interrupted: the current model is unchanged", err=True)
@@ -140,11 +140,12 @@ def _device(value: Optional[str]) -> Optional[str]:
 def demo(
     model: Path = typer.Option(Path("demo-model"), "--model", "-m", help="Where the demo model goes."),
     json_out: bool = JsonOpt, device: Optional[str] = DeviceOpt,
+    set_: List[str] = typer.Option([], "--set", help="Override a config value (repeatable)."),
 ):
     """The whole story on text that ships with Python: train a base model, update it, compare."""
     from retain.core.demo import run_demo
 
-    report = run_demo(model, console=_console(json_out), device=_device(device))
+    report = run_demo(model, console=_console(json_out), device=_device(device), overrides=set_)
     _emit(report, json_out)
 
 

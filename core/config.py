@@ -7,6 +7,7 @@ them, so a typo or a wrong type is one ``ConfigError`` naming the key.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
@@ -162,7 +163,7 @@ def build_dataclass(cls: type, data: dict | None, prefix: str = "") -> Any:
     for key, value in data.items():
         full = f"{prefix}.{key}" if prefix else str(key)
         if key not in names:
-            close = [n for n in names if n.replace("_", "") == str(key).replace("_", "").replace("-", "").lower()]
+            close = difflib.get_close_matches(str(key), sorted(names), n=1, cutoff=0.75)
             hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(sorted(names))})"
             raise ConfigError(f"unknown config key '{full}'{hint}")
         kwargs[key] = _coerce(value, hints[key], full)

@@ -71,7 +71,7 @@ def _write_jsonl(path: Path, texts: list[str]) -> None:
     path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
 
 
-def run_demo(model_dir: Path, console=None, device: str | None = None) -> dict:
+def run_demo(model_dir: Path, console=None, device: str | None = None, overrides: list[str] | None = None) -> dict:
     started = time.perf_counter()
     model_dir = Path(model_dir)
     if model_dir.exists() and any(model_dir.iterdir()):
@@ -85,7 +85,7 @@ def run_demo(model_dir: Path, console=None, device: str | None = None) -> dict:
 
     # The embedded config as is (10 epochs of full training, 3 of fine-tuning), except
     # a larger share of the new items held out, so "learning" is measured on more than 3.
-    cfg = load_config(None, ["validation.holdout_fraction=0.2"])
+    cfg = load_config(None, ["validation.holdout_fraction=0.2", *(overrides or [])])
     out = Output(console)
     engine = Engine(cfg, output=out, device=device)
 
