@@ -506,10 +506,7 @@ class Engine:
                 progress.update(task, completed=step, epoch=epoch, loss=sum(window) / len(window))
 
         def on_epoch(epoch: int, loss: float) -> None:
-            phase = "learning" if epoch == 1 else ("converging" if epoch == settings.epochs else "refining")
-            line = f"  Epoch {epoch}/{settings.epochs}: Loss={loss:.4f} ({phase})"
-            if previous and loss > previous[-1]:
-                line += "  [yellow]loss rose: the learning rate is probably too high[/]"
+            line = epoch_line(epoch, settings.epochs, loss, previous[-1] if previous else None)
             previous.append(loss)
             if progress is not None:
                 progress.console.print(line, highlight=False)
@@ -578,6 +575,15 @@ class Engine:
             writer.write_tensors(f"strategy/{strategy.name}.safetensors", tensors)
         if other:
             writer.write_json(f"strategy/{strategy.name}.json", other)
+
+
+def epoch_line(epoch: int, epochs: int, loss: float, previous: float | None) -> str:
+    """The seed's monitoring line; a rising loss gets the seed's diagnosis."""
+    phase = "learning" if epoch == 1 else ("converging" if epoch == epochs else "refining")
+    line = f"  Epoch {epoch}/{epochs}: Loss={loss:.4f} ({phase})"
+    if previous is not None and loss > previous:
+        line += "  [yellow]loss rose: the learning rate is probably too high[/]"
+    return line
 
 
 def _mean(t) -> float | None:

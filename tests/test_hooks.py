@@ -1,0 +1,76 @@
+"""Lifecycle and training hooks reach plugins; monitoring flags a rising loss."""
+
+from __future__ import annotations
+
+import shutil
+
+from retain import hookimpl
+from retain.core.config import load_config
+from retain.core.engine import Engine, epoch_line, load_version
+from retain.core.pluginmanager import make_plugin_manager
+from retain.core.store import ModelStore
+
+from conftest import TINY, write_jsonl
+
+
+class Recorder:
+    def __init__(self):
+        self.calls = []
+
+    @hookimpl
+    def update_started(self, run):
+        self.calls.append(("started", run.kind, run.parent))
+
+    @hookimpl
+    def epoch_ended(self, run, epoch, loss):
+        self.calls.append(("epoch", epoch, round(loss, 6)))
+
+    @hookimpl
+    def update_finished(self, run, report):
+        self.calls.append(("finished", report["version"]))
+
+
+def test_lifecycle_hooks_fire_in_order(base_model, new_texts, tmp_path):
+    rec = Recorder()
+    engine = Engine(load_config(None, TINY), pm=make_plugin_manager(extra_plugins=[rec]))
+    report = engine.update([str(write_jsonl(tmp_path / "n.jsonl", new_texts[:12]))], base_model)
+    assert rec.calls == [("started", "fine_tuning", "0001"),
+                         ("epoch", 1, round(report["epoch_losses"][0], 6)),
+                         ("epoch", 2, round(report["epoch_losses"][1], 6)),
+                         ("finished", "0002")]
+
+
+class Anchor:
+    """A training_penalty plugin: a huge L2 pull towards the starting weights."""
+
+    def __init__(self):
+        self.start = None
+
+    @hookimpl
+    def training_penalty(self, run, model, inputs, targets, logits):
+        if self.start is None:
+            self.start = {n: p.detach().clone() for n, p in model.named_parameters()}
+        return 1e4 * sum(((p - self.start[n]) ** 2).sum() for n, p in model.named_parameters())
+
+
+def _drift(model_dir) -> float:
+    store = ModelStore(model_dir)
+    a, b = (load_version(store, v).model.state_dict() for v in ("0001", store.current()))
+    return float(sum((a[k] - b[k]).norm() for k in a))
+
+
+def test_training_penalty_terms_are_added_to_the_loss(base_model, new_texts, tmp_path):
+    data = [str(write_jsonl(tmp_path / "n.jsonl", new_texts[:20]))]
+    free_dir = tmp_path / "free"
+    shutil.copytree(base_model, free_dir)
+    sets = [*TINY, "fine_tuning.learning_rate=0.003"]
+    Engine(load_config(None, sets)).update(data, free_dir)
+    Engine(load_config(None, sets), pm=make_plugin_manager(extra_plugins=[Anchor()])).update(data, base_model)
+    assert _drift(base_model) < 0.5 * _drift(free_dir)
+
+
+def test_epoch_line_warns_when_loss_rises():
+    assert epoch_line(1, 3, 2.1, None) == "  Epoch 1/3: Loss=2.1000 (learning)"
+    assert "too high" not in epoch_line(2, 3, 1.9, 2.1)
+    assert epoch_line(3, 3, 1.8, 1.9).endswith("(converging)")
+    assert "learning rate is probably too high" in epoch_line(2, 3, 2.3, 2.1)
