@@ -315,8 +315,9 @@ def summarize(req: CompareRequest, stream, config: Config, names: list[str], res
                                fwt_from=2 if text else 1)
             old, new = old_and_new(R)
             res.update(metrics=m.to_json(), old=old, new=new, final_old=old[-1], final_new=new[-1])
-            if text:
-                res["final_perplexity"] = math.exp(m.average_final)
+            if text:  # the base data is the seed's "old knowledge": report it on its own too
+                res.update(final_perplexity=math.exp(m.average_final), final_base=R[-1][0],
+                           base_forgetting=R[-1][0] - R[0][0])
         out_results[label] = res
     if text:
         experiences = [{"name": e.name, "train": len(e.train), "test": len(e.test),

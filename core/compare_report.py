@@ -26,7 +26,8 @@ def _columns(results: dict) -> list[tuple[str, str, str, bool | None]]:
     cols = [("average_final", "final avg", ".3f", hib), ("final_old", "old", ".3f", hib),
             ("final_new", "new", ".3f", hib)]
     if metric == "loss":
-        cols.append(("final_perplexity", "ppl", ".1f", False))
+        cols += [("final_perplexity", "ppl", ".1f", False), ("final_base", "base", ".3f", False),
+                 ("base_forgetting", "base rise", "+.3f", False)]
     cols += [("forgetting", "forget", "+.3f", False), ("bwt", "BWT", "+.3f", True),
              ("fwt", "FWT", "+.3f", True), ("train_seconds", "train s", ".1f", False),
              ("wall_seconds", "wall s", ".1f", False), ("peak_rss_mib", "peak MiB", ".0f", False)]
@@ -59,8 +60,11 @@ def table(results: dict):
     title = (f"retain compare: {sc['name']}" + (f" ({sc['setting']}-incremental)" if sc.get("setting") else "")
              + f", {len(sc['experiences'])} experiences, seed {results['seed']}")
     metric = sc["metric"] + (" (lower is better)" if sc["metric"] == "loss" else "")
-    t = Table(title=title, caption=f"{metric} after the whole stream: averaged over all experiences (final avg), "
-              "the ones before the last (old) and the last (new); best per column in bold green")
+    caption = (f"{metric} after the whole stream: averaged over all experiences (final avg), "
+               "the ones before the last (old) and the last (new)")
+    if sc["metric"] == "loss":
+        caption += "; base: the base model's held-out items (base rise: since before the stream)"
+    t = Table(title=title, caption=caption + "; best per column in bold green")
     cols = _columns(results)
     t.add_column("strategy", no_wrap=True)
     for _, header, _, _ in cols:
