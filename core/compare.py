@@ -187,8 +187,6 @@ def run_one(label: str, stream: TextStream | DigitsStream, config: Config, seed:
 
 def run_text_strategy(names: list[str], stream: TextStream, config: Config, base_model: Path,
                       scratch: Path) -> dict:
-    import torch
-
     from .engine import Engine, Output, load_version, resolve_device
     from .errors import UpdateRejected
     from .model import encode_texts, per_text_loss
@@ -235,7 +233,6 @@ def run_text_strategy(names: list[str], stream: TextStream, config: Config, base
         stage["seconds"] = time.perf_counter() - t0
         train_seconds += stage["seconds"]
         stages.append(stage)
-        torch.manual_seed(0)  # evaluation draws nothing random; keep it that way across strategies
         rows.append(evaluate())
     return {"supported": True, "R": rows, "initial": rows[0], "stages": stages,
             "train_seconds": train_seconds}
