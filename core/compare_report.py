@@ -47,7 +47,7 @@ def rows(results: dict) -> list[dict]:
         res = results["results"][label]
         row = {"strategy": label, "supported": res.get("supported", False)}
         for key, *_ in _columns(results):
-            row[key] = _value(res, key) if row["supported"] or key.endswith(("seconds", "mib")) else None
+            row[key] = _value(res, key) if row["supported"] else None
         row["note"] = res.get("reason", "")
         out.append(row)
     return out
@@ -64,7 +64,11 @@ def table(results: dict):
                "the ones before the last (old) and the last (new)")
     if sc["metric"] == "loss":
         caption += "; base: the base model's held-out items (base rise: since before the stream)"
-    t = Table(title=title, caption=caption + "; best per column in bold green")
+    caption += "; best per column in bold green"
+    for r in rows(results):
+        if not r["supported"]:
+            caption += f"\nn/a {r['strategy']}: {r['note']}"
+    t = Table(title=title, caption=caption)
     cols = _columns(results)
     t.add_column("strategy", no_wrap=True)
     for _, header, _, _ in cols:
@@ -84,8 +88,7 @@ def table(results: dict):
             else:
                 s = format(v, fmt)
                 cells.append(f"[bold green]{s}[/]" if key in best and v == best[key] else s)
-        name = r["strategy"] if r["supported"] else f"{r['strategy']} [dim]({r['note']})[/]"
-        t.add_row(name, *cells)
+        t.add_row(r["strategy"] if r["supported"] else f"[dim]{r['strategy']}[/]", *cells)
     return t
 
 

@@ -136,8 +136,8 @@ def run_strategy(names: list[str], stream: DigitsStream, config: Config, seed: i
                 got = s.classification_plugins(run)
                 if got is None:
                     return {"supported": False,
-                            "reason": f"strategy '{s.name}' has no classification variant "
-                                      "(its avalanche plugins are written for token batches)"}
+                            "reason": f"'{s.name}' has no classification variant (its plugins are "
+                                      "written for token batches), so it cannot run on split-digits"}
                 plugins += got
             for s in strategies:
                 pm.register(s, name=f"strategy:{s.name}:{run.id}")

@@ -171,6 +171,16 @@ def test_a_strategy_without_classification_variant_is_reported(monkeypatch):
     res = run_compare(CompareRequest(strategies="token_only", scenario="split-digits", epochs=1, jobs=1))
     got = res["results"]["token_only"]
     assert got["supported"] is False and "no classification variant" in got["reason"]
+    # the output says so: a dimmed n/a row, and the reason under the table and in the CSV
+    from rich.console import Console
+
+    from retain.core.compare_report import rows, table
+
+    console = Console(record=True, width=200)
+    console.print(table(res))
+    shown = console.export_text()
+    assert "n/a token_only: 'token_only' has no classification variant" in shown
+    assert rows(res)[0]["note"] == got["reason"] and rows(res)[0]["average_final"] is None
 
 
 def _png_size(data: bytes) -> tuple[int, int]:
