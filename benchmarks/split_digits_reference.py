@@ -8,7 +8,9 @@ EWC, Replay: one template for the whole stream). Same MLP and initial weights,
 same data, optimizer (AdamW, weight decay 0), learning rate, batch size,
 epochs, EWC lambda/mode, replay memory, and the same seed before each
 experience. It reports the average final accuracy per side (mean and std over
-seeds) and the per-seed differences.
+seeds) and the per-seed differences. Replay is set beside two avalanche
+references: its Replay class (an experience-balanced buffer, its default) and
+Naive + ReplayPlugin with a reservoir buffer, retain's sampling policy.
 
 Part 2 times one training run of the same MLP three ways, alternating, and
 reports medians and ratios: a bare PyTorch loop, avalanche's Naive template,
@@ -39,10 +41,13 @@ from retain.core.training import make_dataset
 EPOCHS = 10
 LR = 1e-3
 BATCH = 32
-EWC_LAMBDA = 1000.0
+EWC_LAMBDA = 100000.0  # the Fisher of a well-trained 2-class task is small
 MEM_SIZE = 200
 # retain names: naive's lr (full_training.learning_rate) with each method's plugins.
 RETAIN = {"Naive": "naive", "EWC": "naive+ewc", "Replay": "naive+replay"}
+# Replay twice on the avalanche side: its Replay class (experience-balanced buffer, its default)
+# and Naive + ReplayPlugin with a reservoir buffer, the sampling policy of retain's replay.
+AVALANCHE = {"Naive": ["Naive"], "EWC": ["EWC"], "Replay": ["Replay", "Replay (reservoir)"]}
 OVERRIDES = [f"full_training.learning_rate={LR}", f"options.ewc.ewc_lambda={EWC_LAMBDA}", "options.ewc.decay=1.0",
              f"options.replay.buffer_size={MEM_SIZE}", "options.replay.ratio=1.0"]
 
@@ -51,6 +56,8 @@ def avalanche_run(method: str, setting: str, seed: int, epochs: int) -> list[lis
     """R of avalanche-lib's own strategy class on the same stream."""
     from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
     from avalanche.training import EWC, Naive, Replay
+    from avalanche.training.plugins import ReplayPlugin
+    from avalanche.training.storage_policy import ReservoirSamplingBuffer
 
     stream = split_digits(setting, seed=seed)
     model = new_model(stream, seed)
@@ -61,8 +68,11 @@ def avalanche_run(method: str, setting: str, seed: int, epochs: int) -> list[lis
         strategy = Naive(**common)
     elif method == "EWC":
         strategy = EWC(**common, ewc_lambda=EWC_LAMBDA, mode="online", decay_factor=1.0)
-    else:
+    elif method == "Replay":
         strategy = Replay(**common, mem_size=MEM_SIZE)
+    else:
+        strategy = Naive(**common, plugins=[ReplayPlugin(mem_size=MEM_SIZE, batch_size_mem=BATCH,
+                                                         storage_policy=ReservoirSamplingBuffer(MEM_SIZE))])
     bm = benchmark_from_datasets(train=[make_dataset(*tensors(e, "train")) for e in stream.experiences])
     rows = []
     for i, exp in enumerate(bm.train_stream):
@@ -81,16 +91,17 @@ def part1(seeds: list[int], epochs: int) -> dict:
                                              setting=setting, seed=seed, epochs=epochs, overrides=OVERRIDES))
             for method, name in RETAIN.items():
                 r = res["results"][name]
-                a = stream_metrics(avalanche_run(method, setting, seed, epochs), higher_is_better=True)
-                row = out.setdefault(setting, {}).setdefault(method, {"retain": [], "avalanche": [],
-                                                                      "retain_forgetting": [],
-                                                                      "avalanche_forgetting": []})
-                row["retain"].append(r["metrics"]["average_final"])
-                row["avalanche"].append(a.average_final)
-                row["retain_forgetting"].append(r["metrics"]["forgetting"])
-                row["avalanche_forgetting"].append(a.forgetting)
-                print(f"  {setting:5s} seed {seed} {method:6s} retain {row['retain'][-1]:.4f} "
-                      f"avalanche {row['avalanche'][-1]:.4f}", flush=True)
+                for ref in AVALANCHE[method]:
+                    a = stream_metrics(avalanche_run(ref, setting, seed, epochs), higher_is_better=True)
+                    row = out.setdefault(setting, {}).setdefault(ref, {"retain": [], "avalanche": [],
+                                                                       "retain_forgetting": [],
+                                                                       "avalanche_forgetting": []})
+                    row["retain"].append(r["metrics"]["average_final"])
+                    row["avalanche"].append(a.average_final)
+                    row["retain_forgetting"].append(r["metrics"]["forgetting"])
+                    row["avalanche_forgetting"].append(a.forgetting)
+                    print(f"  {setting:5s} seed {seed} {name:12s} retain {row['retain'][-1]:.4f}   "
+                          f"avalanche {ref:18s} {row['avalanche'][-1]:.4f}", flush=True)
     return out
 
 
@@ -151,19 +162,22 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
+    warnings.showwarning = lambda *a, **k: None  # avalanche's Replay forces a deprecation warning on
     started = time.perf_counter()
     print(f"Split-Digits, {args.epochs} epochs per experience, batch {BATCH}, AdamW lr {LR}, "
           f"EWC online lambda {EWC_LAMBDA}, replay memory {MEM_SIZE}, seeds {args.seeds}, "
           f"torch threads {args.threads}", flush=True)
     accuracy_table = part1(args.seeds, args.epochs)
-    print("\n| setting | strategy | retain compare: final avg acc | avalanche-lib direct | mean diff | max abs diff | forgetting (retain / avalanche) |")
+    print("\n| setting | avalanche-lib strategy (retain name) | retain compare: final avg acc | avalanche-lib direct | "
+          "mean diff | max abs diff | forgetting (retain / avalanche) |")
     print("|---|---|---|---|---|---|---|")
     for setting, methods in accuracy_table.items():
         for method, row in methods.items():
             r, a = row["retain"], row["avalanche"]
             diffs = [p - q for p, q in zip(r, a)]
             sd = (lambda v: statistics.stdev(v) if len(v) > 1 else 0.0)
-            print(f"| {setting}-IL | {method} | {statistics.mean(r):.4f} ± {sd(r):.4f} | "
+            name = RETAIN[method.split(" ")[0]]
+            print(f"| {setting}-IL | {method} ({name}) | {statistics.mean(r):.4f} ± {sd(r):.4f} | "
                   f"{statistics.mean(a):.4f} ± {sd(a):.4f} | {statistics.mean(diffs):+.4f} | "
                   f"{max(abs(d) for d in diffs):.4f} | {statistics.mean(row['retain_forgetting']):.3f} / "
                   f"{statistics.mean(row['avalanche_forgetting']):.3f} |")

@@ -266,6 +266,10 @@ def run_compare(req: CompareRequest, *, console=None) -> dict:
     else:
         raise ConfigError(f"unknown --scenario {req.scenario!r} (text, split-digits)")
 
+    for label in names:  # bad strategy options are one clear error here, not one per worker
+        for part in label.split("+"):
+            if part != FULL_RETRAIN:
+                registry.build("strategies", part, config)
     say = console.print if console is not None else (lambda *a, **k: None)
     exps = stream.experiences
     say(f"[bold]retain compare[/]: {len(names)} strategies on {stream.name} "
