@@ -381,7 +381,8 @@ class ModelStore:
         path = self.root / "rejects.jsonl"
         if rejects:
             self.root.mkdir(parents=True, exist_ok=True)
-            with open(path, "a", encoding="utf-8") as f:
+            # backslashreplace: a plugin's reject holding a lone surrogate still writes valid JSON
+            with open(path, "a", encoding="utf-8", errors="backslashreplace") as f:
                 for r in rejects:
                     f.write(json.dumps({"run": run_id, "time": now_iso(), **r.to_json()},
                                        ensure_ascii=False) + "\n")
