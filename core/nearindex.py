@@ -106,18 +106,23 @@ class NearDuplicateIndex:
     def __init__(self, ledger: Ledger, spec: Spec):
         self.ledger = ledger
         self.spec = spec
-        db = ledger.db
-        db.execute("CREATE TABLE IF NOT EXISTS minhash_specs (id INTEGER PRIMARY KEY, spec TEXT NOT NULL UNIQUE)")
-        db.execute("CREATE TABLE IF NOT EXISTS minhash_bands (key INTEGER NOT NULL, item INTEGER NOT NULL,"
-                   " version TEXT NOT NULL, PRIMARY KEY (key, item, version)) WITHOUT ROWID")
-        db.commit()
+
+    def _create_tables(self) -> None:  # on first write only: a read changes nothing
+        db = self.ledger.db
+        with db:
+            db.execute("CREATE TABLE IF NOT EXISTS minhash_specs (id INTEGER PRIMARY KEY, spec TEXT NOT NULL UNIQUE)")
+            db.execute("CREATE TABLE IF NOT EXISTS minhash_bands (key INTEGER NOT NULL, item INTEGER NOT NULL,"
+                       " version TEXT NOT NULL, PRIMARY KEY (key, item, version)) WITHOUT ROWID")
 
     def specs(self) -> dict[int, Spec]:
-        return {sid: Spec(**json.loads(text))
-                for sid, text in self.ledger.db.execute("SELECT id, spec FROM minhash_specs")}
+        db = self.ledger.db
+        if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'minhash_specs'").fetchone() is None:
+            return {}
+        return {sid: Spec(**json.loads(text)) for sid, text in db.execute("SELECT id, spec FROM minhash_specs")}
 
     def spec_id(self) -> int:
         """The id of this index's own spec, added on first use."""
+        self._create_tables()
         db = self.ledger.db
         with db:
             db.execute("INSERT OR IGNORE INTO minhash_specs (spec) VALUES (?)", (self.spec.to_json(),))
@@ -132,6 +137,7 @@ class NearDuplicateIndex:
 
     def add_keys(self, version: str, entries: Iterable[tuple[str, Sequence[int]]]) -> int:
         """Store precomputed (ledger hash, band keys) rows in one transaction."""
+        self._create_tables()
         db = self.ledger.db
         with db:
             self.ledger.mark_version(version)
@@ -173,5 +179,7 @@ class NearDuplicateIndex:
 
     def count(self, version: str) -> int:
         """Band rows of ``version`` (a full scan: for tests and diagnostics)."""
+        if not self.specs():
+            return 0
         return self.ledger.db.execute("SELECT COUNT(*) FROM minhash_bands WHERE version = ?",
                                       (version,)).fetchone()[0]
