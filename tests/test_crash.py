@@ -37,6 +37,7 @@ import pytest
 
 from retain.core.engine import load_version
 from retain.core.items import Item
+from retain.core.known import KnownItems
 from retain.core.nearindex import NearDuplicateIndex
 from retain.core.store import ModelStore
 from retain.plugins.dedupers import MinhashDeduper, MinhashOptions
@@ -117,18 +118,23 @@ class Lane:
             self.full_run_s = time.monotonic() - start
         return proc.exitcode
 
+    def learned_rows(self, data: Path) -> int:
+        """Ledger rows, in CURRENT's chain, of the job's 8 items."""
+        store = ModelStore(self.model)
+        try:
+            hashes = [Item(json.loads(line)["text"]).hash for line in data.read_bytes().splitlines()[:8]]
+            chain = store.chain()
+            return store.ledger.db.execute(
+                f"SELECT COUNT(*) FROM items WHERE version IN ({','.join('?' * len(chain))})"
+                f" AND hash IN ({','.join('?' * 8)})", [*chain, *hashes]).fetchone()[0]
+        finally:
+            store.ledger.close()
+
     def complete(self, data: Path) -> None:
         """The rerun after kills: it must finish normally, with the job's items learned once."""
         assert self.run(data) == 0
         check_consistent(self.model, recovered=True)
-        store = ModelStore(self.model)
-        hashes = [Item(json.loads(line)["text"]).hash for line in data.read_bytes().splitlines()[:8]]
-        chain = store.chain()
-        marks = ",".join("?" * len(chain))
-        rows = store.ledger.db.execute(
-            f"SELECT COUNT(*) FROM items WHERE version IN ({marks}) AND hash IN ({','.join('?' * 8)})",
-            [*chain, *hashes]).fetchone()[0]
-        store.ledger.close()
+        rows = self.learned_rows(data)
         assert rows == 8, f"{data.name}: {rows} ledger rows in the chain for its 8 items"
 
 
@@ -189,16 +195,25 @@ def _lane_trials(lane: Lane, faults: list[str], random_kills: int) -> None:
                 data = lane.new_job()  # the run beat the kill: it counts as a completed rerun
         check_consistent(lane.model)
         kills_in_job += 1
-        if kills_in_job == 4:
+        if kills_in_job == 4 or lane.learned_rows(data):  # (a kill after CURRENT moved: job done)
             lane.complete(data)
+            data, kills_in_job = lane.new_job(), 0
+        elif lane.rng.random() < 0.3:
+            # The user reruns with other data: whatever the killed run left under the
+            # version name the next run reuses must not count for it.
             data, kills_in_job = lane.new_job(), 0
     lane.complete(data)
 
 
 def test_sigkill_at_any_moment_leaves_a_consistent_model_and_a_rerun_completes(base_model, tmp_path):
-    from retain.core.demo import docstring_paragraphs
+    from retain.core.demo import base_corpus, docstring_paragraphs
 
-    texts = [t for t in docstring_paragraphs() if len(t) >= 120]
+    # New texts for the jobs: none a (near-)duplicate of another or of what base_model learned.
+    learned = {Item(t).hash for t in base_corpus(240)}  # conftest's old_texts
+    candidates = [Item(t) for t in dict.fromkeys(docstring_paragraphs() + base_corpus(1500))
+                  if len(t) >= 120 and Item(t).hash not in learned]
+    near = MinhashDeduper(MinhashOptions()).find_duplicates(candidates, KnownItems(None, []))
+    texts = [it.text for i, it in enumerate(candidates) if i not in near]
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(PRELOAD)
     warm_up = ctx.Process(target=os.getpid)  # starts the forkserver: its imports are no trial's
