@@ -33,8 +33,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import pytest
-
 from retain.core.engine import load_version
 from retain.core.items import Item
 from retain.core.known import KnownItems

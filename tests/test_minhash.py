@@ -18,7 +18,7 @@ from retain.plugins.dedupers import MinhashDeduper, MinhashOptions
 
 from conftest import TINY, write_jsonl
 
-MINHASH = [*TINY, "dedupers=[exact, minhash]"]
+MINHASH = [*TINY, "fine_tuning.epochs=1", "dedupers=[exact, minhash]"]
 
 
 def typo(text: str) -> str:
