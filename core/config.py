@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
@@ -142,7 +143,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond float range
+            number = math.inf
+        if not math.isfinite(number):
+            raise ConfigError(f"config key '{key}': must be a finite number, got {value!r}")
+        return number
     if tp is str:
         if not isinstance(value, str):
             raise bad
@@ -220,7 +227,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
-        text, where = p.read_text(encoding="utf-8"), str(p)
+        try:
+            text, where = p.read_text(encoding="utf-8"), str(p)
+        except (UnicodeDecodeError, OSError) as exc:
+            raise ConfigError(f"cannot read config file {p}: {exc}") from None
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:

@@ -20,6 +20,8 @@ from typing import Any, Iterable
 from .config import Config
 from .errors import ModelError, PluginError, SourceError, UpdateRejected
 from .items import Item, Reject
+from .known import HOLDOUT as HELD_OUT_MATCH, KnownItems
+from .plugin_errors import reports_plugin_errors
 from .pluginmanager import Registry, make_plugin_manager
 from .store import HOLDOUT, TOKENIZER, WEIGHTS, ModelStore, now_iso
 from .strategy import TrainSettings
@@ -88,16 +90,23 @@ def load_version(store: ModelStore, version: str | None = None, device=None) -> 
     except (KeyError, TypeError) as exc:
         raise ModelError(f"version {version}: manifest has no valid architecture ({exc})") from None
     tensors = store.read_tensors(version, WEIGHTS, manifest)
-    tok_json = store.verified_path(version, TOKENIZER, manifest).read_text(encoding="utf-8")
-    model = TransformerModel(arch)
+    tok_json = store.read_text(version, TOKENIZER, manifest)
+    try:
+        model = TransformerModel(arch)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise ModelError(f"version {version}: manifest has no valid architecture ({exc})") from None
     try:
         model.load_saved_state(tensors)
-    except RuntimeError as exc:
+    except (RuntimeError, KeyError) as exc:
         raise ModelError(f"version {version}: weights do not fit the architecture "
                          f"({str(exc).splitlines()[0]})") from None
+    try:
+        tokenizer = load_tokenizer(tok_json)
+    except Exception as exc:  # the tokenizers library raises bare Exception on bad JSON
+        raise ModelError(f"version {version}: {TOKENIZER} is not a valid tokenizer ({exc})") from None
     if device is not None:
         model.to(device)
-    return LoadedModel(version, manifest, model, load_tokenizer(tok_json), tok_json)
+    return LoadedModel(version, manifest, model, tokenizer, tok_json)
 
 
 # --- data steps -------------------------------------------------------------
@@ -161,8 +170,8 @@ def dedupe(items: list[Item], registry: Registry, config: Config, known) -> tupl
             dupes = deduper.find_duplicates(items, known)
         except Exception as exc:
             raise PluginError(f"deduper '{name}' failed: {type(exc).__name__}: {exc}") from exc
-        skipped += [{"deduper": name, "origin": items[i].origin, "reason": reason}
-                    for i, reason in sorted(dupes.items())]
+        skipped += [{"deduper": name, "origin": items[i].origin, "reason": str(reason),
+                     **getattr(reason, "details", {})} for i, reason in sorted(dupes.items())]
         items = [it for i, it in enumerate(items) if i not in dupes]
     return items, skipped
 
@@ -229,6 +238,7 @@ class Engine:
         self.out = output or Output()
         self.pm = pm or make_plugin_manager()
         self.registry = Registry(self.pm)
+        self.registry.check_config(config)  # unknown plugin names and options fail here, early
         self.device_name = device or config.device
         self.strict = strict
 
@@ -259,6 +269,7 @@ class Engine:
             return self.commit(cand, store)
 
     # the cycle ------------------------------------------------------------------
+    @reports_plugin_errors
     def prepare(self, kind: str, data: list[str], store: ModelStore, loaded: LoadedModel | None,
                 items: list[Item] | None = None, run_id: str | None = None) -> Candidate:
         import torch
@@ -306,7 +317,7 @@ class Engine:
         # 3. dedupe
         t = time.perf_counter()
         chain = store.chain(loaded.version) if loaded else []
-        known = (lambda hashes: store.ledger.find(hashes, chain)) if chain else (lambda hashes: {})
+        known = KnownItems(store.ledger, chain)
         fresh, skipped = dedupe(collected, self.registry, cfg, known)
         self.out.step(f"[bold]3. Skip duplicates[/]: {len(skipped)}")
         timings["dedupe"] = time.perf_counter() - t
@@ -326,7 +337,9 @@ class Engine:
         else:
             train_items, holdout = split_holdout(clean, v.holdout_fraction, v.holdout_max, cfg.seed)
         counts = {"collected": len(collected), "rejected": len(rejects) + len(pre_rejects),
-                  "duplicates": len(skipped), "preprocessed": len(clean),
+                  "duplicates": len(skipped),
+                  "contaminating": sum(s.get("kind") == HELD_OUT_MATCH for s in skipped),
+                  "preprocessed": len(clean),
                   "trained": len(train_items), "holdout": len(holdout)}
         run.counts = counts
         report: dict[str, Any] = {
@@ -419,6 +432,7 @@ class Engine:
                       settings=asdict(settings), strategies=[s.name for s in strategies])
         return Candidate(run, model, tok_json, train_items, holdout, strategies, report, verdicts)
 
+    @reports_plugin_errors
     def commit(self, cand: Candidate, store: ModelStore) -> dict:
         """8. Save: write the version atomically; move CURRENT only if the gate accepted it."""
         report = cand.report

@@ -73,9 +73,18 @@ def register_dedupers(register):
     ``find_duplicates(items, known) -> dict[int, str]``, mapping the index of
     each duplicate in ``items`` to a reason (e.g. which earlier item it
     matches). ``known(hashes) -> {hash: (version, role)}`` looks hashes up in
-    the model's ledger (items the current model learned or holds out). An
-    optional ``remember(items, version, writer)`` lets a deduper persist an
-    index inside the new version. Dedupers run in the order of ``config.dedupers``.
+    the model's ledger (items the current model learned or holds out; role
+    ``"holdout"`` marks validation/retention items, which must never be
+    trained on); ``known.ledger`` and ``known.chain`` give a deduper with an
+    index of its own the ledger database and the versions that count. A reason
+    may be a ``retain.core.known.Duplicate`` (a string that also says which
+    item matched); the report counts matches of kind ``"holdout"`` as
+    ``contaminating``. An optional ``remember(items, version, writer)`` lets a
+    deduper persist an index for the new version (``writer.store.ledger``):
+    tag rows with ``version`` and call ``ledger.mark_version(version)`` in the
+    same transaction, so they count only once the version is in CURRENT's
+    chain and are dropped if it is never finished. Dedupers run in the order
+    of ``config.dedupers``.
     """
 
 

@@ -10,7 +10,7 @@ import pluggy
 
 from . import hookspecs
 from .config import Config, plugin_options
-from .errors import PluginError
+from .errors import ConfigError, PluginError
 
 KINDS = ("sources", "preprocessors", "dedupers", "strategies", "validators")
 _SINGULAR = {"sources": "source", "preprocessors": "preprocessor", "dedupers": "deduper",
@@ -71,6 +71,22 @@ class Registry:
             raise PluginError(f"unknown {_SINGULAR[kind]} '{name}' (known: {known}); "
                               "`retain plugins` lists what is installed")
         return table[name]
+
+    def check_config(self, config: Config) -> None:
+        """Every plugin the config names is installed and every ``options.<name>`` block fits
+        its plugin's options, before any work starts (PluginError / ConfigError)."""
+        for kind, names in (("dedupers", config.dedupers), ("preprocessors", config.preprocessors),
+                            ("validators", config.validators), ("strategies", config.fine_tuning.strategy)):
+            for name in names:
+                self.get(kind, name)
+        for name in config.options:
+            regs = [table[name] for table in self.by_kind.values() if name in table]
+            if not regs:
+                known = ", ".join(sorted({n for table in self.by_kind.values() for n in table}))
+                raise ConfigError(f"config key 'options.{name}': no installed plugin is named "
+                                  f"'{name}' (installed: {known})")
+            for reg in regs:
+                plugin_options(config, name, reg.options)
 
     def build(self, kind: str, name: str, config: Config) -> Any:
         reg = self.get(kind, name)

@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -36,6 +37,13 @@ WEIGHTS = "model.safetensors"
 TOKENIZER = "tokenizer.json"
 MANIFEST = "manifest.json"
 HOLDOUT = "holdout.jsonl"
+
+
+def fault_point(phase: str) -> None:
+    """Test-only seam: ``RETAIN_FAULT_AT=<phase>`` SIGKILLs this process at ``phase``
+    (tests/test_crash.py), to prove a crash there leaves a consistent model directory."""
+    if os.environ.get("RETAIN_FAULT_AT") == phase:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def now_iso() -> str:
@@ -64,8 +72,45 @@ def atomic_write_text(path: Path, text: str) -> None:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
+    fault_point(f"replace-{path.name}")  # test-only
     os.replace(tmp, path)
     _fsync_dir(path.parent)
+
+
+def _check_safetensors_header(path: Path, what: str) -> None:
+    """Refuse anything but safetensors before a parser sees it (a pickle or zip in disguise)."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    size = path.stat().st_size
+    n = int.from_bytes(head[:8], "little") if len(head) == 9 else -1
+    if n <= 0 or 8 + n > size or head[8:9] != b"{":
+        kind = {b"\x80": "a pickle", b"P": "a zip archive (torch.save output)"}.get(head[:1], "unknown data")
+        raise ModelError(f"{what} holds {kind}, not safetensors; refusing to load it "
+                         "(weights are only ever read as safetensors, never unpickled)")
+
+
+def _drop_partial_last_line(path: Path) -> bool:
+    """Truncate a last line without its newline (a writer killed mid-append)."""
+    try:
+        with open(path, "rb+") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size == 0 or (f.seek(size - 1), f.read(1))[1] == b"\n":
+                return False
+            pos = size
+            while pos > 0:  # find the previous newline, reading backwards in blocks
+                step = min(1 << 16, pos)
+                f.seek(pos - step)
+                block = f.read(step)
+                nl = block.rfind(b"\n")
+                if nl >= 0:
+                    pos = pos - step + nl + 1
+                    break
+                pos -= step
+            f.truncate(pos)
+            os.fsync(f.fileno())
+        return True
+    except FileNotFoundError:
+        return False
 
 
 class Ledger:
@@ -78,12 +123,19 @@ class Ledger:
     @property
     def db(self) -> sqlite3.Connection:
         if self._db is None:
-            self._db = sqlite3.connect(self.path)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(
+            db = sqlite3.connect(self.path)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(
                 "CREATE TABLE IF NOT EXISTS items (hash TEXT NOT NULL, version TEXT NOT NULL,"
                 " role TEXT NOT NULL, source TEXT, origin TEXT, PRIMARY KEY (hash, version))"
             )
+            # Which versions have rows in any table, so recover() finds orphans without a scan.
+            fresh = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'row_versions'").fetchone() is None
+            db.execute("CREATE TABLE IF NOT EXISTS row_versions (version TEXT PRIMARY KEY)")
+            if fresh:  # a ledger from before this table: one scan, once
+                db.execute("INSERT OR IGNORE INTO row_versions SELECT DISTINCT version FROM items")
+            db.commit()
+            self._db = db
         return self._db
 
     def close(self) -> None:
@@ -94,10 +146,18 @@ class Ledger:
     def add(self, version: str, rows: Iterable[tuple[str, str, str, str]]) -> None:
         """rows: (hash, role, source, origin). Counted only once ``version`` is in the chain."""
         with self.db:
+            self.mark_version(version)
             self.db.executemany(
                 "INSERT OR REPLACE INTO items (hash, version, role, source, origin) VALUES (?, ?, ?, ?, ?)",
                 ((h, version, role, src, origin) for h, role, src, origin in rows),
             )
+            fault_point("ledger")  # test-only: killed mid-transaction, nothing may count
+        fault_point("ledger-committed")  # test-only
+
+    def mark_version(self, version: str) -> None:
+        """Record that ``version`` has rows. Any table with a ``version`` column in this
+        database calls it in the same transaction as its rows, so recover() can drop them."""
+        self.db.execute("INSERT OR IGNORE INTO row_versions (version) VALUES (?)", (version,))
 
     def find(self, hashes: list[str], chain: list[str]) -> dict[str, tuple[str, str]]:
         """{hash: (version, role)} for the hashes learned or held out by a version in ``chain``."""
@@ -119,12 +179,23 @@ class Ledger:
         return dict(self.db.execute(q, chain).fetchall())
 
     def forget_versions_except(self, keep: list[str]) -> int:
-        """Drop rows of versions that no longer exist (a crash before the rename)."""
+        """Drop rows of versions that no longer exist (a crash before the rename), in every
+        table with a ``version`` column. Returns the ledger (items) rows dropped."""
+        kept = set(keep)
+        orphans = [v for (v,) in self.db.execute("SELECT version FROM row_versions") if v not in kept]
+        if not orphans:
+            return 0  # the usual case: no table is scanned
+        tables = [name for (name,) in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                  if name != "row_versions"
+                  and any(col[1] == "version" for col in self.db.execute(f'PRAGMA table_info("{name}")'))]
+        dropped = 0
+        marks = ",".join("?" * len(orphans))
         with self.db:
-            if not keep:
-                return self.db.execute("DELETE FROM items").rowcount
-            q = f"DELETE FROM items WHERE version NOT IN ({','.join('?' * len(keep))})"
-            return self.db.execute(q, keep).rowcount
+            for name in tables:
+                n = self.db.execute(f'DELETE FROM "{name}" WHERE version IN ({marks})', orphans).rowcount
+                dropped += n if name == "items" else 0
+            self.db.execute(f"DELETE FROM row_versions WHERE version IN ({marks})", orphans)
+        return dropped
 
 
 @dataclass
@@ -145,6 +216,7 @@ class VersionWriter:
         from safetensors.torch import save_file
 
         save_file(tensors, str(self._path(rel)), metadata=metadata)
+        fault_point(f"write-{rel}")  # test-only
 
     def _path(self, rel: str) -> Path:
         p = self.tmp / rel
@@ -165,13 +237,18 @@ class VersionWriter:
             f.flush()
             os.fsync(f.fileno())
         _fsync_dir(self.tmp)
+        fault_point("rename")  # test-only
         final = self.store.versions_dir / self.name
         os.rename(self.tmp, final)
         _fsync_dir(self.store.versions_dir)
+        fault_point("renamed")  # test-only: a finished version that never becomes current
         return final
 
     def abandon(self) -> None:
+        """Remove the unfinished version and any rows already written for it."""
         shutil.rmtree(self.tmp, ignore_errors=True)
+        if not (self.store.versions_dir / self.name).exists() and self.store.ledger.path.exists():
+            self.store.ledger.forget_versions_except(self.store.versions())
 
 
 class ModelStore:
@@ -213,6 +290,13 @@ class ModelStore:
             raise ModelError(f"version {version}: {MANIFEST} is not valid JSON ({exc})") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ModelError(f"version {version}: unknown manifest format")
+        files, parent = data.get("files"), data.get("parent")
+        if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                  for k, v in files.items()):
+            raise ModelError(f"version {version}: {MANIFEST} has no valid file checksums")
+        if parent is not None and not (isinstance(parent, str) and parent and "/" not in parent
+                                       and not parent.startswith(".")):
+            raise ModelError(f"version {version}: {MANIFEST} names an invalid parent {parent!r}")
         return data
 
     def chain(self, version: str | None = None) -> list[str]:
@@ -243,14 +327,28 @@ class ModelStore:
         from safetensors.torch import load_file
 
         path = self.verified_path(version, rel, manifest)
+        _check_safetensors_header(path, f"version {version}: {rel}")
         try:
             return load_file(str(path))  # safetensors only: never pickle
         except (SafetensorError, OSError, ValueError) as exc:
             raise ModelError(f"version {version}: {rel} is not a valid safetensors file ({exc})") from None
 
+    def read_text(self, version: str, rel: str, manifest: dict | None = None) -> str:
+        path = self.verified_path(version, rel, manifest)
+        try:
+            return path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ModelError(f"version {version}: {rel} is not UTF-8 text ({exc.reason})") from None
+
     def read_jsonl(self, version: str, rel: str, manifest: dict | None = None) -> list[dict]:
         path = self.verified_path(version, rel, manifest)
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+        try:
+            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise ModelError(f"version {version}: {rel} is not valid JSON Lines ({exc})") from None
+        if not all(isinstance(r, dict) for r in rows):
+            raise ModelError(f"version {version}: {rel} holds a line that is not a JSON object")
+        return rows
 
     def holdout(self, chain: list[str]) -> list[dict]:
         """Held-out items of every version in ``chain`` (never trained on): the retention set."""
@@ -283,7 +381,8 @@ class ModelStore:
         path = self.root / "rejects.jsonl"
         if rejects:
             self.root.mkdir(parents=True, exist_ok=True)
-            with open(path, "a", encoding="utf-8") as f:
+            # backslashreplace: a plugin's reject holding a lone surrogate still writes valid JSON
+            with open(path, "a", encoding="utf-8", errors="backslashreplace") as f:
                 for r in rejects:
                     f.write(json.dumps({"run": run_id, "time": now_iso(), **r.to_json()},
                                        ensure_ascii=False) + "\n")
@@ -299,6 +398,10 @@ class ModelStore:
                 if p.name.startswith(".tmp-"):
                     shutil.rmtree(p, ignore_errors=True)
                     notes.append(f"removed unfinished version {p.name}")
+        for p in self.root.glob(".CURRENT.tmp-*"):  # killed before the atomic replace
+            p.unlink(missing_ok=True)
+        if _drop_partial_last_line(self.root / "rejects.jsonl"):
+            notes.append("removed a half-written last line of rejects.jsonl")
         if self.ledger.path.exists():
             dropped = self.ledger.forget_versions_except(self.versions())
             if dropped:

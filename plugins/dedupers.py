@@ -1,9 +1,23 @@
-"""Built-in dedupers."""
+"""Built-in dedupers: exact (normalized-text hash) and minhash (near-duplicates, MinHash LSH).
+
+Both check the batch itself and everything the current model learned or
+holds out. A match with a held-out (validation/retention) item is reported as
+kind ``holdout``: such an item is never trained on, so the gate's numbers stay clean.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
+from retain.core.errors import ConfigError
 from retain.core.hookspecs import hookimpl
 from retain.core.items import Item
+from retain.core.known import BATCH, HOLDOUT, LEARNED, Duplicate, describe_match
+
+
+def _origins(known, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    return known.origins(pairs) if hasattr(known, "origins") else {}
 
 
 class ExactDeduper:
@@ -12,21 +26,121 @@ class ExactDeduper:
     def find_duplicates(self, items: list[Item], known) -> dict[int, str]:
         hashes = [it.hash for it in items]
         learned = known(sorted(set(hashes)))
+        origins = _origins(known, [(h, v) for h, (v, _) in learned.items()])
         dupes: dict[int, str] = {}
         first_seen: dict[str, int] = {}
         for i, h in enumerate(hashes):
             if h in learned:
                 version, role = learned[h]
-                what = "learned" if role == "train" else "held out"
-                dupes[i] = f"already {what} by version {version}"
+                kind = HOLDOUT if role == "holdout" else LEARNED
+                origin = origins.get((h, version), "")
+                dupes[i] = Duplicate(describe_match(kind, version, origin), kind=kind, matched=origin,
+                                     matched_hash=h, version=version)
             elif h in first_seen:
-                dupes[i] = f"same as {items[first_seen[h]].origin} in this batch"
+                first = items[first_seen[h]]
+                dupes[i] = Duplicate(f"same as {first.origin} in this batch", kind=BATCH,
+                                     matched=first.origin, matched_hash=h)
             else:
                 first_seen[h] = i
         return dupes
+
+
+@dataclass
+class MinhashOptions:
+    threshold: float = 0.8   # estimated Jaccard similarity from which two items count as one
+    num_perm: int = 128      # MinHash permutations: more is a sharper threshold, and slower
+    # Character 5-grams: robust to small edits in paragraph-sized items, where
+    # one changed word already removes ~3 of ~25 word 3-grams.
+    shingle: Literal["char", "word"] = "char"
+    shingle_size: int = 5    # characters (or words) per shingle
+    seed: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.threshold < 1.0:
+            raise ConfigError(f"config key 'options.minhash.threshold': must be in (0, 1), got {self.threshold}")
+        if not 16 <= self.num_perm <= 512:
+            raise ConfigError(f"config key 'options.minhash.num_perm': must be in [16, 512], got {self.num_perm}")
+        if self.shingle_size < 1:
+            raise ConfigError(f"config key 'options.minhash.shingle_size': must be >= 1, got {self.shingle_size}")
+
+
+class MinhashDeduper:
+    """Near-duplicates (MinHash LSH, datasketch) of learned/held-out items or of this batch.
+
+    Learned items are matched through the band index in ledger.sqlite (an LSH
+    candidate counts, as in datasketch's MinHashLSH); within the batch the
+    candidates are confirmed by the MinHash similarity estimate.
+    """
+
+    def __init__(self, options: MinhashOptions):
+        self.options = options
+        self._spec = None
+
+    @property
+    def spec(self):
+        from retain.core.nearindex import Spec
+
+        if self._spec is None:
+            o = self.options
+            self._spec = Spec.for_threshold(o.threshold, o.num_perm, o.shingle, o.shingle_size, o.seed)
+        return self._spec
+
+    def find_duplicates(self, items: list[Item], known) -> dict[int, str]:
+        from retain.core.nearindex import signatures
+
+        if not items:
+            return {}
+        sigs = signatures(self.spec, (it.text for it in items))
+        dupes = self._learned(items, sigs, known)
+        self._within_batch(items, sigs, dupes)
+        return dupes
+
+    def _learned(self, items: list[Item], sigs: list, known) -> dict[int, str]:
+        from retain.core.nearindex import NearDuplicateIndex
+
+        ledger, chain = getattr(known, "ledger", None), getattr(known, "chain", None)
+        if ledger is None or not chain or not ledger.path.exists():
+            return {}
+        index = NearDuplicateIndex(ledger, self.spec)
+        dupes: dict[int, str] = {}
+        for i, hits in index.matches([it.text for it in items], chain, sigs).items():
+            rows = [(row, version) for item, version in hits
+                    if (row := index.resolve(item, version)) is not None]
+            if not rows:
+                continue
+            # A held-out match wins: that item must never be trained on.
+            (h, role, origin), version = min(rows, key=lambda r: (r[0][1] != "holdout", r[1], r[0][0]))
+            kind = HOLDOUT if role == "holdout" else LEARNED
+            dupes[i] = Duplicate(describe_match(kind, version, origin, "near-duplicate: "), kind=kind,
+                                 matched=origin, matched_hash=h, version=version)
+        return dupes
+
+    def _within_batch(self, items: list[Item], sigs: list, dupes: dict[int, str]) -> None:
+        from datasketch import MinHashLSH
+
+        lsh = MinHashLSH(num_perm=self.spec.num_perm, params=(self.spec.bands, self.spec.rows))
+        for i, m in enumerate(sigs):
+            if i in dupes:
+                continue
+            best = max(((m.jaccard(sigs[j]), j) for j in lsh.query(m)), default=None)
+            if best is not None and best[0] >= self.options.threshold:
+                similarity, j = best
+                dupes[i] = Duplicate(f"near-duplicate ({similarity:.2f}) of {items[j].origin} in this batch",
+                                     kind=BATCH, matched=items[j].origin, matched_hash=items[j].hash,
+                                     similarity=similarity)
+            else:
+                lsh.insert(i, m)
+
+    def remember(self, items: list[Item], version: str, writer) -> None:
+        """Index the new version's items; they count once the version is in CURRENT's chain."""
+        from retain.core.nearindex import NearDuplicateIndex
+
+        NearDuplicateIndex(writer.store.ledger, self.spec).remember(version, [(it.hash, it.text) for it in items])
 
 
 @hookimpl
 def register_dedupers(register):
     register("exact", lambda options: ExactDeduper(),
              description="exact duplicates after Unicode/case/whitespace normalization")
+    register("minhash", MinhashDeduper, options=MinhashOptions,
+             description="near-duplicates: MinHash LSH over word/char shingles, index kept in ledger.sqlite")

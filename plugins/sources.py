@@ -2,20 +2,29 @@
 
 Each yields an ``Item`` per usable record and a ``Reject`` (file, line, reason)
 per unusable one; a location that cannot be read at all is a ``SourceError``.
+Files are read line by line in bounded pieces: a record over ``max_record_bytes``
+(a 100 MB line, say) becomes a reject without ever being held in memory, and a
+bad line (invalid UTF-8, broken JSON, a ragged CSV row) costs only itself.
 """
 
 from __future__ import annotations
 
 import csv
-import io
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal
 
-from retain.core.errors import SourceError
+from retain.core.errors import ConfigError, SourceError
 from retain.core.hookspecs import hookimpl
 from retain.core.items import Item, Reject
+
+
+MAX_RECORD_BYTES = 16 * 1024 * 1024
+_EXCERPT = 200
+_BOM = b"\xef\xbb\xbf"
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _files(location: str) -> list[Path]:
@@ -27,16 +36,54 @@ def _files(location: str) -> list[Path]:
     raise SourceError(f"data source not found: {location}")
 
 
-def _read_bytes(path: Path) -> bytes:
+def _open(path: Path):
     try:
-        return path.read_bytes()
+        return open(path, "rb")
     except OSError as exc:
         raise SourceError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _lines(path: Path, limit: int) -> Iterator[tuple[int, bytes | None, int, bytes]]:
+    """(line number, the line without its newline or None if over ``limit`` bytes, its size,
+    its first bytes). Reads in bounded pieces: an oversize line is never held in memory."""
+    with _open(path) as f:
+        lineno = 0
+        while line := f.readline(limit + 1):
+            lineno += 1
+            if line.endswith(b"\n"):
+                yield lineno, line[:-1], len(line) - 1, b""
+            elif len(line) <= limit:
+                yield lineno, line, len(line), b""
+            else:
+                head, size = line[:_EXCERPT], len(line)
+                while line and not line.endswith(b"\n"):
+                    line = f.readline(1 << 20)
+                    size += len(line)
+                yield lineno, None, size - line.endswith(b"\n"), head
+
+
+def _too_big(what: str, size: int, limit: int, source: str) -> str:
+    return (f"{what} is {size:,} bytes, over the {limit:,}-byte limit "
+            f"(options.{source}.max_record_bytes)")
+
+
+def _printable(text: str) -> str:
+    """An excerpt safe to write as UTF-8 (undecodable bytes shown as U+FFFD)."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")[:_EXCERPT]
+
+
+def _check_limit(source: str, limit: int) -> None:
+    if limit <= 0:
+        raise ConfigError(f"config key 'options.{source}.max_record_bytes': must be > 0, got {limit}")
 
 
 @dataclass
 class JsonlOptions:
     field: str = "text"
+    max_record_bytes: int = MAX_RECORD_BYTES  # a longer line is rejected unread
+
+    def __post_init__(self) -> None:
+        _check_limit("jsonl", self.max_record_bytes)
 
 
 class JsonlSource:
@@ -44,45 +91,57 @@ class JsonlSource:
 
     def __init__(self, options: JsonlOptions):
         self.field = options.field
+        self.limit = options.max_record_bytes
 
     def read(self, location: str) -> Iterator[Item | Reject]:
         for path in _files(location):
-            for lineno, raw in enumerate(_read_bytes(path).split(b"\n"), 1):
-                if not raw.strip():
-                    continue
-                excerpt = raw[:200].decode("utf-8", "replace")
+            records = 0
+            for lineno, raw, size, head in _lines(path, self.limit):
+                if raw is None:
+                    records += 1
+                    yield Reject(_too_big("line", size, self.limit, "jsonl"), "jsonl", str(path), lineno,
+                                 head.decode("utf-8", "replace"))
+                elif raw.strip():
+                    records += 1
+                    yield self._record(raw, path, lineno)
+            if not records:
+                yield Reject("empty file: no JSON lines", "jsonl", str(path), None, "")
 
-                def reject(reason: str) -> Reject:
-                    return Reject(reason, "jsonl", str(path), lineno, excerpt)
-                try:
-                    record = json.loads(raw.decode("utf-8"))
-                except UnicodeDecodeError as exc:
-                    yield reject(f"invalid UTF-8 at byte {exc.start}")
-                    continue
-                except json.JSONDecodeError as exc:
-                    yield reject(f"invalid JSON: {exc.msg} (column {exc.colno})")
-                    continue
-                if isinstance(record, str):
-                    text, meta = record, {}
-                elif isinstance(record, dict):
-                    text = record.get(self.field)
-                    if not isinstance(text, str):
-                        got = "missing" if self.field not in record else type(text).__name__
-                        yield reject(f"field '{self.field}' is {got}, expected a string")
-                        continue
-                    meta = {k: v for k, v in record.items() if k != self.field}
-                else:
-                    yield reject(f"expected an object with a '{self.field}' field, got {type(record).__name__}")
-                    continue
-                if not text.strip():
-                    yield reject(f"field '{self.field}' is empty")
-                    continue
-                yield Item(text, "jsonl", str(path), lineno, meta)
+    def _record(self, raw: bytes, path: Path, lineno: int) -> Item | Reject:
+        def reject(reason: str) -> Reject:
+            return Reject(reason, "jsonl", str(path), lineno, raw[:_EXCERPT].decode("utf-8", "replace"))
+        try:
+            record = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            return reject(f"invalid UTF-8 at byte {exc.start}")
+        except json.JSONDecodeError as exc:
+            return reject(f"invalid JSON: {exc.msg} (column {exc.colno})")
+        except (ValueError, RecursionError) as exc:  # e.g. a 5000-digit number, [[[[...]]]]
+            return reject(f"invalid JSON: {type(exc).__name__}: {str(exc)[:100]}")
+        if isinstance(record, str):
+            text, meta = record, {}
+        elif isinstance(record, dict):
+            text = record.get(self.field)
+            if not isinstance(text, str):
+                got = "missing" if self.field not in record else type(text).__name__
+                return reject(f"field '{self.field}' is {got}, expected a string")
+            meta = {k: v for k, v in record.items() if k != self.field}
+        else:
+            return reject(f"expected an object with a '{self.field}' field, got {type(record).__name__}")
+        if not text.strip():
+            return reject(f"field '{self.field}' is empty")
+        if _SURROGATE.search(text):
+            return reject(f"field '{self.field}' holds an unpaired surrogate escape (not valid Unicode)")
+        return Item(text, "jsonl", str(path), lineno, meta)
 
 
 @dataclass
 class TextOptions:
     split: Literal["paragraph", "file", "line"] = "paragraph"
+    max_record_bytes: int = MAX_RECORD_BYTES  # a longer line, paragraph or file is rejected
+
+    def __post_init__(self) -> None:
+        _check_limit("text", self.max_record_bytes)
 
 
 class TextSource:
@@ -90,52 +149,100 @@ class TextSource:
 
     def __init__(self, options: TextOptions):
         self.split = options.split
+        self.limit = options.max_record_bytes
 
     def read(self, location: str) -> Iterator[Item | Reject]:
         for path in _files(location):
-            data = _read_bytes(path)
-            if b"\x00" in data:
-                yield Reject("binary file (contains NUL bytes)", "text", str(path), None,
-                             data[:200].decode("utf-8", "replace"))
-                continue
-            try:
-                text = data.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                line = data[:exc.start].count(b"\n") + 1
-                yield Reject(f"invalid UTF-8 at byte {exc.start}", "text", str(path), line,
-                             data[max(0, exc.start - 100):exc.start + 100].decode("utf-8", "replace"))
-                continue
-            text = text.replace("\r\n", "\n").lstrip("\ufeff")
-            if self.split == "file":
-                if text.strip():
-                    yield Item(text.strip(), "text", str(path), 1)
-                else:
-                    yield Reject("empty file", "text", str(path), None, "")
-                continue
-            yield from self._pieces(text, path)
+            with _open(path) as f:
+                sniff = f.read(8192)
+            if b"\x00" in sniff:
+                yield Reject("binary file (NUL bytes in its first 8 KiB)", "text", str(path), None,
+                             sniff[:_EXCERPT].decode("utf-8", "replace"))
+            elif self.split == "file":
+                yield self._whole(path)
+            else:
+                yield from self._pieces(path)
 
-    def _pieces(self, text: str, path: Path) -> Iterator[Item]:
-        start, buf = None, []
-        for lineno, line in enumerate(text.split("\n"), 1):
+    def _whole(self, path: Path) -> Item | Reject:
+        size = path.stat().st_size
+        if size > self.limit:
+            return Reject(_too_big("file", size, self.limit, "text"), "text", str(path), None, "")
+        with _open(path) as f:
+            data = f.read()
+        text, why = _decode(data.removeprefix(_BOM))
+        if text is not None and "\x00" in text:
+            text, why = None, "binary data (NUL bytes)"
+        if text is None:
+            return Reject(why or "", "text", str(path), None, data[:_EXCERPT].decode("utf-8", "replace"))
+        if not text.strip():
+            return Reject("empty file", "text", str(path), None, "")
+        return Item(text.replace("\r\n", "\n").strip(), "text", str(path), 1)
+
+    def _pieces(self, path: Path) -> Iterator[Item | Reject]:
+        """Items per line, or per paragraph (lines up to a blank line); a bad line rejects its piece."""
+        records = 0
+        start, buf, size, problem, excerpt = None, [], 0, None, ""
+        for lineno, raw, n, head in _lines(path, self.limit):
+            if raw is None:
+                text, why = None, _too_big("line", n, self.limit, "text")
+            else:
+                raw = raw.removeprefix(_BOM) if lineno == 1 else raw
+                text, why = _decode(raw.removesuffix(b"\r"))
+                if text is not None and "\x00" in text:
+                    text, why = None, "NUL byte in the line (binary data)"
+            blank = text is not None and not text.strip()
             if self.split == "line":
-                if line.strip():
-                    yield Item(line.strip(), "text", str(path), lineno)
+                if not blank:
+                    records += 1
+                    yield (Item(text.strip(), "text", str(path), lineno) if text is not None else
+                           Reject(why, "text", str(path), lineno, _printable((raw or head).decode("utf-8", "replace"))))
                 continue
-            if line.strip():
-                if start is None:
-                    start = lineno
-                buf.append(line)
-            elif buf:
-                yield Item("\n".join(buf).strip(), "text", str(path), start)
-                start, buf = None, []
-        if buf:
-            yield Item("\n".join(buf).strip(), "text", str(path), start)
+            if blank:
+                if start is not None:
+                    records += 1
+                    yield self._paragraph(path, start, buf, problem, excerpt)
+                    start, buf, size, problem, excerpt = None, [], 0, None, ""
+                continue
+            if start is None:
+                start, excerpt = lineno, (raw or head)[:_EXCERPT].decode("utf-8", "replace")
+            if text is None:
+                problem = problem or f"line {lineno}: {why}"
+            elif problem is None:
+                size += n + 1
+                if size > self.limit:
+                    problem, buf = _too_big("paragraph", size, self.limit, "text"), []
+                else:
+                    buf.append(text)
+        if start is not None:
+            records += 1
+            yield self._paragraph(path, start, buf, problem, excerpt)
+        if not records:
+            yield Reject("empty file", "text", str(path), None, "")
+
+    @staticmethod
+    def _paragraph(path: Path, start: int, buf: list[str], problem: str | None, excerpt: str) -> Item | Reject:
+        if problem is not None:
+            return Reject(problem, "text", str(path), start, excerpt)
+        return Item("\n".join(buf).strip(), "text", str(path), start)
+
+
+def _decode(raw: bytes) -> tuple[str | None, str | None]:
+    try:
+        return raw.decode("utf-8"), None
+    except UnicodeDecodeError as exc:
+        return None, f"invalid UTF-8 at byte {exc.start}"
 
 
 @dataclass
 class CsvOptions:
     column: str = "text"
     delimiter: str = ","
+    max_record_bytes: int = MAX_RECORD_BYTES  # a longer line is rejected unread
+
+    def __post_init__(self) -> None:
+        _check_limit("csv", self.max_record_bytes)
+        if len(self.delimiter) != 1:
+            raise ConfigError(f"config key 'options.csv.delimiter': must be one character, got {self.delimiter!r}")
 
 
 class CsvSource:
@@ -144,40 +251,73 @@ class CsvSource:
     def __init__(self, options: CsvOptions):
         self.column = options.column
         self.delimiter = options.delimiter
+        self.limit = options.max_record_bytes
 
     def read(self, location: str) -> Iterator[Item | Reject]:
+        # The module-wide field limit (128 KiB by default) would reject long texts our
+        # own record limit allows; it is only ever raised, never lowered.
+        csv.field_size_limit(max(csv.field_size_limit(), self.limit))
         for path in _files(location):
-            data = _read_bytes(path)
-            try:
-                text = data.decode("utf-8-sig")
-            except UnicodeDecodeError as exc:
-                yield Reject(f"invalid UTF-8 at byte {exc.start}", "csv", str(path), None, "")
-                continue
-            reader = csv.reader(io.StringIO(text, newline=""), delimiter=self.delimiter)
-            try:
-                header = next(reader, None)
-                if header is None:
-                    yield Reject("empty file", "csv", str(path), None, "")
+            yield from self._read_file(path)
+
+    def _read_file(self, path: Path) -> Iterator[Item | Reject]:
+        oversize: list[Reject] = []
+
+        def lines() -> Iterator[str]:
+            for lineno, raw, size, head in _lines(path, self.limit):
+                if raw is None:  # stands in as an empty line so line numbers stay right
+                    oversize.append(Reject(_too_big("line", size, self.limit, "csv"), "csv", str(path),
+                                           lineno, head.decode("utf-8", "replace")))
+                    yield "\n"
                     continue
+                raw = raw.removeprefix(_BOM) if lineno == 1 else raw
+                # Undecodable bytes become lone surrogates: only the row holding them is rejected.
+                yield raw.decode("utf-8", "surrogateescape") + "\n"
+
+        reader = csv.reader(lines(), delimiter=self.delimiter)
+        header: list[str] | None = None
+        col, records = 0, 0
+        while True:
+            try:
+                row: list[str] | csv.Error | None = next(reader)
+            except StopIteration:
+                row = None
+            except csv.Error as exc:
+                row = exc
+            records += len(oversize)
+            yield from oversize
+            oversize.clear()
+            if row is None:
+                break
+            if isinstance(row, csv.Error):
+                records += 1
+                yield Reject(f"malformed CSV: {row}", "csv", str(path), reader.line_num, "")
+                continue
+            if not any(cell.strip() for cell in row):
+                continue
+            if header is None:
+                header = row
                 if self.column not in header:
                     raise SourceError(f"{path}: no column '{self.column}' in the header "
-                                      f"({', '.join(header[:10])}); set options.csv.column")
+                                      f"({_printable(', '.join(header[:10]))}); set options.csv.column")
                 col = header.index(self.column)
-                for row in reader:
-                    lineno = reader.line_num
-                    if not any(cell.strip() for cell in row):
-                        continue
-                    excerpt = self.delimiter.join(row)[:200]
-                    if len(row) != len(header):
-                        yield Reject(f"row has {len(row)} fields, header has {len(header)}",
-                                     "csv", str(path), lineno, excerpt)
-                    elif not row[col].strip():
-                        yield Reject(f"column '{self.column}' is empty", "csv", str(path), lineno, excerpt)
-                    else:
-                        meta = {h: v for h, v in zip(header, row) if h != self.column}
-                        yield Item(row[col], "csv", str(path), lineno, meta)
-            except csv.Error as exc:
-                yield Reject(f"malformed CSV: {exc}", "csv", str(path), reader.line_num, "")
+                continue
+            records += 1
+            lineno, excerpt = reader.line_num, _printable(self.delimiter.join(row))
+            if len(row) != len(header):
+                yield Reject(f"row has {len(row)} fields, header has {len(header)}", "csv", str(path),
+                             lineno, excerpt)
+            elif any(_SURROGATE.search(cell) for cell in row):
+                yield Reject("invalid UTF-8 in this row", "csv", str(path), lineno, excerpt)
+            elif not row[col].strip():
+                yield Reject(f"column '{self.column}' is empty", "csv", str(path), lineno, excerpt)
+            else:
+                meta = {h: v for h, v in zip(header, row) if h != self.column}
+                yield Item(row[col], "csv", str(path), lineno, meta)
+        if header is None:
+            yield Reject("empty file: no header row", "csv", str(path), None, "")
+        elif not records:
+            yield Reject("no data rows under the header", "csv", str(path), None, "")
 
 
 @hookimpl
