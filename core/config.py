@@ -73,7 +73,8 @@ class Config:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     dedupers: list[str] = field(default_factory=lambda: ["exact"])
     preprocessors: list[str] = field(default_factory=lambda: ["clean"])
-    validators: list[str] = field(default_factory=lambda: ["finite"])
+    validators: list[str] = field(default_factory=lambda: [
+        "finite", "loss_trend", "retention", "learning", "generation", "duration"])
     # Options of each plugin, by the name it registered (sources, strategies, ...).
     # Checked against that plugin's own options dataclass when it is built.
     options: dict[str, dict] = field(default_factory=dict)

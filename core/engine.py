@@ -17,10 +17,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from .advice import next_steps
 from .config import Config
 from .errors import ModelError, PluginError, SourceError, UpdateRejected
 from .items import Item, Reject
 from .pluginmanager import Registry, make_plugin_manager
+from .retry import retry_halving_batch
 from .store import HOLDOUT, TOKENIZER, WEIGHTS, ModelStore, now_iso
 from .strategy import TrainSettings
 from .validation import Evidence, Verdict
@@ -391,9 +393,17 @@ class Engine:
                       f"lr {settings.learning_rate:g}, batch {settings.batch_size}")
         for s in strategies:
             self.pm.register(s, name=f"strategy:{s.name}:{run.id}")
+        oom_retries: list[dict] = []
+
+        def on_oom(failed: int, retry: int, error: str) -> None:
+            oom_retries.append({"batch_size": failed, "retry_batch_size": retry, "error": error})
+            self.out.warn(f"out of memory at batch_size {failed} ({error}); weights restored, "
+                          f"retrying with batch_size {retry}")
+
         try:
             self.pm.hook.update_started(run=run)
-            epoch_losses = self._fit(run, model, x, y, settings, strategies, tokenizer)
+            epoch_losses = retry_halving_batch(
+                lambda: self._fit(run, model, x, y, settings, strategies, tokenizer), model, settings, on_oom)
         finally:
             for s in strategies:
                 self.pm.unregister(s)
@@ -409,13 +419,17 @@ class Engine:
         }
         evidence = Evidence(kind, epoch_losses, metrics["retention_loss_before"],
                             metrics["retention_loss_after"], metrics["new_loss_before"],
-                            metrics["new_loss_after"], ret_before, ret_after, model, settings)
+                            metrics["new_loss_after"], ret_before, ret_after, model, settings,
+                            extra=dict(metrics), tokenizer=tokenizer, timings=dict(timings))
         verdicts = self._validate(evidence)
+        steps = next_steps(verdicts, oom_retries)
         self._print_validation(metrics, verdicts, full)
+        for step in steps:
+            self.out.step(f"  [bold]next step[/] ({', '.join(step['validators']) or 'engine'}): {step['step']}")
         timings["validate"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
         report.update(epoch_losses=epoch_losses, metrics=metrics,
-                      verdicts=[vd.to_json() for vd in verdicts],
+                      verdicts=[vd.to_json() for vd in verdicts], next_steps=steps, oom_retries=oom_retries,
                       settings=asdict(settings), strategies=[s.name for s in strategies])
         return Candidate(run, model, tok_json, train_items, holdout, strategies, report, verdicts)
 
