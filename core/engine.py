@@ -250,19 +250,42 @@ class Engine:
         """One fine-tuning cycle on new data only; saves a new version if the gate accepts it."""
         store = ModelStore(model_dir)
         store.current()  # a clear error before anything else if there is no model
+        if dry_run:
+            return self._dry_run(data, store, items)
         with store.lock(wait=wait):
             notes = store.recover()
             for note in notes:
                 self.out.warn(f"recovered from an interrupted run: {note}")
             loaded = load_version(store, device=None)
             cand = self.prepare("fine_tuning", data, store, loaded=loaded, items=items)
-            if dry_run or cand.report["counts"]["trained"] == 0:
+            if cand.report["counts"]["trained"] == 0:
                 return cand.report
             return self.commit(cand, store)
 
+    def _dry_run(self, data: list[str], store: ModelStore, items: list[Item] | None) -> dict:
+        """Everything but the save, and it writes nothing at all: no lock taken, no recovery,
+        no rejects lines, no version, no ledger rows. The gate still decides (exit code 10)."""
+        try:
+            cand = self.prepare("fine_tuning", data, store, loaded=load_version(store), items=items,
+                                dry_run=True)
+        finally:
+            store.ledger.close()
+        report = cand.report
+        if cand.model is None:
+            return report
+        report["status"] = "dry_run"
+        report["gate"] = "accepted" if cand.accepted else "rejected"
+        if not cand.accepted:
+            failed = ", ".join(v.validator for v in cand.verdicts if v.status == "fail")
+            raise UpdateRejected(f"dry run: the quality gate would reject this update (failed: {failed}); "
+                                 "nothing was written", report)
+        self.out.step("[bold]8. Save[/]: skipped (dry run); the gate would accept this update")
+        return report
+
     # the cycle ------------------------------------------------------------------
     def prepare(self, kind: str, data: list[str], store: ModelStore, loaded: LoadedModel | None,
-                items: list[Item] | None = None, run_id: str | None = None) -> Candidate:
+                items: list[Item] | None = None, run_id: str | None = None,
+                dry_run: bool = False) -> Candidate:
         import torch
 
         from .model import Architecture, TransformerModel, encode_texts, per_text_loss, train_tokenizer
@@ -294,10 +317,10 @@ class Engine:
             collected, rejects = list(items), []
         else:
             collected, rejects = collect(data, self.registry, cfg)
-        rejects_path = store.append_rejects(rejects, run.id) if rejects else None
+        rejects_path = store.append_rejects(rejects, run.id) if rejects and not dry_run else None
         msg = f"[bold]2. Collect new data[/]: {len(collected)} items"
         if rejects:
-            msg += f" ({len(rejects)} rejected, see {rejects_path})"
+            msg += f" ({len(rejects)} rejected, " + (f"see {rejects_path})" if rejects_path else "not written: dry run)")
         self.out.step(msg)
         if rejects and self.strict:
             first = rejects[0]
@@ -316,7 +339,7 @@ class Engine:
         # 4. preprocess
         t = time.perf_counter()
         clean, pre_rejects = preprocess(fresh, self.registry, cfg)
-        if pre_rejects:
+        if pre_rejects and not dry_run:
             store.append_rejects(pre_rejects, run.id)
         self.out.step(f"[bold]4. Preprocess[/]: {len(clean)} items"
                       + (f" ({len(pre_rejects)} rejected)" if pre_rejects else ""))
@@ -484,9 +507,11 @@ class Engine:
                           f"current stays {run.parent}")
         self.pm.hook.update_finished(run=run, report=report)
         if status == "rejected":
-            reasons = "; ".join(f"{v.validator}: {v.reason}" for v in failed)
-            raise UpdateRejected(f"update rejected by the quality gate ({reasons}); "
-                                 f"current model unchanged (version {run.parent})")
+            # The reasons and next steps were printed at step 7 and are in the report.
+            raise UpdateRejected(f"update rejected by the quality gate (failed: "
+                                 f"{', '.join(v.validator for v in failed)}); report in "
+                                 f"versions/{writer.name}/report.json; current model unchanged "
+                                 f"(version {run.parent})", report)
         return report
 
     # helpers ------------------------------------------------------------------------
