@@ -64,6 +64,16 @@ class ValidationConfig:
 
 
 @dataclass
+class RetrainConfig:
+    """When ``retain status`` recommends a full retrain over another fine-tune (the seed's
+    "Full retrain when": major data changes, architecture changes, quality degradation)."""
+
+    max_new_items: int = 1000          # items learned since the last full training (+ pending)
+    max_retention_drift: float = 0.10  # held-out base loss up >10% since the last full training
+    max_rejected_in_row: int = 3       # the gate rejected this many updates in a row
+
+
+@dataclass
 class Config:
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -75,6 +85,7 @@ class Config:
     preprocessors: list[str] = field(default_factory=lambda: ["clean"])
     validators: list[str] = field(default_factory=lambda: [
         "finite", "loss_trend", "retention", "learning", "generation", "duration"])
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
     # Options of each plugin, by the name it registered (sources, strategies, ...).
     # Checked against that plugin's own options dataclass when it is built.
     options: dict[str, dict] = field(default_factory=dict)
@@ -88,6 +99,7 @@ _POSITIVE = {
     "fine_tuning.learning_rate", "fine_tuning.epochs", "fine_tuning.batch_size",
     "fine_tuning.max_seq_length", "full_training.learning_rate", "full_training.epochs",
     "full_training.batch_size", "full_training.max_seq_length", "validation.eval_max_items",
+    "retrain.max_new_items", "retrain.max_retention_drift", "retrain.max_rejected_in_row",
 }
 _FRACTIONS = {"validation.retention_fraction", "validation.holdout_fraction", "model.dropout"}
 
