@@ -146,6 +146,8 @@ def _finish_update(report: Optional[dict], model: Path, cfg, console, json_out: 
     from retain.core.retrain import assess
     from retain.core.store import ModelStore
 
+    if console is None and not json_out:
+        return  # --quiet: nobody to tell
     report = report if report is not None else {}
     # In a dry run nothing was saved: count what this update would have added.
     pending = report.get("counts", {}).get("preprocessed", 0) if dry_run else 0

@@ -320,7 +320,8 @@ class Engine:
         rejects_path = store.append_rejects(rejects, run.id) if rejects and not dry_run else None
         msg = f"[bold]2. Collect new data[/]: {len(collected)} items"
         if rejects:
-            msg += f" ({len(rejects)} rejected, " + (f"see {rejects_path})" if rejects_path else "not written: dry run)")
+            where = f"see {rejects_path}" if rejects_path else "not written: dry run"
+            msg += f" ({len(rejects)} rejected, {where})"
         self.out.step(msg)
         if rejects and self.strict:
             first = rejects[0]
@@ -510,8 +511,8 @@ class Engine:
             # The reasons and next steps were printed at step 7 and are in the report.
             raise UpdateRejected(f"update rejected by the quality gate (failed: "
                                  f"{', '.join(v.validator for v in failed)}); report in "
-                                 f"versions/{writer.name}/report.json; current model unchanged "
-                                 f"(version {run.parent})", report)
+                                 f"{store.versions_dir / writer.name / 'report.json'}; current model "
+                                 f"unchanged (version {run.parent})", report)
         return report
 
     # helpers ------------------------------------------------------------------------

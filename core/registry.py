@@ -108,12 +108,12 @@ def rollback(store: ModelStore, target: str | None = None, wait: float = 0.0) ->
 def validate_version(engine: Any, store: ModelStore, version: str | None, data: list[str]) -> dict:
     """Run the configured validators on ``version`` (default: current) against its parent,
     with the items of ``data`` as held-out new items. Reads only."""
+    from .advice import next_steps
     from .engine import _sample, collect, load_version, preprocess, resolve_device
+    from .errors import SourceError
     from .model import encode_texts, per_text_loss
     from .strategy import TrainSettings
     from .validation import Evidence
-
-    from .advice import next_steps
 
     cfg = engine.config
     version = normalize_version(version) if version else store.current()
@@ -127,9 +127,9 @@ def validate_version(engine: Any, store: ModelStore, version: str | None, data: 
     items, rejects = collect(data, engine.registry, cfg)
     items, pre_rejects = preprocess(items, engine.registry, cfg)
     if not items:
-        from .errors import SourceError
         raise SourceError("no usable items in --data to validate with")
     seen = store.ledger.find([it.hash for it in items], store.chain(version))
+    store.ledger.close()
     chain = store.chain(parent)
     retention = _sample(store.holdout(chain), cfg.validation.eval_max_items, cfg.seed)
     seq_len = min(cfg.fine_tuning.max_seq_length, cand.model.arch.context)
