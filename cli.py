@@ -116,16 +116,53 @@ def update(
     strategy: Optional[str] = typer.Option(None, "--strategy", help="e.g. low_lr or replay,ewc"),
     json_out: bool = JsonOpt, device: Optional[str] = DeviceOpt, strict: bool = StrictOpt,
     quiet: bool = QuietOpt,
-    dry_run: bool = typer.Option(False, "--dry-run", help="Everything but the save."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Everything but the save, and nothing is "
+                                 "written at all (no version, no ledger rows, no rejects lines); "
+                                 "still exits 10 if the gate would reject."),
     wait: float = typer.Option(0.0, "--wait", help="Seconds to wait for another writer to finish."),
 ):
     """One fine-tuning cycle on new data only: load, collect, dedupe, preprocess, tokenize,
-    fine-tune, validate, save."""
+    fine-tune, validate, save.
+
+    A candidate failing a validator is kept as a rejected version with its report, the current
+    model stays, and the exit code is 10. Ends with `retain status`'s advice."""
     from retain.core.engine import Engine, Output
+    from retain.core.errors import UpdateRejected
 
     cfg = _load(config, set_, "fine_tuning", lr, epochs, batch_size, strategy)
-    engine = Engine(cfg, output=Output(_console(json_out, quiet)), device=_device(device), strict=strict)
-    _emit(engine.update(data, model, dry_run=dry_run, wait=wait), json_out)
+    console = _console(json_out, quiet)
+    engine = Engine(cfg, output=Output(console), device=_device(device), strict=strict)
+    try:
+        report = engine.update(data, model, dry_run=dry_run, wait=wait)
+    except UpdateRejected as exc:
+        _finish_update(exc.report, model, cfg, console, json_out, device, dry_run)
+        raise
+    _finish_update(report, model, cfg, console, json_out, device, dry_run)
+
+
+def _finish_update(report: Optional[dict], model: Path, cfg, console, json_out: bool,
+                   device: Optional[str], dry_run: bool) -> None:
+    """The retrain advice at the end of an update (also in --json as "retrain")."""
+    from retain.core.retrain import assess
+    from retain.core.store import ModelStore
+
+    if console is None and not json_out:
+        return  # --quiet: nobody to tell
+    report = report if report is not None else {}
+    # In a dry run nothing was saved: count what this update would have added.
+    pending = report.get("counts", {}).get("preprocessed", 0) if dry_run else 0
+    try:
+        assessment = assess(ModelStore(model), cfg, pending_items=pending, device=_device(device))
+    except RetainError as exc:  # advice must not turn a finished update into a failure
+        report["retrain"] = {"error": str(exc)}
+        if console is not None:
+            console.print(f"[yellow]warning:[/] could not assess full retrain vs fine-tune: {exc}")
+    else:
+        report["retrain"] = assessment.to_json()
+        if console is not None:
+            console.print("[bold]Full retrain or fine-tune?[/]", highlight=False)
+            assessment.print(console)
+    _emit(report, json_out)
 
 
 def _device(value: Optional[str]) -> Optional[str]:
@@ -250,6 +287,200 @@ def show_config(config: Optional[Path] = ConfigOpt,
     from retain.core.config import load_config
 
     typer.echo(yaml.safe_dump(load_config(config, set_).to_dict(), sort_keys=False))
+
+
+# --- the registry: status, history, rollback, validate, prune --------------------------------
+
+@app.command()
+@handle_errors
+def status(
+    model: Path = ModelOpt, config: Optional[Path] = ConfigOpt,
+    set_: List[str] = typer.Option([], "--set", help="Override a config value (repeatable)."),
+    data: List[str] = typer.Option([], "--data", "-d", help="Pending new data, counted as new items "
+                                   "(after dedupe and preprocessing) toward retrain.max_new_items."),
+    json_out: bool = JsonOpt, device: Optional[str] = DeviceOpt,
+):
+    """Fine-tune or fully retrain? Says which, and why.
+
+    Recommends a full retrain, with the reason, when the new items since the last full training
+    exceed retrain.max_new_items, the config's architecture or tokenizer differs from the model's, retention drifted past retrain.max_retention_drift since
+    the last full training, or the gate rejected the last retrain.max_rejected_in_row updates."""
+    from retain.core.retrain import assess
+    from retain.core.store import ModelStore
+
+    cfg = _load(config, set_, "fine_tuning", None, None, None)
+    store = ModelStore(model)
+    current = store.current()
+    pending = _pending_items(data, store, cfg) if data else 0
+    assessment = assess(store, cfg, pending_items=pending, device=_device(device))
+    if json_out:
+        typer.echo(json.dumps(assessment.to_json(), default=str))
+        return
+    console = _console(False)
+    m = store.manifest(current)
+    console.print(f"[bold]{model}[/]: current version {current} ({m.get('kind')}, {m.get('created_at')}); "
+                  f"last full training {assessment.last_full_training}; config "
+                  f"{config or '<embedded config.yaml>'}" + (" with --set overrides" if set_ else ""),
+                  highlight=False)
+    assessment.print(console)
+
+
+def _pending_items(data: List[str], store, cfg) -> int:
+    """How many items of ``data`` an update would learn: collected, deduped against the
+    ledger, preprocessed. Reads only."""
+    from retain.core.engine import collect, dedupe, preprocess
+    from retain.core.pluginmanager import Registry, make_plugin_manager
+
+    registry = Registry(make_plugin_manager())
+    items, _ = collect(data, registry, cfg)
+    chain = store.chain()
+    items, _ = dedupe(items, registry, cfg, lambda hashes: store.ledger.find(hashes, chain))
+    items, _ = preprocess(items, registry, cfg)
+    return len(items)
+
+
+@app.command()
+@handle_errors
+def history(model: Path = ModelOpt, json_out: bool = JsonOpt):
+    """Every version: parent, date, kind, items learned, losses, accepted or rejected.
+
+    * marks the current version."""
+    from retain.core.registry import history as version_history
+    from retain.core.store import ModelStore
+
+    rows = version_history(ModelStore(model))
+    if json_out:
+        typer.echo(json.dumps(rows, default=str))
+        return
+    from rich import box
+    from rich.table import Table
+
+    def loss(before, after):
+        return "-" if before is None or after is None else f"{before:.3f} → {after:.3f}"
+
+    table = Table(title=f"{model}: versions (* current)", box=box.SIMPLE_HEAD)
+    for col in ("version", "parent", "kind"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("gate", min_width=10)
+    for col in ("lr", "learned"):
+        table.add_column(col, no_wrap=True)
+    for col in ("old items' loss", "new items' loss"):
+        table.add_column(col, min_width=7)
+    table.add_column("created (UTC)", min_width=10)
+    for r in rows:
+        if r["status"] == "unreadable":
+            table.add_row(r["version"], "", "", f"[red]unreadable[/] {r['error']}", "", "", "", "", "")
+            continue
+        m = r["metrics"]
+        status = {"accepted": "[green]accepted[/]", "rejected": "[red]rejected[/]"}.get(r["status"], r["status"])
+        if r["failed"]:
+            status += f": {', '.join(r['failed'])}"
+        elif r["warned"]:
+            status += f" (warn: {', '.join(r['warned'])})"
+        if r["pruned"]:
+            status += " [dim](pruned)[/]"
+        kind = {"full_training": "full", "fine_tuning": "update"}.get(r["kind"], r["kind"] or "")
+        table.add_row(("*" if r["current"] else "") + r["version"], r["parent"] or "-", kind, status,
+                      f"{r['learning_rate']:g}" if r["learning_rate"] is not None else "-",
+                      str(r["items_learned"]), loss(m["retention_loss_before"], m["retention_loss_after"]),
+                      loss(m["new_loss_before"], m["new_loss_after"]),
+                      (r["created_at"] or "")[:16].replace("T", " "))
+    _console(False).print(table)
+
+
+@app.command()
+@handle_errors
+def rollback(
+    model: Path = ModelOpt,
+    version: Optional[str] = typer.Argument(None, help="Version to make current (default: the parent "
+                                            "of current). Only accepted, unpruned versions."),
+    wait: float = typer.Option(0.0, "--wait", help="Seconds to wait for another writer to finish."),
+    json_out: bool = JsonOpt,
+):
+    """Make an earlier (or any accepted) version current.
+
+    One atomic switch of CURRENT, under the lock, after checking the version's checksums.
+    Nothing is deleted."""
+    from retain.core.registry import rollback as switch
+    from retain.core.store import ModelStore
+
+    before, after = switch(ModelStore(model), version, wait=wait)
+    if json_out:
+        typer.echo(json.dumps({"previous": before, "current": after}))
+    elif before == after:
+        typer.echo(f"version {after} is already current")
+    else:
+        typer.echo(f"current: {before} -> {after}")
+
+
+@app.command()
+@handle_errors
+def validate(
+    model: Path = ModelOpt,
+    version: Optional[str] = typer.Option(None, "--version", help="Version to check (default: current)."),
+    data: List[str] = typer.Option(..., "--data", "-d", help="Items the version did NOT train on, used "
+                                   "as held-out new items."),
+    config: Optional[Path] = ConfigOpt,
+    set_: List[str] = typer.Option([], "--set", help="Override a config value (repeatable)."),
+    json_out: bool = JsonOpt, device: Optional[str] = DeviceOpt,
+):
+    """Run the validators on demand: a version against its parent.
+
+    Uses the retention items and --data as new held-out items. Writes nothing. Exits 10 if a
+    validator fails."""
+    from retain.core.engine import Engine
+    from retain.core.errors import UpdateRejected
+    from retain.core.registry import validate_version
+    from retain.core.store import ModelStore
+
+    cfg = _load(config, set_, "fine_tuning", None, None, None)
+    result = validate_version(Engine(cfg, device=_device(device)), ModelStore(model), version, data)
+    if json_out:
+        typer.echo(json.dumps(result, default=str))
+    else:
+        console = _console(False)
+        m = result["metrics"]
+        console.print(f"version {result['version']} vs its parent {result['parent']}: old items "
+                      f"({m['retention_items']}) loss {m['retention_loss_before']:.4f} -> "
+                      f"{m['retention_loss_after']:.4f}; new items ({m['new_holdout_items']}) loss "
+                      f"{m['new_loss_before']:.4f} -> {m['new_loss_after']:.4f}", highlight=False)
+        if result["already_learned"]:
+            console.print(f"[yellow]warning:[/] {result['already_learned']} of the {result['items']} items "
+                          "were trained on or held out by this version's chain: not a fair held-out test")
+        for v in result["verdicts"]:
+            color = {"pass": "green", "warn": "yellow", "fail": "red"}[v["status"]]
+            console.print(f"  [{color}]{v['status']}[/] {v['validator']}: {v['reason']}", highlight=False)
+        for step in result["next_steps"]:
+            console.print(f"  [bold]next step[/]: {step['step']}", highlight=False)
+    if not result["passed"]:
+        raise typer.Exit(UpdateRejected.exit_code)
+
+
+@app.command()
+@handle_errors
+def prune(
+    model: Path = ModelOpt,
+    keep: int = typer.Option(..., "--keep", help="How many of the newest accepted versions to keep whole."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would go; change nothing."),
+    wait: float = typer.Option(0.0, "--wait", help="Seconds to wait for another writer to finish."),
+    json_out: bool = JsonOpt,
+):
+    """Keep the last N accepted versions (and current); stub or delete the rest.
+
+    The last N accepted versions and current stay whole. Their ancestors, and the streak of
+    rejected versions after the newest accepted one, stay as stubs without weights: the ledger
+    (dedupe), the retention items and the drift baseline need them. The rest is deleted."""
+    from retain.core.registry import prune as prune_versions
+    from retain.core.store import ModelStore
+
+    plan = prune_versions(ModelStore(model), keep, dry_run=dry_run, wait=wait)
+    if json_out:
+        typer.echo(json.dumps({**plan.to_json(), "dry_run": dry_run}))
+        return
+    verb = "would " if dry_run else ""
+    typer.echo(f"kept whole: {', '.join(plan.keep) or '-'}")
+    typer.echo(f"{verb}keep as stubs (weights removed): {', '.join(plan.stub) or '-'}")
+    typer.echo(f"{verb}delete: {', '.join(plan.delete) or '-'}")
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
@@ -65,6 +66,16 @@ class ValidationConfig:
 
 
 @dataclass
+class RetrainConfig:
+    """When ``retain status`` recommends a full retrain over another fine-tune (the seed's
+    "Full retrain when": major data changes, architecture changes, quality degradation)."""
+
+    max_new_items: int = 1000          # items learned since the last full training (+ pending)
+    max_retention_drift: float = 0.10  # held-out base loss up >10% since the last full training
+    max_rejected_in_row: int = 3       # the gate rejected this many updates in a row
+
+
+@dataclass
 class Config:
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -74,7 +85,9 @@ class Config:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     dedupers: list[str] = field(default_factory=lambda: ["exact"])
     preprocessors: list[str] = field(default_factory=lambda: ["clean"])
-    validators: list[str] = field(default_factory=lambda: ["finite"])
+    validators: list[str] = field(default_factory=lambda: [
+        "finite", "loss_trend", "retention", "learning", "generation", "duration"])
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
     # Options of each plugin, by the name it registered (sources, strategies, ...).
     # Checked against that plugin's own options dataclass when it is built.
     options: dict[str, dict] = field(default_factory=dict)
@@ -88,8 +101,12 @@ _POSITIVE = {
     "fine_tuning.learning_rate", "fine_tuning.epochs", "fine_tuning.batch_size",
     "fine_tuning.max_seq_length", "full_training.learning_rate", "full_training.epochs",
     "full_training.batch_size", "full_training.max_seq_length", "validation.eval_max_items",
+    "retrain.max_new_items", "retrain.max_retention_drift", "retrain.max_rejected_in_row",
 }
 _FRACTIONS = {"validation.retention_fraction", "validation.holdout_fraction", "model.dropout"}
+
+
+_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def _type_name(tp: Any) -> str:
@@ -141,6 +158,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise bad
         return value
     if tp is float:
+        if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad
         try:

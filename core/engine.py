@@ -17,12 +17,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from .advice import next_steps
 from .config import Config
 from .errors import ModelError, PluginError, SourceError, UpdateRejected
 from .items import Item, Reject
 from .known import HOLDOUT as HELD_OUT_MATCH, KnownItems
 from .plugin_errors import reports_plugin_errors
 from .pluginmanager import Registry, make_plugin_manager
+from .retry import retry_halving_batch
 from .store import HOLDOUT, TOKENIZER, WEIGHTS, ModelStore, now_iso
 from .strategy import TrainSettings
 from .validation import Evidence, Verdict
@@ -258,20 +260,43 @@ class Engine:
         """One fine-tuning cycle on new data only; saves a new version if the gate accepts it."""
         store = ModelStore(model_dir)
         store.current()  # a clear error before anything else if there is no model
+        if dry_run:
+            return self._dry_run(data, store, items)
         with store.lock(wait=wait):
             notes = store.recover()
             for note in notes:
                 self.out.warn(f"recovered from an interrupted run: {note}")
             loaded = load_version(store, device=None)
             cand = self.prepare("fine_tuning", data, store, loaded=loaded, items=items)
-            if dry_run or cand.report["counts"]["trained"] == 0:
+            if cand.report["counts"]["trained"] == 0:
                 return cand.report
             return self.commit(cand, store)
+
+    def _dry_run(self, data: list[str], store: ModelStore, items: list[Item] | None) -> dict:
+        """Everything but the save, and it writes nothing at all: no lock taken, no recovery,
+        no rejects lines, no version, no ledger rows. The gate still decides (exit code 10)."""
+        try:
+            cand = self.prepare("fine_tuning", data, store, loaded=load_version(store), items=items,
+                                dry_run=True)
+        finally:
+            store.ledger.close()
+        report = cand.report
+        if cand.model is None:
+            return report
+        report["status"] = "dry_run"
+        report["gate"] = "accepted" if cand.accepted else "rejected"
+        if not cand.accepted:
+            failed = ", ".join(v.validator for v in cand.verdicts if v.status == "fail")
+            raise UpdateRejected(f"dry run: the quality gate would reject this update (failed: {failed}); "
+                                 "nothing was written", report)
+        self.out.step("[bold]8. Save[/]: skipped (dry run); the gate would accept this update")
+        return report
 
     # the cycle ------------------------------------------------------------------
     @reports_plugin_errors
     def prepare(self, kind: str, data: list[str], store: ModelStore, loaded: LoadedModel | None,
-                items: list[Item] | None = None, run_id: str | None = None) -> Candidate:
+                items: list[Item] | None = None, run_id: str | None = None,
+                dry_run: bool = False) -> Candidate:
         import torch
 
         from .model import Architecture, TransformerModel, encode_texts, per_text_loss, train_tokenizer
@@ -303,10 +328,11 @@ class Engine:
             collected, rejects = list(items), []
         else:
             collected, rejects = collect(data, self.registry, cfg)
-        rejects_path = store.append_rejects(rejects, run.id) if rejects else None
+        rejects_path = store.append_rejects(rejects, run.id) if rejects and not dry_run else None
         msg = f"[bold]2. Collect new data[/]: {len(collected)} items"
         if rejects:
-            msg += f" ({len(rejects)} rejected, see {rejects_path})"
+            where = f"see {rejects_path}" if rejects_path else "not written: dry run"
+            msg += f" ({len(rejects)} rejected, {where})"
         self.out.step(msg)
         if rejects and self.strict:
             first = rejects[0]
@@ -325,7 +351,7 @@ class Engine:
         # 4. preprocess
         t = time.perf_counter()
         clean, pre_rejects = preprocess(fresh, self.registry, cfg)
-        if pre_rejects:
+        if pre_rejects and not dry_run:
             store.append_rejects(pre_rejects, run.id)
         self.out.step(f"[bold]4. Preprocess[/]: {len(clean)} items"
                       + (f" ({len(pre_rejects)} rejected)" if pre_rejects else ""))
@@ -404,9 +430,17 @@ class Engine:
                       f"lr {settings.learning_rate:g}, batch {settings.batch_size}")
         for s in strategies:
             self.pm.register(s, name=f"strategy:{s.name}:{run.id}")
+        oom_retries: list[dict] = []
+
+        def on_oom(failed: int, retry: int, error: str) -> None:
+            oom_retries.append({"batch_size": failed, "retry_batch_size": retry, "error": error})
+            self.out.warn(f"out of memory at batch_size {failed} ({error}); weights restored, "
+                          f"retrying with batch_size {retry}")
+
         try:
             self.pm.hook.update_started(run=run)
-            epoch_losses = self._fit(run, model, x, y, settings, strategies, tokenizer)
+            epoch_losses = retry_halving_batch(
+                lambda: self._fit(run, model, x, y, settings, strategies, tokenizer), model, settings, on_oom)
         finally:
             for s in strategies:
                 self.pm.unregister(s)
@@ -422,13 +456,17 @@ class Engine:
         }
         evidence = Evidence(kind, epoch_losses, metrics["retention_loss_before"],
                             metrics["retention_loss_after"], metrics["new_loss_before"],
-                            metrics["new_loss_after"], ret_before, ret_after, model, settings)
+                            metrics["new_loss_after"], ret_before, ret_after, model, settings,
+                            extra=dict(metrics), tokenizer=tokenizer, timings=dict(timings))
         verdicts = self._validate(evidence)
+        steps = next_steps(verdicts, oom_retries)
         self._print_validation(metrics, verdicts, full)
+        for step in steps:
+            self.out.step(f"  [bold]next step[/] ({', '.join(step['validators']) or 'engine'}): {step['step']}")
         timings["validate"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
         report.update(epoch_losses=epoch_losses, metrics=metrics,
-                      verdicts=[vd.to_json() for vd in verdicts],
+                      verdicts=[vd.to_json() for vd in verdicts], next_steps=steps, oom_retries=oom_retries,
                       settings=asdict(settings), strategies=[s.name for s in strategies])
         return Candidate(run, model, tok_json, train_items, holdout, strategies, report, verdicts)
 
@@ -484,9 +522,11 @@ class Engine:
                           f"current stays {run.parent}")
         self.pm.hook.update_finished(run=run, report=report)
         if status == "rejected":
-            reasons = "; ".join(f"{v.validator}: {v.reason}" for v in failed)
-            raise UpdateRejected(f"update rejected by the quality gate ({reasons}); "
-                                 f"current model unchanged (version {run.parent})")
+            # The reasons and next steps were printed at step 7 and are in the report.
+            raise UpdateRejected(f"update rejected by the quality gate (failed: "
+                                 f"{', '.join(v.validator for v in failed)}); report in "
+                                 f"{store.versions_dir / writer.name / 'report.json'}; current model "
+                                 f"unchanged (version {run.parent})", report)
         return report
 
     # helpers ------------------------------------------------------------------------

@@ -42,9 +42,22 @@ class LockedError(RetainError):
 
 
 class UpdateRejected(RetainError):
-    """The quality gate rejected the candidate; the current model was kept."""
+    """The quality gate rejected the candidate; the current model was kept.
+
+    ``report`` is the run's report (verdicts, next steps), for ``--json``.
+    """
 
     exit_code = 10
+
+    def __init__(self, message: str, report: dict | None = None):
+        super().__init__(message)
+        self.report = report
+
+
+class OutOfMemory(RetainError):
+    """Training ran out of memory even after halving the batch size down to 1."""
+
+    exit_code = 11
 
 
 EXIT_CODES = {
@@ -56,5 +69,7 @@ EXIT_CODES = {
     ModelError.exit_code: "model missing or unloadable",
     PluginError.exit_code: "unknown or failing plugin",
     LockedError.exit_code: "model directory locked by another writer",
-    UpdateRejected.exit_code: "update rejected by the quality gate (current model kept)",
+    UpdateRejected.exit_code: "update rejected by the quality gate (current model kept); "
+                              "also `retain validate` when a validator fails",
+    OutOfMemory.exit_code: "out of memory even at batch size 1",
 }

@@ -107,10 +107,17 @@ def register_validators(register):
     """Add validators: checks that decide whether a candidate model is good enough.
 
     The factory returns an object with ``validate(evidence) -> Verdict``, where
-    ``evidence`` holds the before/after losses on retention and new held-out
-    items, epoch losses and the candidate model, and ``Verdict`` is
-    ``retain.Verdict(status="pass"|"warn"|"fail", reason=..., numbers={...})``.
-    Validators run in the order of ``config.validators``.
+    ``evidence`` (``retain.Evidence``) holds the before/after losses on retention
+    and new held-out items (means and, for retention, per-item tensors), epoch
+    losses, the candidate model and its tokenizer, the run's ``settings``
+    (learning rate, epochs, batch size) and ``timings``, and ``Verdict`` is
+    ``retain.Verdict(status="pass"|"warn"|"fail", reason=..., numbers={...},
+    remedy=...)``. Any ``fail`` rejects the candidate: it is kept as a rejected
+    version, CURRENT stays, and ``retain update`` exits 10. ``remedy`` is the
+    next step for the report; ``retain.core.advice`` builds the seed's remedies
+    with this run's numbers (``lower_lr(evidence.settings)``, ...). Thresholds
+    belong in the options dataclass. Validators run in the order of
+    ``config.validators``; ``examples/perplexity-ceiling`` is a complete one.
     """
 
 

@@ -16,7 +16,7 @@ from typing import Any, Iterable
 
 from .config import Config, load_config
 from .engine import Candidate, Engine, LoadedModel, Output, load_version, python_items
-from .errors import ModelError, RetainError
+from .errors import ModelError, SourceError
 from .store import ModelStore
 
 
@@ -71,7 +71,7 @@ class ModelTrainer:
         if self.loaded is None or self.path is None:
             raise ModelError("no model loaded: call load_model(path) first")
         if self.pending is not None:
-            raise RetainError("this trainer holds an unsaved fine-tune: call save_model() first")
+            raise ModelError("this trainer holds an unsaved fine-tune: call save_model() first")
         block = self.config.fine_tuning
         if epochs is not None:
             block.epochs = epochs
@@ -94,7 +94,7 @@ class ModelTrainer:
         so the copy keeps its history and ledger. Returns the version name.
         """
         if self.pending is None:
-            raise RetainError("nothing to save: fine_tune() has not produced a new model")
+            raise ModelError("nothing to save: fine_tune() has not produced a new model")
         target = Path(path) if path is not None else self.path
         assert self.path is not None and self.loaded is not None
         if target.resolve() != self.path.resolve():
@@ -121,4 +121,4 @@ class ModelTrainer:
     def _check_rejects(rejects) -> None:
         if rejects:
             r = rejects[0]
-            raise RetainError(f"{len(rejects)} items of new_data are unusable; item {r.line}: {r.reason}")
+            raise SourceError(f"{len(rejects)} items of new_data are unusable; item {r.line}: {r.reason}")

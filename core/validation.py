@@ -39,5 +39,7 @@ class Evidence:
     retention_items_before: Any = None
     retention_items_after: Any = None
     model: Any = None
-    settings: Any = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    settings: Any = None                # TrainSettings of the run (lr, epochs, batch size)
+    extra: dict[str, Any] = field(default_factory=dict)  # the run's metrics, e.g. "new_holdout_items"
+    tokenizer: Any = None               # the candidate's tokenizer, to sample text from it
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per step ("train", ...)

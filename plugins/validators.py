@@ -1,9 +1,17 @@
-"""Built-in validators."""
+"""Built-in validators: the quality gate's checks on a candidate model.
+
+Each returns pass / warn / fail with a reason, the numbers behind it and, when
+it is not a pass, the seed's remedy with this run's numbers (``core.advice``).
+Thresholds are options (``options.<name>`` in config.yaml). Losses are mean
+per-item token cross-entropy on items never trained on.
+"""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
+from retain.core import advice
 from retain.core.hookspecs import hookimpl
 from retain.core.validation import Evidence, Verdict
 
@@ -23,10 +31,217 @@ class Finite:
                 what += (", " if what else "") + f"non-finite weights in {', '.join(bad_weights[:3])}"
             return Verdict("fail", what, {"non_finite_losses": len(bad_loss),
                                           "non_finite_tensors": len(bad_weights)},
-                           remedy="halve the learning rate")
+                           remedy=advice.lower_lr(ev.settings))
         return Verdict("pass", "losses and weights are finite")
+
+
+@dataclass
+class LossTrendOptions:
+    # Epoch means depend on how items fall into shuffled batches: at a low learning rate
+    # they move by ~0.2% with no learning at all. A rise below 1% is noise, not a trend.
+    tolerance: float = 0.01
+
+
+class LossTrend:
+    """Epoch losses must go down (the seed's "Bad: loss increases (lr too high)")."""
+
+    def __init__(self, options: LossTrendOptions):
+        self.options = options
+
+    def validate(self, ev: Evidence) -> Verdict:
+        losses = [x for x in ev.epoch_losses if x is not None]
+        if len(losses) < 2:
+            return Verdict("pass", "one epoch: no trend to judge", {"epochs": len(losses)})
+        tol = self.options.tolerance
+        first, last = losses[0], losses[-1]
+        rises = [i + 2 for i, (a, b) in enumerate(zip(losses, losses[1:])) if b > a * (1 + tol)]
+        numbers = {"first_epoch_loss": first, "last_epoch_loss": last, "rising_epochs": len(rises)}
+        trail = " -> ".join(f"{x:.3f}" for x in losses)
+        if not (math.isfinite(first) and math.isfinite(last)) or last > first * (1 + tol):
+            return Verdict("fail", f"epoch losses rose overall ({trail}): the learning rate is too high",
+                           numbers, remedy=advice.lower_lr(ev.settings))
+        if rises:
+            return Verdict("warn", f"loss rose in epoch {', '.join(map(str, rises))} ({trail})",
+                           numbers, remedy=advice.lower_lr(ev.settings))
+        return Verdict("pass", f"epoch losses fell ({trail})", numbers)
+
+
+@dataclass
+class RetentionOptions:
+    max_increase: float = 0.05     # fail: mean held-out loss of old items rose by more than 5%
+    warn_increase: float = 0.02    # warn above 2%
+    item_increase: float = 0.10    # an old item counts as "made worse" when its own loss rose >10%
+    max_items_worse: float = 0.25  # fail: more than 25% of old items made worse
+
+
+class Retention:
+    """Held-out loss on previously learned items, candidate vs current model ("forgetting")."""
+
+    def __init__(self, options: RetentionOptions):
+        self.options = options
+
+    def validate(self, ev: Evidence) -> Verdict:
+        if ev.kind == "full_training":
+            return Verdict("pass", "full training: nothing learned before to forget")
+        before, after = ev.retention_before, ev.retention_after
+        if before is None or after is None or ev.retention_items_before is None:
+            return Verdict("warn", "no retention items: the model holds nothing out to measure forgetting",
+                           remedy="")
+        o = self.options
+        per_before, per_after = ev.retention_items_before, ev.retention_items_after
+        n = len(per_before)
+        rel = (per_after - per_before) / per_before.clamp(min=1e-9)
+        worse = int((rel > o.item_increase).sum())
+        change = (after - before) / before if before else float("inf")
+        share = worse / n if n else 0.0
+        numbers = {"loss_before": before, "loss_after": after, "relative_change": change,
+                   "items": n, "items_worse": worse, "share_worse": share}
+        summary = (f"old items' loss {before:.4f} -> {after:.4f} ({100 * change:+.1f}%), "
+                   f"{worse}/{n} items worse by >{100 * o.item_increase:.0f}%")
+        if not math.isfinite(after) or change > o.max_increase:
+            return Verdict("fail", f"{summary}: forgetting above {100 * o.max_increase:.0f}%", numbers,
+                           remedy=advice.lower_lr(ev.settings))
+        if share > o.max_items_worse:
+            return Verdict("fail", f"{summary}: more than {100 * o.max_items_worse:.0f}% of old items "
+                           "made worse (an average gain must not hide them)", numbers,
+                           remedy=advice.lower_lr(ev.settings))
+        if change > o.warn_increase:
+            return Verdict("warn", summary, numbers, remedy=advice.lower_lr(ev.settings))
+        return Verdict("pass", summary, numbers)
+
+
+@dataclass
+class LearningOptions:
+    min_drop: float = 0.001  # fail: held-out new items' loss fell by less than 0.1%
+    min_items: int = 3       # fewer held-out new items than this: too noisy to gate on (warn)
+
+
+class Learning:
+    """Held-out loss on the new items must fall (the seed's "doesn't learn new")."""
+
+    def __init__(self, options: LearningOptions):
+        self.options = options
+
+    def validate(self, ev: Evidence) -> Verdict:
+        if ev.kind == "full_training":
+            # From scratch, the held-out base items are the new items.
+            before, after, n, what = ev.retention_before, ev.retention_after, _count(ev.retention_items_before), \
+                "held-out base items"
+        else:
+            before, after, what = ev.new_before, ev.new_after, "held-out new items"
+            n = int(ev.extra.get("new_holdout_items", 0)) if before is not None else 0
+        if before is None or after is None:
+            return Verdict("warn", f"no {what}: learning not measured (too few new items to hold any out)")
+        drop = (before - after) / before if before else 0.0
+        numbers = {"loss_before": before, "loss_after": after, "relative_drop": drop, "items": n}
+        summary = f"{what}' loss {before:.4f} -> {after:.4f} ({-100 * drop:+.1f}%)"
+        if math.isfinite(after) and drop >= self.options.min_drop:
+            return Verdict("pass", summary, numbers)
+        if n and n < self.options.min_items:
+            return Verdict("warn", f"{summary}; only {n} held-out items, too few to gate on", numbers,
+                           remedy=advice.raise_lr(ev.settings))
+        return Verdict("fail", f"{summary}: must fall by at least {100 * self.options.min_drop:.1f}%", numbers,
+                       remedy=advice.raise_lr(ev.settings))
+
+
+def _count(items) -> int:
+    return 0 if items is None else len(items)
+
+
+@dataclass
+class GenerationOptions:
+    prompts: list[str] = field(default_factory=lambda: ["The", "In this", "A", "It is"])
+    max_new_tokens: int = 32
+    temperature: float = 0.8
+    ngram: int = 3                 # repetition = share of repeated token n-grams in a sample
+    max_repetition: float = 0.5    # fail above (mean over prompts)
+    warn_repetition: float = 0.3
+    max_empty: float = 0.5         # fail when more than this share of samples is empty
+    seed: int = 0
+
+
+class Generation:
+    """Text sampled from fixed prompts must not be degenerate (repetition loops, empty output)."""
+
+    def __init__(self, options: GenerationOptions):
+        self.options = options
+
+    def validate(self, ev: Evidence) -> Verdict:
+        import torch
+
+        from retain.core.model import EOS, PAD
+
+        o = self.options
+        model, tok = ev.model, ev.tokenizer
+        if tok is None or not o.prompts:
+            return Verdict("warn", "no tokenizer or no prompts: generation not checked")
+        if not all(torch.isfinite(p).all() for p in model.parameters()):
+            return Verdict("fail", "non-finite weights: the model cannot sample text",
+                           remedy=advice.lower_lr(ev.settings))
+        device = next(model.parameters()).device
+        stop = {tok.token_to_id(EOS), tok.token_to_id(PAD)}
+        generator = torch.Generator(device=device).manual_seed(o.seed)
+        was_training = model.training
+        model.eval()
+        samples, reps = [], []
+        try:
+            for prompt in o.prompts:
+                ids = [tok.token_to_id(EOS), *tok.encode(prompt).ids]
+                out = model.generate(torch.tensor([ids], device=device), o.max_new_tokens,
+                                     temperature=o.temperature, generator=generator)[0, len(ids):].tolist()
+                cut = next((i for i, t in enumerate(out) if t in stop), len(out))
+                new = out[:cut]
+                samples.append(prompt + tok.decode(new))
+                reps.append(repetition(new, o.ngram) if tok.decode(new).strip() else None)
+        finally:
+            model.train(was_training)
+        empty = sum(r is None for r in reps) / len(reps)
+        filled = [r for r in reps if r is not None]
+        rep = sum(filled) / len(filled) if filled else 0.0
+        numbers = {"repetition": rep, "empty_share": empty, "samples": len(samples)}
+        summary = f"repetition {100 * rep:.0f}%, {100 * empty:.0f}% empty over {len(samples)} samples"
+        first = samples[0].replace("\n", " ")[:60]
+        if empty > o.max_empty or rep > o.max_repetition:
+            return Verdict("fail", f"degenerate samples: {summary} (e.g. {first!r})", numbers,
+                           remedy=advice.lower_lr(ev.settings))
+        if rep > o.warn_repetition:
+            return Verdict("warn", f"repetitive samples: {summary}", numbers, remedy=advice.lower_lr(ev.settings))
+        return Verdict("pass", summary, numbers)
+
+
+def repetition(tokens: list[int], n: int) -> float:
+    """Share of the n-grams of ``tokens`` that repeat an earlier one (0: none, ->1: a loop)."""
+    grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    return 1 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+@dataclass
+class DurationOptions:
+    max_train_seconds: float = 1800.0  # the seed: a fine-tune takes 20-30 minutes
+
+
+class Duration:
+    """Warns (never fails) when a fine-tune trained longer than planned (the seed's "too slow")."""
+
+    def __init__(self, options: DurationOptions):
+        self.options = options
+
+    def validate(self, ev: Evidence) -> Verdict:
+        seconds = ev.timings.get("train")
+        if ev.kind == "full_training" or seconds is None:
+            return Verdict("pass", "not a fine-tune: duration not checked")
+        numbers = {"train_seconds": seconds, "max_train_seconds": self.options.max_train_seconds}
+        if seconds > self.options.max_train_seconds:
+            return Verdict("warn", f"training took {seconds:.0f}s, over {self.options.max_train_seconds:.0f}s",
+                           numbers, remedy=advice.fewer_epochs(ev.settings, seconds))
+        return Verdict("pass", f"training took {seconds:.1f}s", numbers)
 
 
 @hookimpl
 def register_validators(register):
     register("finite", lambda options: Finite())
+    register("loss_trend", LossTrend, options=LossTrendOptions)
+    register("retention", Retention, options=RetentionOptions)
+    register("learning", Learning, options=LearningOptions)
+    register("generation", Generation, options=GenerationOptions)
+    register("duration", Duration, options=DurationOptions)

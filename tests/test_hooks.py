@@ -63,7 +63,8 @@ def test_training_penalty_terms_are_added_to_the_loss(base_model, new_texts, tmp
     data = [str(write_jsonl(tmp_path / "n.jsonl", new_texts[:20]))]
     free_dir = tmp_path / "free"
     shutil.copytree(base_model, free_dir)
-    sets = [*TINY, "fine_tuning.learning_rate=0.003"]
+    # the anchored run barely learns, by design: only the finite check gates it
+    sets = [*TINY, "fine_tuning.learning_rate=0.003", "validators=[finite]"]
     Engine(load_config(None, sets)).update(data, free_dir)
     Engine(load_config(None, sets), pm=make_plugin_manager(extra_plugins=[Anchor()])).update(data, base_model)
     assert _drift(base_model) < 0.5 * _drift(free_dir)

@@ -1,0 +1,256 @@
+"""The registry of a model directory: history, rollback, validation on demand, prune.
+
+Versions are immutable once renamed into place (prune aside); what the model *is* is the
+chain CURRENT -> parent -> ... (see ``store``). So a rollback is only a new
+CURRENT, and the ledger and the retention set follow it by themselves.
+
+Prune keeps the last N accepted versions whole, plus the current one. What a
+kept version's chain needs stays as a *stub*: its manifest (parent, metrics),
+``holdout.jsonl`` (the retention set and the drift baseline), report and
+tokenizer, and its ledger rows (what counts as already learned); only the
+weights and strategy state go. Rejected versions newer than the newest
+accepted one (the current streak, which ``retain status`` counts) are also
+kept as stubs. Everything else is deleted, ledger rows included. (A stub
+keeps any other file too, e.g. a deduper's index that its chain may read.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ModelError
+from .store import MANIFEST, WEIGHTS, ModelStore, atomic_write_text, now_iso
+
+
+def normalize_version(name: str) -> str:
+    """"3" -> "0003"; other names pass through."""
+    return f"{int(name):04d}" if name.isdigit() else name
+
+
+# --- history ---------------------------------------------------------------------------
+
+def history(store: ModelStore) -> list[dict]:
+    """One row per version, oldest first: what happened, what it learned, what the gate said."""
+    current = store.current() if store.exists() else None
+    chain = set(store.chain(current)) if current else set()
+    rows = []
+    for version in store.versions():
+        try:
+            m = store.manifest(version)
+        except ModelError as exc:
+            rows.append({"version": version, "status": "unreadable", "error": str(exc)})
+            continue
+        counts, metrics = m.get("counts", {}), m.get("metrics", {})
+        verdicts = m.get("verdicts", [])
+        rows.append({
+            "version": version, "parent": m.get("parent"), "created_at": m.get("created_at"),
+            "kind": m.get("kind"), "status": m.get("status"), "current": version == current,
+            "in_current_chain": version in chain, "pruned": "pruned" in m,
+            "items_learned": counts.get("trained", 0), "items_held_out": counts.get("holdout", 0),
+            "metrics": {k: metrics.get(k) for k in ("retention_loss_before", "retention_loss_after",
+                                                    "new_loss_before", "new_loss_after")},
+            "failed": [v["validator"] for v in verdicts if v.get("status") == "fail"],
+            "warned": [v["validator"] for v in verdicts if v.get("status") == "warn"],
+            "learning_rate": _learning_rate(store, version, m),
+        })
+    return rows
+
+
+def _learning_rate(store: ModelStore, version: str, manifest: dict) -> float | None:
+    """The rate the run trained at (a strategy may have changed the configured one)."""
+    from .strategy import TrainSettings
+
+    try:
+        settings = _settings(store, version, manifest, TrainSettings)
+    except ModelError:
+        return None
+    return settings.learning_rate if settings is not None else None
+
+
+# --- rollback ----------------------------------------------------------------------------
+
+def rollback(store: ModelStore, target: str | None = None, wait: float = 0.0) -> tuple[str, str]:
+    """Make ``target`` (default: the parent of current) current, atomically, under the lock.
+
+    Only accepted, unpruned versions whose files match their checksums qualify.
+    Returns (previous current, new current).
+    """
+    with store.lock(wait=wait):
+        store.recover()
+        current = store.current()
+        if target is None:
+            target = store.manifest(current).get("parent")
+            if target is None:
+                raise ModelError(f"version {current} is a full training with no parent to roll back to; "
+                                 "name a version: retain rollback --model DIR VERSION")
+        target = normalize_version(target)
+        if target not in store.versions():
+            raise ModelError(f"no version {target} in {store.root} (versions: {', '.join(store.versions())})")
+        m = store.manifest(target)
+        if m.get("status") != "accepted":
+            raise ModelError(f"version {target} was {m.get('status')} by the quality gate; only accepted "
+                             "versions can become current")
+        if "pruned" in m:
+            raise ModelError(f"version {target} was pruned ({m['pruned'].get('at')}): its weights are gone")
+        for rel in m.get("files", {}):
+            store.verified_path(target, rel, m)  # refuses a truncated or modified file
+        if target != current:
+            store.set_current(target)
+        return current, target
+
+
+# --- validation on demand ------------------------------------------------------------------
+
+def validate_version(engine: Any, store: ModelStore, version: str | None, data: list[str]) -> dict:
+    """Run the configured validators on ``version`` (default: current) against its parent,
+    with the items of ``data`` as held-out new items. Reads only."""
+    from .advice import next_steps
+    from .engine import _sample, collect, load_version, preprocess, resolve_device
+    from .errors import SourceError
+    from .model import encode_texts, per_text_loss
+    from .strategy import TrainSettings
+    from .validation import Evidence
+
+    cfg = engine.config
+    version = normalize_version(version) if version else store.current()
+    manifest = store.manifest(version)
+    parent = manifest.get("parent")
+    if parent is None:
+        raise ModelError(f"version {version} is a full training: it has no parent to compare with; "
+                         "validate one of its updates")
+    device = resolve_device(engine.device_name)
+    cand, base = load_version(store, version, device), load_version(store, parent, device)
+    items, rejects = collect(data, engine.registry, cfg)
+    items, pre_rejects = preprocess(items, engine.registry, cfg)
+    if not items:
+        raise SourceError("no usable items in --data to validate with")
+    seen = store.ledger.find([it.hash for it in items], store.chain(version))
+    store.ledger.close()
+    chain = store.chain(parent)
+    retention = _sample(store.holdout(chain), cfg.validation.eval_max_items, cfg.seed)
+    seq_len = min(cfg.fine_tuning.max_seq_length, cand.model.arch.context)
+
+    def score(model, tokenizer, texts):
+        if not texts:
+            return None
+        x, y, owner = encode_texts(tokenizer, texts, seq_len)
+        return per_text_loss(model, x, y, owner, len(texts), device)
+
+    ret_texts = [r["text"] for r in retention]
+    new_texts = [it.text for it in items]
+    ret_before, ret_after = score(base.model, base.tokenizer, ret_texts), score(cand.model, cand.tokenizer, ret_texts)
+    new_before, new_after = score(base.model, base.tokenizer, new_texts), score(cand.model, cand.tokenizer, new_texts)
+
+    def mean(t):
+        return None if t is None else float(t.mean())
+
+    metrics = {"retention_loss_before": mean(ret_before), "retention_loss_after": mean(ret_after),
+               "new_loss_before": mean(new_before), "new_loss_after": mean(new_after),
+               "retention_items": len(ret_texts), "new_holdout_items": len(new_texts)}
+    settings = _settings(store, version, manifest, TrainSettings)
+    evidence = Evidence("fine_tuning", list(manifest.get("epoch_losses", [])), metrics["retention_loss_before"],
+                        metrics["retention_loss_after"], metrics["new_loss_before"], metrics["new_loss_after"],
+                        ret_before, ret_after, cand.model, settings, extra=dict(metrics),
+                        tokenizer=cand.tokenizer, timings=dict(manifest.get("timings", {})))
+    verdicts = engine._validate(evidence)
+    return {"version": version, "parent": parent, "metrics": metrics,
+            "verdicts": [v.to_json() for v in verdicts], "next_steps": next_steps(verdicts),
+            "passed": not any(v.status == "fail" for v in verdicts),
+            "items": len(items), "rejected": len(rejects) + len(pre_rejects),
+            "already_learned": len(seen)}
+
+
+def _settings(store: ModelStore, version: str, manifest: dict, cls) -> Any:
+    """The run's TrainSettings (from its report), for remedies with this run's numbers."""
+    if "report.json" in manifest.get("files", {}):
+        report = json.loads(store.verified_path(version, "report.json", manifest).read_text(encoding="utf-8"))
+        if isinstance(report.get("settings"), dict):
+            try:
+                return cls(**report["settings"])
+            except TypeError:
+                pass
+    block = manifest.get("config", {}).get("fine_tuning", {})
+    try:
+        return cls(block["learning_rate"], block["epochs"], block["batch_size"], block["max_seq_length"])
+    except KeyError:
+        return None
+
+
+# --- prune ------------------------------------------------------------------------------------
+
+@dataclass
+class PrunePlan:
+    keep: list[str] = field(default_factory=list)     # whole
+    stub: list[str] = field(default_factory=list)     # weights and strategy state removed
+    delete: list[str] = field(default_factory=list)   # gone, ledger rows too
+
+    def to_json(self) -> dict:
+        return {"keep": self.keep, "stub": self.stub, "delete": self.delete}
+
+
+def plan_prune(store: ModelStore, keep_last: int) -> PrunePlan:
+    if keep_last < 1:
+        raise ModelError("--keep must be at least 1")
+    current = store.current()
+    manifests = {v: store.manifest(v) for v in store.versions()}
+    accepted = [v for v, m in manifests.items() if m.get("status") == "accepted" and "pruned" not in m]
+    keep = set(accepted[-keep_last:]) | {current}
+    needed: set[str] = set()
+    for v in keep:
+        needed.update(store.chain(v))
+    newest_accepted = max(accepted) if accepted else ""
+    streak = {v for v, m in manifests.items() if m.get("status") == "rejected" and v > newest_accepted}
+    plan = PrunePlan()
+    for v, m in manifests.items():
+        if v in keep:
+            plan.keep.append(v)
+        elif v in needed or v in streak:
+            if "pruned" not in m:
+                plan.stub.append(v)
+        else:
+            plan.delete.append(v)
+    return plan
+
+
+def prune(store: ModelStore, keep_last: int, dry_run: bool = False, wait: float = 0.0) -> PrunePlan:
+    """Apply ``plan_prune`` under the lock. Each step is crash-safe: a stub's manifest is
+    rewritten (atomically) before its files go; a deleted version is first renamed to a
+    ``.tmp-`` name, which ``recover`` finishes removing if we die half way."""
+    with store.lock(wait=wait):
+        store.recover()
+        plan = plan_prune(store, keep_last)
+        if dry_run:
+            return plan
+        for v in plan.stub:
+            _strip(store, v)
+        for v in plan.delete:
+            doomed = store.versions_dir / f".tmp-pruned-{v}-{os.getpid()}"
+            os.rename(store.versions_dir / v, doomed)
+            shutil.rmtree(doomed)
+        if plan.delete:
+            store.ledger.forget_versions_except(store.versions())
+        return plan
+
+
+def _strip(store: ModelStore, version: str) -> None:
+    path = store.versions_dir / version / MANIFEST
+    m = json.loads(path.read_text(encoding="utf-8"))
+    files = m.get("files", {})
+    removed = sorted(rel for rel in files if _heavy(rel))
+    m["files"] = {rel: digest for rel, digest in files.items() if not _heavy(rel)}
+    m["pruned"] = {"at": now_iso(), "removed": removed}
+    atomic_write_text(path, json.dumps(m, indent=2, sort_keys=True))
+    for rel in removed:
+        (store.versions_dir / version / rel).unlink(missing_ok=True)
+    strategy_dir = store.versions_dir / version / "strategy"
+    if strategy_dir.is_dir() and not any(strategy_dir.iterdir()):
+        strategy_dir.rmdir()
+
+
+def _heavy(rel: str) -> bool:
+    """What only loading the version itself needs: its weights and strategy state."""
+    return rel == WEIGHTS or rel.startswith("strategy/")

@@ -1,0 +1,188 @@
+"""When to stop fine-tuning and train from scratch: the seed's "Full retrain when".
+
+    Major data changes (> 1,000 items)  -> items learned since the last full training
+    Architecture changes                -> config.model vs the model's manifest
+    Quality degradation                 -> retention drift since the last full training,
+                                           or the gate rejecting update after update
+
+``assess`` looks at a model directory and says which of these hold, with the
+numbers, for ``retain status`` and the end of ``retain update``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .config import Config
+from .errors import ModelError
+from .store import HOLDOUT, ModelStore
+
+
+@dataclass
+class Check:
+    name: str
+    retrain: bool
+    reason: str
+    numbers: dict[str, Any] = field(default_factory=dict)
+    brief: str = ""  # a few words for the one-line summary
+
+
+@dataclass
+class Assessment:
+    model_dir: str
+    current: str
+    last_full_training: str | None
+    checks: list[Check]
+
+    @property
+    def retrain(self) -> bool:
+        return any(c.retrain for c in self.checks)
+
+    @property
+    def summary(self) -> str:
+        if self.retrain:
+            why = "; ".join(c.reason for c in self.checks if c.retrain)
+            return (f"Full retrain recommended: {why}. Train from scratch on all data: "
+                    f"retain train --model {self.model_dir} --data ...")
+        return "Fine-tuning is fine: " + ", ".join(c.brief or c.reason for c in self.checks) + "."
+
+    def to_json(self) -> dict:
+        return {"retrain": self.retrain, "summary": self.summary, "current": self.current,
+                "last_full_training": self.last_full_training,
+                "checks": [asdict(c) for c in self.checks]}
+
+    def print(self, console) -> None:
+        if console is None:
+            return
+        for c in self.checks:
+            mark = "[red]retrain[/]" if c.retrain else "[green]ok[/]     "
+            console.print(f"  {mark} {c.name}: {c.reason}", highlight=False)
+        color = "bold red" if self.retrain else "bold green"
+        console.print(f"[{color}]{self.summary}[/]", highlight=False)
+
+
+def last_full_training(store: ModelStore, chain: list[str]) -> tuple[str | None, list[str]]:
+    """(the newest full training in ``chain``, the fine-tunes after it, newest first)."""
+    since = []
+    for version in chain:
+        if store.manifest(version).get("kind") == "full_training":
+            return version, since
+        since.append(version)
+    return None, since
+
+
+def assess(store: ModelStore, config: Config, pending_items: int = 0, device: str | None = None) -> Assessment:
+    current = store.current()
+    chain = store.chain(current)
+    root, since = last_full_training(store, chain)
+    checks = [
+        _new_items(store, config, since, pending_items),
+        _architecture(store, config, current, root),
+        _retention_drift(store, config, current, root, device),
+        _rejections(store, config),
+    ]
+    return Assessment(str(store.root), current, root, checks)
+
+
+def _new_items(store: ModelStore, config: Config, since: list[str], pending: int) -> Check:
+    learned = 0
+    for version in since:
+        counts = store.manifest(version).get("counts", {})
+        learned += int(counts.get("trained", 0)) + int(counts.get("holdout", 0))
+    limit = config.retrain.max_new_items
+    total = learned + pending
+    numbers = {"learned_since_full_training": learned, "pending": pending, "updates": len(since),
+               "threshold": limit}
+    what = f"{learned:,} new items learned in {len(since)} update(s) since the last full training"
+    if pending:
+        what += f", {pending:,} more pending"
+    if total > limit:
+        return Check("new_items", True, f"{what}: {total:,} is more than {limit:,} "
+                     "(a major data change)", numbers)
+    return Check("new_items", False, f"{what} ({total:,}, at most {limit:,})", numbers,
+                 f"{total:,} new items since the last full training (retrain above {limit:,})")
+
+
+def _architecture(store: ModelStore, config: Config, current: str, root: str | None) -> Check:
+    arch = store.manifest(current).get("architecture", {})
+    m = config.model
+    wanted = {"n_layer": m.n_layer, "n_head": m.n_head, "d_model": m.d_model,
+              "context": config.full_training.max_seq_length}
+    have = {k: arch.get(k) for k in wanted}
+    # The tokenizer was trained for the vocab_size asked for at the full training; a small
+    # corpus can end below it, so compare what was asked, not what the BPE reached.
+    root_cfg = store.manifest(root).get("config", {}) if root else {}
+    wanted["vocab_size"] = m.vocab_size
+    have["vocab_size"] = root_cfg.get("model", {}).get("vocab_size", arch.get("vocab_size"))
+    diff = {k: (have[k], wanted[k]) for k in wanted if have[k] != wanted[k]}
+    numbers = {"model": have, "config": wanted}
+    if diff:
+        changes = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in diff.items())
+        what = "tokenizer" if set(diff) == {"vocab_size"} else "architecture"
+        return Check("architecture", True, f"the config changes the {what} ({changes}); "
+                     "a fine-tune cannot change it", numbers)
+    return Check("architecture", False, "config and model agree on architecture and tokenizer", numbers,
+                 "architecture and tokenizer unchanged")
+
+
+def _retention_drift(store: ModelStore, config: Config, current: str, root: str | None,
+                     device: str | None) -> Check:
+    limit = config.retrain.max_retention_drift
+    if root is None:
+        return Check("retention_drift", False, "no full training in the chain to compare with", {})
+    manifest = store.manifest(root)
+    baseline = manifest.get("metrics", {}).get("retention_loss_after")
+    if baseline is None or HOLDOUT not in manifest.get("files", {}):
+        return Check("retention_drift", False, f"version {root} kept no held-out base items: "
+                     "drift not measured", {})
+    if current == root:
+        now = baseline
+    else:
+        now = _holdout_loss(store, current, root, config, device)
+    drift = (now - baseline) / baseline if baseline else 0.0
+    numbers = {"loss_after_full_training": baseline, "loss_now": now, "drift": drift, "threshold": limit,
+               "full_training": root}
+    what = (f"held-out base items' loss {baseline:.4f} right after the full training ({root}), "
+            f"{now:.4f} now ({100 * drift:+.1f}%)")
+    if drift > limit:
+        return Check("retention_drift", True, f"{what}: drifted more than {100 * limit:.0f}% "
+                     "(quality degradation, even if each update passed)", numbers)
+    return Check("retention_drift", False, f"{what}, within {100 * limit:.0f}%", numbers,
+                 f"retention {100 * drift:+.1f}% since the full training (retrain above +{100 * limit:.0f}%)")
+
+
+def _holdout_loss(store: ModelStore, version: str, root: str, config: Config, device: str | None) -> float:
+    """Mean loss of ``version`` on the full training's held-out items, scored as the
+    full training scored them (every item, the model's whole context)."""
+    from .engine import load_version, resolve_device
+    from .model import encode_texts, per_text_loss
+
+    dev = resolve_device(device or config.device)
+    loaded = load_version(store, version, device=dev)
+    texts = [r["text"] for r in store.read_jsonl(root, HOLDOUT)]
+    x, y, owner = encode_texts(loaded.tokenizer, texts, loaded.model.arch.context)
+    return float(per_text_loss(loaded.model, x, y, owner, len(texts), dev).mean())
+
+
+def _rejections(store: ModelStore, config: Config) -> Check:
+    limit = config.retrain.max_rejected_in_row
+    streak: list[str] = []
+    for version in reversed(store.versions()):
+        try:
+            status = store.manifest(version).get("status")
+        except ModelError:  # an unreadable version says nothing about the gate
+            continue
+        if status != "rejected":
+            break
+        streak.append(version)
+    numbers = {"rejected_in_row": len(streak), "versions": streak[::-1], "threshold": limit}
+    if len(streak) >= limit:
+        return Check("rejections", True, f"the gate rejected the last {len(streak)} updates "
+                     f"({', '.join(streak[::-1])}): fine-tuning no longer works from this model", numbers)
+    if streak:
+        return Check("rejections", False, f"the gate rejected the last {len(streak)} update(s), "
+                     f"fewer than {limit} in a row", numbers,
+                     f"{len(streak)} update(s) rejected in a row (retrain at {limit})")
+    return Check("rejections", False, "the newest version passed the gate", numbers,
+                 "the newest version passed the gate")

@@ -1,0 +1,232 @@
+"""The registry (history, rollback, validate, prune) and when to retrain from scratch (status)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from retain.cli import app
+from retain.core.config import load_config
+from retain.core.engine import Engine, load_version
+from retain.core.errors import UpdateRejected
+from retain.core.store import HOLDOUT, WEIGHTS, ModelStore
+
+from conftest import TINY, write_jsonl
+
+SETS = [arg for o in TINY for arg in ("--set", o)]
+runner = CliRunner(env={"COLUMNS": "200"})
+
+
+def _cli(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def _json(*args):
+    result = _cli(*args, "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _weights_digest(store: ModelStore, version: str | None = None) -> str:
+    """A hash of the loaded weights themselves (not of the file)."""
+    state = load_version(store, version).model.state_dict_for_save()
+    h = hashlib.sha256()
+    for name in sorted(state):
+        h.update(name.encode())
+        h.update(state[name].numpy().tobytes())
+    return h.hexdigest()
+
+
+def _update(model_dir, path, *extra) -> dict:
+    try:
+        return Engine(load_config(None, [*TINY, *extra])).update([str(path)], model_dir)
+    except UpdateRejected as exc:
+        return exc.report
+
+
+@pytest.fixture(scope="module")
+def _history(tmp_path_factory, _base_model, new_texts) -> tuple[Path, dict]:
+    """0001 full training, 0002 accepted update, 0003 rejected update (lr 1.0)."""
+    root = tmp_path_factory.mktemp("history")
+    model = root / "model"
+    shutil.copytree(_base_model, model)
+    store = ModelStore(model)
+    digests = {"0001": _weights_digest(store)}
+    assert _update(model, write_jsonl(root / "a.jsonl", new_texts[:30]))["status"] == "accepted"
+    digests["0002"] = _weights_digest(store)
+    assert _update(model, write_jsonl(root / "b.jsonl", new_texts[30:45]),
+                   "fine_tuning.learning_rate=1.0")["status"] == "rejected"
+    return model, digests
+
+
+@pytest.fixture
+def history_model(_history, tmp_path) -> tuple[Path, dict]:
+    model, digests = _history
+    dst = tmp_path / "model"
+    shutil.copytree(model, dst)
+    return dst, digests
+
+
+def test_history_lists_accepted_and_rejected_versions(history_model):
+    model, _ = history_model
+    rows = _json("history", "--model", model)
+    assert [(r["version"], r["parent"], r["kind"], r["status"], r["current"]) for r in rows] == [
+        ("0001", None, "full_training", "accepted", False),
+        ("0002", "0001", "fine_tuning", "accepted", True),
+        ("0003", "0002", "fine_tuning", "rejected", False),
+    ]
+    assert rows[1]["items_learned"] == ModelStore(model).manifest("0002")["counts"]["trained"] > 0
+    assert rows[1]["metrics"]["new_loss_after"] < rows[1]["metrics"]["new_loss_before"]
+    assert "retention" in rows[2]["failed"] and rows[2]["learning_rate"] == 1.0
+    table = _cli("history", "--model", model).output
+    assert "*0002" in table and "rejected:" in table and "accepted" in table
+
+
+def test_rollback_restores_an_earlier_version_exactly(history_model, new_texts, tmp_path):
+    model, digests = history_model
+    store = ModelStore(model)
+    result = _cli("rollback", "--model", model)
+    assert result.exit_code == 0 and "0002 -> 0001" in result.output
+    assert store.current() == "0001"
+    assert _weights_digest(store) == digests["0001"]
+    # What 0002 learned no longer counts as known: the ledger follows CURRENT's chain.
+    pending = write_jsonl(tmp_path / "again.jsonl", new_texts[:30])
+    assert _json("status", "--model", model, "--data", pending, *SETS)["checks"][0]["numbers"]["pending"] == 30
+
+    forward = _cli("rollback", "--model", model, "2")
+    assert forward.exit_code == 0 and store.current() == "0002"
+    assert _weights_digest(store) == digests["0002"]
+
+    refused = _cli("rollback", "--model", model, "0003")
+    assert refused.exit_code == 5 and "rejected by the quality gate" in refused.output
+    assert store.current() == "0002"
+
+
+def test_rollback_refuses_a_modified_version(history_model):
+    model, _ = history_model
+    weights = model / "versions/0001" / WEIGHTS
+    weights.write_bytes(weights.read_bytes()[:-10])
+    result = _cli("rollback", "--model", model)
+    assert result.exit_code == 5 and "checksum" in result.output
+    assert ModelStore(model).current() == "0002"
+
+
+def test_validate_on_demand(history_model, new_texts, tmp_path):
+    model, _ = history_model
+    unseen = write_jsonl(tmp_path / "unseen.jsonl", new_texts[45:60])
+    good = _json("validate", "--model", model, "--version", "0002", "--data", unseen, *SETS)
+    assert good["passed"] and good["parent"] == "0001" and good["already_learned"] == 0
+    assert {v["validator"] for v in good["verdicts"]} >= {"finite", "retention", "learning", "generation"}
+    assert good["metrics"]["new_holdout_items"] == 15
+
+    bad = _cli("validate", "--model", model, "--version", "3", "--data", unseen, *SETS)
+    assert bad.exit_code == 10 and "fail retention" in bad.output and "--lr 0.5" in bad.output
+
+    seen = write_jsonl(tmp_path / "seen.jsonl", new_texts[:10])
+    warned = _cli("validate", "--model", model, "--data", seen, *SETS)
+    assert "trained on or held out by this version's chain" in warned.output
+
+    root = _cli("validate", "--model", model, "--version", "0001", "--data", unseen, *SETS)
+    assert root.exit_code == 5 and "no parent" in root.output
+
+
+def test_prune_keeps_what_the_chain_needs(history_model, old_texts, new_texts, tmp_path):
+    model, digests = history_model
+    store = ModelStore(model)
+    assert _cli("rollback", "--model", model).exit_code == 0
+    report = _update(model, write_jsonl(tmp_path / "c.jsonl", new_texts[45:57]))
+    assert report["version"] == "0004" and store.chain() == ["0004", "0001"]
+
+    preview = _json("prune", "--model", model, "--keep", "1", "--dry-run")
+    assert (preview["keep"], preview["stub"], preview["delete"]) == (["0004"], ["0001"], ["0002", "0003"])
+    assert store.versions() == ["0001", "0002", "0003", "0004"]
+
+    assert _cli("prune", "--model", model, "--keep", "1").exit_code == 0
+    assert store.versions() == ["0001", "0004"]
+    stub = model / "versions/0001"
+    assert not (stub / WEIGHTS).exists() and (stub / HOLDOUT).exists()
+    assert "pruned" in store.manifest("0001")
+    assert store.ledger.count(["0002"]) == {}  # deleted versions' rows are gone
+    # The chain still works: what 0001 learned is still known, its held-out items still
+    # measure retention, and the drift baseline is still there.
+    old = write_jsonl(tmp_path / "old.jsonl", old_texts[:20])
+    status = _json("status", "--model", model, "--data", old, *SETS)
+    assert status["checks"][0]["numbers"]["pending"] == 0
+    assert status["checks"][2]["numbers"]["full_training"] == "0001"
+    assert _weights_digest(store) == _weights_digest(store, "0004")
+    refused = _cli("rollback", "--model", model, "0001")
+    assert refused.exit_code == 5 and "pruned" in refused.output
+    assert [r["pruned"] for r in _json("history", "--model", model)] == [True, False]
+
+
+# --- full retrain or fine-tune? ----------------------------------------------------------------
+
+def _check(status: dict, name: str) -> dict:
+    return next(c for c in status["checks"] if c["name"] == name)
+
+
+def test_status_says_fine_tuning_is_fine_and_why(history_model):
+    model, _ = history_model
+    status = _json("status", "--model", model, *SETS)
+    assert status["retrain"] is False
+    assert status["summary"].startswith("Fine-tuning is fine: ")
+    assert "architecture and tokenizer unchanged" in status["summary"]
+    printed = _cli("status", "--model", model, *SETS).output
+    assert "Fine-tuning is fine" in printed and "ok" in printed
+
+
+def test_status_recommends_retrain_for_many_new_items(history_model, new_texts, tmp_path):
+    model, _ = history_model
+    learned = ModelStore(model).manifest("0002")["counts"]
+    n = learned["trained"] + learned["holdout"]
+    over = _json("status", "--model", model, *SETS, "--set", f"retrain.max_new_items={n - 1}")
+    assert over["retrain"] and _check(over, "new_items")["retrain"]
+    assert "major data change" in over["summary"]
+    # Pending data counts too: 15 unseen items push it over a limit that learned items alone are under.
+    pending = write_jsonl(tmp_path / "pending.jsonl", new_texts[45:60])
+    limit = ["--set", f"retrain.max_new_items={n + 10}"]
+    assert not _json("status", "--model", model, *SETS, *limit)["retrain"]
+    with_pending = _json("status", "--model", model, *SETS, *limit, "--data", pending)
+    assert _check(with_pending, "new_items")["retrain"] and "15 more pending" in with_pending["summary"]
+
+
+def test_status_recommends_retrain_when_architecture_or_tokenizer_changes(history_model):
+    model, _ = history_model
+    arch = _json("status", "--model", model, *SETS, "--set", "model.d_model=64")
+    assert arch["retrain"] and "architecture (d_model 32 -> 64)" in _check(arch, "architecture")["reason"]
+    tok = _json("status", "--model", model, *SETS, "--set", "model.vocab_size=500")
+    assert tok["retrain"] and "tokenizer (vocab_size 300 -> 500)" in _check(tok, "architecture")["reason"]
+
+
+def test_status_recommends_retrain_after_cumulative_retention_drift(base_model, new_texts, tmp_path):
+    # Two updates at a high learning rate, each accepted by its gate (here: finiteness only).
+    for i, chunk in enumerate((new_texts[:30], new_texts[30:60])):
+        report = _update(base_model, write_jsonl(tmp_path / f"{i}.jsonl", chunk),
+                         "fine_tuning.learning_rate=0.01", "fine_tuning.epochs=3", "validators=[finite]")
+        assert report["status"] == "accepted"
+    strict = ["--set", "retrain.max_retention_drift=0.03"]
+    status = _json("status", "--model", base_model, *SETS, *strict)
+    drift = _check(status, "retention_drift")
+    assert drift["numbers"]["loss_now"] > drift["numbers"]["loss_after_full_training"]
+    assert drift["numbers"]["drift"] > 0.03 and drift["retrain"] and status["retrain"]
+    assert "even if each update passed" in status["summary"]
+    lenient = _json("status", "--model", base_model, *SETS,
+                    "--set", f"retrain.max_retention_drift={2 * drift['numbers']['drift']:.4f}")
+    assert not _check(lenient, "retention_drift")["retrain"]
+
+
+def test_status_recommends_retrain_after_rejections_in_a_row(history_model, new_texts, tmp_path):
+    model, _ = history_model
+    k2 = ["--set", "retrain.max_rejected_in_row=2"]
+    assert not _check(_json("status", "--model", model, *SETS, *k2), "rejections")["retrain"]
+    assert _update(model, write_jsonl(tmp_path / "d.jsonl", new_texts[45:60]),
+                   "fine_tuning.learning_rate=1.0")["status"] == "rejected"
+    status = _json("status", "--model", model, *SETS, *k2)
+    check = _check(status, "rejections")
+    assert check["retrain"] and check["numbers"]["versions"] == ["0003", "0004"]
+    assert "rejected the last 2 updates" in status["summary"]
