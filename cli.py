@@ -256,6 +256,8 @@ def compare(
     seed: int = typer.Option(0, "--seed", help="One seed for every strategy: splits, init, batch order."),
     config: Optional[Path] = ConfigOpt,
     set_: List[str] = typer.Option([], "--set", help="Override a config value (repeatable)."),
+    gate: bool = typer.Option(False, "--gate", help="Text: let the validators reject updates as `retain update` "
+                              "does (off: every update is kept, so each strategy's own effect is measured)."),
     json_out: bool = typer.Option(False, "--json", help="Print the results object as JSON."),
     quiet: bool = QuietOpt,
 ):
@@ -268,7 +270,7 @@ def compare(
     req = CompareRequest(strategies=strategies, scenario=scenario, data=list(data), model=model,
                          base_data=list(base_data), daily=daily, dup_share=dup_share, days=days, setting=setting,
                          test_fraction=test_fraction, seed=seed, jobs=jobs, epochs=epochs, config=config,
-                         overrides=list(set_))
+                         overrides=list(set_), gate=gate)
     results = run_compare(req, console=console)
     paths = write_outputs(results, out)
     if console is not None:

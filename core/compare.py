@@ -60,6 +60,7 @@ class CompareRequest:
     epochs: int | None = None
     config: Path | None = None
     overrides: list[str] = field(default_factory=list)
+    gate: bool = False                     # text: let the validators reject updates, as in `retain update`
 
 
 def parse_strategies(text: str | list[str]) -> list[str]:
@@ -225,11 +226,13 @@ def run_text_strategy(names: list[str], stream: TextStream, config: Config, base
             else:
                 report = engine.update([], model_dir, items=exp.train)
             stage["status"] = report.get("status") or "trained"
+            stage["verdicts"] = {v["validator"]: v["status"] for v in report.get("verdicts", [])}
             if report.get("version"):
                 stage["trained_hash"] = ModelStore(model_dir).manifest(report["version"]).get("data_hash")
             stage.update(trained=report["counts"]["trained"], duplicates=report["counts"]["duplicates"])
         except UpdateRejected as exc:  # the gate kept the previous model, as it would for a user
-            stage.update(status="rejected", reason=str(exc))
+            stage.update(status="rejected", reason=str(exc),
+                         verdicts={v["validator"]: v["status"] for v in (exc.report or {}).get("verdicts", [])})
         stage["seconds"] = time.perf_counter() - t0
         train_seconds += stage["seconds"]
         stages.append(stage)
@@ -260,6 +263,10 @@ def run_compare(req: CompareRequest, *, console=None) -> dict:
     elif req.scenario == "text":
         stream, config = build_text_stream(req, registry)
         base_model = Path(req.model)
+        if not req.gate:
+            # compare measures what each strategy does to the model; a gate that rejected, say,
+            # naive's updates would keep the base model and hide the very forgetting measured.
+            config.validators = []
         if any(n == FULL_RETRAIN for n in names) and not stream.base_items:
             raise ConfigError(f"{FULL_RETRAIN} retrains from scratch on the base data plus the new "
                               "data: pass the base model's training data with --base-data")
@@ -335,6 +342,7 @@ def summarize(req: CompareRequest, stream, config: Config, names: list[str], res
         "strategies": names,
         "seed": req.seed,
         "jobs": req.jobs,
+        "gate": req.gate if text else None,
         "identical_data": True,
         "data_hashes": _check_identical(results),
         "results": out_results,

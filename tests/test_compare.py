@@ -246,3 +246,14 @@ def test_cli_compare_errors_are_one_line(base_model, tmp_path):
     r = runner.invoke(app, ["compare", "--strategies", "naive,full_retrain", "--model", str(base_model),
                             "--data", str(data)])
     assert r.exit_code == 3 and "--base-data" in r.output
+
+
+def test_the_update_gate_is_off_unless_asked(base_model, new_texts, tmp_path):
+    day = write_jsonl(tmp_path / "day.jsonl", new_texts[:12])
+    always_fail = ["validators=[retention]", "options.retention.max_increase=-1.0"]
+    req = dict(strategies="naive", model=base_model, data=[str(day)], overrides=always_fail)
+    measured = run_compare(CompareRequest(**req))["results"]["naive"]
+    gated = run_compare(CompareRequest(**req, gate=True))["results"]["naive"]
+    assert measured["stages"][0]["status"] == "accepted" and measured["R"][1] != measured["R"][0]
+    assert gated["stages"][0]["status"] == "rejected" and gated["stages"][0]["verdicts"] == {"retention": "fail"}
+    assert gated["R"][1] == gated["R"][0]  # the gate kept the base model
