@@ -254,7 +254,9 @@ def compare(
     out: Path = typer.Option(Path("compare-results"), "--out", "-o", help="Where results.json, results.csv "
                              "and compare.png go."),
     seed: int = typer.Option(0, "--seed", help="One seed for every strategy: splits, init, batch order."),
-    config: Optional[Path] = ConfigOpt,
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (default: the base model's "
+                                          "own, so full_retrain rebuilds the same model; split-digits: the "
+                                          "embedded one)."),
     set_: List[str] = typer.Option([], "--set", help="Override a config value (repeatable)."),
     gate: bool = typer.Option(False, "--gate", help="Text: let the validators reject updates as `retain update` "
                               "does (off: every update is kept, so each strategy's own effect is measured)."),
