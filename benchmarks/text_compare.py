@@ -66,7 +66,7 @@ def markdown(results: dict) -> str:
             continue
         R = res["R"]
         fwt = "-" if r["fwt"] is None else f"{r['fwt']:+.3f}"
-        lines.append(f"| {r['strategy']} | {R[0][0]:.3f} → {R[-1][0]:.3f} | {r['final_new']:.3f} | "
+        lines.append(f"| {r['strategy']} | {R[0][0]:.3f} → {R[-1][0]:.3f} ({r['old_rise']:+.3f}) | {r['final_new']:.3f} | "
                      f"{r['average_final']:.3f} ({r['final_perplexity']:.1f}) | {r['forgetting']:+.3f} | "
                      f"{r['bwt']:+.3f} | {fwt} | {r['train_seconds']:.0f} | {r['peak_rss_mib']:.0f} |")
     return "\n".join(lines)

@@ -322,10 +322,12 @@ def summarize(req: CompareRequest, stream, config: Config, names: list[str], res
             m = stream_metrics(R, higher_is_better=stream.higher_is_better, initial=res["initial"],
                                fwt_from=2 if text else 1)
             old, new = old_and_new(R)
+            if text:
+                # Old data is the base model's: the days are one new domain, and averaging them
+                # in would mix that domain's higher loss into "old". Stage 0 learned nothing new.
+                old, new = [row[0] for row in R], [None, *new[1:]]
+                res.update(final_perplexity=math.exp(m.average_final), old_rise=R[-1][0] - R[0][0])
             res.update(metrics=m.to_json(), old=old, new=new, final_old=old[-1], final_new=new[-1])
-            if text:  # the base data is the seed's "old knowledge": report it on its own too
-                res.update(final_perplexity=math.exp(m.average_final), final_base=R[-1][0],
-                           base_forgetting=R[-1][0] - R[0][0])
         out_results[label] = res
     if text:
         experiences = [{"name": e.name, "train": len(e.train), "test": len(e.test),

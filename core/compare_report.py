@@ -1,8 +1,8 @@
 """What ``retain compare`` leaves behind: a terminal table, results.json, results.csv and a PNG.
 
 The figure has two line plots over the stream (per strategy: the metric on
-old data, i.e. the experiences before the current one, and on the new
-experience just learned) and one heat map of R per strategy. Its labels are
+old data, i.e. the experiences before the current one, or for text the base
+model's held-out items, and on the new experience just learned) and one heat map of R per strategy. Its labels are
 read back from the figure objects and recorded in the results, so what the
 picture shows can be checked without looking at it.
 """
@@ -26,8 +26,7 @@ def _columns(results: dict) -> list[tuple[str, str, str, bool | None]]:
     cols = [("average_final", "final avg", ".3f", hib), ("final_old", "old", ".3f", hib),
             ("final_new", "new", ".3f", hib)]
     if metric == "loss":
-        cols += [("final_perplexity", "ppl", ".1f", False), ("final_base", "base", ".3f", False),
-                 ("base_forgetting", "base rise", "+.3f", False)]
+        cols += [("final_perplexity", "ppl", ".1f", False), ("old_rise", "old rise", "+.3f", False)]
     cols += [("forgetting", "forget", "+.3f", False), ("bwt", "BWT", "+.3f", True),
              ("fwt", "FWT", "+.3f", True), ("train_seconds", "train s", ".1f", False),
              ("wall_seconds", "wall s", ".1f", False), ("peak_rss_mib", "peak MiB", ".0f", False)]
@@ -63,7 +62,7 @@ def table(results: dict):
     caption = (f"{metric} after the whole stream: averaged over all experiences (final avg), "
                "the ones before the last (old) and the last (new)")
     if sc["metric"] == "loss":
-        caption += "; base: the base model's held-out items (base rise: since before the stream)"
+        caption += "; old: the base model's held-out items (old rise: since before the stream)"
     caption += "; best per column in bold green"
     for r in rows(results):
         if not r["supported"]:
@@ -110,11 +109,12 @@ def figure(results: dict):
     for label in labels:
         res = results["results"][label]
         stages = list(range(len(res["new"])))
-        old = [(i, v) for i, v in zip(stages, res["old"]) if v is not None]
-        ax_old.plot([i for i, _ in old], [v for _, v in old], marker="o", label=label)
-        ax_new.plot(stages, res["new"], marker="o", label=label)
+        for ax, values in ((ax_old, res["old"]), (ax_new, res["new"])):
+            points = [(i, v) for i, v in zip(stages, values) if v is not None]
+            ax.plot([i for i, _ in points], [v for _, v in points], marker="o", label=label)
     metric = sc["metric"]
-    for ax, what in ((ax_old, "old data (experiences before)"), (ax_new, "new data (experience just learned)")):
+    old_what = "old data (the base model's held-out items)" if metric == "loss" else "old data (experiences before)"
+    for ax, what in ((ax_old, old_what), (ax_new, "new data (experience just learned)")):
         ax.set_title(f"{metric} on {what}")
         ax.set_xlabel("after training on")
         ax.set_xticks(range(len(names)), names, rotation=20)

@@ -210,6 +210,9 @@ def test_cli_text_compare_end_to_end(base_model, old_texts, new_texts, tmp_path)
     assert [s["trained_hash"] for s in naive["stages"]] == [s["trained_hash"] for s in low["stages"]]
     assert full["stages"][0]["trained"] > naive["stages"][0]["trained"]
     assert naive["R"][2] != low["R"][2]  # lr 1e-3 vs 1e-4: the strategies really differ
+    # text: "old data" is the base model's held-out items, "new" the day just learned
+    assert naive["old"] == [row[0] for row in naive["R"]] and naive["new"] == [None, *(naive["R"][i][i] for i in (1, 2))]
+    assert naive["old_rise"] == pytest.approx(naive["R"][2][0] - naive["R"][0][0])
     # outputs
     assert (out / "results.json").is_file() and json.loads((out / "results.json").read_text())["strategies"]
     csv_lines = (out / "results.csv").read_text().splitlines()
