@@ -90,6 +90,9 @@ def register_strategies(register):
     epochs and schedule in ``configure(settings)``, and carry state to the next
     update through ``state_dict()`` / ``load_state_dict()`` (tensors and JSON,
     saved inside the model version; a strategy never writes files itself).
+    ``retain train`` runs the configured strategies as the model's first
+    experience (without ``configure``; ``run.parent`` is None), so their state
+    from the base data is there for the first update.
     """
 
 
