@@ -100,7 +100,7 @@ class TextReservoir(ExemplarsBuffer):
         # The experience holds token rows; the run's items are the texts behind them.
         texts = self.new_texts()
         if texts:
-            self.reservoir.update_from_dataset(AvalancheDataset([texts]))
+            self.reservoir.update_from_dataset(AvalancheDataset([list(texts)]))
             self._rows = None
 
     def resize(self, strategy, new_size: int) -> None:
