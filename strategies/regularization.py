@@ -32,7 +32,8 @@ def _check(name: str, key: str, value: float, low: float, low_ok: bool = True, h
 
 @dataclass
 class EwcOptions:
-    ewc_lambda: float = 20000.0  # weight of the penalty; the Fisher of an LM's weights is tiny
+    ewc_lambda: float = 100000.0  # weight of the penalty (the Fisher of an LM's weights is tiny;
+                                  # tuned on benchmarks/forgetting.py, see BENCHMARKS.md)
     decay: float = 1.0           # online EWC's gamma: past importances are scaled by it each update
 
     def __post_init__(self):
@@ -139,7 +140,8 @@ class Mas(Strategy):
 
 @dataclass
 class LwfOptions:
-    alpha: float = 1.0        # weight of the distillation term
+    alpha: float = 5.0        # weight of the distillation term (avalanche's 1.0 barely helped
+                              # on benchmarks/forgetting.py)
     temperature: float = 2.0  # softmax temperature of teacher and student
 
     def __post_init__(self):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from retain.core.errors import ConfigError
+from retain.core.errors import ConfigError, ModelError
 from retain.core.strategy import Strategy
 
 
@@ -35,7 +35,8 @@ class Replay(Strategy):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         texts, keys = state.get("texts", []), state.get("keys")
         if texts and (keys is None or len(keys) != len(texts)):
-            raise ValueError("replay state: the buffer's texts and reservoir keys do not match")
+            raise ModelError("the saved replay buffer is inconsistent: its texts and reservoir keys "
+                             "differ in number")
         self.texts, self.keys = list(texts), keys
 
     def avalanche_plugins(self, run) -> list:
