@@ -179,7 +179,8 @@ def main() -> None:
             t = time.perf_counter()
             Engine(load_config(None, common)).train(
                 [str(files["base"]), *map(str, files["days"]), str(files["large"])], work / "retrain")
-            retrain = {"seconds": time.perf_counter() - t, "losses": held_out_losses(work / "retrain", data, args.seq_len),
+            seconds = time.perf_counter() - t
+            retrain = {"seconds": seconds, "losses": held_out_losses(work / "retrain", data, args.seq_len),
                        "lr": load_config(None, common).full_training.learning_rate}
             print(f"full retrain: {retrain['seconds']:.0f}s, old {retrain['losses'][0]:.3f}, "
                   f"new {retrain['losses'][1]:.3f}", flush=True)

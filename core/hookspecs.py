@@ -28,8 +28,10 @@ several things::
 - ``description``: one line for ``retain plugins`` / ``retain strategies``.
 
 Lifecycle and training hooks receive a ``run`` (``retain.core.engine.Run``):
-the config, the model directory, the model being trained, the counts so far
-and ``run.kind`` (``"full_training"`` or ``"fine_tuning"``).
+the config, the model directory, the model being trained, the counts so far,
+the items it trains on (``run.items``), the version it starts from
+(``run.parent``, None for a full training) and ``run.kind``
+(``"full_training"`` or ``"fine_tuning"``).
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ This module imports torch and avalanche-lib: import it inside functions only.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Callable
 
 import torch
@@ -299,20 +300,23 @@ class PersistentGEM(GEMPlugin):
             self.memory_x[t], self.memory_y[t] = x, y
             self.memory_tid[t] = torch.zeros(len(x), dtype=torch.long)
 
-    def _with_memory_count(self, strategy, step: Callable) -> None:
+    @contextmanager
+    def _clock_reads_memories(self, strategy):
         clock = strategy.clock
         real = clock.train_exp_counter
         clock.train_exp_counter = len(self.memory_x)
         try:
-            step()
+            yield
         finally:
             clock.train_exp_counter = real
 
     def before_training_iteration(self, strategy, **kwargs):
-        self._with_memory_count(strategy, lambda: super(PersistentGEM, self).before_training_iteration(strategy, **kwargs))
+        with self._clock_reads_memories(strategy):
+            super().before_training_iteration(strategy, **kwargs)
 
     def after_backward(self, strategy, **kwargs):
-        self._with_memory_count(strategy, lambda: super(PersistentGEM, self).after_backward(strategy, **kwargs))
+        with self._clock_reads_memories(strategy):
+            super().after_backward(strategy, **kwargs)
 
     def after_training_exp(self, strategy, **kwargs):
         t = len(self.memory_x)

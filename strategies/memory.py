@@ -83,7 +83,8 @@ class GemOptions:
     def __post_init__(self):
         _positive("gem", patterns_per_update=self.patterns_per_update, max_memories=self.max_memories)
         if self.memory_strength < 0:
-            raise ConfigError(f"config key 'options.gem.memory_strength': must be >= 0, got {self.memory_strength!r}")
+            raise ConfigError("config key 'options.gem.memory_strength': must be >= 0, "
+                              f"got {self.memory_strength!r}")
 
 
 class Gem(Strategy):

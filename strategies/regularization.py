@@ -68,7 +68,8 @@ class Ewc(Strategy):
 
 @dataclass
 class SiOptions:
-    si_lambda: float = 1.0   # weight of the penalty
+    si_lambda: float = 1000.0  # weight of the penalty (avalanche clips importances at 1e-3, so it
+                               # is large; tuned on benchmarks/forgetting.py, see BENCHMARKS.md)
     eps: float = 1e-7        # damping of the path-integral importance
 
     def __post_init__(self):

@@ -262,7 +262,7 @@ def test_composition_applies_every_strategy(stateful_base, new_texts, tmp_path):
     plugin = ProbePlugin()
     lam = 100000.0
     report = _update(stateful_base, new_texts[:20], tmp_path, "fine_tuning.strategy=low_lr,replay,ewc,lwf,probe",
-                     "options.low_lr.schedule=cosine", f"options.ewc.ewc_lambda={lam}",
+                     "options.low_lr.schedule=cosine", f"options.ewc.ewc_lambda={lam}", "options.lwf.alpha=3.0",
                      "fine_tuning.learning_rate=0.003", pm=make_plugin_manager(extra_plugins=[plugin]))
     assert report["strategies"] == ["low_lr", "replay", "ewc", "lwf", "probe"]
     assert report["settings"]["schedule"] == "cosine"                       # low_lr
@@ -275,7 +275,7 @@ def test_composition_applies_every_strategy(stateful_base, new_texts, tmp_path):
     teacher = previous.model.eval()
     ewc_terms = [lam * sum(float((fisher[k] * (s["params"][k] - anchor[k]) ** 2).sum()) for k in fisher)
                  for s in steps]
-    lwf_terms = [_distillation(teacher, s) for s in steps]
+    lwf_terms = [_distillation(teacher, s, alpha=3.0) for s in steps]
     assert max(ewc_terms) > 1e-3 and max(lwf_terms) > 1e-3
     assert [s["extra"] for s in steps] == pytest.approx(
         [e + d for e, d in zip(ewc_terms, lwf_terms)], rel=1e-3, abs=1e-6)   # ewc + lwf
