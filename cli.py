@@ -94,13 +94,16 @@ def train(
     lr: Optional[float] = typer.Option(None, "--lr", help="full_training.learning_rate"),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="full_training.epochs"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="full_training.batch_size"),
+    strategy: Optional[str] = typer.Option(
+        None, "--strategy", help="The strategies later updates will use (e.g. replay,ewc): they record "
+        "what the first update needs from the base data (replay buffer, importances)."),
     json_out: bool = JsonOpt, device: Optional[str] = DeviceOpt, strict: bool = StrictOpt,
     quiet: bool = QuietOpt,
 ):
     """Full training from scratch on all data (the full_training block)."""
     from retain.core.engine import Engine, Output
 
-    cfg = _load(config, set_, "full_training", lr, epochs, batch_size)
+    cfg = _load(config, set_, "full_training", lr, epochs, batch_size, strategy)
     engine = Engine(cfg, output=Output(_console(json_out, quiet)), device=_device(device), strict=strict)
     _emit(engine.train(data, model), json_out)
 

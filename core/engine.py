@@ -59,6 +59,7 @@ class Run:
     tokenizer: Any = None
     counts: dict[str, int] = field(default_factory=dict)
     settings: TrainSettings | None = None
+    items: list[Item] = field(default_factory=list)  # what this run trains on (replay keeps some)
 
 
 @dataclass
@@ -312,7 +313,10 @@ class Engine:
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
 
-        strategies = [] if full else [self.registry.build("strategies", n, cfg) for n in block.strategy]
+        # A full training is the first experience of the strategies the updates will use: they do
+        # not steer it (configure is skipped) but record what the first update needs from the
+        # base data (replay buffer, Fisher importances), saved with the version like any state.
+        strategies = [self.registry.build("strategies", n, cfg) for n in cfg.fine_tuning.strategy]
         if loaded is not None:
             self.out.step(f"[bold]1. Load model[/]: version {loaded.version} "
                           f"({sum(p.numel() for p in loaded.model.parameters()) / 1e6:.2f}M parameters)")
@@ -368,6 +372,7 @@ class Engine:
                   "preprocessed": len(clean),
                   "trained": len(train_items), "holdout": len(holdout)}
         run.counts = counts
+        run.items = train_items
         report: dict[str, Any] = {
             "run": run.id, "kind": kind, "model_dir": str(store.root), "parent": run.parent,
             "counts": counts, "skipped": skipped[:1000], "epoch_losses": [], "metrics": {},
@@ -421,11 +426,12 @@ class Engine:
         # 6. train
         t = time.perf_counter()
         settings = TrainSettings(block.learning_rate, block.epochs, block.batch_size, seq_len)
-        for s in strategies:
-            s.configure(settings, run)
+        if not full:
+            for s in strategies:
+                s.configure(settings, run)
         run.settings = settings
         label = "Full training" if full else "Fine-tune"
-        strat_names = ", ".join(s.name for s in strategies) or "from scratch"
+        strat_names = "from scratch" if full else (", ".join(s.name for s in strategies) or "no strategy")
         self.out.step(f"[bold]6. {label}[/] ({strat_names}): {settings.epochs} epochs, "
                       f"lr {settings.learning_rate:g}, batch {settings.batch_size}")
         for s in strategies:
@@ -570,9 +576,16 @@ class Engine:
                 self.out.step(line)
             self.pm.hook.epoch_ended(run=run, epoch=epoch, loss=loss)
 
+        def continue_stream(template) -> None:
+            # Each update is a fresh template, but not the model's first experience: say so, or
+            # avalanche plugins that skip the first one (EWC, MAS, GEM) ignore restored state.
+            if run.parent is not None:
+                template.clock.train_exp_counter = 1
+
         try:
             return fit(model, x, y, settings, device=run.device, pad_id=tokenizer.token_to_id(PAD),
-                       penalty=penalty, extra_plugins=plugins, on_step=on_step, on_epoch=on_epoch)
+                       penalty=penalty, extra_plugins=plugins, on_step=on_step, on_epoch=on_epoch,
+                       template_hook=continue_stream)
         finally:
             if progress is not None:
                 progress.stop()

@@ -28,8 +28,10 @@ several things::
 - ``description``: one line for ``retain plugins`` / ``retain strategies``.
 
 Lifecycle and training hooks receive a ``run`` (``retain.core.engine.Run``):
-the config, the model directory, the model being trained, the counts so far
-and ``run.kind`` (``"full_training"`` or ``"fine_tuning"``).
+the config, the model directory, the model being trained, the counts so far,
+the items it trains on (``run.items``), the version it starts from
+(``run.parent``, None for a full training) and ``run.kind``
+(``"full_training"`` or ``"fine_tuning"``).
 """
 
 from __future__ import annotations
@@ -99,6 +101,9 @@ def register_strategies(register):
     epochs and schedule in ``configure(settings)``, and carry state to the next
     update through ``state_dict()`` / ``load_state_dict()`` (tensors and JSON,
     saved inside the model version; a strategy never writes files itself).
+    ``retain train`` runs the configured strategies as the model's first
+    experience (without ``configure``; ``run.parent`` is None), so their state
+    from the base data is there for the first update.
     """
 
 

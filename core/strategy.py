@@ -26,6 +26,12 @@ class Strategy:
     During a run the strategy object is registered as a pluggy plugin, so it
     can also implement hooks from ``retain.core.hookspecs`` (``training_penalty``,
     ``epoch_ended``, ...) with ``@hookimpl``-decorated methods.
+
+    ``retain train`` runs the strategies of ``fine_tuning.strategy`` too, as the
+    model's first experience: ``configure`` is not called there, but plugins,
+    hooks and ``state_dict`` are, so the first update finds what it needs from
+    the base data (a replay buffer, importances). ``run.parent`` is None then:
+    there is no previous model to anchor to or distill from.
     """
 
     name: str = ""

@@ -1,4 +1,9 @@
-"""Built-in strategies: naive and low_lr (the seed's recipe)."""
+"""Built-in strategies, registered through the ``retain`` entry-point group like any plugin.
+
+``naive`` and ``low_lr`` only set the learning rate and schedule; the others
+(modules beside this one) add avalanche-lib plugins and carry state between
+updates. Compose them: ``fine_tuning.strategy: [low_lr, replay, ewc]``.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,24 @@ from typing import Literal
 
 from retain.core.hookspecs import hookimpl
 from retain.core.strategy import Strategy, TrainSettings
+from retain.strategies.memory import Agem, AgemOptions, Gem, GemOptions
+from retain.strategies.regularization import (Ewc, EwcOptions, Lwf, LwfOptions, Mas, MasOptions, Si,
+                                              SiOptions)
+from retain.strategies.replay import Replay, ReplayOptions
+
+
+@dataclass
+class NaiveOptions:
+    """No options: the learning rate is full_training.learning_rate."""
 
 
 class Naive(Strategy):
     """Plain fine-tuning at the full-training learning rate (the seed's "BAD" baseline)."""
 
     name = "naive"
+
+    def __init__(self, options: NaiveOptions | None = None):
+        self.options = options
 
     def configure(self, settings: TrainSettings, run) -> None:
         settings.learning_rate = run.config.full_training.learning_rate
@@ -37,7 +54,14 @@ class LowLr(Strategy):
         settings.warmup_steps = self.options.warmup_steps
 
 
+BUILTIN = [
+    ("naive", Naive, NaiveOptions), ("low_lr", LowLr, LowLrOptions), ("replay", Replay, ReplayOptions),
+    ("ewc", Ewc, EwcOptions), ("lwf", Lwf, LwfOptions), ("si", Si, SiOptions), ("mas", Mas, MasOptions),
+    ("agem", Agem, AgemOptions), ("gem", Gem, GemOptions),
+]
+
+
 @hookimpl
 def register_strategies(register):
-    register("naive", lambda options: Naive(), description=Naive.__doc__)
-    register("low_lr", LowLr, options=LowLrOptions, description=LowLr.__doc__)
+    for name, cls, options in BUILTIN:
+        register(name, cls, options=options, description=cls.__doc__.splitlines()[0])

@@ -20,6 +20,18 @@ TINY = [
 ]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    # Tiny models: on a busy 2-core machine a second intra-op thread costs far more than
+    # it gives (measured 4-50x slower steps). Subprocess tests keep torch's default.
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_overrides() -> list[str]:
     return list(TINY)

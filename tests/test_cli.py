@@ -130,3 +130,14 @@ def test_help_is_fast_and_does_not_import_torch():
         pytest.skip("console script not installed beside this interpreter")
     out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=True).stdout
     assert "Exit codes:" in out and "update" in out
+
+
+def test_train_strategy_flag_prepares_state_for_the_first_update(tmp_path, old_texts):
+    base = write_jsonl(tmp_path / "old.jsonl", old_texts[:60])
+    r = runner.invoke(app, ["train", "-d", str(base), "-m", str(tmp_path / "m"), "--strategy", "replay,ewc",
+                            *_sets(["options.replay.buffer_size=20"])])
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((tmp_path / "m" / "versions" / "0001" / "manifest.json").read_text())
+    saved = {f for f in manifest["files"] if f.startswith("strategy/")}
+    assert any(f.startswith("strategy/replay.") for f in saved), saved
+    assert "strategy/ewc.safetensors" in saved

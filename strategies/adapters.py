@@ -1,0 +1,332 @@
+"""avalanche-lib plugins adapted to causal-LM batches and to one experience per process.
+
+Each ``retain update`` is a fresh process training one experience, so what an
+avalanche plugin keeps in memory between experiences (importances, buffers,
+memories) is restored here from the previous version at the start of the
+experience, and read back by the strategy after it to be saved with the new
+version. The engine starts an update's clock at one past experience, so the
+plugins that skip the first experience apply what was restored.
+
+This module imports torch and avalanche-lib: import it inside functions only.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable
+
+import torch
+from avalanche.benchmarks.utils import AvalancheDataset
+from avalanche.training.plugins import (AGEMPlugin, EWCPlugin, GEMPlugin, LwFPlugin, MASPlugin,
+                                        ReplayPlugin, SynapticIntelligencePlugin)
+from avalanche.training.regularization import LearningWithoutForgetting
+from avalanche.training.storage_policy import ExemplarsBuffer, ReservoirSamplingBuffer
+from avalanche.training.utils import ParamData, copy_params_dict
+
+from retain.core.model import IGNORE_INDEX
+from retain.core.training import make_dataset, pad_to
+
+Tensors = dict[str, torch.Tensor]
+
+
+def _param_data(model: torch.nn.Module, saved: Tensors, device) -> dict[str, ParamData]:
+    """ParamData for every parameter of ``model``, in its order (EWC zips the two),
+    from ``saved`` where a tensor of the right shape is there, zero otherwise."""
+    out = {}
+    for name, p in model.named_parameters():
+        value = saved.get(name)
+        value = value.to(device) if value is not None and value.shape == p.shape else torch.zeros_like(p)
+        out[name] = ParamData(f"imp_{name}", p.shape, init_tensor=value.detach().clone(), device=device)
+    return out
+
+
+def trim(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop the padding columns no row uses (memories are stored and replayed trimmed)."""
+    width = int((y != IGNORE_INDEX).sum(1).max().clamp(min=1)) if len(y) else 1
+    return x[:, :width].contiguous(), y[:, :width].contiguous()
+
+
+def rows_of(dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (inputs, targets) rows of a dataset built by ``make_dataset``."""
+    if len(dataset) == 0:
+        return torch.zeros(0, 1, dtype=torch.long), torch.zeros(0, 1, dtype=torch.long)
+    samples = [dataset[i] for i in range(len(dataset))]
+    return trim(torch.stack([s[0] for s in samples]), torch.stack([s[1] for s in samples]))
+
+
+# --- replay -------------------------------------------------------------------------
+
+class TextReservoir(ExemplarsBuffer):
+    """Replay storage over item texts: avalanche's reservoir sampling picks the items,
+    and the buffer the template replays is their token rows.
+
+    Texts rather than token rows: they are what a version saves (JSON, readable, no
+    old dataset needed), and every item then has the same chance to be kept however
+    many sequences it splits into.
+    """
+
+    def __init__(self, max_size: int, new_texts: Callable[[], list[str]],
+                 encode: Callable[[list[str]], AvalancheDataset],
+                 texts: list[str] | None = None, keys: torch.Tensor | None = None):
+        super().__init__(max_size)
+        self.reservoir = ReservoirSamplingBuffer(max_size)
+        if texts:
+            # The reservoir's random keys come back with the texts: sampling continues
+            # across updates exactly as if it had never stopped.
+            self.reservoir.buffer = AvalancheDataset([list(texts)])
+            self.reservoir._buffer_weights = keys.float()
+            self.reservoir.resize(None, max_size)
+        self.new_texts = new_texts
+        self.encode = encode
+        self._rows: AvalancheDataset | None = None
+
+    @property
+    def texts(self) -> list[str]:
+        buf = self.reservoir.buffer
+        return [buf[i] for i in range(len(buf))]
+
+    @property
+    def keys(self) -> torch.Tensor:
+        return self.reservoir._buffer_weights
+
+    @property
+    def buffer(self) -> AvalancheDataset:
+        if len(self.reservoir.buffer) == 0:
+            return self._buffer  # ExemplarsBuffer's empty dataset: ReplayPlugin then skips replay
+        if self._rows is None:
+            self._rows = self.encode(self.texts)
+        return self._rows
+
+    def post_adapt(self, agent, exp) -> None:
+        # The experience holds token rows; the run's items are the texts behind them.
+        texts = self.new_texts()
+        if texts:
+            self.reservoir.update_from_dataset(AvalancheDataset([list(texts)]))
+            self._rows = None
+
+    def resize(self, strategy, new_size: int) -> None:
+        self.max_size = new_size
+        self.reservoir.resize(strategy, new_size)
+        self._rows = None
+
+
+class ItemReplay(ReplayPlugin):
+    """ReplayPlugin updating its storage through ``post_adapt``: its own ``after_training_exp``
+    calls the deprecated ``update``, whose warning avalanche forces on even when silenced."""
+
+    def after_training_exp(self, strategy, **kwargs):
+        self.storage_policy.post_adapt(strategy, strategy.experience)
+
+
+# --- regularization ---------------------------------------------------------------------
+
+class OnlineEWC(EWCPlugin):
+    """EWCPlugin (online mode) whose importances outlive the process.
+
+    The anchor is the loaded model: it *is* what EWC saved at the end of the
+    previous update (the version's own weights), so only importances are stored.
+    """
+
+    def __init__(self, ewc_lambda: float, decay_factor: float, importances: Tensors):
+        super().__init__(ewc_lambda, mode="online", decay_factor=decay_factor)
+        self.restored = importances
+
+    def before_training_exp(self, strategy, **kwargs):
+        super().before_training_exp(strategy, **kwargs)
+        past = strategy.clock.train_exp_counter - 1
+        if past >= 0 and self.restored:
+            self.importances[past] = _param_data(strategy.model, self.restored, strategy.device)
+            self.saved_params[past] = copy_params_dict(strategy.model)
+
+    def latest_importances(self) -> Tensors:
+        if not self.importances:
+            return {}
+        return {k: p.data.detach().cpu() for k, p in self.importances[max(self.importances)].items()}
+
+
+class PersistentSI(SynapticIntelligencePlugin):
+    """SynapticIntelligencePlugin whose importances and cumulated path integrals
+    outlive the process (the anchor is again the loaded model, taken at the start).
+
+    Also fixes SI on CPU: the plugin snapshots weights with ``param.detach().cpu()``,
+    which on a CPU model is the live parameter, not a copy, so the anchor and the
+    "weights before this step" move with the model and every importance is 0.
+    """
+
+    def __init__(self, si_lambda: float, eps: float, importance: Tensors, cum_trajectory: Tensors):
+        super().__init__(si_lambda, eps=eps)
+        self.restored = (importance, cum_trajectory)
+
+    def before_training_exp(self, strategy, **kwargs):
+        importance, cum = self.restored
+        if importance:
+            self.create_syn_data(strategy.model, self.ewc_data, self.syn_data, self.excluded_parameters)
+            for name, imp in self.ewc_data[1].items():
+                if name in importance and importance[name].numel() == imp.data.numel():
+                    imp.data = importance[name].flatten().clone()
+                    self.syn_data["cum_trajectory"][name].data = cum[name].flatten().clone()
+        super().before_training_exp(strategy, **kwargs)
+        self._own_copies(self.ewc_data[0])  # the anchor: weights at the start of the update
+
+    def before_training_iteration(self, strategy, **kwargs):
+        super().before_training_iteration(strategy, **kwargs)
+        self._own_copies(self.syn_data["old_theta"])  # weights before this step
+
+    @staticmethod
+    def _own_copies(snapshots) -> None:
+        for snap in snapshots.values():
+            snap.data = snap.data.clone()
+
+    def state(self) -> tuple[Tensors, Tensors]:
+        return ({k: v.data.detach().cpu().clone() for k, v in self.ewc_data[1].items()},
+                {k: v.data.detach().cpu().clone() for k, v in self.syn_data["cum_trajectory"].items()})
+
+
+class PersistentMAS(MASPlugin):
+    """MASPlugin whose importances outlive the process.
+
+    On [batch, time, vocab] logits MASPlugin's ``norm(out, dim=1)`` runs over the
+    time axis: summed and squared that way it is still the squared L2 norm of the
+    output up to a constant, so the importances are right up to lambda's scale.
+    """
+
+    def __init__(self, lambda_reg: float, alpha: float, importance: Tensors):
+        super().__init__(lambda_reg=lambda_reg, alpha=alpha)
+        self.restored = importance
+
+    def before_training_exp(self, strategy, **kwargs):
+        super().before_training_exp(strategy, **kwargs)
+        if self.restored:
+            self.importance = _param_data(strategy.model, self.restored, strategy.device)
+            self.params = dict(copy_params_dict(strategy.model))
+
+    def before_backward(self, strategy, **kwargs):
+        # An update whose parent carried no MAS state has nothing to protect yet;
+        # MASPlugin would raise, since the clock says this is not the first experience.
+        if self.importance:
+            super().before_backward(strategy, **kwargs)
+
+    def after_training_exp(self, strategy, **kwargs):
+        if not self.importance:  # first MAS experience: importances of this one only
+            self.params = dict(copy_params_dict(strategy.model))
+            self.importance = self._get_importance(strategy)
+            return
+        super().after_training_exp(strategy, **kwargs)
+
+    def state(self) -> Tensors:
+        return {k: v.data.detach().cpu().clone() for k, v in (self.importance or {}).items()}
+
+
+class _TokenLwF(LearningWithoutForgetting):
+    """Distillation over the vocabulary at every real (non-padding) token position."""
+
+    def __init__(self, alpha: float, temperature: float, teacher: torch.nn.Module | None):
+        super().__init__(alpha, temperature)
+        self.prev_model = teacher
+        self.mask: torch.Tensor | None = None
+
+    def _lwf_penalty(self, out, x, curr_model):
+        if self.prev_model is None:
+            return 0
+        with torch.no_grad():
+            prev = self.prev_model(x)
+        vocab = range(out.size(-1))  # every token is an "active unit" of a language model
+        return self._distillation_loss(out[self.mask], prev[self.mask], vocab)
+
+
+class CausalLMLwF(LwFPlugin):
+    """LwFPlugin for a causal LM whose teacher is the model the update started from.
+
+    LwFPlugin fails on our data: after each experience it reads the classes seen per
+    task (``dataset.task_set``), which an LM dataset has no notion of, and it would
+    distill [batch, time, vocab] logits along the time axis. Here every vocabulary
+    entry is a class, distillation runs per token (padding excluded), and the
+    teacher is the loaded previous version, so nothing needs to be stored.
+    """
+
+    def __init__(self, alpha: float, temperature: float, teacher: torch.nn.Module | None):
+        super().__init__(alpha, temperature)
+        self.lwf = _TokenLwF(alpha, temperature, teacher)
+
+    def before_backward(self, strategy, **kwargs):
+        self.lwf.mask = strategy.mb_y != IGNORE_INDEX
+        super().before_backward(strategy, **kwargs)
+
+    def after_training_exp(self, strategy, **kwargs):
+        # The next update's teacher is the version this one saves: no copy to keep.
+        pass
+
+
+# --- episodic memories (gradient projection) -------------------------------------------------
+
+class PersistentAGEM(AGEMPlugin):
+    """AGEMPlugin whose per-update memories outlive the process.
+
+    Memories hold token rows (inputs, targets), stored trimmed of padding and padded
+    to a common width when restored (AGEM samples across them in one batch). At most
+    ``max_memories`` are kept: the base model's (the first) and the most recent ones.
+    """
+
+    def __init__(self, patterns_per_experience: int, sample_size: int, max_memories: int,
+                 memories: list[tuple[torch.Tensor, torch.Tensor]], pad_id: int):
+        super().__init__(patterns_per_experience, sample_size)
+        self.max_memories = max_memories
+        width = max((x.size(1) for x, _ in memories), default=1)
+        for x, y in memories:
+            self.update_memory(make_dataset(*pad_to(x, y, width, pad_id)))
+
+    def after_training_exp(self, strategy, **kwargs):
+        super().after_training_exp(strategy, **kwargs)
+        if len(self.buffers) > self.max_memories:
+            self.buffers = self.buffers[:1] + self.buffers[len(self.buffers) - self.max_memories + 1:]
+
+    def memories(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [rows_of(b) for b in self.buffers]
+
+
+class PersistentGEM(GEMPlugin):
+    """GEMPlugin whose per-update memories outlive the process.
+
+    GEMPlugin indexes its memories by the clock's experience counter, which in a
+    one-experience process is 0 or 1, not the number of past updates: here the
+    counter is read as the number of memories held (the clock is put back after).
+    """
+
+    def __init__(self, patterns_per_experience: int, memory_strength: float, max_memories: int,
+                 memories: list[tuple[torch.Tensor, torch.Tensor]]):
+        super().__init__(patterns_per_experience, memory_strength)
+        self.max_memories = max_memories
+        for t, (x, y) in enumerate(memories):
+            self.memory_x[t], self.memory_y[t] = x, y
+            self.memory_tid[t] = torch.zeros(len(x), dtype=torch.long)
+
+    @contextmanager
+    def _clock_reads_memories(self, strategy):
+        clock = strategy.clock
+        real = clock.train_exp_counter
+        clock.train_exp_counter = len(self.memory_x)
+        try:
+            yield
+        finally:
+            clock.train_exp_counter = real
+
+    def before_training_iteration(self, strategy, **kwargs):
+        with self._clock_reads_memories(strategy):
+            super().before_training_iteration(strategy, **kwargs)
+
+    def after_backward(self, strategy, **kwargs):
+        with self._clock_reads_memories(strategy):
+            super().after_backward(strategy, **kwargs)
+
+    def after_training_exp(self, strategy, **kwargs):
+        t = len(self.memory_x)
+        self.update_memory(strategy.experience.dataset, t, strategy.train_mb_size)
+        self.memory_x[t], self.memory_y[t] = trim(self.memory_x[t], self.memory_y[t])
+        keep = sorted(self.memory_x)
+        if len(keep) > self.max_memories:  # the base model's memory and the most recent ones
+            keep = keep[:1] + keep[len(keep) - self.max_memories + 1:]
+        self.memory_x, self.memory_y, self.memory_tid = (
+            {i: d[k] for i, k in enumerate(keep)} for d in (self.memory_x, self.memory_y, self.memory_tid))
+
+    def memories(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [(self.memory_x[t], self.memory_y[t]) for t in sorted(self.memory_x)]

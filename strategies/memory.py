@@ -1,0 +1,113 @@
+"""Gradient-projection strategies with episodic memories: ``agem`` and ``gem``.
+
+Each keeps a few token sequences of every update (the base model's and the most
+recent ones) with the version, and projects each step's gradient so that the
+loss on those memories does not rise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from retain.core.errors import ConfigError
+from retain.core.strategy import Strategy
+
+
+def memories_state(memories: list) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for i, (x, y) in enumerate(memories):
+        out[f"x/{i}"], out[f"y/{i}"] = x, y
+    return out
+
+
+def memories_from(state: dict[str, Any]) -> list:
+    count = sum(1 for k in state if k.startswith("x/"))
+    return [(state[f"x/{i}"], state[f"y/{i}"]) for i in range(count)]
+
+
+def _positive(name: str, **values: int) -> None:
+    for key, value in values.items():
+        if value < 1:
+            raise ConfigError(f"config key 'options.{name}.{key}': must be >= 1, got {value!r}")
+
+
+@dataclass
+class AgemOptions:
+    patterns_per_update: int = 64  # sequences of each update kept in memory
+    sample_size: int = 16           # memory sequences per reference gradient
+    max_memories: int = 8           # updates remembered: the base model's and the latest ones
+
+    def __post_init__(self):
+        _positive("agem", patterns_per_update=self.patterns_per_update, sample_size=self.sample_size,
+                  max_memories=self.max_memories)
+        if self.max_memories > self.sample_size:
+            raise ConfigError("config key 'options.agem.max_memories': must be <= sample_size "
+                              f"({self.sample_size}), each memory gives at least one sequence per sample")
+
+
+class Agem(Strategy):
+    """A-GEM: projects each gradient so the average loss on remembered sequences does not rise."""
+
+    name = "agem"
+
+    def __init__(self, options: AgemOptions):
+        self.options = options
+        self.memories: list = []
+        self.plugin = None
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.memories = memories_from(state)
+
+    def avalanche_plugins(self, run) -> list:
+        from retain.core.model import PAD
+        from retain.strategies.adapters import PersistentAGEM
+
+        o = self.options
+        self.plugin = PersistentAGEM(o.patterns_per_update, o.sample_size, o.max_memories,
+                                     self.memories, run.tokenizer.token_to_id(PAD))
+        return [self.plugin]
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.plugin is not None:
+            self.memories = self.plugin.memories()
+        return memories_state(self.memories)
+
+
+@dataclass
+class GemOptions:
+    patterns_per_update: int = 16  # sequences of each update kept in memory
+    memory_strength: float = 0.5   # GEM's gamma: margin that favours backward transfer
+    max_memories: int = 4          # updates remembered (one constraint each): base + latest
+
+    def __post_init__(self):
+        _positive("gem", patterns_per_update=self.patterns_per_update, max_memories=self.max_memories)
+        if self.memory_strength < 0:
+            raise ConfigError("config key 'options.gem.memory_strength': must be >= 0, "
+                              f"got {self.memory_strength!r}")
+
+
+class Gem(Strategy):
+    """GEM: projects each gradient so no remembered update's loss rises (one QP per step; slowest)."""
+
+    name = "gem"
+
+    def __init__(self, options: GemOptions):
+        self.options = options
+        self.memories: list = []
+        self.plugin = None
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.memories = memories_from(state)
+
+    def avalanche_plugins(self, run) -> list:
+        from retain.strategies.adapters import PersistentGEM
+
+        o = self.options
+        self.plugin = PersistentGEM(o.patterns_per_update, o.memory_strength, o.max_memories, self.memories)
+        return [self.plugin]
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.plugin is not None:
+            self.memories = self.plugin.memories()
+        return memories_state(self.memories)

@@ -1,0 +1,169 @@
+"""Regularization strategies: ``ewc``, ``si``, ``mas`` (importance-weighted pull towards the
+previous weights) and ``lwf`` (distillation from the previous model).
+
+Each saves what the next update needs with the version: the importances (the
+anchor weights are the version's own weights, so they are not stored twice).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from retain.core.errors import ConfigError
+from retain.core.strategy import Strategy
+
+
+def prefixed(prefix: str, tensors: dict) -> dict:
+    return {f"{prefix}/{k}": v for k, v in tensors.items()}
+
+
+def unprefixed(prefix: str, state: dict) -> dict:
+    start = len(prefix) + 1
+    return {k[start:]: v for k, v in state.items() if k.startswith(prefix + "/")}
+
+
+def _check(name: str, key: str, value: float, low: float, low_ok: bool = True, high: float | None = None):
+    bad = value < low if low_ok else value <= low
+    if bad or (high is not None and value > high):
+        rng = f"{'>=' if low_ok else '>'} {low:g}" + (f" and <= {high:g}" if high is not None else "")
+        raise ConfigError(f"config key 'options.{name}.{key}': must be {rng}, got {value!r}")
+
+
+@dataclass
+class EwcOptions:
+    ewc_lambda: float = 100000.0  # weight of the penalty (the Fisher of an LM's weights is tiny;
+                                  # tuned on benchmarks/forgetting.py, see BENCHMARKS.md)
+    decay: float = 1.0           # online EWC's gamma: past importances are scaled by it each update
+
+    def __post_init__(self):
+        _check("ewc", "ewc_lambda", self.ewc_lambda, 0.0)
+        _check("ewc", "decay", self.decay, 0.0, high=1.0)
+
+
+class Ewc(Strategy):
+    """Online EWC: keeps weights that mattered (Fisher, stored with the model) near their values."""
+
+    name = "ewc"
+
+    def __init__(self, options: EwcOptions):
+        self.options = options
+        self.importances: dict = {}
+        self.plugin = None
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.importances = unprefixed("importance", state)
+
+    def avalanche_plugins(self, run) -> list:
+        from retain.strategies.adapters import OnlineEWC
+
+        self.plugin = OnlineEWC(self.options.ewc_lambda, self.options.decay, self.importances)
+        return [self.plugin]
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.plugin is not None:
+            self.importances = self.plugin.latest_importances()
+        return prefixed("importance", self.importances)
+
+
+@dataclass
+class SiOptions:
+    si_lambda: float = 1000.0  # weight of the penalty (avalanche clips importances at 1e-3, so it
+                               # is large; tuned on benchmarks/forgetting.py, see BENCHMARKS.md)
+    eps: float = 1e-7        # damping of the path-integral importance
+
+    def __post_init__(self):
+        _check("si", "si_lambda", self.si_lambda, 0.0)
+        _check("si", "eps", self.eps, 0.0, low_ok=False)
+
+
+class Si(Strategy):
+    """Synaptic Intelligence: importances from each weight's contribution to the loss drop while training."""
+
+    name = "si"
+
+    def __init__(self, options: SiOptions):
+        self.options = options
+        self.importance: dict = {}
+        self.cum_trajectory: dict = {}
+        self.plugin = None
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.importance = unprefixed("importance", state)
+        self.cum_trajectory = unprefixed("cum_trajectory", state)
+
+    def avalanche_plugins(self, run) -> list:
+        from retain.strategies.adapters import PersistentSI
+
+        self.plugin = PersistentSI(self.options.si_lambda, self.options.eps, self.importance, self.cum_trajectory)
+        return [self.plugin]
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.plugin is not None:
+            self.importance, self.cum_trajectory = self.plugin.state()
+        return {**prefixed("importance", self.importance), **prefixed("cum_trajectory", self.cum_trajectory)}
+
+
+@dataclass
+class MasOptions:
+    mas_lambda: float = 1.0  # weight of the penalty
+    alpha: float = 0.5       # share of the past importances kept when this update's are merged in
+
+    def __post_init__(self):
+        _check("mas", "mas_lambda", self.mas_lambda, 0.0)
+        _check("mas", "alpha", self.alpha, 0.0, high=1.0)
+
+
+class Mas(Strategy):
+    """Memory Aware Synapses: importances from how much each weight moves the model's outputs."""
+
+    name = "mas"
+
+    def __init__(self, options: MasOptions):
+        self.options = options
+        self.importance: dict = {}
+        self.plugin = None
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.importance = unprefixed("importance", state)
+
+    def avalanche_plugins(self, run) -> list:
+        from retain.strategies.adapters import PersistentMAS
+
+        self.plugin = PersistentMAS(self.options.mas_lambda, self.options.alpha, self.importance)
+        return [self.plugin]
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.plugin is not None:
+            self.importance = self.plugin.state()
+        return prefixed("importance", self.importance)
+
+
+@dataclass
+class LwfOptions:
+    alpha: float = 5.0        # weight of the distillation term (avalanche's 1.0 barely helped
+                              # on benchmarks/forgetting.py)
+    temperature: float = 2.0  # softmax temperature of teacher and student
+
+    def __post_init__(self):
+        _check("lwf", "alpha", self.alpha, 0.0)
+        _check("lwf", "temperature", self.temperature, 0.0, low_ok=False)
+
+
+class Lwf(Strategy):
+    """Learning without Forgetting: distills the previous model's predictions on the new inputs."""
+
+    name = "lwf"
+
+    def __init__(self, options: LwfOptions):
+        self.options = options
+
+    def avalanche_plugins(self, run) -> list:
+        import copy
+
+        from retain.strategies.adapters import CausalLMLwF
+
+        teacher = None
+        if run.parent is not None:  # a full training has no previous model to distill
+            teacher = copy.deepcopy(run.model).eval().requires_grad_(False)
+        return [CausalLMLwF(self.options.alpha, self.options.temperature, teacher)]
