@@ -240,7 +240,9 @@ def compare(
                                         "and full_retrain (retrain from scratch after each experience)."),
     data: List[str] = typer.Option([], "--data", "-d", help="New data: one source or folder per experience "
                                    "(repeatable), or all of it with --daily."),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Base model every strategy starts from."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Base model every strategy starts from "
+                                         "(trained with `retain train --strategy replay,ewc,...`, stateful "
+                                         "strategies start with the base's state)."),
     base_data: List[str] = typer.Option([], "--base-data", help="The base model's training data: what "
                                         "full_retrain retrains on, and old items --daily may repeat."),
     scenario: str = typer.Option("text", "--scenario", help="text | split-digits (scikit-learn digits, 5 x 2 classes)."),

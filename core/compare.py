@@ -273,11 +273,24 @@ def run_compare(req: CompareRequest, *, console=None) -> dict:
     else:
         raise ConfigError(f"unknown --scenario {req.scenario!r} (text, split-digits)")
 
+    from .strategy import Strategy
+
+    notes, stateless_base = [], []
     for label in names:  # bad strategy options are one clear error here, not one per worker
         for part in label.split("+"):
             if part != FULL_RETRAIN:
-                registry.build("strategies", part, config)
+                built = registry.build("strategies", part, config)
+                stateful = type(built).state_dict is not Strategy.state_dict
+                if isinstance(stream, TextStream) and stateful and part not in config.fine_tuning.strategy:
+                    stateless_base.append(part)
+    if stateless_base:
+        names_ = ",".join(dict.fromkeys(stateless_base))
+        notes.append(f"the base model was trained without {names_} among its strategies, so they start "
+                     f"without the base's state (replay buffer, importances); `retain train --strategy "
+                     f"{names_}` records it")
     say = console.print if console is not None else (lambda *a, **k: None)
+    for note in notes:
+        say(f"[yellow]note:[/] {note}")
     exps = stream.experiences
     say(f"[bold]retain compare[/]: {len(names)} strategies on {stream.name} "
         f"({len(exps)} experiences: {', '.join(e.name for e in exps)}), --jobs {req.jobs}")
@@ -298,7 +311,9 @@ def run_compare(req: CompareRequest, *, console=None) -> dict:
             for fut in as_completed(futures):
                 results[futures[fut]] = fut.result()
                 say(f"  {futures[fut]}: done in {results[futures[fut]]['wall_seconds']:.1f}s")
-    return summarize(req, stream, config, names, results, time.perf_counter() - started)
+    summary = summarize(req, stream, config, names, results, time.perf_counter() - started)
+    summary["notes"] = notes
+    return summary
 
 
 def _check_identical(results: dict[str, dict]) -> dict:

@@ -196,18 +196,22 @@ def test_cli_text_compare_end_to_end(base_model, old_texts, new_texts, tmp_path)
     old = write_jsonl(tmp_path / "old.jsonl", old_texts[:60])  # full_retrain's base data: kept small
     out = tmp_path / "out"
     result = CliRunner().invoke(app, [
-        "compare", "--strategies", "naive,low_lr,full_retrain", "--model", str(base_model),
+        "compare", "--strategies", "naive,low_lr,replay,ewc,lwf,full_retrain", "--model", str(base_model),
         "--data", str(day1), "--data", str(day2), "--base-data", str(old), "--out", str(out), "--json"])
     assert result.exit_code == 0, result.output
     res = json.loads(result.stdout)
     assert [e["name"] for e in res["scenario"]["experiences"]] == ["base", "day1", "day2"]
     naive, low, full = (res["results"][s] for s in ("naive", "low_lr", "full_retrain"))
-    for r in (naive, low, full):
+    stateful = [res["results"][s] for s in ("replay", "ewc", "lwf")]
+    # the base was trained with the default [low_lr]: compare says the stateful ones start without state
+    assert len(res["notes"]) == 1 and "without replay,ewc among its strategies" in res["notes"][0]
+    for r in (naive, low, full, *stateful):
         assert len(r["R"]) == 3 and all(len(row) == 3 for row in r["R"])
         assert r["R"][0] == naive["R"][0]  # every strategy starts from the same base model
         assert r["peak_rss_mib"] > 0 and r["train_seconds"] > 0
     # the engine trained naive and low_lr on the same items (its own record), full_retrain on more
-    assert [s["trained_hash"] for s in naive["stages"]] == [s["trained_hash"] for s in low["stages"]]
+    for r in (low, *stateful):
+        assert [s["trained_hash"] for s in r["stages"]] == [s["trained_hash"] for s in naive["stages"]]
     assert full["stages"][0]["trained"] > naive["stages"][0]["trained"]
     assert naive["R"][2] != low["R"][2]  # lr 1e-3 vs 1e-4: the strategies really differ
     # text: "old data" is the base model's held-out items, "new" the day just learned
@@ -216,12 +220,12 @@ def test_cli_text_compare_end_to_end(base_model, old_texts, new_texts, tmp_path)
     # outputs
     assert (out / "results.json").is_file() and json.loads((out / "results.json").read_text())["strategies"]
     csv_lines = (out / "results.csv").read_text().splitlines()
-    assert csv_lines[0].startswith("strategy,") and len(csv_lines) == 4
+    assert csv_lines[0].startswith("strategy,") and len(csv_lines) == 7
     png = (out / "compare.png").read_bytes()
     width, height = _png_size(png)
     assert width > 800 and height > 600 and len(png) > 20_000
-    assert res["plot"]["legend"] == sorted(["naive", "low_lr", "full_retrain"])
-    assert {"R: naive", "R: low_lr", "R: full_retrain"} <= set(res["plot"]["titles"])
+    assert res["plot"]["legend"] == sorted(res["strategies"])
+    assert {f"R: {s}" for s in res["strategies"]} <= set(res["plot"]["titles"])
     fig = figure(res)  # the same labels, read from the figure objects themselves
     assert figure_labels(fig) == {k: res["plot"][k] for k in ("legend", "titles")}
 
@@ -260,3 +264,47 @@ def test_the_update_gate_is_off_unless_asked(base_model, new_texts, tmp_path):
     assert measured["stages"][0]["status"] == "accepted" and measured["R"][1] != measured["R"][0]
     assert gated["stages"][0]["status"] == "rejected" and gated["stages"][0]["verdicts"] == {"retention": "fail"}
     assert gated["R"][1] == gated["R"][0]  # the gate kept the base model
+
+
+def _avalanche_R(make_strategy, setting: str, seed: int, epochs: int):
+    """avalanche-lib's own strategy over the same stream, evaluated like retain compare."""
+    import torch
+    import torch.nn.functional as F
+    from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
+
+    from retain.core.digits import accuracy, new_model, tensors
+    from retain.core.training import make_dataset
+
+    stream = split_digits(setting, seed=seed)
+    model = new_model(stream, seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+    strategy = make_strategy(model=model, optimizer=opt, criterion=F.cross_entropy, train_mb_size=32,
+                             train_epochs=epochs, device="cpu", evaluator=None)
+    rows = []
+    for i, exp in enumerate(benchmark_from_datasets(
+            train=[make_dataset(*tensors(e, "train")) for e in stream.experiences]).train_stream):
+        opt.state.clear()          # retain's fit: a fresh optimizer per experience
+        torch.manual_seed(seed + i)  # and the same seed before each experience
+        strategy.train(exp)
+        rows.append([accuracy(model, e) for e in stream.experiences])
+    return rows
+
+
+def test_split_digits_ewc_and_replay_match_avalanche_exactly():
+    """Retain's strategies rebuild their plugins each experience from state_dict (as between
+    two updates); avalanche keeps one template and its plugins in memory. Same numbers."""
+    from avalanche.training import EWC, Naive
+    from avalanche.training.plugins import ReplayPlugin
+    from avalanche.training.storage_policy import ReservoirSamplingBuffer
+
+    res = run_compare(CompareRequest(strategies="naive+ewc,naive+replay,lwf", scenario="split-digits",
+                                     epochs=1, seed=3, overrides=[
+                                         "options.ewc.ewc_lambda=100000.0", "options.replay.buffer_size=100",
+                                         "options.replay.ratio=1.0"]))
+    ewc = _avalanche_R(lambda **k: EWC(**k, ewc_lambda=1e5, mode="online", decay_factor=1.0), "class", 3, 1)
+    replay = _avalanche_R(lambda **k: Naive(**k, plugins=[ReplayPlugin(
+        mem_size=100, batch_size_mem=32, storage_policy=ReservoirSamplingBuffer(100))]), "class", 3, 1)
+    assert res["results"]["naive+ewc"]["R"] == ewc
+    assert res["results"]["naive+replay"]["R"] == replay
+    assert res["results"]["naive+replay"]["final_old"] > 0.3  # replay keeps old classes alive
+    assert res["results"]["lwf"]["supported"] is False  # its distillation is written for token batches
