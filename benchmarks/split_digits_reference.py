@@ -12,11 +12,15 @@ seeds) and the per-seed differences. Replay is set beside two avalanche
 references: its Replay class (an experience-balanced buffer, its default) and
 Naive + ReplayPlugin with a reservoir buffer, retain's sampling policy.
 
+Part 3 runs ``retain compare --scenario split-digits`` with every built-in
+strategy and the baselines (naive at lr 1e-3, full retrain on all data so
+far), class- and task-incremental, and prints its tables.
+
 Part 2 times one training run of the same MLP three ways, alternating, and
 reports medians and ratios: a bare PyTorch loop, avalanche's Naive template,
 and retain's ``training.fit`` (template + EngineLoop plugin).
 
-    .venv/bin/python benchmarks/split_digits_reference.py            # ~5 minutes on 2 cores
+    .venv/bin/python benchmarks/split_digits_reference.py            # ~3 minutes on 2 cores
     .venv/bin/python benchmarks/split_digits_reference.py --seeds 0 1 --repeats 3
 """
 
@@ -32,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from retain.core.compare import DIGITS_DEFAULTS, CompareRequest, run_compare
+from retain.core.compare_report import markdown
 from retain.core.digits import accuracy, new_model, settings_for, tensors, train_experience
 from retain.core.config import load_config
 from retain.core.metrics import stream_metrics
@@ -45,6 +50,8 @@ EWC_LAMBDA = 100000.0  # the Fisher of a well-trained 2-class task is small
 MEM_SIZE = 200
 # retain names: naive's lr (full_training.learning_rate) with each method's plugins.
 RETAIN = {"Naive": "naive", "EWC": "naive+ewc", "Replay": "naive+replay"}
+# Part 3: every built-in strategy through `retain compare` itself, with the baselines.
+ALL = "naive,low_lr,replay,ewc,lwf,full_retrain"
 # Replay twice on the avalanche side: its Replay class (experience-balanced buffer, its default)
 # and Naive + ReplayPlugin with a reservoir buffer, the sampling policy of retain's replay.
 AVALANCHE = {"Naive": ["Naive"], "EWC": ["EWC"], "Replay": ["Replay", "Replay (reservoir)"]}
@@ -189,6 +196,15 @@ def main() -> None:
     for name, v in overhead.items():
         if isinstance(v, dict):
             print(f"| {name} | {v['median_ms_per_iteration']:.3f} | {v['ratio_to_bare']:.2f} |")
+    for setting in ("class", "task"):
+        res = run_compare(CompareRequest(strategies=ALL, scenario="split-digits", setting=setting, seed=0,
+                                         epochs=args.epochs, jobs=2))
+        print(f"\n`retain compare --scenario split-digits --setting {setting} --strategies {ALL} --jobs 2` "
+              f"(defaults: seed 0, {args.epochs} epochs; accuracy; time and memory per worker process):\n")
+        print(markdown(res))
+        for label in res["strategies"]:
+            if not res["results"][label].get("supported"):
+                print(f"\nn/a {label}: {res['results'][label]['reason']}")
     print(f"\ntotal {time.perf_counter() - started:.0f}s")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:

@@ -7,7 +7,7 @@ same base and sees the same days; the metric is the mean token loss on
 held-out items (Wikipedia: the base model's held-out paragraphs; each day: its
 own held-out speeches).
 
-    .venv/bin/python benchmarks/text_compare.py                  # ~8 minutes on 2 cores
+    .venv/bin/python benchmarks/text_compare.py                  # ~5 minutes on 2 cores
     .venv/bin/python benchmarks/text_compare.py --strategies naive,low_lr,full_retrain
 
 It writes the corpora as JSONL, trains the base (same as ``retain train``),
@@ -88,7 +88,12 @@ def main() -> None:
               "see the project README)")
         sys.exit(0)
 
+    import torch
     from rich.console import Console
+
+    # One thread for the base training too, like each --jobs 2 worker on 2 cores: on a shared,
+    # busy machine two spin-waiting torch threads can be many times slower than one.
+    torch.set_num_threads(1)
 
     from retain.core.compare import CompareRequest, run_compare
     from retain.core.compare_report import table, write_outputs

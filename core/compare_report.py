@@ -91,6 +91,26 @@ def table(results: dict):
     return t
 
 
+def markdown(results: dict) -> str:
+    """The table as Markdown (for BENCHMARKS.md and the like), best per column in bold."""
+    cols = _columns(results)
+    data = rows(results)
+    best = {}
+    for key, _, _, hib in cols:
+        values = [r[key] for r in data if r[key] is not None]
+        if hib is not None and values:
+            best[key] = max(values) if hib else min(values)
+    lines = ["| strategy | " + " | ".join(h for _, h, _, _ in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for r in data:
+        cells = []
+        for key, _, fmt, _ in cols:
+            v = r[key]
+            cell = "n/a" if not r["supported"] else "-" if v is None else format(v, fmt)
+            cells.append(f"**{cell}**" if v is not None and v == best.get(key) else cell)
+        lines.append(f"| {r['strategy']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def figure(results: dict):
     """The matplotlib figure (Agg): old/new metric over the stream, and R as a heat map per strategy."""
     import matplotlib
