@@ -69,6 +69,65 @@ def lr_lambda(settings: TrainSettings, total_steps: int) -> Callable[[int], floa
     return factor
 
 
+class LengthBatches:
+    """Batch sampler: shuffled batches of similar-length sequences, reshuffled every epoch.
+
+    With purely random batches the padding to each batch's longest row costs
+    ~2.5x the real tokens on paragraph-sized items (measured on the demo
+    corpus); sorting within windows of 50 batches keeps the order random at
+    the batch level while padding stays a few percent.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, window: int = 50):
+        self.lengths, self.batch_size, self.window = lengths, batch_size, window
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        n, w = len(self.lengths), self.batch_size * self.window
+        return sum(math.ceil(min(w, n - s) / self.batch_size) for s in range(0, n, w))
+
+    def __iter__(self):
+        order = torch.randperm(len(self.lengths), generator=self.generator).tolist()
+        batches = []
+        for start in range(0, len(order), self.batch_size * self.window):
+            chunk = sorted(order[start:start + self.batch_size * self.window], key=self.lengths.__getitem__)
+            batches += [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        for i in torch.randperm(len(batches), generator=self.generator).tolist():
+            yield batches[i]
+
+
+def _lm_template_class():
+    from avalanche.training.templates import SupervisedTemplate
+    from torch.utils.data import DataLoader
+
+    class LMTemplate(SupervisedTemplate):
+        """avalanche's SupervisedTemplate with length-bucketed training batches.
+
+        Plugins that bring their own loader (replay's ReplayDataLoader) replace
+        this one in before_training_exp, as they would the default.
+        """
+
+        lengths: list[int] | None = None
+
+        def make_train_dataloader(self, num_workers=0, shuffle=True, pin_memory=None,
+                                  persistent_workers=False, drop_last=False, **kwargs):
+            data = self.adapted_dataset
+            lengths = self.lengths
+            if lengths is None or len(lengths) != len(data):  # a plugin changed the dataset
+                lengths = [int((data[i][1] != IGNORE_INDEX).sum()) for i in range(len(data))]
+            args = self._obtain_common_dataloader_parameters(
+                batch_size=self.train_mb_size, num_workers=num_workers, shuffle=shuffle,
+                pin_memory=pin_memory, persistent_workers=persistent_workers, drop_last=drop_last)
+            for key in ("batch_size", "shuffle", "drop_last", "sampler"):
+                args.pop(key, None)
+            # Follows torch.manual_seed without drawing from (and so shifting) the global stream.
+            seed = torch.initial_seed() % (2**31 - 1)
+            self.dataloader = DataLoader(data, batch_sampler=LengthBatches(lengths, self.train_mb_size, seed),
+                                         **args)
+
+    return LMTemplate
+
+
 def fit(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, settings: TrainSettings, *,
         device: torch.device, pad_id: int | None, penalty: Callable[..., torch.Tensor | None],
         extra_plugins: list, on_step: Callable[[int, int, float], None],
@@ -144,12 +203,16 @@ def fit(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, settings: Trai
     with warnings.catch_warnings():
         # avalanche warns about its own deprecations and about running without loggers
         warnings.simplefilter("ignore")
-        template = SupervisedTemplate(
+        # Rows that are not sequences have no lengths to bucket: avalanche's own template and loader.
+        template_class = _lm_template_class() if sequences else SupervisedTemplate
+        template = template_class(
             model=model, optimizer=optimizer, criterion=criterion,
             train_mb_size=settings.batch_size, train_epochs=settings.epochs,
             eval_mb_size=settings.batch_size, device=device,
             plugins=[*extra_plugins, EngineLoop()], evaluator=None,
         )
+        if sequences:
+            template.lengths = (y != IGNORE_INDEX).sum(1).tolist()
         if template_hook is not None:
             template_hook(template)
         template.train(experience)
