@@ -43,6 +43,24 @@ class Strategy:
         """avalanche-lib plugins to add to the training template."""
         return []
 
+    def classification_plugins(self, run: Any) -> list | None:
+        """avalanche-lib plugins for a classification stream, or None if unsupported.
+
+        ``retain compare --scenario split-digits`` trains a small MLP on
+        (features, class, task) rows through the same ``fit`` and plugins, with
+        ``run.kind == "classification"`` and no tokenizer. A strategy that adds
+        no plugins (it only configures lr, epochs, schedule) works there as it
+        is. Plugins written for token batches are not assumed to fit class
+        labels: a strategy that has them opts in by overriding this method
+        (returning classification-ready plugins, e.g. ``self.avalanche_plugins(run)``
+        when they only read the model and the batch); otherwise compare reports
+        it as not supporting the scenario. ``state_dict``/``load_state_dict``
+        carry its state between experiences there as between updates.
+        """
+        # Opt-in rather than a default call of avalanche_plugins: an LM-specific
+        # plugin (a text replay buffer) would fail deep inside training instead.
+        return [] if type(self).avalanche_plugins is Strategy.avalanche_plugins else None
+
     def state_dict(self) -> dict[str, Any]:
         """What the next update needs: tensors and JSON-able values. Saved with the version."""
         return {}

@@ -20,11 +20,11 @@ from .model import IGNORE_INDEX, lm_loss
 from .strategy import TrainSettings
 
 
-def make_dataset(x: torch.Tensor, y: torch.Tensor):
-    """An AvalancheDataset of (inputs, target sequence, task label 0)."""
+def make_dataset(x: torch.Tensor, y: torch.Tensor, task_labels: torch.Tensor | None = None):
+    """An AvalancheDataset of (inputs, target sequence, task label: 0 unless given per row)."""
     from avalanche.benchmarks.utils import AvalancheDataset, DataAttribute
 
-    t = torch.zeros(len(x), dtype=torch.long)
+    t = torch.zeros(len(x), dtype=torch.long) if task_labels is None else task_labels.long()
     return AvalancheDataset(
         [TensorDataset(x, y, t)],
         data_attributes=[
@@ -45,13 +45,14 @@ def pad_to(x: torch.Tensor, y: torch.Tensor, width: int, pad_id: int) -> tuple[t
 
 
 class _RecordingCriterion:
-    """Token-level cross-entropy that remembers the task loss (without penalties)."""
+    """The task loss (token-level cross-entropy by default), remembered without penalties."""
 
-    def __init__(self) -> None:
+    def __init__(self, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = lm_loss) -> None:
+        self.loss_fn = loss_fn
         self.last: torch.Tensor | None = None
 
     def __call__(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        loss = lm_loss(logits, targets)
+        loss = self.loss_fn(logits, targets)
         self.last = loss.detach()
         return loss
 
@@ -128,20 +129,30 @@ def _lm_template_class():
 
 
 def fit(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, settings: TrainSettings, *,
-        device: torch.device, pad_id: int, penalty: Callable[..., torch.Tensor | None],
+        device: torch.device, pad_id: int | None, penalty: Callable[..., torch.Tensor | None],
         extra_plugins: list, on_step: Callable[[int, int, float], None],
-        on_epoch: Callable[[int, float], None], template_hook: Callable[[Any], None] | None = None) -> list[float]:
+        on_epoch: Callable[[int, float], None], template_hook: Callable[[Any], None] | None = None,
+        loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        task_labels: torch.Tensor | None = None) -> list[float]:
     """Train ``model`` on (x, y) for ``settings.epochs``; return the mean task loss per epoch.
 
     ``penalty(model, inputs, targets, logits)`` returns the summed extra loss
     terms (from the ``training_penalty`` hook) or None.
+
+    By default (x, y) are token sequences: padded to ``max_seq_length`` with
+    ``pad_id``, trimmed per batch, token cross-entropy. A ``loss(outputs,
+    targets)`` says they are not (``retain compare``'s classification stream):
+    rows are used as given, with per-row ``task_labels`` if any.
     """
     from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
     from avalanche.core import SupervisedPlugin
+    from avalanche.training.templates import SupervisedTemplate
 
-    x, y = pad_to(x, y, settings.max_seq_length, pad_id)
-    experience = benchmark_from_datasets(train=[make_dataset(x, y)]).train_stream[0]
-    criterion = _RecordingCriterion()
+    sequences = loss is None
+    if sequences:
+        x, y = pad_to(x, y, settings.max_seq_length, pad_id)
+    experience = benchmark_from_datasets(train=[make_dataset(x, y, task_labels)]).train_stream[0]
+    criterion = _RecordingCriterion() if sequences else _RecordingCriterion(loss)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate,
                                   weight_decay=settings.weight_decay)
     steps_per_epoch = math.ceil(len(x) / settings.batch_size)
@@ -157,6 +168,8 @@ def fit(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, settings: Trai
             self.count = 0
 
         def before_forward(self, strategy, **kw):
+            if not sequences:
+                return
             # Rows are padded to max_seq_length so replayed data can be mixed in;
             # compute only up to the longest real sequence of this batch.
             mb_y = strategy.mbatch[1]
@@ -190,13 +203,16 @@ def fit(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, settings: Trai
     with warnings.catch_warnings():
         # avalanche warns about its own deprecations and about running without loggers
         warnings.simplefilter("ignore")
-        template = _lm_template_class()(
+        # Rows that are not sequences have no lengths to bucket: avalanche's own template and loader.
+        template_class = _lm_template_class() if sequences else SupervisedTemplate
+        template = template_class(
             model=model, optimizer=optimizer, criterion=criterion,
             train_mb_size=settings.batch_size, train_epochs=settings.epochs,
             eval_mb_size=settings.batch_size, device=device,
             plugins=[*extra_plugins, EngineLoop()], evaluator=None,
         )
-        template.lengths = (y != IGNORE_INDEX).sum(1).tolist()
+        if sequences:
+            template.lengths = (y != IGNORE_INDEX).sum(1).tolist()
         if template_hook is not None:
             template_hook(template)
         template.train(experience)
