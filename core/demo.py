@@ -100,12 +100,12 @@ def run_demo(model_dir: Path, console=None, device: str | None = None, overrides
         from rich.table import Table
         import math
 
-        table = Table(title="Before / after the update")
-        for col in ("held-out items", "loss before", "loss after", "perplexity before", "perplexity after", "change"):
+        table = Table(title="Before / after the update (held-out items, never trained on)")
+        for col in ("items", "loss before", "loss after", "ppl before", "ppl after", "change"):
             table.add_column(col, justify="right")
         for label, b, a, n in (
-            ("old: language reference", m["retention_loss_before"], m["retention_loss_after"], m["retention_items"]),
-            ("new: module docstrings", m["new_loss_before"], m["new_loss_after"], m["new_holdout_items"]),
+            ("old: language ref.", m["retention_loss_before"], m["retention_loss_after"], m["retention_items"]),
+            ("new: docstrings", m["new_loss_before"], m["new_loss_after"], m["new_holdout_items"]),
         ):
             table.add_row(f"{label} ({n})", f"{b:.3f}", f"{a:.3f}", f"{math.exp(b):.1f}",
                           f"{math.exp(a):.1f}", f"{100 * (a - b) / b:+.1f}%")
