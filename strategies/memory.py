@@ -46,18 +46,27 @@ class AgemOptions:
                               f"({self.sample_size}), each memory gives at least one sequence per sample")
 
 
-class Agem(Strategy):
-    """A-GEM: projects each gradient so the average loss on remembered sequences does not rise."""
+class _RememberingStrategy(Strategy):
+    """Shared by agem and gem: the plugin's memories go in and out of the version's state."""
 
-    name = "agem"
-
-    def __init__(self, options: AgemOptions):
+    def __init__(self, options):
         self.options = options
         self.memories: list = []
         self.plugin = None
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.memories = memories_from(state)
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.plugin is not None:
+            self.memories = self.plugin.memories()
+        return memories_state(self.memories)
+
+
+class Agem(_RememberingStrategy):
+    """A-GEM: projects each gradient so the average loss on remembered sequences does not rise."""
+
+    name = "agem"
 
     def avalanche_plugins(self, run) -> list:
         from retain.core.model import PAD
@@ -67,11 +76,6 @@ class Agem(Strategy):
         self.plugin = PersistentAGEM(o.patterns_per_update, o.sample_size, o.max_memories,
                                      self.memories, run.tokenizer.token_to_id(PAD))
         return [self.plugin]
-
-    def state_dict(self) -> dict[str, Any]:
-        if self.plugin is not None:
-            self.memories = self.plugin.memories()
-        return memories_state(self.memories)
 
 
 @dataclass
@@ -87,18 +91,10 @@ class GemOptions:
                               f"got {self.memory_strength!r}")
 
 
-class Gem(Strategy):
+class Gem(_RememberingStrategy):
     """GEM: projects each gradient so no remembered update's loss rises (one QP per step; slowest)."""
 
     name = "gem"
-
-    def __init__(self, options: GemOptions):
-        self.options = options
-        self.memories: list = []
-        self.plugin = None
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.memories = memories_from(state)
 
     def avalanche_plugins(self, run) -> list:
         from retain.strategies.adapters import PersistentGEM
@@ -106,8 +102,3 @@ class Gem(Strategy):
         o = self.options
         self.plugin = PersistentGEM(o.patterns_per_update, o.memory_strength, o.max_memories, self.memories)
         return [self.plugin]
-
-    def state_dict(self) -> dict[str, Any]:
-        if self.plugin is not None:
-            self.memories = self.plugin.memories()
-        return memories_state(self.memories)
