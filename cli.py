@@ -337,13 +337,14 @@ def status(
 def _pending_items(data: List[str], store, cfg) -> int:
     """How many items of ``data`` an update would learn: collected, deduped against the
     ledger, preprocessed. Reads only."""
-    from retain.core.engine import collect, dedupe, preprocess
+    from retain.core.engine import build_dedupers, collect, dedupe, preprocess
+    from retain.core.known import KnownItems
     from retain.core.pluginmanager import Registry, make_plugin_manager
 
     registry = Registry(make_plugin_manager())
     items, _ = collect(data, registry, cfg)
-    chain = store.chain()
-    items, _ = dedupe(items, registry, cfg, lambda hashes: store.ledger.find(hashes, chain))
+    # The same view of the ledger the engine gives dedupers (minhash needs more than a lookup).
+    items, _ = dedupe(items, build_dedupers(registry, cfg), KnownItems(store.ledger, store.chain()))
     items, _ = preprocess(items, registry, cfg)
     return len(items)
 

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -164,11 +165,15 @@ def python_items(data: Iterable[Any], field_name: str = "text") -> tuple[list[It
     return items, rejects
 
 
-def dedupe(items: list[Item], registry: Registry, config: Config, known) -> tuple[list[Item], list[dict]]:
-    """Run the configured dedupers; return kept items and a record of each skipped one."""
+def build_dedupers(registry: Registry, config: Config) -> list[tuple[str, Any]]:
+    """The configured dedupers, in order: built once, used to find duplicates and to remember."""
+    return [(name, registry.build("dedupers", name, config)) for name in config.dedupers]
+
+
+def dedupe(items: list[Item], dedupers: list[tuple[str, Any]], known) -> tuple[list[Item], list[dict]]:
+    """Run the dedupers; return kept items and a record of each skipped one."""
     skipped: list[dict] = []
-    for name in config.dedupers:
-        deduper = registry.build("dedupers", name, config)
+    for name, deduper in dedupers:
         try:
             dupes = deduper.find_duplicates(items, known)
         except Exception as exc:
@@ -244,6 +249,10 @@ class Engine:
         self.registry.check_config(config)  # unknown plugin names and options fail here, early
         self.device_name = device or config.device
         self.strict = strict
+
+    @functools.cached_property
+    def dedupers(self) -> list[tuple[str, Any]]:
+        return build_dedupers(self.registry, self.config)
 
     # public entry points ------------------------------------------------------
     def train(self, data: list[str], model_dir: str | Path, *, items: list[Item] | None = None) -> dict:
@@ -348,7 +357,7 @@ class Engine:
         t = time.perf_counter()
         chain = store.chain(loaded.version) if loaded else []
         known = KnownItems(store.ledger, chain)
-        fresh, skipped = dedupe(collected, self.registry, cfg, known)
+        fresh, skipped = dedupe(collected, self.dedupers, known)
         self.out.step(f"[bold]3. Skip duplicates[/]: {len(skipped)}")
         timings["dedupe"] = time.perf_counter() - t
 
@@ -494,8 +503,7 @@ class Engine:
                                ensure_ascii=False) + "\n" for it in cand.holdout))
             for s in cand.strategies:
                 self._save_strategy_state(writer, s)
-            for name in self.config.dedupers:
-                deduper = self.registry.build("dedupers", name, self.config)
+            for _, deduper in self.dedupers:
                 if hasattr(deduper, "remember"):
                     deduper.remember(cand.trained + cand.holdout, writer.name, writer)
             status = "accepted" if cand.accepted else "rejected"

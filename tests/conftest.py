@@ -67,9 +67,14 @@ def _base_model(tmp_path_factory, old_texts) -> Path:
     return root / "model"
 
 
+def private_copy(model_dir: Path, tmp_path: Path) -> Path:
+    """A test's own copy of a model trained once per session or module."""
+    dst = tmp_path / "model"
+    shutil.copytree(model_dir, dst)
+    return dst
+
+
 @pytest.fixture
 def base_model(_base_model, tmp_path) -> Path:
     """A private copy of a tiny trained model directory (version 0001)."""
-    dst = tmp_path / "model"
-    shutil.copytree(_base_model, dst)
-    return dst
+    return private_copy(_base_model, tmp_path)

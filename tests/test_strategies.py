@@ -20,7 +20,7 @@ from retain.core.model import IGNORE_INDEX, encode_texts, lm_loss
 from retain.core.pluginmanager import Registry, make_plugin_manager
 from retain.core.store import ModelStore
 
-from conftest import TINY, write_jsonl
+from conftest import TINY, private_copy, write_jsonl
 
 STATEFUL = ["replay", "ewc", "si", "mas", "agem", "gem"]
 # These tests check each strategy's mechanism, not the quality gate (tests/test_gate.py):
@@ -119,9 +119,7 @@ def _stateful_base(tmp_path_factory, old_texts) -> Path:
 
 @pytest.fixture
 def stateful_base(_stateful_base, tmp_path) -> Path:
-    dst = tmp_path / "model"
-    shutil.copytree(_stateful_base, dst)
-    return dst
+    return private_copy(_stateful_base, tmp_path)
 
 
 def test_replay_buffer_persists_across_updates_and_is_replayed(stateful_base, old_texts, new_texts, tmp_path):
