@@ -9,7 +9,7 @@ from retain.core.errors import (ConfigError, LockedError, ModelError, PluginErro
 from retain.core.hookspecs import hookimpl
 from retain.core.items import Item, Reject
 from retain.core.strategy import Strategy, TrainSettings
-from retain.core.trainer import ModelTrainer
+from retain.trainer import ModelTrainer
 from retain.core.validation import Evidence, Verdict
 
 __version__ = "0.1.0"

@@ -37,6 +37,16 @@ def _console(json_mode: bool, quiet: bool = False):
     return Console(stderr=json_mode, highlight=False)
 
 
+def _listeners(json_mode: bool, quiet: bool) -> list:
+    """The renderer of the engine's events, unless --quiet."""
+    console = _console(json_mode, quiet)
+    if console is None:
+        return []
+    from retain.render import ConsoleRenderer
+
+    return [ConsoleRenderer(console)]
+
+
 def handle_errors(func):
     """Turn a RetainError into one red line on stderr and its documented exit code."""
 
@@ -101,10 +111,10 @@ def train(
     quiet: bool = QuietOpt,
 ):
     """Full training from scratch on all data (the full_training block)."""
-    from retain.core.engine import Engine, Output
+    from retain.core.engine import Engine
 
     cfg = _load(config, set_, "full_training", lr, epochs, batch_size, strategy)
-    engine = Engine(cfg, output=Output(_console(json_out, quiet)), device=_device(device), strict=strict)
+    engine = Engine(cfg, listeners=_listeners(json_out, quiet), device=_device(device), strict=strict)
     _emit(engine.train(data, model), json_out)
 
 
@@ -129,42 +139,17 @@ def update(
 
     A candidate failing a validator is kept as a rejected version with its report, the current
     model stays, and the exit code is 10. Ends with `retain status`'s advice."""
-    from retain.core.engine import Engine, Output
+    from retain.core.engine import Engine
     from retain.core.errors import UpdateRejected
 
     cfg = _load(config, set_, "fine_tuning", lr, epochs, batch_size, strategy)
-    console = _console(json_out, quiet)
-    engine = Engine(cfg, output=Output(console), device=_device(device), strict=strict)
+    engine = Engine(cfg, listeners=_listeners(json_out, quiet), device=_device(device), strict=strict)
     try:
-        report = engine.update(data, model, dry_run=dry_run, wait=wait)
+        # The retrain advice ends the update; under --quiet nobody reads it (unless --json).
+        report = engine.update(data, model, dry_run=dry_run, wait=wait, advise=json_out or not quiet)
     except UpdateRejected as exc:
-        _finish_update(exc.report, model, cfg, console, json_out, device, dry_run)
+        _emit(exc.report or {}, json_out)
         raise
-    _finish_update(report, model, cfg, console, json_out, device, dry_run)
-
-
-def _finish_update(report: Optional[dict], model: Path, cfg, console, json_out: bool,
-                   device: Optional[str], dry_run: bool) -> None:
-    """The retrain advice at the end of an update (also in --json as "retrain")."""
-    from retain.core.retrain import assess
-    from retain.core.store import ModelStore
-
-    if console is None and not json_out:
-        return  # --quiet: nobody to tell
-    report = report if report is not None else {}
-    # In a dry run nothing was saved: count what this update would have added.
-    pending = report.get("counts", {}).get("preprocessed", 0) if dry_run else 0
-    try:
-        assessment = assess(ModelStore(model), cfg, pending_items=pending, device=_device(device))
-    except RetainError as exc:  # advice must not turn a finished update into a failure
-        report["retrain"] = {"error": str(exc)}
-        if console is not None:
-            console.print(f"[yellow]warning:[/] could not assess full retrain vs fine-tune: {exc}")
-    else:
-        report["retrain"] = assessment.to_json()
-        if console is not None:
-            console.print("[bold]Full retrain or fine-tune?[/]", highlight=False)
-            assessment.print(console)
     _emit(report, json_out)
 
 
@@ -183,7 +168,7 @@ def demo(
     set_: List[str] = typer.Option([], "--set", help="Override a config value (repeatable)."),
 ):
     """The whole story on text that ships with Python: train a base model, update it, compare."""
-    from retain.core.demo import run_demo
+    from retain.demo import run_demo
 
     report = run_demo(model, console=_console(json_out), device=_device(device), overrides=set_)
     _emit(report, json_out)
@@ -193,9 +178,9 @@ def demo(
 @handle_errors
 def plugins(json_out: bool = JsonOpt):
     """List every registered plugin, its package and the hooks it implements."""
-    from retain.core.pluginmanager import describe_plugins, make_plugin_manager
+    from retain.core.pluginmanager import default_plugin_manager, describe_plugins
 
-    rows = describe_plugins(make_plugin_manager())
+    rows = describe_plugins(default_plugin_manager())
     if json_out:
         typer.echo(json.dumps(rows))
         return
@@ -213,9 +198,9 @@ def plugins(json_out: bool = JsonOpt):
 @handle_errors
 def strategies(json_out: bool = JsonOpt):
     """List the anti-forgetting strategies with their options and defaults."""
-    from retain.core.pluginmanager import Registry, make_plugin_manager
+    from retain.core.pluginmanager import Registry, default_plugin_manager
 
-    regs = Registry(make_plugin_manager()).by_kind["strategies"].values()
+    regs = Registry.of(default_plugin_manager()).by_kind["strategies"].values()
     rows = [{"name": r.name, "description": r.description, "options": r.option_defaults(),
              "plugin": r.plugin} for r in sorted(regs, key=lambda r: r.name)]
     if json_out:
@@ -270,8 +255,8 @@ def compare(
 ):
     """Compare anti-forgetting strategies side by side on one stream of experiences:
     the R matrix, average final metric, forgetting, BWT, FWT, time and peak memory."""
-    from retain.core.compare import CompareRequest, run_compare
-    from retain.core.compare_report import table, write_outputs
+    from retain.compare import CompareRequest, run_compare
+    from retain.compare.report import table, write_outputs
 
     console = _console(json_out, quiet)
     req = CompareRequest(strategies=strategies, scenario=scenario, data=list(data), model=model,
@@ -316,6 +301,7 @@ def status(
     the last full training, or the gate rejected the last retrain.max_rejected_in_row updates."""
     from retain.core.retrain import assess
     from retain.core.store import ModelStore
+    from retain.render import print_assessment
 
     cfg = _load(config, set_, "fine_tuning", None, None, None)
     store = ModelStore(model)
@@ -331,21 +317,21 @@ def status(
                   f"last full training {assessment.last_full_training}; config "
                   f"{config or '<embedded config.yaml>'}" + (" with --set overrides" if set_ else ""),
                   highlight=False)
-    assessment.print(console)
+    print_assessment(console, assessment)
 
 
 def _pending_items(data: List[str], store, cfg) -> int:
     """How many items of ``data`` an update would learn: collected, deduped against the
     ledger, preprocessed. Reads only."""
-    from retain.core.engine import build_dedupers, collect, dedupe, preprocess
+    from retain.core.ingest import build_dedupers, collect, dedupe, preprocess
     from retain.core.known import KnownItems
-    from retain.core.pluginmanager import Registry, make_plugin_manager
+    from retain.core.pluginmanager import Registry, default_plugin_manager
 
-    registry = Registry(make_plugin_manager())
+    registry = Registry.of(default_plugin_manager())
     items, _ = collect(data, registry, cfg)
+    items, _ = preprocess(items, registry, cfg)
     # The same view of the ledger the engine gives dedupers (minhash needs more than a lookup).
     items, _ = dedupe(items, build_dedupers(registry, cfg), KnownItems(store.ledger, store.chain()))
-    items, _ = preprocess(items, registry, cfg)
     return len(items)
 
 

@@ -80,17 +80,13 @@ def write_jsonl(path: Path, texts: list[str]) -> Path:
 
 
 def held_out_losses(model_dir: Path, data: dict, seq_len: int) -> tuple[float, float]:
-    from retain.core.engine import load_version
-    from retain.core.model import encode_texts, per_text_loss
+    from retain.core.evaluation import score_texts
+    from retain.core.models import load_version
     from retain.core.store import ModelStore
-    import torch
 
-    loaded = load_version(ModelStore(model_dir))
-    out = []
-    for texts in (data["old_heldout"], data["new_heldout"]):
-        x, y, owner = encode_texts(loaded.tokenizer, texts, seq_len)
-        out.append(float(per_text_loss(loaded.model, x, y, owner, len(texts), torch.device("cpu")).mean()))
-    return out[0], out[1]
+    lm = load_version(ModelStore(model_dir)).lm
+    old, new = (float(score_texts(lm, texts, seq_len).mean()) for texts in (data["old_heldout"], data["new_heldout"]))
+    return old, new
 
 
 def run_updates(work: Path, name: str, overrides: list[str], files: dict, data: dict, args) -> dict:

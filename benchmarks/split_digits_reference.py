@@ -35,13 +35,12 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from retain.core.compare import DIGITS_DEFAULTS, CompareRequest, run_compare
-from retain.core.compare_report import markdown
-from retain.core.digits import accuracy, new_model, settings_for, tensors, train_experience
+from retain.compare.digits import (DIGITS_DEFAULTS, accuracy, make_dataset, new_model, settings_for, split_digits,
+                                   tensors, train_experience)
+from retain.compare.metrics import stream_metrics
+from retain.compare.report import markdown
+from retain.compare.run import CompareRequest, run_compare
 from retain.core.config import load_config
-from retain.core.metrics import stream_metrics
-from retain.core.scenarios import split_digits
-from retain.core.training import make_dataset
 
 EPOCHS = 10
 LR = 1e-3

@@ -56,7 +56,7 @@ def write_jsonl(path: Path, texts: list[str]) -> Path:
 
 
 def markdown(results: dict) -> str:
-    from retain.core.compare_report import rows
+    from retain.compare.report import rows
 
     lines = ["| strategy | Wikipedia loss (base → final) | Shakespeare loss, last day | avg final loss (ppl) | "
              "forgetting | BWT | FWT | train s | peak MiB |", "|---|---|---|---|---|---|---|---|---|"]
@@ -78,7 +78,7 @@ def main() -> None:
     # Alone, replay/ewc/lwf train at fine_tuning's lr (1e-4, as low_lr); with naive+ at naive's (1e-3).
     ap.add_argument("--strategies", default="naive,low_lr,replay,ewc,lwf,naive+replay,naive+ewc,naive+lwf,full_retrain")
     ap.add_argument("--work", type=Path, default=Path("text-compare-work"))
-    ap.add_argument("--base-items", type=int, default=1500)  # the seed: "All 1,500"
+    ap.add_argument("--base-items", type=int, default=1500)  # the design document: "All 1,500"
     ap.add_argument("--daily", type=int, default=45)
     ap.add_argument("--days", type=int, default=3)
     ap.add_argument("--dup-share", type=float, default=0.25)
@@ -97,10 +97,10 @@ def main() -> None:
     # busy machine two spin-waiting torch threads can be many times slower than one.
     torch.set_num_threads(1)
 
-    from retain.core.compare import CompareRequest, run_compare
-    from retain.core.compare_report import table, write_outputs
+    from retain.compare.run import CompareRequest, run_compare
+    from retain.compare.report import table, write_outputs
     from retain.core.config import load_config
-    from retain.core.engine import Engine, Output
+    from retain.core.engine import Engine
 
     console = Console(stderr=True, width=150)
     started = time.perf_counter()
@@ -115,7 +115,7 @@ def main() -> None:
     names = list(dict.fromkeys(p for n in args.strategies.split(",") for p in n.split("+") if p != "full_retrain"))
     base_cfg = [*MODEL, f"fine_tuning.strategy=[{','.join(names)}]", f"seed={args.seed}"]
     t0 = time.perf_counter()
-    Engine(load_config(None, base_cfg), output=Output(None)).train([str(wiki)], work / "base")
+    Engine(load_config(None, base_cfg)).train([str(wiki)], work / "base")
     console.print(f"base model: {args.base_items} Wikipedia paragraphs, {time.perf_counter() - t0:.0f}s")
     req = CompareRequest(strategies=args.strategies, model=work / "base", data=[str(play)], base_data=[str(wiki)],
                          daily=args.daily, dup_share=args.dup_share, days=args.days, jobs=args.jobs, seed=args.seed)

@@ -1,4 +1,4 @@
-"""The seed's "Common issues" remedies, as next steps with this run's numbers.
+"""The design document's "Common issues" remedies, as next steps with this run's numbers.
 
     Quality degrades:  lower the learning rate (1e-4 -> 5e-5)
     Doesn't learn new: raise it (-> 2e-4), more epochs
@@ -7,7 +7,7 @@
 
 Validators put one of these in ``Verdict.remedy``; ``next_steps`` turns the
 verdicts of a run into the report's list of what to do next. Each remedy
-starts with the seed's name of the problem, so steps can be grouped.
+starts with the design document's name of the problem, so steps can be grouped.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ DOES_NOT_LEARN = "doesn't learn new"
 TOO_SLOW = "too slow"
 OUT_OF_MEMORY = "out of memory"
 
-SEED_FINE_TUNING_LR = 1e-4  # the seed's fine-tuning rate, 10x below full training
+DOCUMENT_FINE_TUNING_LR = 1e-4  # the design document's fine-tuning rate, 10x below full training
 
 
 def fmt_number(x: float) -> str:
@@ -36,9 +36,9 @@ def lower_lr(settings: Any) -> str:
     lr = settings.learning_rate
     step = (f"{QUALITY_DEGRADES}: halve the learning rate, {fmt_number(lr)} -> {fmt_number(lr / 2)} "
             f"(retain update --lr {fmt_number(lr / 2)})")
-    if lr > 10 * SEED_FINE_TUNING_LR:
-        step += (f"; this run used {fmt_number(lr)}, far above the seed's fine-tuning rate "
-                 f"{fmt_number(SEED_FINE_TUNING_LR)}")
+    if lr > 10 * DOCUMENT_FINE_TUNING_LR:
+        step += (f"; this run used {fmt_number(lr)}, far above the design document's fine-tuning rate "
+                 f"{fmt_number(DOCUMENT_FINE_TUNING_LR)}")
     return step
 
 
@@ -90,3 +90,16 @@ def next_steps(verdicts: list, oom_retries: list[dict] | None = None) -> list[di
         out.append({"step": smaller_batch(oom_retries[0]["batch_size"], last["retry_batch_size"]),
                     "validators": [], "status": "warn"})
     return out
+
+
+def epoch_phase(epoch: int, epochs: int) -> str:
+    """The design document's monitoring words: learning, refining, converging."""
+    return "learning" if epoch == 1 else ("converging" if epoch == epochs else "refining")
+
+
+def epoch_line(epoch: int, epochs: int, loss: float, previous: float | None) -> str:
+    """``Epoch 2/3: Loss=1.9000 (refining)``; a rising loss gets the document's diagnosis."""
+    line = f"Epoch {epoch}/{epochs}: Loss={loss:.4f} ({epoch_phase(epoch, epochs)})"
+    if previous is not None and loss > previous:
+        line += "  loss rose: the learning rate is probably too high"
+    return line

@@ -23,8 +23,10 @@ from .errors import ConfigError
 
 @dataclass
 class ModelConfig:
-    """Size of the built-in GPT-style model (context length = full_training.max_seq_length)."""
+    """Which model family (``retain plugins`` lists them) and the size of the built-in ``gpt``
+    (its context length is full_training.max_seq_length)."""
 
+    family: str = "gpt"
     n_layer: int = 2
     n_head: int = 4
     d_model: int = 128
@@ -34,7 +36,7 @@ class ModelConfig:
 
 @dataclass
 class FineTuningConfig:
-    """The seed's FINE_TUNING block: an update on new data only."""
+    """The design document's FINE_TUNING block: an update on new data only."""
 
     learning_rate: float = 0.0001
     epochs: int = 3
@@ -67,7 +69,7 @@ class ValidationConfig:
 
 @dataclass
 class RetrainConfig:
-    """When ``retain status`` recommends a full retrain over another fine-tune (the seed's
+    """When ``retain status`` recommends a full retrain over another fine-tune (the design document's
     "Full retrain when": major data changes, architecture changes, quality degradation)."""
 
     max_new_items: int = 1000          # items learned since the last full training (+ pending)
@@ -200,6 +202,11 @@ def build_dataclass(cls: type, data: dict | None, prefix: str = "") -> Any:
         if full in ("validation.retention_max", "validation.holdout_max") and kwargs[key] < 0:
             raise ConfigError(f"config key '{full}': must be >= 0, got {value!r}")
     obj = cls(**kwargs)
+    if cls is FineTuningConfig:
+        repeated = sorted({n for n in obj.strategy if obj.strategy.count(n) > 1})
+        if repeated:
+            raise ConfigError(f"config key '{prefix}.strategy': names {', '.join(repeated)} more than once "
+                              f"({','.join(obj.strategy)}); list each strategy once")
     if cls is ModelConfig and obj.d_model % obj.n_head:
         raise ConfigError(
             f"config key '{prefix}.d_model': {obj.d_model} must be divisible by n_head={obj.n_head}"
@@ -222,7 +229,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def _apply(data: dict, path: list[str], value: Any) -> None:
+def apply_override(data: dict, path: list[str], value: Any) -> None:
+    """Set ``data[path[0]][path[1]]... = value`` in a raw (YAML-loaded) config mapping."""
     node = data
     for part in path[:-1]:
         child = node.get(part)
@@ -258,7 +266,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ConfigError(f"{where}: the top level must be a mapping of config keys")
     for item in overrides or []:
         key, value = parse_override(item)
-        _apply(data, key, value)
+        apply_override(data, key, value)
     return build_dataclass(Config, data)
 
 

@@ -1,4 +1,4 @@
-"""Every hook a retain plugin can implement. Each docstring is the plugin author's manual.
+"""Every hook a retain plugin can implement. Each docstring is the plugin author's contract.
 
 A plugin is a module (or object) with functions marked ``@hookimpl``, exposed
 through the ``retain`` entry-point group in its package metadata::
@@ -6,10 +6,12 @@ through the ``retain`` entry-point group in its package metadata::
     [project.entry-points.retain]
     my_plugin = "my_package.plugin"
 
-The built-in sources, dedupers, preprocessors, validators and strategies are
-registered exactly this way, so ``retain plugins`` lists them beside yours.
+The built-in sources, preprocessors, dedupers, validators, model families,
+strategies and compare scenarios are registered exactly this way, so
+``retain plugins`` lists them beside yours. ``docs/plugins.md`` is the full
+reference: the objects, the order of a run, examples.
 
-Registration hooks receive a ``register`` callable, so one plugin can add
+**Registration hooks** receive a ``register`` callable, so one plugin can add
 several things::
 
     from retain import hookimpl
@@ -26,12 +28,40 @@ several things::
   (a dataclass whose fields are the plugin's settings, filled from
   ``config.options[name]`` and type-checked), or ``factory(None)`` if it has none.
 - ``description``: one line for ``retain plugins`` / ``retain strategies``.
+- ``extra``: only the keywords a kind defines (sources: ``suffixes``); any
+  other keyword is an error naming the plugin, never silently ignored.
 
-Lifecycle and training hooks receive a ``run`` (``retain.core.engine.Run``):
-the config, the model directory, the model being trained, the counts so far,
-the items it trains on (``run.items``), the version it starts from
-(``run.parent``, None for a full training) and ``run.kind``
-(``"full_training"`` or ``"fine_tuning"``).
+The objects factories return are described by the protocols in
+``retain.core.contracts`` (``Source``, ``Preprocessor``, ``Deduper``,
+``Validator``, ``ModelFamily``/``LanguageModel``) and by ``retain.Strategy``.
+
+**Run hooks** receive a ``run`` (``retain.core.run.Run``): the config, the
+model directory, the version it starts from (``run.parent``, None for a full
+training), ``run.kind`` (``"full_training"`` or ``"fine_tuning"``), the items
+it trains on (``run.items``), the model (``run.lm``, a ``LanguageModel``;
+``run.model`` is its ``torch.nn.Module``), ``run.settings`` and the counts so
+far. In a run they fire in this order::
+
+    step_started/step_finished("load")        model loaded (update) or none (training)
+    step_started/step_finished("collect")     sources read
+    step_*("preprocess"), step_*("dedupe"), step_*("holdout")
+    step_*("tokenize")                        model created (training) and rows built
+    step_*("evaluate_before")                 held-out losses of the starting model
+    step_started("train")
+      update_started
+      training_penalty, training_progress     per batch
+      epoch_ended                             per epoch
+    step_finished("train")
+    step_started/step_finished("validate")    verdicts_given in between
+    step_started("save")                      strategies' state_dict() taken, version written
+    step_finished("save")                     CURRENT moved (or the version kept as rejected)
+    update_finished                           after the version is saved
+    advice_given                              `retain update`: fine-tune or fully retrain?
+
+Event hooks (``step_*``, ``training_progress``, ``epoch_ended``,
+``verdicts_given``, ``advice_given``, ``warning_raised``) only observe: the
+CLI's terminal output and ``--json`` are built from them, and so can a logger
+or a dashboard of yours. Their return values are ignored.
 """
 
 from __future__ import annotations
@@ -42,51 +72,56 @@ hookspec = pluggy.HookspecMarker("retain")
 hookimpl = pluggy.HookimplMarker("retain")
 
 
+# --- registration ------------------------------------------------------------------------
+
 @hookspec
 def register_sources(register):
-    """Add data sources: where new items come from.
+    """Add data sources: where new items come from (``retain.core.contracts.Source``).
 
     ``register(name, factory, options=..., description=..., suffixes=(...))``.
     The factory returns an object with ``read(location: str)`` that yields
     ``retain.Item`` for each usable record and ``retain.Reject`` (with a reason
     and the file/line) for each unusable one; never drop a record silently.
-    ``suffixes`` lets ``--data notes.db`` pick your source by file extension;
-    ``--data NAME:LOCATION`` always picks it by name. Raise
-    ``retain.SourceError`` when the location itself cannot be read.
+    ``suffixes`` lets ``--data notes.db`` (and the files of a ``--data``
+    folder) pick your source by file extension; ``--data NAME:LOCATION``
+    always picks it by name. Raise ``retain.SourceError`` when the location
+    itself cannot be read.
     """
 
 
 @hookspec
 def register_preprocessors(register):
-    """Add preprocessors: per-item cleaning run after deduplication.
+    """Add preprocessors: per-item cleaning (``retain.core.contracts.Preprocessor``).
 
     The factory returns a callable ``process(item) -> Item | Reject``: return
     ``item.with_text(new_text)`` to change it, the item unchanged to keep it,
     or ``Reject.of(item, "reason")`` to drop it with a reason that lands in the
-    rejects file. Preprocessors run in the order of ``config.preprocessors``.
+    rejects file. Preprocessors run in the order of ``config.preprocessors``,
+    right after the sources and *before* deduplication: what is compared, and
+    what the ledger remembers, is the cleaned text.
     """
 
 
 @hookspec
 def register_dedupers(register):
-    """Add dedupers: what counts as "already seen".
+    """Add dedupers: what counts as "already seen" (``retain.core.contracts.Deduper``).
 
     The factory returns an object with
     ``find_duplicates(items, known) -> dict[int, str]``, mapping the index of
     each duplicate in ``items`` to a reason (e.g. which earlier item it
-    matches). ``known(hashes) -> {hash: (version, role)}`` looks hashes up in
-    the model's ledger (items the current model learned or holds out; role
-    ``"holdout"`` marks validation/retention items, which must never be
-    trained on); ``known.ledger`` and ``known.chain`` give a deduper with an
-    index of its own the ledger database and the versions that count. A reason
-    may be a ``retain.core.known.Duplicate`` (a string that also says which
-    item matched); the report counts matches of kind ``"holdout"`` as
-    ``contaminating``. An optional ``remember(items, version, writer)`` lets a
-    deduper persist an index for the new version (``writer.store.ledger``):
-    tag rows with ``version`` and call ``ledger.mark_version(version)`` in the
-    same transaction, so they count only once the version is in CURRENT's
-    chain and are dropped if it is never finished. Dedupers run in the order
-    of ``config.dedupers``.
+    matches). ``items`` are preprocessed. ``known(hashes) -> {hash: (version,
+    role)}`` looks hashes up in the model's ledger (items the current model
+    learned or holds out; role ``"holdout"`` marks validation/retention items,
+    which must never be trained on); ``known.ledger`` and ``known.chain`` give
+    a deduper with an index of its own the ledger database and the versions
+    that count. A reason may be a ``retain.core.known.Duplicate`` (a string
+    that also says which item matched); the report counts matches of kind
+    ``"holdout"`` as ``contaminating``. An optional
+    ``remember(items, version, writer)`` lets a deduper persist an index for
+    the new version (``writer.store.ledger``): tag rows with ``version`` and
+    call ``ledger.mark_version(version)`` in the same transaction, so they
+    count only once the version is in CURRENT's chain and are dropped if it is
+    never finished. Dedupers run in the order of ``config.dedupers``.
     """
 
 
@@ -94,13 +129,18 @@ def register_dedupers(register):
 def register_strategies(register):
     """Add anti-forgetting strategies, chosen with ``fine_tuning.strategy``.
 
-    The factory returns a ``retain.Strategy`` subclass instance. During the
-    run the strategy object is itself registered as a plugin, so it may
-    implement ``training_penalty`` and the lifecycle hooks. It may also return
-    avalanche-lib plugins from ``avalanche_plugins()``, adjust learning rate,
-    epochs and schedule in ``configure(settings)``, and carry state to the next
-    update through ``state_dict()`` / ``load_state_dict()`` (tensors and JSON,
-    saved inside the model version; a strategy never writes files itself).
+    The factory returns a ``retain.Strategy`` subclass instance, built afresh
+    for every run. During the run the strategy object is itself registered as
+    a plugin (from the start of the run until after ``update_finished``), so
+    it may implement ``training_penalty`` and the run hooks with
+    ``@hookimpl`` methods. It may also return avalanche-lib plugins from
+    ``avalanche_plugins(run)``, adjust learning rate, epochs and schedule in
+    ``configure(settings, run)``, and carry state to the next update through
+    ``state_dict()`` / ``load_state_dict()`` (tensors and JSON, saved inside
+    the model version; a strategy never writes files itself).
+    ``load_state_dict`` is called right after the strategy is built, with the
+    parent version's state (empty for a full training); ``state_dict`` when the
+    new version is written (inside step "save", before ``update_finished``).
     ``retain train`` runs the configured strategies as the model's first
     experience (without ``configure``; ``run.parent`` is None), so their state
     from the base data is there for the first update.
@@ -109,22 +149,60 @@ def register_strategies(register):
 
 @hookspec
 def register_validators(register):
-    """Add validators: checks that decide whether a candidate model is good enough.
+    """Add validators: checks that decide whether a candidate model is good enough
+    (``retain.core.contracts.Validator``).
 
     The factory returns an object with ``validate(evidence) -> Verdict``, where
     ``evidence`` (``retain.Evidence``) holds the before/after losses on retention
-    and new held-out items (means and, for retention, per-item tensors), epoch
-    losses, the candidate model and its tokenizer, the run's ``settings``
-    (learning rate, epochs, batch size) and ``timings``, and ``Verdict`` is
-    ``retain.Verdict(status="pass"|"warn"|"fail", reason=..., numbers={...},
-    remedy=...)``. Any ``fail`` rejects the candidate: it is kept as a rejected
-    version, CURRENT stays, and ``retain update`` exits 10. ``remedy`` is the
-    next step for the report; ``retain.core.advice`` builds the seed's remedies
-    with this run's numbers (``lower_lr(evidence.settings)``, ...). Thresholds
-    belong in the options dataclass. Validators run in the order of
-    ``config.validators``; ``examples/perplexity-ceiling`` is a complete one.
+    and new held-out items (means and per-item tensors), epoch losses, the
+    candidate model (a ``LanguageModel``: ``evidence.model.module`` is the
+    torch module, ``evidence.model.generate(...)`` samples text), the run's
+    ``settings`` (learning rate, epochs, batch size) and ``timings``, and
+    ``Verdict`` is ``retain.Verdict(status="pass"|"warn"|"fail", reason=...,
+    numbers={...}, remedy=...)``. Any ``fail`` rejects the candidate: it is
+    kept as a rejected version, CURRENT stays, and ``retain update`` exits 10.
+    ``remedy`` is the next step for the report; ``retain.core.advice`` builds
+    the design document's remedies with this run's numbers
+    (``lower_lr(evidence.settings)``, ...). Thresholds belong in the options
+    dataclass. Validators run in the order of ``config.validators``;
+    ``examples/perplexity-ceiling`` is a complete one.
     """
 
+
+@hookspec
+def register_models(register):
+    """Add model families: kinds of model retain can train, load and save
+    (``retain.core.contracts.ModelFamily``), chosen with ``model.family``.
+
+    The factory returns an object with ``create(config, texts, context)``
+    (a full training's random init, fitting a tokenizer to ``texts`` if the
+    family trains one), ``load(files, entry)`` (a saved version back, from its
+    checksum-verified files and its manifest's ``model`` entry) and
+    ``architecture_from_config(config)``. Both return a ``LanguageModel``:
+    the torch module, ``encode`` (texts to rows), ``token_losses``,
+    ``generate``, ``architecture()`` and ``save(writer)``. Weights are
+    written and read as safetensors only. The built-in ``gpt`` family
+    (``retain.plugins.gpt``) is a complete example.
+    """
+
+
+@hookspec
+def register_scenarios(register):
+    """Add ``retain compare`` scenarios (``--scenario NAME``): streams of experiences on
+    which strategies are compared.
+
+    The factory returns an object with ``build(request, registry)`` returning a
+    stream (``experiences``, ``name``, ``metric``, ``higher_is_better``,
+    ``fingerprints()``, ``describe()``) and ``run(names, stream, config, seed,
+    scratch)`` returning one strategy's results: ``{"supported": True, "R":
+    [[metric of experience j after training through i]], "initial": [...],
+    "stages": [...], "train_seconds": s}`` or ``{"supported": False,
+    "reason": ...}``. ``run`` executes in a worker process; the stream must be
+    picklable. See ``retain.compare.digits`` for a complete one.
+    """
+
+
+# --- training ------------------------------------------------------------------------------
 
 @hookspec
 def training_penalty(run, model, inputs, targets, logits):
@@ -138,7 +216,46 @@ def training_penalty(run, model, inputs, targets, logits):
 
 @hookspec
 def update_started(run):
-    """Called when a training or update run starts, after the model is loaded."""
+    """Called when training starts, after the model is loaded and the rows are built."""
+
+
+@hookspec
+def update_finished(run, report):
+    """Called after the new version is saved (accepted or rejected), with the run's
+    report (a dict: counts, losses, metrics, version, status, timings). Not
+    called when the run failed or saved nothing. An exception raised here is
+    reported as a warning: the version is saved and stays what it is."""
+
+
+# --- events: what the CLI renders; observers only --------------------------------------------
+
+@hookspec
+def step_started(run, step):
+    """A step of the run begins: ``"load"``, ``"collect"``, ``"preprocess"``, ``"dedupe"``,
+    ``"holdout"``, ``"tokenize"``, ``"evaluate_before"``, ``"train"``, ``"validate"``,
+    ``"save"``."""
+
+
+@hookspec
+def step_finished(run, step, info, seconds):
+    """A step ended. ``info`` is a dict of what it did, by step:
+
+    - load: ``version`` (None: training from scratch), ``parameters``
+    - collect: ``items``, ``rejected``, ``rejects_file`` (None in a dry run)
+    - preprocess: ``items`` (kept), ``rejected``
+    - dedupe: ``duplicates``, ``contaminating``, ``items`` (left)
+    - holdout: ``train``, ``held_out`` (``train`` 0: nothing new to learn, the run ends)
+    - tokenize: ``items``, ``sequences``, ``tokens``, ``held_out``
+    - evaluate_before: ``retention_items``, ``new_items``
+    - train: ``epoch_losses``, ``oom_retries``
+    - validate: ``metrics``, ``verdicts`` (dicts), ``next_steps``
+    - save: ``version``, ``status`` (``"accepted"``, ``"rejected"``, ``"dry_run"``), ``current``
+    """
+
+
+@hookspec
+def training_progress(run, epoch, epochs, step, steps, loss):
+    """After each training batch: 1-based epoch and step, their totals, the batch's loss."""
 
 
 @hookspec
@@ -147,6 +264,16 @@ def epoch_ended(run, epoch, loss):
 
 
 @hookspec
-def update_finished(run, report):
-    """Called when a run ends with its report (a dict: counts, losses, metrics,
-    version, timings). Not called when the run failed."""
+def verdicts_given(run, verdicts, next_steps):
+    """The validators' ``Verdict``s for the candidate and the next steps they advise."""
+
+
+@hookspec
+def advice_given(run, assessment):
+    """After ``retain update``: whether to keep fine-tuning or fully retrain
+    (``retain.core.retrain.Assessment``: its ``checks`` and ``summary``)."""
+
+
+@hookspec
+def warning_raised(run, message):
+    """Something the user should know that does not stop the run (``run`` may be None)."""

@@ -12,9 +12,12 @@ from . import hookspecs
 from .config import Config, plugin_options
 from .errors import ConfigError, PluginError
 
-KINDS = ("sources", "preprocessors", "dedupers", "strategies", "validators")
+KINDS = ("sources", "preprocessors", "dedupers", "strategies", "validators", "models", "scenarios")
 _SINGULAR = {"sources": "source", "preprocessors": "preprocessor", "dedupers": "deduper",
-             "strategies": "strategy", "validators": "validator"}
+             "strategies": "strategy", "validators": "validator", "models": "model family",
+             "scenarios": "scenario"}
+# The keywords beyond name/factory/options/description each kind understands.
+EXTRA_KEYWORDS = {"sources": {"suffixes"}}
 
 
 @dataclass
@@ -40,7 +43,19 @@ class Registration:
 
 
 class Registry:
-    """Everything plugins registered, by kind and name."""
+    """Everything plugins registered, by kind and name.
+
+    Built once per plugin manager (``Registry.of(pm)``): the registration hooks
+    run once per process, not once per engine or command.
+    """
+
+    @classmethod
+    def of(cls, pm: pluggy.PluginManager) -> "Registry":
+        registry = getattr(pm, "_retain_registry", None)
+        if registry is None:
+            registry = cls(pm)
+            pm._retain_registry = registry  # type: ignore[attr-defined]
+        return registry
 
     def __init__(self, pm: pluggy.PluginManager):
         self.pm = pm
@@ -55,6 +70,12 @@ class Registry:
         def register(name: str, factory: Callable, *, options: type | None = None,
                      description: str = "", **extra: Any) -> None:
             table = self.by_kind[kind]
+            unknown = sorted(set(extra) - EXTRA_KEYWORDS.get(kind, set()))
+            if unknown:
+                allowed = sorted({"options", "description"} | EXTRA_KEYWORDS.get(kind, set()))
+                raise PluginError(f"plugin '{plugin_name}' registered {_SINGULAR[kind]} '{name}' with "
+                                  f"unknown keyword(s) {', '.join(unknown)} (a {_SINGULAR[kind]} takes: "
+                                  f"{', '.join(allowed)})")
             if name in table:
                 raise PluginError(f"{_SINGULAR[kind]} '{name}' is registered twice: by "
                                   f"'{table[name].plugin}' and by '{plugin_name}'")
@@ -76,7 +97,8 @@ class Registry:
         """Every plugin the config names is installed and every ``options.<name>`` block fits
         its plugin's options, before any work starts (PluginError / ConfigError)."""
         for kind, names in (("dedupers", config.dedupers), ("preprocessors", config.preprocessors),
-                            ("validators", config.validators), ("strategies", config.fine_tuning.strategy)):
+                            ("validators", config.validators), ("strategies", config.fine_tuning.strategy),
+                            ("models", [config.model.family])):
             for name in names:
                 self.get(kind, name)
         for name in config.options:
@@ -85,12 +107,19 @@ class Registry:
                 known = ", ".join(sorted({n for table in self.by_kind.values() for n in table}))
                 raise ConfigError(f"config key 'options.{name}': no installed plugin is named "
                                   f"'{name}' (installed: {known})")
-            for reg in regs:
+            # One name may be several kinds of plugin (the "text" source and scenario): the
+            # options are for those that take options.
+            for reg in [r for r in regs if r.options is not None] or regs[:1]:
                 plugin_options(config, name, reg.options)
 
-    def build(self, kind: str, name: str, config: Config) -> Any:
+    def build(self, kind: str, name: str, config: Config | None) -> Any:
+        """An instance from ``name``'s factory, with its options from ``config`` (defaults
+        when ``config`` is None)."""
         reg = self.get(kind, name)
-        opts = plugin_options(config, name, reg.options)
+        if config is None:
+            opts = reg.options() if reg.options is not None else None
+        else:
+            opts = plugin_options(config, name, reg.options)
         try:
             obj = reg.factory(opts)
         except Exception as exc:  # a third-party factory failing is the plugin's error
@@ -104,8 +133,20 @@ class Registry:
         return obj
 
 
+_DEFAULT: pluggy.PluginManager | None = None
+
+
+def default_plugin_manager() -> pluggy.PluginManager:
+    """The process's plugin manager with every installed plugin, loaded once."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = make_plugin_manager()
+    return _DEFAULT
+
+
 def make_plugin_manager(load_entrypoints: bool = True, extra_plugins: list | None = None) -> pluggy.PluginManager:
-    """A plugin manager with the hookspecs, entry-point plugins and ``extra_plugins``."""
+    """A new plugin manager with the hookspecs, entry-point plugins and ``extra_plugins``
+    (``default_plugin_manager()`` is the shared one)."""
     pm = pluggy.PluginManager("retain")
     pm.add_hookspecs(hookspecs)
     if load_entrypoints:
@@ -122,7 +163,7 @@ def make_plugin_manager(load_entrypoints: bool = True, extra_plugins: list | Non
 def describe_plugins(pm: pluggy.PluginManager) -> list[dict]:
     """Name, package, hooks and registrations of every plugin (for ``retain plugins``)."""
     dists = {id(p): d for p, d in pm.list_plugin_distinfo()}
-    registry = Registry(pm)
+    registry = Registry.of(pm)
     out = []
     for plugin in pm.get_plugins():
         name = pm.get_name(plugin)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ModelError
-from .store import MANIFEST, WEIGHTS, ModelStore, atomic_write_text, now_iso
+from .store import MANIFEST, ModelStore, atomic_write_text, now_iso
 
 
 def normalize_version(name: str) -> str:
@@ -108,14 +108,14 @@ def rollback(store: ModelStore, target: str | None = None, wait: float = 0.0) ->
 def validate_version(engine: Any, store: ModelStore, version: str | None, data: list[str]) -> dict:
     """Run the configured validators on ``version`` (default: current) against its parent,
     with the items of ``data`` as held-out new items. Reads only."""
-    from .advice import next_steps
-    from .engine import _sample, collect, load_version, preprocess, resolve_device
     from .errors import SourceError
-    from .model import encode_texts, per_text_loss
+    from .evaluation import evidence, measure, metrics, retention_texts
+    from .gate import judge
+    from .ingest import collect, preprocess
+    from .models import load_version, resolve_device
     from .strategy import TrainSettings
-    from .validation import Evidence
 
-    cfg = engine.config
+    cfg, registry = engine.config, engine.registry
     version = normalize_version(version) if version else store.current()
     manifest = store.manifest(version)
     parent = manifest.get("parent")
@@ -123,42 +123,25 @@ def validate_version(engine: Any, store: ModelStore, version: str | None, data: 
         raise ModelError(f"version {version} is a full training: it has no parent to compare with; "
                          "validate one of its updates")
     device = resolve_device(engine.device_name)
-    cand, base = load_version(store, version, device), load_version(store, parent, device)
-    items, rejects = collect(data, engine.registry, cfg)
-    items, pre_rejects = preprocess(items, engine.registry, cfg)
+    cand = load_version(store, version, device, registry)
+    base = load_version(store, parent, device, registry)
+    items, rejects = collect(data, registry, cfg)
+    items, pre_rejects = preprocess(items, registry, cfg)
     if not items:
         raise SourceError("no usable items in --data to validate with")
     seen = store.ledger.find([it.hash for it in items], store.chain(version))
     store.ledger.close()
-    chain = store.chain(parent)
-    retention = _sample(store.holdout(chain), cfg.validation.eval_max_items, cfg.seed)
-    seq_len = min(cfg.fine_tuning.max_seq_length, cand.model.arch.context)
-
-    def score(model, tokenizer, texts):
-        if not texts:
-            return None
-        x, y, owner = encode_texts(tokenizer, texts, seq_len)
-        return per_text_loss(model, x, y, owner, len(texts), device)
-
-    ret_texts = [r["text"] for r in retention]
-    new_texts = [it.text for it in items]
-    ret_before, ret_after = score(base.model, base.tokenizer, ret_texts), score(cand.model, cand.tokenizer, ret_texts)
-    new_before, new_after = score(base.model, base.tokenizer, new_texts), score(cand.model, cand.tokenizer, new_texts)
-
-    def mean(t):
-        return None if t is None else float(t.mean())
-
-    metrics = {"retention_loss_before": mean(ret_before), "retention_loss_after": mean(ret_after),
-               "new_loss_before": mean(new_before), "new_loss_after": mean(new_after),
-               "retention_items": len(ret_texts), "new_holdout_items": len(new_texts)}
+    old = retention_texts(store, store.chain(parent), cfg.validation.eval_max_items, cfg.seed)
+    new = [it.text for it in items]
+    seq_len = min(cfg.fine_tuning.max_seq_length, cand.lm.context)
+    before, after = measure(base.lm, old, new, seq_len, device), measure(cand.lm, old, new, seq_len, device)
+    numbers = metrics(before, after, len(old), len(new))
     settings = _settings(store, version, manifest, TrainSettings)
-    evidence = Evidence("fine_tuning", list(manifest.get("epoch_losses", [])), metrics["retention_loss_before"],
-                        metrics["retention_loss_after"], metrics["new_loss_before"], metrics["new_loss_after"],
-                        ret_before, ret_after, cand.model, settings, extra=dict(metrics),
-                        tokenizer=cand.tokenizer, timings=dict(manifest.get("timings", {})))
-    verdicts = engine._validate(evidence)
-    return {"version": version, "parent": parent, "metrics": metrics,
-            "verdicts": [v.to_json() for v in verdicts], "next_steps": next_steps(verdicts),
+    ev = evidence("fine_tuning", cand.lm, settings, before, after, list(manifest.get("epoch_losses", [])),
+                  dict(manifest.get("timings", {})), numbers)
+    verdicts, steps = judge(registry, cfg, ev)
+    return {"version": version, "parent": parent, "metrics": numbers,
+            "verdicts": [v.to_json() for v in verdicts], "next_steps": steps,
             "passed": not any(v.status == "fail" for v in verdicts),
             "items": len(items), "rejected": len(rejects) + len(pre_rejects),
             "already_learned": len(seen)}
@@ -252,5 +235,6 @@ def _strip(store: ModelStore, version: str) -> None:
 
 
 def _heavy(rel: str) -> bool:
-    """What only loading the version itself needs: its weights and strategy state."""
-    return rel == WEIGHTS or rel.startswith("strategy/")
+    """What only loading the version itself needs: its weights (safetensors, whatever the
+    family names them) and strategy state."""
+    return rel.endswith(".safetensors") or rel.startswith("strategy/")

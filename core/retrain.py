@@ -1,4 +1,4 @@
-"""When to stop fine-tuning and train from scratch: the seed's "Full retrain when".
+"""When to stop fine-tuning and train from scratch: the design document's "Full retrain when".
 
     Major data changes (> 1,000 items)  -> items learned since the last full training
     Architecture changes                -> config.model vs the model's manifest
@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .config import Config
-from .errors import ModelError
+from .errors import ModelError, RetainError
+from .pluginmanager import Registry, default_plugin_manager
 from .store import HOLDOUT, ModelStore
 
 
@@ -52,15 +53,6 @@ class Assessment:
                 "last_full_training": self.last_full_training,
                 "checks": [asdict(c) for c in self.checks]}
 
-    def print(self, console) -> None:
-        if console is None:
-            return
-        for c in self.checks:
-            mark = "[red]retrain[/]" if c.retrain else "[green]ok[/]     "
-            console.print(f"  {mark} {c.name}: {c.reason}", highlight=False)
-        color = "bold red" if self.retrain else "bold green"
-        console.print(f"[{color}]{self.summary}[/]", highlight=False)
-
 
 def last_full_training(store: ModelStore, chain: list[str]) -> tuple[str | None, list[str]]:
     """(the newest full training in ``chain``, the fine-tunes after it, newest first)."""
@@ -72,14 +64,16 @@ def last_full_training(store: ModelStore, chain: list[str]) -> tuple[str | None,
     return None, since
 
 
-def assess(store: ModelStore, config: Config, pending_items: int = 0, device: str | None = None) -> Assessment:
+def assess(store: ModelStore, config: Config, pending_items: int = 0, device: str | None = None,
+           registry: Registry | None = None) -> Assessment:
+    registry = registry or Registry.of(default_plugin_manager())
     current = store.current()
     chain = store.chain(current)
     root, since = last_full_training(store, chain)
     checks = [
         _new_items(store, config, since, pending_items),
-        _architecture(store, config, current, root),
-        _retention_drift(store, config, current, root, device),
+        _architecture(store, config, current, root, registry),
+        _retention_drift(store, config, current, root, device, registry),
         _rejections(store, config),
     ]
     return Assessment(str(store.root), current, root, checks)
@@ -104,17 +98,29 @@ def _new_items(store: ModelStore, config: Config, since: list[str], pending: int
                  f"{total:,} new items since the last full training (retrain above {limit:,})")
 
 
-def _architecture(store: ModelStore, config: Config, current: str, root: str | None) -> Check:
-    arch = store.manifest(current).get("architecture", {})
-    m = config.model
-    wanted = {"n_layer": m.n_layer, "n_head": m.n_head, "d_model": m.d_model,
-              "context": config.full_training.max_seq_length}
-    have = {k: arch.get(k) for k in wanted}
-    # The tokenizer was trained for the vocab_size asked for at the full training; a small
-    # corpus can end below it, so compare what was asked, not what the BPE reached.
-    root_cfg = store.manifest(root).get("config", {}) if root else {}
-    wanted["vocab_size"] = m.vocab_size
-    have["vocab_size"] = root_cfg.get("model", {}).get("vocab_size", arch.get("vocab_size"))
+def _architecture(store: ModelStore, config: Config, current: str, root: str | None,
+                  registry: Registry) -> Check:
+    """Does the config ask for another model than the one trained? Compared in the family's own
+    terms: what the config asks now against what the last full training's config asked (a
+    tokenizer trained on a small corpus can end below the vocabulary size asked for)."""
+    from .config import build_dataclass
+    from .models import family, model_entry
+
+    entry = model_entry(store.manifest(current))
+    if config.model.family != entry["family"]:
+        return Check("architecture", True, f"the config asks for a '{config.model.family}' model; this one is "
+                     f"'{entry['family']}': a fine-tune cannot change it", {})
+    fam = family(registry, entry["family"])
+    wanted = fam.architecture_from_config(config)
+    if wanted is None:
+        return Check("architecture", False, "the config does not set the architecture", {},
+                     "architecture unchanged")
+    root_config = store.manifest(root).get("config") if root else None
+    try:
+        asked = fam.architecture_from_config(build_dataclass(Config, root_config)) if root_config else None
+    except RetainError:  # a config of an older retain: compare with the weights' architecture
+        asked = None
+    have = {k: (asked or entry.get("architecture", {})).get(k) for k in wanted}
     diff = {k: (have[k], wanted[k]) for k in wanted if have[k] != wanted[k]}
     numbers = {"model": have, "config": wanted}
     if diff:
@@ -127,7 +133,7 @@ def _architecture(store: ModelStore, config: Config, current: str, root: str | N
 
 
 def _retention_drift(store: ModelStore, config: Config, current: str, root: str | None,
-                     device: str | None) -> Check:
+                     device: str | None, registry: Registry) -> Check:
     limit = config.retrain.max_retention_drift
     if root is None:
         return Check("retention_drift", False, "no full training in the chain to compare with", {})
@@ -139,7 +145,7 @@ def _retention_drift(store: ModelStore, config: Config, current: str, root: str 
     if current == root:
         now = baseline
     else:
-        now = _holdout_loss(store, current, root, config, device)
+        now = _holdout_loss(store, current, root, config, device, registry)
     drift = (now - baseline) / baseline if baseline else 0.0
     numbers = {"loss_after_full_training": baseline, "loss_now": now, "drift": drift, "threshold": limit,
                "full_training": root}
@@ -152,17 +158,16 @@ def _retention_drift(store: ModelStore, config: Config, current: str, root: str 
                  f"retention {100 * drift:+.1f}% since the full training (retrain above +{100 * limit:.0f}%)")
 
 
-def _holdout_loss(store: ModelStore, version: str, root: str, config: Config, device: str | None) -> float:
+def _holdout_loss(store: ModelStore, version: str, root: str, config: Config, device: str | None,
+                  registry: Registry) -> float:
     """Mean loss of ``version`` on the full training's held-out items, scored as the
     full training scored them (every item, the model's whole context)."""
-    from .engine import load_version, resolve_device
-    from .model import encode_texts, per_text_loss
+    from .evaluation import score_texts
+    from .models import load_version, resolve_device
 
-    dev = resolve_device(device or config.device)
-    loaded = load_version(store, version, device=dev)
+    loaded = load_version(store, version, device=resolve_device(device or config.device), registry=registry)
     texts = [r["text"] for r in store.read_jsonl(root, HOLDOUT)]
-    x, y, owner = encode_texts(loaded.tokenizer, texts, loaded.model.arch.context)
-    return float(per_text_loss(loaded.model, x, y, owner, len(texts), dev).mean())
+    return float(score_texts(loaded.lm, texts, loaded.lm.context).mean())
 
 
 def _rejections(store: ModelStore, config: Config) -> Check:

@@ -1,6 +1,6 @@
 """Out of memory during training: retry with half the batch size before giving up.
 
-The seed's remedy ("Out of memory: reduce batch_size to 4"), applied by the
+The design document's remedy ("Out of memory: reduce batch_size to 4"), applied by the
 update itself. Each failed attempt may have taken optimizer steps, so the
 weights are put back to what they were before it; the optimizer and the
 avalanche template are built afresh by every attempt.

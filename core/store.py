@@ -251,6 +251,40 @@ class VersionWriter:
             self.store.ledger.forget_versions_except(self.store.versions())
 
 
+class VersionFiles:
+    """Checksum-verified read access to one version's files: what a model family loads from.
+
+    ``of(version)`` gives the same access to another version of the store (a
+    family whose versions hold only a delta loads the version it builds on).
+    """
+
+    def __init__(self, store: "ModelStore", version: str, manifest: dict | None = None):
+        self.store = store
+        self.version = version
+        self.manifest = manifest if manifest is not None else store.manifest(version)
+
+    def has(self, rel: str) -> bool:
+        return rel in self.manifest.get("files", {})
+
+    def path(self, rel: str) -> Path:
+        return self.store.verified_path(self.version, rel, self.manifest)
+
+    def tensors(self, rel: str) -> dict:
+        return self.store.read_tensors(self.version, rel, self.manifest)
+
+    def text(self, rel: str) -> str:
+        return self.store.read_text(self.version, rel, self.manifest)
+
+    def json(self, rel: str) -> Any:
+        try:
+            return json.loads(self.text(rel))
+        except ValueError as exc:
+            raise ModelError(f"version {self.version}: {rel} is not valid JSON ({exc})") from None
+
+    def of(self, version: str) -> "VersionFiles":
+        return VersionFiles(self.store, version)
+
+
 class ModelStore:
     def __init__(self, root: str | Path):
         self.root = Path(root)

@@ -1,30 +1,37 @@
-"""One training experience on avalanche-lib's SupervisedTemplate, for causal-LM batches.
+"""Step 6, train: one experience on avalanche-lib's SupervisedTemplate, for causal-LM rows.
 
 Avalanche's datasets and plugins are built for classification (one scalar
 target per sample). We hand it a generic ``AvalancheDataset`` over
 ``TensorDataset(inputs, targets, task)`` with the target *sequence* as ``y``
 and a token-level cross-entropy as the criterion; the template, EWC, replay,
 SI, MAS and (A)GEM plugins then work unchanged on next-token prediction.
+
+This module imports avalanche-lib (seconds): the engine imports it only when
+a run trains.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Callable
+from typing import Callable
 
 import torch
-from torch.utils.data import TensorDataset
+from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
+from avalanche.benchmarks.utils import AvalancheDataset, DataAttribute
+from avalanche.core import SupervisedPlugin
+from avalanche.training.templates import SupervisedTemplate
+from torch.utils.data import DataLoader, TensorDataset
 
-from .model import IGNORE_INDEX, lm_loss
+from .lm import IGNORE_INDEX, Rows, lm_loss
+from .retry import retry_halving_batch
+from .run import Run
 from .strategy import TrainSettings
 
 
-def make_dataset(x: torch.Tensor, y: torch.Tensor, task_labels: torch.Tensor | None = None):
-    """An AvalancheDataset of (inputs, target sequence, task label: 0 unless given per row)."""
-    from avalanche.benchmarks.utils import AvalancheDataset, DataAttribute
-
-    t = torch.zeros(len(x), dtype=torch.long) if task_labels is None else task_labels.long()
+def make_dataset(x: torch.Tensor, y: torch.Tensor) -> AvalancheDataset:
+    """An AvalancheDataset of (inputs, target sequence, task label 0)."""
+    t = torch.zeros(len(x), dtype=torch.long)
     return AvalancheDataset(
         [TensorDataset(x, y, t)],
         data_attributes=[
@@ -44,20 +51,8 @@ def pad_to(x: torch.Tensor, y: torch.Tensor, width: int, pad_id: int) -> tuple[t
             torch.nn.functional.pad(y, (0, extra), value=IGNORE_INDEX))
 
 
-class _RecordingCriterion:
-    """The task loss (token-level cross-entropy by default), remembered without penalties."""
-
-    def __init__(self, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = lm_loss) -> None:
-        self.loss_fn = loss_fn
-        self.last: torch.Tensor | None = None
-
-    def __call__(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        loss = self.loss_fn(logits, targets)
-        self.last = loss.detach()
-        return loss
-
-
 def lr_lambda(settings: TrainSettings, total_steps: int) -> Callable[[int], float]:
+    """Linear warm-up over ``warmup_steps``, then constant or cosine decay to 10% of the peak."""
     def factor(step: int) -> float:
         if settings.warmup_steps and step < settings.warmup_steps:
             return (step + 1) / settings.warmup_steps
@@ -96,124 +91,153 @@ class LengthBatches:
             yield batches[i]
 
 
-def _lm_template_class():
-    from avalanche.training.templates import SupervisedTemplate
-    from torch.utils.data import DataLoader
+class LMTemplate(SupervisedTemplate):
+    """avalanche's SupervisedTemplate with length-bucketed training batches.
 
-    class LMTemplate(SupervisedTemplate):
-        """avalanche's SupervisedTemplate with length-bucketed training batches.
+    Plugins that bring their own loader (replay's ReplayDataLoader) replace
+    this one in before_training_exp, as they would the default.
+    """
 
-        Plugins that bring their own loader (replay's ReplayDataLoader) replace
-        this one in before_training_exp, as they would the default.
-        """
+    lengths: list[int] | None = None
 
-        lengths: list[int] | None = None
-
-        def make_train_dataloader(self, num_workers=0, shuffle=True, pin_memory=None,
-                                  persistent_workers=False, drop_last=False, **kwargs):
-            data = self.adapted_dataset
-            lengths = self.lengths
-            if lengths is None or len(lengths) != len(data):  # a plugin changed the dataset
-                lengths = [int((data[i][1] != IGNORE_INDEX).sum()) for i in range(len(data))]
-            args = self._obtain_common_dataloader_parameters(
-                batch_size=self.train_mb_size, num_workers=num_workers, shuffle=shuffle,
-                pin_memory=pin_memory, persistent_workers=persistent_workers, drop_last=drop_last)
-            for key in ("batch_size", "shuffle", "drop_last", "sampler"):
-                args.pop(key, None)
-            # Follows torch.manual_seed without drawing from (and so shifting) the global stream.
-            seed = torch.initial_seed() % (2**31 - 1)
-            self.dataloader = DataLoader(data, batch_sampler=LengthBatches(lengths, self.train_mb_size, seed),
-                                         **args)
-
-    return LMTemplate
+    def make_train_dataloader(self, num_workers=0, shuffle=True, pin_memory=None,
+                              persistent_workers=False, drop_last=False, **kwargs):
+        data = self.adapted_dataset
+        lengths = self.lengths
+        if lengths is None or len(lengths) != len(data):  # a plugin changed the dataset
+            lengths = [int((data[i][1] != IGNORE_INDEX).sum()) for i in range(len(data))]
+        args = self._obtain_common_dataloader_parameters(
+            batch_size=self.train_mb_size, num_workers=num_workers, shuffle=shuffle,
+            pin_memory=pin_memory, persistent_workers=persistent_workers, drop_last=drop_last)
+        for key in ("batch_size", "shuffle", "drop_last", "sampler"):
+            args.pop(key, None)
+        # Follows torch.manual_seed without drawing from (and so shifting) the global stream.
+        seed = torch.initial_seed() % (2**31 - 1)
+        self.dataloader = DataLoader(data, batch_sampler=LengthBatches(lengths, self.train_mb_size, seed), **args)
 
 
-def fit(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, settings: TrainSettings, *,
-        device: torch.device, pad_id: int | None, penalty: Callable[..., torch.Tensor | None],
-        extra_plugins: list, on_step: Callable[[int, int, float], None],
-        on_epoch: Callable[[int, float], None], template_hook: Callable[[Any], None] | None = None,
-        loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-        task_labels: torch.Tensor | None = None) -> list[float]:
-    """Train ``model`` on (x, y) for ``settings.epochs``; return the mean task loss per epoch.
+class RecordingCriterion:
+    """The task loss (token cross-entropy), remembered without the penalties added to it."""
+
+    def __init__(self) -> None:
+        self.last: torch.Tensor | None = None
+
+    def __call__(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        loss = lm_loss(logits, targets)
+        self.last = loss.detach()
+        return loss
+
+
+class EngineLoop(SupervisedPlugin):
+    """Trims padding, adds hook penalties, clips, schedules and reports, around each step."""
+
+    def __init__(self, settings: TrainSettings, criterion: RecordingCriterion, scheduler,
+                 penalty: Callable[..., torch.Tensor | None], on_step: Callable[[int, int, float], None],
+                 on_epoch: Callable[[int, float], None]):
+        super().__init__()
+        self.settings, self.criterion, self.scheduler = settings, criterion, scheduler
+        self.penalty, self.on_step, self.on_epoch = penalty, on_step, on_epoch
+        self.epoch_losses: list[float] = []
+
+    def before_training_epoch(self, strategy, **kw):
+        self.total = torch.zeros((), dtype=torch.float64)
+        self.count = 0
+
+    def before_forward(self, strategy, **kw):
+        # Rows are padded to max_seq_length so replayed data can be mixed in;
+        # compute only up to the longest real sequence of this batch.
+        mb_y = strategy.mbatch[1]
+        width = int((mb_y != IGNORE_INDEX).sum(1).max().clamp(min=1))
+        strategy.mbatch[0] = strategy.mbatch[0][:, :width]
+        strategy.mbatch[1] = mb_y[:, :width]
+
+    def before_backward(self, strategy, **kw):
+        extra = self.penalty(strategy.model, strategy.mb_x, strategy.mb_y, strategy.mb_output)
+        if extra is not None:
+            strategy.loss = strategy.loss + extra
+
+    def before_update(self, strategy, **kw):
+        if self.settings.grad_clip:
+            torch.nn.utils.clip_grad_norm_(strategy.model.parameters(), self.settings.grad_clip)
+
+    def after_update(self, strategy, **kw):
+        self.scheduler.step()
+
+    def after_training_iteration(self, strategy, **kw):
+        loss = float(self.criterion.last)
+        self.total += loss
+        self.count += 1
+        self.on_step(len(self.epoch_losses) + 1, self.count, loss)
+
+    def after_training_epoch(self, strategy, **kw):
+        mean = float(self.total / max(1, self.count))
+        self.epoch_losses.append(mean)
+        self.on_epoch(len(self.epoch_losses), mean)
+
+
+def fit(module: torch.nn.Module, rows: Rows, settings: TrainSettings, *, device: torch.device, pad_id: int,
+        plugins: list, penalty: Callable[..., torch.Tensor | None], on_step: Callable[[int, int, float], None],
+        on_epoch: Callable[[int, float], None], continuing: bool) -> list[float]:
+    """Train ``module`` on ``rows`` for ``settings.epochs``; return the mean task loss per epoch.
 
     ``penalty(model, inputs, targets, logits)`` returns the summed extra loss
-    terms (from the ``training_penalty`` hook) or None.
-
-    By default (x, y) are token sequences: padded to ``max_seq_length`` with
-    ``pad_id``, trimmed per batch, token cross-entropy. A ``loss(outputs,
-    targets)`` says they are not (``retain compare``'s classification stream):
-    rows are used as given, with per-row ``task_labels`` if any.
+    terms or None. ``continuing``: this is not the model's first experience.
     """
-    from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
-    from avalanche.core import SupervisedPlugin
-    from avalanche.training.templates import SupervisedTemplate
-
-    sequences = loss is None
-    if sequences:
-        x, y = pad_to(x, y, settings.max_seq_length, pad_id)
-    experience = benchmark_from_datasets(train=[make_dataset(x, y, task_labels)]).train_stream[0]
-    criterion = _RecordingCriterion() if sequences else _RecordingCriterion(loss)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate,
+    x, y = pad_to(rows.x, rows.y, settings.max_seq_length, pad_id)
+    experience = benchmark_from_datasets(train=[make_dataset(x, y)]).train_stream[0]
+    criterion = RecordingCriterion()
+    optimizer = torch.optim.AdamW(module.parameters(), lr=settings.learning_rate,
                                   weight_decay=settings.weight_decay)
-    steps_per_epoch = math.ceil(len(x) / settings.batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(settings, steps_per_epoch * settings.epochs))
-    epoch_losses: list[float] = []
-
-    class EngineLoop(SupervisedPlugin):
-        """Trims padding, adds hook penalties, clips, schedules and reports."""
-
-        def before_training_epoch(self, strategy, **kw):
-            self.total = torch.zeros((), dtype=torch.float64)
-            self.count = 0
-
-        def before_forward(self, strategy, **kw):
-            if not sequences:
-                return
-            # Rows are padded to max_seq_length so replayed data can be mixed in;
-            # compute only up to the longest real sequence of this batch.
-            mb_y = strategy.mbatch[1]
-            width = int((mb_y != IGNORE_INDEX).sum(1).max().clamp(min=1))
-            strategy.mbatch[0] = strategy.mbatch[0][:, :width]
-            strategy.mbatch[1] = mb_y[:, :width]
-
-        def before_backward(self, strategy, **kw):
-            extra = penalty(strategy.model, strategy.mb_x, strategy.mb_y, strategy.mb_output)
-            if extra is not None:
-                strategy.loss = strategy.loss + extra
-
-        def before_update(self, strategy, **kw):
-            if settings.grad_clip:
-                torch.nn.utils.clip_grad_norm_(strategy.model.parameters(), settings.grad_clip)
-
-        def after_update(self, strategy, **kw):
-            scheduler.step()
-
-        def after_training_iteration(self, strategy, **kw):
-            loss = float(criterion.last)
-            self.total += loss
-            self.count += 1
-            on_step(len(epoch_losses) + 1, self.count, loss)
-
-        def after_training_epoch(self, strategy, **kw):
-            mean = float(self.total / max(1, self.count))
-            epoch_losses.append(mean)
-            on_epoch(len(epoch_losses), mean)
-
+    total_steps = math.ceil(len(x) / settings.batch_size) * settings.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(settings, total_steps))
+    loop = EngineLoop(settings, criterion, scheduler, penalty, on_step, on_epoch)
     with warnings.catch_warnings():
         # avalanche warns about its own deprecations and about running without loggers
         warnings.simplefilter("ignore")
-        # Rows that are not sequences have no lengths to bucket: avalanche's own template and loader.
-        template_class = _lm_template_class() if sequences else SupervisedTemplate
-        template = template_class(
-            model=model, optimizer=optimizer, criterion=criterion,
-            train_mb_size=settings.batch_size, train_epochs=settings.epochs,
-            eval_mb_size=settings.batch_size, device=device,
-            plugins=[*extra_plugins, EngineLoop()], evaluator=None,
-        )
-        if sequences:
-            template.lengths = (y != IGNORE_INDEX).sum(1).tolist()
-        if template_hook is not None:
-            template_hook(template)
+        template = LMTemplate(model=module, optimizer=optimizer, criterion=criterion,
+                              train_mb_size=settings.batch_size, train_epochs=settings.epochs,
+                              eval_mb_size=settings.batch_size, device=device,
+                              plugins=[*plugins, loop], evaluator=None)
+        template.lengths = (y != IGNORE_INDEX).sum(1).tolist()
+        if continuing:
+            # Each update is a fresh template, but not the model's first experience: say so, or
+            # avalanche plugins that skip the first one (EWC, MAS, GEM) ignore restored state.
+            template.clock.train_exp_counter = 1
         template.train(experience)
-    return epoch_losses
+    return loop.epoch_losses
+
+
+def train(run: Run, pm) -> None:
+    """Train ``run.lm`` on ``run.rows`` with the run's strategies; fills ``run.epoch_losses``.
+
+    Out of memory: the weights are restored and the run retries with half the
+    batch size, down to 1 (``core/retry.py``); each retry is in ``run.oom_retries``.
+    """
+    settings = run.settings
+
+    def penalty(model, inputs, targets, logits):
+        terms = [t for t in pm.hook.training_penalty(run=run, model=model, inputs=inputs, targets=targets,
+                                                     logits=logits) if t is not None]
+        return sum(terms) if terms else None
+
+    def on_step(epoch: int, step: int, loss: float) -> None:
+        # batch_size may have been halved by an out-of-memory retry: steps follow it
+        steps = math.ceil(len(run.rows) / settings.batch_size)
+        pm.hook.training_progress(run=run, epoch=epoch, epochs=settings.epochs, step=step, steps=steps,
+                                  loss=loss)
+
+    def on_epoch(epoch: int, loss: float) -> None:
+        pm.hook.epoch_ended(run=run, epoch=epoch, loss=loss)
+
+    def attempt() -> list[float]:
+        plugins = [p for s in run.strategies for p in s.avalanche_plugins(run)]
+        return fit(run.model, run.rows, settings, device=run.device, pad_id=run.lm.pad_id, plugins=plugins,
+                   penalty=penalty, on_step=on_step, on_epoch=on_epoch, continuing=run.parent is not None)
+
+    def on_oom(failed: int, retry: int, error: str) -> None:
+        run.oom_retries.append({"batch_size": failed, "retry_batch_size": retry, "error": error})
+        pm.hook.warning_raised(run=run, message=f"out of memory at batch_size {failed} ({error}); weights "
+                               f"restored, retrying with batch_size {retry}")
+
+    pm.hook.update_started(run=run)
+    run.epoch_losses = retry_halving_batch(attempt, run.model, settings, on_oom)

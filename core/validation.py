@@ -1,4 +1,4 @@
-"""What validators see and what they answer."""
+"""What validators see (``Evidence``) and what they answer (``Verdict``)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ Status = Literal["pass", "warn", "fail"]
 
 @dataclass
 class Verdict:
-    status: Status
-    reason: str
-    numbers: dict[str, float] = field(default_factory=dict)
-    remedy: str = ""
-    validator: str = ""
+    """One validator's answer about a candidate model."""
+
+    status: Status          # "fail" rejects the candidate; "warn" is reported; "pass"
+    reason: str             # one line with the numbers behind it, shown to the user
+    numbers: dict[str, float] = field(default_factory=dict)  # the measurements, for the report
+    remedy: str = ""        # the next step if not a pass (``retain.core.advice`` builds them)
+    validator: str = ""     # filled in by the engine with the registered name if left empty
 
     def to_json(self) -> dict:
         return {"validator": self.validator, "status": self.status, "reason": self.reason,
@@ -25,21 +27,20 @@ class Verdict:
 class Evidence:
     """Everything measured about a candidate, handed to each validator.
 
-    Losses are mean per-item token cross-entropy; ``*_items`` are per-item
-    tensors aligned with the retention / new held-out sets. ``before`` is the
-    current model (or the random init for a full training), ``after`` the candidate.
+    Losses are mean per-item token cross-entropy (nats per token) on items the
+    model never trained on. ``*_before`` is the model the run started from (the
+    random init for a full training), ``*_after`` the candidate.
     """
 
     kind: str                         # "full_training" | "fine_tuning"
-    epoch_losses: list[float]
-    retention_before: float | None
+    epoch_losses: list[float]         # mean training loss of each epoch, in order
+    retention_before: float | None    # old held-out items (the retention set); None: no such items
     retention_after: float | None
-    new_before: float | None
+    new_before: float | None          # this run's held-out new items; None: none were held out
     new_after: float | None
-    retention_items_before: Any = None
+    retention_items_before: Any = None  # per-item losses (a float64 tensor) aligned with the set
     retention_items_after: Any = None
-    model: Any = None
-    settings: Any = None                # TrainSettings of the run (lr, epochs, batch size)
-    extra: dict[str, Any] = field(default_factory=dict)  # the run's metrics, e.g. "new_holdout_items"
-    tokenizer: Any = None               # the candidate's tokenizer, to sample text from it
+    model: Any = None                 # the candidate, a ``LanguageModel`` (``.module``, ``.generate``)
+    settings: Any = None              # ``TrainSettings`` of the run (lr, epochs, batch size)
+    extra: dict[str, Any] = field(default_factory=dict)  # the report's metrics, e.g. "new_holdout_items"
     timings: dict[str, float] = field(default_factory=dict)  # seconds per step ("train", ...)

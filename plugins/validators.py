@@ -1,7 +1,7 @@
 """Built-in validators: the quality gate's checks on a candidate model.
 
 Each returns pass / warn / fail with a reason, the numbers behind it and, when
-it is not a pass, the seed's remedy with this run's numbers (``core.advice``).
+it is not a pass, the design document's remedy with this run's numbers (``core.advice``).
 Thresholds are options (``options.<name>`` in config.yaml). Losses are mean
 per-item token cross-entropy on items never trained on.
 """
@@ -24,7 +24,7 @@ class Finite:
 
         losses = [*ev.epoch_losses, ev.retention_after, ev.new_after]
         bad_loss = [x for x in losses if x is not None and not math.isfinite(x)]
-        bad_weights = [n for n, p in ev.model.named_parameters() if not torch.isfinite(p).all()]
+        bad_weights = [n for n, p in ev.model.module.named_parameters() if not torch.isfinite(p).all()]
         if bad_loss or bad_weights:
             what = f"{len(bad_loss)} non-finite losses" if bad_loss else ""
             if bad_weights:
@@ -43,7 +43,7 @@ class LossTrendOptions:
 
 
 class LossTrend:
-    """Epoch losses must go down (the seed's "Bad: loss increases (lr too high)")."""
+    """Epoch losses must go down (the design document's "Bad: loss increases (lr too high)")."""
 
     def __init__(self, options: LossTrendOptions):
         self.options = options
@@ -117,7 +117,7 @@ class LearningOptions:
 
 
 class Learning:
-    """Held-out loss on the new items must fall (the seed's "doesn't learn new")."""
+    """Held-out loss on the new items must fall (the design document's "doesn't learn new")."""
 
     def __init__(self, options: LearningOptions):
         self.options = options
@@ -169,32 +169,16 @@ class Generation:
     def validate(self, ev: Evidence) -> Verdict:
         import torch
 
-        from retain.core.model import EOS, PAD
-
         o = self.options
-        model, tok = ev.model, ev.tokenizer
-        if tok is None or not o.prompts:
-            return Verdict("warn", "no tokenizer or no prompts: generation not checked")
-        if not all(torch.isfinite(p).all() for p in model.parameters()):
+        if ev.model is None or not o.prompts:
+            return Verdict("warn", "no model or no prompts: generation not checked")
+        if not all(torch.isfinite(p).all() for p in ev.model.module.parameters()):
             return Verdict("fail", "non-finite weights: the model cannot sample text",
                            remedy=advice.lower_lr(ev.settings))
-        device = next(model.parameters()).device
-        stop = {tok.token_to_id(EOS), tok.token_to_id(PAD)}
-        generator = torch.Generator(device=device).manual_seed(o.seed)
-        was_training = model.training
-        model.eval()
-        samples, reps = [], []
-        try:
-            for prompt in o.prompts:
-                ids = [tok.token_to_id(EOS), *tok.encode(prompt).ids]
-                out = model.generate(torch.tensor([ids], device=device), o.max_new_tokens,
-                                     temperature=o.temperature, generator=generator)[0, len(ids):].tolist()
-                cut = next((i for i, t in enumerate(out) if t in stop), len(out))
-                new = out[:cut]
-                samples.append(prompt + tok.decode(new))
-                reps.append(repetition(new, o.ngram) if tok.decode(new).strip() else None)
-        finally:
-            model.train(was_training)
+        generated = ev.model.generate(list(o.prompts), max_new_tokens=o.max_new_tokens,
+                                      temperature=o.temperature, seed=o.seed)
+        samples = [g.prompt + g.text for g in generated]
+        reps = [repetition(g.tokens, o.ngram) if g.text.strip() else None for g in generated]
         empty = sum(r is None for r in reps) / len(reps)
         filled = [r for r in reps if r is not None]
         rep = sum(filled) / len(filled) if filled else 0.0
@@ -217,11 +201,11 @@ def repetition(tokens: list[int], n: int) -> float:
 
 @dataclass
 class DurationOptions:
-    max_train_seconds: float = 1800.0  # the seed: a fine-tune takes 20-30 minutes
+    max_train_seconds: float = 1800.0  # the design document: a fine-tune takes 20-30 minutes
 
 
 class Duration:
-    """Warns (never fails) when a fine-tune trained longer than planned (the seed's "too slow")."""
+    """Warns (never fails) when a fine-tune trained longer than planned (the design document's "too slow")."""
 
     def __init__(self, options: DurationOptions):
         self.options = options

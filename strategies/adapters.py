@@ -23,7 +23,7 @@ from avalanche.training.regularization import LearningWithoutForgetting
 from avalanche.training.storage_policy import ExemplarsBuffer, ReservoirSamplingBuffer
 from avalanche.training.utils import ParamData, copy_params_dict
 
-from retain.core.model import IGNORE_INDEX
+from retain.core.lm import IGNORE_INDEX
 from retain.core.training import make_dataset, pad_to
 
 Tensors = dict[str, torch.Tensor]

@@ -24,7 +24,7 @@ class NaiveOptions:
 
 
 class Naive(Strategy):
-    """Plain fine-tuning at the full-training learning rate (the seed's "BAD" baseline)."""
+    """Plain fine-tuning at the full-training learning rate (the design document's "BAD" baseline)."""
 
     name = "naive"
 
@@ -42,7 +42,7 @@ class LowLrOptions:
 
 
 class LowLr(Strategy):
-    """The seed's recipe: fine_tuning.learning_rate (1e-4) for a few epochs, optional warmup/cosine."""
+    """The design document's recipe: fine_tuning.learning_rate (1e-4) for a few epochs, optional warmup/cosine."""
 
     name = "low_lr"
 

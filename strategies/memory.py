@@ -69,12 +69,11 @@ class Agem(_RememberingStrategy):
     name = "agem"
 
     def avalanche_plugins(self, run) -> list:
-        from retain.core.model import PAD
         from retain.strategies.adapters import PersistentAGEM
 
         o = self.options
         self.plugin = PersistentAGEM(o.patterns_per_update, o.sample_size, o.max_memories,
-                                     self.memories, run.tokenizer.token_to_id(PAD))
+                                     self.memories, run.lm.pad_id)
         return [self.plugin]
 
 

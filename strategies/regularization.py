@@ -60,10 +60,6 @@ class Ewc(Strategy):
         self.plugin = OnlineEWC(self.options.ewc_lambda, self.options.decay, self.importances)
         return [self.plugin]
 
-    def classification_plugins(self, run) -> list:
-        # OnlineEWC reads only the model, the batches and the criterion: class labels fit as they are.
-        return self.avalanche_plugins(run)
-
     def state_dict(self) -> dict[str, Any]:
         if self.plugin is not None:
             self.importances = self.plugin.latest_importances()

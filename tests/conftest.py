@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from retain.core.config import load_config
-from retain.core.demo import base_corpus, docstring_paragraphs
+from retain.demo import base_corpus, docstring_paragraphs
 
 # A model small enough to train in seconds on 2 cores, same code paths as the default.
 TINY = [

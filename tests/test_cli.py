@@ -51,7 +51,7 @@ def test_update_prints_the_seed_steps(base_model, new_texts, tmp_path):
     r = runner.invoke(app, ["update", "-d", str(new), "-m", str(base_model), *_sets()])
     assert r.exit_code == 0, r.output
     out = r.stdout
-    for line in ("Load model", "Collect new data: 17 items", "Skip duplicates: 2", "Preprocess: 15 items",
+    for line in ("Load model", "Collect new data: 17 items", "Preprocess: 17 items", "Skip duplicates: 2 (15 items left)",
                  "Tokenize", "Fine-tune (low_lr)", "Epoch 1/2: Loss=", "Epoch 2/2: Loss=", "Validate",
                  "version 0002 is now current"):
         assert line in out, line
@@ -141,3 +141,12 @@ def test_train_strategy_flag_prepares_state_for_the_first_update(tmp_path, old_t
     saved = {f for f in manifest["files"] if f.startswith("strategy/")}
     assert any(f.startswith("strategy/replay.") for f in saved), saved
     assert "strategy/ewc.safetensors" in saved
+
+
+def test_a_strategy_named_twice_is_a_config_error(base_model, new_texts, tmp_path):
+    data = write_jsonl(tmp_path / "n.jsonl", new_texts[:12])
+    r = runner.invoke(app, ["update", "-d", str(data), "-m", str(base_model), "--strategy", "low_lr,low_lr",
+                            *_sets()])
+    assert r.exit_code == 3, r.output
+    assert "fine_tuning.strategy" in r.output and "low_lr more than once" in r.output
+    assert "Traceback" not in r.output

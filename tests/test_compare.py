@@ -9,9 +9,10 @@ import pytest
 from typer.testing import CliRunner
 
 from retain.cli import app
-from retain.core.compare import CompareRequest, _check_identical, run_compare
-from retain.core.metrics import old_and_new, stream_metrics
-from retain.core.scenarios import daily_stream, fingerprint, split_digits
+from retain.compare.run import CompareRequest, check_identical, run_compare
+from retain.compare.metrics import old_and_new, stream_metrics
+from retain.compare.digits import split_digits
+from retain.compare.text import daily_stream, fingerprint
 
 from conftest import write_jsonl
 
@@ -108,7 +109,7 @@ def test_split_digits_is_five_experiences_of_two_classes():
 def test_task_incremental_heads_answer_only_their_task_classes():
     import torch
 
-    from retain.core.digits import DigitsMLP
+    from retain.compare.digits import DigitsMLP
 
     model = DigitsMLP([[0, 1], [2, 3]])
     x = torch.randn(6, 64)
@@ -144,7 +145,7 @@ def test_different_data_is_caught():
     a = {"data_hashes": {"e1": {"train": "1", "test": "2"}}}
     b = {"data_hashes": {"e1": {"train": "1", "test": "3"}}}
     with pytest.raises(RuntimeError, match="different data"):
-        _check_identical({"naive": a, "low_lr": b})
+        check_identical({"naive": a, "low_lr": b})
 
 
 def test_a_strategy_without_classification_variant_is_reported(monkeypatch):
@@ -164,17 +165,20 @@ def test_a_strategy_without_classification_variant_is_reported(monkeypatch):
         def register_strategies(self, register):
             register("token_only", lambda options: TokenOnly())
 
-    assert Naive().classification_plugins(None) == [] and TokenOnly().classification_plugins(None) is None
+    from retain.compare.digits import row_plugins
+
+    assert row_plugins(Naive(), None, {}) == [] and row_plugins(TokenOnly(), None, {}) is None
     real = pluginmanager.make_plugin_manager
     monkeypatch.setattr(pluginmanager, "make_plugin_manager",
                         lambda *a, **k: real(extra_plugins=[Extra()]))
+    monkeypatch.setattr(pluginmanager, "_DEFAULT", real(extra_plugins=[Extra()]))
     res = run_compare(CompareRequest(strategies="token_only", scenario="split-digits", epochs=1, jobs=1))
     got = res["results"]["token_only"]
     assert got["supported"] is False and "no classification variant" in got["reason"]
     # the output says so: a dimmed n/a row, and the reason under the table and in the CSV
     from rich.console import Console
 
-    from retain.core.compare_report import rows, table
+    from retain.compare.report import rows, table
 
     console = Console(record=True, width=200)
     console.print(table(res))
@@ -189,7 +193,7 @@ def _png_size(data: bytes) -> tuple[int, int]:
 
 
 def test_cli_text_compare_end_to_end(base_model, old_texts, new_texts, tmp_path):
-    from retain.core.compare_report import figure, figure_labels
+    from retain.compare.report import figure, figure_labels
 
     day1 = write_jsonl(tmp_path / "day1.jsonl", new_texts[:15])
     day2 = write_jsonl(tmp_path / "day2.jsonl", new_texts[15:30])
@@ -272,8 +276,7 @@ def _avalanche_R(make_strategy, setting: str, seed: int, epochs: int):
     import torch.nn.functional as F
     from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
 
-    from retain.core.digits import accuracy, new_model, tensors
-    from retain.core.training import make_dataset
+    from retain.compare.digits import accuracy, make_dataset, new_model, tensors
 
     stream = split_digits(setting, seed=seed)
     model = new_model(stream, seed)

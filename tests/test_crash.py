@@ -33,7 +33,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from retain.core.engine import load_version
+from retain.core.models import load_version
 from retain.core.items import Item
 from retain.core.known import KnownItems
 from retain.core.nearindex import NearDuplicateIndex
@@ -204,7 +204,7 @@ def _lane_trials(lane: Lane, faults: list[str], random_kills: int) -> None:
 
 
 def test_sigkill_at_any_moment_leaves_a_consistent_model_and_a_rerun_completes(base_model, tmp_path):
-    from retain.core.demo import base_corpus, docstring_paragraphs
+    from retain.demo import base_corpus, docstring_paragraphs
 
     # New texts for the jobs: none a (near-)duplicate of another or of what base_model learned.
     learned = {Item(t).hash for t in base_corpus(240)}  # conftest's old_texts

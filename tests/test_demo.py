@@ -7,7 +7,7 @@ import json
 from typer.testing import CliRunner
 
 from retain.cli import app
-from retain.core.demo import N_DUPES, N_NEW, base_corpus, new_batch
+from retain.demo import N_DUPES, N_NEW, base_corpus, new_batch
 from retain.core.items import text_hash
 
 from conftest import TINY
@@ -26,6 +26,6 @@ def test_demo_command_end_to_end(tmp_path):
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout)
     u = report["update"]["counts"]
-    assert (u["collected"], u["duplicates"], u["preprocessed"]) == (45, 12, 33)
+    assert (u["collected"], u["preprocessed"], u["duplicates"], u["new"]) == (45, 45, 12, 33)
     assert report["update"]["version"] == "0002"
     assert "Before / after the update" in r.stderr

@@ -11,10 +11,11 @@ from typer.testing import CliRunner
 
 from retain.cli import app
 from retain.core.config import load_config
-from retain.core.engine import Engine, load_version
+from retain.core.engine import Engine
+from retain.core.models import load_version
 from retain.core.errors import EXIT_CODES, UpdateRejected
 from retain.core.hookspecs import hookimpl
-from retain.core.model import EOS, encode_texts, per_text_loss
+from retain.core.evaluation import score_texts
 from retain.core.pluginmanager import Registry, make_plugin_manager
 from retain.core.store import HOLDOUT, WEIGHTS, ModelStore, sha256_file
 from retain.core.strategy import TrainSettings
@@ -45,10 +46,9 @@ def _evidence(**kw):
 
 def _holdout_loss(store: ModelStore, version: str) -> float:
     """``version``'s mean loss on the base model's held-out items, scored as training did."""
-    loaded = load_version(store, version)
+    lm = load_version(store, version).lm
     texts = [r["text"] for r in store.read_jsonl("0001", HOLDOUT)]
-    x, y, owner = encode_texts(loaded.tokenizer, texts, loaded.model.arch.context)
-    return float(per_text_loss(loaded.model, x, y, owner, len(texts), torch.device("cpu")).mean())
+    return float(score_texts(lm, texts, lm.context).mean())
 
 
 def _snapshot(root: Path) -> dict[str, str]:
@@ -113,10 +113,10 @@ def test_duration_warns_with_the_too_slow_remedy():
 
 
 def test_finite_fails_on_nan_weights(base_model):
-    model = load_version(ModelStore(base_model)).model
+    lm = load_version(ModelStore(base_model)).lm
     with torch.no_grad():
-        model.ln_f.weight[0] = float("nan")
-    verdict = _validator("finite").validate(_evidence(model=model))
+        lm.module.ln_f.weight[0] = float("nan")
+    verdict = _validator("finite").validate(_evidence(model=lm))
     assert verdict.status == "fail" and "ln_f.weight" in verdict.reason
 
 
@@ -129,25 +129,24 @@ def _peaked(loaded, token_id: int):
         model.ln_f.weight.zero_()
         model.ln_f.bias.copy_(10 * unit)
         model.tok_emb.weight[token_id] = 10 * unit  # tied head: logit of token_id = 100
-    return model
+    return loaded.lm
 
 
 def test_generation_passes_a_healthy_model_and_fails_loops_and_empty_output(base_model):
     store = ModelStore(base_model)
     gen = _validator("generation")
     healthy = load_version(store)
-    ok = gen.validate(_evidence(model=healthy.model, tokenizer=healthy.tokenizer))
+    ok = gen.validate(_evidence(model=healthy.lm))
     assert ok.status == "pass", ok.reason
 
     looping = load_version(store)
     word = looping.tokenizer.encode(" the").ids[0]
-    loop = gen.validate(_evidence(model=_peaked(looping, word), tokenizer=looping.tokenizer))
+    loop = gen.validate(_evidence(model=_peaked(looping, word)))
     assert loop.status == "fail" and loop.numbers["repetition"] > 0.9
     assert loop.remedy.startswith("quality degrades: halve the learning rate")
 
     mute = load_version(store)
-    silent = gen.validate(_evidence(model=_peaked(mute, mute.tokenizer.token_to_id(EOS)),
-                                    tokenizer=mute.tokenizer))
+    silent = gen.validate(_evidence(model=_peaked(mute, mute.lm.eos_id)))
     assert silent.status == "fail" and silent.numbers["empty_share"] == 1.0
 
 

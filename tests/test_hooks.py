@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import shutil
 
-from retain import hookimpl
+from retain import Strategy, hookimpl
 from retain.core.config import load_config
-from retain.core.engine import Engine, epoch_line, load_version
+from retain.core.advice import epoch_line
+from retain.core.engine import Engine
+from retain.core.models import load_version
 from retain.core.pluginmanager import make_plugin_manager
 from retain.core.store import ModelStore
 
@@ -71,7 +73,73 @@ def test_training_penalty_terms_are_added_to_the_loss(base_model, new_texts, tmp
 
 
 def test_epoch_line_warns_when_loss_rises():
-    assert epoch_line(1, 3, 2.1, None) == "  Epoch 1/3: Loss=2.1000 (learning)"
+    assert epoch_line(1, 3, 2.1, None) == "Epoch 1/3: Loss=2.1000 (learning)"
     assert "too high" not in epoch_line(2, 3, 1.9, 2.1)
     assert epoch_line(3, 3, 1.8, 1.9).endswith("(converging)")
     assert "learning rate is probably too high" in epoch_line(2, 3, 2.3, 2.1)
+
+
+class FinishRecordingStrategy(Strategy):
+    """A strategy (registered as a plugin for the run) that records update_finished."""
+
+    name = "finish_recorder"
+    seen: list = []
+
+    def __init__(self, options=None):
+        pass
+
+    @hookimpl
+    def update_finished(self, run, report):
+        FinishRecordingStrategy.seen.append(report["version"])
+
+
+class RegistersFinishRecorder:
+    @hookimpl
+    def register_strategies(self, register):
+        register("finish_recorder", FinishRecordingStrategy)
+
+
+def test_strategies_receive_update_finished(base_model, new_texts, tmp_path):
+    FinishRecordingStrategy.seen = []
+    pm = make_plugin_manager(extra_plugins=[RegistersFinishRecorder()])
+    cfg = load_config(None, [*TINY, "fine_tuning.strategy=[low_lr,finish_recorder]", "validators=[finite]"])
+    report = Engine(cfg, pm=pm).update([str(write_jsonl(tmp_path / "n.jsonl", new_texts[:12]))], base_model)
+    assert FinishRecordingStrategy.seen == [report["version"]] == ["0002"]
+
+
+class FailsWhenFinished:
+    @hookimpl
+    def update_finished(self, run, report):
+        raise RuntimeError("notifier down")
+
+
+def test_a_plugin_failing_in_update_finished_leaves_the_saved_version_current(base_model, new_texts, tmp_path):
+    from typer.testing import CliRunner
+
+    from retain.cli import app
+    from retain.core import pluginmanager
+
+    warnings = []
+
+    class Warnings:
+        @hookimpl
+        def warning_raised(self, run, message):
+            warnings.append(message)
+
+    pm = make_plugin_manager(extra_plugins=[FailsWhenFinished(), Warnings()])
+    cfg = load_config(None, [*TINY, "validators=[finite]"])
+    report = Engine(cfg, pm=pm).update([str(write_jsonl(tmp_path / "n.jsonl", new_texts[:12]))], base_model)
+    assert report["status"] == "accepted" and ModelStore(base_model).current() == "0002"
+    assert any("update_finished" in w and "notifier down" in w and "0002" in w for w in warnings)
+
+    # and from the command line: exit 0, the warning printed, not exit 6
+    old = pluginmanager._DEFAULT
+    pluginmanager._DEFAULT = make_plugin_manager(extra_plugins=[FailsWhenFinished()])
+    try:
+        data = write_jsonl(tmp_path / "m.jsonl", new_texts[12:24])
+        r = CliRunner().invoke(app, ["update", "-d", str(data), "-m", str(base_model),
+                                     *[a for s in [*TINY, "validators=[finite]"] for a in ("--set", s)]])
+    finally:
+        pluginmanager._DEFAULT = old
+    assert r.exit_code == 0, r.output
+    assert "notifier down" in r.output and ModelStore(base_model).current() == "0003"

@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 from retain.cli import app
 from retain.core.config import load_config
-from retain.core.engine import Engine, collect
+from retain.core.engine import Engine
+from retain.core.ingest import collect
 from retain.core.errors import ConfigError, PluginError
 from retain.core.items import Item, Reject
 from retain.core.pluginmanager import Registry, make_plugin_manager

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from retain.cli import app
-from retain.core.engine import load_version
+from retain.core.models import load_version
 from retain.core.errors import ModelError
 from retain.core.store import ModelStore, sha256_file
 

@@ -29,7 +29,7 @@ def typo(text: str) -> str:
 
 @pytest.fixture
 def long_texts(new_texts):
-    from retain.core.demo import docstring_paragraphs
+    from retain.demo import docstring_paragraphs
 
     texts = [t for t in docstring_paragraphs() if len(t) >= 250 and t not in new_texts]
     assert len(texts) >= 30

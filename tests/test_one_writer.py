@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 
-from retain.core.engine import load_version
+from retain.core.models import load_version
 from retain.core.items import Item
 from retain.core.store import ModelStore
 

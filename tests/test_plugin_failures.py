@@ -8,7 +8,8 @@ import sqlite3
 import pytest
 
 from retain.core.config import load_config
-from retain.core.engine import Engine, load_version
+from retain.core.engine import Engine
+from retain.core.models import load_version
 from retain.core.errors import PluginError
 from retain.core.hookspecs import hookimpl
 from retain.core.pluginmanager import make_plugin_manager

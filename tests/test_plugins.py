@@ -31,7 +31,7 @@ def test_every_hookspec_has_a_docstring():
 def test_builtins_come_through_the_entry_point_group():
     pm = make_plugin_manager()
     dists = {pm.get_name(p): d.project_name for p, d in pm.list_plugin_distinfo()}
-    for name in ("sources", "preprocessors", "dedupers", "validators", "strategies"):
+    for name in ("sources", "preprocessors", "dedupers", "validators", "models", "strategies", "scenarios"):
         assert dists.get(name) == "retain"
     # and nothing registers built-ins on a second path
     assert Registry(make_plugin_manager(load_entrypoints=False)).by_kind["sources"] == {}
@@ -47,6 +47,38 @@ def test_a_name_registered_twice_is_an_error():
 
     with pytest.raises(PluginError, match="registered twice"):
         Registry(make_plugin_manager(extra_plugins=[Clash()]))
+
+
+def test_register_refuses_an_unknown_keyword():
+    # suffix= for suffixes= used to be swallowed silently: the source then never matched a file.
+    from retain import hookimpl
+
+    class Typo:
+        @hookimpl
+        def register_sources(self, register):
+            register("notes", object, suffix=(".notes",))
+
+    with pytest.raises(PluginError, match=r"plugin '.*' registered source 'notes' with unknown keyword\(s\) "
+                                          r"suffix \(a source takes: description, options, suffixes\)"):
+        Registry(make_plugin_manager(extra_plugins=[Typo()]))
+
+
+def test_the_registry_is_built_once_per_plugin_manager():
+    from retain import hookimpl
+    from retain.core.config import load_config
+    from retain.core.engine import Engine
+
+    class Counting:
+        calls = 0
+
+        @hookimpl
+        def register_validators(self, register):
+            Counting.calls += 1
+
+    pm = make_plugin_manager(extra_plugins=[Counting()])
+    engines = [Engine(load_config(None, []), pm=pm) for _ in range(3)]
+    assert Registry.of(pm) is engines[0].registry is engines[2].registry
+    assert Counting.calls == 1
 
 
 def _make_db(path: Path, texts) -> Path:

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from retain.cli import app
 from retain.core.config import load_config
-from retain.core.engine import Engine, load_version
+from retain.core.engine import Engine
+from retain.core.models import load_version
 from retain.core.errors import UpdateRejected
 from retain.core.store import HOLDOUT, WEIGHTS, ModelStore
 

@@ -7,7 +7,7 @@ import pytest
 from retain.core.config import Config, load_config
 from retain.core.errors import ConfigError, SourceError
 from retain.core.items import Item, Reject, normalize_text, text_hash
-from retain.core.engine import collect
+from retain.core.ingest import collect
 from retain.core.pluginmanager import Registry, make_plugin_manager
 
 
@@ -107,3 +107,19 @@ def test_plugin_options_are_typed(registry, tmp_path):
     f.write_text('{"text": "x"}\n')
     with pytest.raises(ConfigError, match="'options.jsonl.feild'"):
         _read(registry, str(f), "options.jsonl.feild=body")
+
+
+def test_a_folder_of_jsonl_files_is_read_as_json_lines(registry, tmp_path):
+    # Each file of a --data folder picks its source by suffix: the texts, not the raw JSON lines.
+    (tmp_path / "a.jsonl").write_text('{"text": "first item"}\n{"text": "second item"}\n')
+    (tmp_path / "notes.txt").write_text("a plain paragraph")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.jsonl").write_text('{"text": "third item"}\n{"oops": 1}\n')
+    items, rejects = _read(registry, str(tmp_path))
+    assert sorted(i.text for i in items) == ["a plain paragraph", "first item", "second item", "third item"]
+    assert [(r.source, r.line) for r in rejects] == [("jsonl", 2)]
+
+
+def test_an_unknown_source_name_lists_the_known_ones(registry, tmp_path):
+    with pytest.raises(SourceError, match="unknown source 'xml'.*jsonl"):
+        _read(registry, f"xml:{tmp_path / 'file.xml'}")

@@ -15,8 +15,9 @@ import torch.nn.functional as F
 
 from retain import Strategy, hookimpl
 from retain.core.config import load_config
-from retain.core.engine import Engine, load_version
-from retain.core.model import IGNORE_INDEX, encode_texts, lm_loss
+from retain.core.engine import Engine
+from retain.core.models import load_version
+from retain.core.lm import IGNORE_INDEX, lm_loss
 from retain.core.pluginmanager import Registry, make_plugin_manager
 from retain.core.store import ModelStore
 
@@ -78,9 +79,10 @@ def _update(model_dir, texts, tmp_path, *overrides, pm=None, name="new.jsonl") -
 
 
 def _state(model_dir, version: str, name: str) -> dict:
-    store = ModelStore(model_dir)
-    loaded = load_version(store, version)
-    return Engine(load_config(None, TINY))._strategy_state(store, loaded, name)
+    from retain.core.store import VersionFiles
+    from retain.core.strategy import read_state
+
+    return read_state(VersionFiles(ModelStore(model_dir), version), name)
 
 
 def _clean(texts: list[str]) -> list[str]:
@@ -96,9 +98,10 @@ def _sequences(x: torch.Tensor, y: torch.Tensor) -> set[tuple]:
     return {tuple(row[:int(n)].tolist()) for row, n in zip(x, (y != IGNORE_INDEX).sum(1))}
 
 
-def _first_rows(tokenizer, texts: list[str], width: int = 64) -> set[tuple]:
+def _first_rows(lm, texts: list[str], width: int = 64) -> set[tuple]:
     """The first training sequence of each text."""
-    x, y, owner = encode_texts(tokenizer, texts, width)
+    rows = lm.encode(texts, width)
+    x, y, owner = rows.x, rows.y, rows.owner
     first = torch.ones(len(owner), dtype=torch.bool)
     first[1:] = owner[1:] != owner[:-1]
     return _sequences(x[first], y[first])
@@ -131,7 +134,7 @@ def test_replay_buffer_persists_across_updates_and_is_replayed(stateful_base, ol
     pm = make_plugin_manager(extra_plugins=[plugin])
     first, second = _clean(new_texts[:40]), _clean(new_texts[40:60])
     _update(stateful_base, first, tmp_path, "fine_tuning.strategy=replay,probe", pm=pm)
-    tokenizer = load_version(ModelStore(stateful_base)).tokenizer
+    tokenizer = load_version(ModelStore(stateful_base)).lm
     # Each batch: 8 new sequences and 4 replayed ones (ratio 0.5), all of buffered items.
     rows = _batch_rows(plugin.probes[0])
     assert rows & _first_rows(tokenizer, base_buffer)
@@ -259,7 +262,7 @@ def test_composition_applies_every_strategy(stateful_base, new_texts, tmp_path):
     previous = load_version(ModelStore(stateful_base), "0001")
     buffer = _state(stateful_base, "0001", "replay")["texts"]
     steps = plugin.probes[0].steps
-    assert _batch_rows(plugin.probes[0]) & _first_rows(previous.tokenizer, buffer)   # replay
+    assert _batch_rows(plugin.probes[0]) & _first_rows(previous.lm, buffer)   # replay
     fisher = {k.removeprefix("importance/"): v for k, v in _state(stateful_base, "0001", "ewc").items()}
     anchor = dict(previous.model.named_parameters())
     teacher = previous.model.eval()

@@ -1,4 +1,4 @@
-"""The seed's "Manual Fine-Tuning" API, as written there (with our import path)."""
+"""The design document's "Manual Fine-Tuning" API, as written there (with our import path)."""
 
 from __future__ import annotations
 

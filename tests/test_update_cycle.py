@@ -7,7 +7,8 @@ import json
 import pytest
 
 from retain.core.config import load_config
-from retain.core.engine import Engine, load_version
+from retain.core.engine import Engine
+from retain.core.models import load_version
 from retain.core.store import ModelStore
 
 from conftest import TINY, write_jsonl
@@ -49,7 +50,7 @@ def test_ledger_persists_across_runs(base_model, new_texts, tmp_path):
     second = write_jsonl(tmp_path / "b.jsonl", new_texts[:12] + new_texts[12:20])
     r2 = _update(base_model, [second])
     assert r2["counts"]["duplicates"] == 12
-    assert r2["counts"]["preprocessed"] == 8
+    assert r2["counts"]["new"] == 8
     assert ModelStore(base_model).chain() == ["0003", "0002", "0001"]
 
 
@@ -91,3 +92,27 @@ def test_update_without_model_is_a_model_error(tmp_path, new_texts):
 
     with pytest.raises(ModelError, match="retain train"):
         _update(tmp_path / "nothing-here", [write_jsonl(tmp_path / "n.jsonl", new_texts[:5])])
+
+
+def test_an_item_that_cleaning_changes_is_recognised_on_the_next_run(base_model, new_texts, tmp_path):
+    # Dedupe compares the cleaned text, whose hash the ledger keeps: a record with a control
+    # character (which `clean` removes and the hash does not) is not trained on twice.
+    raw = [t.replace(" ", " \x07", 1) for t in new_texts[:12]]
+    first = _update(base_model, [write_jsonl(tmp_path / "a.jsonl", raw)])
+    assert first["counts"]["duplicates"] == 0 and first["counts"]["trained"] > 0
+    again = _update(base_model, [write_jsonl(tmp_path / "b.jsonl", raw)])
+    assert again["counts"]["duplicates"] == 12 and again["counts"]["trained"] == 0
+
+
+def test_a_raw_variant_of_a_held_out_item_is_caught_as_contaminating(base_model, tmp_path):
+    held = ModelStore(base_model).read_jsonl("0001", "holdout.jsonl")[0]["text"]
+    variant = held.replace(" ", " \x01", 1)  # `clean` removes the control character
+    report = _update(base_model, [write_jsonl(tmp_path / "v.jsonl", [variant])])
+    assert report["counts"]["contaminating"] == 1
+    assert report["skipped"][0]["kind"] == "holdout"
+
+
+def test_holdout_max_zero_holds_out_nothing(base_model, new_texts, tmp_path):
+    data = write_jsonl(tmp_path / "n.jsonl", new_texts[:20])
+    report = _update(base_model, [data], "validation.holdout_max=0")
+    assert report["counts"]["holdout"] == 0 and report["counts"]["trained"] == 20

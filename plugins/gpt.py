@@ -1,4 +1,7 @@
-"""The built-in model: a small GPT-style causal LM and its byte-level BPE tokenizer.
+"""The built-in ``gpt`` family's model: a small GPT-style causal LM and its byte-level BPE tokenizer.
+
+Imports torch: ``retain.plugins.models`` (the registration) imports it only when a
+model is created or loaded.
 
 Tokenizer choice: byte-level BPE trained with `tokenizers` on the base corpus.
 Byte-level means any new text, in any script or domain, still encodes (no
@@ -9,17 +12,19 @@ which is most of the training time on a CPU.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import ModelConfig
+from retain.core.config import ModelConfig
+from retain.core.lm import Rows, Sample, rows_from_ids, token_losses
+from retain.core.store import TOKENIZER, WEIGHTS
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
-IGNORE_INDEX = -100
 
 
 def train_tokenizer(texts, vocab_size: int):
@@ -144,61 +149,56 @@ class TransformerModel(nn.Module):
         return idx
 
 
-def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Token-level cross-entropy, ignoring padding."""
-    return F.cross_entropy(
-        logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX
-    )
+
+# --- the family: what the engine sees -------------------------------------------------------
 
 
-def encode_texts(tokenizer, texts: list[str], max_seq_length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Texts -> (inputs, targets, owner) for next-token prediction.
+class GptModel:
+    """The ``LanguageModel`` of the ``gpt`` family: a TransformerModel and its tokenizer."""
 
-    Each text becomes ``EOS + tokens + EOS``; a text longer than the context is
-    split into several sequences rather than truncated, so no data is lost.
-    ``owner[i]`` is the index of the text that sequence ``i`` came from. Rows are
-    padded to the longest sequence; padded targets are IGNORE_INDEX.
-    """
-    eos = tokenizer.token_to_id(EOS)
-    pad = tokenizer.token_to_id(PAD)
-    rows: list[list[int]] = []
-    owner: list[int] = []
-    for i, enc in enumerate(tokenizer.encode_batch(list(texts))):
-        ids = [eos, *enc.ids, eos]
-        # windows of max_seq_length+1 tokens, overlapping by one so every token is a target once
-        for start in range(0, max(1, len(ids) - 1), max_seq_length):
-            chunk = ids[start:start + max_seq_length + 1]
-            if len(chunk) >= 2:
-                rows.append(chunk)
-                owner.append(i)
-    width = max((len(r) - 1 for r in rows), default=1)
-    x = torch.full((len(rows), width), pad, dtype=torch.long)
-    y = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-    for r, ids in enumerate(rows):
-        n = len(ids) - 1
-        x[r, :n] = torch.tensor(ids[:-1])
-        y[r, :n] = torch.tensor(ids[1:])
-    return x, y, torch.tensor(owner, dtype=torch.long)
+    family = "gpt"
 
+    def __init__(self, module: TransformerModel, tokenizer, tokenizer_json: str | None = None):
+        self.module = module
+        self.tokenizer = tokenizer
+        self.tokenizer_json = tokenizer_json or tokenizer.to_str()
+        self.context = module.arch.context
+        self.eos_id = tokenizer.token_to_id(EOS)
+        self.pad_id = tokenizer.token_to_id(PAD)
 
-@torch.no_grad()
-def per_text_loss(model: TransformerModel, x: torch.Tensor, y: torch.Tensor, owner: torch.Tensor,
-                  n_texts: int, device: torch.device, batch_size: int = 32) -> torch.Tensor:
-    """Mean token loss of each text (shape ``[n_texts]``), in eval mode."""
-    was_training = model.training
-    model.eval()
-    total = torch.zeros(n_texts, dtype=torch.float64)
-    count = torch.zeros(n_texts, dtype=torch.float64)
-    order = torch.argsort((y != IGNORE_INDEX).sum(1))  # similar lengths together: less padding
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        yb = y[idx]
-        width = int((yb != IGNORE_INDEX).sum(1).max())
-        xb, yb = x[idx, :width].to(device), yb[:, :width].to(device)
-        logits = model(xb)
-        tok = F.cross_entropy(logits.transpose(1, 2), yb, ignore_index=IGNORE_INDEX, reduction="none")
-        mask = (yb != IGNORE_INDEX)
-        total.index_add_(0, owner[idx], tok.sum(1).double().cpu())
-        count.index_add_(0, owner[idx], mask.sum(1).double().cpu())
-    model.train(was_training)
-    return total / count.clamp(min=1)
+    def encode(self, texts: list[str], max_len: int) -> Rows:
+        # Each text is EOS + tokens + EOS: the model learns where texts start and end.
+        ids = [[self.eos_id, *enc.ids, self.eos_id] for enc in self.tokenizer.encode_batch(list(texts))]
+        return rows_from_ids(ids, max_len, self.pad_id)
+
+    def token_losses(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return token_losses(logits, targets)
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], *, max_new_tokens: int, temperature: float,
+                 seed: int) -> list[Sample]:
+        model = self.module
+        device = next(model.parameters()).device
+        stop = {self.eos_id, self.pad_id}
+        generator = torch.Generator(device=device).manual_seed(seed)
+        was_training = model.training
+        model.eval()
+        samples = []
+        try:
+            for prompt in prompts:
+                ids = [self.eos_id, *self.tokenizer.encode(prompt).ids]
+                out = model.generate(torch.tensor([ids], device=device), max_new_tokens,
+                                     temperature=temperature, generator=generator)[0, len(ids):].tolist()
+                tokens = out[:next((i for i, t in enumerate(out) if t in stop), len(out))]
+                samples.append(Sample(prompt, self.tokenizer.decode(tokens), tokens))
+        finally:
+            model.train(was_training)
+        return samples
+
+    def architecture(self) -> dict[str, Any]:
+        return asdict(self.module.arch)
+
+    def save(self, writer) -> dict[str, Any]:
+        writer.write_tensors(WEIGHTS, {k: v.cpu() for k, v in self.module.state_dict_for_save().items()})
+        writer.write_text(TOKENIZER, self.tokenizer_json)
+        return {"family": self.family, "architecture": self.architecture()}

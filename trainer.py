@@ -1,4 +1,4 @@
-"""The seed's manual API::
+"""The design document's manual API::
 
     from retain import ModelTrainer
 
@@ -6,6 +6,9 @@
     trainer.load_model('models/my-model')
     trainer.fine_tune(new_data, epochs=3, lr=0.0001)
     trainer.save_model('models/my-model')
+
+A thin layer over the engine: ``fine_tune`` runs every step but the save,
+``save_model`` the save. With ``verbose`` the CLI's renderer prints the steps.
 """
 
 from __future__ import annotations
@@ -14,10 +17,13 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterable
 
-from .config import Config, load_config
-from .engine import Candidate, Engine, LoadedModel, Output, load_version, python_items
-from .errors import ModelError, SourceError
-from .store import ModelStore
+from retain.core.config import Config, load_config
+from retain.core.engine import Engine
+from retain.core.errors import ModelError, SourceError
+from retain.core.ingest import python_items
+from retain.core.models import LoadedVersion, load_version
+from retain.core.run import FINE_TUNING, Run
+from retain.core.store import ModelStore
 
 
 class ModelTrainer:
@@ -25,14 +31,14 @@ class ModelTrainer:
                  verbose: bool = True, overrides: list[str] | None = None, pm=None):
         """``config``: a YAML path, a ``Config``, or None for the embedded defaults."""
         self.config = config if isinstance(config, Config) else load_config(config, overrides)
-        console = None
+        listeners = []
         if verbose:
-            from rich.console import Console
-            console = Console()
-        self.engine = Engine(self.config, output=Output(console, progress=verbose), pm=pm, device=device)
+            from retain.render import ConsoleRenderer
+            listeners.append(ConsoleRenderer.for_terminal())
+        self.engine = Engine(self.config, pm=pm, device=device, listeners=listeners)
         self.path: Path | None = None
-        self.loaded: LoadedModel | None = None
-        self.pending: Candidate | None = None
+        self.loaded: LoadedVersion | None = None
+        self.pending: Run | None = None
         self.last_report: dict | None = None
 
     @property
@@ -44,7 +50,7 @@ class ModelTrainer:
     def load_model(self, path: str | Path) -> "ModelTrainer":
         """Load the current version of the model directory ``path``."""
         self.path = Path(path)
-        self.loaded = load_version(ModelStore(self.path))
+        self.loaded = load_version(ModelStore(self.path), registry=self.engine.registry)
         self.pending = None
         return self
 
@@ -81,11 +87,11 @@ class ModelTrainer:
             block.strategy = [strategy] if isinstance(strategy, str) else list(strategy)
         items, rejects = python_items(new_data)
         self._check_rejects(rejects)
-        store = ModelStore(self.path)
-        cand = self.engine.prepare("fine_tuning", [], store, self.loaded, items=items)
-        self.pending = cand if cand.model is not None else None
-        self.last_report = cand.report
-        return cand.report
+        with self.engine.listening():
+            run = self.engine.prepare(FINE_TUNING, [], ModelStore(self.path), self.loaded, items=items)
+        self.pending = run if run.trained else None
+        self.last_report = run.report()
+        return self.last_report
 
     def save_model(self, path: str | Path | None = None) -> str | None:
         """Save the fine-tuned model as a new version of ``path`` (default: where it was loaded).
@@ -103,17 +109,18 @@ class ModelTrainer:
                                  f"({self.path}) or into a new one")
             shutil.copytree(self.path, target, ignore=shutil.ignore_patterns(".lock"), dirs_exist_ok=True)
         store = ModelStore(target)
-        with store.lock():
+        with self.engine.listening(), store.lock():
             store.recover()
             if store.current() != self.loaded.version:
                 raise ModelError(f"{target} moved to version {store.current()} since this model "
                                  f"was loaded ({self.loaded.version}); load it again")
-            self.pending.run.model_dir = store.root
+            self.pending.model_dir = store.root
             try:
                 report = self.engine.commit(self.pending, store)
             finally:
                 self.pending = None
         self.last_report = report
+        self.engine.raise_if_rejected(report, store)
         self.load_model(target)
         return report["version"]
 

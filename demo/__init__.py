@@ -1,4 +1,5 @@
-"""``retain demo``: the whole story on text that ships with Python itself.
+"""``retain demo``: the whole story on text that ships with Python itself. Built on core;
+it prints through the CLI's renderer.
 
 Base corpus: paragraphs of the language reference (``pydoc_data.topics``).
 New data: docstrings of standard-library modules, plus duplicates of three
@@ -14,8 +15,9 @@ import random
 import time
 from pathlib import Path
 
-from .config import load_config
-from .engine import Engine, Output
+from retain.core.config import load_config
+from retain.core.engine import Engine
+from retain.core.errors import ModelError
 
 # Pure-Python modules with substantial docstrings, present on every CPython 3.10+.
 DOC_MODULES = [
@@ -31,9 +33,9 @@ DOC_MODULES = [
     "traceback", "turtle", "typing", "unittest", "uuid", "warnings", "wave", "weakref", "zipfile",
 ]
 
-N_BASE = 1500       # the seed's "All 1,500"
-N_NEW = 33          # the seed's "Preprocess (33 items)"
-N_DUPES = 12        # the seed's "Skip duplicates (12)"
+N_BASE = 1500       # the design document's "All 1,500"
+N_NEW = 33          # the design document's "Preprocess (33 items)"
+N_DUPES = 12        # the design document's "Skip duplicates (12)"
 
 
 def base_corpus(n: int = N_BASE) -> list[str]:
@@ -75,7 +77,6 @@ def run_demo(model_dir: Path, console=None, device: str | None = None, overrides
     started = time.perf_counter()
     model_dir = Path(model_dir)
     if model_dir.exists() and any(model_dir.iterdir()):
-        from .errors import ModelError
         raise ModelError(f"{model_dir} already exists; remove it or pass --model NEW_DIR")
     data_dir = model_dir / "demo-data"
     data_dir.mkdir(parents=True)
@@ -86,12 +87,16 @@ def run_demo(model_dir: Path, console=None, device: str | None = None, overrides
     # The embedded config as is (10 epochs of full training, 3 of fine-tuning), except
     # a larger share of the new items held out, so "learning" is measured on more than 3.
     cfg = load_config(None, ["validation.holdout_fraction=0.2", *(overrides or [])])
-    out = Output(console)
-    engine = Engine(cfg, output=out, device=device)
+    listeners = []
+    if console is not None:
+        from retain.render import ConsoleRenderer
+        listeners.append(ConsoleRenderer(console))
+    engine = Engine(cfg, listeners=listeners, device=device)
+    say = console.print if console is not None else (lambda *a, **k: None)
 
-    out.step("\n[bold cyan]== Full training: base model on the Python language reference ==[/]")
+    say("\n[bold cyan]== Full training: base model on the Python language reference ==[/]", highlight=False)
     trained = engine.train([str(data_dir / "base.jsonl")], model_dir)
-    out.step("\n[bold cyan]== Fine-tuning: 45 new items (module docstrings, with duplicates) ==[/]")
+    say("\n[bold cyan]== Fine-tuning: 45 new items (module docstrings, with duplicates) ==[/]", highlight=False)
     updated = engine.update([str(data_dir / "new.jsonl")], model_dir)
 
     m = updated["metrics"]

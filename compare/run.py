@@ -1,0 +1,202 @@
+"""``retain compare``: anti-forgetting strategies side by side on one stream of experiences.
+
+A scenario (a ``register_scenarios`` plugin: ``text``, ``split-digits``, or a
+third party's) builds the stream once; every strategy is then run on it from
+the same starting point with the same seeds. A strategy is any registered
+name, a composition ``a+b`` (``naive+ewc``: naive's learning rate with EWC's
+penalty), or ``full_retrain``: after each experience, train from scratch on
+everything so far (the expensive baseline).
+
+Strategies are independent, so with ``--jobs N`` they run in N spawned worker
+processes, each limited to ``cores // N`` torch threads; ``--jobs 1`` runs them
+one after another in this process. Every worker reports a hash of the data it
+was shown, and the comparison refuses results computed on different data.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from retain.core.config import Config
+from retain.core.errors import ConfigError, PluginError
+from retain.core.pluginmanager import Registry, default_plugin_manager
+
+from .metrics import old_and_new, stream_metrics
+
+FULL_RETRAIN = "full_retrain"
+
+
+@dataclass
+class CompareRequest:
+    strategies: list[str] | str
+    scenario: str = "text"                 # a registered scenario: "text" (with --daily), "split-digits"
+    data: list[str] = field(default_factory=list)
+    model: Path | None = None
+    base_data: list[str] = field(default_factory=list)
+    daily: int | None = None
+    dup_share: float = 0.25
+    days: int | None = None
+    setting: str = "class"
+    test_fraction: float | None = None     # default: 0.2 for text, 0.3 for Split-Digits
+    seed: int = 0
+    jobs: int = 1
+    epochs: int | None = None
+    config: Path | None = None
+    overrides: list[str] = field(default_factory=list)
+    gate: bool = False                     # text: let the validators reject updates, as in `retain update`
+
+
+def parse_strategies(text: str | list[str]) -> list[str]:
+    names = [s.strip() for s in (text.split(",") if isinstance(text, str) else text) if s.strip()]
+    if not names:
+        raise ConfigError("--strategies is empty; e.g. --strategies naive,low_lr,full_retrain")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--strategies names a strategy twice: {','.join(names)}")
+    return names
+
+
+def check_strategies(names: list[str], registry: Registry, config: Config) -> None:
+    """Every part is installed and its options are valid: one clear error here, not one per worker."""
+    known = registry.by_kind["strategies"]
+    for label in names:
+        parts = label.split("+")
+        if FULL_RETRAIN in parts and len(parts) > 1:
+            raise ConfigError(f"'{label}': {FULL_RETRAIN} is a baseline, it does not compose")
+        if len(set(parts)) != len(parts):
+            raise ConfigError(f"'{label}' names a strategy twice")
+        for part in parts:
+            if part == FULL_RETRAIN:
+                continue
+            if part not in known:
+                raise PluginError(f"unknown strategy '{part}' (known: {', '.join(sorted(known))}, "
+                                  f"and {FULL_RETRAIN}); `retain strategies` lists what is installed")
+            registry.build("strategies", part, config)
+
+
+# --- one strategy's run (worker process, or this one with --jobs 1) -------------------------
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _peak_rss_mib() -> float:
+    # Linux reports ru_maxrss in KiB (macOS in bytes); torch tensors live outside tracemalloc.
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024 * 1024 if os.uname().sysname == "Darwin" else 1024)
+
+
+def run_one(label: str, scenario: Any, stream: Any, config: Config, seed: int) -> dict:
+    """Run one strategy over the whole stream; everything it reports is JSON-able."""
+    preload = getattr(scenario, "preload", None)
+    if preload is not None:
+        preload()  # the training stack's import time is not the strategy's
+    started = time.perf_counter()
+    hashes = stream.fingerprints()
+    with tempfile.TemporaryDirectory(prefix="retain-compare-") as tmp:
+        result = scenario.run(label.split("+"), stream, config, seed, Path(tmp))
+    result.update(strategy=label, data_hashes=hashes, wall_seconds=time.perf_counter() - started,
+                  peak_rss_mib=_peak_rss_mib(), pid=os.getpid())
+    return result
+
+
+# --- the whole comparison -----------------------------------------------------------------
+
+def run_compare(req: CompareRequest, *, console=None) -> dict:
+    req.strategies = parse_strategies(req.strategies)
+    if req.jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1, got {req.jobs}")
+    registry = Registry.of(default_plugin_manager())
+    scenarios = registry.by_kind["scenarios"]
+    if req.scenario not in scenarios:
+        raise ConfigError(f"unknown --scenario {req.scenario!r} ({', '.join(sorted(scenarios))})")
+    scenario = registry.build("scenarios", req.scenario, None)
+    started = time.perf_counter()
+    stream, config = scenario.build(req, registry)
+    check_strategies(req.strategies, registry, config)
+    notes = list(getattr(stream, "notes", []))
+    say = console.print if console is not None else (lambda *a, **k: None)
+    for note in notes:
+        say(f"[yellow]note:[/] {note}")
+    exps = stream.experiences
+    say(f"[bold]retain compare[/]: {len(req.strategies)} strategies on {stream.name} "
+        f"({len(exps)} experiences: {', '.join(e.name for e in exps)}), --jobs {req.jobs}")
+    results: dict[str, dict] = {}
+    args = [(label, scenario, stream, config, req.seed) for label in req.strategies]
+    if req.jobs == 1:
+        for a in args:
+            results[a[0]] = run_one(*a)
+            say(f"  {a[0]}: done in {results[a[0]]['wall_seconds']:.1f}s")
+    else:
+        threads = max(1, (os.cpu_count() or 1) // req.jobs)
+        # spawn: a clean interpreter per worker (fork would copy torch's thread pools);
+        # one task per worker so each peak memory is that strategy's own.
+        with ProcessPoolExecutor(max_workers=req.jobs, mp_context=get_context("spawn"),
+                                 initializer=_init_worker, initargs=(threads,),
+                                 max_tasks_per_child=1) as pool:
+            futures = {pool.submit(run_one, *a): a[0] for a in args}
+            for fut in as_completed(futures):
+                results[futures[fut]] = fut.result()
+                say(f"  {futures[fut]}: done in {results[futures[fut]]['wall_seconds']:.1f}s")
+    summary = summarize(req, stream, config, req.strategies, results, time.perf_counter() - started)
+    summary["notes"] = notes
+    return summary
+
+
+def check_identical(results: dict[str, dict]) -> dict:
+    """The data hashes every strategy reported, refusing results computed on different data."""
+    first_label, first = next(iter(results.items()))
+    for label, res in results.items():
+        if res["data_hashes"] != first["data_hashes"]:
+            raise RuntimeError(f"strategies '{first_label}' and '{label}' were shown different data "
+                               "(a bug in retain compare)")
+    return first["data_hashes"]
+
+
+def summarize(req: CompareRequest, stream, config: Config, names: list[str], results: dict[str, dict],
+              seconds: float) -> dict:
+    out_results = {}
+    for label in names:
+        res = dict(results[label])
+        if res.get("supported"):
+            R = res["R"]
+            m = stream_metrics(R, higher_is_better=stream.higher_is_better, initial=res["initial"],
+                               fwt_from=stream.fwt_from)
+            old, new = old_and_new(R)
+            if stream.old_is_base:
+                # Old data is the base model's: the experiences are one new domain, and averaging
+                # them in would mix that domain's higher loss into "old". Stage 0 learned nothing new.
+                old, new = [row[0] for row in R], [None, *new[1:]]
+            if stream.metric == "loss":
+                res.update(final_perplexity=math.exp(m.average_final), old_rise=R[-1][0] - R[0][0])
+            res.update(metrics=m.to_json(), old=old, new=new, final_old=old[-1], final_new=new[-1])
+        out_results[label] = res
+    return {
+        "command": "retain compare",
+        "scenario": {"name": stream.name, "setting": getattr(stream, "setting", None),
+                     "metric": stream.metric, "higher_is_better": stream.higher_is_better,
+                     "experiences": stream.describe(), "base_model": str(req.model) if req.model else None,
+                     "rejected_inputs": getattr(stream, "rejected", 0)},
+        "strategies": names,
+        "seed": req.seed,
+        "jobs": req.jobs,
+        "gate": req.gate if stream.metric == "loss" else None,
+        "identical_data": True,
+        "data_hashes": check_identical(results),
+        "results": out_results,
+        "config": config.to_dict(),
+        "seconds": seconds,
+        "memory_note": ("peak_rss_mib: each strategy's own worker process" if req.jobs > 1 else
+                        "peak_rss_mib: this process so far (--jobs 1 runs strategies in turn; "
+                        "use --jobs 2+ for each strategy's own peak)"),
+    }

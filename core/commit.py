@@ -1,0 +1,72 @@
+"""Step 8, save: the candidate becomes a version, written atomically, and current if accepted.
+
+The version is written into a temporary folder (weights through the model's
+family, held-out items, each strategy's state, the dedupers' indexes, the
+report), its ledger rows are added, and the folder is renamed into place; only
+then does CURRENT move, and only for an accepted candidate. A crash anywhere
+before that leaves the current model as it was (``ModelStore.recover`` tidies).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import Any
+
+from .items import Item
+from .run import Run
+from .store import HOLDOUT, ModelStore, now_iso
+from .strategy import write_state
+
+
+def commit(run: Run, store: ModelStore, dedupers: list[tuple[str, Any]], replaces: str | None = None) -> dict:
+    """Write ``run``'s candidate as the next version; return the report with version and status."""
+    started = time.perf_counter()
+    report = run.report()
+    status = "accepted" if run.accepted else "rejected"
+    writer = store.begin_version()
+    try:
+        entry = run.lm.save(writer)
+        if run.holdout:
+            writer.write_text(HOLDOUT, "".join(
+                json.dumps({"text": it.text, "hash": it.hash, "origin": it.origin}, ensure_ascii=False) + "\n"
+                for it in run.holdout))
+        for strategy in run.strategies:  # state_dict() is taken here, before update_finished
+            write_state(writer, strategy)
+        for _, deduper in dedupers:
+            if hasattr(deduper, "remember"):
+                deduper.remember(run.items + run.holdout, writer.name, writer)
+        run.timings["save"] = time.perf_counter() - started
+        report["timings"] = dict(run.timings)
+        report["replaces"] = replaces
+        writer.write_json("report.json", report)
+        # Ledger rows first: they count only once CURRENT's chain includes this version.
+        store.ledger.add(writer.name, [(it.hash, "train", it.source, it.origin) for it in run.items]
+                         + [(it.hash, "holdout", it.source, it.origin) for it in run.holdout])
+        writer.finish(manifest(run, report, entry, status))
+    except BaseException:
+        writer.abandon()
+        raise
+    if status == "accepted":
+        store.set_current(writer.name)
+    report.update(version=writer.name, status=status)
+    return report
+
+
+def manifest(run: Run, report: dict, entry: dict, status: str) -> dict:
+    return {
+        "parent": run.parent, "created_at": now_iso(), "kind": run.kind, "status": status,
+        "model": entry, "architecture": entry.get("architecture"), "config": run.config.to_dict(),
+        "counts": report["counts"], "metrics": report["metrics"], "epoch_losses": report["epoch_losses"],
+        "verdicts": report["verdicts"], "strategies": report["strategies"], "timings": report["timings"],
+        "data_hash": data_hash(run.items), "run": run.id, "replaces": report.get("replaces"),
+    }
+
+
+def data_hash(items: list[Item]) -> str:
+    """sha256 over the sorted item hashes: the same data gives the same hash, in any order."""
+    h = hashlib.sha256()
+    for digest in sorted(it.hash for it in items):
+        h.update(digest.encode())
+    return h.hexdigest()

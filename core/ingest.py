@@ -1,0 +1,200 @@
+"""Steps 2-4 and the hold-out: new data in, as items, cleaned, without what the model saw.
+
+    collect     sources read each ``--data`` spec into items and rejects
+    preprocess  cleaning, per item (a cleaned item may become a reject)
+    dedupe      skip what repeats the batch or what the current model learned or holds out
+    hold out    a seeded sample of the rest is kept aside, never trained on
+
+Deduplication runs on the cleaned text, the same text whose hash the ledger
+keeps, so an item that cleaning changes is still recognised on the next run.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any, Iterable
+
+from .config import Config
+from .errors import PluginError, SourceError
+from .items import Item, Reject
+from .pluginmanager import Registry
+
+
+def source_for(spec: str, registry: Registry) -> tuple[str, str]:
+    """``NAME:LOCATION``, or a path whose suffix (or folder-ness) picks the source."""
+    sources = registry.by_kind["sources"]
+    name, sep, rest = spec.partition(":")
+    if sep and len(name) > 1:
+        if name in sources:
+            return name, rest
+        if not Path(spec).exists():
+            raise SourceError(f"unknown source '{name}' in --data {spec} (known: "
+                              f"{', '.join(sorted(sources))}); `retain plugins` lists what is installed")
+    path = Path(spec)
+    if path.is_dir():
+        return "", spec  # a folder: each file picks its own source (see ``collect``)
+    suffix = path.suffix.lower()
+    for reg in sources.values():
+        if suffix and suffix in reg.extra.get("suffixes", ()):
+            return reg.name, spec
+    if not path.exists():
+        raise SourceError(f"data source not found: {spec}")
+    known = ", ".join(f"{r.name} ({' '.join(r.extra.get('suffixes', ())) or 'NAME:...'})"
+                      for r in sources.values())
+    raise SourceError(f"cannot tell the format of {spec}; prefix it with a source name "
+                      f"(e.g. jsonl:{spec}). Sources: {known}")
+
+
+def folder_files(folder: str, registry: Registry) -> list[tuple[str, str]]:
+    """(source, file) for every file of a folder: by suffix, plain text for the rest.
+    A folder of ``.jsonl`` files is read as JSON Lines, not as text."""
+    by_suffix = {s: reg.name for reg in registry.by_kind["sources"].values()
+                 for s in reg.extra.get("suffixes", ())}
+    files = sorted(p for p in Path(folder).rglob("*")
+                   if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    return [(by_suffix.get(p.suffix.lower(), "text"), str(p)) for p in files]
+
+
+def collect(specs: list[str], registry: Registry, config: Config) -> tuple[list[Item], list[Reject]]:
+    """Read every ``--data`` spec; a malformed record becomes a reject, never an error."""
+    items: list[Item] = []
+    rejects: list[Reject] = []
+    for spec in specs:
+        name, location = source_for(spec, registry)
+        parts = folder_files(location, registry) if name == "" else [(name, location)]
+        if name == "" and not parts:
+            raise SourceError(f"data folder {spec} holds no files")
+        for source_name, path in parts:
+            source = registry.build("sources", source_name, config)
+            try:
+                for record in source.read(path):
+                    (items if isinstance(record, Item) else rejects).append(record)
+            except SourceError:
+                raise
+            except Exception as exc:
+                raise PluginError(f"source '{source_name}' failed on {path}: {type(exc).__name__}: {exc}") from exc
+    return items, rejects
+
+
+def python_items(data: Iterable[Any], field_name: str = "text") -> tuple[list[Item], list[Reject]]:
+    """Items from Python values: strings, or dicts with a ``text`` field."""
+    items, rejects = [], []
+    for i, value in enumerate(data, 1):
+        text = value.get(field_name) if isinstance(value, dict) else value
+        if isinstance(text, str) and text.strip():
+            meta = {k: v for k, v in value.items() if k != field_name} if isinstance(value, dict) else {}
+            items.append(Item(text, "python", "<python>", i, meta))
+        else:
+            rejects.append(Reject(f"expected a non-empty string or a dict with a '{field_name}' string",
+                                  "python", "<python>", i, repr(value)[:200]))
+    return items, rejects
+
+
+def preprocess(items: list[Item], registry: Registry, config: Config) -> tuple[list[Item], list[Reject]]:
+    rejects: list[Reject] = []
+    for name in config.preprocessors:
+        process = registry.build("preprocessors", name, config)
+        kept = []
+        for item in items:
+            try:
+                out = process(item)
+            except Exception as exc:
+                raise PluginError(f"preprocessor '{name}' failed on {item.origin}: "
+                                  f"{type(exc).__name__}: {exc}") from exc
+            (kept if isinstance(out, Item) else rejects).append(out)
+        items = kept
+    return items, rejects
+
+
+def build_dedupers(registry: Registry, config: Config) -> list[tuple[str, Any]]:
+    """The configured dedupers, in order: built once, used to find duplicates and to remember."""
+    return [(name, registry.build("dedupers", name, config)) for name in config.dedupers]
+
+
+def dedupe(items: list[Item], dedupers: list[tuple[str, Any]], known) -> tuple[list[Item], list[dict]]:
+    """Run the dedupers; return kept items and a record of each skipped one."""
+    skipped: list[dict] = []
+    for name, deduper in dedupers:
+        try:
+            dupes = deduper.find_duplicates(items, known)
+        except Exception as exc:
+            raise PluginError(f"deduper '{name}' failed: {type(exc).__name__}: {exc}") from exc
+        skipped += [{"deduper": name, "origin": items[i].origin, "reason": str(reason),
+                     **getattr(reason, "details", {})} for i, reason in sorted(dupes.items())]
+        items = [it for i, it in enumerate(items) if i not in dupes]
+    return items, skipped
+
+
+def split_holdout(items: list[Item], fraction: float, cap: int, seed: int) -> tuple[list[Item], list[Item]]:
+    """(train, held out): a seeded random sample kept aside, never trained on.
+
+    From 10 items on, a positive fraction holds out at least one; ``cap`` bounds
+    it, and a cap of 0 holds out nothing."""
+    n = len(items)
+    k = int(round(n * fraction))
+    if fraction > 0 and n >= 10:
+        k = max(k, 1)
+    k = min(k, cap)
+    if k <= 0 or k >= n:
+        return items, []
+    chosen = set(random.Random(seed).sample(range(n), k))
+    return ([it for i, it in enumerate(items) if i not in chosen],
+            [it for i, it in enumerate(items) if i in chosen])
+
+
+def sample(values: list, cap: int, seed: int) -> list:
+    """At most ``cap`` of ``values``, a seeded random sample (all of them if they fit)."""
+    if len(values) <= cap:
+        return values
+    return random.Random(seed).sample(values, cap)
+
+
+# --- the steps, on a run: each narrows ``run.items`` --------------------------------------------
+
+def collect_step(run, registry: Registry, store, data: list[str], items: list[Item] | None,
+                 strict: bool) -> dict:
+    """2. Collect: every --data spec (or the given items); rejects appended to the rejects file."""
+    if items is not None:
+        run.items, run.rejects = list(items), []
+    else:
+        run.items, run.rejects = collect(data, registry, run.config)
+    path = store.append_rejects(run.rejects, run.id) if run.rejects and not run.dry_run else None
+    run.counts.update(collected=len(run.items), rejected=len(run.rejects))
+    if run.rejects and strict:
+        first = run.rejects[0]
+        raise SourceError(f"{len(run.rejects)} input records rejected (--strict); first: "
+                          f"{first.file}:{first.line}: {first.reason}")
+    return {"items": len(run.items), "rejected": len(run.rejects), "rejects_file": str(path) if path else None}
+
+
+def preprocess_step(run, registry: Registry, store) -> dict:
+    """3. Preprocess: the configured cleaners, in order."""
+    run.items, rejects = preprocess(run.items, registry, run.config)
+    if rejects and not run.dry_run:
+        store.append_rejects(rejects, run.id)
+    run.rejects += rejects
+    run.counts.update(rejected=len(run.rejects), preprocessed=len(run.items))
+    return {"items": len(run.items), "rejected": len(rejects)}
+
+
+def dedupe_step(run, dedupers: list[tuple[str, Any]], store) -> dict:
+    """4. Skip duplicates: of each other, and of what CURRENT's chain learned or holds out."""
+    from .known import HOLDOUT, KnownItems
+
+    chain = store.chain(run.parent) if run.parent else []
+    run.items, run.skipped = dedupe(run.items, dedupers, KnownItems(store.ledger, chain))
+    contaminating = sum(s.get("kind") == HOLDOUT for s in run.skipped)
+    run.counts.update(duplicates=len(run.skipped), contaminating=contaminating, new=len(run.items))
+    return {"duplicates": len(run.skipped), "contaminating": contaminating, "items": len(run.items)}
+
+
+def holdout_step(run) -> dict:
+    """Keep a seeded sample aside: base items to measure retention later (full training),
+    new items to measure learning now (update)."""
+    v = run.config.validation
+    fraction, cap = ((v.retention_fraction, v.retention_max) if run.full
+                     else (v.holdout_fraction, v.holdout_max))
+    run.items, run.holdout = split_holdout(run.items, fraction, cap, run.config.seed)
+    run.counts.update(trained=len(run.items), holdout=len(run.holdout))
+    return {"train": len(run.items), "held_out": len(run.holdout)}

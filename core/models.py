@@ -1,0 +1,116 @@
+"""Models in and out of versions, through their family (a ``register_models`` plugin).
+
+A version's manifest has a ``model`` entry: the family's name, the
+architecture, and whatever the family needs to load it back. Loading verifies
+every file against its checksum first; weights are safetensors, never pickle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .config import Config
+from .contracts import LanguageModel, ModelFamily
+from .errors import ConfigError, ModelError
+from .pluginmanager import Registry, default_plugin_manager
+from .store import ModelStore, VersionFiles
+
+
+@dataclass
+class LoadedVersion:
+    """A version read back: its name, manifest and model."""
+
+    version: str
+    manifest: dict
+    lm: LanguageModel
+    reader: VersionFiles   # its verified files (strategy state, held-out items)
+
+    @property
+    def model(self):
+        return self.lm.module
+
+    @property
+    def tokenizer(self):
+        return getattr(self.lm, "tokenizer", None)
+
+
+
+def resolve_device(name: str | None):
+    import torch
+
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was asked for, but no CUDA device is available")
+    return torch.device(name)
+
+
+def family(registry: Registry, name: str) -> ModelFamily:
+    return registry.build("models", name, None)
+
+
+def model_entry(manifest: dict) -> dict[str, Any]:
+    """The manifest's ``model`` entry (versions written before model families had only
+    ``architecture``: they are the built-in ``gpt``)."""
+    entry = manifest.get("model")
+    if isinstance(entry, dict) and isinstance(entry.get("family"), str):
+        return entry
+    if isinstance(manifest.get("architecture"), dict):
+        return {"family": "gpt", "architecture": manifest["architecture"]}
+    raise ModelError(f"version {manifest.get('version', '?')}: manifest names no model family")
+
+
+def load_version(store: ModelStore, version: str | None = None, device=None,
+                 registry: Registry | None = None) -> LoadedVersion:
+    """Load ``version`` (default: current) with its family; checksums verified, no pickle."""
+    registry = registry or Registry.of(default_plugin_manager())
+    version = version or store.current()
+    manifest = store.manifest(version)
+    entry = model_entry(manifest)
+    if entry["family"] not in registry.by_kind["models"]:
+        known = ", ".join(sorted(registry.by_kind["models"]))
+        raise ModelError(f"version {version} is a '{entry['family']}' model, and no installed plugin "
+                         f"provides that family (installed: {known})")
+    reader = VersionFiles(store, version, manifest)
+    lm = family(registry, entry["family"]).load(reader, entry)
+    if device is not None:
+        lm.module.to(device)
+    return LoadedVersion(version, manifest, lm, reader)
+
+
+def create_model(registry: Registry, config: Config, texts: list[str], context: int) -> LanguageModel:
+    """A full training's new model: random init, tokenizer fitted to ``texts`` where the family has one."""
+    return family(registry, config.model.family).create(config, texts, context)
+
+
+def count_parameters(lm: LanguageModel) -> int:
+    return sum(p.numel() for p in lm.module.parameters())
+
+
+def prepare_model(run, registry: Registry, warn) -> dict:
+    """5. Tokenize: the model to train (a new one for a full training), its settings and
+    the training rows of ``run.items``. ``warn(message)`` reports what the user should know."""
+    from .errors import SourceError
+    from .strategy import TrainSettings
+
+    cfg = run.config
+    block = cfg.full_training if run.full else cfg.fine_tuning
+    if run.full:
+        if len(run.items) < 2:
+            raise SourceError("full training needs at least 2 usable items")
+        run.lm = create_model(registry, cfg, [it.text for it in run.items], block.max_seq_length)
+    else:
+        run.lm = run.base.lm
+    seq_len = min(block.max_seq_length, run.lm.context)
+    if seq_len < block.max_seq_length:
+        warn(f"max_seq_length {block.max_seq_length} exceeds the model's context {run.lm.context}; "
+             f"using {run.lm.context} (a full retrain changes the context)")
+    run.rows = run.lm.encode([it.text for it in run.items], seq_len)
+    run.lm.module.to(run.device)
+    run.settings = TrainSettings(block.learning_rate, block.epochs, block.batch_size, seq_len)
+    if not run.full:  # a full training is the strategies' first experience: they record, not steer
+        for strategy in run.strategies:
+            strategy.configure(run.settings, run)
+    return {"items": len(run.items), "sequences": len(run.rows), "tokens": run.rows.tokens,
+            "held_out": len(run.holdout)}

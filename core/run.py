@@ -1,0 +1,101 @@
+"""The run: one training or update, the state that flows through the engine's steps.
+
+Each step (``core/ingest.py``, ``core/models.py``, ``core/evaluation.py``,
+``core/training.py``, ``core/gate.py``, ``core/commit.py``) reads what the steps
+before it filled in and adds its own part. Hooks receive the same object.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .config import Config
+from .items import Item, Reject
+from .strategy import Strategy, TrainSettings
+from .validation import Verdict
+
+if TYPE_CHECKING:
+    from .contracts import LanguageModel
+    from .evaluation import Scores
+    from .lm import Rows
+    from .models import LoadedVersion
+
+FULL_TRAINING, FINE_TUNING = "full_training", "fine_tuning"
+
+
+@dataclass
+class Run:
+    """One run of the update cycle (or of a full training)."""
+
+    id: str                            # short random id, also in the rejects file and report
+    kind: str                          # FULL_TRAINING or FINE_TUNING
+    config: Config
+    model_dir: Path
+    parent: str | None                 # the version it starts from; None for a full training
+    device: Any = None                 # torch.device the model trains on
+    dry_run: bool = False              # write nothing at all
+    base: "LoadedVersion | None" = None  # the loaded parent version (updates)
+
+    # ingest: collect, preprocess, dedupe, hold out
+    rejects: list[Reject] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)   # one entry per duplicate: deduper, origin, why
+    items: list[Item] = field(default_factory=list)     # what this run trains on
+    holdout: list[Item] = field(default_factory=list)   # kept aside, never trained on
+    counts: dict[str, int] = field(default_factory=dict)
+
+    # the model and how it trains
+    lm: "LanguageModel | None" = None
+    strategies: list[Strategy] = field(default_factory=list)
+    settings: TrainSettings | None = None
+    rows: "Rows | None" = None         # the training rows of ``items``
+
+    # measurements and the gate's decision
+    retention_texts: list[str] = field(default_factory=list)  # old items, never trained on
+    new_texts: list[str] = field(default_factory=list)        # this run's held-out new items
+    before: "Scores | None" = None
+    after: "Scores | None" = None
+    epoch_losses: list[float] = field(default_factory=list)
+    oom_retries: list[dict] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    verdicts: list[Verdict] = field(default_factory=list)
+    next_steps: list[dict] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)   # seconds per step
+
+    @property
+    def full(self) -> bool:
+        return self.kind == FULL_TRAINING
+
+    @property
+    def model(self):
+        """The torch module being trained (``run.lm.module``), or None before it exists."""
+        return self.lm.module if self.lm is not None else None
+
+    @property
+    def tokenizer(self):
+        """The model's tokenizer object, for families that have one (None otherwise)."""
+        return getattr(self.lm, "tokenizer", None)
+
+    @property
+    def accepted(self) -> bool:
+        return not any(v.status == "fail" for v in self.verdicts)
+
+    @property
+    def trained(self) -> bool:
+        return bool(self.items) and self.lm is not None
+
+    def report(self) -> dict[str, Any]:
+        """What ``retain update --json`` prints and ``report.json`` keeps."""
+        from dataclasses import asdict
+
+        return {
+            "run": self.id, "kind": self.kind, "model_dir": str(self.model_dir), "parent": self.parent,
+            "counts": dict(self.counts), "skipped": self.skipped[:1000],
+            "epoch_losses": list(self.epoch_losses), "metrics": dict(self.metrics),
+            "verdicts": [v.to_json() for v in self.verdicts], "next_steps": list(self.next_steps),
+            "oom_retries": list(self.oom_retries), "timings": dict(self.timings),
+            "settings": asdict(self.settings) if self.settings is not None else None,
+            "strategies": [s.name for s in self.strategies],
+            "version": None, "status": None if self.trained else "nothing_new",
+        }

@@ -1,0 +1,175 @@
+"""What the CLI shows: a rich renderer of the engine's events (``core/hookspecs.py``).
+
+The engine knows no terminal; it emits ``step_started``/``step_finished``,
+``training_progress``, ``epoch_ended``, ``verdicts_given``, ``advice_given`` and
+``warning_raised``. ``ConsoleRenderer`` is a plugin with hookimpls for them,
+registered by the CLI for the length of a run (not under ``--quiet``; under
+``--json`` it writes to stderr, so stdout holds the JSON object alone).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from retain.core.advice import epoch_line
+from retain.core.hookspecs import hookimpl
+
+
+def delta(before: float | None, after: float | None) -> str:
+    if before is None or after is None or before == 0:
+        return ""
+    return f" ({100 * (after - before) / before:+.1f}%)"
+
+
+def fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+class ConsoleRenderer:
+    """The update cycle's eight numbered steps, the epoch lines, the gate's verdicts, advice."""
+
+    STATUS_COLOR = {"pass": "green", "warn": "yellow", "fail": "red"}
+
+    def __init__(self, console, progress: bool | None = None):
+        self.console = console
+        self.progress_enabled = console.is_terminal if progress is None else progress
+        self.progress = None
+        self.task = None
+        self.previous: float | None = None
+
+    @classmethod
+    def for_terminal(cls, stderr: bool = False) -> "ConsoleRenderer":
+        from rich.console import Console
+
+        return cls(Console(stderr=stderr, highlight=False))
+
+    def say(self, text: str) -> None:
+        self.console.print(text, highlight=False)
+
+    # --- events ------------------------------------------------------------------------------
+    @hookimpl
+    def warning_raised(self, run, message):
+        self.say(f"[yellow]warning:[/] {message}")
+
+    @hookimpl
+    def step_started(self, run, step):
+        if step != "train":
+            return
+        s = run.settings
+        label = "Full training" if run.full else "Fine-tune"
+        how = "from scratch" if run.full else (", ".join(x.name for x in run.strategies) or "no strategy")
+        self.say(f"[bold]6. {label}[/] ({how}): {s.epochs} epochs, lr {s.learning_rate:g}, batch {s.batch_size}")
+        self.previous = None
+        if self.progress_enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(TextColumn("  epoch {task.fields[epoch]}/{task.fields[of]}"), BarColumn(),
+                                     MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
+                                     TimeRemainingColumn(), console=self.console, transient=True)
+            self.progress.start()
+            self.task = self.progress.add_task("train", total=None, epoch=1, of=s.epochs, loss="-")
+            self.window: list[float] = []
+
+    @hookimpl
+    def training_progress(self, run, epoch, epochs, step, steps, loss):
+        if self.progress is None:
+            return
+        self.window = (self.window + [loss])[-20:]
+        self.progress.update(self.task, total=steps, completed=step, epoch=epoch, of=epochs,
+                             loss=f"{sum(self.window) / len(self.window):.3f}")
+
+    @hookimpl
+    def epoch_ended(self, run, epoch, loss):
+        line = "  " + epoch_line(epoch, run.settings.epochs, loss, self.previous)
+        line = line.replace("  loss rose:", "  [yellow]loss rose:", 1) + ("[/]" if "loss rose" in line else "")
+        self.previous = loss
+        self.say(line)
+        if self.progress is not None:
+            self.window = []
+            self.progress.reset(self.task, total=None, epoch=min(epoch + 1, run.settings.epochs), loss="-")
+
+    @hookimpl
+    def step_finished(self, run, step, info, seconds):
+        if step == "train" and self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+        show = getattr(self, f"show_{step}", None)
+        if show is not None:
+            show(run, info)
+
+    @hookimpl
+    def advice_given(self, run, assessment):
+        self.say("[bold]Full retrain or fine-tune?[/]")
+        print_assessment(self.console, assessment)
+
+    # --- one line (or a few) per step ------------------------------------------------------------
+    def show_load(self, run, info: dict[str, Any]) -> None:
+        if info["version"] is None:
+            self.say("[bold]1. Load model[/]: none, training from scratch (random init)")
+        else:
+            self.say(f"[bold]1. Load model[/]: version {info['version']} "
+                     f"({info['parameters'] / 1e6:.2f}M parameters)")
+
+    def show_collect(self, run, info: dict[str, Any]) -> None:
+        msg = f"[bold]2. Collect new data[/]: {info['items']} items"
+        if info["rejected"]:
+            where = f"see {info['rejects_file']}" if info["rejects_file"] else "not written: dry run"
+            msg += f" ({info['rejected']} rejected, {where})"
+        self.say(msg)
+
+    def show_preprocess(self, run, info: dict[str, Any]) -> None:
+        self.say(f"[bold]3. Preprocess[/]: {info['items']} items"
+                 + (f" ({info['rejected']} rejected)" if info["rejected"] else ""))
+
+    def show_dedupe(self, run, info: dict[str, Any]) -> None:
+        held = f", {info['contaminating']} of them held-out items" if info["contaminating"] else ""
+        self.say(f"[bold]4. Skip duplicates[/]: {info['duplicates']}{held} ({info['items']} items left)")
+
+    def show_holdout(self, run, info: dict[str, Any]) -> None:
+        if info["train"] == 0:
+            self.say("[green]Nothing new to learn[/]: the model is unchanged.")
+
+    def show_tokenize(self, run, info: dict[str, Any]) -> None:
+        self.say(f"[bold]5. Tokenize[/]: {info['items']} items -> {info['sequences']} sequences, "
+                 f"{info['tokens']:,} tokens" + (f" ({info['held_out']} items held out)" if info["held_out"] else ""))
+
+    def show_validate(self, run, info: dict[str, Any]) -> None:
+        m = info["metrics"]
+        rb, ra, nb, na = (m["retention_loss_before"], m["retention_loss_after"], m["new_loss_before"],
+                          m["new_loss_after"])
+        self.say("[bold]7. Validate[/]:")
+        if run.full:
+            self.say(f"  held-out base items ({m['retention_items']}): loss {fmt(rb)} (random init) -> {fmt(ra)}")
+        else:
+            self.say(f"  retention, previously learned held-out items ({m['retention_items']}): "
+                     f"loss {fmt(rb)} -> {fmt(ra)}{delta(rb, ra)}")
+            self.say(f"  learning, held-out new items ({m['new_holdout_items']}): "
+                     f"loss {fmt(nb)} -> {fmt(na)}{delta(nb, na)}")
+        for v in info["verdicts"]:
+            self.say(f"  [{self.STATUS_COLOR[v['status']]}]{v['status']}[/] {v['validator']}: {v['reason']}")
+        for step in info["next_steps"]:
+            self.say(f"  [bold]next step[/] ({', '.join(step['validators']) or 'engine'}): {step['step']}")
+
+    def show_save(self, run, info: dict[str, Any]) -> None:
+        if info["status"] == "dry_run":
+            verdict = "accept" if info["accepted"] else "[red]reject[/]"
+            self.say(f"[bold]8. Save[/]: skipped (dry run); the gate would {verdict} this update")
+        elif info["status"] == "accepted":
+            self.say(f"[bold]8. Save[/]: version {info['version']} is now current")
+        else:
+            self.say(f"[bold red]8. Save[/]: version {info['version']} kept as [red]rejected[/]; "
+                     f"current stays {run.parent}")
+
+
+def print_assessment(console, assessment) -> None:
+    """``retain status``: each retrain check, then the one-line summary."""
+    for c in assessment.checks:
+        mark = "[red]retrain[/]" if c.retrain else "[green]ok[/]     "
+        console.print(f"  {mark} {c.name}: {c.reason}", highlight=False)
+    color = "bold red" if assessment.retrain else "bold green"
+    console.print(f"[{color}]{assessment.summary}[/]", highlight=False)
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(min(loss, 700.0))
