@@ -47,7 +47,7 @@ SETTINGS = [*TINY, "fine_tuning.epochs=1", "dedupers=[exact, minhash]"]
 FAULTS = ["write-model.safetensors", "minhash", "ledger", "ledger-committed", "rename", "renamed",
           "replace-CURRENT"]
 RANDOM_KILLS = 20
-PRELOAD = ["retain.cli", "retain.core.engine", "retain.core.training", "retain.core.model",
+PRELOAD = ["retain.cli", "retain.core.engine", "retain.core.training", "retain.plugins.gpt",
            "retain.plugins.dedupers", "retain.core.nearindex", "datasketch", "scipy.integrate",
            "avalanche.training.templates", "avalanche.benchmarks.scenarios.dataset_scenario"]
 
