@@ -227,6 +227,47 @@ def test_large_ewc_lambda_moves_weights_less(stateful_base, new_texts, tmp_path)
     assert moved[100000][1] < 0.05 * moved[0][1]         # where the Fisher says it matters
 
 
+def _importances(model_dir, version: str, name: str) -> dict[str, torch.Tensor]:
+    return {k.removeprefix("importance/"): v for k, v in _state(model_dir, version, name).items()
+            if k.startswith("importance/")}
+
+
+def _si_penalty(importance, params, anchor, lam) -> float:
+    """SynapticIntelligencePlugin's term: lambda/2 * sum(importance * (w - anchor)^2)."""
+    return lam / 2 * sum(float(importance[k].flatten() @ ((params[k] - anchor[k]).flatten() ** 2))
+                         for k in importance)
+
+
+def _mas_penalty(importance, params, anchor, lam) -> float:
+    """MASPlugin's term: lambda * sum(importance * (w - anchor)^2)."""
+    return lam * sum(float((importance[k] * (params[k] - anchor[k]) ** 2).sum()) for k in importance)
+
+
+@pytest.mark.parametrize("name, lam, penalty", [("si", 1000.0, _si_penalty), ("mas", 1.0, _mas_penalty)])
+def test_si_and_mas_importances_are_saved_and_penalize_the_next_update(name, lam, penalty, stateful_base,
+                                                                         new_texts, tmp_path):
+    fast = ["fine_tuning.learning_rate=0.003", "fine_tuning.epochs=1", f"options.{name}.{name}_lambda={lam}"]
+    plugin = ProbePlugin()
+    pm = make_plugin_manager(extra_plugins=[plugin])
+    _update(stateful_base, new_texts[:20], tmp_path, f"fine_tuning.strategy={name},probe", *fast, pm=pm)
+    restored, saved = _importances(stateful_base, "0001", name), _importances(stateful_base, "0002", name)
+    model = load_version(ModelStore(stateful_base), "0002").model
+    assert set(saved) == {n for n, _ in model.named_parameters()}
+    assert all(v.abs().sum() > 0 for v in saved.values())                 # non-zero importances
+    assert any(not torch.equal(saved[k], restored[k]) for k in saved)     # this update's were merged in
+
+    # The next update starts from 0002: each step's loss carries the penalty that 0002's
+    # importances give the distance from 0002's weights (read on the probe, after the plugin).
+    _update(stateful_base, new_texts[20:40], tmp_path, f"fine_tuning.strategy={name},probe", *fast, pm=pm,
+            name="second.jsonl")
+    anchor = dict(model.named_parameters())
+    steps = plugin.probes[1].steps
+    expected = [penalty(saved, s["params"], anchor, lam) for s in steps]
+    assert expected[0] == pytest.approx(0, abs=1e-9)   # first step: the weights are the anchor
+    assert min(abs(e) for e in expected[1:]) > 1e-4
+    assert [s["extra"] for s in steps] == pytest.approx(expected, rel=1e-3, abs=1e-5)
+
+
 def _distillation(teacher, step, alpha=1.0, temperature=2.0) -> float:
     with torch.no_grad():
         prev = teacher(step["x"])
