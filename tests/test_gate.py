@@ -182,12 +182,45 @@ def test_absurd_learning_rate_is_rejected_and_current_model_is_kept(base_model, 
     assert "Full retrain or fine-tune?" in out and "rejected the last 1 update" in out
 
 
+def _documented_exit_codes(path: Path) -> dict[int, str]:
+    """The rows of the first ``| code | meaning ...`` table after an "Exit codes" heading."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("#") and line.endswith("Exit codes"))
+    rows: dict[int, str] = {}
+    for line in lines[start + 1:]:
+        if rows and not line.startswith("|"):
+            break
+        cells = [c.strip().strip("*") for c in line.strip("|").split("|")]
+        if line.startswith("|") and cells[0].isdigit():
+            assert int(cells[0]) not in rows, f"{path.name}: code {cells[0]} listed twice"
+            rows[int(cells[0])] = cells[1]
+    return rows
+
+
 def test_rejected_and_user_error_exit_codes_differ(base_model, tmp_path):
-    user_codes = {code for code in EXIT_CODES if code not in (0, 1, 2, 10)}
-    assert UpdateRejected.exit_code not in user_codes
+    from retain.core import errors
+
+    user_errors = [c for c in vars(errors).values()
+                   if isinstance(c, type) and issubclass(c, errors.RetainError) and c is not errors.RetainError]
+    codes = [c.exit_code for c in user_errors]
+    # Every user-facing error has its own code, none of the generic ones (success, bug, usage).
+    assert len(set(codes)) == len(codes), {c.__name__: c.exit_code for c in user_errors}
+    assert not set(codes) & {0, 1, 2}
+    # The gate's rejection is exactly 10, as documented for cron jobs.
+    assert UpdateRejected in user_errors and UpdateRejected.exit_code == 10
+    # Documented: EXIT_CODES (what --help prints) lists exactly these codes and the generic ones,
+    # and the README's and the quality-gate page's tables list the same codes.
+    assert set(EXIT_CODES) == {0, 1, 2, *codes}
+    assert "rejected by the quality gate" in EXIT_CODES[10]
+    root = Path(__file__).resolve().parents[1]
+    for doc in (root / "README.md", root / "docs" / "quality-gate.md"):
+        table = _documented_exit_codes(doc)
+        assert set(table) == set(EXIT_CODES), doc.name
+        assert "quality gate" in table[10] and "rejected" in table[10], doc.name
+    assert f"{UpdateRejected.exit_code} update rejected by the quality gate" in _cli("--help").output
+    # A user error on the same command exits with its own code, not the gate's.
     missing = _cli("update", "--model", base_model, "--data", tmp_path / "missing.jsonl", *SETS)
-    assert missing.exit_code == 4 and "not found" in missing.output
-    assert "10 update rejected by the quality gate" in _cli("--help").output
+    assert missing.exit_code == errors.SourceError.exit_code == 4 and "not found" in missing.output
 
 
 def test_learning_rate_too_low_is_rejected_with_raise_remedy(base_model, new_texts, tmp_path):

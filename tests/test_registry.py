@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -177,8 +178,13 @@ def test_status_says_fine_tuning_is_fine_and_why(history_model):
     assert status["retrain"] is False
     assert status["summary"].startswith("Fine-tuning is fine: ")
     assert "architecture and tokenizer unchanged" in status["summary"]
-    printed = _cli("status", "--model", model, *SETS).output
-    assert "Fine-tuning is fine" in printed and "ok" in printed
+    printed = _cli("status", "--model", model, *SETS).output.splitlines()
+    # One "ok <check>: <reason>" line per check, in order, then the summary line.
+    matches = [re.fullmatch(r"\s+(ok|retrain)\s+([\w ]+): (.+)", line) for line in printed]
+    marked = [(m[1], m[2], m[3]) for m in matches if m]
+    assert marked == [("ok", c["name"], c["reason"]) for c in status["checks"]], printed
+    last = max(i for i, m in enumerate(matches) if m)
+    assert " ".join(" ".join(printed[last + 1:]).split()) == status["summary"]  # the console may wrap it
 
 
 def test_status_recommends_retrain_for_many_new_items(history_model, new_texts, tmp_path):
