@@ -20,6 +20,7 @@ from typing import Any, Iterable
 from retain.core.config import Config, load_config
 from retain.core.engine import Engine
 from retain.core.errors import ModelError, SourceError
+from retain.core.gate import raise_if_rejected
 from retain.core.ingest import python_items
 from retain.core.models import LoadedVersion, load_version
 from retain.core.run import FINE_TUNING, Run
@@ -120,7 +121,7 @@ class ModelTrainer:
             finally:
                 self.pending = None
         self.last_report = report
-        self.engine.raise_if_rejected(report, store)
+        raise_if_rejected(report, store)
         self.load_model(target)
         return report["version"]
 

@@ -23,8 +23,8 @@ from typing import Any, Iterator
 
 from . import evaluation, gate, ingest
 from .commit import commit
+from .gate import raise_if_rejected
 from .config import Config
-from .errors import UpdateRejected
 from .items import Item
 from .models import LoadedVersion, count_parameters, load_version, prepare_model, resolve_device
 from .plugin_errors import reports_plugin_errors
@@ -59,7 +59,7 @@ class Engine:
             replaces = store.current() if store.exists() else None  # a retrain starts a new lineage
             run = self.prepare(FULL_TRAINING, data, store, None, items=items)
             report = self.commit(run, store, replaces=replaces)
-        return self.raise_if_rejected(report, store)
+        return raise_if_rejected(report, store)
 
     def update(self, data: list[str], model_dir: str | Path, *, items: list[Item] | None = None,
                dry_run: bool = False, wait: float = 0.0, advise: bool = False) -> dict:
@@ -86,7 +86,7 @@ class Engine:
                 report = self.commit(run, store)
             if advise:
                 self._advise(run, store, report)
-        return self.raise_if_rejected(report, store)
+        return raise_if_rejected(report, store)
 
     # --- the cycle ----------------------------------------------------------------------------
     @reports_plugin_errors
@@ -211,16 +211,3 @@ class Engine:
             return
         report["retrain"] = assessment.to_json()
         self.pm.hook.advice_given(run=run, assessment=assessment)
-
-    @staticmethod
-    def raise_if_rejected(report: dict, store: ModelStore) -> dict:
-        """The gate's rejection as ``UpdateRejected`` (exit 10), once everything is said."""
-        failed = [v["validator"] for v in report.get("verdicts", []) if v["status"] == "fail"]
-        if report.get("status") == "rejected":
-            raise UpdateRejected(f"update rejected by the quality gate (failed: {', '.join(failed)}); report in "
-                                 f"{store.versions_dir / report['version'] / 'report.json'}; current model "
-                                 f"unchanged (version {report['parent']})", report)
-        if report.get("status") == "dry_run" and report.get("gate") == "rejected":
-            raise UpdateRejected(f"dry run: the quality gate would reject this update (failed: "
-                                 f"{', '.join(failed)}); nothing was written", report)
-        return report

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .advice import next_steps
 from .config import Config
-from .errors import PluginError
+from .errors import PluginError, UpdateRejected
 from .pluginmanager import Registry
 from .validation import Evidence, Verdict
 
@@ -36,3 +36,16 @@ def judge(registry: Registry, config: Config, evidence: Evidence,
     """(verdicts, next steps) for a candidate."""
     verdicts = run_validators(registry, config, evidence)
     return verdicts, next_steps(verdicts, oom_retries)
+
+
+def raise_if_rejected(report: dict, store) -> dict:
+    """The gate's rejection as ``UpdateRejected`` (exit 10), once everything is said and saved."""
+    failed_names = ", ".join(v["validator"] for v in report.get("verdicts", []) if v["status"] == "fail")
+    if report.get("status") == "rejected":
+        raise UpdateRejected(f"update rejected by the quality gate (failed: {failed_names}); report in "
+                             f"{store.versions_dir / report['version'] / 'report.json'}; current model "
+                             f"unchanged (version {report['parent']})", report)
+    if report.get("status") == "dry_run" and report.get("gate") == "rejected":
+        raise UpdateRejected(f"dry run: the quality gate would reject this update (failed: {failed_names}); "
+                             "nothing was written", report)
+    return report
