@@ -106,6 +106,7 @@ class MinhashDeduper:
     def _learned(self, items: list[Item], sigs: list, known) -> dict[int, str]:
         from retain.core.nearindex import NearDuplicateIndex
 
+        self.stats = {}
         ledger, chain = getattr(known, "ledger", None), getattr(known, "chain", None)
         if ledger is None or not chain or not ledger.path.exists():
             return {}
