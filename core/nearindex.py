@@ -1,20 +1,36 @@
-"""Near-duplicate index: MinHash LSH bands of every learned item, in SQLite beside the ledger.
+"""Near-duplicate index: MinHash LSH bands and signatures of every learned item, in SQLite
+beside the ledger.
 
-datasketch computes each item's MinHash and the band layout its MinHashLSH
-picks for a threshold (b bands of r hash values). Its own index lives in
-memory and persists by pickling, which we never load, so the bands live in
-``ledger.sqlite`` instead:
+datasketch computes each item's MinHash (num_perm 32-bit values). The band
+layout (b bands of r values) is chosen here, not by datasketch's MinHashLSH,
+so that a pair at the configured threshold shares a band with probability
+>= ``CANDIDATE_RECALL``: the bands only find candidates, and every candidate is
+then checked against the threshold by its estimated Jaccard similarity (the
+share of equal MinHash values) from the stored signature. datasketch's own
+index lives in memory and persists by pickling, which we never load, so
+everything lives in ``ledger.sqlite`` instead, as plain integers and bytes:
 
-    minhash_specs(id, spec)             one row per option set ever used
-    minhash_bands(key, item, version)   b rows per learned (or held-out) item
+    minhash_specs(id, spec)                          one row per option set ever used
+    minhash_bands(key, item, version)                b rows per learned (or held-out) item
+    minhash_signatures(spec, item, version, values)  one row per item: its num_perm
+                                                     values, little-endian uint32
 
 ``key`` hashes (spec, band number, band values); ``item`` is the first 64 bits
 of the item's ledger hash, so a hit resolves to its ledger row (origin, role).
-Checking n new items costs n*b indexed lookups whatever the ledger's size, and
-nothing is held in memory between runs. Rows carry their version, so the
-chain rule applies as in the ledger, and recover() drops rows of versions that
-were never finished. Items indexed under an earlier option set stay findable:
-new items are hashed once per set found in ``minhash_specs``.
+Checking n new items costs n*b indexed lookups whatever the ledger's size, plus
+one lookup per candidate, and nothing is held in memory between runs. Rows
+carry their version and are written with ``ledger.mark_version`` in one
+transaction, so the chain rule applies as in the ledger, and recover() drops
+rows of versions that were never finished. Items indexed under an earlier
+option set stay findable: new items are hashed once per set found in
+``minhash_specs``, and verified against the current threshold with that set's
+signatures.
+
+Indexes written before signatures were stored have band rows only. Their
+candidates cannot be verified and count as duplicates unverified, as they did
+when they were written (the conservative side: a held-out item is never
+trained on); they keep that layout's recall, since the texts needed to rebuild
+them are not kept.
 """
 
 from __future__ import annotations
@@ -22,9 +38,10 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+import time
 import zlib
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Iterable, Sequence
 
 from .errors import ConfigError
@@ -37,6 +54,10 @@ _SCHEME = "affine32"  # datasketch's MinHash scheme, pinned: band keys are persi
 # affine32 scheme pre-mixes inputs (murmur fmix), so a plain checksum is enough.
 _HASHES = {"crc32": zlib.crc32}
 _CHUNK = 900          # keys per SQL IN (...) query, under SQLite's variable limit
+# A pair at exactly the threshold must share a band with at least this probability.
+# With verification the bands only have to find candidates; a layout with fewer,
+# longer bands would miss pairs at the threshold that verification would accept.
+CANDIDATE_RECALL = 0.99
 
 
 @dataclass(frozen=True)
@@ -55,18 +76,27 @@ class Spec:
     @classmethod
     def for_threshold(cls, threshold: float, num_perm: int, shingle: str, shingle_size: int,
                       seed: int) -> "Spec":
-        """The band layout datasketch's MinHashLSH chooses for ``threshold``."""
-        from datasketch import MinHashLSH
-
-        try:
-            lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
-        except ValueError as exc:
-            raise ConfigError(f"options.minhash: threshold {threshold} with num_perm {num_perm} "
-                              f"gives no usable LSH bands ({exc})") from None
-        return cls(num_perm, lsh.b, lsh.r, shingle, shingle_size, seed)
+        """The layout for ``threshold``: the longest bands (fewest chance candidates, least
+        verification) under which a pair at exactly ``threshold`` becomes a candidate with
+        probability >= CANDIDATE_RECALL, i.e. 1 - (1 - t**r)**b >= 0.99 with b = num_perm // r.
+        (0.8 and 128 permutations: 21 bands of 6, 0.998 at 0.8. datasketch's MinHashLSH
+        weighs misses and chance candidates alike and picks 9 bands of 13: 0.40 at 0.8.)
+        If no layout reaches it (a very low threshold with few permutations), bands of one
+        value: the most candidates the permutations can give."""
+        if not 0.0 < threshold < 1.0 or num_perm < 1:
+            raise ConfigError(f"options.minhash: no LSH bands for threshold {threshold} "
+                              f"with num_perm {num_perm}")
+        rows = next((r for r in range(num_perm, 0, -1)
+                     if candidate_probability(threshold, num_perm // r, r) >= CANDIDATE_RECALL), 1)
+        return cls(num_perm, num_perm // rows, rows, shingle, shingle_size, seed)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
+
+
+def candidate_probability(similarity: float, bands: int, rows: int) -> float:
+    """The chance that two items of this Jaccard similarity share at least one band."""
+    return 1.0 - (1.0 - similarity ** rows) ** bands
 
 
 def shingles(text: str, unit: str, size: int) -> list[bytes]:
@@ -87,6 +117,23 @@ def signatures(spec: Spec, texts: Iterable[str]) -> list:
     return list(MinHash.generator((shingles(t, spec.shingle, spec.shingle_size) for t in texts),
                                   num_perm=spec.num_perm, seed=spec.seed, scheme=spec.scheme,
                                   hashfunc=_HASHES[spec.hash]))
+
+
+def signature_bytes(minhash) -> bytes:
+    """The stored form of a MinHash: its values as little-endian uint32 (fixed: persisted)."""
+    import numpy as np
+
+    return np.asarray(minhash.hashvalues, dtype="<u4").tobytes()
+
+
+def similarity(values, stored: bytes) -> float:
+    """Estimated Jaccard similarity: the share of equal MinHash values."""
+    import numpy as np
+
+    other = np.frombuffer(stored, dtype="<u4")
+    if len(other) != len(values):
+        raise ValueError(f"signature of {len(other)} values, expected {len(values)}")
+    return float(np.count_nonzero(np.asarray(values, dtype="<u4") == other)) / len(other)
 
 
 def band_keys(spec_id: int, spec: Spec, minhash) -> list[int]:
@@ -115,6 +162,7 @@ class NearDuplicateIndex:
     def __init__(self, ledger: Ledger, spec: Spec):
         self.ledger = ledger
         self.spec = spec
+        self.stats: dict[str, float] = {}  # of the last matches(): candidates, verified, unverifiable, verify_s
 
     def _create_tables(self) -> None:  # on first write only: a read changes nothing
         db = self.ledger.db
@@ -122,6 +170,9 @@ class NearDuplicateIndex:
             db.execute("CREATE TABLE IF NOT EXISTS minhash_specs (id INTEGER PRIMARY KEY, spec TEXT NOT NULL UNIQUE)")
             db.execute("CREATE TABLE IF NOT EXISTS minhash_bands (key INTEGER NOT NULL, item INTEGER NOT NULL,"
                        " version TEXT NOT NULL, PRIMARY KEY (key, item, version)) WITHOUT ROWID")
+            db.execute("CREATE TABLE IF NOT EXISTS minhash_signatures (spec INTEGER NOT NULL,"
+                       " item INTEGER NOT NULL, version TEXT NOT NULL, hashvalues BLOB NOT NULL,"
+                       " PRIMARY KEY (spec, item, version)) WITHOUT ROWID")
 
     def specs(self) -> dict[int, Spec]:
         db = self.ledger.db
@@ -142,41 +193,90 @@ class NearDuplicateIndex:
         """Index (ledger hash, text) pairs under ``version``; returns the band rows added."""
         sid = self.spec_id()
         sigs = signatures(self.spec, (text for _, text in items))
-        return self.add_keys(version, ((h, band_keys(sid, self.spec, m)) for (h, _), m in zip(items, sigs)))
+        return self.add_keys(version, ((h, band_keys(sid, self.spec, m), signature_bytes(m))
+                                       for (h, _), m in zip(items, sigs)))
 
-    def add_keys(self, version: str, entries: Iterable[tuple[str, Sequence[int]]]) -> int:
-        """Store precomputed (ledger hash, band keys) rows in one transaction."""
-        self._create_tables()
+    def add_keys(self, version: str, entries: Iterable[tuple[str, Sequence[int], bytes]]) -> int:
+        """Store precomputed (ledger hash, band keys, signature bytes) rows, under this index's
+        spec, in one transaction; returns the band rows added."""
+        sid = self.spec_id()
+        size = 4 * self.spec.num_perm
         db = self.ledger.db
+        bands, sigs = [], []
+        for h, keys, values in entries:
+            if len(values) != size:
+                raise ValueError(f"signature of {len(values)} bytes, expected {size}")
+            item = item_id(h)
+            bands.extend((k, item, version) for k in keys)
+            sigs.append((sid, item, version, values))
         with db:
             self.ledger.mark_version(version)
             cur = db.executemany("INSERT OR IGNORE INTO minhash_bands (key, item, version) VALUES (?, ?, ?)",
-                                 ((k, item_id(h), version) for h, keys in entries for k in keys))
+                                 bands)
+            added = cur.rowcount
+            db.executemany("INSERT OR IGNORE INTO minhash_signatures (spec, item, version, hashvalues)"
+                           " VALUES (?, ?, ?, ?)", sigs)
             fault_point("minhash")  # test-only: killed mid-transaction
-            return cur.rowcount
+            return added
 
     # --- reading ------------------------------------------------------------
-    def matches(self, texts: list[str], chain: list[str], own_signatures: list | None = None
-                ) -> dict[int, set[tuple[int, str]]]:
-        """``{index in texts: {(item, version), ...}}``: learned items of ``chain`` sharing a band."""
+    def matches(self, texts: list[str], chain: list[str], own_signatures: list | None = None,
+                threshold: float | None = None) -> dict[int, dict[tuple[int, str], float | None]]:
+        """``{index in texts: {(item, version): similarity}}``: learned items of ``chain`` that
+        share a band with the text and, if ``threshold`` is given, whose estimated Jaccard
+        similarity reaches it. ``similarity`` is None for an item indexed without a stored
+        signature (an index from before signatures were kept): it cannot be verified and is
+        kept, as it counted when it was written."""
         live = set(chain)
-        found: dict[int, set[tuple[int, str]]] = defaultdict(set)
+        found: dict[int, dict[tuple[int, str], float | None]] = defaultdict(dict)
+        self.stats = {"candidates": 0, "verified": 0, "unverifiable": 0, "verify_s": 0.0}
+        has_signatures = self._has_table("minhash_signatures")
         for sid, spec in self.specs().items():
-            sigs = own_signatures if (spec == self.spec and own_signatures is not None) \
+            # Specs differing only in their band layout (another threshold) hash texts alike.
+            same_hashing = replace(spec, bands=self.spec.bands, rows=self.spec.rows) == self.spec
+            sigs = own_signatures if (same_hashing and own_signatures is not None) \
                 else signatures(spec, texts)
             owners: dict[int, list[int]] = defaultdict(list)
             for i, m in enumerate(sigs):
                 for key in band_keys(sid, spec, m):
                     owners[key].append(i)
-            keys = list(owners)
-            for start in range(0, len(keys), _CHUNK):
-                part = keys[start:start + _CHUNK]
-                q = f"SELECT key, item, version FROM minhash_bands WHERE key IN ({','.join('?' * len(part))})"
-                for key, item, version in self.ledger.db.execute(q, part):
+            candidates: dict[int, set[tuple[int, str]]] = defaultdict(set)
+            for key, item, version in self._select("SELECT key, item, version FROM minhash_bands WHERE key IN",
+                                                   list(owners)):
+                if version in live:
+                    for i in owners[key]:
+                        candidates[i].add((item, version))
+            t0 = time.perf_counter()
+            stored: dict[tuple[int, str], bytes] = {}
+            if has_signatures and candidates:
+                items = sorted({item for hits in candidates.values() for item, _ in hits})
+                q = "SELECT item, version, hashvalues FROM minhash_signatures WHERE spec = ? AND item IN"
+                for item, version, values in self._select(q, items, (sid,)):
                     if version in live:
-                        for i in owners[key]:
-                            found[i].add((item, version))
-        return dict(found)
+                        stored[(item, version)] = values
+            for i, hits in candidates.items():
+                for hit in hits:
+                    self.stats["candidates"] += 1
+                    values = stored.get(hit)
+                    sim = None if values is None else similarity(sigs[i].hashvalues, values)
+                    self.stats["verified" if sim is not None else "unverifiable"] += 1
+                    old = found[i].get(hit, None)
+                    if hit not in found[i] or (sim is not None and (old is None or sim > old)):
+                        found[i][hit] = sim  # one estimate per item: the best over option sets
+            self.stats["verify_s"] += time.perf_counter() - t0
+        if threshold is not None:
+            for i in list(found):
+                found[i] = {hit: sim for hit, sim in found[i].items() if sim is None or sim >= threshold}
+        return {i: hits for i, hits in found.items() if hits}
+
+    def _has_table(self, name: str) -> bool:
+        return self.ledger.db.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (name,)).fetchone() is not None
+
+    def _select(self, query: str, values: list, params: tuple = ()) -> Iterable[tuple]:
+        """``query`` + `` (?, ?, ...)`` over ``values`` in chunks under SQLite's variable limit."""
+        for start in range(0, len(values), _CHUNK):
+            part = values[start:start + _CHUNK]
+            yield from self.ledger.db.execute(f"{query} ({','.join('?' * len(part))})", (*params, *part))
 
     def resolve(self, item: int, version: str) -> tuple[str, str, str] | None:
         """(ledger hash, role, origin) of an indexed item, from its ledger row."""
@@ -186,9 +286,9 @@ class NearDuplicateIndex:
             (prefix, prefix + "g", version)).fetchone()
         return None if row is None else (row[0], row[1], row[2] or "")
 
-    def count(self, version: str) -> int:
-        """Band rows of ``version`` (a full scan: for tests and diagnostics)."""
-        if not self.specs():
+    def count(self, version: str, table: str = "minhash_bands") -> int:
+        """Band (or signature) rows of ``version`` (a full scan: for tests and diagnostics)."""
+        if table not in ("minhash_bands", "minhash_signatures") or not self._has_table(table):
             return 0
-        return self.ledger.db.execute("SELECT COUNT(*) FROM minhash_bands WHERE version = ?",
+        return self.ledger.db.execute(f"SELECT COUNT(*) FROM {table} WHERE version = ?",
                                       (version,)).fetchone()[0]

@@ -47,7 +47,11 @@ class ExactDeduper:
 
 @dataclass
 class MinhashOptions:
-    threshold: float = 0.8   # estimated Jaccard similarity from which two items count as one
+    # Estimated Jaccard similarity (of the shingle sets) from which two items count as one.
+    # Every LSH candidate is checked against it; the estimate from num_perm values has a
+    # standard deviation of sqrt(J(1-J)/num_perm) (0.035 at 0.8 with 128), so a pair exactly
+    # at the threshold is caught about half the time, one 0.05 above it ~94% of the time.
+    threshold: float = 0.8
     num_perm: int = 128      # MinHash permutations: more is a sharper threshold, and slower
     # Character 5-grams: robust to small edits in paragraph-sized items, where
     # one changed word already removes ~3 of ~25 word 3-grams.
@@ -67,14 +71,18 @@ class MinhashOptions:
 class MinhashDeduper:
     """Near-duplicates (MinHash LSH, datasketch) of learned/held-out items or of this batch.
 
-    Learned items are matched through the band index in ledger.sqlite (an LSH
-    candidate counts, as in datasketch's MinHashLSH); within the batch the
-    candidates are confirmed by the MinHash similarity estimate.
+    One rule for both: an LSH candidate (sharing a band; the layout makes a pair at
+    the threshold a candidate with probability >= 0.99) is a duplicate only if its
+    estimated Jaccard similarity reaches ``threshold``. Learned items are found
+    through the band index in ledger.sqlite and checked with their stored
+    signatures (items indexed before signatures were stored count unverified,
+    see ``retain.core.nearindex``); items of the batch with each other's.
     """
 
     def __init__(self, options: MinhashOptions):
         self.options = options
         self._spec = None
+        self.stats: dict[str, float] = {}  # of the last check against learned items (see NearDuplicateIndex)
 
     @property
     def spec(self):
@@ -98,38 +106,52 @@ class MinhashDeduper:
     def _learned(self, items: list[Item], sigs: list, known) -> dict[int, str]:
         from retain.core.nearindex import NearDuplicateIndex
 
+        self.stats = {}
         ledger, chain = getattr(known, "ledger", None), getattr(known, "chain", None)
         if ledger is None or not chain or not ledger.path.exists():
             return {}
         index = NearDuplicateIndex(ledger, self.spec)
         dupes: dict[int, str] = {}
-        for i, hits in index.matches([it.text for it in items], chain, sigs).items():
-            rows = [(row, version) for item, version in hits
+        matches = index.matches([it.text for it in items], chain, sigs, threshold=self.options.threshold)
+        self.stats = index.stats
+        for i, hits in matches.items():
+            rows = [(row, version, sim) for (item, version), sim in hits.items()
                     if (row := index.resolve(item, version)) is not None]
             if not rows:
                 continue
-            # A held-out match wins: that item must never be trained on.
-            (h, role, origin), version = min(rows, key=lambda r: (r[0][1] != "holdout", r[1], r[0][0]))
+            # A held-out match wins: that item must never be trained on. Then the most similar
+            # (an unverified match from an old index last), then the oldest version.
+            (h, role, origin), version, sim = min(
+                rows, key=lambda r: (r[0][1] != "holdout", -(r[2] if r[2] is not None else -1.0), r[1], r[0][0]))
             kind = HOLDOUT if role == "holdout" else LEARNED
-            dupes[i] = Duplicate(describe_match(kind, version, origin, "near-duplicate: "), kind=kind,
-                                 matched=origin, matched_hash=h, version=version)
+            how = "near-duplicate: " if sim is None else f"near-duplicate ({sim:.2f}): "
+            dupes[i] = Duplicate(describe_match(kind, version, origin, how), kind=kind,
+                                 matched=origin, matched_hash=h, version=version, similarity=sim)
         return dupes
 
     def _within_batch(self, items: list[Item], sigs: list, dupes: dict[int, str]) -> None:
-        from datasketch import MinHashLSH
+        """Each item against the earlier items of the batch that are not duplicates
+        themselves: the same bands and the same check as against learned items."""
+        from collections import defaultdict
 
-        lsh = MinHashLSH(num_perm=self.spec.num_perm, params=(self.spec.bands, self.spec.rows))
+        from retain.core.nearindex import band_keys
+
+        spec, threshold = self.spec, self.options.threshold
+        owners: dict[int, list[int]] = defaultdict(list)
         for i, m in enumerate(sigs):
             if i in dupes:
                 continue
-            best = max(((m.jaccard(sigs[j]), j) for j in lsh.query(m)), default=None)
-            if best is not None and best[0] >= self.options.threshold:
-                similarity, j = best
+            keys = band_keys(0, spec, m)
+            candidates = dict.fromkeys(j for key in keys for j in owners.get(key, ()))
+            best = max(((m.jaccard(sigs[j]), -j) for j in candidates), default=None)
+            if best is not None and best[0] >= threshold:
+                similarity, j = best[0], -best[1]  # the most similar, the earliest of equals
                 dupes[i] = Duplicate(f"near-duplicate ({similarity:.2f}) of {items[j].origin} in this batch",
                                      kind=BATCH, matched=items[j].origin, matched_hash=items[j].hash,
                                      similarity=similarity)
             else:
-                lsh.insert(i, m)
+                for key in keys:
+                    owners[key].append(i)
 
     def remember(self, items: list[Item], version: str, writer) -> None:
         """Index the new version's items; they count once the version is in CURRENT's chain."""
@@ -143,4 +165,5 @@ def register_dedupers(register):
     register("exact", lambda options: ExactDeduper(),
              description="exact duplicates after Unicode/case/whitespace normalization")
     register("minhash", MinhashDeduper, options=MinhashOptions,
-             description="near-duplicates: MinHash LSH over word/char shingles, index kept in ledger.sqlite")
+             description="near-duplicates: MinHash LSH over word/char shingles, each candidate checked "
+                         "against the threshold; index kept in ledger.sqlite")

@@ -233,20 +233,25 @@ def _decode(raw: bytes) -> tuple[str | None, str | None]:
         return None, f"invalid UTF-8 at byte {exc.start}"
 
 
+# The delimiter a file's suffix implies when options.csv.delimiter is "auto".
+_DELIMITERS = {".tsv": "\t"}
+
+
 @dataclass
 class CsvOptions:
     column: str = "text"
-    delimiter: str = ","
+    delimiter: str = "auto"  # one character for every file; "auto": tab for .tsv, comma otherwise
     max_record_bytes: int = MAX_RECORD_BYTES  # a longer line is rejected unread
 
     def __post_init__(self) -> None:
         _check_limit("csv", self.max_record_bytes)
-        if len(self.delimiter) != 1:
-            raise ConfigError(f"config key 'options.csv.delimiter': must be one character, got {self.delimiter!r}")
+        if self.delimiter != "auto" and len(self.delimiter) != 1:
+            raise ConfigError(f"config key 'options.csv.delimiter': must be one character or 'auto', "
+                              f"got {self.delimiter!r}")
 
 
 class CsvSource:
-    """A CSV file with a header row; the text is in a configurable column."""
+    """A CSV (or TSV) file with a header row; the text is in a configurable column."""
 
     def __init__(self, options: CsvOptions):
         self.column = options.column
@@ -260,8 +265,14 @@ class CsvSource:
         for path in _files(location):
             yield from self._read_file(path)
 
+    def delimiter_for(self, path: Path) -> str:
+        if self.delimiter != "auto":
+            return self.delimiter
+        return _DELIMITERS.get(path.suffix.lower(), ",")
+
     def _read_file(self, path: Path) -> Iterator[Item | Reject]:
         oversize: list[Reject] = []
+        delimiter = self.delimiter_for(path)
 
         def lines() -> Iterator[str]:
             for lineno, raw, size, head in _lines(path, self.limit):
@@ -274,7 +285,7 @@ class CsvSource:
                 # Undecodable bytes become lone surrogates: only the row holding them is rejected.
                 yield raw.decode("utf-8", "surrogateescape") + "\n"
 
-        reader = csv.reader(lines(), delimiter=self.delimiter)
+        reader = csv.reader(lines(), delimiter=delimiter)
         header: list[str] | None = None
         col, records = 0, 0
         while True:
@@ -303,7 +314,7 @@ class CsvSource:
                 col = header.index(self.column)
                 continue
             records += 1
-            lineno, excerpt = reader.line_num, _printable(self.delimiter.join(row))
+            lineno, excerpt = reader.line_num, _printable(delimiter.join(row))
             if len(row) != len(header):
                 yield Reject(f"row has {len(row)} fields, header has {len(header)}", "csv", str(path),
                              lineno, excerpt)
@@ -327,4 +338,5 @@ def register_sources(register):
     register("text", TextSource, options=TextOptions, suffixes=(".txt", ".md", ".text"),
              description="plain-text files or folders, split per paragraph, file or line")
     register("csv", CsvSource, options=CsvOptions, suffixes=(".csv", ".tsv"),
-             description="CSV with a header row, text in options.csv.column")
+             description="CSV or TSV (by suffix, or options.csv.delimiter) with a header row, "
+                         "text in options.csv.column")

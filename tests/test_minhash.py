@@ -97,9 +97,10 @@ def test_index_rows_count_only_for_versions_in_the_chain(base_model, long_texts)
     found = deduper.find_duplicates(items, KnownItems(store.ledger, ["0007", "0001"]))
     assert sorted(found) == [0, 1, 2]
     # 0007 has no version directory: recover() drops its rows from the ledger and the index.
-    store.recover()
     index = NearDuplicateIndex(store.ledger, deduper.spec)
-    assert index.count("0007") == 0
+    assert index.count("0007", "minhash_signatures") == 3
+    store.recover()
+    assert index.count("0007") == 0 and index.count("0007", "minhash_signatures") == 0
     assert store.ledger.find([Item(t).hash for t in long_texts[:3]], ["0007"]) == {}
 
 
@@ -110,6 +111,113 @@ def test_items_indexed_under_other_options_are_still_found(base_model, long_text
     new = MinhashDeduper(MinhashOptions(threshold=0.7))
     found = new.find_duplicates([Item(long_texts[1]), Item(long_texts[5])], KnownItems(store.ledger, ["0001"]))
     assert list(found) == [0] and found[0].details["matched_hash"] == Item(long_texts[1]).hash
+
+
+def _pairs_at(similarity: tuple[float, float], n: int, seed: int) -> list[tuple[str, str, float]]:
+    """n (text, variant, exact Jaccard) whose char 5-gram sets have a Jaccard similarity in the
+    closed range ``similarity``: 60 random words, a few of them replaced (rejection sampling)."""
+    import random
+
+    from retain.core.nearindex import shingles
+
+    rng = random.Random(seed)
+    vocab = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 9)))
+             for _ in range(20000)]
+    replaced = range(2, 5) if similarity[0] >= 0.8 else range(7, 12)  # words: see the measured ranges
+    pairs = []
+    while len(pairs) < n:
+        base = rng.sample(vocab, 60)
+        variant = list(base)
+        for i in rng.sample(range(60), rng.choice(replaced)):
+            variant[i] = rng.choice(vocab)
+        a, b = " ".join(base), " ".join(variant)
+        sa, sb = set(shingles(a, "char", 5)), set(shingles(b, "char", 5))
+        jaccard = len(sa & sb) / len(sa | sb)
+        if similarity[0] <= jaccard <= similarity[1]:
+            pairs.append((a, b, jaccard))
+    return pairs
+
+
+# Recall at the configured threshold (0.8, 128 permutations): 300 pairs with an exact
+# Jaccard in [0.85, 0.90] and 300 in [0.60, 0.70]. A pair is caught when it becomes an LSH
+# candidate (probability >= 0.9999 from J = 0.85 with the layout Spec.for_threshold picks,
+# 21 bands of 6) and its estimated Jaccard X/128, X ~ Binomial(128, J), reaches 0.8, i.e.
+# X >= 103. Above: P = 0.936 at J = 0.85, 0.992 at 0.875, 0.9996 at 0.90; the expected
+# recall over these pairs is ~0.98 (measured: 0.98), and even if all 300 sat at 0.85 a
+# recall under 0.90 (more than 30 misses where 19 are expected) has probability ~0.003.
+# Below: P = 0.005 at J = 0.70, 0.001 at 0.68, 1e-4 at 0.65, so even if all sat at 0.70,
+# 10 or more of 300 (over 3%) has probability 2e-5 (measured: 2). The seeds are fixed, so
+# the test is deterministic as well. Before the fix (datasketch's layout, 9 bands of 13:
+# P(candidate) = 0.69 at J = 0.85, and no check of learned candidates) it caught 0.80 above,
+# and 0.033 below from learned items.
+ABOVE, BELOW = (0.85, 0.90), (0.60, 0.70)
+
+
+@pytest.mark.parametrize("where", ["learned", "batch"])
+def test_minhash_catches_pairs_above_the_threshold_and_not_below(where, tmp_path):
+    from retain.core.store import Ledger
+
+    deduper = MinhashDeduper(MinhashOptions(threshold=0.8, num_perm=128))
+    caught = {}
+    for name, similarity, seed in (("above", ABOVE, 1), ("below", BELOW, 2)):
+        pairs = _pairs_at(similarity, 300, seed)
+        if where == "learned":
+            ledger = Ledger(tmp_path / f"{name}.sqlite")
+            originals = [a for a, _, _ in pairs]
+            NearDuplicateIndex(ledger, deduper.spec).remember("0001", [(Item(t).hash, t) for t in originals])
+            ledger.add("0001", [(Item(t).hash, "train", "test", f"t:{i}") for i, t in enumerate(originals)])
+            dupes = deduper.find_duplicates([Item(b) for _, b, _ in pairs], KnownItems(ledger, ["0001"]))
+            found = {i for i in dupes if dupes[i].details["matched_hash"] == Item(pairs[i][0]).hash}
+            ledger.close()
+        else:  # each original, then its variant, in one batch
+            batch = [Item(t) for a, b, _ in pairs for t in (a, b)]
+            dupes = deduper.find_duplicates(batch, KnownItems(None, []))
+            assert all(i % 2 == 1 for i in dupes)  # only variants, each of its own original
+            found = {i // 2 for i in dupes if dupes[i].details["matched_hash"] == batch[i - 1].hash}
+        caught[name] = len(found) / len(pairs)
+    assert caught["above"] >= 0.90, caught
+    assert caught["below"] <= 0.03, caught
+
+
+def test_learned_candidates_below_the_threshold_are_checked_and_dropped(tmp_path):
+    from retain.core.store import Ledger
+
+    deduper = MinhashDeduper(MinhashOptions())
+    pairs = _pairs_at(BELOW, 100, seed=3)
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    index = NearDuplicateIndex(ledger, deduper.spec)
+    index.remember("0001", [(Item(a).hash, a) for a, _, _ in pairs])
+    variants = [b for _, b, _ in pairs]
+    candidates = index.matches(variants, ["0001"])
+    assert len(candidates) >= 50  # P(sharing one of 21 bands of 6) is 0.53 to 0.93 here
+    assert index.stats["unverifiable"] == 0 and index.stats["verified"] >= len(candidates)
+    kept = index.matches(variants, ["0001"], threshold=0.8)
+    assert len(kept) <= 3
+    assert all(sim is not None and sim >= 0.8 for hits in kept.values() for sim in hits.values())
+
+
+def test_an_index_without_stored_signatures_counts_its_candidates_unverified(tmp_path, long_texts):
+    """Versions indexed before signatures were stored: their LSH candidates count as they did."""
+    from retain.core.store import Ledger
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    old = Spec(128, 9, 13, "char", 5, 1)  # the layout datasketch chose for 0.8, as older versions wrote it
+    NearDuplicateIndex(ledger, old).remember("0001", [(Item(t).hash, t) for t in long_texts[:3]])
+    ledger.add("0001", [(Item(t).hash, "train", "test", f"old:{i}") for i, t in enumerate(long_texts[:3])])
+    with ledger.db:
+        ledger.db.execute("DROP TABLE minhash_signatures")
+    deduper = MinhashDeduper(MinhashOptions())
+    found = deduper.find_duplicates([Item(typo(t)) for t in long_texts[:4]], KnownItems(ledger, ["0001"]))
+    assert sorted(found) == [0, 1, 2]
+    assert all("similarity" not in d.details and "near-duplicate: already learned" in d for d in found.values())
+    # A newer version's rows carry signatures (the table comes back on the first write): checked.
+    NearDuplicateIndex(ledger, deduper.spec).remember("0002", [(Item(long_texts[3]).hash, long_texts[3])])
+    ledger.add("0002", [(Item(long_texts[3]).hash, "train", "test", "new:0")])
+    found = deduper.find_duplicates([Item(typo(long_texts[0])), Item(typo(long_texts[3]))],
+                                    KnownItems(ledger, ["0002", "0001"]))
+    assert sorted(found) == [0, 1] and "similarity" not in found[0].details
+    assert found[1].details["similarity"] >= 0.8 and found[1].details["matched"] == "new:0"
+    ledger.close()
 
 
 @pytest.mark.parametrize("bad", ["options.minhash.threshold=1.5", "options.minhash.num_perm=-3",

@@ -80,7 +80,8 @@ def _state(model_dir) -> tuple:
     tables = [name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
     # Every table's rows, but minhash_specs (the option sets in use: no rows of any version).
     rows = {t: db.execute(f'SELECT COUNT(*) FROM "{t}"').fetchone()[0] for t in tables if t != "minhash_specs"}
-    rows.setdefault("minhash_bands", 0)
+    rows.setdefault("minhash_bands", 0)  # the index's tables may appear (empty) on the first write
+    rows.setdefault("minhash_signatures", 0)
     db.close()
     leftovers = sorted(p.name for p in (model_dir / "versions").iterdir() if p.name.startswith("."))
     return store.current(), store.versions(), rows, leftovers

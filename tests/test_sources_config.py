@@ -51,6 +51,26 @@ def test_csv_column_and_ragged_rows(registry, tmp_path):
                                                                        (4, "column 'text' is empty")]
 
 
+def test_tsv_is_tab_separated_and_csv_still_comma_separated(registry, tmp_path):
+    tsv = tmp_path / "d.tsv"
+    tsv.write_text("id\ttext\n1\thello, world, again\n2\tno commas here\n")
+    items, rejects = _read(registry, str(tsv))
+    assert [(i.text, i.line, i.meta) for i in items] == [("hello, world, again", 2, {"id": "1"}),
+                                                        ("no commas here", 3, {"id": "2"})]
+    assert rejects == []
+    csv_file = tmp_path / "d.csv"
+    csv_file.write_text('id,text\n1,"tab\there, comma"\n')
+    items, rejects = _read(registry, str(csv_file))
+    assert [(i.text, i.meta) for i in items] == [("tab\there, comma", {"id": "1"})] and rejects == []
+    # options.csv.delimiter, when set, wins over the suffix for every file.
+    semi = tmp_path / "s.csv"
+    semi.write_text("id;text\n1;a, b\n")
+    items, _ = _read(registry, str(semi), "options.csv.delimiter=;")
+    assert [(i.text, i.meta) for i in items] == [("a, b", {"id": "1"})]
+    with pytest.raises(SourceError, match="no column 'text'"):  # the header is one field, "id<TAB>text"
+        _read(registry, str(tsv), "options.csv.delimiter=,")
+
+
 def test_csv_missing_column_names_it(registry, tmp_path):
     f = tmp_path / "d.csv"
     f.write_text("id,body\n1,x\n")
