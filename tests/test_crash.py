@@ -46,7 +46,7 @@ SETTINGS = [*TINY, "fine_tuning.epochs=1", "dedupers=[exact, minhash]"]
 # Every fault_point in the save path, in the order an update reaches them.
 FAULTS = ["write-model.safetensors", "minhash", "ledger", "ledger-committed", "rename", "renamed",
           "replace-CURRENT"]
-RANDOM_KILLS = 20
+RANDOM_KILLS = 12  # plus the 7 deterministic FAULTS: 19 kills per run, each a different moment
 PRELOAD = ["retain.cli", "retain.core.engine", "retain.core.training", "retain.plugins.gpt",
            "retain.plugins.dedupers", "retain.core.nearindex", "datasketch", "scipy.integrate",
            "avalanche.training.templates", "avalanche.benchmarks.scenarios.dataset_scenario"]
