@@ -1,26 +1,37 @@
 """retain: update an existing model with new data only, without forgetting.
 
-Importing ``retain`` is cheap: torch and avalanche-lib load only when a model
-is trained or evaluated, and ``ModelTrainer`` (the engine) on first use.
+Importing ``retain`` costs nothing: each name below loads its module on first use
+(``ModelTrainer`` the engine, torch and avalanche-lib only when a model is trained
+or evaluated), so the command line starts fast and handles Ctrl-C from its first
+instruction (``retain/launch.py``).
 """
 
-from retain.core.errors import (ConfigError, LockedError, ModelError, PluginError, RetainError,
-                                SourceError, UpdateRejected)
-from retain.core.hookspecs import hookimpl
-from retain.core.items import Item, Reject
-from retain.core.strategy import Strategy, TrainSettings
-from retain.core.validation import Evidence, Verdict
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
-__all__ = ["ModelTrainer", "hookimpl", "Item", "Reject", "Strategy", "TrainSettings", "Verdict",
-           "Evidence", "RetainError", "ConfigError", "SourceError", "ModelError", "PluginError",
-           "LockedError", "UpdateRejected"]
+
+_WHERE = {
+    "ModelTrainer": "retain.trainer",
+    "hookimpl": "retain.core.hookspecs",
+    "Item": "retain.core.items", "Reject": "retain.core.items",
+    "Strategy": "retain.core.strategy", "TrainSettings": "retain.core.strategy",
+    "Verdict": "retain.core.validation", "Evidence": "retain.core.validation",
+    **{name: "retain.core.errors" for name in ("RetainError", "ConfigError", "SourceError", "ModelError",
+                                               "PluginError", "LockedError", "UpdateRejected", "Interrupted")},
+}
+__all__ = list(_WHERE)
 
 
 def __getattr__(name: str):
-    # `retain --help` must not pay for the engine's imports: ModelTrainer loads on first use.
-    if name == "ModelTrainer":
-        from retain.trainer import ModelTrainer
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'retain' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
-        return ModelTrainer
-    raise AttributeError(f"module 'retain' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])

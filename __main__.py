@@ -1,3 +1,3 @@
-from retain.cli import main
+from retain.launch import main
 
 main()

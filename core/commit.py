@@ -14,6 +14,7 @@ import json
 import time
 from typing import Any
 
+from . import interrupts
 from .items import Item
 from .run import Run
 from .store import HOLDOUT, ModelStore, now_iso
@@ -44,12 +45,23 @@ def commit(run: Run, store: ModelStore, dedupers: list[tuple[str, Any]], replace
         # Ledger rows first: they count only once CURRENT's chain includes this version.
         store.ledger.add(writer.name, [(it.hash, "train", it.source, it.origin) for it in run.items]
                          + [(it.hash, "holdout", it.source, it.origin) for it in run.holdout])
-        writer.finish(manifest(run, report, entry, status))
     except BaseException:
         writer.abandon()
         raise
-    if status == "accepted":
-        store.set_current(writer.name)
+    # The version goes into place and CURRENT follows as one step a Ctrl-C does not split.
+    with interrupts.shielded():
+        try:
+            writer.finish(manifest(run, report, entry, status))
+        except BaseException:
+            writer.abandon()
+            raise
+        if status == "accepted":
+            store.set_current(writer.name)
+            interrupts.set_outcome(f"the run had finished: version {writer.name} is current"
+                                   + (f" (retain rollback returns to {run.parent})" if run.parent else ""))
+        else:
+            interrupts.set_outcome(f"the run had finished: version {writer.name} was kept as rejected; "
+                                   f"{interrupts.UNCHANGED}")
     report.update(version=writer.name, status=status)
     return report
 

@@ -21,8 +21,9 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
-from . import evaluation, gate, ingest
+from . import evaluation, gate, ingest, interrupts
 from .commit import commit
+from .errors import ModelError
 from .gate import raise_if_rejected
 from .config import Config
 from .items import Item
@@ -32,6 +33,7 @@ from .pluginmanager import Registry, default_plugin_manager
 from .run import FINE_TUNING, FULL_TRAINING, Run
 from .store import ModelStore
 from .strategy import build_strategies
+from .wording import plural
 
 
 class Engine:
@@ -51,9 +53,16 @@ class Engine:
         return ingest.build_dedupers(self.registry, self.config)
 
     # --- what the commands run ------------------------------------------------------------
-    def train(self, data: list[str], model_dir: str | Path, *, items: list[Item] | None = None) -> dict:
-        """Full training from a random init on all data; saves the next version (0001 in a new dir)."""
+    def train(self, data: list[str], model_dir: str | Path, *, items: list[Item] | None = None,
+              force: bool = False) -> dict:
+        """Full training from a random init on all data; saves the next version (0001 in a new dir).
+        A directory holding files of its own and no model is refused unless ``force``."""
         store = ModelStore(model_dir)
+        foreign = [] if force or store.exists() else store.foreign_entries()
+        if foreign:
+            raise ModelError(f"{store.root} is not empty and holds no retain model ({plural(len(foreign), 'entry', 'entries')}"
+                             f": {', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); train "
+                             "into a new or empty directory, or pass --force to train into this one")
         with self.listening(), store.lock():
             self._recover(store)
             replaces = store.current() if store.exists() else None  # a retrain starts a new lineage
@@ -93,6 +102,7 @@ class Engine:
     def prepare(self, kind: str, data: list[str], store: ModelStore, base: str | LoadedVersion | None,
                 items: list[Item] | None = None, dry_run: bool = False) -> Run:
         """Every step but the save: a ``Run`` holding the trained candidate and the gate's verdicts."""
+        interrupts.set_outcome(None)  # until this run saves, an interrupt leaves the model as it was
         import torch
 
         cfg = self.config

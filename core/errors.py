@@ -9,36 +9,42 @@ class RetainError(Exception):
     """Base class: a problem the user can fix, reported as one line."""
 
     exit_code = 1
+    kind = "internal"  # the "kind" of the --json error object
 
 
 class ConfigError(RetainError):
     """The configuration is invalid (unknown key, wrong type, bad value)."""
 
     exit_code = 3
+    kind = "config"
 
 
 class SourceError(RetainError):
     """Input data cannot be read (missing file, unknown format, strict rejects)."""
 
     exit_code = 4
+    kind = "data"
 
 
 class ModelError(RetainError):
     """No model, or a model directory that cannot be loaded safely."""
 
     exit_code = 5
+    kind = "model"
 
 
 class PluginError(RetainError):
     """An unknown plugin name, or a plugin that failed while running."""
 
     exit_code = 6
+    kind = "plugin"
 
 
 class LockedError(RetainError):
     """Another process is writing to this model directory."""
 
     exit_code = 7
+    kind = "locked"
 
 
 class UpdateRejected(RetainError):
@@ -48,6 +54,7 @@ class UpdateRejected(RetainError):
     """
 
     exit_code = 10
+    kind = "rejected"
 
     def __init__(self, message: str, report: dict | None = None):
         super().__init__(message)
@@ -58,12 +65,22 @@ class OutOfMemory(RetainError):
     """Training ran out of memory even after halving the batch size down to 1."""
 
     exit_code = 11
+    kind = "out_of_memory"
 
+
+class Interrupted(RetainError):
+    """Ctrl-C (SIGINT): the run stopped; what it left is what a kill leaves, tidied."""
+
+    exit_code = 130  # 128 + SIGINT, what shells report for a process ended by Ctrl-C
+    kind = "interrupted"
+
+
+USAGE = 2  # click's exit code for a command-line usage error
 
 EXIT_CODES = {
     0: "success",
     1: "internal error (a bug: please report it with the traceback)",
-    2: "command-line usage error",
+    USAGE: "command-line usage error",
     ConfigError.exit_code: "invalid configuration",
     SourceError.exit_code: "input data cannot be read",
     ModelError.exit_code: "model missing or unloadable",
@@ -72,4 +89,10 @@ EXIT_CODES = {
     UpdateRejected.exit_code: "update rejected by the quality gate (current model kept); "
                               "also `retain validate` when a validator fails",
     OutOfMemory.exit_code: "out of memory even at batch size 1",
+    Interrupted.exit_code: "interrupted (Ctrl-C); the current model is unchanged",
 }
+
+
+def error_object(code: int, kind: str, message: str) -> dict:
+    """What ``--json`` prints on stdout for a failed command (alone, or inside its report)."""
+    return {"error": {"code": code, "kind": kind, "message": message}}

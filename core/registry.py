@@ -22,6 +22,7 @@ import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import interrupts
 from .errors import ModelError
 from .store import MANIFEST, ModelStore, atomic_write_text, now_iso
 
@@ -35,6 +36,8 @@ def normalize_version(name: str) -> str:
 
 def history(store: ModelStore) -> list[dict]:
     """One row per version, oldest first: what happened, what it learned, what the gate said."""
+    if not store.exists() and not store.versions():
+        store.current()  # no model here: its ModelError says so (and how to train one)
     current = store.current() if store.exists() else None
     chain = set(store.chain(current)) if current else set()
     rows = []
@@ -100,6 +103,7 @@ def rollback(store: ModelStore, target: str | None = None, wait: float = 0.0) ->
             store.verified_path(target, rel, m)  # refuses a truncated or modified file
         if target != current:
             store.set_current(target)
+            interrupts.set_outcome(f"the rollback had finished: version {target} is current (was {current})")
         return current, target
 
 
@@ -208,14 +212,17 @@ def prune(store: ModelStore, keep_last: int, dry_run: bool = False, wait: float 
         plan = plan_prune(store, keep_last)
         if dry_run:
             return plan
-        for v in plan.stub:
-            _strip(store, v)
-        for v in plan.delete:
-            doomed = store.versions_dir / f".tmp-pruned-{v}-{os.getpid()}"
-            os.rename(store.versions_dir / v, doomed)
-            shutil.rmtree(doomed)
-        if plan.delete:
-            store.ledger.forget_versions_except(store.versions())
+        with interrupts.shielded():  # a Ctrl-C acts once the prune is done: no half-removed version
+            for v in plan.stub:
+                _strip(store, v)
+            for v in plan.delete:
+                doomed = store.versions_dir / f".tmp-pruned-{v}-{os.getpid()}"
+                os.rename(store.versions_dir / v, doomed)
+                shutil.rmtree(doomed)
+            if plan.delete:
+                store.ledger.forget_versions_except(store.versions())
+            interrupts.set_outcome(f"the prune had finished ({len(plan.stub)} stubbed, "
+                                   f"{len(plan.delete)} deleted); the current model is unchanged")
         return plan
 
 

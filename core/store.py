@@ -30,6 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from . import interrupts
 from .errors import LockedError, ModelError
 
 FORMAT = 1
@@ -41,9 +42,10 @@ HOLDOUT = "holdout.jsonl"
 
 def fault_point(phase: str) -> None:
     """Test-only seam: ``RETAIN_FAULT_AT=<phase>`` SIGKILLs this process at ``phase``
-    (tests/test_crash.py), to prove a crash there leaves a consistent model directory."""
+    (tests/test_crash.py), to prove a crash there leaves a consistent model directory;
+    with ``RETAIN_FAULT_SIGNAL=INT`` it sends SIGINT instead (tests/test_interrupt.py)."""
     if os.environ.get("RETAIN_FAULT_AT") == phase:
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), getattr(signal, "SIG" + os.environ.get("RETAIN_FAULT_SIGNAL", "KILL")))
 
 
 def now_iso() -> str:
@@ -68,13 +70,14 @@ def _fsync_dir(path: Path) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    fault_point(f"replace-{path.name}")  # test-only
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    with interrupts.shielded():  # Ctrl-C acts after the replace: no .tmp file left behind
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        fault_point(f"replace-{path.name}")  # test-only
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
 
 
 def _check_safetensors_header(path: Path, what: str) -> None:
@@ -119,11 +122,14 @@ class Ledger:
     def __init__(self, path: Path):
         self.path = path
         self._db: sqlite3.Connection | None = None
+        self._on_interrupt: int | None = None
 
     @property
     def db(self) -> sqlite3.Connection:
         if self._db is None:
             db = sqlite3.connect(self.path)
+            self._db = db
+            self._on_interrupt = interrupts.on_interrupt(self.close_now)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(
                 "CREATE TABLE IF NOT EXISTS items (hash TEXT NOT NULL, version TEXT NOT NULL,"
@@ -135,17 +141,32 @@ class Ledger:
             if fresh:  # a ledger from before this table: one scan, once
                 db.execute("INSERT OR IGNORE INTO row_versions SELECT DISTINCT version FROM items")
             db.commit()
-            self._db = db
         return self._db
 
     def close(self) -> None:
+        interrupts.release(self._on_interrupt)
+        self._on_interrupt = None
         if self._db is not None:
             self._db.close()
             self._db = None
 
+    def close_now(self) -> None:
+        """Close from anywhere (an interrupt): roll back an open transaction, and close the
+        cursors a loop was reading from, or SQLite keeps the connection, and its -wal and
+        -shm files, open until they are freed, which an interrupted process never does."""
+        import gc
+
+        if self._db is not None:
+            for obj in gc.get_referrers(self._db):
+                if isinstance(obj, sqlite3.Cursor):
+                    obj.close()
+        self.close()
+
     def add(self, version: str, rows: Iterable[tuple[str, str, str, str]]) -> None:
         """rows: (hash, role, source, origin). Counted only once ``version`` is in the chain."""
-        with self.db:
+        # shielded: the rows come from a generator, so an interrupt could otherwise land inside
+        # executemany, where the connection cannot be closed (and its -wal file removed)
+        with interrupts.shielded(), self.db:
             self.mark_version(version)
             self.db.executemany(
                 "INSERT OR REPLACE INTO items (hash, version, role, source, origin) VALUES (?, ?, ?, ?, ?)",
@@ -205,6 +226,7 @@ class VersionWriter:
     store: "ModelStore"
     name: str
     tmp: Path
+    on_interrupt: int | None = None  # interrupts token: an interrupt removes the unfinished version
 
     def write_json(self, rel: str, obj: Any) -> None:
         self._path(rel).write_text(json.dumps(obj, indent=2, sort_keys=True), encoding="utf-8")
@@ -240,12 +262,14 @@ class VersionWriter:
         fault_point("rename")  # test-only
         final = self.store.versions_dir / self.name
         os.rename(self.tmp, final)
+        interrupts.release(self.on_interrupt)
         _fsync_dir(self.store.versions_dir)
         fault_point("renamed")  # test-only: a finished version that never becomes current
         return final
 
     def abandon(self) -> None:
         """Remove the unfinished version and any rows already written for it."""
+        interrupts.release(self.on_interrupt)
         shutil.rmtree(self.tmp, ignore_errors=True)
         if not (self.store.versions_dir / self.name).exists() and self.store.ledger.path.exists():
             self.store.ledger.forget_versions_except(self.store.versions())
@@ -285,15 +309,29 @@ class VersionFiles:
         return VersionFiles(self.store, version)
 
 
+# What retain itself puts in a model directory (anything else there is someone else's).
+OWN_FILES = {"CURRENT", "versions", "ledger.sqlite", "ledger.sqlite-wal", "ledger.sqlite-shm",
+             "ledger.sqlite-journal", "rejects.jsonl", ".lock"}
+
+
 class ModelStore:
     def __init__(self, root: str | Path):
         self.root = Path(root)
+        if self.root.exists() and not self.root.is_dir():
+            raise ModelError(f"{self.root} is a file, not a model directory")
         self.versions_dir = self.root / "versions"
         self.ledger = Ledger(self.root / "ledger.sqlite")
 
     # --- reading -----------------------------------------------------------
     def exists(self) -> bool:
         return (self.root / "CURRENT").is_file()
+
+    def foreign_entries(self) -> list[str]:
+        """What is in the directory that retain did not put there (sorted names)."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.name not in OWN_FILES
+                      and not p.name.startswith(".CURRENT.tmp-"))
 
     def current(self) -> str:
         path = self.root / "CURRENT"
@@ -404,7 +442,9 @@ class ModelStore:
         tmp = self.versions_dir / f".tmp-{name}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        return VersionWriter(self, name, tmp)
+        writer = VersionWriter(self, name, tmp)
+        writer.on_interrupt = interrupts.on_interrupt(writer.abandon)
+        return writer
 
     def set_current(self, version: str) -> None:
         if not (self.versions_dir / version / MANIFEST).is_file():
@@ -415,8 +455,9 @@ class ModelStore:
         path = self.root / "rejects.jsonl"
         if rejects:
             self.root.mkdir(parents=True, exist_ok=True)
-            # backslashreplace: a plugin's reject holding a lone surrogate still writes valid JSON
-            with open(path, "a", encoding="utf-8", errors="backslashreplace") as f:
+            # backslashreplace: a plugin's reject holding a lone surrogate still writes valid JSON;
+            # shielded: an interrupt leaves no half-written line
+            with interrupts.shielded(), open(path, "a", encoding="utf-8", errors="backslashreplace") as f:
                 for r in rejects:
                     f.write(json.dumps({"run": run_id, "time": now_iso(), **r.to_json()},
                                        ensure_ascii=False) + "\n")
