@@ -12,8 +12,91 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from rich.console import Console
+from rich.measure import Measurement
+from rich.table import Table
+from rich.text import Text
+
 from retain.core.advice import epoch_line
 from retain.core.hookspecs import hookimpl
+from retain.core.wording import plural
+
+UNLIMITED = 100_000  # the width of a console that is not a terminal: no line is ever wrapped
+
+
+class RetainConsole(Console):
+    """A rich Console whose tables never cut a cell (``WholeTable``)."""
+
+    def print(self, *objects, **kwargs):
+        super().print(*(WholeTable(o) if isinstance(o, Table) else o for o in objects), **kwargs)
+
+
+def make_console(stderr: bool = False) -> RetainConsole:
+    """The console every command prints through.
+
+    On a terminal: the terminal's width; a table too wide for it switches to one block per
+    row, so no number is cut (``7.…``). Anywhere else (a log file, a pipe): no hard wraps at
+    all, whatever COLUMNS says: every line is whole, tables take the width they need.
+    (``TTY_COMPATIBLE=1`` makes rich treat any output as a terminal.)
+    """
+    console = RetainConsole(stderr=stderr, highlight=False)
+    if console.is_terminal:
+        return console
+    return RetainConsole(stderr=stderr, highlight=False, soft_wrap=True, width=UNLIMITED)
+
+
+def _text(cell) -> Text:
+    if isinstance(cell, Text):
+        return cell
+    return Text.from_markup(cell) if isinstance(cell, str) else Text(str(cell))
+
+
+class WholeTable:
+    """A rich Table that keeps every cell whole: the grid when it fits the width at its
+    natural size, otherwise one block per row: the first cell, then ``header: value``
+    pairs flowed across the width (a pair is never split, long text wraps between words).
+
+    Columns of prose should set ``max_width`` (they then wrap inside the grid), so that the
+    grid is kept on wide terminals; not on a terminal, no column wraps: a row is one line."""
+
+    def __init__(self, table: Table):
+        self.table = table
+
+    def natural_width(self, console: Console, options) -> int:
+        return Measurement.get(console, options.update_width(UNLIMITED), self.table).maximum
+
+    def __rich_measure__(self, console, options) -> Measurement:
+        return Measurement.get(console, options, self.table)
+
+    def __rich_console__(self, console, options):
+        if options.max_width >= UNLIMITED:  # a log file: one physical line per row, prose unwrapped
+            for column in self.table.columns:
+                column.max_width = None
+        if self.natural_width(console, options) <= options.max_width:
+            yield self.table
+            return
+        t, width = self.table, options.max_width
+        if t.title:
+            yield Text.assemble(_text(t.title), style="bold")
+        headers = [_text(c.header).plain for c in t.columns]
+        cells = [list(c.cells) for c in t.columns]
+        for i in range(t.row_count):
+            row = [_text(col[i]) for col in cells]
+            yield Text.assemble(row[0], style="bold")
+            pairs = [Text.assemble((f"{h}: ", "dim"), value) for h, value in zip(headers[1:], row[1:])
+                     if value.plain.strip()]
+            line = Text()
+            for pair in [*pairs, None]:
+                if line and (pair is None or len(line) + 3 + len(pair) > width - 2):
+                    for part in line.wrap(console, width - 2):  # a pair wider than the line wraps
+                        yield Text("  ") + part
+                    line = Text()
+                if pair is not None:
+                    line.append_text(Text("   ") if line else Text()).append_text(pair)
+        if not t.row_count:
+            yield Text("  (none)")
+        if t.caption:
+            yield Text.assemble(_text(t.caption), style="dim")
 
 
 def delta(before: float | None, after: float | None) -> str:
@@ -40,9 +123,7 @@ class ConsoleRenderer:
 
     @classmethod
     def for_terminal(cls, stderr: bool = False) -> "ConsoleRenderer":
-        from rich.console import Console
-
-        return cls(Console(stderr=stderr, highlight=False))
+        return cls(make_console(stderr=stderr))
 
     def say(self, text: str) -> None:
         self.console.print(text, highlight=False)
@@ -59,22 +140,28 @@ class ConsoleRenderer:
         s = run.settings
         label = "Full training" if run.full else "Fine-tune"
         how = "from scratch" if run.full else (", ".join(x.name for x in run.strategies) or "no strategy")
-        self.say(f"[bold]6. {label}[/] ({how}): {s.epochs} epochs, lr {s.learning_rate:g}, batch {s.batch_size}")
+        self.say(f"[bold]6. {label}[/] ({how}): {plural(s.epochs, 'epoch')}, lr {s.learning_rate:g}, "
+                 f"batch {s.batch_size}")
         self.previous = None
-        if self.progress_enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-            self.progress = Progress(TextColumn("  epoch {task.fields[epoch]}/{task.fields[of]}"), BarColumn(),
-                                     MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
-                                     TimeRemainingColumn(), console=self.console, transient=True)
-            self.progress.start()
-            self.task = self.progress.add_task("train", total=None, epoch=1, of=s.epochs, loss="-")
-            self.window: list[float] = []
+    def _start_progress(self, epochs: int) -> None:
+        # Started by the first training step, not with the step: until then (the training stack
+        # may still be importing) there is nothing to show, and no loss yet.
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(TextColumn("  epoch {task.fields[epoch]}/{task.fields[of]}"), BarColumn(),
+                                 MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
+                                 TimeRemainingColumn(), console=self.console, transient=True)
+        self.task = self.progress.add_task("train", total=None, epoch=1, of=epochs, loss="-")
+        self.progress.start()  # after add_task: its refresh thread draws the task's fields
+        self.window: list[float] = []
 
     @hookimpl
     def training_progress(self, run, epoch, epochs, step, steps, loss):
-        if self.progress is None:
+        if not self.progress_enabled:
             return
+        if self.progress is None:
+            self._start_progress(epochs)
         self.window = (self.window + [loss])[-20:]
         self.progress.update(self.task, total=steps, completed=step, epoch=epoch, of=epochs,
                              loss=f"{sum(self.window) / len(self.window):.3f}")
@@ -87,7 +174,12 @@ class ConsoleRenderer:
         self.say(line)
         if self.progress is not None:
             self.window = []
-            self.progress.reset(self.task, total=None, epoch=min(epoch + 1, run.settings.epochs), loss="-")
+            # reset() replaces the task's fields: all of them again, or the bar cannot be drawn
+            self.progress.reset(self.task, total=None, epoch=min(epoch + 1, run.settings.epochs),
+                                of=run.settings.epochs, loss="-")
+            if epoch == run.settings.epochs:
+                self.progress.stop()
+                self.progress = None
 
     @hookimpl
     def step_finished(self, run, step, info, seconds):
@@ -112,27 +204,29 @@ class ConsoleRenderer:
                      f"({info['parameters'] / 1e6:.2f}M parameters)")
 
     def show_collect(self, run, info: dict[str, Any]) -> None:
-        msg = f"[bold]2. Collect new data[/]: {info['items']} items"
+        msg = f"[bold]2. Collect new data[/]: {plural(info['items'], 'item')}"
         if info["rejected"]:
             where = f"see {info['rejects_file']}" if info["rejects_file"] else "not written: dry run"
             msg += f" ({info['rejected']} rejected, {where})"
         self.say(msg)
 
     def show_preprocess(self, run, info: dict[str, Any]) -> None:
-        self.say(f"[bold]3. Preprocess[/]: {info['items']} items"
+        self.say(f"[bold]3. Preprocess[/]: {plural(info['items'], 'item')}"
                  + (f" ({info['rejected']} rejected)" if info["rejected"] else ""))
 
     def show_dedupe(self, run, info: dict[str, Any]) -> None:
-        held = f", {info['contaminating']} of them held-out items" if info["contaminating"] else ""
-        self.say(f"[bold]4. Skip duplicates[/]: {info['duplicates']}{held} ({info['items']} items left)")
+        n = info["contaminating"]
+        held = f", {n} of them {'a held-out item' if n == 1 else 'held-out items'}" if n else ""
+        self.say(f"[bold]4. Skip duplicates[/]: {info['duplicates']}{held} ({plural(info['items'], 'item')} left)")
 
     def show_holdout(self, run, info: dict[str, Any]) -> None:
         if info["train"] == 0:
             self.say("[green]Nothing new to learn[/]: the model is unchanged.")
 
     def show_tokenize(self, run, info: dict[str, Any]) -> None:
-        self.say(f"[bold]5. Tokenize[/]: {info['items']} items -> {info['sequences']} sequences, "
-                 f"{info['tokens']:,} tokens" + (f" ({info['held_out']} items held out)" if info["held_out"] else ""))
+        self.say(f"[bold]5. Tokenize[/]: {plural(info['items'], 'item')} -> {plural(info['sequences'], 'sequence')}, "
+                 f"{plural(info['tokens'], 'token')}"
+                 + (f" ({plural(info['held_out'], 'item')} held out)" if info["held_out"] else ""))
 
     def show_validate(self, run, info: dict[str, Any]) -> None:
         m = info["metrics"]

@@ -18,6 +18,7 @@ from .config import Config
 from .errors import ModelError, RetainError
 from .pluginmanager import Registry, default_plugin_manager
 from .store import HOLDOUT, ModelStore
+from .wording import percent, plural
 
 
 @dataclass
@@ -80,22 +81,26 @@ def assess(store: ModelStore, config: Config, pending_items: int = 0, device: st
 
 
 def _new_items(store: ModelStore, config: Config, since: list[str], pending: int) -> Check:
-    learned = 0
+    """New items since the last full training: those learned (trained on, what `retain history`
+    counts as learned) and those held out to measure learning; both are new data."""
+    learned = held = 0
     for version in since:
         counts = store.manifest(version).get("counts", {})
-        learned += int(counts.get("trained", 0)) + int(counts.get("holdout", 0))
+        learned += int(counts.get("trained", 0))
+        held += int(counts.get("holdout", 0))
     limit = config.retrain.max_new_items
-    total = learned + pending
-    numbers = {"learned_since_full_training": learned, "pending": pending, "updates": len(since),
-               "threshold": limit}
-    what = f"{learned:,} new items learned in {len(since)} update(s) since the last full training"
+    total = learned + held + pending
+    numbers = {"new_since_full_training": learned + held, "learned": learned, "held_out": held,
+               "pending": pending, "updates": len(since), "threshold": limit}
+    what = (f"{plural(learned + held, 'new item')} in {plural(len(since), 'update')} since the last full "
+            f"training ({learned:,} learned, {held:,} held out)")
     if pending:
         what += f", {pending:,} more pending"
     if total > limit:
         return Check("new_items", True, f"{what}: {total:,} is more than {limit:,} "
                      "(a major data change)", numbers)
     return Check("new_items", False, f"{what} ({total:,}, at most {limit:,})", numbers,
-                 f"{total:,} new items since the last full training (retrain above {limit:,})")
+                 f"{plural(total, 'new item')} since the last full training (retrain above {limit:,})")
 
 
 def _architecture(store: ModelStore, config: Config, current: str, root: str | None,
@@ -150,12 +155,13 @@ def _retention_drift(store: ModelStore, config: Config, current: str, root: str 
     numbers = {"loss_after_full_training": baseline, "loss_now": now, "drift": drift, "threshold": limit,
                "full_training": root}
     what = (f"held-out base items' loss {baseline:.4f} right after the full training ({root}), "
-            f"{now:.4f} now ({100 * drift:+.1f}%)")
+            f"{now:.4f} now ({percent(drift, limit)})")
     if drift > limit:
-        return Check("retention_drift", True, f"{what}: drifted more than {100 * limit:.0f}% "
+        return Check("retention_drift", True, f"{what}: drifted more than {percent(limit, signed=False)} "
                      "(quality degradation, even if each update passed)", numbers)
-    return Check("retention_drift", False, f"{what}, within {100 * limit:.0f}%", numbers,
-                 f"retention {100 * drift:+.1f}% since the full training (retrain above +{100 * limit:.0f}%)")
+    return Check("retention_drift", False, f"{what}, within {percent(limit, signed=False)}", numbers,
+                 f"retention {percent(drift, limit)} since the full training "
+                 f"(retrain above {percent(limit)})")
 
 
 def _holdout_loss(store: ModelStore, version: str, root: str, config: Config, device: str | None,
@@ -183,11 +189,11 @@ def _rejections(store: ModelStore, config: Config) -> Check:
         streak.append(version)
     numbers = {"rejected_in_row": len(streak), "versions": streak[::-1], "threshold": limit}
     if len(streak) >= limit:
-        return Check("rejections", True, f"the gate rejected the last {len(streak)} updates "
+        return Check("rejections", True, f"the gate rejected the last {plural(len(streak), 'update')} "
                      f"({', '.join(streak[::-1])}): fine-tuning no longer works from this model", numbers)
     if streak:
-        return Check("rejections", False, f"the gate rejected the last {len(streak)} update(s), "
+        return Check("rejections", False, f"the gate rejected the last {plural(len(streak), 'update')}, "
                      f"fewer than {limit} in a row", numbers,
-                     f"{len(streak)} update(s) rejected in a row (retrain at {limit})")
+                     f"{plural(len(streak), 'update')} rejected in a row (retrain at {limit})")
     return Check("rejections", False, "the newest version passed the gate", numbers,
                  "the newest version passed the gate")

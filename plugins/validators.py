@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from retain.core import advice
 from retain.core.hookspecs import hookimpl
 from retain.core.validation import Evidence, Verdict
+from retain.core.wording import percent, plural
 
 
 class Finite:
@@ -51,7 +52,7 @@ class LossTrend:
     def validate(self, ev: Evidence) -> Verdict:
         losses = [x for x in ev.epoch_losses if x is not None]
         if len(losses) < 2:
-            return Verdict("pass", "one epoch: no trend to judge", {"epochs": len(losses)})
+            return Verdict("pass", "1 epoch: no trend to judge", {"epochs": len(losses)})
         tol = self.options.tolerance
         first, last = losses[0], losses[-1]
         rises = [i + 2 for i, (a, b) in enumerate(zip(losses, losses[1:])) if b > a * (1 + tol)]
@@ -63,6 +64,8 @@ class LossTrend:
         if rises:
             return Verdict("warn", f"loss rose in epoch {', '.join(map(str, rises))} ({trail})",
                            numbers, remedy=advice.lower_lr(ev.settings))
+        if last > first:  # within the tolerance: not "fell", which the numbers would contradict
+            return Verdict("pass", f"epoch losses flat, within {percent(tol, signed=False)} ({trail})", numbers)
         return Verdict("pass", f"epoch losses fell ({trail})", numbers)
 
 
@@ -96,14 +99,15 @@ class Retention:
         share = worse / n if n else 0.0
         numbers = {"loss_before": before, "loss_after": after, "relative_change": change,
                    "items": n, "items_worse": worse, "share_worse": share}
-        summary = (f"old items' loss {before:.4f} -> {after:.4f} ({100 * change:+.1f}%), "
-                   f"{worse}/{n} items worse by >{100 * o.item_increase:.0f}%")
+        summary = (f"old items' loss {before:.4f} -> {after:.4f} "
+                   f"({percent(change, o.max_increase, o.warn_increase)}), "
+                   f"{worse}/{n} items worse by >{percent(o.item_increase, signed=False)}")
         if not math.isfinite(after) or change > o.max_increase:
-            return Verdict("fail", f"{summary}: forgetting above {100 * o.max_increase:.0f}%", numbers,
-                           remedy=advice.lower_lr(ev.settings))
+            return Verdict("fail", f"{summary}: forgetting above {percent(o.max_increase, signed=False)}",
+                           numbers, remedy=advice.lower_lr(ev.settings))
         if share > o.max_items_worse:
-            return Verdict("fail", f"{summary}: more than {100 * o.max_items_worse:.0f}% of old items "
-                           "made worse (an average gain must not hide them)", numbers,
+            return Verdict("fail", f"{summary}: more than {percent(o.max_items_worse, signed=False)} of old "
+                           "items made worse (an average gain must not hide them)", numbers,
                            remedy=advice.lower_lr(ev.settings))
         if change > o.warn_increase:
             return Verdict("warn", summary, numbers, remedy=advice.lower_lr(ev.settings))
@@ -134,13 +138,14 @@ class Learning:
             return Verdict("warn", f"no {what}: learning not measured (too few new items to hold any out)")
         drop = (before - after) / before if before else 0.0
         numbers = {"loss_before": before, "loss_after": after, "relative_drop": drop, "items": n}
-        summary = f"{what}' loss {before:.4f} -> {after:.4f} ({-100 * drop:+.1f}%)"
+        summary = f"{what}' loss {before:.4f} -> {after:.4f} ({percent(-drop, -self.options.min_drop)})"
         if math.isfinite(after) and drop >= self.options.min_drop:
             return Verdict("pass", summary, numbers)
         if n and n < self.options.min_items:
-            return Verdict("warn", f"{summary}; only {n} held-out items, too few to gate on", numbers,
+            return Verdict("warn", f"{summary}; only {plural(n, 'held-out item')}, too few to gate on", numbers,
                            remedy=advice.raise_lr(ev.settings))
-        return Verdict("fail", f"{summary}: must fall by at least {100 * self.options.min_drop:.1f}%", numbers,
+        return Verdict("fail", f"{summary}: must fall by at least {percent(self.options.min_drop, signed=False)}",
+                       numbers,
                        remedy=advice.raise_lr(ev.settings))
 
 
@@ -183,7 +188,7 @@ class Generation:
         filled = [r for r in reps if r is not None]
         rep = sum(filled) / len(filled) if filled else 0.0
         numbers = {"repetition": rep, "empty_share": empty, "samples": len(samples)}
-        summary = f"repetition {100 * rep:.0f}%, {100 * empty:.0f}% empty over {len(samples)} samples"
+        summary = f"repetition {100 * rep:.0f}%, {100 * empty:.0f}% empty over {plural(len(samples), 'sample')}"
         first = samples[0].replace("\n", " ")[:60]
         if empty > o.max_empty or rep > o.max_repetition:
             return Verdict("fail", f"degenerate samples: {summary} (e.g. {first!r})", numbers,

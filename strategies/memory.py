@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from retain.core.errors import ConfigError
+from retain.core.errors import ConfigError, PluginError
 from retain.core.strategy import Strategy
 
 
@@ -96,8 +96,13 @@ class Gem(_RememberingStrategy):
     name = "gem"
 
     def avalanche_plugins(self, run) -> list:
+        import qpsolvers
+
         from retain.strategies.adapters import PersistentGEM
 
+        if "quadprog" not in qpsolvers.available_solvers:  # avalanche's GEMPlugin solves with it
+            raise PluginError("strategy 'gem' needs the quadprog QP solver, which is not installed: "
+                              "pip install quadprog")
         o = self.options
         self.plugin = PersistentGEM(o.patterns_per_update, o.memory_strength, o.max_memories, self.memories)
         return [self.plugin]
