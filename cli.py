@@ -1,12 +1,18 @@
 """The ``retain`` command line. User errors become one red line and an exit code here, only here.
 
 Start-up stays fast: torch and avalanche-lib are imported inside the commands
-that train or evaluate, never at module level.
+that train or evaluate, never at module level. What every command shares lives
+here, so a new command gets it by being an ``@app.command()`` with
+``@handle_errors``: the exit codes and the ``--json`` error object
+(``handle_errors``, ``RetainGroup``), the console (``_console``: whole lines in
+logs, tables that fit the terminal), ``-h``/``--help``, help text that reads
+as written, Ctrl-C (``retain/launch.py``).
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import sys
 import time
@@ -14,27 +20,120 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
-from retain.core.errors import EXIT_CODES, RetainError
+from retain import __version__
+from retain.core.errors import EXIT_CODES, USAGE, RetainError, error_object
 
 EXIT_HELP = "Exit codes: " + "; ".join(f"{code} {text}" for code, text in EXIT_CODES.items()) + "."
 
+
+def _reflow(text: Optional[str]) -> Optional[str]:
+    """Docstring paragraphs as one line each: help output wraps them at the terminal's width,
+    instead of breaking where the source line ended."""
+    if not text:
+        return text
+    return "\n\n".join(" ".join(line.strip() for line in para.splitlines())
+                        for para in inspect.cleandoc(text).split("\n\n"))
+
+
+def _untyped_flags(params) -> None:
+    for param in params:
+        if getattr(param, "is_flag", False):
+            param.metavar = ""  # typer would label an option that takes no value "<bool>"
+
+
+class RetainCommand(TyperCommand):
+    """A command of the group (``RetainGroup`` makes every command one)."""
+
+    def get_help_option(self, ctx):
+        option = super().get_help_option(ctx)
+        _untyped_flags([option] if option is not None else [])
+        return option
+
+
+class RetainGroup(TyperGroup):
+    """The ``retain`` group: what every command inherits, whoever adds it.
+
+    - Help reads as written: paragraphs reflowed, flags not labelled ``<bool>``, ``-h``.
+    - A command-line usage error (exit 2) is also the JSON error object on stdout under ``--json``.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        _untyped_flags(self.params)
+        for command in self.commands.values():
+            if type(command) is TyperCommand:
+                command.__class__ = RetainCommand
+            command.help = _reflow(command.help)
+            for param in command.params:
+                param.help = _reflow(getattr(param, "help", None))
+            _untyped_flags(command.params)
+
+    def get_help_option(self, ctx):
+        option = super().get_help_option(ctx)
+        _untyped_flags([option] if option is not None else [])
+        return option
+
+    def main(self, args=None, *rest, **kwargs):
+        argv = sys.argv[1:] if args is None else list(args)
+        self.json_mode = "--json" in argv[:argv.index("--")] if "--" in argv else "--json" in argv
+        return super().main(argv, *rest, **kwargs)
+
+    def make_context(self, *args, **kwargs):
+        with self._usage_errors_as_json():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx):
+        with self._usage_errors_as_json():
+            return super().invoke(ctx)
+
+    def _usage_errors_as_json(self):
+        import contextlib
+
+        @contextlib.contextmanager
+        def guard():
+            try:
+                yield
+            except typer.TyperException as exc:
+                if getattr(self, "json_mode", False) and type(exc).__name__ != "NoArgsIsHelpError":
+                    _emit_json(error_object(getattr(exc, "exit_code", USAGE), "usage", exc.format_message()))
+                raise
+        return guard()
+
+
 app = typer.Typer(
     name="retain",
+    cls=RetainGroup,
     help="Update an existing model with new data only, without forgetting.\n\n" + EXIT_HELP,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["--help", "-h"]},
 )
 
 
-def _console(json_mode: bool, quiet: bool = False):
-    from rich.console import Console
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"retain {__version__}")
+        raise typer.Exit()
 
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True,
+                                       help="Print retain's version and exit.")):
+    pass
+
+
+def _console(json_mode: bool = False, quiet: bool = False):
+    """The console a command prints through (stdout; stderr under --json, where stdout holds
+    the JSON object alone), or None under --quiet. ``render.make_console`` sets the policy:
+    terminal width and narrow-table layout on a terminal, whole lines anywhere else."""
     if quiet:
         return None
-    # In --json mode the JSON object alone goes to stdout; human lines go to stderr.
-    return Console(stderr=json_mode, highlight=False)
+    from retain.render import make_console
+
+    return make_console(stderr=json_mode)
 
 
 def _listeners(json_mode: bool, quiet: bool) -> list:
@@ -47,21 +146,50 @@ def _listeners(json_mode: bool, quiet: bool) -> list:
     return [ConsoleRenderer(console)]
 
 
+def _error_line(message: str) -> None:
+    from rich.markup import escape
+
+    from retain.render import make_console
+
+    make_console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+
+
+def _emit_json(obj: dict) -> None:
+    typer.echo(json.dumps(obj, default=str))
+
+
 def handle_errors(func):
-    """Turn a RetainError into one red line on stderr and its documented exit code."""
+    """Every command's failures, one scheme: a RetainError is one red line on stderr and its
+    documented exit code; under --json the error object (code, kind, message) is also printed
+    on stdout, inside the command's report when the error carries one (a rejected update).
+    Anything else is a bug: its traceback and exit 1 (and the error object under --json)."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        json_mode = bool(kwargs.get("json_out"))
         try:
             return func(*args, **kwargs)
         except RetainError as exc:
-            from rich.console import Console
-
-            Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {exc}")
+            _error_line(str(exc))
+            if json_mode:
+                _emit_json({**(getattr(exc, "report", None) or {}),
+                            **error_object(exc.exit_code, exc.kind, str(exc))})
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
-            typer.echo("interrupted: the current model is unchanged", err=True)
-            raise typer.Exit(130) from None
+            # Only where retain/launch.py's handler is not installed (the app called in-process).
+            from retain.core import errors, interrupts
+
+            message = "interrupted: " + interrupts.UNCHANGED
+            typer.echo(message, err=True)
+            if json_mode:
+                _emit_json(error_object(errors.Interrupted.exit_code, errors.Interrupted.kind, message))
+            raise typer.Exit(errors.Interrupted.exit_code) from None
+        except (typer.Exit, typer.Abort, typer.TyperException):
+            raise
+        except Exception as exc:
+            if json_mode:
+                _emit_json(error_object(1, "internal", f"{type(exc).__name__}: {exc}"))
+            raise
 
     return wrapper
 
@@ -82,15 +210,23 @@ def _load(config: Optional[Path], sets: List[str], block: str, lr: Optional[floa
     return load_config(config, overrides)
 
 
-def _emit(report: dict, json_mode: bool) -> None:
+def _emit(report, json_mode: bool) -> None:
     if json_mode:
-        typer.echo(json.dumps(report, default=str))
+        _emit_json(report)
 
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config (default: the embedded config.yaml).")
 DataOpt = typer.Option(..., "--data", "-d", help="Input: a file, a folder, or NAME:LOCATION (repeatable).")
 ModelOpt = typer.Option(..., "--model", "-m", help="Model directory.")
-JsonOpt = typer.Option(False, "--json", help="Print one JSON object (counts, losses, metrics, version, timings).")
+
+
+def json_option(prints: str):
+    """``--json``, saying what this command prints; every command's errors add the same object."""
+    return typer.Option(False, "--json", help=f"Print {prints} as one JSON object on stdout (human lines go "
+                        "to stderr). On failure: {\"error\": {\"code\", \"kind\", \"message\"}}.")
+
+
+JsonOpt = json_option("the run's report (counts, epoch losses, metrics, verdicts, version, timings)")
 DeviceOpt = typer.Option(None, "--device", help="auto | cpu | cuda (default: config 'device').")
 StrictOpt = typer.Option(False, "--strict", help="Any rejected input record is fatal.")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="Print nothing but errors (and --json).")
@@ -109,13 +245,18 @@ def train(
         "what the first update needs from the base data (replay buffer, importances)."),
     json_out: bool = JsonOpt, device: Optional[str] = DeviceOpt, strict: bool = StrictOpt,
     quiet: bool = QuietOpt,
+    force: bool = typer.Option(False, "--force", help="Train into a directory that holds other files "
+                               "(refused otherwise: it is probably not where the model should go)."),
 ):
-    """Full training from scratch on all data (the full_training block)."""
+    """Full training from scratch on all data (the full_training block).
+
+    Into a new or empty directory, or one holding a retain model (the new model becomes current;
+    the old versions stay, `retain rollback` returns to them)."""
     from retain.core.engine import Engine
 
     cfg = _load(config, set_, "full_training", lr, epochs, batch_size, strategy)
     engine = Engine(cfg, listeners=_listeners(json_out, quiet), device=_device(device), strict=strict)
-    _emit(engine.train(data, model), json_out)
+    _emit(engine.train(data, model, force=force), json_out)
 
 
 @app.command()
@@ -140,16 +281,12 @@ def update(
     A candidate failing a validator is kept as a rejected version with its report, the current
     model stays, and the exit code is 10. Ends with `retain status`'s advice."""
     from retain.core.engine import Engine
-    from retain.core.errors import UpdateRejected
 
     cfg = _load(config, set_, "fine_tuning", lr, epochs, batch_size, strategy)
     engine = Engine(cfg, listeners=_listeners(json_out, quiet), device=_device(device), strict=strict)
-    try:
-        # The retrain advice ends the update; under --quiet nobody reads it (unless --json).
-        report = engine.update(data, model, dry_run=dry_run, wait=wait, advise=json_out or not quiet)
-    except UpdateRejected as exc:
-        _emit(exc.report or {}, json_out)
-        raise
+    # The retrain advice ends the update; under --quiet nobody reads it (unless --json).
+    # A rejection (exit 10) prints its report too, with the error object: handle_errors.
+    report = engine.update(data, model, dry_run=dry_run, wait=wait, advise=json_out or not quiet)
     _emit(report, json_out)
 
 
@@ -164,7 +301,7 @@ def _device(value: Optional[str]) -> Optional[str]:
 @handle_errors
 def demo(
     model: Path = typer.Option(Path("demo-model"), "--model", "-m", help="Where the demo model goes."),
-    json_out: bool = JsonOpt, device: Optional[str] = DeviceOpt,
+    json_out: bool = json_option("the demo's reports (training, update, before/after)"), device: Optional[str] = DeviceOpt,
     set_: List[str] = typer.Option([], "--set", help="Override a config value (repeatable)."),
 ):
     """The whole story on text that ships with Python: train a base model, update it, compare."""
@@ -176,19 +313,21 @@ def demo(
 
 @app.command()
 @handle_errors
-def plugins(json_out: bool = JsonOpt):
+def plugins(json_out: bool = json_option("the list of plugins (name, package, hooks, provides)")):
     """List every registered plugin, its package and the hooks it implements."""
     from retain.core.pluginmanager import default_plugin_manager, describe_plugins
 
     rows = describe_plugins(default_plugin_manager())
     if json_out:
-        typer.echo(json.dumps(rows))
+        _emit_json(rows)
         return
     from rich.table import Table
 
     table = Table(title="retain plugins")
-    for col in ("plugin", "package", "hooks", "provides"):
-        table.add_column(col)
+    table.add_column("plugin", no_wrap=True)
+    table.add_column("package", no_wrap=True)
+    table.add_column("hooks", max_width=24)
+    table.add_column("provides", max_width=40)
     for r in rows:
         table.add_row(r["name"], r["package"], ", ".join(r["hooks"]), ", ".join(r["provides"]))
     _console(False).print(table)
@@ -196,7 +335,8 @@ def plugins(json_out: bool = JsonOpt):
 
 @app.command()
 @handle_errors
-def strategies(json_out: bool = JsonOpt):
+def strategies(json_out: bool = json_option("the list of strategies (name, description, option defaults, "
+                                            "plugin)")):
     """List the anti-forgetting strategies with their options and defaults."""
     from retain.core.pluginmanager import Registry, default_plugin_manager
 
@@ -204,13 +344,14 @@ def strategies(json_out: bool = JsonOpt):
     rows = [{"name": r.name, "description": r.description, "options": r.option_defaults(),
              "plugin": r.plugin} for r in sorted(regs, key=lambda r: r.name)]
     if json_out:
-        typer.echo(json.dumps(rows, default=str))
+        _emit_json(rows)
         return
     from rich.table import Table
 
     table = Table(title="strategies (fine_tuning.strategy, or --strategy a,b)")
-    for col in ("name", "description", "options (defaults)"):
-        table.add_column(col)
+    table.add_column("name", no_wrap=True)
+    table.add_column("description", max_width=48)
+    table.add_column("options (defaults)", max_width=36)
     for r in rows:
         opts = ", ".join(f"{k}={v}" for k, v in r["options"].items()) or "-"
         table.add_row(r["name"], r["description"], opts)
@@ -250,7 +391,8 @@ def compare(
     set_: List[str] = typer.Option([], "--set", help="Override a config value (repeatable)."),
     gate: bool = typer.Option(False, "--gate", help="Text: let the validators reject updates as `retain update` "
                               "does (off: every update is kept, so each strategy's own effect is measured)."),
-    json_out: bool = typer.Option(False, "--json", help="Print the results object as JSON."),
+    json_out: bool = json_option("the results (R matrices, metrics, time and memory per strategy; "
+                                 "also in --out's results.json)"),
     quiet: bool = QuietOpt,
 ):
     """Compare anti-forgetting strategies side by side on one stream of experiences:
@@ -274,13 +416,34 @@ def compare(
 @app.command("config")
 @handle_errors
 def show_config(config: Optional[Path] = ConfigOpt,
-                set_: List[str] = typer.Option([], "--set", help="Override a config value (repeatable).")):
-    """Print the effective configuration (after overrides), as YAML."""
+                set_: List[str] = typer.Option([], "--set", help="Override a config value (repeatable)."),
+                model: Optional[Path] = typer.Option(None, "--model", "-m", help="Show this model's stored "
+                                                     "config (its current version's), not a file's."),
+                json_out: bool = json_option("the configuration")):
+    """Print the effective configuration (after overrides), as YAML, checked as `retain update` checks it.
+
+    Every key and type, and every plugin it names (dedupers, preprocessors, validators, strategies, the
+    model family, options.<name>) must be installed and take those options. `retain config > config.yaml`
+    writes a file to start from."""
+    from retain.core.config import config_from_dict, load_config
+    from retain.core.pluginmanager import Registry, default_plugin_manager
+
+    if model is not None and config is not None:
+        raise typer.BadParameter("give --config or --model, not both", param_hint="--model")
+    if model is not None:
+        from retain.core.store import ModelStore
+
+        store = ModelStore(model)
+        cfg = config_from_dict(store.manifest(store.current()).get("config") or {}, set_)
+    else:
+        cfg = load_config(config, set_)
+    Registry.of(default_plugin_manager()).check_config(cfg)
+    if json_out:
+        _emit_json(cfg.to_dict())
+        return
     import yaml
 
-    from retain.core.config import load_config
-
-    typer.echo(yaml.safe_dump(load_config(config, set_).to_dict(), sort_keys=False))
+    typer.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False), nl=False)
 
 
 # --- the registry: status, history, rollback, validate, prune --------------------------------
@@ -292,7 +455,8 @@ def status(
     set_: List[str] = typer.Option([], "--set", help="Override a config value (repeatable)."),
     data: List[str] = typer.Option([], "--data", "-d", help="Pending new data, counted as new items "
                                    "(after dedupe and preprocessing) toward retrain.max_new_items."),
-    json_out: bool = JsonOpt, device: Optional[str] = DeviceOpt,
+    json_out: bool = json_option("the assessment (retrain or not, summary, each check with its numbers)"),
+    device: Optional[str] = DeviceOpt,
 ):
     """Fine-tune or fully retrain? Says which, and why.
 
@@ -309,7 +473,7 @@ def status(
     pending = _pending_items(data, store, cfg) if data else 0
     assessment = assess(store, cfg, pending_items=pending, device=_device(device))
     if json_out:
-        typer.echo(json.dumps(assessment.to_json(), default=str))
+        _emit_json(assessment.to_json())
         return
     console = _console(False)
     m = store.manifest(current)
@@ -337,7 +501,9 @@ def _pending_items(data: List[str], store, cfg) -> int:
 
 @app.command()
 @handle_errors
-def history(model: Path = ModelOpt, json_out: bool = JsonOpt):
+def history(model: Path = ModelOpt,
+            json_out: bool = json_option("the list of versions (parent, kind, status, items learned, "
+                                         "losses, verdicts, dates)")):
     """Every version: parent, date, kind, items learned, losses, accepted or rejected.
 
     * marks the current version."""
@@ -346,7 +512,7 @@ def history(model: Path = ModelOpt, json_out: bool = JsonOpt):
 
     rows = version_history(ModelStore(model))
     if json_out:
-        typer.echo(json.dumps(rows, default=str))
+        _emit_json(rows)
         return
     from rich import box
     from rich.table import Table
@@ -391,7 +557,7 @@ def rollback(
     version: Optional[str] = typer.Argument(None, help="Version to make current (default: the parent "
                                             "of current). Only accepted, unpruned versions."),
     wait: float = typer.Option(0.0, "--wait", help="Seconds to wait for another writer to finish."),
-    json_out: bool = JsonOpt,
+    json_out: bool = json_option("the previous and the new current version"),
 ):
     """Make an earlier (or any accepted) version current.
 
@@ -402,7 +568,7 @@ def rollback(
 
     before, after = switch(ModelStore(model), version, wait=wait)
     if json_out:
-        typer.echo(json.dumps({"previous": before, "current": after}))
+        _emit_json({"previous": before, "current": after})
     elif before == after:
         typer.echo(f"version {after} is already current")
     else:
@@ -418,7 +584,8 @@ def validate(
                                    "as held-out new items."),
     config: Optional[Path] = ConfigOpt,
     set_: List[str] = typer.Option([], "--set", help="Override a config value (repeatable)."),
-    json_out: bool = JsonOpt, device: Optional[str] = DeviceOpt,
+    json_out: bool = json_option("the result (metrics, each verdict, next steps, passed)"),
+    device: Optional[str] = DeviceOpt,
 ):
     """Run the validators on demand: a version against its parent.
 
@@ -431,9 +598,7 @@ def validate(
 
     cfg = _load(config, set_, "fine_tuning", None, None, None)
     result = validate_version(Engine(cfg, device=_device(device)), ModelStore(model), version, data)
-    if json_out:
-        typer.echo(json.dumps(result, default=str))
-    else:
+    if not json_out:
         console = _console(False)
         m = result["metrics"]
         console.print(f"version {result['version']} vs its parent {result['parent']}: old items "
@@ -448,18 +613,21 @@ def validate(
             console.print(f"  [{color}]{v['status']}[/] {v['validator']}: {v['reason']}", highlight=False)
         for step in result["next_steps"]:
             console.print(f"  [bold]next step[/]: {step['step']}", highlight=False)
-    if not result["passed"]:
-        raise typer.Exit(UpdateRejected.exit_code)
+    if not result["passed"]:  # exit 10; under --json the result is printed with the error object
+        failed = ", ".join(v["validator"] for v in result["verdicts"] if v["status"] == "fail")
+        raise UpdateRejected(f"version {result['version']} fails the quality gate (failed: {failed})", result)
+    _emit(result, json_out)
 
 
 @app.command()
 @handle_errors
 def prune(
     model: Path = ModelOpt,
-    keep: int = typer.Option(..., "--keep", help="How many of the newest accepted versions to keep whole."),
+    keep: int = typer.Option(..., "--keep", min=1, help="How many of the newest accepted versions to keep "
+                             "whole (at least 1)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show what would go; change nothing."),
     wait: float = typer.Option(0.0, "--wait", help="Seconds to wait for another writer to finish."),
-    json_out: bool = JsonOpt,
+    json_out: bool = json_option("the plan (versions kept whole, kept as stubs, deleted) and dry_run"),
 ):
     """Keep the last N accepted versions (and current); stub or delete the rest.
 
@@ -471,7 +639,7 @@ def prune(
 
     plan = prune_versions(ModelStore(model), keep, dry_run=dry_run, wait=wait)
     if json_out:
-        typer.echo(json.dumps({**plan.to_json(), "dry_run": dry_run}))
+        _emit_json({**plan.to_json(), "dry_run": dry_run})
         return
     verb = "would " if dry_run else ""
     typer.echo(f"kept whole: {', '.join(plan.keep) or '-'}")
@@ -480,6 +648,10 @@ def prune(
 
 
 def main() -> None:
+    from retain.launch import install, quiet_library_warnings
+
+    install()  # already done by the console script; here for `python -m retain.cli`
+    quiet_library_warnings()
     app()
 
 

@@ -6,6 +6,7 @@ them, so a typo or a wrong type is one ``ConfigError`` naming the key.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import math
@@ -264,9 +265,25 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ConfigError(f"{where} is not valid YAML: {exc}".splitlines()[0]) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: the top level must be a mapping of config keys")
+    return config_from_dict(data, overrides)
+
+
+def config_from_dict(data: dict, overrides: list[str] | None = None) -> Config:
+    """A checked ``Config`` from a raw mapping (a YAML file's, a model's stored one) and overrides."""
+    data = copy.deepcopy(data)
     for item in overrides or []:
         key, value = parse_override(item)
         apply_override(data, key, value)
+    return build_dataclass(Config, data)
+
+
+def with_values(config: Config, values: dict[str, Any]) -> Config:
+    """A new, checked ``Config``: ``config`` with ``{"fine_tuning.epochs": 2, ...}`` set
+    (None values are skipped); ``config`` itself is not changed."""
+    data = config.to_dict()
+    for key, value in values.items():
+        if value is not None:
+            apply_override(data, key.split("."), value)
     return build_dataclass(Config, data)
 
 

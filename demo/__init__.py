@@ -95,7 +95,7 @@ def run_demo(model_dir: Path, console=None, device: str | None = None, overrides
     say = console.print if console is not None else (lambda *a, **k: None)
 
     say("\n[bold cyan]== Full training: base model on the Python language reference ==[/]", highlight=False)
-    trained = engine.train([str(data_dir / "base.jsonl")], model_dir)
+    trained = engine.train([str(data_dir / "base.jsonl")], model_dir, force=True)  # (demo-data/ is ours)
     say("\n[bold cyan]== Fine-tuning: 45 new items (module docstrings, with duplicates) ==[/]", highlight=False)
     updated = engine.update([str(data_dir / "new.jsonl")], model_dir)
 

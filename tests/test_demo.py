@@ -13,7 +13,7 @@ from retain.core.items import text_hash
 from conftest import TINY
 
 
-def test_demo_batch_has_the_seed_shape():
+def test_demo_batch_has_the_design_documents_shape():
     base = base_corpus()
     batch = new_batch(base)
     assert len(batch) == N_NEW + N_DUPES == 45

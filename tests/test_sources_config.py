@@ -96,7 +96,7 @@ def test_normalized_hash_ignores_case_space_and_unicode_form():
     assert text_hash("a b") != text_hash("ab")
 
 
-def test_config_defaults_match_the_seed():
+def test_config_defaults_match_the_design_document():
     cfg = load_config()
     assert (cfg.fine_tuning.learning_rate, cfg.fine_tuning.epochs, cfg.fine_tuning.batch_size,
             cfg.fine_tuning.max_seq_length) == (0.0001, 3, 8, 512)
