@@ -7,8 +7,12 @@
     trainer.fine_tune(new_data, epochs=3, lr=0.0001)
     trainer.save_model('models/my-model')
 
-A thin layer over the engine: ``fine_tune`` runs every step but the save,
-``save_model`` the save. With ``verbose`` the CLI's renderer prints the steps.
+A thin layer over the engine: ``fine_tune`` runs every step but the save and
+returns the report with the gate's verdict (``report["gate"]``), ``save_model`` the
+save. It checks what the command line checks: ``epochs``, ``lr`` and ``strategy``
+are config values (a ``ConfigError`` for ``lr=nan`` or ``epochs=-1``) and hold for
+that call only; a path that is not a model is a ``ModelError``. With ``verbose``
+the CLI's renderer prints the steps.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterable
 
-from retain.core.config import Config, load_config
+from retain.core.config import Config, load_config, with_values
 from retain.core.engine import Engine
 from retain.core.errors import ModelError, SourceError
 from retain.core.gate import raise_if_rejected
@@ -30,17 +34,23 @@ from retain.core.store import ModelStore
 class ModelTrainer:
     def __init__(self, config: str | Path | Config | None = None, *, device: str | None = None,
                  verbose: bool = True, overrides: list[str] | None = None, pm=None):
-        """``config``: a YAML path, a ``Config``, or None for the embedded defaults."""
+        """``config``: a YAML path (``retain config > config.yaml`` writes the defaults to start
+        from), a ``Config``, or None for the embedded defaults."""
         self.config = config if isinstance(config, Config) else load_config(config, overrides)
-        listeners = []
+        self.listeners = []
         if verbose:
             from retain.render import ConsoleRenderer
-            listeners.append(ConsoleRenderer.for_terminal())
-        self.engine = Engine(self.config, pm=pm, device=device, listeners=listeners)
+            self.listeners.append(ConsoleRenderer.for_terminal())
+        self.pm, self.device = pm, device
+        self.engine = self._engine(self.config)
         self.path: Path | None = None
         self.loaded: LoadedVersion | None = None
         self.pending: Run | None = None
+        self.pending_engine: Engine | None = None
         self.last_report: dict | None = None
+
+    def _engine(self, config: Config) -> Engine:
+        return Engine(config, pm=self.pm, device=self.device, listeners=self.listeners)
 
     @property
     def model(self):
@@ -55,43 +65,44 @@ class ModelTrainer:
         self.pending = None
         return self
 
-    def train(self, data: Iterable[Any], path: str | Path, *, epochs: int | None = None,
-              lr: float | None = None) -> dict:
-        """Full training from scratch on ``data`` (strings or dicts); saves into ``path``."""
-        block = self.config.full_training
-        block.epochs = epochs or block.epochs
-        block.learning_rate = lr or block.learning_rate
-        items, rejects = python_items(data)
+    def train(self, data: Iterable[Any] | str, path: str | Path, *, epochs: int | None = None,
+              lr: float | None = None, force: bool = False) -> dict:
+        """Full training from scratch on ``data`` (strings or dicts); saves into ``path``.
+        ``epochs`` and ``lr`` hold for this call only."""
+        config = with_values(self.config, {"full_training.epochs": epochs, "full_training.learning_rate": lr})
+        items, rejects = python_items(_as_items(data))
         self._check_rejects(rejects)
-        report = self.engine.train([], path, items=items)
+        report = self._engine(config).train([], path, items=items, force=force)
         self.load_model(path)
         self.last_report = report
         return report
 
-    def fine_tune(self, new_data: Iterable[Any], epochs: int | None = None, lr: float | None = None,
+    def fine_tune(self, new_data: Iterable[Any] | str, epochs: int | None = None, lr: float | None = None,
                   strategy: list[str] | str | None = None) -> dict:
-        """One update cycle on ``new_data`` (strings, or dicts with a ``text`` field).
+        """One update cycle on ``new_data`` (strings, or dicts with a ``text`` field; a single
+        string is one item). ``epochs``, ``lr`` and ``strategy`` hold for this call only.
 
-        The fine-tuned model stays in memory until ``save_model``; the report
-        (counts, epoch losses, before/after metrics) is returned.
+        The fine-tuned model stays in memory until ``save_model``. Returns the report: counts,
+        epoch losses, before/after metrics, the verdicts, and ``gate``: "accepted", or
+        "rejected" (``save_model`` will then keep it as a rejected version and raise
+        ``UpdateRejected``), or None when there was nothing new to learn.
         """
         if self.loaded is None or self.path is None:
             raise ModelError("no model loaded: call load_model(path) first")
         if self.pending is not None:
             raise ModelError("this trainer holds an unsaved fine-tune: call save_model() first")
-        block = self.config.fine_tuning
-        if epochs is not None:
-            block.epochs = epochs
-        if lr is not None:
-            block.learning_rate = lr
-        if strategy is not None:
-            block.strategy = [strategy] if isinstance(strategy, str) else list(strategy)
-        items, rejects = python_items(new_data)
+        if isinstance(strategy, str):
+            strategy = [s.strip() for s in strategy.split(",") if s.strip()]
+        config = with_values(self.config, {"fine_tuning.epochs": epochs, "fine_tuning.learning_rate": lr,
+                                           "fine_tuning.strategy": strategy})
+        engine = self._engine(config) if config != self.config else self.engine
+        items, rejects = python_items(_as_items(new_data))
         self._check_rejects(rejects)
-        with self.engine.listening():
-            run = self.engine.prepare(FINE_TUNING, [], ModelStore(self.path), self.loaded, items=items)
-        self.pending = run if run.trained else None
+        with engine.listening():
+            run = engine.prepare(FINE_TUNING, [], ModelStore(self.path), self.loaded, items=items)
+        self.pending, self.pending_engine = (run, engine) if run.trained else (None, None)
         self.last_report = run.report()
+        self.last_report["gate"] = ("accepted" if run.accepted else "rejected") if run.trained else None
         return self.last_report
 
     def save_model(self, path: str | Path | None = None) -> str | None:
@@ -100,26 +111,26 @@ class ModelTrainer:
         Saving to a new directory first copies the loaded model directory there,
         so the copy keeps its history and ledger. Returns the version name.
         """
-        if self.pending is None:
+        if self.pending is None or self.pending_engine is None:
             raise ModelError("nothing to save: fine_tune() has not produced a new model")
         target = Path(path) if path is not None else self.path
         assert self.path is not None and self.loaded is not None
+        store, engine = ModelStore(target), self.pending_engine  # (a file: ModelError)
         if target.resolve() != self.path.resolve():
             if target.exists() and any(target.iterdir()):
                 raise ModelError(f"{target} is not empty; save into the loaded model directory "
                                  f"({self.path}) or into a new one")
             shutil.copytree(self.path, target, ignore=shutil.ignore_patterns(".lock"), dirs_exist_ok=True)
-        store = ModelStore(target)
-        with self.engine.listening(), store.lock():
+        with engine.listening(), store.lock():
             store.recover()
             if store.current() != self.loaded.version:
                 raise ModelError(f"{target} moved to version {store.current()} since this model "
                                  f"was loaded ({self.loaded.version}); load it again")
             self.pending.model_dir = store.root
             try:
-                report = self.engine.commit(self.pending, store)
+                report = engine.commit(self.pending, store)
             finally:
-                self.pending = None
+                self.pending, self.pending_engine = None, None
         self.last_report = report
         raise_if_rejected(report, store)
         self.load_model(target)
@@ -130,3 +141,8 @@ class ModelTrainer:
         if rejects:
             r = rejects[0]
             raise SourceError(f"{len(rejects)} items of new_data are unusable; item {r.line}: {r.reason}")
+
+
+def _as_items(data: Iterable[Any] | str) -> Iterable[Any]:
+    """A bare string is one item, not a sequence of one-character items."""
+    return [data] if isinstance(data, (str, dict)) else data

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from retain import ModelTrainer, RetainError
+from retain import ConfigError, ModelError, ModelTrainer, RetainError, UpdateRejected
 from retain.core.config import load_config
 from retain.core.store import ModelStore
 
 from conftest import TINY
 
 
-def test_manual_fine_tuning_as_in_the_seed(base_model, new_texts):
+def test_manual_fine_tuning_as_in_the_design_document(base_model, new_texts):
     trainer = ModelTrainer(load_config(None, TINY), verbose=False)
     trainer.load_model(base_model)
     new_data = new_texts[:20] + [{"text": new_texts[20], "source": "wiki"}]
@@ -43,3 +43,58 @@ def test_bad_items_in_python_data_are_reported(base_model):
     trainer = ModelTrainer(load_config(None, TINY), verbose=False).load_model(base_model)
     with pytest.raises(RetainError, match="item 2"):
         trainer.fine_tune(["fine text", 42])
+
+
+# --- the command line's checks, in the API ----------------------------------------------------
+
+@pytest.mark.parametrize("kwargs, key", [({"lr": float("nan")}, "fine_tuning.learning_rate"),
+                                         ({"epochs": -1}, "fine_tuning.epochs"),
+                                         ({"epochs": 0}, "fine_tuning.epochs"),
+                                         ({"strategy": "nonesuch"}, "nonesuch")],
+                         ids=["lr-nan", "epochs-negative", "epochs-zero", "unknown-strategy"])
+def test_bad_arguments_raise_before_anything_runs(base_model, kwargs, key):
+    from retain import PluginError
+
+    trainer = ModelTrainer(load_config(None, TINY), verbose=False).load_model(base_model)
+    with pytest.raises((ConfigError, PluginError), match=key):
+        trainer.fine_tune(["some new text to learn from, long enough"], **kwargs)
+    assert ModelStore(base_model).versions() == ["0001"]
+
+
+def test_arguments_of_one_call_do_not_carry_over(base_model, new_texts):
+    trainer = ModelTrainer(load_config(None, TINY), verbose=False).load_model(base_model)
+    first = trainer.fine_tune(new_texts[:12], lr=5e-5, epochs=1)
+    assert first["settings"]["learning_rate"] == 5e-5 and len(first["epoch_losses"]) == 1
+    trainer.save_model()
+    second = trainer.fine_tune(new_texts[12:24])
+    assert second["settings"]["learning_rate"] == trainer.config.fine_tuning.learning_rate == 1e-4
+    assert len(second["epoch_losses"]) == trainer.config.fine_tuning.epochs == 2
+
+
+def test_a_bare_string_is_one_item(base_model, new_texts):
+    trainer = ModelTrainer(load_config(None, TINY), verbose=False).load_model(base_model)
+    report = trainer.fine_tune(new_texts[0])
+    assert report["counts"]["collected"] == 1
+
+
+def test_fine_tune_returns_the_gates_verdict_before_the_save(base_model, new_texts):
+    trainer = ModelTrainer(load_config(None, [*TINY, "options.learning.min_drop=0.99"]), verbose=False)
+    report = trainer.load_model(base_model).fine_tune(new_texts[:20])
+    assert report["gate"] == "rejected"
+    assert any(v["validator"] == "learning" and v["status"] == "fail" for v in report["verdicts"])
+    with pytest.raises(UpdateRejected):
+        trainer.save_model()
+    assert ModelStore(base_model).current() == "0001"   # kept as a rejected version, not current
+    good = ModelTrainer(load_config(None, TINY), verbose=False).load_model(base_model)
+    assert good.fine_tune(new_texts[20:40], lr=0.002)["gate"] == "accepted"
+
+
+def test_a_path_that_is_not_a_model_raises_model_error(tmp_path):
+    trainer = ModelTrainer(verbose=False)
+    weights = tmp_path / "model.pth"
+    weights.write_bytes(b"\x80\x02")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for path in (weights, empty, tmp_path / "missing"):
+        with pytest.raises(ModelError):
+            trainer.load_model(path)
