@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 import resource
+import shutil
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -26,6 +27,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from retain.core import interrupts
 from retain.core.config import Config
 from retain.core.errors import ConfigError, PluginError
 from retain.core.pluginmanager import Registry, default_plugin_manager
@@ -85,8 +87,13 @@ def check_strategies(names: list[str], registry: Registry, config: Config) -> No
 # --- one strategy's run (worker process, or this one with --jobs 1) -------------------------
 
 def _init_worker(threads: int) -> None:
+    import signal
+
     import torch
 
+    # Ctrl-C reaches the whole process group: the parent handles it (and ends the workers),
+    # a worker must not print a KeyboardInterrupt traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
 
 
@@ -104,7 +111,11 @@ def run_one(label: str, scenario: Any, stream: Any, config: Config, seed: int) -
     started = time.perf_counter()
     hashes = stream.fingerprints()
     with tempfile.TemporaryDirectory(prefix="retain-compare-") as tmp:
-        result = scenario.run(label.split("+"), stream, config, seed, Path(tmp))
+        token = interrupts.on_interrupt(lambda: shutil.rmtree(tmp, ignore_errors=True))
+        try:
+            result = scenario.run(label.split("+"), stream, config, seed, Path(tmp))
+        finally:
+            interrupts.release(token)
     result.update(strategy=label, data_hashes=hashes, wall_seconds=time.perf_counter() - started,
                   peak_rss_mib=_peak_rss_mib(), pid=os.getpid())
     return result
@@ -144,10 +155,13 @@ def run_compare(req: CompareRequest, *, console=None) -> dict:
         with ProcessPoolExecutor(max_workers=req.jobs, mp_context=get_context("spawn"),
                                  initializer=_init_worker, initargs=(threads,),
                                  max_tasks_per_child=1) as pool:
+            # An interrupt ends this process at once (core/interrupts.py): end the workers with it.
+            token = interrupts.on_interrupt(lambda: [p.kill() for p in list((pool._processes or {}).values())])
             futures = {pool.submit(run_one, *a): a[0] for a in args}
             for fut in as_completed(futures):
                 results[futures[fut]] = fut.result()
                 say(f"  {futures[fut]}: done in {results[futures[fut]]['wall_seconds']:.1f}s")
+            interrupts.release(token)
     summary = summarize(req, stream, config, req.strategies, results, time.perf_counter() - started)
     summary["notes"] = notes
     return summary
