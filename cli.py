@@ -11,6 +11,7 @@ as written, Ctrl-C (``retain/launch.py``).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import json
@@ -88,18 +89,14 @@ class RetainGroup(TyperGroup):
         with self._usage_errors_as_json():
             return super().invoke(ctx)
 
+    @contextlib.contextmanager
     def _usage_errors_as_json(self):
-        import contextlib
-
-        @contextlib.contextmanager
-        def guard():
-            try:
-                yield
-            except typer.TyperException as exc:
-                if getattr(self, "json_mode", False) and type(exc).__name__ != "NoArgsIsHelpError":
-                    _emit_json(error_object(getattr(exc, "exit_code", USAGE), "usage", exc.format_message()))
-                raise
-        return guard()
+        try:
+            yield
+        except typer.TyperException as exc:  # click's usage errors (exit 2), raised as parsing fails
+            if getattr(self, "json_mode", False) and type(exc).__name__ != "NoArgsIsHelpError":
+                _emit_json(error_object(getattr(exc, "exit_code", USAGE), "usage", exc.format_message()))
+            raise
 
 
 app = typer.Typer(
