@@ -129,9 +129,12 @@ def update(
     strategy: Optional[str] = typer.Option(None, "--strategy", help="e.g. low_lr or replay,ewc"),
     json_out: bool = JsonOpt, device: Optional[str] = DeviceOpt, strict: bool = StrictOpt,
     quiet: bool = QuietOpt,
-    dry_run: bool = typer.Option(False, "--dry-run", help="Everything but the save, and nothing is "
-                                 "written at all (no version, no ledger rows, no rejects lines); "
-                                 "still exits 10 if the gate would reject."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Say what the update would learn (items read, "
+                                 "rejected, duplicates, held out) without loading the model's weights, "
+                                 "training or writing anything; takes about a second."),
+    check: bool = typer.Option(False, "--check", help="Train and validate, but save nothing at all (no "
+                               "version, no ledger rows, no rejects lines); exits 10 if the gate would "
+                               "reject."),
     wait: float = typer.Option(0.0, "--wait", help="Seconds to wait for another writer to finish."),
 ):
     """One fine-tuning cycle on new data only: load, collect, dedupe, preprocess, tokenize,
@@ -142,11 +145,14 @@ def update(
     from retain.core.engine import Engine
     from retain.core.errors import UpdateRejected
 
+    if dry_run and check:
+        raise typer.BadParameter("--dry-run trains nothing, --check trains and validates: pick one")
     cfg = _load(config, set_, "fine_tuning", lr, epochs, batch_size, strategy)
     engine = Engine(cfg, listeners=_listeners(json_out, quiet), device=_device(device), strict=strict)
     try:
         # The retrain advice ends the update; under --quiet nobody reads it (unless --json).
-        report = engine.update(data, model, dry_run=dry_run, wait=wait, advise=json_out or not quiet)
+        report = engine.update(data, model, dry_run=dry_run, check=check, wait=wait,
+                               advise=json_out or not quiet)
     except UpdateRejected as exc:
         _emit(exc.report or {}, json_out)
         raise

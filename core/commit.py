@@ -14,7 +14,9 @@ import json
 import time
 from typing import Any
 
+from .evaluation import kept_retention
 from .items import Item
+from .retention import RETENTION
 from .run import Run
 from .store import HOLDOUT, ModelStore, now_iso
 from .strategy import write_state
@@ -32,6 +34,8 @@ def commit(run: Run, store: ModelStore, dedupers: list[tuple[str, Any]], replace
             writer.write_text(HOLDOUT, "".join(
                 json.dumps({"text": it.text, "hash": it.hash, "origin": it.origin}, ensure_ascii=False) + "\n"
                 for it in run.holdout))
+        kept = kept_retention(run, writer.name)
+        writer.write_text(RETENTION, kept.to_jsonl())
         for strategy in run.strategies:  # state_dict() is taken here, before update_finished
             write_state(writer, strategy)
         for _, deduper in dedupers:
@@ -44,7 +48,7 @@ def commit(run: Run, store: ModelStore, dedupers: list[tuple[str, Any]], replace
         # Ledger rows first: they count only once CURRENT's chain includes this version.
         store.ledger.add(writer.name, [(it.hash, "train", it.source, it.origin) for it in run.items]
                          + [(it.hash, "holdout", it.source, it.origin) for it in run.holdout])
-        writer.finish(manifest(run, report, entry, status))
+        writer.finish({**manifest(run, report, entry, status), "retention": kept.manifest_entry()})
     except BaseException:
         writer.abandon()
         raise
@@ -61,6 +65,7 @@ def manifest(run: Run, report: dict, entry: dict, status: str) -> dict:
         "counts": report["counts"], "metrics": report["metrics"], "epoch_losses": report["epoch_losses"],
         "verdicts": report["verdicts"], "strategies": report["strategies"], "timings": report["timings"],
         "data_hash": data_hash(run.items), "run": run.id, "replaces": report.get("replaces"),
+        "settings": report.get("settings"), "precision": run.precision,
     }
 
 

@@ -81,6 +81,9 @@ class RetrainConfig:
 class Config:
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # bf16 autocast for training and scoring. auto: bf16 on a CUDA device that supports it,
+    # fp32 on CPU (measured slower in bf16 on CPUs without native bf16; BENCHMARKS.md).
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     model: ModelConfig = field(default_factory=ModelConfig)
     fine_tuning: FineTuningConfig = field(default_factory=FineTuningConfig)
     full_training: FullTrainingConfig = field(default_factory=FullTrainingConfig)

@@ -8,9 +8,10 @@ run starts from (the random init for a full training), ``after`` the candidate.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from . import retention
 from .ingest import sample
 from .store import ModelStore
 from .validation import Evidence
@@ -21,36 +22,65 @@ if TYPE_CHECKING:
     from .contracts import LanguageModel
 
 
-def score_texts(lm: "LanguageModel", texts: list[str], max_len: int, device=None,
-                batch_size: int = 32) -> "torch.Tensor | None":
-    """Mean token loss of each text (shape ``[len(texts)]``, float64), in eval mode."""
-    import torch
+# Rows per scoring batch are bounded by tokens (rows x width), not by a row count: long texts
+# go in small batches, short ones in large ones. Few large batches keep the cores busy; the
+# logits of one batch (tokens x vocabulary floats) bound it, and out of memory halves it.
+SCORE_TOKENS = 8192
 
-    from .lm import IGNORE_INDEX
+
+def score_texts(lm: "LanguageModel", texts: list[str], max_len: int, device=None,
+                batch_tokens: int = SCORE_TOKENS, precision: str = "fp32") -> "torch.Tensor | None":
+    """Mean token loss of each text (shape ``[len(texts)]``, float64), in eval mode, under
+    ``inference_mode``; ``precision`` "bf16" runs the forward under bf16 autocast."""
+    from .retry import is_out_of_memory
 
     if not texts:
         return None
     rows = lm.encode(texts, max_len)
     model = lm.module
     device = device or next(model.parameters()).device
-    total = torch.zeros(len(texts), dtype=torch.float64)
-    count = torch.zeros(len(texts), dtype=torch.float64)
-    order = torch.argsort((rows.y != IGNORE_INDEX).sum(1))  # similar lengths together: less padding
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            for start in range(0, len(order), batch_size):
-                idx = order[start:start + batch_size]
-                yb = rows.y[idx]
-                width = int((yb != IGNORE_INDEX).sum(1).max())
-                xb, yb = rows.x[idx, :width].to(device), yb[:, :width].to(device)
-                losses = lm.token_losses(model(xb), yb)
-                total.index_add_(0, rows.owner[idx], losses.sum(1).double().cpu())
-                count.index_add_(0, rows.owner[idx], (yb != IGNORE_INDEX).sum(1).double().cpu())
+        while True:
+            try:
+                return _score_rows(lm, rows, len(texts), device, batch_tokens, precision)
+            except RuntimeError as exc:
+                if not is_out_of_memory(exc) or batch_tokens <= max_len:
+                    raise
+            batch_tokens //= 2  # outside the except block: the failed batch's tensors are freed
     finally:
         model.train(was_training)
+
+
+def _score_rows(lm, rows, n_texts: int, device, batch_tokens: int, precision: str):
+    import torch
+
+    from .lm import IGNORE_INDEX, autocast
+
+    total = torch.zeros(n_texts, dtype=torch.float64)
+    count = torch.zeros(n_texts, dtype=torch.float64)
+    lengths = (rows.y != IGNORE_INDEX).sum(1)
+    order = torch.argsort(lengths, descending=True)  # similar lengths together: little padding
+    with torch.inference_mode(), autocast(device, precision):
+        start = 0
+        while start < len(order):
+            width = max(1, int(lengths[order[start]]))
+            idx = order[start:start + max(1, batch_tokens // width)]
+            start += len(idx)
+            xb, yb = rows.x[idx, :width].to(device), rows.y[idx, :width].to(device)
+            losses = lm.token_losses(lm.module(xb).float(), yb)
+            total.index_add_(0, rows.owner[idx], losses.sum(1).double().cpu())
+            count.index_add_(0, rows.owner[idx], (yb != IGNORE_INDEX).sum(1).double().cpu())
     return total / count.clamp(min=1)
+
+
+def score_unique(lm: "LanguageModel", texts: list[str], max_len: int, device=None,
+                 precision: str = "fp32") -> dict[str, float]:
+    """``{text: loss}`` for every distinct text: several sets scored in one pass."""
+    unique = list(dict.fromkeys(texts))
+    losses = score_texts(lm, unique, max_len, device, precision=precision)
+    return {} if losses is None else dict(zip(unique, losses.tolist()))
 
 
 def retention_texts(store: ModelStore, chain: list[str], cap: int, seed: int) -> list[str]:
@@ -64,14 +94,27 @@ class Scores:
 
     retention: "torch.Tensor | None"
     new: "torch.Tensor | None"
+    also: dict[str, float] = field(default_factory=dict)  # other texts scored in the same pass
+    stored: bool = False  # the retention losses were read from the version, not scored
 
     @staticmethod
     def mean(t) -> float | None:
         return None if t is None else float(t.mean())
 
 
-def measure(lm: "LanguageModel", retention: list[str], new: list[str], max_len: int, device=None) -> Scores:
-    return Scores(score_texts(lm, retention, max_len, device), score_texts(lm, new, max_len, device))
+def measure(lm: "LanguageModel", retention: list[str], new: list[str], max_len: int, device=None,
+            precision: str = "fp32", known: list[float] | None = None, also: list[str] = ()) -> Scores:
+    """Losses on ``retention`` and ``new`` (and ``also``), every distinct text scored once, in
+    one pass; ``known``: the retention losses already scored (stored with the version)."""
+    import torch
+
+    scores = score_unique(lm, [*(retention if known is None else []), *new, *also], max_len, device, precision)
+
+    def pick(texts: list[str]):
+        return torch.tensor([scores[t] for t in texts], dtype=torch.float64) if texts else None
+
+    kept = torch.tensor(known, dtype=torch.float64) if known is not None and retention else pick(retention)
+    return Scores(kept, pick(new), {t: scores[t] for t in also}, stored=known is not None)
 
 
 def metrics(before: Scores, after: Scores, retention_items: int, new_items: int) -> dict[str, Any]:
@@ -94,21 +137,57 @@ def evidence(kind: str, lm: "LanguageModel", settings, before: Scores, after: Sc
 
 def measure_before(run, store: ModelStore) -> dict:
     """The starting model's losses: on the retention set and this run's held-out new items
-    (for a full training: the random init on the held-out base items)."""
+    (for a full training: the random init on the held-out base items). The parent's losses
+    on its retention set are read from the parent version when it scored them the same way."""
     cfg = run.config
+    known = None
     if run.full:
         run.retention_texts, run.new_texts = [it.text for it in run.holdout], []
     else:
-        run.retention_texts = retention_texts(store, store.chain(run.parent), cfg.validation.eval_max_items,
-                                              cfg.seed)
+        run.retention = retention.load(store, run.parent, cfg.validation.eval_max_items, cfg.seed)
+        run.retention_texts = run.retention.texts
         run.new_texts = [it.text for it in run.holdout]
-    run.before = measure(run.lm, run.retention_texts, run.new_texts, run.settings.max_seq_length, run.device)
-    return {"retention_items": len(run.retention_texts), "new_items": len(run.new_texts)}
+        known = run.retention.losses(scoring(run))
+    run.before = measure(run.lm, run.retention_texts, run.new_texts, run.settings.max_seq_length, run.device,
+                         run.precision, known)
+    return {"retention_items": len(run.retention_texts), "new_items": len(run.new_texts),
+            "retention_stored": run.before.stored}
 
 
-def measure_after(run) -> Evidence:
-    """The candidate's losses on the same texts, and the evidence for the validators."""
-    run.after = measure(run.lm, run.retention_texts, run.new_texts, run.settings.max_seq_length, run.device)
+def measure_after(run, store: ModelStore) -> Evidence:
+    """The candidate's losses on the same texts, and the evidence for the validators. Also
+    its loss on the last full training's held-out items (``base_holdout_loss``): the retrain
+    advice's drift, measured here once so that ``retain status`` needs no model."""
+    seq_len = run.settings.max_seq_length
+    base_texts = [] if run.full else retention.base_holdout(store, run.parent)[1]
+    same_pass = base_texts if seq_len == run.lm.context else []  # the drift scores at full context
+    run.after = measure(run.lm, run.retention_texts, run.new_texts, seq_len, run.device, run.precision,
+                        also=same_pass)
     run.metrics = metrics(run.before, run.after, len(run.retention_texts), len(run.new_texts))
+    if base_texts:
+        losses = run.after.also or score_unique(run.lm, base_texts, run.lm.context, run.device, run.precision)
+        run.metrics["base_holdout_loss"] = sum(losses[t] for t in base_texts) / len(base_texts)
     return evidence(run.kind, run.lm, run.settings, run.before, run.after, run.epoch_losses, run.timings,
                     run.metrics)
+
+
+def scoring_key(max_len: int, precision: str, device) -> dict[str, Any]:
+    """How texts are scored: stored losses are reused only when scored the same way."""
+    return {"max_len": max_len, "precision": precision, "device": getattr(device, "type", str(device))}
+
+
+def scoring(run) -> dict[str, Any]:
+    return scoring_key(run.settings.max_seq_length, run.precision, run.device)
+
+
+def kept_retention(run, version: str) -> "retention.RetentionSet":
+    """The retention set the candidate, saved as ``version``, keeps for its own updates,
+    with its losses on every item."""
+    v, cfg = run.config.validation, run.config
+    losses: dict[str, float] = {}
+    for texts, scores in ((run.retention_texts, run.after.retention), (run.new_texts, run.after.new)):
+        if scores is not None:
+            losses.update(zip(texts, scores.tolist()))
+    held = [{"text": it.text, "hash": it.hash, "origin": it.origin} for it in run.holdout]
+    return retention.extend(None if run.full else run.retention, held, version, v.eval_max_items,
+                            cfg.seed, losses, scoring(run))

@@ -109,10 +109,11 @@ def validate_version(engine: Any, store: ModelStore, version: str | None, data: 
     """Run the configured validators on ``version`` (default: current) against its parent,
     with the items of ``data`` as held-out new items. Reads only."""
     from .errors import SourceError
-    from .evaluation import evidence, measure, metrics, retention_texts
+    from . import retention
+    from .evaluation import evidence, measure, metrics, scoring_key
     from .gate import judge
     from .ingest import collect, preprocess
-    from .models import load_version, resolve_device
+    from .models import load_version, resolve_device, resolve_precision
     from .strategy import TrainSettings
 
     cfg, registry = engine.config, engine.registry
@@ -131,10 +132,13 @@ def validate_version(engine: Any, store: ModelStore, version: str | None, data: 
         raise SourceError("no usable items in --data to validate with")
     seen = store.ledger.find([it.hash for it in items], store.chain(version))
     store.ledger.close()
-    old = retention_texts(store, store.chain(parent), cfg.validation.eval_max_items, cfg.seed)
-    new = [it.text for it in items]
+    kept = retention.load(store, parent, cfg.validation.eval_max_items, cfg.seed)
+    old, new = kept.texts, [it.text for it in items]
     seq_len = min(cfg.fine_tuning.max_seq_length, cand.lm.context)
-    before, after = measure(base.lm, old, new, seq_len, device), measure(cand.lm, old, new, seq_len, device)
+    precision = resolve_precision(cfg.precision, device)
+    before = measure(base.lm, old, new, seq_len, device, precision,
+                     kept.losses(scoring_key(seq_len, precision, device)))
+    after = measure(cand.lm, old, new, seq_len, device, precision)
     numbers = metrics(before, after, len(old), len(new))
     settings = _settings(store, version, manifest, TrainSettings)
     ev = evidence("fine_tuning", cand.lm, settings, before, after, list(manifest.get("epoch_losses", [])),
@@ -148,7 +152,13 @@ def validate_version(engine: Any, store: ModelStore, version: str | None, data: 
 
 
 def _settings(store: ModelStore, version: str, manifest: dict, cls) -> Any:
-    """The run's TrainSettings (from its report), for remedies with this run's numbers."""
+    """The run's TrainSettings (from its manifest, or its report for older versions), for
+    remedies with this run's numbers."""
+    if isinstance(manifest.get("settings"), dict):
+        try:
+            return cls(**manifest["settings"])
+        except TypeError:
+            pass
     if "report.json" in manifest.get("files", {}):
         report = json.loads(store.verified_path(version, "report.json", manifest).read_text(encoding="utf-8"))
         if isinstance(report.get("settings"), dict):

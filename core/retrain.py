@@ -142,9 +142,12 @@ def _retention_drift(store: ModelStore, config: Config, current: str, root: str 
     if baseline is None or HOLDOUT not in manifest.get("files", {}):
         return Check("retention_drift", False, f"version {root} kept no held-out base items: "
                      "drift not measured", {})
+    stored = store.manifest(current).get("metrics", {}).get("base_holdout_loss")
     if current == root:
         now = baseline
-    else:
+    elif isinstance(stored, (int, float)):  # measured by the update that made it: no model to load
+        now = float(stored)
+    else:  # a version from before updates stored it
         now = _holdout_loss(store, current, root, config, device, registry)
     drift = (now - baseline) / baseline if baseline else 0.0
     numbers = {"loss_after_full_training": baseline, "loss_now": now, "drift": drift, "threshold": limit,

@@ -290,6 +290,7 @@ class ModelStore:
         self.root = Path(root)
         self.versions_dir = self.root / "versions"
         self.ledger = Ledger(self.root / "ledger.sqlite")
+        self._manifests: dict[str, tuple[tuple[int, int, int], dict]] = {}
 
     # --- reading -----------------------------------------------------------
     def exists(self) -> bool:
@@ -315,7 +316,23 @@ class ModelStore:
                       if p.is_dir() and not p.name.startswith("."))
 
     def manifest(self, version: str) -> dict:
+        """The version's manifest, checked; shared, do not modify it. Parsed once per process
+        while the file is unchanged (a stat decides: prune rewrites a stub's manifest), since
+        several steps of every update walk the chain, a year of daily versions long."""
         path = self.versions_dir / version / MANIFEST
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            raise ModelError(f"version {version}: {MANIFEST} is missing") from None
+        key = (st.st_mtime_ns, st.st_size, st.st_ino)
+        cached = self._manifests.get(version)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        data = self._read_manifest(version, path)
+        self._manifests[version] = (key, data)
+        return data
+
+    def _read_manifest(self, version: str, path: Path) -> dict:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:

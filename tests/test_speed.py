@@ -1,0 +1,134 @@
+"""What makes an update fast, checked for what it computes (never for how long it takes):
+generation with a key/value cache, scoring in token-bounded batches, the parent's retention
+losses reused, the training stack's import reported apart, seconds per validator."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+from retain.core import retention
+from retain.core.config import load_config
+from retain.core.engine import Engine
+from retain.core.evaluation import score_texts
+from retain.core.hookspecs import hookimpl
+from retain.core.models import load_version
+from retain.core.store import ModelStore
+from retain.plugins.gpt import Architecture, TransformerModel
+
+from conftest import TINY, write_jsonl
+
+
+def _naive_greedy(model, prompt: list[int], n: int) -> list[int]:
+    idx = torch.tensor([prompt])
+    for _ in range(n):
+        idx = torch.cat([idx, model(idx)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return idx[0, len(prompt):].tolist()
+
+
+def test_cached_batched_generation_matches_one_prompt_at_a_time_without_a_cache():
+    torch.manual_seed(0)
+    model = TransformerModel(Architecture(vocab_size=60, n_layer=2, n_head=2, d_model=16, context=48)).eval()
+    with torch.no_grad():  # larger weights than the init's: the next token depends on the whole context
+        for p in model.parameters():
+            p.mul_(15)
+    prompts = [[1, 2, 3, 4, 5, 6, 7], [9], [30, 31, 32]]  # different lengths: left padding in one batch
+    fast = model.generate(prompts, 12, temperature=0)
+    assert fast == [_naive_greedy(model, p, 12) for p in prompts]
+    # Stops as soon as every row has produced a stop token.
+    first = {row[0] for row in fast}
+    assert all(len(row) == 1 for row in model.generate(prompts, 12, temperature=0, stop=frozenset(first)))
+    # Prompt and output never exceed the learned positions.
+    assert all(len(row) == 47 for row in model.generate(prompts, 200, temperature=0))
+
+
+def test_sampled_generation_is_seeded(base_model):
+    lm = load_version(ModelStore(base_model)).lm
+    a = lm.generate(["The", "In this"], max_new_tokens=8, temperature=0.8, seed=3)
+    b = lm.generate(["The", "In this"], max_new_tokens=8, temperature=0.8, seed=3)
+    assert [s.tokens for s in a] == [s.tokens for s in b] and all(s.tokens for s in a)
+
+
+def test_scoring_in_large_batches_matches_one_text_at_a_time(base_model, old_texts):
+    lm = load_version(ModelStore(base_model)).lm
+    texts = old_texts[:9] + ["short", "x" * 900]  # a long text splits into several rows
+    together = score_texts(lm, texts, 64, batch_tokens=4096)
+    tiny_batches = score_texts(lm, texts, 64, batch_tokens=1)
+    alone = torch.cat([score_texts(lm, [t], 64) for t in texts])
+    assert torch.allclose(together, alone, rtol=1e-5) and torch.allclose(tiny_batches, alone, rtol=1e-5)
+
+
+def test_reservoir_keeps_a_uniform_sample_of_every_held_out_item():
+    # 60 versions of 10 held-out items each, a cap of 50: each of the 600 items should be kept
+    # with probability 50/600, whichever version held it out.
+    kept_from = [0] * 60
+    for trial in range(200):
+        current = None
+        for v in range(60):
+            held = [{"text": f"{v}-{i}", "hash": f"{v}-{i}", "origin": ""} for i in range(10)]
+            current = retention.extend(current, held, f"{v:04d}", 50, seed=trial)
+            assert len(current.items) == min(50, 10 * (v + 1)) and current.seen == 10 * (v + 1)
+        for row in current.items:
+            kept_from[int(row["text"].split("-")[0])] += 1
+    early, late = sum(kept_from[:20]), sum(kept_from[40:])
+    expected = 200 * 50 / 3  # a third of the versions, each holding a third of the sample
+    assert abs(early - expected) < 0.1 * expected and abs(late - expected) < 0.1 * expected
+
+
+def test_losses_are_stored_only_when_every_item_has_one():
+    held = [{"text": t, "hash": t, "origin": ""} for t in "abc"]
+    full = retention.extend(None, held, "0001", 10, 0, {"a": 1.0, "b": 2.0, "c": 3.0}, {"max_len": 8})
+    assert full.losses({"max_len": 8}) == [1.0, 2.0, 3.0] and full.losses({"max_len": 16}) is None
+    partial = retention.extend(None, held, "0001", 10, 0, {"a": 1.0}, {"max_len": 8})
+    assert partial.scored is None and partial.losses({"max_len": 8}) is None
+
+
+def test_update_reuses_the_parents_stored_retention_losses(base_model, new_texts, tmp_path):
+    cfg = load_config(None, TINY)
+    store = ModelStore(base_model)
+    first = Engine(cfg).update([str(write_jsonl(tmp_path / "a.jsonl", new_texts[:15]))], base_model)
+    kept = retention.load(store, first["version"], cfg.validation.eval_max_items, cfg.seed)
+    assert kept.scored is not None and len(kept.items) == first["metrics"]["retention_items"] + 3
+
+    events = []
+
+    class Listener:
+        @hookimpl
+        def step_finished(self, run, step, info, seconds):
+            events.append((step, dict(info)))
+
+    second = Engine(cfg, listeners=[Listener()]).update(
+        [str(write_jsonl(tmp_path / "b.jsonl", new_texts[15:30]))], base_model)
+    before = dict(events)["evaluate_before"]
+    assert before["retention_stored"] is True
+    # The stored losses are what scoring the parent again gives, item by item.
+    parent = load_version(store, first["version"]).lm
+    again = score_texts(parent, kept.texts, cfg.fine_tuning.max_seq_length)
+    assert torch.allclose(torch.tensor([r["loss"] for r in kept.items], dtype=torch.float64), again, rtol=1e-5)
+    assert second["metrics"]["retention_loss_before"] == pytest.approx(float(again.mean()), rel=1e-6)
+    # Scored another way (here a shorter max_len), they are scored again.
+    events.clear()
+    Engine(load_config(None, [*TINY, "fine_tuning.max_seq_length=32"]), listeners=[Listener()]).update(
+        [str(write_jsonl(tmp_path / "c.jsonl", new_texts[30:45]))], base_model)
+    assert dict(events)["evaluate_before"]["retention_stored"] is False
+
+
+def test_import_is_a_step_of_its_own_and_validators_are_timed(base_model, new_texts, tmp_path):
+    report = Engine(load_config(None, TINY)).update([str(write_jsonl(tmp_path / "a.jsonl", new_texts[:12]))],
+                                                    base_model)
+    steps = list(report["timings"])
+    assert steps.index("evaluate_before") < steps.index("import") < steps.index("train")
+    assert all(v["seconds"] is not None and v["seconds"] >= 0 for v in report["verdicts"])
+    saved = json.loads((base_model / "versions" / report["version"] / "report.json").read_text())
+    assert [v["validator"] for v in saved["verdicts"]] == load_config(None, TINY).validators
+    assert all("seconds" in v for v in saved["verdicts"])
+
+
+def test_preload_hands_back_the_import_error():
+    from retain.core.preload import Preload
+
+    with pytest.raises(ModuleNotFoundError):
+        Preload("retain.no_such_module_%d" % random.randrange(10**6)).wait()
