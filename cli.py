@@ -464,6 +464,8 @@ def prune(
     model: Path = ModelOpt,
     keep: int = typer.Option(..., "--keep", help="How many of the newest accepted versions to keep whole."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show what would go; change nothing."),
+    keep_full_trainings: bool = typer.Option(False, "--keep-full-trainings",
+                                             help="Keep every accepted full training whole too."),
     wait: float = typer.Option(0.0, "--wait", help="Seconds to wait for another writer to finish."),
     json_out: bool = JsonOpt,
 ):
@@ -471,11 +473,13 @@ def prune(
 
     The last N accepted versions and current stay whole. Their ancestors, and the streak of
     rejected versions after the newest accepted one, stay as stubs without weights: the ledger
-    (dedupe), the retention items and the drift baseline need them. The rest is deleted."""
+    (dedupe), the retention items and the drift baseline need them. The rest is deleted.
+    Config `prune.keep_last` (and `prune.keep_full_trainings`) applies this after every update."""
     from retain.core.registry import prune as prune_versions
     from retain.core.store import ModelStore
 
-    plan = prune_versions(ModelStore(model), keep, dry_run=dry_run, wait=wait)
+    plan = prune_versions(ModelStore(model), keep, dry_run=dry_run, wait=wait,
+                          keep_full_trainings=keep_full_trainings)
     if json_out:
         typer.echo(json.dumps({**plan.to_json(), "dry_run": dry_run}))
         return

@@ -27,7 +27,7 @@ def commit(run: Run, store: ModelStore, dedupers: list[tuple[str, Any]], replace
     started = time.perf_counter()
     report = run.report()
     status = "accepted" if run.accepted else "rejected"
-    writer = store.begin_version()
+    writer = store.begin_version(parent=run.parent)
     try:
         entry = run.lm.save(writer)
         if run.holdout:

@@ -78,6 +78,16 @@ class RetrainConfig:
 
 
 @dataclass
+class PruneConfig:
+    """The keep policy, applied after every saved version (``retain prune`` applies it by hand):
+    the last ``keep_last`` accepted versions stay whole, older ones become stubs (no weights)
+    or go. 0 keeps everything."""
+
+    keep_last: int = 0
+    keep_full_trainings: bool = True   # every accepted full training stays whole too
+
+
+@dataclass
 class Config:
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -93,6 +103,7 @@ class Config:
     validators: list[str] = field(default_factory=lambda: [
         "finite", "loss_trend", "retention", "learning", "generation", "duration"])
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
     # Options of each plugin, by the name it registered (sources, strategies, ...).
     # Checked against that plugin's own options dataclass when it is built.
     options: dict[str, dict] = field(default_factory=dict)
@@ -202,7 +213,7 @@ def build_dataclass(cls: type, data: dict | None, prefix: str = "") -> Any:
             raise ConfigError(f"config key '{full}': must be > 0, got {value!r}")
         if full in _FRACTIONS and not 0 <= kwargs[key] < 1:
             raise ConfigError(f"config key '{full}': must be in [0, 1), got {value!r}")
-        if full in ("validation.retention_max", "validation.holdout_max") and kwargs[key] < 0:
+        if full in ("validation.retention_max", "validation.holdout_max", "prune.keep_last") and kwargs[key] < 0:
             raise ConfigError(f"config key '{full}': must be >= 0, got {value!r}")
     obj = cls(**kwargs)
     if cls is FineTuningConfig:

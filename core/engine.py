@@ -31,6 +31,7 @@ from .models import (LoadedVersion, count_parameters, load_version, prepare_mode
 from .plugin_errors import reports_plugin_errors
 from .preload import Preload
 from .pluginmanager import Registry, default_plugin_manager
+from .registry import auto_prune
 from .run import FINE_TUNING, FULL_TRAINING, Run
 from .store import ModelStore
 from .strategy import build_strategies
@@ -172,7 +173,11 @@ class Engine:
         with self._strategies_registered(run):
             with self._step(run, "save") as info:
                 report = commit(run, store, self.dedupers, replaces)
-                info.update(version=report["version"], status=report["status"], current=store.current())
+                pruned = auto_prune(store, self.config)  # the keep policy, if configured
+                if pruned is not None:
+                    report["pruned"] = pruned.to_json()
+                info.update(version=report["version"], status=report["status"], current=store.current(),
+                            pruned=report.get("pruned"))
             try:
                 self.pm.hook.update_finished(run=run, report=report)
             except Exception as exc:  # the version is saved: a listener failing cannot undo that

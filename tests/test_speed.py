@@ -132,3 +132,18 @@ def test_preload_hands_back_the_import_error():
 
     with pytest.raises(ModuleNotFoundError):
         Preload("retain.no_such_module_%d" % random.randrange(10**6)).wait()
+
+
+def test_status_reads_the_drift_the_update_measured(base_model, new_texts, tmp_path):
+    from retain.core.retrain import assess
+    from retain.core.store import HOLDOUT
+
+    cfg = load_config(None, TINY)
+    report = Engine(cfg).update([str(write_jsonl(tmp_path / "a.jsonl", new_texts[:12]))], base_model)
+    store = ModelStore(base_model)
+    stored = store.manifest(report["version"])["metrics"]["base_holdout_loss"]
+    lm = load_version(store).lm
+    texts = [r["text"] for r in store.read_jsonl("0001", HOLDOUT)]
+    assert stored == pytest.approx(float(score_texts(lm, texts, lm.context).mean()), rel=1e-6)
+    drift = next(c for c in assess(store, cfg).checks if c.name == "retention_drift")
+    assert drift.numbers["loss_now"] == stored
