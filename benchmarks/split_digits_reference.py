@@ -1,8 +1,8 @@
 """Split-Digits: retain compare against avalanche-lib's own strategies, and the engine's overhead.
 
 Part 1 runs Naive, EWC and Replay on Split-Digits (class- and task-incremental)
-twice per seed: through ``retain compare``'s Python API (retain's fit, retain's
-strategies with their state carried between experiences by state_dict) and
+twice per seed: through ``retain compare``'s Python API (the split-digits scenario, retain's
+strategies rebuilt each experience with their state carried by state_dict) and
 through avalanche-lib's strategy classes directly (avalanche.training.Naive,
 EWC, Replay: one template for the whole stream). Same MLP and initial weights,
 same data, optimizer (AdamW, weight decay 0), learning rate, batch size,
@@ -18,7 +18,9 @@ far), class- and task-incremental, and prints its tables.
 
 Part 2 times one training run of the same MLP three ways, alternating, and
 reports medians and ratios: a bare PyTorch loop, avalanche's Naive template,
-and retain's ``training.fit`` (template + EngineLoop plugin).
+and the split-digits scenario's ``train_experience`` (avalanche's SupervisedTemplate
+built per experience, as compare runs it; the LM engine's own loop is measured by
+the speed benchmark on token batches).
 
     .venv/bin/python benchmarks/split_digits_reference.py            # ~3 minutes on 2 cores
     .venv/bin/python benchmarks/split_digits_reference.py --seeds 0 1 --repeats 3
@@ -142,7 +144,7 @@ def part2(repeats: int, epochs: int) -> dict:
     x, y, t = (torch.cat([p[k] for p in parts]) for k in range(3))
     iterations = epochs * -(-len(x) // BATCH)
     runs = {"bare PyTorch loop": _bare_loop, "avalanche Naive template": _avalanche_naive,
-            "retain training.fit": _retain_fit}
+            "retain split-digits train_experience": _retain_fit}
     times: dict[str, list[float]] = {k: [] for k in runs}
     for rep in range(repeats + 1):  # the first round warms up and is dropped
         order = list(runs) if rep % 2 == 0 else list(reversed(runs))

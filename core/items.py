@@ -27,10 +27,11 @@ def text_hash(text: str) -> str:
 class Item:
     """One unit of training data and where it came from."""
 
-    text: str
+    text: str                 # what the model learns (after preprocessing: the cleaned text)
     source: str = ""          # plugin name, e.g. "jsonl"
     file: str = ""            # file path or other locator
     line: int | None = None   # 1-based line (or record) number, when there is one
+    # anything else the source knows about the record; not hashed, not compared
     meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
@@ -49,11 +50,11 @@ class Item:
 class Reject:
     """Input that could not be used, and why. Goes to the rejects file, never silently away."""
 
-    reason: str
-    source: str = ""
-    file: str = ""
-    line: int | None = None
-    excerpt: str = ""
+    reason: str               # why the record could not be used: one line, shown to the user
+    source: str = ""          # the source's name, e.g. "jsonl"
+    file: str = ""            # file path or other locator
+    line: int | None = None   # 1-based line (or record) number, when there is one
+    excerpt: str = ""         # the record's first 200 characters, to find it
 
     @classmethod
     def of(cls, item: Item, reason: str) -> "Reject":
