@@ -147,3 +147,20 @@ def test_status_reads_the_drift_the_update_measured(base_model, new_texts, tmp_p
     assert stored == pytest.approx(float(score_texts(lm, texts, lm.context).mean()), rel=1e-6)
     drift = next(c for c in assess(store, cfg).checks if c.name == "retention_drift")
     assert drift.numbers["loss_now"] == stored
+
+
+def test_training_import_defers_what_avalanche_imports_but_an_update_never_uses():
+    # In a fresh process: the engine's background import leaves qpsolvers, wandb and gdown
+    # unexecuted (jax, pulled in by qpsolvers, is not imported at all), and each still works
+    # when first used: GEM's solver, a user's own `import wandb`.
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom retain.core.preload import Preload\nPreload().wait()\n"
+            "print(sorted(n for n in ('qpsolvers', 'wandb', 'gdown') if type(sys.modules[n]).__name__ == '_LazyModule'))\n"
+            "print('jax' in sys.modules)\n"
+            "import numpy as np, qpsolvers\n"
+            "x = qpsolvers.solve_qp(np.eye(2), np.array([-1.0, -1.0]), solver='quadprog')\n"
+            "import wandb\nprint([round(float(v), 6) for v in x], isinstance(wandb.__version__, str))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == ["['gdown', 'qpsolvers', 'wandb']", "False", "[1.0, 1.0] True"]
