@@ -14,7 +14,7 @@ import json
 import time
 from typing import Any
 
-from .evaluation import kept_retention
+from .evaluation import held_out_rows, kept_retention, scoring
 from .items import Item
 from .retention import RETENTION
 from .run import Run
@@ -30,11 +30,10 @@ def commit(run: Run, store: ModelStore, dedupers: list[tuple[str, Any]], replace
     writer = store.begin_version(parent=run.parent)
     try:
         entry = run.lm.save(writer)
-        if run.holdout:
-            writer.write_text(HOLDOUT, "".join(
-                json.dumps({"text": it.text, "hash": it.hash, "origin": it.origin}, ensure_ascii=False) + "\n"
-                for it in run.holdout))
-        kept = kept_retention(run, writer.name)
+        held = held_out_rows(run)  # with the candidate's loss on each: a drift baseline, a retention seed
+        if held:
+            writer.write_text(HOLDOUT, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in held))
+        kept = kept_retention(run, writer.name, held)
         writer.write_text(RETENTION, kept.to_jsonl())
         for strategy in run.strategies:  # state_dict() is taken here, before update_finished
             write_state(writer, strategy)
@@ -48,7 +47,8 @@ def commit(run: Run, store: ModelStore, dedupers: list[tuple[str, Any]], replace
         # Ledger rows first: they count only once CURRENT's chain includes this version.
         store.ledger.add(writer.name, [(it.hash, "train", it.source, it.origin) for it in run.items]
                          + [(it.hash, "holdout", it.source, it.origin) for it in run.holdout])
-        writer.finish({**manifest(run, report, entry, status), "retention": kept.manifest_entry()})
+        writer.finish({**manifest(run, report, entry, status), "retention": kept.manifest_entry(),
+                       "holdout_scored": scoring(run) if held else None})
     except BaseException:
         writer.abandon()
         raise

@@ -64,7 +64,9 @@ class ValidationConfig:
     retention_max: int = 200
     holdout_fraction: float = 0.1
     holdout_max: int = 100
-    eval_max_items: int = 256
+    eval_max_items: int = 256   # the retention pool kept with each version: a uniform sample of every held-out item
+    eval_min_items: int = 32    # an update scores at least this many of the pool (all, if fewer) ...
+    eval_budget: float = 0.1    # ... then more while scoring costs at most this share of training
 
 
 @dataclass
@@ -117,6 +119,7 @@ _POSITIVE = {
     "fine_tuning.learning_rate", "fine_tuning.epochs", "fine_tuning.batch_size",
     "fine_tuning.max_seq_length", "full_training.learning_rate", "full_training.epochs",
     "full_training.batch_size", "full_training.max_seq_length", "validation.eval_max_items",
+    "validation.eval_min_items",
     "retrain.max_new_items", "retrain.max_retention_drift", "retrain.max_rejected_in_row",
 }
 _FRACTIONS = {"validation.retention_fraction", "validation.holdout_fraction", "model.dropout"}
@@ -213,7 +216,8 @@ def build_dataclass(cls: type, data: dict | None, prefix: str = "") -> Any:
             raise ConfigError(f"config key '{full}': must be > 0, got {value!r}")
         if full in _FRACTIONS and not 0 <= kwargs[key] < 1:
             raise ConfigError(f"config key '{full}': must be in [0, 1), got {value!r}")
-        if full in ("validation.retention_max", "validation.holdout_max", "prune.keep_last") and kwargs[key] < 0:
+        if full in ("validation.retention_max", "validation.holdout_max", "validation.eval_budget",
+                    "prune.keep_last") and kwargs[key] < 0:
             raise ConfigError(f"config key '{full}': must be >= 0, got {value!r}")
     obj = cls(**kwargs)
     if cls is FineTuningConfig:

@@ -8,6 +8,7 @@ run starts from (the random init for a full training), ``after`` the candidate.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -103,18 +104,33 @@ class Scores:
 
 
 def measure(lm: "LanguageModel", retention: list[str], new: list[str], max_len: int, device=None,
-            precision: str = "fp32", known: list[float] | None = None, also: list[str] = ()) -> Scores:
+            precision: str = "fp32", known: list[float | None] | None = None, also: list[str] = ()) -> Scores:
     """Losses on ``retention`` and ``new`` (and ``also``), every distinct text scored once, in
-    one pass; ``known``: the retention losses already scored (stored with the version)."""
+    one pass. ``known``: retention losses already scored (stored with the version; None where
+    not), only the others are scored."""
     import torch
 
-    scores = score_unique(lm, [*(retention if known is None else []), *new, *also], max_len, device, precision)
+    known = list(known) if known is not None else [None] * len(retention)
+    todo = [t for t, k in zip(retention, known) if k is None]
+    scores = score_unique(lm, [*todo, *new, *also], max_len, device, precision)
 
     def pick(texts: list[str]):
         return torch.tensor([scores[t] for t in texts], dtype=torch.float64) if texts else None
 
-    kept = torch.tensor(known, dtype=torch.float64) if known is not None and retention else pick(retention)
-    return Scores(kept, pick(new), {t: scores[t] for t in also}, stored=known is not None)
+    kept = [k if k is not None else scores[t] for t, k in zip(retention, known)]
+    return Scores(torch.tensor(kept, dtype=torch.float64) if retention else None, pick(new),
+                  {t: scores[t] for t in also}, stored=bool(retention) and not todo)
+
+
+def token_counts(lm: "LanguageModel", texts: list[str], max_len: int) -> list[int]:
+    """How many tokens scoring each text costs (its rows' real positions)."""
+    if not texts:
+        return []
+    rows = lm.encode(texts, max_len)
+    counts = [0] * len(texts)
+    for owner, n in zip(rows.owner.tolist(), rows.lengths()):
+        counts[owner] += n
+    return counts
 
 
 def metrics(before: Scores, after: Scores, retention_items: int, new_items: int) -> dict[str, Any]:
@@ -137,36 +153,78 @@ def evidence(kind: str, lm: "LanguageModel", settings, before: Scores, after: Sc
 
 def measure_before(run, store: ModelStore) -> dict:
     """The starting model's losses: on the retention set and this run's held-out new items
-    (for a full training: the random init on the held-out base items). The parent's losses
-    on its retention set are read from the parent version when it scored them the same way."""
-    cfg = run.config
-    known = None
+    (for a full training: the random init on the held-out base items).
+
+    An update scores the first items of the parent's retention pool: at least
+    ``validation.eval_min_items``, then more while scoring them (forward only) costs at
+    most ``validation.eval_budget`` of training (forward and backward: 3x a forward, per
+    token and epoch), so that measuring stays a small share of the update. The parent's
+    losses on them are read from the parent version when it scored them the same way."""
     if run.full:
         run.retention_texts, run.new_texts = [it.text for it in run.holdout], []
-    else:
-        run.retention = retention.load(store, run.parent, cfg.validation.eval_max_items, cfg.seed)
-        run.retention_texts = run.retention.texts
-        run.new_texts = [it.text for it in run.holdout]
-        known = run.retention.losses(scoring(run))
-    run.before = measure(run.lm, run.retention_texts, run.new_texts, run.settings.max_seq_length, run.device,
-                         run.precision, known)
-    return {"retention_items": len(run.retention_texts), "new_items": len(run.new_texts),
-            "retention_stored": run.before.stored}
+        run.before = measure(run.lm, run.retention_texts, [], run.settings.max_seq_length, run.device,
+                             run.precision)
+        return {"retention_items": len(run.retention_texts), "new_items": 0, "retention_stored": 0}
+    v, seq_len = run.config.validation, run.settings.max_seq_length
+    pool = retention.load(store, run.parent, v.eval_max_items, run.config.seed)
+    missing = [r for r in pool.items if "tokens" not in r]
+    for row, n in zip(missing, token_counts(run.lm, [r["text"] for r in missing], seq_len)):
+        row["tokens"] = n
+    run.new_texts = [it.text for it in run.holdout]
+    run.drift = drift_set(store, run.parent, v.eval_min_items, run.config.seed)
+    fixed = sum(token_counts(run.lm, run.new_texts + [r["text"] for r in run.drift.items], seq_len))
+    budget = v.eval_budget * 3 * run.settings.epochs * run.rows.tokens - fixed
+    k = retention.budgeted([r["tokens"] for r in pool.items], budget, v.eval_min_items)
+    run.retention = pool
+    run.retention_texts = pool.texts[:k]
+    known = pool.losses(scoring(run))[:k]
+    run.before = measure(run.lm, run.retention_texts, run.new_texts, seq_len, run.device, run.precision, known)
+    return {"retention_items": k, "retention_pool": len(pool.items), "new_items": len(run.new_texts),
+            "retention_stored": sum(x is not None for x in known)}
+
+
+@dataclass
+class DriftSet:
+    """The last full training's held-out items an update measures drift on."""
+
+    root: str | None
+    items: list[dict]
+    scored: dict | None = None  # how the full training scored its own ``loss`` on each (None: it did not)
+
+    @property
+    def paired(self) -> bool:
+        return bool(self.scored) and all(r.get("loss") is not None for r in self.items)
+
+
+def drift_set(store: ModelStore, parent: str, n: int, seed: int) -> DriftSet:
+    """A seeded sample of ``n`` of the full training's held-out items when it stored its own
+    loss on each (the drift is paired with those), else all of them (compared with their
+    mean, as for versions written before losses were stored)."""
+    root, rows, scored = retention.base_holdout(store, parent)
+    drift = DriftSet(root, rows, scored)
+    if drift.paired and len(rows) > n:
+        drift.items = [rows[i] for i in sorted(random.Random(seed).sample(range(len(rows)), n))]
+    return drift
 
 
 def measure_after(run, store: ModelStore) -> Evidence:
     """The candidate's losses on the same texts, and the evidence for the validators. Also
-    its loss on the last full training's held-out items (``base_holdout_loss``): the retrain
-    advice's drift, measured here once so that ``retain status`` needs no model."""
+    its drift since the last full training (``base_holdout_loss`` against
+    ``base_holdout_baseline``), measured here once so that ``retain status`` needs no model."""
     seq_len = run.settings.max_seq_length
-    base_texts = [] if run.full else retention.base_holdout(store, run.parent)[1]
-    same_pass = base_texts if seq_len == run.lm.context else []  # the drift scores at full context
+    drift = run.drift or DriftSet(None, [])
+    drift_texts = [r["text"] for r in drift.items]
+    drift_len = (drift.scored or {}).get("max_len", run.lm.context)  # as the full training scored them
+    same_pass = drift_texts if drift_len == seq_len else []
     run.after = measure(run.lm, run.retention_texts, run.new_texts, seq_len, run.device, run.precision,
                         also=same_pass)
     run.metrics = metrics(run.before, run.after, len(run.retention_texts), len(run.new_texts))
-    if base_texts:
-        losses = run.after.also or score_unique(run.lm, base_texts, run.lm.context, run.device, run.precision)
-        run.metrics["base_holdout_loss"] = sum(losses[t] for t in base_texts) / len(base_texts)
+    if drift_texts:
+        losses = run.after.also or score_unique(run.lm, drift_texts, drift_len, run.device, run.precision)
+        baseline = (sum(r["loss"] for r in drift.items) / len(drift.items) if drift.paired
+                    else store.manifest(drift.root)["metrics"]["retention_loss_after"])
+        run.metrics.update(base_holdout_loss=sum(losses[t] for t in drift_texts) / len(drift_texts),
+                           base_holdout_baseline=baseline, base_holdout_items=len(drift_texts))
     return evidence(run.kind, run.lm, run.settings, run.before, run.after, run.epoch_losses, run.timings,
                     run.metrics)
 
@@ -180,14 +238,24 @@ def scoring(run) -> dict[str, Any]:
     return scoring_key(run.settings.max_seq_length, run.precision, run.device)
 
 
-def kept_retention(run, version: str) -> "retention.RetentionSet":
-    """The retention set the candidate, saved as ``version``, keeps for its own updates,
-    with its losses on every item."""
-    v, cfg = run.config.validation, run.config
-    losses: dict[str, float] = {}
-    for texts, scores in ((run.retention_texts, run.after.retention), (run.new_texts, run.after.new)):
-        if scores is not None:
-            losses.update(zip(texts, scores.tolist()))
-    held = [{"text": it.text, "hash": it.hash, "origin": it.origin} for it in run.holdout]
-    return retention.extend(None if run.full else run.retention, held, version, v.eval_max_items,
-                            cfg.seed, losses, scoring(run))
+def held_out_rows(run) -> list[dict]:
+    """The run's held-out items as its version keeps them, each with the candidate's loss."""
+    scores = run.after.retention if run.full else run.after.new
+    losses = scores.tolist() if scores is not None else [None] * len(run.holdout)
+    counts = token_counts(run.lm, [it.text for it in run.holdout], run.settings.max_seq_length)
+    return [{"text": it.text, "hash": it.hash, "origin": it.origin, "tokens": n, "loss": loss}
+            for it, n, loss in zip(run.holdout, counts, losses)]
+
+
+def kept_retention(run, version: str, held: list[dict]) -> "retention.RetentionSet":
+    """The retention pool the candidate, saved as ``version``, keeps for its own updates:
+    the parent's with ``held`` drawn in, the candidate's loss on every item it scored."""
+    parent = None
+    if not run.full and run.retention is not None:
+        scored = dict(zip(run.retention_texts, run.after.retention.tolist() if run.after.retention is not None
+                          else []))
+        items = [{**{k: v for k, v in r.items() if k != "loss"},
+                  **({"loss": scored[r["text"]]} if r["text"] in scored else {})} for r in run.retention.items]
+        parent = retention.RetentionSet(items, run.retention.seen, run.retention.cap)
+    return retention.extend(parent, held, version, run.config.validation.eval_max_items, run.config.seed,
+                            scoring(run))

@@ -135,11 +135,13 @@ def validate_version(engine: Any, store: ModelStore, version: str | None, data: 
     seen = store.ledger.find([it.hash for it in items], store.chain(version))
     store.ledger.close()
     kept = retention.load(store, parent, cfg.validation.eval_max_items, cfg.seed)
-    old, new = kept.texts, [it.text for it in items]
+    scored = manifest.get("metrics", {}).get("retention_items")  # what the update scored, else the pool
+    k = scored if isinstance(scored, int) else len(kept.items)
+    old, new = kept.texts[:k], [it.text for it in items]
     seq_len = min(cfg.fine_tuning.max_seq_length, cand.lm.context)
     precision = resolve_precision(cfg.precision, device)
     before = measure(base.lm, old, new, seq_len, device, precision,
-                     kept.losses(scoring_key(seq_len, precision, device)))
+                     kept.losses(scoring_key(seq_len, precision, device))[:k])
     after = measure(cand.lm, old, new, seq_len, device, precision)
     numbers = metrics(before, after, len(old), len(new))
     settings = _settings(store, version, manifest, TrainSettings)

@@ -18,7 +18,7 @@ from .validation import Verdict
 
 if TYPE_CHECKING:
     from .contracts import LanguageModel
-    from .evaluation import Scores
+    from .evaluation import DriftSet, Scores
     from .lm import Rows
     from .models import LoadedVersion
     from .retention import RetentionSet
@@ -54,7 +54,8 @@ class Run:
     rows: "Rows | None" = None         # the training rows of ``items``
 
     # measurements and the gate's decision
-    retention: "RetentionSet | None" = None  # the parent's retention set (core/retention.py)
+    retention: "RetentionSet | None" = None  # the parent's retention pool (core/retention.py)
+    drift: "DriftSet | None" = None    # the last full training's held-out items the drift is scored on
     retention_texts: list[str] = field(default_factory=list)  # old items, never trained on
     new_texts: list[str] = field(default_factory=list)        # this run's held-out new items
     before: "Scores | None" = None

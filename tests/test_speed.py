@@ -68,7 +68,7 @@ def test_reservoir_keeps_a_uniform_sample_of_every_held_out_item():
     for trial in range(200):
         current = None
         for v in range(60):
-            held = [{"text": f"{v}-{i}", "hash": f"{v}-{i}", "origin": ""} for i in range(10)]
+            held = [{"text": f"{v}-{i}", "hash": f"{v}-{i}", "origin": "", "tokens": 1} for i in range(10)]
             current = retention.extend(current, held, f"{v:04d}", 50, seed=trial)
             assert len(current.items) == min(50, 10 * (v + 1)) and current.seen == 10 * (v + 1)
         for row in current.items:
@@ -78,12 +78,30 @@ def test_reservoir_keeps_a_uniform_sample_of_every_held_out_item():
     assert abs(early - expected) < 0.1 * expected and abs(late - expected) < 0.1 * expected
 
 
-def test_losses_are_stored_only_when_every_item_has_one():
-    held = [{"text": t, "hash": t, "origin": ""} for t in "abc"]
-    full = retention.extend(None, held, "0001", 10, 0, {"a": 1.0, "b": 2.0, "c": 3.0}, {"max_len": 8})
-    assert full.losses({"max_len": 8}) == [1.0, 2.0, 3.0] and full.losses({"max_len": 16}) is None
-    partial = retention.extend(None, held, "0001", 10, 0, {"a": 1.0}, {"max_len": 8})
-    assert partial.scored is None and partial.losses({"max_len": 8}) is None
+def test_stored_losses_are_used_only_where_scored_and_scored_the_same_way():
+    held = [{"text": t, "hash": t, "origin": "", "tokens": 5} for t in "abc"]
+    held[0]["loss"], held[2]["loss"] = 1.0, 3.0
+    pool = retention.extend(None, held, "0001", 10, 0, {"max_len": 8})
+    assert pool.losses({"max_len": 8}) == [1.0, None, 3.0]
+    assert pool.losses({"max_len": 16}) == [None, None, None]
+    assert retention.extend(None, [dict(held[1])], "0001", 10, 0, {"max_len": 8}).scored is None
+
+
+def test_an_update_scores_the_pool_within_its_budget():
+    tokens = [10, 10, 50, 10, 10]
+    assert retention.budgeted(tokens, budget=0, at_least=2) == 2       # the floor, whatever the budget
+    assert retention.budgeted(tokens, budget=70, at_least=2) == 3      # then while they fit, in order
+    assert retention.budgeted(tokens, budget=1000, at_least=2) == 5
+    assert retention.budgeted(tokens[:1], budget=0, at_least=2) == 1
+
+
+def test_budget_bounds_the_retention_items_an_update_scores(base_model, new_texts, tmp_path):
+    small = Engine(load_config(None, [*TINY, "validation.eval_min_items=5", "validation.eval_budget=0"])).update(
+        [str(write_jsonl(tmp_path / "a.jsonl", new_texts[:15]))], base_model, check=True)
+    assert small["metrics"]["retention_items"] == 5
+    large = Engine(load_config(None, [*TINY, "validation.eval_min_items=5", "validation.eval_budget=100"])).update(
+        [str(write_jsonl(tmp_path / "a.jsonl", new_texts[:15]))], base_model, check=True)
+    assert large["metrics"]["retention_items"] == 24  # the whole pool: the base's held-out items
 
 
 def test_update_reuses_the_parents_stored_retention_losses(base_model, new_texts, tmp_path):
@@ -103,7 +121,7 @@ def test_update_reuses_the_parents_stored_retention_losses(base_model, new_texts
     second = Engine(cfg, listeners=[Listener()]).update(
         [str(write_jsonl(tmp_path / "b.jsonl", new_texts[15:30]))], base_model)
     before = dict(events)["evaluate_before"]
-    assert before["retention_stored"] is True
+    assert before["retention_stored"] == before["retention_items"] == 27
     # The stored losses are what scoring the parent again gives, item by item.
     parent = load_version(store, first["version"]).lm
     again = score_texts(parent, kept.texts, cfg.fine_tuning.max_seq_length)
@@ -113,7 +131,7 @@ def test_update_reuses_the_parents_stored_retention_losses(base_model, new_texts
     events.clear()
     Engine(load_config(None, [*TINY, "fine_tuning.max_seq_length=32"]), listeners=[Listener()]).update(
         [str(write_jsonl(tmp_path / "c.jsonl", new_texts[30:45]))], base_model)
-    assert dict(events)["evaluate_before"]["retention_stored"] is False
+    assert dict(events)["evaluate_before"]["retention_stored"] == 0
 
 
 def test_import_is_a_step_of_its_own_and_validators_are_timed(base_model, new_texts, tmp_path):
