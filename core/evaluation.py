@@ -171,12 +171,12 @@ def measure_before(run, store: ModelStore) -> dict:
     for row, n in zip(missing, token_counts(run.lm, [r["text"] for r in missing], seq_len)):
         row["tokens"] = n
     run.new_texts = [it.text for it in run.holdout]
-    run.drift = drift_set(store, run.parent, v.eval_min_items, run.config.seed)
-    fixed = sum(token_counts(run.lm, run.new_texts + [r["text"] for r in run.drift.items], seq_len))
-    budget = v.eval_budget * 3 * run.settings.epochs * run.rows.tokens - fixed
+    budget = v.eval_budget * 3 * run.settings.epochs * run.rows.tokens - sum(token_counts(run.lm, run.new_texts,
+                                                                                          seq_len))
     k = retention.budgeted([r["tokens"] for r in pool.items], budget, v.eval_min_items)
     run.retention = pool
     run.retention_texts = pool.texts[:k]
+    run.drift = drift_set(store, run.parent, v.eval_min_items, run.config.seed, run.retention_texts)
     known = pool.losses(scoring(run))[:k]
     run.before = measure(run.lm, run.retention_texts, run.new_texts, seq_len, run.device, run.precision, known)
     return {"retention_items": k, "retention_pool": len(pool.items), "new_items": len(run.new_texts),
@@ -196,14 +196,19 @@ class DriftSet:
         return bool(self.scored) and all(r.get("loss") is not None for r in self.items)
 
 
-def drift_set(store: ModelStore, parent: str, n: int, seed: int) -> DriftSet:
-    """A seeded sample of ``n`` of the full training's held-out items when it stored its own
-    loss on each (the drift is paired with those), else all of them (compared with their
-    mean, as for versions written before losses were stored)."""
+def drift_set(store: ModelStore, parent: str, n: int, seed: int, scored_anyway: list[str]) -> DriftSet:
+    """``n`` of the full training's held-out items when it stored its own loss on each (the
+    drift is paired with those): first those the update scores anyway for retention (no extra
+    cost), then a seeded sample of the rest. Else all of them, compared with their mean (as
+    for versions written before losses were stored)."""
     root, rows, scored = retention.base_holdout(store, parent)
     drift = DriftSet(root, rows, scored)
     if drift.paired and len(rows) > n:
-        drift.items = [rows[i] for i in sorted(random.Random(seed).sample(range(len(rows)), n))]
+        anyway = set(scored_anyway)
+        chosen = [i for i, r in enumerate(rows) if r["text"] in anyway][:n]
+        rest = [i for i in range(len(rows)) if i not in set(chosen)]
+        chosen += random.Random(seed).sample(rest, n - len(chosen))
+        drift.items = [rows[i] for i in sorted(chosen)]
     return drift
 
 
