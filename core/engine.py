@@ -57,7 +57,7 @@ class Engine:
     def train(self, data: list[str], model_dir: str | Path, *, items: list[Item] | None = None) -> dict:
         """Full training from a random init on all data; saves the next version (0001 in a new dir)."""
         store = ModelStore(model_dir)
-        with self.listening(), store.lock():
+        with self.listening(), store.lock(), contextlib.closing(store.ledger):
             self._recover(store)
             replaces = store.current() if store.exists() else None  # a retrain starts a new lineage
             run = self.prepare(FULL_TRAINING, data, store, None, items=items)
@@ -74,7 +74,10 @@ class Engine:
         store = ModelStore(model_dir)
         store.current()  # a clear error before anything else if there is no model
         writes = not (dry_run or check)
-        with self.listening(), (store.lock(wait=wait) if writes else contextlib.nullcontext()):
+        # The ledger is closed when the run ends (a dry run's or check's before the advice):
+        # no -wal/-shm left behind, even by a process that ends without tearing down.
+        with self.listening(), (store.lock(wait=wait) if writes else contextlib.nullcontext()), \
+                contextlib.closing(store.ledger):
             if writes:
                 self._recover(store)
             try:
@@ -84,7 +87,7 @@ class Engine:
                     run = self.prepare(FINE_TUNING, data, store, store.current(), items=items, dry_run=check)
             finally:
                 if not writes:
-                    store.ledger.close()  # leave no -wal/-shm behind
+                    store.ledger.close()
             if dry_run or (check and run.trained):
                 report = self._not_saved(run, "dry_run" if dry_run else "check")
             elif not run.trained:

@@ -182,3 +182,24 @@ def test_training_import_defers_what_avalanche_imports_but_an_update_never_uses(
             "import wandb\nprint([round(float(v), 6) for v in x], isinstance(wandb.__version__, str))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.splitlines() == ["['gdown', 'qpsolvers', 'wandb']", "False", "[1.0, 1.0] True"]
+
+
+def test_a_training_command_ends_without_teardown_and_keeps_its_exit_code_and_output(base_model, new_texts,
+                                                                                        tmp_path):
+    # `retain update` skips the interpreter's teardown once every atexit handler has run: the
+    # exit code (10: rejected) and the JSON on stdout must survive it, and the ledger is closed.
+    import subprocess
+    import sys
+
+    sets = [arg for o in TINY for arg in ("--set", o)]
+    data = write_jsonl(tmp_path / "a.jsonl", new_texts[:12])
+    # A handler registered while the command runs (as a plugin's would be) still runs.
+    code = ("import atexit, sys\nimport retain.cli as cli\ncommand = cli.app\n"
+            "def app():\n    atexit.register(lambda: sys.stderr.write('handler ran\\n'))\n    command()\n"
+            "cli.app = app\nsys.argv[0] = 'retain'\ncli.main()")
+    proc = subprocess.run([sys.executable, "-c", code, "update", "--model", str(base_model), "--data", str(data),
+                           "--lr", "1.0", "--json", "-q", *sets], capture_output=True, text=True)
+    assert proc.returncode == 10, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["status"] == "rejected"
+    assert "handler ran" in proc.stderr
+    assert sorted(p.name for p in base_model.iterdir() if p.name.startswith("ledger")) == ["ledger.sqlite"]
