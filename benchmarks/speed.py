@@ -52,11 +52,11 @@ SECTION = "## Speed at the design document's size (issue 13)"
 
 # --- data and models ------------------------------------------------------------------------
 
-def corpora(tiny: bool, base_items: int, new_items: int) -> tuple[list[str], list[str], str]:
+def corpora(tiny: bool, base_items: int, new_items: int, data: Path = DATA) -> tuple[list[str], list[str], str]:
     """(base texts, new texts, where they come from)."""
-    if not tiny and (DATA / "wikitext2-valid.txt").exists():
+    if not tiny and (data / "wikitext2-valid.txt").exists():
         def paragraphs(name: str) -> list[str]:
-            lines = (ln.strip() for ln in (DATA / name).read_text(encoding="utf-8").split("\n"))
+            lines = (ln.strip() for ln in (data / name).read_text(encoding="utf-8").split("\n"))
             return [ln for ln in lines if len(ln) >= 80 and not ln.startswith("=")]
         rng = random.Random(0)
         return (rng.sample(paragraphs("wikitext2-valid.txt"), base_items),
@@ -242,12 +242,14 @@ def measure_size(size: str, args, base: list[str], new: list[str], work: Path) -
     say = (lambda *a: print(*a, file=sys.stderr, flush=True))
     say(f"[{size}] {out['parameters'] / 1e6:.1f}M parameters, {rows.tokens} tokens per epoch")
 
-    e = args.loop_epochs
+    loop_steps = args.loop_steps.get(size)
+    some, e = first_steps(rows, loop_steps), (1 if loop_steps else args.loop_epochs)
     loops = alternate(args.runs, {
-        "retain": lambda: retain_fit(fresh(model, args.device), rows, e, args.device),
-        "bare": lambda: bare_loop(fresh(model, args.device), rows, e, args.device),
-        "padded": lambda: bare_loop(fresh(model, args.device), rows, e, args.device, bucketed=False),
+        "retain": lambda: retain_fit(fresh(model, args.device), some, e, args.device),
+        "bare": lambda: bare_loop(fresh(model, args.device), some, e, args.device),
+        "padded": lambda: bare_loop(fresh(model, args.device), some, e, args.device, bucketed=False),
     })
+    out["loop_span"] = f"{loop_steps} steps of 8 rows" if loop_steps else f"{e} epoch(s)"
     out["loops"] = {k: [{kk: vv for kk, vv in s.items()} for s in v] for k, v in loops.items()}
     say(f"[{size}] loops: " + ", ".join(f"{k} {median_rate(v):.0f} tok/s" for k, v in loops.items()))
 
@@ -300,17 +302,17 @@ def _med(values) -> float:
 
 def tables(results: list[dict], args) -> str:
     md = []
-    md.append("**Training loop** (tokens/s, medians; ratio of the medians; "
-              f"{args.loop_epochs} epoch(s) of the update's rows per run):\n")
-    md.append("| model | parameters | retain (avalanche template) | bare PyTorch loop | retain / bare | "
+    md.append(f"**Training loop** (tokens/s, medians of {args.runs}, alternating; ratio of the medians; each run "
+              "trains the update's rows from the same weights):\n")
+    md.append("| model | parameters | measured over | retain (avalanche template) | bare PyTorch loop | retain / bare | "
               "padded batches | bucketed / padded | padding computed, padded / bucketed |")
-    md.append("|---|---|---|---|---|---|---|---|")
+    md.append("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         lp = r["loops"]
         retain, bare, padded = (median_rate(lp[k]) for k in ("retain", "bare", "padded"))
         waste = [s["computed"] / s["tokens"] - 1 for s in lp["padded"]], [s["computed"] / s["tokens"] - 1
                                                                           for s in lp["bare"]]
-        md.append(f"| {r['size']} | {r['parameters'] / 1e6:.1f}M | {retain:,.0f} | {bare:,.0f} | "
+        md.append(f"| {r['size']} | {r['parameters'] / 1e6:.1f}M | {r['loop_span']} | {retain:,.0f} | {bare:,.0f} | "
                   f"{retain / bare:.2f} | {padded:,.0f} | {bare / padded:.2f} | "
                   f"{100 * _med(waste[0]):.0f}% / {100 * _med(waste[1]):.0f}% |")
     md.append("")
@@ -411,11 +413,14 @@ def main() -> None:
     ap.add_argument("--loop-epochs", type=int, default=1, help="epochs per run of the loop comparison")
     ap.add_argument("--bf16-steps", default="", help="SIZE=STEPS,...: measure fp32/bf16 over this many steps "
                     "(one run) instead of --epochs epochs (bf16 without native CPU support is slow)")
+    ap.add_argument("--loop-steps", default="", help="SIZE=STEPS,...: the loop comparison over this many steps "
+                    "instead of --loop-epochs")
     ap.add_argument("--compile-sizes", default="0.7M,20M", help="sizes to measure torch.compile at")
     ap.add_argument("--base-items", type=int, default=150, help="base items (half held out: the retention pool)")
     ap.add_argument("--new-items", type=int, default=41, help="new items of the update")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (tests pin 1; 0: torch's default)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/retain-speed-bench"), help="base models are kept here")
+    ap.add_argument("--data", type=Path, default=DATA, help="the shared corpora (default: ../shared/data)")
     ap.add_argument("--skip-update", action="store_true", help="no `retain update` processes")
     ap.add_argument("--tiny", action="store_true", help="CI-safe: a tiny model, few items, one round")
     ap.add_argument("--write", type=Path, help="put the section into this BENCHMARKS.md")
@@ -430,13 +435,14 @@ def main() -> None:
     args.threads = torch.get_num_threads()
     steps = dict(part.split("=") for part in args.bf16_steps.split(",") if part)
     args.bf16_steps = {k: int(v) for k, v in steps.items()}
+    args.loop_steps = {k: int(v) for k, v in (p.split("=") for p in args.loop_steps.split(",") if p)}
     args.bf16_runs = {k: 1 for k in args.bf16_steps}
     args.compile_sizes = [s for s in args.compile_sizes.split(",") if s]
     sizes = args.sizes.split(",")
     unknown = [s for s in sizes if s not in SIZES]
     if unknown:
         sys.exit(f"unknown size(s) {unknown}; known: {', '.join(SIZES)}")
-    base, new, source = corpora(args.tiny, args.base_items, args.new_items)
+    base, new, source = corpora(args.tiny, args.base_items, args.new_items, args.data)
     work = args.work / ("tiny" if args.tiny else "full")
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

@@ -36,8 +36,8 @@ def test_speed_benchmark_tiny_run_writes_its_section(tmp_path):
     md = _run("speed.py", tmp_path)
     assert md.count("## Speed at the design document's size (issue 13)") == 1
     assert "Command: `python benchmarks/speed.py --tiny" in md
-    loops = _table(md, "| model | parameters | retain")
-    assert len(loops) == 3 and loops[2][0] == "tiny" and len(loops[2]) == len(loops[0])
+    loops = _table(md, "| model | parameters | measured over | retain")
+    assert len(loops) == 3 and loops[2][:3] == ["tiny", "0.0M", "1 epoch(s)"] and len(loops[2]) == len(loops[0])
     precision = _table(md, "| model | measured over | fp32")
     assert precision[2][0] == "tiny" and re.fullmatch(r"[+-]\d+\.\d\d%", precision[2][7])
     update = _table(md, "| model | process wall | startup | import")
