@@ -199,6 +199,8 @@ class ConsoleRenderer:
     def show_load(self, run, info: dict[str, Any]) -> None:
         if info["version"] is None:
             self.say("[bold]1. Load model[/]: none, training from scratch (random init)")
+        elif info["parameters"] is None:  # a dry run reads no weights
+            self.say(f"[bold]1. Load model[/]: version {info['version']}")
         else:
             self.say(f"[bold]1. Load model[/]: version {info['version']} "
                      f"({info['parameters'] / 1e6:.2f}M parameters)")
@@ -247,8 +249,12 @@ class ConsoleRenderer:
 
     def show_save(self, run, info: dict[str, Any]) -> None:
         if info["status"] == "dry_run":
+            self.say(f"[bold]Dry run[/]: an update would fine-tune on {info['train']} items "
+                     f"({info['held_out']} held out); nothing was trained or written "
+                     "(--check trains and validates without saving)")
+        elif info["status"] == "check":
             verdict = "accept" if info["accepted"] else "[red]reject[/]"
-            self.say(f"[bold]8. Save[/]: skipped (dry run); the gate would {verdict} this update")
+            self.say(f"[bold]8. Save[/]: skipped (--check); the gate would {verdict} this update")
         elif info["status"] == "accepted":
             self.say(f"[bold]8. Save[/]: version {info['version']} is now current")
         else:

@@ -15,7 +15,9 @@ import time
 from typing import Any
 
 from . import interrupts
+from .evaluation import held_out_rows, kept_retention, scoring
 from .items import Item
+from .retention import RETENTION
 from .run import Run
 from .store import HOLDOUT, ModelStore, now_iso
 from .strategy import write_state
@@ -26,13 +28,14 @@ def commit(run: Run, store: ModelStore, dedupers: list[tuple[str, Any]], replace
     started = time.perf_counter()
     report = run.report()
     status = "accepted" if run.accepted else "rejected"
-    writer = store.begin_version()
+    writer = store.begin_version(parent=run.parent)
     try:
         entry = run.lm.save(writer)
-        if run.holdout:
-            writer.write_text(HOLDOUT, "".join(
-                json.dumps({"text": it.text, "hash": it.hash, "origin": it.origin}, ensure_ascii=False) + "\n"
-                for it in run.holdout))
+        held = held_out_rows(run)  # with the candidate's loss on each: a drift baseline, a retention seed
+        if held:
+            writer.write_text(HOLDOUT, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in held))
+        kept = kept_retention(run, writer.name, held)
+        writer.write_text(RETENTION, kept.to_jsonl())
         for strategy in run.strategies:  # state_dict() is taken here, before update_finished
             write_state(writer, strategy)
         for _, deduper in dedupers:
@@ -45,13 +48,15 @@ def commit(run: Run, store: ModelStore, dedupers: list[tuple[str, Any]], replace
         # Ledger rows first: they count only once CURRENT's chain includes this version.
         store.ledger.add(writer.name, [(it.hash, "train", it.source, it.origin) for it in run.items]
                          + [(it.hash, "holdout", it.source, it.origin) for it in run.holdout])
+        final_manifest = {**manifest(run, report, entry, status), "retention": kept.manifest_entry(),
+                          "holdout_scored": scoring(run) if held else None}
     except BaseException:
         writer.abandon()
         raise
     # The version goes into place and CURRENT follows as one step a Ctrl-C does not split.
     with interrupts.shielded():
         try:
-            writer.finish(manifest(run, report, entry, status))
+            writer.finish(final_manifest)
         except BaseException:
             writer.abandon()
             raise
@@ -73,6 +78,7 @@ def manifest(run: Run, report: dict, entry: dict, status: str) -> dict:
         "counts": report["counts"], "metrics": report["metrics"], "epoch_losses": report["epoch_losses"],
         "verdicts": report["verdicts"], "strategies": report["strategies"], "timings": report["timings"],
         "data_hash": data_hash(run.items), "run": run.id, "replaces": report.get("replaces"),
+        "settings": report.get("settings"), "precision": run.precision,
     }
 
 

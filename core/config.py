@@ -65,7 +65,9 @@ class ValidationConfig:
     retention_max: int = 200
     holdout_fraction: float = 0.1
     holdout_max: int = 100
-    eval_max_items: int = 256
+    eval_max_items: int = 256   # the retention pool kept with each version: a uniform sample of every held-out item
+    eval_min_items: int = 32    # an update scores at least this many of the pool (all, if fewer) ...
+    eval_budget: float = 0.1    # ... then more while scoring costs at most this share of training
 
 
 @dataclass
@@ -79,9 +81,22 @@ class RetrainConfig:
 
 
 @dataclass
+class PruneConfig:
+    """The keep policy, applied after every saved version (``retain prune`` applies it by hand):
+    the last ``keep_last`` accepted versions stay whole, older ones become stubs (no weights)
+    or go. 0 keeps everything."""
+
+    keep_last: int = 0
+    keep_full_trainings: bool = True   # every accepted full training stays whole too
+
+
+@dataclass
 class Config:
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # bf16 autocast for training and scoring. auto: bf16 on a CUDA device that supports it,
+    # fp32 on CPU (measured slower in bf16 on CPUs without native bf16; BENCHMARKS.md).
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     model: ModelConfig = field(default_factory=ModelConfig)
     fine_tuning: FineTuningConfig = field(default_factory=FineTuningConfig)
     full_training: FullTrainingConfig = field(default_factory=FullTrainingConfig)
@@ -91,6 +106,7 @@ class Config:
     validators: list[str] = field(default_factory=lambda: [
         "finite", "loss_trend", "retention", "learning", "generation", "duration"])
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
     # Options of each plugin, by the name it registered (sources, strategies, ...).
     # Checked against that plugin's own options dataclass when it is built.
     options: dict[str, dict] = field(default_factory=dict)
@@ -104,6 +120,7 @@ _POSITIVE = {
     "fine_tuning.learning_rate", "fine_tuning.epochs", "fine_tuning.batch_size",
     "fine_tuning.max_seq_length", "full_training.learning_rate", "full_training.epochs",
     "full_training.batch_size", "full_training.max_seq_length", "validation.eval_max_items",
+    "validation.eval_min_items",
     "retrain.max_new_items", "retrain.max_retention_drift", "retrain.max_rejected_in_row",
 }
 _FRACTIONS = {"validation.retention_fraction", "validation.holdout_fraction", "model.dropout"}
@@ -200,7 +217,8 @@ def build_dataclass(cls: type, data: dict | None, prefix: str = "") -> Any:
             raise ConfigError(f"config key '{full}': must be > 0, got {value!r}")
         if full in _FRACTIONS and not 0 <= kwargs[key] < 1:
             raise ConfigError(f"config key '{full}': must be in [0, 1), got {value!r}")
-        if full in ("validation.retention_max", "validation.holdout_max") and kwargs[key] < 0:
+        if full in ("validation.retention_max", "validation.holdout_max", "validation.eval_budget",
+                    "prune.keep_last") and kwargs[key] < 0:
             raise ConfigError(f"config key '{full}': must be >= 0, got {value!r}")
     obj = cls(**kwargs)
     if cls is FineTuningConfig:

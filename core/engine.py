@@ -27,9 +27,12 @@ from .errors import ModelError
 from .gate import raise_if_rejected
 from .config import Config
 from .items import Item
-from .models import LoadedVersion, count_parameters, load_version, prepare_model, resolve_device
+from .models import (LoadedVersion, count_parameters, load_version, prepare_model, resolve_device,
+                     resolve_precision)
 from .plugin_errors import reports_plugin_errors
+from .preload import Preload
 from .pluginmanager import Registry, default_plugin_manager
+from .registry import auto_prune
 from .run import FINE_TUNING, FULL_TRAINING, Run
 from .store import ModelStore
 from .strategy import build_strategies
@@ -63,7 +66,7 @@ class Engine:
             raise ModelError(f"{store.root} is not empty and holds no retain model ({plural(len(foreign), 'entry', 'entries')}"
                              f": {', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); train "
                              "into a new or empty directory, or pass --force to train into this one")
-        with self.listening(), store.lock():
+        with self.listening(), store.lock(), contextlib.closing(store.ledger):
             self._recover(store)
             replaces = store.current() if store.exists() else None  # a retrain starts a new lineage
             run = self.prepare(FULL_TRAINING, data, store, None, items=items)
@@ -71,26 +74,33 @@ class Engine:
         return raise_if_rejected(report, store)
 
     def update(self, data: list[str], model_dir: str | Path, *, items: list[Item] | None = None,
-               dry_run: bool = False, wait: float = 0.0, advise: bool = False) -> dict:
+               dry_run: bool = False, check: bool = False, wait: float = 0.0, advise: bool = False) -> dict:
         """One fine-tuning cycle on new data only; a new version, current if the gate accepts it.
-        ``dry_run`` writes nothing at all (no lock, rejects, version or ledger rows).
+        ``dry_run``: what the update would learn (collect, preprocess, dedupe, hold out) and
+        nothing more: no model loaded, nothing trained, nothing written (``plan``).
+        ``check``: train and validate, write nothing; rejected by the gate raises as usual.
         ``advise`` ends with the full-retrain assessment (``advice_given``, report["retrain"])."""
         store = ModelStore(model_dir)
         store.current()  # a clear error before anything else if there is no model
-        with self.listening(), (contextlib.nullcontext() if dry_run else store.lock(wait=wait)):
-            if not dry_run:
+        writes = not (dry_run or check)
+        # The ledger is closed when the run ends (a dry run's or check's before the advice):
+        # no -wal/-shm left behind, even by a process that ends without tearing down.
+        with self.listening(), (store.lock(wait=wait) if writes else contextlib.nullcontext()), \
+                contextlib.closing(store.ledger):
+            if writes:
                 self._recover(store)
             try:
-                run = self.prepare(FINE_TUNING, data, store, store.current(), items=items, dry_run=dry_run)
-            finally:
                 if dry_run:
-                    store.ledger.close()  # leave no -wal/-shm behind
-            if not run.trained:
+                    run = self.plan(data, store, items=items)
+                else:
+                    run = self.prepare(FINE_TUNING, data, store, store.current(), items=items, dry_run=check)
+            finally:
+                if not writes:
+                    store.ledger.close()
+            if dry_run or (check and run.trained):
+                report = self._not_saved(run, "dry_run" if dry_run else "check")
+            elif not run.trained:
                 report = run.report()
-            elif dry_run:
-                report = {**run.report(), "status": "dry_run", "gate": "accepted" if run.accepted else "rejected"}
-                with self._step(run, "save") as info:
-                    info.update(status="dry_run", version=None, accepted=run.accepted)
             else:
                 report = self.commit(run, store)
             if advise:
@@ -99,16 +109,32 @@ class Engine:
 
     # --- the cycle ----------------------------------------------------------------------------
     @reports_plugin_errors
+    def plan(self, data: list[str], store: ModelStore, items: list[Item] | None = None) -> Run:
+        """``retain update --dry-run``: load (the manifest only), collect, preprocess, dedupe and
+        hold out, as an update would. Loads no weights, imports no torch, trains nothing."""
+        run = Run(uuid.uuid4().hex[:12], FINE_TUNING, self.config, store.root, parent=store.current(),
+                  dry_run=True)
+        started = time.perf_counter()
+        with self._step(run, "load") as info:
+            store.manifest(run.parent)  # checked: a broken current version is an error here too
+            info.update(version=run.parent, parameters=None)
+        self._ingest(run, store, data, items)
+        run.timings["total"] = time.perf_counter() - started
+        return run
+
+    @reports_plugin_errors
     def prepare(self, kind: str, data: list[str], store: ModelStore, base: str | LoadedVersion | None,
                 items: list[Item] | None = None, dry_run: bool = False) -> Run:
         """Every step but the save: a ``Run`` holding the trained candidate and the gate's verdicts."""
         interrupts.set_outcome(None)  # until this run saves, an interrupt leaves the model as it was
+        started = time.perf_counter()
+        preload = Preload()  # avalanche-lib: its import overlaps loading and reading the data
         import torch
 
         cfg = self.config
-        started = time.perf_counter()
+        device = resolve_device(self.device_name)
         run = Run(uuid.uuid4().hex[:12], kind, cfg, store.root, parent=None, dry_run=dry_run,
-                  device=resolve_device(self.device_name))
+                  device=device, precision=resolve_precision(cfg.precision, device))
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         with self._step(run, "load") as info:
@@ -120,7 +146,7 @@ class Engine:
         with self._strategies_registered(run):
             self._ingest(run, store, data, items)
             if run.items:
-                self._train_and_judge(run, store)
+                self._train_and_judge(run, store, preload)
         run.timings["total"] = time.perf_counter() - started
         return run
 
@@ -134,18 +160,19 @@ class Engine:
         with self._step(run, "holdout") as info:
             info.update(ingest.holdout_step(run))
 
-    def _train_and_judge(self, run: Run, store: ModelStore) -> None:
-        from .training import train  # avalanche-lib: imported only by runs that train
-
+    def _train_and_judge(self, run: Run, store: ModelStore, preload: Preload) -> None:
         with self._step(run, "tokenize") as info:
             info.update(prepare_model(run, self.registry, lambda m: self._warn(run, m)))
         with self._step(run, "evaluate_before") as info:
             info.update(evaluation.measure_before(run, store))
+        with self._step(run, "import") as info:  # what is left of the training stack's import
+            training = preload.wait()
+            info.update(module=preload.name, import_seconds=preload.seconds, overlapped=not preload.already_loaded)
         with self._step(run, "train") as info:
-            train(run, self.pm)
+            training.train(run, self.pm)
             info.update(epoch_losses=run.epoch_losses, oom_retries=run.oom_retries)
         with self._step(run, "validate") as info:
-            evidence = evaluation.measure_after(run)
+            evidence = evaluation.measure_after(run, store)
             run.verdicts, run.next_steps = gate.judge(self.registry, self.config, evidence, run.oom_retries)
             self.pm.hook.verdicts_given(run=run, verdicts=run.verdicts, next_steps=run.next_steps)
             info.update(metrics=run.metrics, verdicts=[v.to_json() for v in run.verdicts],
@@ -159,7 +186,11 @@ class Engine:
         with self._strategies_registered(run):
             with self._step(run, "save") as info:
                 report = commit(run, store, self.dedupers, replaces)
-                info.update(version=report["version"], status=report["status"], current=store.current())
+                pruned = auto_prune(store, self.config)  # the keep policy, if configured
+                if pruned is not None:
+                    report["pruned"] = pruned.to_json()
+                info.update(version=report["version"], status=report["status"], current=store.current(),
+                            pruned=report.get("pruned"))
             try:
                 self.pm.hook.update_finished(run=run, report=report)
             except Exception as exc:  # the version is saved: a listener failing cannot undo that
@@ -198,6 +229,16 @@ class Engine:
         yield info
         run.timings[name] = time.perf_counter() - started
         self.pm.hook.step_finished(run=run, step=name, info=info, seconds=run.timings[name])
+
+    def _not_saved(self, run: Run, status: str) -> dict:
+        """The report of a dry run or a check: what would have been saved, nothing written."""
+        report = {**run.report(), "status": status, "version": None}
+        if status == "check":
+            report["gate"] = "accepted" if run.accepted else "rejected"
+        with self._step(run, "save") as info:
+            info.update(status=status, version=None, accepted=run.accepted if status == "check" else None,
+                        train=run.counts.get("trained", 0), held_out=run.counts.get("holdout", 0))
+        return report
 
     def _warn(self, run: Run | None, message: str) -> None:
         self.pm.hook.warning_raised(run=run, message=message)

@@ -8,9 +8,11 @@ run starts from (the random init for a full training), ``after`` the candidate.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import random
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from . import retention
 from .ingest import sample
 from .store import ModelStore
 from .validation import Evidence
@@ -21,36 +23,65 @@ if TYPE_CHECKING:
     from .contracts import LanguageModel
 
 
-def score_texts(lm: "LanguageModel", texts: list[str], max_len: int, device=None,
-                batch_size: int = 32) -> "torch.Tensor | None":
-    """Mean token loss of each text (shape ``[len(texts)]``, float64), in eval mode."""
-    import torch
+# Rows per scoring batch are bounded by tokens (rows x width), not by a row count: long texts
+# go in small batches, short ones in large ones. Few large batches keep the cores busy; the
+# logits of one batch (tokens x vocabulary floats) bound it, and out of memory halves it.
+SCORE_TOKENS = 8192
 
-    from .lm import IGNORE_INDEX
+
+def score_texts(lm: "LanguageModel", texts: list[str], max_len: int, device=None,
+                batch_tokens: int = SCORE_TOKENS, precision: str = "fp32") -> "torch.Tensor | None":
+    """Mean token loss of each text (shape ``[len(texts)]``, float64), in eval mode, under
+    ``inference_mode``; ``precision`` "bf16" runs the forward under bf16 autocast."""
+    from .retry import is_out_of_memory
 
     if not texts:
         return None
     rows = lm.encode(texts, max_len)
     model = lm.module
     device = device or next(model.parameters()).device
-    total = torch.zeros(len(texts), dtype=torch.float64)
-    count = torch.zeros(len(texts), dtype=torch.float64)
-    order = torch.argsort((rows.y != IGNORE_INDEX).sum(1))  # similar lengths together: less padding
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            for start in range(0, len(order), batch_size):
-                idx = order[start:start + batch_size]
-                yb = rows.y[idx]
-                width = int((yb != IGNORE_INDEX).sum(1).max())
-                xb, yb = rows.x[idx, :width].to(device), yb[:, :width].to(device)
-                losses = lm.token_losses(model(xb), yb)
-                total.index_add_(0, rows.owner[idx], losses.sum(1).double().cpu())
-                count.index_add_(0, rows.owner[idx], (yb != IGNORE_INDEX).sum(1).double().cpu())
+        while True:
+            try:
+                return _score_rows(lm, rows, len(texts), device, batch_tokens, precision)
+            except RuntimeError as exc:
+                if not is_out_of_memory(exc) or batch_tokens <= max_len:
+                    raise
+            batch_tokens //= 2  # outside the except block: the failed batch's tensors are freed
     finally:
         model.train(was_training)
+
+
+def _score_rows(lm, rows, n_texts: int, device, batch_tokens: int, precision: str):
+    import torch
+
+    from .lm import IGNORE_INDEX, autocast
+
+    total = torch.zeros(n_texts, dtype=torch.float64)
+    count = torch.zeros(n_texts, dtype=torch.float64)
+    lengths = (rows.y != IGNORE_INDEX).sum(1)
+    order = torch.argsort(lengths, descending=True)  # similar lengths together: little padding
+    with torch.inference_mode(), autocast(device, precision):
+        start = 0
+        while start < len(order):
+            width = max(1, int(lengths[order[start]]))
+            idx = order[start:start + max(1, batch_tokens // width)]
+            start += len(idx)
+            xb, yb = rows.x[idx, :width].to(device), rows.y[idx, :width].to(device)
+            losses = lm.token_losses(lm.module(xb).float(), yb)
+            total.index_add_(0, rows.owner[idx], losses.sum(1).double().cpu())
+            count.index_add_(0, rows.owner[idx], (yb != IGNORE_INDEX).sum(1).double().cpu())
     return total / count.clamp(min=1)
+
+
+def score_unique(lm: "LanguageModel", texts: list[str], max_len: int, device=None,
+                 precision: str = "fp32") -> dict[str, float]:
+    """``{text: loss}`` for every distinct text: several sets scored in one pass."""
+    unique = list(dict.fromkeys(texts))
+    losses = score_texts(lm, unique, max_len, device, precision=precision)
+    return {} if losses is None else dict(zip(unique, losses.tolist()))
 
 
 def retention_texts(store: ModelStore, chain: list[str], cap: int, seed: int) -> list[str]:
@@ -64,14 +95,42 @@ class Scores:
 
     retention: "torch.Tensor | None"
     new: "torch.Tensor | None"
+    also: dict[str, float] = field(default_factory=dict)  # other texts scored in the same pass
+    stored: bool = False  # the retention losses were read from the version, not scored
 
     @staticmethod
     def mean(t) -> float | None:
         return None if t is None else float(t.mean())
 
 
-def measure(lm: "LanguageModel", retention: list[str], new: list[str], max_len: int, device=None) -> Scores:
-    return Scores(score_texts(lm, retention, max_len, device), score_texts(lm, new, max_len, device))
+def measure(lm: "LanguageModel", retention: list[str], new: list[str], max_len: int, device=None,
+            precision: str = "fp32", known: list[float | None] | None = None, also: list[str] = ()) -> Scores:
+    """Losses on ``retention`` and ``new`` (and ``also``), every distinct text scored once, in
+    one pass. ``known``: retention losses already scored (stored with the version; None where
+    not), only the others are scored."""
+    import torch
+
+    known = list(known) if known is not None else [None] * len(retention)
+    todo = [t for t, k in zip(retention, known) if k is None]
+    scores = score_unique(lm, [*todo, *new, *also], max_len, device, precision)
+
+    def pick(texts: list[str]):
+        return torch.tensor([scores[t] for t in texts], dtype=torch.float64) if texts else None
+
+    kept = [k if k is not None else scores[t] for t, k in zip(retention, known)]
+    return Scores(torch.tensor(kept, dtype=torch.float64) if retention else None, pick(new),
+                  {t: scores[t] for t in also}, stored=bool(retention) and not todo)
+
+
+def token_counts(lm: "LanguageModel", texts: list[str], max_len: int) -> list[int]:
+    """How many tokens scoring each text costs (its rows' real positions)."""
+    if not texts:
+        return []
+    rows = lm.encode(texts, max_len)
+    counts = [0] * len(texts)
+    for owner, n in zip(rows.owner.tolist(), rows.lengths()):
+        counts[owner] += n
+    return counts
 
 
 def metrics(before: Scores, after: Scores, retention_items: int, new_items: int) -> dict[str, Any]:
@@ -94,21 +153,114 @@ def evidence(kind: str, lm: "LanguageModel", settings, before: Scores, after: Sc
 
 def measure_before(run, store: ModelStore) -> dict:
     """The starting model's losses: on the retention set and this run's held-out new items
-    (for a full training: the random init on the held-out base items)."""
-    cfg = run.config
+    (for a full training: the random init on the held-out base items).
+
+    An update scores the first items of the parent's retention pool: at least
+    ``validation.eval_min_items``, then more while scoring them (forward only) costs at
+    most ``validation.eval_budget`` of training (forward and backward: 3x a forward, per
+    token and epoch), so that measuring stays a small share of the update. The parent's
+    losses on them are read from the parent version when it scored them the same way."""
     if run.full:
         run.retention_texts, run.new_texts = [it.text for it in run.holdout], []
-    else:
-        run.retention_texts = retention_texts(store, store.chain(run.parent), cfg.validation.eval_max_items,
-                                              cfg.seed)
-        run.new_texts = [it.text for it in run.holdout]
-    run.before = measure(run.lm, run.retention_texts, run.new_texts, run.settings.max_seq_length, run.device)
-    return {"retention_items": len(run.retention_texts), "new_items": len(run.new_texts)}
+        run.before = measure(run.lm, run.retention_texts, [], run.settings.max_seq_length, run.device,
+                             run.precision)
+        return {"retention_items": len(run.retention_texts), "new_items": 0, "retention_stored": 0}
+    v, seq_len = run.config.validation, run.settings.max_seq_length
+    pool = retention.load(store, run.parent, v.eval_max_items, run.config.seed)
+    missing = [r for r in pool.items if "tokens" not in r]
+    for row, n in zip(missing, token_counts(run.lm, [r["text"] for r in missing], seq_len)):
+        row["tokens"] = n
+    run.new_texts = [it.text for it in run.holdout]
+    budget = v.eval_budget * 3 * run.settings.epochs * run.rows.tokens - sum(token_counts(run.lm, run.new_texts,
+                                                                                          seq_len))
+    k = retention.budgeted([r["tokens"] for r in pool.items], budget, v.eval_min_items)
+    run.retention = pool
+    run.retention_texts = pool.texts[:k]
+    run.drift = drift_set(store, run.parent, v.eval_min_items, run.config.seed, run.retention_texts)
+    known = pool.losses(scoring(run))[:k]
+    run.before = measure(run.lm, run.retention_texts, run.new_texts, seq_len, run.device, run.precision, known)
+    return {"retention_items": k, "retention_pool": len(pool.items), "new_items": len(run.new_texts),
+            "retention_stored": sum(x is not None for x in known)}
 
 
-def measure_after(run) -> Evidence:
-    """The candidate's losses on the same texts, and the evidence for the validators."""
-    run.after = measure(run.lm, run.retention_texts, run.new_texts, run.settings.max_seq_length, run.device)
+@dataclass
+class DriftSet:
+    """The last full training's held-out items an update measures drift on."""
+
+    root: str | None
+    items: list[dict]
+    scored: dict | None = None  # how the full training scored its own ``loss`` on each (None: it did not)
+
+    @property
+    def paired(self) -> bool:
+        return bool(self.scored) and all(r.get("loss") is not None for r in self.items)
+
+
+def drift_set(store: ModelStore, parent: str, n: int, seed: int, scored_anyway: list[str]) -> DriftSet:
+    """``n`` of the full training's held-out items when it stored its own loss on each (the
+    drift is paired with those): first those the update scores anyway for retention (no extra
+    cost), then a seeded sample of the rest. Else all of them, compared with their mean (as
+    for versions written before losses were stored)."""
+    root, rows, scored = retention.base_holdout(store, parent)
+    drift = DriftSet(root, rows, scored)
+    if drift.paired and len(rows) > n:
+        anyway = set(scored_anyway)
+        chosen = [i for i, r in enumerate(rows) if r["text"] in anyway][:n]
+        rest = [i for i in range(len(rows)) if i not in set(chosen)]
+        chosen += random.Random(seed).sample(rest, n - len(chosen))
+        drift.items = [rows[i] for i in sorted(chosen)]
+    return drift
+
+
+def measure_after(run, store: ModelStore) -> Evidence:
+    """The candidate's losses on the same texts, and the evidence for the validators. Also
+    its drift since the last full training (``base_holdout_loss`` against
+    ``base_holdout_baseline``), measured here once so that ``retain status`` needs no model."""
+    seq_len = run.settings.max_seq_length
+    drift = run.drift or DriftSet(None, [])
+    drift_texts = [r["text"] for r in drift.items]
+    drift_len = (drift.scored or {}).get("max_len", run.lm.context)  # as the full training scored them
+    same_pass = drift_texts if drift_len == seq_len else []
+    run.after = measure(run.lm, run.retention_texts, run.new_texts, seq_len, run.device, run.precision,
+                        also=same_pass)
     run.metrics = metrics(run.before, run.after, len(run.retention_texts), len(run.new_texts))
+    if drift_texts:
+        losses = run.after.also or score_unique(run.lm, drift_texts, drift_len, run.device, run.precision)
+        baseline = (sum(r["loss"] for r in drift.items) / len(drift.items) if drift.paired
+                    else store.manifest(drift.root)["metrics"]["retention_loss_after"])
+        run.metrics.update(base_holdout_loss=sum(losses[t] for t in drift_texts) / len(drift_texts),
+                           base_holdout_baseline=baseline, base_holdout_items=len(drift_texts))
     return evidence(run.kind, run.lm, run.settings, run.before, run.after, run.epoch_losses, run.timings,
                     run.metrics)
+
+
+def scoring_key(max_len: int, precision: str, device) -> dict[str, Any]:
+    """How texts are scored: stored losses are reused only when scored the same way."""
+    return {"max_len": max_len, "precision": precision, "device": getattr(device, "type", str(device))}
+
+
+def scoring(run) -> dict[str, Any]:
+    return scoring_key(run.settings.max_seq_length, run.precision, run.device)
+
+
+def held_out_rows(run) -> list[dict]:
+    """The run's held-out items as its version keeps them, each with the candidate's loss."""
+    scores = run.after.retention if run.full else run.after.new
+    losses = scores.tolist() if scores is not None else [None] * len(run.holdout)
+    counts = token_counts(run.lm, [it.text for it in run.holdout], run.settings.max_seq_length)
+    return [{"text": it.text, "hash": it.hash, "origin": it.origin, "tokens": n, "loss": loss}
+            for it, n, loss in zip(run.holdout, counts, losses)]
+
+
+def kept_retention(run, version: str, held: list[dict]) -> "retention.RetentionSet":
+    """The retention pool the candidate, saved as ``version``, keeps for its own updates:
+    the parent's with ``held`` drawn in, the candidate's loss on every item it scored."""
+    parent = None
+    if not run.full and run.retention is not None:
+        scored = dict(zip(run.retention_texts, run.after.retention.tolist() if run.after.retention is not None
+                          else []))
+        items = [{**{k: v for k, v in r.items() if k != "loss"},
+                  **({"loss": scored[r["text"]]} if r["text"] in scored else {})} for r in run.retention.items]
+        parent = retention.RetentionSet(items, run.retention.seen, run.retention.cap)
+    return retention.extend(parent, held, version, run.config.validation.eval_max_items, run.config.seed,
+                            scoring(run))

@@ -6,6 +6,8 @@ the remedies of failing and warning validators become the report's next steps.
 
 from __future__ import annotations
 
+import time
+
 from .advice import next_steps
 from .config import Config
 from .errors import PluginError, UpdateRejected
@@ -14,15 +16,18 @@ from .validation import Evidence, Verdict
 
 
 def run_validators(registry: Registry, config: Config, evidence: Evidence) -> list[Verdict]:
-    """The verdicts of ``config.validators``, in order; a validator that raises is a PluginError."""
+    """The verdicts of ``config.validators``, in order, each with its ``seconds``; a validator
+    that raises is a PluginError."""
     verdicts = []
     for name in config.validators:
         validator = registry.build("validators", name, config)
+        started = time.perf_counter()
         try:
             verdict = validator.validate(evidence)
         except Exception as exc:
             raise PluginError(f"validator '{name}' failed: {type(exc).__name__}: {exc}") from exc
         verdict.validator = verdict.validator or name
+        verdict.seconds = time.perf_counter() - started
         verdicts.append(verdict)
     return verdicts
 
@@ -45,7 +50,7 @@ def raise_if_rejected(report: dict, store) -> dict:
         raise UpdateRejected(f"update rejected by the quality gate (failed: {failed_names}); report in "
                              f"{store.versions_dir / report['version'] / 'report.json'}; current model "
                              f"unchanged (version {report['parent']})", report)
-    if report.get("status") == "dry_run" and report.get("gate") == "rejected":
-        raise UpdateRejected(f"dry run: the quality gate would reject this update (failed: {failed_names}); "
+    if report.get("status") == "check" and report.get("gate") == "rejected":
+        raise UpdateRejected(f"check: the quality gate would reject this update (failed: {failed_names}); "
                              "nothing was written", report)
     return report

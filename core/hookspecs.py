@@ -47,6 +47,7 @@ far. In a run they fire in this order::
     step_*("preprocess"), step_*("dedupe"), step_*("holdout")
     step_*("tokenize")                        model created (training) and rows built
     step_*("evaluate_before")                 held-out losses of the starting model
+    step_*("import")                          the rest of the training stack's import
     step_started("train")
       update_started
       training_penalty, training_progress     per batch
@@ -232,8 +233,9 @@ def update_finished(run, report):
 @hookspec
 def step_started(run, step):
     """A step of the run begins: ``"load"``, ``"collect"``, ``"preprocess"``, ``"dedupe"``,
-    ``"holdout"``, ``"tokenize"``, ``"evaluate_before"``, ``"train"``, ``"validate"``,
-    ``"save"``."""
+    ``"holdout"``, ``"tokenize"``, ``"evaluate_before"``, ``"import"``, ``"train"``,
+    ``"validate"``, ``"save"``. A dry run has only load (the manifest), collect,
+    preprocess, dedupe, holdout and save."""
 
 
 @hookspec
@@ -246,10 +248,15 @@ def step_finished(run, step, info, seconds):
     - dedupe: ``duplicates``, ``contaminating``, ``items`` (left)
     - holdout: ``train``, ``held_out`` (``train`` 0: nothing new to learn, the run ends)
     - tokenize: ``items``, ``sequences``, ``tokens``, ``held_out``
-    - evaluate_before: ``retention_items``, ``new_items``
+    - evaluate_before: ``retention_items`` (scored), ``new_items``, ``retention_stored`` (of
+      them, read from the parent version instead of scored); an update also ``retention_pool``
+    - import: ``module``, ``import_seconds`` (the whole import, in its background thread),
+      ``overlapped``; the step's own seconds are what the run still waited for
     - train: ``epoch_losses``, ``oom_retries``
-    - validate: ``metrics``, ``verdicts`` (dicts), ``next_steps``
-    - save: ``version``, ``status`` (``"accepted"``, ``"rejected"``, ``"dry_run"``), ``current``
+    - validate: ``metrics``, ``verdicts`` (dicts, each with its ``seconds``), ``next_steps``
+    - save: ``version``, ``status`` (``"accepted"``, ``"rejected"``; ``"dry_run"`` or
+      ``"check"`` with ``version`` None: nothing written), ``current``, ``pruned`` (the keep
+      policy's plan, or None)
     """
 
 

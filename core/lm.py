@@ -81,3 +81,9 @@ class Sample:
     prompt: str
     text: str                                        # the continuation alone, decoded
     tokens: list[int] = field(default_factory=list)  # its token ids, up to the first stop token
+
+
+def autocast(device, precision: str):
+    """bf16 autocast on ``device`` when ``precision`` is "bf16"; a no-op context for "fp32"."""
+    device_type = getattr(device, "type", None) or str(device).split(":")[0]
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16")

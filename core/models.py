@@ -46,6 +46,17 @@ def resolve_device(name: str | None):
     return torch.device(name)
 
 
+def resolve_precision(name: str, device) -> str:
+    """"fp32" or "bf16" for ``config.precision`` on ``device``: auto is bf16 on a CUDA device
+    with bf16 support, fp32 elsewhere (see BENCHMARKS.md: bf16 on a CPU without native bf16
+    instructions is several times slower)."""
+    import torch
+
+    if name != "auto":
+        return name
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+
+
 def family(registry: Registry, name: str) -> ModelFamily:
     return registry.build("models", name, None)
 

@@ -4,11 +4,12 @@ Versions are immutable once renamed into place (prune aside); what the model *is
 chain CURRENT -> parent -> ... (see ``store``). So a rollback is only a new
 CURRENT, and the ledger and the retention set follow it by themselves.
 
-Prune keeps the last N accepted versions whole, plus the current one. What a
-kept version's chain needs stays as a *stub*: its manifest (parent, metrics),
-``holdout.jsonl`` (the retention set and the drift baseline), report and
-tokenizer, and its ledger rows (what counts as already learned); only the
-weights and strategy state go. Rejected versions newer than the newest
+Prune keeps the last N accepted versions whole, plus the current one (and, if
+asked, every full training). What a kept version's chain needs stays as a
+*stub*: its manifest (parent, metrics), ``holdout.jsonl`` (the retention set and
+the drift baseline), report and tokenizer, and its ledger rows (what counts as
+already learned); only the weights, strategy state and stored retention set
+go. ``prune.keep_last`` in the config prunes after every saved version. Rejected versions newer than the newest
 accepted one (the current streak, which ``retain status`` counts) are also
 kept as stubs. Everything else is deleted, ledger rows included. (A stub
 keeps any other file too, e.g. a deduper's index that its chain may read.)
@@ -24,6 +25,7 @@ from typing import Any
 
 from . import interrupts
 from .errors import ModelError
+from .retention import RETENTION
 from .store import MANIFEST, ModelStore, atomic_write_text, now_iso
 
 
@@ -113,10 +115,11 @@ def validate_version(engine: Any, store: ModelStore, version: str | None, data: 
     """Run the configured validators on ``version`` (default: current) against its parent,
     with the items of ``data`` as held-out new items. Reads only."""
     from .errors import SourceError
-    from .evaluation import evidence, measure, metrics, retention_texts
+    from . import retention
+    from .evaluation import evidence, measure, metrics, scoring_key
     from .gate import judge
     from .ingest import collect, preprocess
-    from .models import load_version, resolve_device
+    from .models import load_version, resolve_device, resolve_precision
     from .strategy import TrainSettings
 
     cfg, registry = engine.config, engine.registry
@@ -135,10 +138,15 @@ def validate_version(engine: Any, store: ModelStore, version: str | None, data: 
         raise SourceError("no usable items in --data to validate with")
     seen = store.ledger.find([it.hash for it in items], store.chain(version))
     store.ledger.close()
-    old = retention_texts(store, store.chain(parent), cfg.validation.eval_max_items, cfg.seed)
-    new = [it.text for it in items]
+    kept = retention.load(store, parent, cfg.validation.eval_max_items, cfg.seed)
+    scored = manifest.get("metrics", {}).get("retention_items")  # what the update scored, else the pool
+    k = scored if isinstance(scored, int) else len(kept.items)
+    old, new = kept.texts[:k], [it.text for it in items]
     seq_len = min(cfg.fine_tuning.max_seq_length, cand.lm.context)
-    before, after = measure(base.lm, old, new, seq_len, device), measure(cand.lm, old, new, seq_len, device)
+    precision = resolve_precision(cfg.precision, device)
+    before = measure(base.lm, old, new, seq_len, device, precision,
+                     kept.losses(scoring_key(seq_len, precision, device))[:k])
+    after = measure(cand.lm, old, new, seq_len, device, precision)
     numbers = metrics(before, after, len(old), len(new))
     settings = _settings(store, version, manifest, TrainSettings)
     ev = evidence("fine_tuning", cand.lm, settings, before, after, list(manifest.get("epoch_losses", [])),
@@ -152,7 +160,13 @@ def validate_version(engine: Any, store: ModelStore, version: str | None, data: 
 
 
 def _settings(store: ModelStore, version: str, manifest: dict, cls) -> Any:
-    """The run's TrainSettings (from its report), for remedies with this run's numbers."""
+    """The run's TrainSettings (from its manifest, or its report for older versions), for
+    remedies with this run's numbers."""
+    if isinstance(manifest.get("settings"), dict):
+        try:
+            return cls(**manifest["settings"])
+        except TypeError:
+            pass
     if "report.json" in manifest.get("files", {}):
         report = json.loads(store.verified_path(version, "report.json", manifest).read_text(encoding="utf-8"))
         if isinstance(report.get("settings"), dict):
@@ -179,13 +193,17 @@ class PrunePlan:
         return {"keep": self.keep, "stub": self.stub, "delete": self.delete}
 
 
-def plan_prune(store: ModelStore, keep_last: int) -> PrunePlan:
+def plan_prune(store: ModelStore, keep_last: int, keep_full_trainings: bool = False) -> PrunePlan:
+    """``keep_full_trainings``: every accepted full training stays whole too (a retrain's
+    starting point, and the drift baseline of its updates)."""
     if keep_last < 1:
         raise ModelError("--keep must be at least 1")
     current = store.current()
     manifests = {v: store.manifest(v) for v in store.versions()}
     accepted = [v for v, m in manifests.items() if m.get("status") == "accepted" and "pruned" not in m]
     keep = set(accepted[-keep_last:]) | {current}
+    if keep_full_trainings:
+        keep |= {v for v in accepted if manifests[v].get("kind") == "full_training"}
     needed: set[str] = set()
     for v in keep:
         needed.update(store.chain(v))
@@ -203,27 +221,43 @@ def plan_prune(store: ModelStore, keep_last: int) -> PrunePlan:
     return plan
 
 
-def prune(store: ModelStore, keep_last: int, dry_run: bool = False, wait: float = 0.0) -> PrunePlan:
-    """Apply ``plan_prune`` under the lock. Each step is crash-safe: a stub's manifest is
-    rewritten (atomically) before its files go; a deleted version is first renamed to a
-    ``.tmp-`` name, which ``recover`` finishes removing if we die half way."""
+def prune(store: ModelStore, keep_last: int, dry_run: bool = False, wait: float = 0.0,
+          keep_full_trainings: bool = False) -> PrunePlan:
+    """Apply ``plan_prune`` under the lock (``retain prune``)."""
     with store.lock(wait=wait):
         store.recover()
-        plan = plan_prune(store, keep_last)
-        if dry_run:
-            return plan
-        with interrupts.shielded():  # a Ctrl-C acts once the prune is done: no half-removed version
-            for v in plan.stub:
-                _strip(store, v)
-            for v in plan.delete:
-                doomed = store.versions_dir / f".tmp-pruned-{v}-{os.getpid()}"
-                os.rename(store.versions_dir / v, doomed)
-                shutil.rmtree(doomed)
-            if plan.delete:
-                store.ledger.forget_versions_except(store.versions())
-            interrupts.set_outcome(f"the prune had finished ({len(plan.stub)} stubbed, "
-                                   f"{len(plan.delete)} deleted); the current model is unchanged")
+        plan = plan_prune(store, keep_last, keep_full_trainings)
+        if not dry_run:
+            with interrupts.shielded():  # a Ctrl-C acts once the prune is done: no half-removed version
+                apply_prune(store, plan)
+                interrupts.set_outcome(f"the prune had finished ({len(plan.stub)} stubbed, "
+                                       f"{len(plan.delete)} deleted); the current model is unchanged")
         return plan
+
+
+def auto_prune(store: ModelStore, config) -> PrunePlan | None:
+    """The configured keep policy (``prune.keep_last``, 0: off), after a version is saved;
+    the caller holds the lock."""
+    policy = config.prune
+    if policy.keep_last < 1:
+        return None
+    plan = plan_prune(store, policy.keep_last, policy.keep_full_trainings)
+    apply_prune(store, plan)
+    return plan
+
+
+def apply_prune(store: ModelStore, plan: PrunePlan) -> None:
+    """Each step is crash-safe: a stub's manifest is rewritten (atomically) before its
+    files go; a deleted version is first renamed to a ``.tmp-`` name, which ``recover``
+    finishes removing if we die half way. The caller holds the lock."""
+    for v in plan.stub:
+        _strip(store, v)
+    for v in plan.delete:
+        doomed = store.versions_dir / f".tmp-pruned-{v}-{os.getpid()}"
+        os.rename(store.versions_dir / v, doomed)
+        shutil.rmtree(doomed)
+    if plan.delete:
+        store.ledger.forget_versions_except(store.versions())
 
 
 def _strip(store: ModelStore, version: str) -> None:
@@ -242,6 +276,7 @@ def _strip(store: ModelStore, version: str) -> None:
 
 
 def _heavy(rel: str) -> bool:
-    """What only loading the version itself needs: its weights (safetensors, whatever the
-    family names them) and strategy state."""
-    return rel.endswith(".safetensors") or rel.startswith("strategy/")
+    """What only loading the version itself, or updating from it, needs: its weights
+    (safetensors, whatever the family names them), strategy state, and the retention set
+    its updates would read (a stub is never a parent again)."""
+    return rel.endswith(".safetensors") or rel.startswith("strategy/") or rel == RETENTION

@@ -147,15 +147,20 @@ def _retention_drift(store: ModelStore, config: Config, current: str, root: str 
     if baseline is None or HOLDOUT not in manifest.get("files", {}):
         return Check("retention_drift", False, f"version {root} kept no held-out base items: "
                      "drift not measured", {})
+    stored = store.manifest(current).get("metrics", {})
+    items = None
     if current == root:
         now = baseline
-    else:
+    elif isinstance(stored.get("base_holdout_loss"), (int, float)):  # measured by the update: no model to load
+        now, baseline = float(stored["base_holdout_loss"]), float(stored["base_holdout_baseline"])
+        items = stored.get("base_holdout_items")
+    else:  # a version from before updates stored it
         now = _holdout_loss(store, current, root, config, device, registry)
     drift = (now - baseline) / baseline if baseline else 0.0
     numbers = {"loss_after_full_training": baseline, "loss_now": now, "drift": drift, "threshold": limit,
-               "full_training": root}
-    what = (f"held-out base items' loss {baseline:.4f} right after the full training ({root}), "
-            f"{now:.4f} now ({percent(drift, limit)})")
+               "full_training": root, "items": items}
+    what = (f"held-out base items' loss{f' (on {items} of them)' if items else ''} {baseline:.4f} right after "
+            f"the full training ({root}), {now:.4f} now ({percent(drift, limit)})")
     if drift > limit:
         return Check("retention_drift", True, f"{what}: drifted more than {percent(limit, signed=False)} "
                      "(quality degradation, even if each update passed)", numbers)

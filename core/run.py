@@ -18,9 +18,10 @@ from .validation import Verdict
 
 if TYPE_CHECKING:
     from .contracts import LanguageModel
-    from .evaluation import Scores
+    from .evaluation import DriftSet, Scores
     from .lm import Rows
     from .models import LoadedVersion
+    from .retention import RetentionSet
 
 FULL_TRAINING, FINE_TUNING = "full_training", "fine_tuning"
 
@@ -35,6 +36,7 @@ class Run:
     model_dir: Path
     parent: str | None                 # the version it starts from; None for a full training
     device: Any = None                 # torch.device the model trains on
+    precision: str = "fp32"            # "fp32" or "bf16" (autocast), resolved from config.precision
     dry_run: bool = False              # write nothing at all
     base: "LoadedVersion | None" = None  # the loaded parent version (updates)
 
@@ -52,6 +54,8 @@ class Run:
     rows: "Rows | None" = None         # the training rows of ``items``
 
     # measurements and the gate's decision
+    retention: "RetentionSet | None" = None  # the parent's retention pool (core/retention.py)
+    drift: "DriftSet | None" = None    # the last full training's held-out items the drift is scored on
     retention_texts: list[str] = field(default_factory=list)  # old items, never trained on
     new_texts: list[str] = field(default_factory=list)        # this run's held-out new items
     before: "Scores | None" = None

@@ -226,6 +226,7 @@ class VersionWriter:
     store: "ModelStore"
     name: str
     tmp: Path
+    parent: str | None = None  # files identical to the parent's are hard links to them, not copies
     on_interrupt: int | None = None  # interrupts token: an interrupt removes the unfinished version
 
     def write_json(self, rel: str, obj: Any) -> None:
@@ -252,7 +253,10 @@ class VersionWriter:
                 with open(p, "rb") as f:
                     os.fsync(f.fileno())
                 files[p.relative_to(self.tmp).as_posix()] = sha256_file(p)
+        shared = self._share_with_parent(files)
         manifest = {**manifest, "format": FORMAT, "version": self.name, "files": files}
+        if shared:
+            manifest["shared_with_parent"] = shared
         manifest_path = self.tmp / MANIFEST
         with open(manifest_path, "w", encoding="utf-8") as f:
             json.dump(manifest, f, indent=2, sort_keys=True)
@@ -266,6 +270,31 @@ class VersionWriter:
         _fsync_dir(self.store.versions_dir)
         fault_point("renamed")  # test-only: a finished version that never becomes current
         return final
+
+    def _share_with_parent(self, files: dict[str, str]) -> list[str]:
+        """Replace each file whose checksum equals the parent's same file by a hard link to
+        it: a day's version costs on disk only what changed (a tokenizer, a strategy's state,
+        weights a family left untouched). The link is as good as a copy: versions are never
+        modified in place, and deleting the parent (prune) leaves the link's data alone."""
+        if self.parent is None:
+            return []
+        try:
+            theirs = self.store.manifest(self.parent).get("files", {})
+        except ModelError:
+            return []
+        shared = []
+        for rel, digest in files.items():
+            source = self.store.versions_dir / self.parent / rel
+            if theirs.get(rel) != digest or not source.is_file() or sha256_file(source) != digest:
+                continue
+            link = self.tmp / f"{rel}.link-tmp"
+            try:
+                os.link(source, link)
+            except OSError:  # a filesystem without hard links: keep the copy
+                continue
+            os.replace(link, self.tmp / rel)
+            shared.append(rel)
+        return shared
 
     def abandon(self) -> None:
         """Remove the unfinished version and any rows already written for it."""
@@ -321,6 +350,7 @@ class ModelStore:
             raise ModelError(f"{self.root} is a file, not a model directory")
         self.versions_dir = self.root / "versions"
         self.ledger = Ledger(self.root / "ledger.sqlite")
+        self._manifests: dict[str, tuple[tuple[int, int, int], dict]] = {}
 
     # --- reading -----------------------------------------------------------
     def exists(self) -> bool:
@@ -353,7 +383,23 @@ class ModelStore:
                       if p.is_dir() and not p.name.startswith("."))
 
     def manifest(self, version: str) -> dict:
+        """The version's manifest, checked; shared, do not modify it. Parsed once per process
+        while the file is unchanged (a stat decides: prune rewrites a stub's manifest), since
+        several steps of every update walk the chain, a year of daily versions long."""
         path = self.versions_dir / version / MANIFEST
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            raise ModelError(f"version {version}: {MANIFEST} is missing") from None
+        key = (st.st_mtime_ns, st.st_size, st.st_ino)
+        cached = self._manifests.get(version)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        data = self._read_manifest(version, path)
+        self._manifests[version] = (key, data)
+        return data
+
+    def _read_manifest(self, version: str, path: Path) -> dict:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -436,13 +482,14 @@ class ModelStore:
         nums = [int(v) for v in self.versions() if v.isdigit()]
         return f"{(max(nums) if nums else 0) + 1:04d}"
 
-    def begin_version(self) -> VersionWriter:
+    def begin_version(self, parent: str | None = None) -> VersionWriter:
+        """A new version being written; ``parent``: the version its identical files link to."""
         self.versions_dir.mkdir(parents=True, exist_ok=True)
         name = self.next_version_name()
         tmp = self.versions_dir / f".tmp-{name}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        writer = VersionWriter(self, name, tmp)
+        writer = VersionWriter(self, name, tmp, parent)
         writer.on_interrupt = interrupts.on_interrupt(writer.abandon)
         return writer
 

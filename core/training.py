@@ -23,7 +23,7 @@ from avalanche.core import SupervisedPlugin
 from avalanche.training.templates import SupervisedTemplate
 from torch.utils.data import DataLoader, TensorDataset
 
-from .lm import IGNORE_INDEX, Rows, lm_loss
+from .lm import IGNORE_INDEX, Rows, autocast, lm_loss
 from .retry import retry_halving_batch
 from .run import Run
 from .strategy import TrainSettings
@@ -99,6 +99,13 @@ class LMTemplate(SupervisedTemplate):
     """
 
     lengths: list[int] | None = None
+    precision: str = "fp32"
+
+    def forward(self):
+        # bf16 autocast around the forward only: the loss is taken in fp32 (RecordingCriterion)
+        # and the backward runs outside autocast, as torch recommends.
+        with autocast(self.device, self.precision):
+            return super().forward()
 
     def make_train_dataloader(self, num_workers=0, shuffle=True, pin_memory=None,
                               persistent_workers=False, drop_last=False, **kwargs):
@@ -123,7 +130,7 @@ class RecordingCriterion:
         self.last: torch.Tensor | None = None
 
     def __call__(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        loss = lm_loss(logits, targets)
+        loss = lm_loss(logits.float(), targets)
         self.last = loss.detach()
         return loss
 
@@ -177,7 +184,7 @@ class EngineLoop(SupervisedPlugin):
 
 def fit(module: torch.nn.Module, rows: Rows, settings: TrainSettings, *, device: torch.device, pad_id: int,
         plugins: list, penalty: Callable[..., torch.Tensor | None], on_step: Callable[[int, int, float], None],
-        on_epoch: Callable[[int, float], None], continuing: bool) -> list[float]:
+        on_epoch: Callable[[int, float], None], continuing: bool, precision: str = "fp32") -> list[float]:
     """Train ``module`` on ``rows`` for ``settings.epochs``; return the mean task loss per epoch.
 
     ``penalty(model, inputs, targets, logits)`` returns the summed extra loss
@@ -199,6 +206,7 @@ def fit(module: torch.nn.Module, rows: Rows, settings: TrainSettings, *, device:
                               eval_mb_size=settings.batch_size, device=device,
                               plugins=[*plugins, loop], evaluator=None)
         template.lengths = (y != IGNORE_INDEX).sum(1).tolist()
+        template.precision = precision
         if continuing:
             # Each update is a fresh template, but not the model's first experience: say so, or
             # avalanche plugins that skip the first one (EWC, MAS, GEM) ignore restored state.
@@ -232,7 +240,8 @@ def train(run: Run, pm) -> None:
     def attempt() -> list[float]:
         plugins = [p for s in run.strategies for p in s.avalanche_plugins(run)]
         return fit(run.model, run.rows, settings, device=run.device, pad_id=run.lm.pad_id, plugins=plugins,
-                   penalty=penalty, on_step=on_step, on_epoch=on_epoch, continuing=run.parent is not None)
+                   penalty=penalty, on_step=on_step, on_epoch=on_epoch, continuing=run.parent is not None,
+                   precision=run.precision)
 
     def on_oom(failed: int, retry: int, error: str) -> None:
         run.oom_retries.append({"batch_size": failed, "retry_batch_size": retry, "error": error})

@@ -17,10 +17,11 @@ class Verdict:
     numbers: dict[str, float] = field(default_factory=dict)  # the measurements, for the report
     remedy: str = ""        # the next step if not a pass (``retain.core.advice`` builds them)
     validator: str = ""     # filled in by the engine with the registered name if left empty
+    seconds: float | None = None  # filled in by the engine: how long the validator took
 
     def to_json(self) -> dict:
         return {"validator": self.validator, "status": self.status, "reason": self.reason,
-                "numbers": self.numbers, "remedy": self.remedy}
+                "numbers": self.numbers, "remedy": self.remedy, "seconds": self.seconds}
 
 
 @dataclass

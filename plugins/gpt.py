@@ -81,12 +81,21 @@ class Block(nn.Module):
         )
         self.dropout = arch.dropout
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: list | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``cache`` (generation): this block's keys and values so far, extended in place;
+        ``mask`` (bool, True = may attend) replaces the causal mask where rows are padded."""
         b, t, c = x.shape
         q, k, v = self.qkv(self.ln1(x)).split(c, dim=2)
         q, k, v = (z.view(b, t, self.n_head, c // self.n_head).transpose(1, 2) for z in (q, k, v))
-        drop = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=drop)
+        if cache is not None:
+            if cache:
+                k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
+            cache[:] = [k, v]
+        if mask is None:
+            drop = self.dropout if self.training else 0.0
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=drop)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         x = x + self.proj(y.transpose(1, 2).reshape(b, t, c))
         return x + self.mlp(self.ln2(x))
 
@@ -118,12 +127,15 @@ class TransformerModel(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        t = idx.size(1)
-        pos = torch.arange(t, device=idx.device)
-        x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))
-        for block in self.blocks:
-            x = block(x)
+    def forward(self, idx: torch.Tensor, positions: torch.Tensor | None = None, caches: list | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``[batch, time, vocab]`` of ``idx``. Training and scoring pass ``idx`` alone;
+        generation passes each row's ``positions``, the blocks' key/value ``caches`` and a ``mask``."""
+        if positions is None:
+            positions = torch.arange(idx.size(1), device=idx.device)
+        x = self.drop(self.tok_emb(idx) + self.pos_emb(positions))
+        for i, block in enumerate(self.blocks):
+            x = block(x, caches[i] if caches is not None else None, mask)
         return self.head(self.ln_f(x))
 
     def state_dict_for_save(self) -> dict[str, torch.Tensor]:
@@ -135,19 +147,48 @@ class TransformerModel(nn.Module):
         tensors["head.weight"] = tensors["tok_emb.weight"]
         self.load_state_dict(tensors, strict=True)
 
-    @torch.no_grad()
-    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+    @torch.inference_mode()
+    def generate(self, prompts: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
+                 generator: torch.Generator | None = None, stop: frozenset[int] = frozenset(),
+                 pad_id: int = 0) -> list[list[int]]:
+        """Continue every prompt (token ids) at once, with a key/value cache: the prompts,
+        left-padded to one length, run through the model once, then one position per new
+        token. Stops early when every row has produced a ``stop`` token; returns each
+        row's new tokens (up to ``max_new_tokens``, stop tokens included)."""
+        device = self.tok_emb.weight.device
+        max_new_tokens = max(0, min(max_new_tokens, self.arch.context - 1))
+        keep = self.arch.context - max_new_tokens  # positions are learned: prompt + output must fit
+        prompts = [list(p[-keep:]) or [pad_id] for p in prompts]
+        width = max(len(p) for p in prompts)
+        idx = torch.full((len(prompts), width), pad_id, dtype=torch.long, device=device)
+        real = torch.zeros((len(prompts), width), dtype=torch.bool, device=device)
+        for i, p in enumerate(prompts):
+            idx[i, width - len(p):] = torch.tensor(p, device=device)
+            real[i, width - len(p):] = True
+        positions = (real.long().cumsum(1) - 1).clamp(min=0)
+        causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
+        # A padding position attends to itself only (a row of nothing is NaN); real ones skip padding.
+        mask = causal & (real[:, None, :] | torch.eye(width, dtype=torch.bool, device=device))
+        caches: list[list] = [[] for _ in self.blocks]
+        logits = self(idx, positions, caches, mask[:, None])[:, -1, :]
+        out: list[torch.Tensor] = []
+        done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+        stop_ids = torch.tensor(sorted(stop), dtype=torch.long, device=device)
         for _ in range(max_new_tokens):
-            logits = self(idx[:, -self.arch.context:])[:, -1, :]
             if temperature <= 0:
-                nxt = logits.argmax(-1, keepdim=True)
+                nxt = logits.argmax(-1)
             else:
-                probs = torch.softmax(logits / temperature, dim=-1)
-                nxt = torch.multinomial(probs, 1, generator=generator)
-            idx = torch.cat([idx, nxt], dim=1)
-        return idx
-
+                probs = torch.softmax(logits.float() / temperature, dim=-1)
+                nxt = torch.multinomial(probs, 1, generator=generator)[:, 0]
+            out.append(nxt)
+            done |= torch.isin(nxt, stop_ids)
+            if bool(done.all()) or len(out) == max_new_tokens:
+                break
+            real = torch.cat([real, torch.ones(len(prompts), 1, dtype=torch.bool, device=device)], dim=1)
+            positions = positions[:, -1:] + 1
+            logits = self(nxt[:, None], positions, caches, real[:, None, None, :])[:, -1, :]
+        tokens = torch.stack(out, dim=1).tolist() if out else [[] for _ in prompts]
+        return tokens
 
 
 # --- the family: what the engine sees -------------------------------------------------------
@@ -174,25 +215,25 @@ class GptModel:
     def token_losses(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return token_losses(logits, targets)
 
-    @torch.no_grad()
     def generate(self, prompts: list[str], *, max_new_tokens: int, temperature: float,
                  seed: int) -> list[Sample]:
+        """All prompts in one batch, with a key/value cache, under ``inference_mode``."""
         model = self.module
         device = next(model.parameters()).device
-        stop = {self.eos_id, self.pad_id}
+        stop = frozenset({self.eos_id, self.pad_id})
         generator = torch.Generator(device=device).manual_seed(seed)
         was_training = model.training
         model.eval()
-        samples = []
         try:
-            for prompt in prompts:
-                ids = [self.eos_id, *self.tokenizer.encode(prompt).ids]
-                out = model.generate(torch.tensor([ids], device=device), max_new_tokens,
-                                     temperature=temperature, generator=generator)[0, len(ids):].tolist()
-                tokens = out[:next((i for i, t in enumerate(out) if t in stop), len(out))]
-                samples.append(Sample(prompt, self.tokenizer.decode(tokens), tokens))
+            ids = [[self.eos_id, *enc.ids] for enc in self.tokenizer.encode_batch(list(prompts))]
+            outs = model.generate(ids, max_new_tokens, temperature=temperature, generator=generator, stop=stop,
+                                  pad_id=self.pad_id)
         finally:
             model.train(was_training)
+        samples = []
+        for prompt, out in zip(prompts, outs):
+            tokens = out[:next((i for i, t in enumerate(out) if t in stop), len(out))]
+            samples.append(Sample(prompt, self.tokenizer.decode(tokens), tokens))
         return samples
 
     def architecture(self) -> dict[str, Any]:

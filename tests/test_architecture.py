@@ -8,6 +8,7 @@ like third-party ones). Plugins and strategies know no command line.
 from __future__ import annotations
 
 import ast
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -84,3 +85,30 @@ def test_commands_that_read_the_registry_import_no_torch(tmp_path):
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'avalanche')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_commands_that_train_nothing_import_no_avalanche(base_model, new_texts, tmp_path):
+    # history, status, rollback, prune and `update --dry-run` read the model directory: no torch
+    # (an update stores what `status` needs); validate scores the model: torch, never avalanche.
+    from retain.core.config import load_config
+    from retain.core.engine import Engine
+
+    from conftest import TINY, write_jsonl
+
+    data = write_jsonl(tmp_path / "new.jsonl", new_texts[:12])
+    Engine(load_config(None, TINY)).update([str(data)], base_model)
+    more = write_jsonl(tmp_path / "more.jsonl", new_texts[12:24])
+    sets = [arg for o in TINY for arg in ("--set", o)]
+    commands = [["history", "--model", base_model], ["status", "--model", base_model, *sets],
+                ["rollback", "--model", base_model, "0001"], ["rollback", "--model", base_model, "0002"],
+                ["prune", "--model", base_model, "--keep", "5"],
+                ["update", "--model", base_model, "--data", more, "--dry-run", *sets],
+                ["validate", "--model", base_model, "--data", more, *sets]]
+    code = ("import json, sys\nfrom typer.testing import CliRunner\nfrom retain.cli import app\n"
+            "for args in json.loads(sys.argv[1]):\n"
+            "    r = CliRunner().invoke(app, args)\n    assert r.exit_code == 0, (args, r.output)\n"
+            "    print(args[0], sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'avalanche'}))")
+    out = subprocess.run([sys.executable, "-c", code, json.dumps([[str(a) for a in c] for c in commands])],
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out == ["history []", "status []", "rollback []", "rollback []", "prune []", "update []",
+                   "validate ['torch']"]

@@ -1,4 +1,4 @@
-"""The quality gate: validators, rejected versions, remedies, exit codes, OOM retry, dry run."""
+"""The quality gate: validators, rejected versions, remedies, exit codes, OOM retry, dry run, check."""
 
 from __future__ import annotations
 
@@ -292,23 +292,46 @@ def test_custom_validator_from_examples_can_reject(base_model, new_texts, tmp_pa
 
 # --- dry run -----------------------------------------------------------------------------------------
 
-def test_dry_run_writes_nothing(base_model, new_texts, tmp_path):
+def test_dry_run_says_what_an_update_would_learn_and_trains_nothing(base_model, new_texts, tmp_path):
     path = tmp_path / "new.jsonl"
     lines = [json.dumps({"text": t}) for t in new_texts[:20]] + ['{"text": "unterminated']
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     before = _snapshot(base_model)
 
-    ok = _cli("update", "--model", base_model, "--data", path, "--dry-run", *SETS)
+    ok = _cli("update", "--model", base_model, "--data", path, "--dry-run", "--json", *SETS)
     assert ok.exit_code == 0, ok.output
-    assert "not written: dry run" in ok.output and "skipped (dry run)" in ok.output
+    assert "not written: dry run" in ok.output and "would fine-tune on 16 items (4 held out)" in ok.output
+    assert "20 new items learned" not in ok.output and "20 more pending" in ok.output
+    report = json.loads(ok.stdout.strip().splitlines()[-1])
+    assert report["status"] == "dry_run" and report["version"] is None
+    assert report["counts"] == {"collected": 20, "rejected": 1, "preprocessed": 20, "duplicates": 0,
+                                "contaminating": 0, "new": 20, "trained": 16, "holdout": 4}
+    assert report["epoch_losses"] == [] and report["verdicts"] == []
+    assert {"tokenize", "train", "validate"}.isdisjoint(report["timings"])
+    assert _snapshot(base_model) == before
+
+
+def test_check_trains_and_validates_and_writes_nothing(base_model, new_texts, tmp_path):
+    path = tmp_path / "new.jsonl"
+    lines = [json.dumps({"text": t}) for t in new_texts[:20]] + ['{"text": "unterminated']
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    before = _snapshot(base_model)
+
+    ok = _cli("update", "--model", base_model, "--data", path, "--check", *SETS)
+    assert ok.exit_code == 0, ok.output
+    assert "not written: dry run" in ok.output and "skipped (--check)" in ok.output
     assert "20 new items learned" not in ok.output and "20 more pending" in ok.output
     assert _snapshot(base_model) == before
 
-    bad = _cli("update", "--model", base_model, "--data", path, "--dry-run", "--lr", "1.0", "--json", *SETS)
+    bad = _cli("update", "--model", base_model, "--data", path, "--check", "--lr", "1.0", "--json", *SETS)
     assert bad.exit_code == 10
     report = json.loads(bad.stdout.strip().splitlines()[-1])
-    assert report["status"] == "dry_run" and report["gate"] == "rejected" and report["version"] is None
+    assert report["status"] == "check" and report["gate"] == "rejected" and report["version"] is None
+    assert len(report["epoch_losses"]) == 2
     assert _snapshot(base_model) == before
+
+    both = _cli("update", "--model", base_model, "--data", path, "--check", "--dry-run", *SETS)
+    assert both.exit_code == 2 and "pick one" in both.output
 
 
 def test_remedy_learning_rates_are_accepted_as_written():

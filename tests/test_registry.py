@@ -16,7 +16,7 @@ from retain.core.config import load_config
 from retain.core.engine import Engine
 from retain.core.models import load_version
 from retain.core.errors import UpdateRejected
-from retain.core.store import HOLDOUT, WEIGHTS, ModelStore
+from retain.core.store import HOLDOUT, TOKENIZER, WEIGHTS, ModelStore
 
 from conftest import TINY, write_jsonl
 
@@ -164,6 +164,31 @@ def test_prune_keeps_what_the_chain_needs(history_model, old_texts, new_texts, t
     refused = _cli("rollback", "--model", model, "0001")
     assert refused.exit_code == 5 and "pruned" in refused.output
     assert [r["pruned"] for r in _json("history", "--model", model)] == [True, False]
+
+
+def test_keep_policy_prunes_after_each_update_and_identical_files_are_shared(base_model, new_texts, tmp_path):
+    store = ModelStore(base_model)
+    for i in range(3):
+        report = _update(base_model, write_jsonl(tmp_path / f"{i}.jsonl", new_texts[15 * i:15 * i + 15]),
+                         "prune.keep_last=1", "validators=[finite]")
+        assert report["status"] == "accepted"
+    assert report["pruned"] == {"keep": ["0001", "0004"], "stub": ["0003"], "delete": []}
+    versions = base_model / "versions"
+    # The full training stays whole (prune.keep_full_trainings), the updates between are stubs.
+    assert [(versions / v / WEIGHTS).exists() for v in store.versions()] == [True, False, False, True]
+    assert all("pruned" in store.manifest(v) and not (versions / v / "retention.jsonl").exists()
+               for v in ("0002", "0003"))
+    # The tokenizer never changes: one file on disk, linked from every version.
+    assert len({(versions / v / TOKENIZER).stat().st_ino for v in store.versions()}) == 1
+    assert "tokenizer.json" in store.manifest("0004")["shared_with_parent"]
+    assert WEIGHTS not in store.manifest("0004")["shared_with_parent"]  # weights changed: a new file
+    assert load_version(store).lm.tokenizer.get_vocab_size() == load_version(store, "0001").lm.tokenizer.get_vocab_size()
+    # Without keep_full_trainings, the full training becomes a stub like the others.
+    last = _update(base_model, write_jsonl(tmp_path / "last.jsonl", new_texts[45:60]), "prune.keep_last=1",
+                   "prune.keep_full_trainings=false", "validators=[finite]")
+    assert last["status"] == "accepted", last["verdicts"]
+    assert [(versions / v / WEIGHTS).exists() for v in store.versions()] == [False, False, False, False, True]
+    assert _cli("status", "--model", base_model, *SETS).exit_code == 0
 
 
 # --- full retrain or fine-tune? ----------------------------------------------------------------

@@ -1,0 +1,234 @@
+"""A year of daily versions in one model directory: does an update, `history` or `status`
+get slower as versions pile up, and does the disk grow by what changed?
+
+    python benchmarks/growth.py --write BENCHMARKS.md      # 365 daily versions (~15 min on 2 cores)
+    python benchmarks/growth.py --tiny                      # CI-safe: 8 versions, the same tables
+
+A tiny model (1 layer, d_model 32, byte-level BPE of 300) and generated text (random words of a
+seeded vocabulary), so that a year of updates fits in minutes: what is measured is the model
+directory's bookkeeping, which does not depend on the model's size. Every validator runs, with
+thresholds that never reject (on random words a tiny model's gate would, and a rejected version
+does not lengthen the chain). The base is trained on
+2,000 items (10% held out: 200, the retention set's start); every day brings 20 new items (2
+held out), so the retention pool reaches its cap (256) on day 28. The keep policy is on
+(``prune.keep_last=7``, full trainings kept): older versions become stubs without weights.
+
+Each update is an ``Engine.update`` in this process (with the end-of-update retrain advice, as
+``retain update`` gives it), one torch thread; its wall seconds are recorded for every version.
+The directory is copied at the checkpoints; at the end, an update of the same 20 new items runs
+on a copy of the directory at version 30 and on a copy at the last version, alternately, 5
+times each: the ratio of the medians is the growth of an update's cost. ``history`` and
+``status`` run as commands (fresh processes, medians of 3) at each checkpoint. Disk is the
+directory's bytes (a file linked from several versions counted once); "without the keep
+policy" adds back what pruning removed, "without sharing" also counts every linked file again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SECTION = "## A year of daily versions (issue 13)"
+MODEL = ["model.n_layer=1", "model.n_head=2", "model.d_model=32", "model.vocab_size=300",
+         "full_training.max_seq_length=64", "fine_tuning.max_seq_length=64", "full_training.epochs=2",
+         "device=cpu", "validation.retention_fraction=0.1",
+         # Every validator runs (its cost is part of an update) but none rejects: on random words a
+         # tiny model's gate would, and a rejected version does not lengthen the chain.
+         "options.retention.max_increase=10", "options.retention.max_items_worse=1",
+         "options.learning.min_drop=-10", "options.loss_trend.tolerance=10",
+         "options.generation.max_repetition=1", "options.generation.max_empty=1"]
+
+
+def vocabulary(seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 8)))
+            for _ in range(3000)]
+
+
+def items(start: int, n: int, vocab: list[str]) -> list[str]:
+    """``n`` distinct generated paragraphs, numbered from ``start`` (never repeated across days)."""
+    out = []
+    for i in range(start, start + n):
+        rng = random.Random(i)
+        out.append(" ".join(rng.choice(vocab) for _ in range(rng.randint(20, 40))) + f" ({i}).")
+    return out
+
+
+def write_jsonl(path: Path, texts: list[str]) -> Path:
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+    return path
+
+
+def disk(root: Path, seen: set | None = None) -> int:
+    """Bytes of the files under ``root``, each inode once (``seen``: inodes already counted)."""
+    seen = set() if seen is None else seen
+    total = 0
+    for p in root.rglob("*"):
+        if p.is_file():
+            st = p.stat()
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_size
+    return total
+
+
+def command_seconds(args: list[str], runs: int = 3) -> float:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "retain.cli", *args], env=env, check=True, capture_output=True)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def run(versions: int, checkpoints: list[int], keep_last: int, daily: int, base_items: int, work: Path,
+        rounds: int, command_runs: int = 3) -> dict:
+    import torch
+
+    from retain.core.config import load_config
+    from retain.core.engine import Engine
+    from retain.core.errors import UpdateRejected
+    from retain.core.models import load_version
+    from retain.core.store import ModelStore
+
+    torch.set_num_threads(1)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    model = work / "model"
+    vocab = vocabulary()
+    config = load_config(None, [*MODEL, f"prune.keep_last={keep_last}"])
+    engine = Engine(config)
+    engine.train([str(write_jsonl(work / "base.jsonl", items(0, base_items, vocab)))], model)
+    store = ModelStore(model)
+    rows, seen, added, plain = [], set(), disk(model), disk(model)
+    disk(model, seen)
+    snapshots = {}
+    for day in range(1, versions):
+        data = write_jsonl(work / "day.jsonl", items(10**6 + day * daily, daily, vocab))
+        started = time.perf_counter()
+        try:
+            report = engine.update([str(data)], model, advise=True)
+        except UpdateRejected as exc:
+            report = exc.report
+        seconds = time.perf_counter() - started
+        version = store.versions_dir / report["version"]
+        new_bytes = disk(version, seen)          # what this version added (links are not new)
+        added += new_bytes
+        plain += sum(p.stat().st_size for p in version.rglob("*") if p.is_file())
+        n = day + 1
+        row = {"version": n, "seconds": seconds, "status": report["status"], "disk": disk(model),
+               "without_keep": added, "without_sharing": plain,
+               "retention_items": report["metrics"].get("retention_items"),
+               "pool": store.manifest(report["version"]).get("retention", {}).get("items")}
+        if n in checkpoints:
+            snapshots[n] = work / f"at-{n}"
+            shutil.copytree(model, snapshots[n])
+            row["history_s"] = command_seconds(["history", "--model", str(model), "--json"], command_runs)
+            row["status_s"] = command_seconds(["status", "--model", str(model), "--json",
+                                               *[a for o in MODEL for a in ("--set", o)]], command_runs)
+            print(f"version {n}: update {seconds:.2f} s, history {row['history_s']:.2f} s, status "
+                  f"{row['status_s']:.2f} s, disk {row['disk'] / 1e6:.1f} MB", file=sys.stderr, flush=True)
+        rows.append(row)
+    # Same update, early directory against the last one, alternately.
+    early, late = (30 if 30 in snapshots and 30 < versions else checkpoints[0]), versions
+    fresh = write_jsonl(work / "same.jsonl", items(10**8, daily, vocab))
+    timed = {early: [], late: []}
+    for r in range(rounds):
+        for n, source in ((early, snapshots[early]), (late, model)):
+            copy = work / f"copy-{n}"
+            shutil.rmtree(copy, ignore_errors=True)
+            shutil.copytree(source, copy)
+            started = time.perf_counter()
+            try:
+                engine.update([str(fresh)], copy, advise=True)
+            except UpdateRejected:
+                pass
+            timed[n].append(time.perf_counter() - started)
+            shutil.rmtree(copy)
+    current = store.current()
+    parent = store.manifest(current)["parent"]
+    a, b = (load_version(store, v).model.state_dict_for_save() for v in (parent, current))
+    same = sum(torch.equal(a[k], b[k]) for k in a)
+    return {"rows": rows, "early": early, "late": late, "timed": timed, "identical_tensors": same,
+            "tensors": len(a), "keep_last": keep_last, "daily": daily, "base_items": base_items,
+            "weights_bytes": (store.versions_dir / current / "model.safetensors").stat().st_size}
+
+
+def tables(result: dict, checkpoints: list[int]) -> str:
+    rows = {r["version"]: r for r in result["rows"]}
+    md = ["| versions | update s (median of the 10 before) | `history` s | `status` s | disk MB | "
+          "without the keep policy MB | without sharing either MB | retention pool / scored |",
+          "|---|---|---|---|---|---|---|---|"]
+    for n in checkpoints:
+        r = rows[n]
+        window = [x["seconds"] for x in result["rows"] if n - 10 < x["version"] <= n]
+        md.append(f"| {n} | {statistics.median(window):.2f} | {r['history_s']:.2f} | {r['status_s']:.2f} | "
+                  f"{r['disk'] / 1e6:.2f} | {r['without_keep'] / 1e6:.2f} | {r['without_sharing'] / 1e6:.2f} | "
+                  f"{r['pool']} / {r['retention_items']} |")
+    e, l = result["early"], result["late"]
+    me, ml = statistics.median(result["timed"][e]), statistics.median(result["timed"][l])
+    md.append("")
+    md.append(f"The same update on the directory at version {e} and at version {l}, alternately "
+              f"({len(result['timed'][e])} each): medians {me:.2f} s and {ml:.2f} s, **{ml / me:.2f}x**. "
+              f"A version's weights are {result['weights_bytes'] / 1e6:.2f} MB; between the last two versions "
+              f"{result['identical_tensors']} of {result['tensors']} tensors are identical (a full fine-tune "
+              "changes every tensor, so only whole files are shared: the tokenizer, unchanged strategy "
+              "state; the keep policy is what bounds the weights on disk).")
+    rejected = sum(r["status"] != "accepted" for r in result["rows"])
+    md.append("")
+    md.append(f"{len(result['rows'])} updates, {rejected} rejected by the gate.")
+    return "\n".join(md) + "\n"
+
+
+def write_section(path: Path, text: str) -> None:
+    old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
+    start = old.find(SECTION)
+    if start < 0:
+        path.write_text(old.rstrip("\n") + "\n\n" + text, encoding="utf-8")
+        return
+    end = old.find("\n## ", start + len(SECTION))
+    after = "\n" + old[end + 1:] if end >= 0 else ""
+    path.write_text(old[:start] + text.rstrip("\n") + "\n" + after, encoding="utf-8")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--versions", type=int, default=365)
+    ap.add_argument("--checkpoints", default="10,30,100,200,365")
+    ap.add_argument("--keep-last", type=int, default=7)
+    ap.add_argument("--daily", type=int, default=20)
+    ap.add_argument("--base-items", type=int, default=2000)
+    ap.add_argument("--rounds", type=int, default=5, help="alternating updates at the early and last version")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/retain-growth-bench"))
+    ap.add_argument("--tiny", action="store_true", help="CI-safe: 8 versions, checkpoints 3 and 8")
+    ap.add_argument("--write", type=Path)
+    args = ap.parse_args()
+    if args.tiny:
+        args.versions, args.checkpoints, args.keep_last, args.rounds, args.base_items = 8, "3,8", 3, 1, 200
+    checkpoints = [int(c) for c in args.checkpoints.split(",") if int(c) <= args.versions]
+    started = time.perf_counter()
+    result = run(args.versions, checkpoints, args.keep_last, args.daily, args.base_items, args.work, args.rounds,
+                 1 if args.tiny else 3)
+    md = tables(result, checkpoints)
+    print(md)
+    (args.work / "results.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+    if args.write:
+        cmd = "python benchmarks/growth.py " + " ".join(sys.argv[1:])
+        text = (f"{SECTION}\n\nCommand: `{cmd}` ({(time.perf_counter() - started) / 60:.0f} min on "
+                f"{os.cpu_count()} CPU cores, Python {platform.python_version()}).\n\n"
+                + __doc__.split("\n\n", 2)[2].strip() + "\n\n" + md)
+        write_section(args.write, text)
+
+
+if __name__ == "__main__":
+    main()
