@@ -61,6 +61,7 @@ def manifest(run: Run, report: dict, entry: dict, status: str) -> dict:
         "counts": report["counts"], "metrics": report["metrics"], "epoch_losses": report["epoch_losses"],
         "verdicts": report["verdicts"], "strategies": report["strategies"], "timings": report["timings"],
         "data_hash": data_hash(run.items), "run": run.id, "replaces": report.get("replaces"),
+        **({"source": run.origin} if run.origin else {}),
     }
 
 

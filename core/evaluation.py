@@ -96,7 +96,7 @@ def measure_before(run, store: ModelStore) -> dict:
     """The starting model's losses: on the retention set and this run's held-out new items
     (for a full training: the random init on the held-out base items)."""
     cfg = run.config
-    if run.full:
+    if run.new_lineage:
         run.retention_texts, run.new_texts = [it.text for it in run.holdout], []
     else:
         run.retention_texts = retention_texts(store, store.chain(run.parent), cfg.validation.eval_max_items,
@@ -104,6 +104,13 @@ def measure_before(run, store: ModelStore) -> dict:
         run.new_texts = [it.text for it in run.holdout]
     run.before = measure(run.lm, run.retention_texts, run.new_texts, run.settings.max_seq_length, run.device)
     return {"retention_items": len(run.retention_texts), "new_items": len(run.new_texts)}
+
+
+def measure_unchanged(run) -> None:
+    """An import: the weights are the ones measured before (its pass over the base data only let
+    the strategies record), so the losses after are those before: the retention baseline."""
+    run.after = run.before
+    run.metrics = metrics(run.before, run.after, len(run.retention_texts), len(run.new_texts))
 
 
 def measure_after(run) -> Evidence:

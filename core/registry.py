@@ -8,7 +8,8 @@ Prune keeps the last N accepted versions whole, plus the current one. What a
 kept version's chain needs stays as a *stub*: its manifest (parent, metrics),
 ``holdout.jsonl`` (the retention set and the drift baseline), report and
 tokenizer, and its ledger rows (what counts as already learned); only the
-weights and strategy state go. Rejected versions newer than the newest
+weights and strategy state go. A kept version that holds only adapter weights
+(the ``lora`` strategy's) keeps the version it builds on whole too. Rejected versions newer than the newest
 accepted one (the current streak, which ``retain status`` counts) are also
 kept as stubs. Everything else is deleted, ledger rows included. (A stub
 keeps any other file too, e.g. a deduper's index that its chain may read.)
@@ -98,6 +99,13 @@ def rollback(store: ModelStore, target: str | None = None, wait: float = 0.0) ->
             raise ModelError(f"version {target} was pruned ({m['pruned'].get('at')}): its weights are gone")
         for rel in m.get("files", {}):
             store.verified_path(target, rel, m)  # refuses a truncated or modified file
+        base = builds_on(m)
+        if base is not None:  # adapter weights alone: the full weights they apply to must be there
+            bm = store.manifest(base)
+            if "pruned" in bm:
+                raise ModelError(f"version {target} builds on version {base}, whose weights were pruned")
+            for rel in bm.get("files", {}):
+                store.verified_path(base, rel, bm)
         if target != current:
             store.set_current(target)
         return current, target
@@ -175,6 +183,13 @@ class PrunePlan:
         return {"keep": self.keep, "stub": self.stub, "delete": self.delete}
 
 
+def builds_on(manifest: dict) -> str | None:
+    """The version whose full weights a version's adapter weights apply to (None: it has its own)."""
+    entry = manifest.get("model")
+    base = entry.get("builds_on") if isinstance(entry, dict) else None
+    return base if isinstance(base, str) else None
+
+
 def plan_prune(store: ModelStore, keep_last: int) -> PrunePlan:
     if keep_last < 1:
         raise ModelError("--keep must be at least 1")
@@ -182,6 +197,7 @@ def plan_prune(store: ModelStore, keep_last: int) -> PrunePlan:
     manifests = {v: store.manifest(v) for v in store.versions()}
     accepted = [v for v, m in manifests.items() if m.get("status") == "accepted" and "pruned" not in m]
     keep = set(accepted[-keep_last:]) | {current}
+    keep |= {b for v in list(keep) if (b := builds_on(manifests[v])) is not None and b in manifests}
     needed: set[str] = set()
     for v in keep:
         needed.update(store.chain(v))
