@@ -57,6 +57,10 @@ class ConsoleRenderer:
         if step != "train":
             return
         s = run.settings
+        if run.kind == "import":
+            self.say(f"[bold]6. Record the base data[/] ({', '.join(x.name for x in run.strategies)}): "
+                     "one pass, weights unchanged")
+            return
         label = "Full training" if run.full else "Fine-tune"
         how = "from scratch" if run.full else (", ".join(x.name for x in run.strategies) or "no strategy")
         self.say(f"[bold]6. {label}[/] ({how}): {s.epochs} epochs, lr {s.learning_rate:g}, batch {s.batch_size}")
@@ -105,7 +109,10 @@ class ConsoleRenderer:
 
     # --- one line (or a few) per step ------------------------------------------------------------
     def show_load(self, run, info: dict[str, Any]) -> None:
-        if info["version"] is None:
+        if info.get("source"):
+            self.say(f"[bold]1. Import model[/]: {info['source']} ({info['family']}, "
+                     f"{info['parameters'] / 1e6:.2f}M parameters)")
+        elif info["version"] is None:
             self.say("[bold]1. Load model[/]: none, training from scratch (random init)")
         else:
             self.say(f"[bold]1. Load model[/]: version {info['version']} "
@@ -133,6 +140,10 @@ class ConsoleRenderer:
     def show_tokenize(self, run, info: dict[str, Any]) -> None:
         self.say(f"[bold]5. Tokenize[/]: {info['items']} items -> {info['sequences']} sequences, "
                  f"{info['tokens']:,} tokens" + (f" ({info['held_out']} items held out)" if info["held_out"] else ""))
+        total = run.parameters.get("total")
+        if total and info.get("trainable_parameters") not in (None, total):
+            self.say(f"  trainable: {info['trainable_parameters']:,} of {total:,} parameters "
+                     f"({100 * info['trainable_parameters'] / total:.2f}%)")
 
     def show_validate(self, run, info: dict[str, Any]) -> None:
         m = info["metrics"]
