@@ -101,3 +101,24 @@ def test_regularizers_with_lora_keep_importances_of_the_adapters_only(wide, new_
     state = load_file(str(wide / "versions" / report["version"] / "strategy/ewc.safetensors"))
     assert state and all("lora_" in name for name in state)
     assert sum(t.numel() for t in state.values()) == report["parameters"]["trainable"]
+
+
+def test_compare_runs_one_strategy_at_two_settings_and_reports_its_costs(base_model, new_texts, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from retain.cli import app
+
+    day = write_jsonl(tmp_path / "day1.jsonl", new_texts[:15])
+    result = CliRunner().invoke(app, [
+        "compare", "--strategies", "low_lr,lora:rank=2,lora:rank=8+replay", "--model", str(base_model),
+        "--data", str(day), "--out", str(tmp_path / "out"), "--json", "--quiet"])
+    assert result.exit_code == 0, result.output
+    res = json.loads(result.stdout)["results"]
+    full, r2, r8 = res["low_lr"], res["lora:rank=2"], res["lora:rank=8+replay"]
+    # rank 8 trains 4x the adapter weights of rank 2 (same layers), both far fewer than a full update
+    assert r8["trainable_parameters"] == 4 * r2["trainable_parameters"] < full["trainable_parameters"]
+    assert r2["version_mib"] < r8["version_mib"] and r2["version_mib"] < full["version_mib"] / 3
+    header = (tmp_path / "out" / "results.csv").read_text().splitlines()[0].split(",")
+    assert {"trainable_parameters", "version_mib"} <= set(header)
