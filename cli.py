@@ -371,7 +371,8 @@ def status(
     """Fine-tune or fully retrain? Says which, and why.
 
     Recommends a full retrain, with the reason, when the new items since the last full training
-    exceed retrain.max_new_items, the config's architecture or tokenizer differs from the model's, retention drifted past retrain.max_retention_drift since
+    exceed retrain.max_new_items, the config explicitly asks for another architecture or tokenizer than the
+    model's (what it does not set comes from the model's manifest), retention drifted past retrain.max_retention_drift since
     the last full training, or the gate rejected the last retrain.max_rejected_in_row updates."""
     from retain.core.retrain import assess
     from retain.core.store import ModelStore

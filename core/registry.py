@@ -86,7 +86,7 @@ def rollback(store: ModelStore, target: str | None = None, wait: float = 0.0) ->
         if target is None:
             target = store.manifest(current).get("parent")
             if target is None:
-                raise ModelError(f"version {current} is a full training with no parent to roll back to; "
+                raise ModelError(f"version {current} starts its lineage (a full training or an import): no parent to roll back to; "
                                  "name a version: retain rollback --model DIR VERSION")
         target = normalize_version(target)
         if target not in store.versions():
@@ -128,7 +128,7 @@ def validate_version(engine: Any, store: ModelStore, version: str | None, data: 
     manifest = store.manifest(version)
     parent = manifest.get("parent")
     if parent is None:
-        raise ModelError(f"version {version} is a full training: it has no parent to compare with; "
+        raise ModelError(f"version {version} starts its lineage (a full training or an import): it has no parent to compare with; "
                          "validate one of its updates")
     device = resolve_device(engine.device_name)
     cand = load_version(store, version, device, registry)

@@ -211,3 +211,25 @@ def test_an_hf_model_too_big_for_memory_exits_11_with_the_remedy(gpt2_dir, old_t
                                    "--set", "model.family=hf", "--set", f"model.path={huge}"])
     assert out.exit_code == 11, out.output
     assert "out of memory creating the 'hf' model" in out.output and "Traceback" not in out.output
+
+
+def test_dedupe_history_and_compare_work_on_an_imported_hf_model(imported, old_texts, new_texts, tmp_path):
+    from typer.testing import CliRunner
+
+    from retain.cli import app
+
+    # the import's base items are in the ledger: an update skips them
+    mixed = write_jsonl(tmp_path / "mixed.jsonl", old_texts[:5] + new_texts[:12])
+    report = engine("fine_tuning.strategy=[low_lr]", "validators=[finite]").update([str(mixed)], imported)
+    assert report["counts"]["duplicates"] == 5 and report["counts"]["new"] == 12
+    history = CliRunner().invoke(app, ["history", "--model", str(imported), "--json"])
+    assert [r["kind"] for r in json.loads(history.stdout)] == ["import", "fine_tuning"]
+    day = write_jsonl(tmp_path / "day.jsonl", new_texts[20:35])
+    out = CliRunner().invoke(app, ["compare", "--strategies", "low_lr,lora", "--model", str(imported),
+                                   "--data", str(day), "--out", str(tmp_path / "cmp"), "--json", "--quiet"])
+    assert out.exit_code == 0, out.output
+    results = json.loads(out.stdout)["results"]
+    for name in ("low_lr", "lora"):
+        assert results[name]["supported"] and len(results[name]["R"]) == 2
+        assert results[name]["R"][1][1] < results[name]["R"][0][1]  # each learned the day
+    assert results["lora"]["version_mib"] < results["low_lr"]["version_mib"]
