@@ -186,6 +186,14 @@ def handle_errors(func):
         except (typer.Exit, typer.Abort, typer.TyperException):
             raise
         except Exception as exc:
+            from retain.core.retry import out_of_memory_error
+
+            oom = out_of_memory_error(exc, "") if isinstance(exc, (RuntimeError, MemoryError)) else None
+            if oom is not None:  # out of memory anywhere: exit 11 and the remedy, not a traceback
+                _error_line(str(oom))
+                if json_mode:
+                    _emit_json(error_object(oom.exit_code, oom.kind, str(oom)))
+                raise typer.Exit(oom.exit_code) from None
             if json_mode:
                 _emit_json(error_object(1, "internal", f"{type(exc).__name__}: {exc}"))
             raise
@@ -293,6 +301,70 @@ def update(
     report = engine.update(data, model, dry_run=dry_run, check=check, wait=wait,
                            advise=json_out or not quiet)
     _emit(report, json_out)
+
+
+@app.command("import")
+@handle_errors
+def import_(
+    source: Path = typer.Argument(..., help="A transformers model directory, a .pth/.pt state dict, or a "
+                                  ".safetensors file."),
+    model: Path = ModelOpt,
+    data: List[str] = typer.Option([], "--data", "-d", help="The base data the model was trained on (repeatable): "
+                                   "its held-out share measures retention from the first update on, and the "
+                                   "strategies record their state from it (replay buffer, Fisher)."),
+    family: Optional[str] = typer.Option(None, "--family", help="model.family of a weights file: gpt (default) "
+                                         "or python; a directory is hf."),
+    factory: Optional[str] = typer.Option(None, "--factory", help="model.factory (python family): "
+                                          "package.module:function returning your nn.Module."),
+    tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="model.tokenizer of a weights file: a "
+                                            "tokenizers JSON file or an HF tokenizer directory."),
+    config: Optional[Path] = ConfigOpt,
+    set_: List[str] = typer.Option([], "--set", help="Override a config value (repeatable)."),
+    strategy: Optional[str] = typer.Option(
+        None, "--strategy", help="The strategies later updates will use (e.g. replay,ewc): with --data they "
+        "record what the first update needs from the base data."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="full_training.batch_size of the pass "
+                                             "over --data"),
+    json_out: bool = json_option("the import's report (source, counts, metrics, version)"), device: Optional[str] = DeviceOpt, strict: bool = StrictOpt,
+    quiet: bool = QuietOpt,
+):
+    """Bring an existing model in as the first version of a model directory.
+
+    Weights are read as safetensors, or with torch.load(weights_only=True): a file that needs
+    arbitrary unpickling is refused (exit 5) and nothing in it runs. Without --data, `retain
+    status` says retention is not yet measured against the base domain."""
+    from retain.core.engine import Engine
+
+    extra = [f"model.{key}={value}" for key, value in (("family", family), ("factory", factory),
+                                                      ("tokenizer", tokenizer)) if value is not None]
+    cfg = _load(config, [*set_, *extra], "full_training", None, None, batch_size, strategy)
+    engine = Engine(cfg, listeners=_listeners(json_out, quiet), device=_device(device), strict=strict)
+    _emit(engine.import_model(source, model, data), json_out)
+
+
+@app.command()
+@handle_errors
+def export(
+    model: Path = ModelOpt,
+    out: Path = typer.Option(..., "--out", "-o", help="A new directory."),
+    fmt: str = typer.Option("hf", "--format", help="hf: what transformers' from_pretrained loads."),
+    version: Optional[str] = typer.Option(None, "--version", help="Version to export (default: current)."),
+    json_out: bool = json_option("what was exported (version, family, adapter_merged, files)"),
+):
+    """Export a version for serving: --format hf writes a directory that
+    AutoModelForCausalLM.from_pretrained and AutoTokenizer.from_pretrained load
+    (the built-in gpt as GPT-2; LoRA adapters merged)."""
+    from retain.core.exports import export_version
+    from retain.core.pluginmanager import Registry, default_plugin_manager
+    from retain.core.store import ModelStore
+
+    result = export_version(ModelStore(model), version, fmt, out, Registry.of(default_plugin_manager()))
+    if json_out:
+        _emit_json(result)
+    else:
+        typer.echo(f"exported version {result['version']} ({result['family']}"
+                   f"{', adapters merged' if result['adapter_merged'] else ''}) to {out} as {fmt}: "
+                   f"{', '.join(result['files'])}")
 
 
 def _device(value: Optional[str]) -> Optional[str]:
@@ -466,7 +538,8 @@ def status(
     """Fine-tune or fully retrain? Says which, and why.
 
     Recommends a full retrain, with the reason, when the new items since the last full training
-    exceed retrain.max_new_items, the config's architecture or tokenizer differs from the model's, retention drifted past retrain.max_retention_drift since
+    exceed retrain.max_new_items, the config explicitly asks for another architecture or tokenizer than the
+    model's (what it does not set comes from the model's manifest), retention drifted past retrain.max_retention_drift since
     the last full training, or the gate rejected the last retrain.max_rejected_in_row updates."""
     from retain.core.retrain import assess
     from retain.core.store import ModelStore
@@ -546,7 +619,7 @@ def history(model: Path = ModelOpt,
             status += f" (warn: {', '.join(r['warned'])})"
         if r["pruned"]:
             status += " [dim](pruned)[/]"
-        kind = {"full_training": "full", "fine_tuning": "update"}.get(r["kind"], r["kind"] or "")
+        kind = {"full_training": "full", "fine_tuning": "update", "import": "import"}.get(r["kind"], r["kind"] or "")
         table.add_row(("*" if r["current"] else "") + r["version"], r["parent"] or "-", kind, status,
                       f"{r['learning_rate']:g}" if r["learning_rate"] is not None else "-",
                       str(r["items_learned"]), loss(m["retention_loss_before"], m["retention_loss_after"]),

@@ -138,6 +138,10 @@ class ConsoleRenderer:
         if step != "train":
             return
         s = run.settings
+        if run.kind == "import":
+            self.say(f"[bold]6. Record the base data[/] ({', '.join(x.name for x in run.strategies)}): "
+                     "one pass, weights unchanged")
+            return
         label = "Full training" if run.full else "Fine-tune"
         how = "from scratch" if run.full else (", ".join(x.name for x in run.strategies) or "no strategy")
         self.say(f"[bold]6. {label}[/] ({how}): {plural(s.epochs, 'epoch')}, lr {s.learning_rate:g}, "
@@ -197,7 +201,10 @@ class ConsoleRenderer:
 
     # --- one line (or a few) per step ------------------------------------------------------------
     def show_load(self, run, info: dict[str, Any]) -> None:
-        if info["version"] is None:
+        if info.get("source"):
+            self.say(f"[bold]1. Import model[/]: {info['source']} ({info['family']}, "
+                     f"{info['parameters'] / 1e6:.2f}M parameters)")
+        elif info["version"] is None:
             self.say("[bold]1. Load model[/]: none, training from scratch (random init)")
         elif info["parameters"] is None:  # a dry run reads no weights
             self.say(f"[bold]1. Load model[/]: version {info['version']}")
@@ -229,6 +236,10 @@ class ConsoleRenderer:
         self.say(f"[bold]5. Tokenize[/]: {plural(info['items'], 'item')} -> {plural(info['sequences'], 'sequence')}, "
                  f"{plural(info['tokens'], 'token')}"
                  + (f" ({plural(info['held_out'], 'item')} held out)" if info["held_out"] else ""))
+        total = run.parameters.get("total")
+        if total and info.get("trainable_parameters") not in (None, total):
+            self.say(f"  trainable: {info['trainable_parameters']:,} of {total:,} parameters "
+                     f"({100 * info['trainable_parameters'] / total:.2f}%)")
 
     def show_validate(self, run, info: dict[str, Any]) -> None:
         m = info["metrics"]

@@ -9,6 +9,9 @@ own held-out speeches).
 
     .venv/bin/python benchmarks/text_compare.py                  # ~4 minutes on 2 cores
     .venv/bin/python benchmarks/text_compare.py --strategies naive,low_lr,full_retrain
+    # LoRA at two ranks against full fine-tuning and replay (issue 11), on the default model size:
+    .venv/bin/python benchmarks/text_compare.py --set model.d_model=128 \
+        --strategies naive,low_lr,replay,lora:rank=4,lora:rank=16,lora:rank=16+replay,full_retrain
 
 It writes the corpora as JSONL, trains the base (same as ``retain train``),
 then runs the equivalent of::
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shutil
 import sys
@@ -28,7 +32,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
+# The corpora live beside the checkout (../shared/data); RETAIN_DATA points elsewhere (a worktree).
+DATA = Path(os.environ.get("RETAIN_DATA", REPO.parent / "shared" / "data"))
 # A model small enough that 4 full trainings (base + full_retrain after each day) fit in minutes.
 MODEL = ["model.n_layer=2", "model.n_head=4", "model.d_model=64", "model.vocab_size=1024",
          "full_training.max_seq_length=128", "fine_tuning.max_seq_length=128", "full_training.epochs=4",
@@ -59,17 +64,20 @@ def markdown(results: dict) -> str:
     from retain.compare.report import rows
 
     lines = ["| strategy | Wikipedia loss (base → final) | Shakespeare loss, last day | avg final loss (ppl) | "
-             "forgetting | BWT | FWT | train s | peak MiB |", "|---|---|---|---|---|---|---|---|---|"]
+             "forgetting | BWT | FWT | trained parameters | KiB per version | train s | peak MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows(results):
         res = results["results"][r["strategy"]]
         if not r["supported"]:
-            lines.append(f"| {r['strategy']} | n/a ({r['note']}) |||||||")
+            lines.append(f"| {r['strategy']} | n/a ({r['note']}) |||||||||")
             continue
         R = res["R"]
         fwt = "-" if r["fwt"] is None else f"{r['fwt']:+.3f}"
+        trained = "-" if r.get("trainable_parameters") is None else f"{r['trainable_parameters']:,}"
+        kib = "-" if r.get("version_mib") is None else f"{1024 * r['version_mib']:,.0f}"
         lines.append(f"| {r['strategy']} | {R[0][0]:.3f} → {R[-1][0]:.3f} ({r['old_rise']:+.3f}) | {r['final_new']:.3f} | "
                      f"{r['average_final']:.3f} ({r['final_perplexity']:.1f}) | {r['forgetting']:+.3f} | "
-                     f"{r['bwt']:+.3f} | {fwt} | {r['train_seconds']:.0f} | {r['peak_rss_mib']:.0f} |")
+                     f"{r['bwt']:+.3f} | {fwt} | {trained} | {kib} | {r['train_seconds']:.0f} | {r['peak_rss_mib']:.0f} |")
     return "\n".join(lines)
 
 
@@ -84,6 +92,8 @@ def main() -> None:
     ap.add_argument("--dup-share", type=float, default=0.25)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config override after the benchmark's own model settings (repeatable)")
     args = ap.parse_args()
     if not DATA.is_dir():
         print(f"skipped: the shared corpora are not at {DATA} (they live beside the checkout, "
@@ -112,8 +122,10 @@ def main() -> None:
     play = write_jsonl(work / "shakespeare.jsonl", shakespeare(fresh * args.days, args.seed))
     # The base is trained with every stateful strategy listed, so each records what its first
     # update needs from the base data (replay buffer, importances), as a user's base would.
-    names = list(dict.fromkeys(p for n in args.strategies.split(",") for p in n.split("+") if p != "full_retrain"))
-    base_cfg = [*MODEL, f"fine_tuning.strategy=[{','.join(names)}]", f"seed={args.seed}"]
+    from retain.compare.run import parse_label
+
+    names = list(dict.fromkeys(p for n in args.strategies.split(",") for p in parse_label(n)[0] if p != "full_retrain"))
+    base_cfg = [*MODEL, *args.sets, f"fine_tuning.strategy=[{','.join(names)}]", f"seed={args.seed}"]
     t0 = time.perf_counter()
     Engine(load_config(None, base_cfg)).train([str(wiki)], work / "base")
     console.print(f"base model: {args.base_items} Wikipedia paragraphs, {time.perf_counter() - t0:.0f}s")

@@ -30,6 +30,9 @@ def _columns(results: dict) -> list[tuple[str, str, str, bool | None]]:
     cols += [("forgetting", "forget", "+.3f", False), ("bwt", "BWT", "+.3f", True),
              ("fwt", "FWT", "+.3f", True), ("train_seconds", "train s", ".1f", False),
              ("wall_seconds", "wall s", ".1f", False), ("peak_rss_mib", "peak MiB", ".0f", False)]
+    if metric == "loss":  # text: what an update trains and what its version weighs
+        cols += [("trainable_parameters", "trained params", ",.0f", None),
+                 ("version_mib", "MiB/version", ".3f", False)]
     return cols
 
 

@@ -5,7 +5,9 @@ third party's) builds the stream once; every strategy is then run on it from
 the same starting point with the same seeds. A strategy is any registered
 name, a composition ``a+b`` (``naive+ewc``: naive's learning rate with EWC's
 penalty), or ``full_retrain``: after each experience, train from scratch on
-everything so far (the expensive baseline).
+everything so far (the expensive baseline). A part may carry its own options,
+``name:key=value:...`` (``lora:rank=4,lora:rank=16+replay``): the same strategy
+at two settings in one comparison.
 
 Strategies are independent, so with ``--jobs N`` they run in N spawned worker
 processes, each limited to ``cores // N`` torch threads; ``--jobs 1`` runs them
@@ -66,11 +68,45 @@ def parse_strategies(text: str | list[str]) -> list[str]:
     return names
 
 
+def parse_label(label: str) -> tuple[list[str], dict[str, dict]]:
+    """``"lora:rank=4+replay"`` -> (["lora", "replay"], {"lora": {"rank": 4}}): the strategies of a
+    label, and the options its parts set (values are YAML, as with --set)."""
+    import yaml
+
+    names, options = [], {}
+    for part in label.split("+"):
+        name, *settings = part.split(":")
+        names.append(name)
+        for setting in settings:
+            key, sep, raw = setting.partition("=")
+            if not sep or not key:
+                raise ConfigError(f"'{label}': expected name:key=value, got {part!r}")
+            try:
+                value = yaml.safe_load(raw) if raw.strip() else ""
+            except yaml.YAMLError:
+                value = raw
+            options.setdefault(name, {})[key] = value
+    return names, options
+
+
+def with_options(config: Config, options: dict[str, dict]) -> Config:
+    """``config`` with a label's own strategy options over ``config.options``."""
+    if not options:
+        return config
+    import copy
+
+    out = copy.deepcopy(config)
+    for name, values in options.items():
+        out.options[name] = {**out.options.get(name, {}), **values}
+    return out
+
+
 def check_strategies(names: list[str], registry: Registry, config: Config) -> None:
     """Every part is installed and its options are valid: one clear error here, not one per worker."""
     known = registry.by_kind["strategies"]
     for label in names:
-        parts = label.split("+")
+        parts, options = parse_label(label)
+        own = with_options(config, options)
         if FULL_RETRAIN in parts and len(parts) > 1:
             raise ConfigError(f"'{label}': {FULL_RETRAIN} is a baseline, it does not compose")
         if len(set(parts)) != len(parts):
@@ -81,7 +117,7 @@ def check_strategies(names: list[str], registry: Registry, config: Config) -> No
             if part not in known:
                 raise PluginError(f"unknown strategy '{part}' (known: {', '.join(sorted(known))}, "
                                   f"and {FULL_RETRAIN}); `retain strategies` lists what is installed")
-            registry.build("strategies", part, config)
+            registry.build("strategies", part, own)
 
 
 # --- one strategy's run (worker process, or this one with --jobs 1) -------------------------
@@ -110,10 +146,11 @@ def run_one(label: str, scenario: Any, stream: Any, config: Config, seed: int) -
         preload()  # the training stack's import time is not the strategy's
     started = time.perf_counter()
     hashes = stream.fingerprints()
+    names, options = parse_label(label)
     with tempfile.TemporaryDirectory(prefix="retain-compare-") as tmp:
         token = interrupts.on_interrupt(lambda: shutil.rmtree(tmp, ignore_errors=True))
         try:
-            result = scenario.run(label.split("+"), stream, config, seed, Path(tmp))
+            result = scenario.run(names, stream, with_options(config, options), seed, Path(tmp))
         finally:
             interrupts.release(token)
     result.update(strategy=label, data_hashes=hashes, wall_seconds=time.perf_counter() - started,
@@ -167,6 +204,14 @@ def run_compare(req: CompareRequest, *, console=None) -> dict:
     return summary
 
 
+def stage_costs(stages: list[dict]) -> dict:
+    """What one update costs beyond time: weights it trained, bytes its version takes on disk."""
+    trainable = [s["trainable_parameters"] for s in stages if s.get("trainable_parameters")]
+    sizes = [s["version_bytes"] for s in stages if s.get("version_bytes")]
+    return {"trainable_parameters": max(trainable) if trainable else None,
+            "version_mib": sum(sizes) / len(sizes) / 2**20 if sizes else None}
+
+
 def check_identical(results: dict[str, dict]) -> dict:
     """The data hashes every strategy reported, refusing results computed on different data."""
     first_label, first = next(iter(results.items()))
@@ -193,6 +238,7 @@ def summarize(req: CompareRequest, stream, config: Config, names: list[str], res
                 old, new = [row[0] for row in R], [None, *new[1:]]
             if stream.metric == "loss":
                 res.update(final_perplexity=math.exp(m.average_final), old_rise=R[-1][0] - R[0][0])
+                res.update(stage_costs(res.get("stages", [])))
             res.update(metrics=m.to_json(), old=old, new=new, final_old=old[-1], final_new=new[-1])
         out_results[label] = res
     return {

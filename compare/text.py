@@ -241,9 +241,11 @@ class TextScenario:
     def _stateless_base_notes(labels: list[str], registry, config: Config) -> list[str]:
         from retain.core.strategy import Strategy
 
+        from retain.compare.run import parse_label
+
         stateless = []
         for label in labels:
-            for part in label.split("+"):
+            for part in parse_label(label)[0]:
                 if part == FULL_RETRAIN or part in config.fine_tuning.strategy:
                     continue
                 built = registry.build("strategies", part, config)
@@ -293,8 +295,11 @@ class TextScenario:
                     report = engine.update([], model_dir, items=exp.train)
                 stage["status"] = report.get("status") or "trained"
                 stage["verdicts"] = {v["validator"]: v["status"] for v in report.get("verdicts", [])}
+                stage["trainable_parameters"] = (report.get("parameters") or {}).get("trainable")
                 if report.get("version"):
                     stage["trained_hash"] = ModelStore(model_dir).manifest(report["version"]).get("data_hash")
+                    stage["version_bytes"] = sum(p.stat().st_size for p in
+                                                 (model_dir / "versions" / report["version"]).rglob("*") if p.is_file())
                 stage.update(trained=report["counts"]["trained"], duplicates=report["counts"]["duplicates"])
             except UpdateRejected as exc:  # the gate kept the previous model, as it would for a user
                 stage.update(status="rejected", reason=str(exc),

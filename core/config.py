@@ -24,8 +24,13 @@ from .errors import ConfigError
 
 @dataclass
 class ModelConfig:
-    """Which model family (``retain plugins`` lists them) and the size of the built-in ``gpt``
-    (its context length is full_training.max_seq_length)."""
+    """Which model family (``retain plugins`` lists them) and what it builds: the size of the
+    built-in ``gpt`` (its context length is full_training.max_seq_length), the local directory
+    of an ``hf`` model, the factory of a ``python`` one.
+
+    A model directory remembers its model: an update, ``retain status`` and a retrain take
+    every key of this block the config does not set explicitly from the model's own manifest
+    (``model_config`` in ``core/models.py``)."""
 
     family: str = "gpt"
     n_layer: int = 2
@@ -33,6 +38,10 @@ class ModelConfig:
     d_model: int = 128
     vocab_size: int = 2048
     dropout: float = 0.0
+    path: str = ""        # hf: a local transformers directory (config.json, tokenizer files)
+    factory: str = ""     # python: "package.module:function" returning an nn.Module (ids -> logits)
+    factory_args: dict[str, Any] = field(default_factory=dict)  # python: the factory's keyword arguments
+    tokenizer: str = ""   # python, and .pth/.safetensors imports: a tokenizers JSON file or an HF tokenizer dir
 
 
 @dataclass
@@ -110,9 +119,22 @@ class Config:
     # Options of each plugin, by the name it registered (sources, strategies, ...).
     # Checked against that plugin's own options dataclass when it is built.
     options: dict[str, dict] = field(default_factory=dict)
+    # Not a config key: the dotted keys the user's config file and --set gave ("model.n_layer"),
+    # set by ``load_config`` and never saved. None (a Config built in code): every key counts.
+    asked: frozenset[str] | None = field(default=None, repr=False, compare=False,
+                                         metadata={"internal": True})
+
+    def asks(self, key: str) -> bool:
+        """Did the user set ``key`` (or a block holding it) explicitly, rather than take the default?"""
+        if self.asked is None:
+            return True
+        parts = key.split(".")
+        return any(".".join(parts[:i]) in self.asked for i in range(1, len(parts) + 1))
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        out.pop("asked")
+        return out
 
 
 _POSITIVE = {
@@ -204,7 +226,7 @@ def build_dataclass(cls: type, data: dict | None, prefix: str = "") -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"config key '{prefix or '<root>'}': expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = {f.name for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
     kwargs = {}
     for key, value in data.items():
         full = f"{prefix}.{key}" if prefix else str(key)
@@ -283,16 +305,55 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ConfigError(f"{where} is not valid YAML: {exc}".splitlines()[0]) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: the top level must be a mapping of config keys")
-    return config_from_dict(data, overrides)
+    return config_from_dict(data, overrides, asked=set(dotted_keys(data)) if path is not None else set())
 
 
-def config_from_dict(data: dict, overrides: list[str] | None = None) -> Config:
-    """A checked ``Config`` from a raw mapping (a YAML file's, a model's stored one) and overrides."""
+def config_from_dict(data: dict, overrides: list[str] | None = None, asked: set[str] | None = None) -> Config:
+    """A checked ``Config`` from a raw mapping (a YAML file's, a model's stored one) and overrides.
+    ``asked``: the dotted keys the user gave explicitly (default: every key of ``data``)."""
     data = copy.deepcopy(data)
+    asked = set(dotted_keys(data)) if asked is None else set(asked)
     for item in overrides or []:
         key, value = parse_override(item)
         apply_override(data, key, value)
-    return build_dataclass(Config, data)
+        asked.add(".".join(key))
+    config = build_dataclass(Config, data)
+    config.asked = frozenset(asked)
+    return config
+
+
+def dotted_keys(data: dict, prefix: str = "") -> list[str]:
+    """Every key of a nested mapping, dotted: {"model": {"n_layer": 1}} -> ["model", "model.n_layer"]."""
+    out = []
+    for key, value in data.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        out.append(full)
+        if isinstance(value, dict):
+            out += dotted_keys(value, full)
+    return out
+
+
+# What fixes the model: every model.* key, and the context the built-in gpt is created with.
+MODEL_KEYS = tuple(f"model.{f.name}" for f in dataclasses.fields(ModelConfig)) + ("full_training.max_seq_length",)
+
+
+def adopt_model(config: Config, stored: dict | None) -> Config:
+    """``config`` with every model key (``MODEL_KEYS``) it does not ask for explicitly taken from
+    ``stored``, the config a model was made with (a manifest's ``config``). Unchanged when
+    ``stored`` is missing or unreadable (a manifest of an older retain)."""
+    if not isinstance(stored, dict):
+        return config
+    try:
+        made = build_dataclass(Config, stored)
+    except ConfigError:
+        return config
+    out = copy.deepcopy(config)
+    for key in MODEL_KEYS:
+        if not config.asks(key):
+            block, name = key.split(".")
+            setattr(getattr(out, block), name, copy.deepcopy(getattr(getattr(made, block), name)))
+    out.model = build_dataclass(ModelConfig, dataclasses.asdict(out.model), "model")  # checks the mix
+    return out
 
 
 def with_values(config: Config, values: dict[str, Any]) -> Config:
@@ -302,7 +363,10 @@ def with_values(config: Config, values: dict[str, Any]) -> Config:
     for key, value in values.items():
         if value is not None:
             apply_override(data, key.split("."), value)
-    return build_dataclass(Config, data)
+    out = build_dataclass(Config, data)
+    if config.asked is not None:  # what the user asked for stays asked, plus these keys
+        out.asked = config.asked | {k for k, v in values.items() if v is not None}
+    return out
 
 
 def plugin_options(config: Config, name: str, options_cls: type | None) -> Any:

@@ -111,9 +111,20 @@ class ModelFamily(Protocol):
     ``create`` is a full training's start (random init, a tokenizer fitted to
     the base data if the family trains one); ``load`` reads a saved version
     back. ``files`` gives checksum-verified access to the version's files and,
-    through ``files.of(version)``, to another version's: a family whose
-    versions store only a delta (adapter weights) loads the version named in
-    its entry first and applies its own files on top.
+    through ``files.of(version)`` and ``files.model(version)``, to another
+    version's: a version that stores only a delta (the ``lora`` strategy's
+    adapter weights) names in its entry the version it ``builds_on``, which is
+    loaded first (``retain.plugins.models.loads_adapters`` does it).
+
+    Two optional methods, looked up with ``hasattr``:
+
+    ``import_model(source: Path, tensors: dict | None, config) -> LanguageModel``
+        ``retain import``: a directory (``tensors`` None) or a weights file
+        already read safely (``torch.load(weights_only=True)`` or safetensors).
+        May record in ``config`` what it imported (the version keeps it).
+    ``export(lm, out: Path, format: str) -> None``
+        ``retain export``: write ``lm`` into the empty folder ``out``
+        (``"hf"``: what transformers' ``from_pretrained`` loads).
     """
 
     def create(self, config: "Config", texts: list[str], context: int) -> LanguageModel:
@@ -123,6 +134,7 @@ class ModelFamily(Protocol):
         ...
 
     def architecture_from_config(self, config: "Config") -> dict[str, Any] | None:
-        """The architecture ``config`` asks for, in ``LanguageModel.architecture()``'s
-        keys, or None if the config does not say (then no advice on it)."""
+        """The architecture ``config`` asks for explicitly (``config.asks(key)``), in
+        ``LanguageModel.architecture()``'s keys; empty or None if it asks for nothing
+        (then the model's own manifest says, and there is no advice on it)."""
         ...

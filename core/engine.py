@@ -1,6 +1,7 @@
 """The engine: the update cycle, as a sequence of named steps. Plugins own only their step.
 
-    load     the current version (an update) or nothing (a full training)  core/models.py
+    load     the current version (an update), nothing (a full training),
+             or the model to import (an import)                            core/models.py, imports.py
     collect, preprocess, dedupe, holdout: new data in                      core/ingest.py
     tokenize the model to train and its rows                               core/models.py
     evaluate_before, train, validate (the gate)                            core/evaluation.py, training.py, gate.py
@@ -8,12 +9,16 @@
 
 Each step fills in its part of the ``Run`` and says what it did through the
 ``step_started``/``step_finished`` hooks; the CLI renders those events.
-``retain train`` runs the same steps from a random init on all data.
+``retain train`` runs the same steps from a random init on all data;
+``retain import`` runs them on a model made elsewhere, without changing its
+weights (the strategies record the base data, the held-out base items are its
+retention set) and without the gate (there is no parent to judge it against).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import random
 import time
@@ -27,13 +32,13 @@ from .errors import ModelError
 from .gate import raise_if_rejected
 from .config import Config
 from .items import Item
-from .models import (LoadedVersion, count_parameters, load_version, prepare_model, resolve_device,
-                     resolve_precision)
+from .models import (LoadedVersion, count_parameters, load_version, model_config, prepare_model,
+                     resolve_device, resolve_precision)
 from .plugin_errors import reports_plugin_errors
 from .preload import Preload
 from .pluginmanager import Registry, default_plugin_manager
 from .registry import auto_prune
-from .run import FINE_TUNING, FULL_TRAINING, Run
+from .run import FINE_TUNING, FULL_TRAINING, IMPORT, Run
 from .store import ModelStore
 from .strategy import build_strategies
 from .wording import plural
@@ -72,6 +77,19 @@ class Engine:
             run = self.prepare(FULL_TRAINING, data, store, None, items=items)
             report = self.commit(run, store, replaces=replaces)
         return raise_if_rejected(report, store)
+
+    def import_model(self, source: str | Path, model_dir: str | Path, data: list[str] = (), *,
+                     items: list[Item] | None = None) -> dict:
+        """A model made elsewhere (``core/imports.py``) becomes the next version (0001 in a new dir),
+        through the same steps and commit as a training. With base ``data`` (or ``items``) its
+        held-out items are the retention set and the strategies record their state from it."""
+        store = ModelStore(model_dir)
+        with self.listening(), store.lock():
+            self._recover(store)
+            replaces = store.current() if store.exists() else None  # an import starts a new lineage
+            run = self.prepare(IMPORT, list(data), store, None, items=items, source=Path(source))
+            report = self.commit(run, store, replaces=replaces)
+        return report
 
     def update(self, data: list[str], model_dir: str | Path, *, items: list[Item] | None = None,
                dry_run: bool = False, check: bool = False, wait: float = 0.0, advise: bool = False) -> dict:
@@ -124,31 +142,45 @@ class Engine:
 
     @reports_plugin_errors
     def prepare(self, kind: str, data: list[str], store: ModelStore, base: str | LoadedVersion | None,
-                items: list[Item] | None = None, dry_run: bool = False) -> Run:
+                items: list[Item] | None = None, dry_run: bool = False, source: Path | None = None) -> Run:
         """Every step but the save: a ``Run`` holding the trained candidate and the gate's verdicts."""
         interrupts.set_outcome(None)  # until this run saves, an interrupt leaves the model as it was
         started = time.perf_counter()
         preload = Preload()  # avalanche-lib: its import overlaps loading and reading the data
         import torch
 
-        cfg = self.config
+        # The model directory remembers its model: what the config does not ask for explicitly
+        # (architecture, tokenizer, family) is the model's own. An import makes a new one.
+        cfg = self.config if kind == IMPORT else model_config(store, self.config,
+                                                              base.version if isinstance(base, LoadedVersion) else base)
         device = resolve_device(self.device_name)
         run = Run(uuid.uuid4().hex[:12], kind, cfg, store.root, parent=None, dry_run=dry_run,
                   device=device, precision=resolve_precision(cfg.precision, device))
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         with self._step(run, "load") as info:
-            if isinstance(base, str):
-                base = load_version(store, base, registry=self.registry)
-            run.base, run.parent = base, base.version if base is not None else None
-            run.strategies = build_strategies(self.registry, cfg, base)
-            info.update(version=run.parent, parameters=count_parameters(base.lm) if base else None)
+            if kind == IMPORT:
+                info.update(self._import(run, source))
+            else:
+                if isinstance(base, str):
+                    base = load_version(store, base, registry=self.registry)
+                run.base, run.parent = base, base.version if base is not None else None
+                info.update(version=run.parent, parameters=count_parameters(base.lm) if base else None)
+            run.strategies = build_strategies(self.registry, run.config, run.base)
         with self._strategies_registered(run):
             self._ingest(run, store, data, items)
             if run.items:
                 self._train_and_judge(run, store, preload)
         run.timings["total"] = time.perf_counter() - started
         return run
+
+    def _import(self, run: Run, source: Path) -> dict:
+        from .imports import import_source
+
+        run.config = copy.deepcopy(run.config)  # the family records in it what it imported
+        run.lm, run.origin = import_source(self.registry, run.config, source)
+        return {"version": None, "source": str(source), "family": run.origin["family"],
+                "parameters": count_parameters(run.lm)}
 
     def _ingest(self, run: Run, store: ModelStore, data: list[str], items: list[Item] | None) -> None:
         with self._step(run, "collect") as info:
@@ -165,12 +197,17 @@ class Engine:
             info.update(prepare_model(run, self.registry, lambda m: self._warn(run, m)))
         with self._step(run, "evaluate_before") as info:
             info.update(evaluation.measure_before(run, store))
-        with self._step(run, "import") as info:  # what is left of the training stack's import
-            training = preload.wait()
-            info.update(module=preload.name, import_seconds=preload.seconds, overlapped=not preload.already_loaded)
-        with self._step(run, "train") as info:
-            training.train(run, self.pm)
-            info.update(epoch_losses=run.epoch_losses, oom_retries=run.oom_retries)
+        if run.kind != IMPORT or run.strategies:  # an import trains nothing: strategies record only
+            with self._step(run, "import") as info:  # what is left of the training stack's import
+                training = preload.wait()
+                info.update(module=preload.name, import_seconds=preload.seconds,
+                            overlapped=not preload.already_loaded)
+            with self._step(run, "train") as info:
+                training.train(run, self.pm)
+                info.update(epoch_losses=run.epoch_losses, oom_retries=run.oom_retries)
+        if run.kind == IMPORT:  # no gate: there is no parent to judge the imported model against
+            evaluation.measure_unchanged(run)
+            return
         with self._step(run, "validate") as info:
             evidence = evaluation.measure_after(run, store)
             run.verdicts, run.next_steps = gate.judge(self.registry, self.config, evidence, run.oom_retries)

@@ -160,7 +160,7 @@ def measure_before(run, store: ModelStore) -> dict:
     most ``validation.eval_budget`` of training (forward and backward: 3x a forward, per
     token and epoch), so that measuring stays a small share of the update. The parent's
     losses on them are read from the parent version when it scored them the same way."""
-    if run.full:
+    if run.new_lineage:
         run.retention_texts, run.new_texts = [it.text for it in run.holdout], []
         run.before = measure(run.lm, run.retention_texts, [], run.settings.max_seq_length, run.device,
                              run.precision)
@@ -181,6 +181,13 @@ def measure_before(run, store: ModelStore) -> dict:
     run.before = measure(run.lm, run.retention_texts, run.new_texts, seq_len, run.device, run.precision, known)
     return {"retention_items": k, "retention_pool": len(pool.items), "new_items": len(run.new_texts),
             "retention_stored": sum(x is not None for x in known)}
+
+
+def measure_unchanged(run) -> None:
+    """An import: the weights are the ones measured before (its pass over the base data only let
+    the strategies record), so the losses after are those before: the retention baseline."""
+    run.after = run.before
+    run.metrics = metrics(run.before, run.after, len(run.retention_texts), len(run.new_texts))
 
 
 @dataclass
@@ -245,7 +252,7 @@ def scoring(run) -> dict[str, Any]:
 
 def held_out_rows(run) -> list[dict]:
     """The run's held-out items as its version keeps them, each with the candidate's loss."""
-    scores = run.after.retention if run.full else run.after.new
+    scores = run.after.retention if run.new_lineage else run.after.new
     losses = scores.tolist() if scores is not None else [None] * len(run.holdout)
     counts = token_counts(run.lm, [it.text for it in run.holdout], run.settings.max_seq_length)
     return [{"text": it.text, "hash": it.hash, "origin": it.origin, "tokens": n, "loss": loss}
@@ -256,7 +263,7 @@ def kept_retention(run, version: str, held: list[dict]) -> "retention.RetentionS
     """The retention pool the candidate, saved as ``version``, keeps for its own updates:
     the parent's with ``held`` drawn in, the candidate's loss on every item it scored."""
     parent = None
-    if not run.full and run.retention is not None:
+    if not run.new_lineage and run.retention is not None:
         scored = dict(zip(run.retention_texts, run.after.retention.tolist() if run.after.retention is not None
                           else []))
         items = [{**{k: v for k, v in r.items() if k != "loss"},

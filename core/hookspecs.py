@@ -179,11 +179,21 @@ def register_models(register):
     (a full training's random init, fitting a tokenizer to ``texts`` if the
     family trains one), ``load(files, entry)`` (a saved version back, from its
     checksum-verified files and its manifest's ``model`` entry) and
-    ``architecture_from_config(config)``. Both return a ``LanguageModel``:
-    the torch module, ``encode`` (texts to rows), ``token_losses``,
-    ``generate``, ``architecture()`` and ``save(writer)``. Weights are
-    written and read as safetensors only. The built-in ``gpt`` family
-    (``retain.plugins.gpt``) is a complete example.
+    ``architecture_from_config(config)`` (only what the config asks for
+    explicitly, ``config.asks(key)``: the rest comes from the model's
+    manifest). Both return a ``LanguageModel``: the torch module, ``encode``
+    (texts to rows), ``token_losses``, ``generate``, ``architecture()`` and
+    ``save(writer)``. Weights are written and read as safetensors only.
+
+    Optional: ``import_model(source, tensors, config)`` for ``retain import``
+    (a directory, or a weights file whose tensors retain read safely with
+    ``torch.load(weights_only=True)``; it may record in ``config`` what it
+    imported) and ``export(lm, out, format)`` for ``retain export`` (``"hf"``:
+    a directory ``from_pretrained`` loads). Decorate ``load`` with
+    ``retain.plugins.models.loads_adapters`` to load the ``lora`` strategy's
+    adapter-only versions (entry ``adapter`` and ``builds_on``). The built-in
+    ``gpt``, ``hf`` and ``python`` families (``retain.plugins.models``) are
+    complete examples.
     """
 
 

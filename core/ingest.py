@@ -190,10 +190,10 @@ def dedupe_step(run, dedupers: list[tuple[str, Any]], store) -> dict:
 
 
 def holdout_step(run) -> dict:
-    """Keep a seeded sample aside: base items to measure retention later (full training),
+    """Keep a seeded sample aside: base items to measure retention later (full training, import),
     new items to measure learning now (update)."""
     v = run.config.validation
-    fraction, cap = ((v.retention_fraction, v.retention_max) if run.full
+    fraction, cap = ((v.retention_fraction, v.retention_max) if run.new_lineage
                      else (v.holdout_fraction, v.holdout_max))
     run.items, run.holdout = split_holdout(run.items, fraction, cap, run.config.seed)
     run.counts.update(trained=len(run.items), holdout=len(run.holdout))

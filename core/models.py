@@ -10,10 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .config import Config
+from .config import Config, adopt_model
 from .contracts import LanguageModel, ModelFamily
 from .errors import ConfigError, ModelError
 from .pluginmanager import Registry, default_plugin_manager
+from .retry import memory_for
 from .store import ModelStore, VersionFiles
 
 
@@ -74,7 +75,8 @@ def model_entry(manifest: dict) -> dict[str, Any]:
 
 def load_version(store: ModelStore, version: str | None = None, device=None,
                  registry: Registry | None = None) -> LoadedVersion:
-    """Load ``version`` (default: current) with its family; checksums verified, no pickle."""
+    """Load ``version`` (default: current) with its family; checksums verified, no pickle.
+    A model too big for memory is ``OutOfMemory`` (exit 11) with the remedy."""
     registry = registry or Registry.of(default_plugin_manager())
     version = version or store.current()
     manifest = store.manifest(version)
@@ -83,45 +85,76 @@ def load_version(store: ModelStore, version: str | None = None, device=None,
         known = ", ".join(sorted(registry.by_kind["models"]))
         raise ModelError(f"version {version} is a '{entry['family']}' model, and no installed plugin "
                          f"provides that family (installed: {known})")
-    reader = VersionFiles(store, version, manifest)
-    lm = family(registry, entry["family"]).load(reader, entry)
-    if device is not None:
-        lm.module.to(device)
+    # A version holding only adapter weights loads the version it builds on through this.
+    reader = VersionFiles(store, version, manifest,
+                          loader=lambda other: load_version(store, other, registry=registry).lm)
+    with memory_for(f"loading version {version} ({_size(entry)})"):
+        lm = family(registry, entry["family"]).load(reader, entry)
+        if device is not None:
+            lm.module.to(device)
     return LoadedVersion(version, manifest, lm, reader)
+
+
+def _size(entry: dict) -> str:
+    arch = entry.get("architecture") or {}
+    shape = ", ".join(f"{k} {v}" for k, v in arch.items() if isinstance(v, int) and not isinstance(v, bool))
+    return f"a '{entry['family']}' model" + (f": {shape}" if shape else "")
 
 
 def create_model(registry: Registry, config: Config, texts: list[str], context: int) -> LanguageModel:
     """A full training's new model: random init, tokenizer fitted to ``texts`` where the family has one."""
-    return family(registry, config.model.family).create(config, texts, context)
+    with memory_for(f"creating the '{config.model.family}' model"):
+        return family(registry, config.model.family).create(config, texts, context)
+
+
+def model_config(store: ModelStore, config: Config, version: str | None = None) -> Config:
+    """The config a run on ``store`` uses: ``config``, with every model key it does not set
+    explicitly (family, architecture, tokenizer, context) from the config that made the model,
+    the last full training or import of ``version``'s chain (default: current). A model
+    directory remembers its model; flags are needed only to ask for another one."""
+    if not store.exists():
+        return config
+    root = store.lineage_root(store.chain(version))
+    return adopt_model(config, store.manifest(root).get("config") if root else None)
 
 
 def count_parameters(lm: LanguageModel) -> int:
     return sum(p.numel() for p in lm.module.parameters())
 
 
+def trainable_parameters(lm: LanguageModel) -> int:
+    return sum(p.numel() for p in lm.module.parameters() if p.requires_grad)
+
+
 def prepare_model(run, registry: Registry, warn) -> dict:
-    """5. Tokenize: the model to train (a new one for a full training), its settings and
-    the training rows of ``run.items``. ``warn(message)`` reports what the user should know."""
+    """5. Tokenize: the model to train (a new one for a full training, the imported one for an
+    import), its settings and the training rows of ``run.items``. ``warn(message)`` reports
+    what the user should know."""
     from .errors import SourceError
+    from .run import FINE_TUNING, FULL_TRAINING, IMPORT
     from .strategy import TrainSettings
 
     cfg = run.config
-    block = cfg.full_training if run.full else cfg.fine_tuning
-    if run.full:
+    block = cfg.fine_tuning if run.kind == FINE_TUNING else cfg.full_training
+    if run.kind == FULL_TRAINING:
         if len(run.items) < 2:
             raise SourceError("full training needs at least 2 usable items")
         run.lm = create_model(registry, cfg, [it.text for it in run.items], block.max_seq_length)
-    else:
+    elif run.kind == FINE_TUNING:
         run.lm = run.base.lm
     seq_len = min(block.max_seq_length, run.lm.context)
-    if seq_len < block.max_seq_length:
+    if seq_len < block.max_seq_length and run.kind != IMPORT:
         warn(f"max_seq_length {block.max_seq_length} exceeds the model's context {run.lm.context}; "
              f"using {run.lm.context} (a full retrain changes the context)")
     run.rows = run.lm.encode([it.text for it in run.items], seq_len)
-    run.lm.module.to(run.device)
-    run.settings = TrainSettings(block.learning_rate, block.epochs, block.batch_size, seq_len)
-    if not run.full:  # a full training is the strategies' first experience: they record, not steer
-        for strategy in run.strategies:
+    with memory_for(f"moving the model to {run.device}"):
+        run.lm.module.to(run.device)
+    # An import's pass over the base data changes no weight: the strategies only record it.
+    epochs = 0 if run.kind == IMPORT else block.epochs
+    run.settings = TrainSettings(block.learning_rate, epochs, block.batch_size, seq_len)
+    if run.kind == FINE_TUNING:  # a full training (or import) is the strategies' first experience:
+        for strategy in run.strategies:  # they record, not steer
             strategy.configure(run.settings, run)
+    run.parameters = {"total": count_parameters(run.lm), "trainable": trainable_parameters(run.lm)}
     return {"items": len(run.items), "sequences": len(run.rows), "tokens": run.rows.tokens,
-            "held_out": len(run.holdout)}
+            "held_out": len(run.holdout), "trainable_parameters": run.parameters["trainable"]}

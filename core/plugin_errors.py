@@ -64,6 +64,11 @@ def reports_plugin_errors(method: Callable) -> Callable:
         except RetainError:
             raise
         except Exception as exc:
+            from .retry import out_of_memory_error
+
+            oom = out_of_memory_error(exc, "during the run")
+            if oom is not None:
+                raise oom from None
             name = blame(exc, self.pm, getattr(self, "registry", None))
             if name is None:
                 raise

@@ -9,7 +9,9 @@ asked, every full training). What a kept version's chain needs stays as a
 *stub*: its manifest (parent, metrics), ``holdout.jsonl`` (the retention set and
 the drift baseline), report and tokenizer, and its ledger rows (what counts as
 already learned); only the weights, strategy state and stored retention set
-go. ``prune.keep_last`` in the config prunes after every saved version. Rejected versions newer than the newest
+go. A kept version that holds only adapter weights (the ``lora`` strategy's)
+keeps the version it builds on whole too. ``prune.keep_last`` in the config
+prunes after every saved version. Rejected versions newer than the newest
 accepted one (the current streak, which ``retain status`` counts) are also
 kept as stubs. Everything else is deleted, ledger rows included. (A stub
 keeps any other file too, e.g. a deduper's index that its chain may read.)
@@ -90,7 +92,7 @@ def rollback(store: ModelStore, target: str | None = None, wait: float = 0.0) ->
         if target is None:
             target = store.manifest(current).get("parent")
             if target is None:
-                raise ModelError(f"version {current} is a full training with no parent to roll back to; "
+                raise ModelError(f"version {current} starts its lineage (a full training or an import): no parent to roll back to; "
                                  "name a version: retain rollback --model DIR VERSION")
         target = normalize_version(target)
         if target not in store.versions():
@@ -103,6 +105,13 @@ def rollback(store: ModelStore, target: str | None = None, wait: float = 0.0) ->
             raise ModelError(f"version {target} was pruned ({m['pruned'].get('at')}): its weights are gone")
         for rel in m.get("files", {}):
             store.verified_path(target, rel, m)  # refuses a truncated or modified file
+        base = builds_on(m)
+        if base is not None:  # adapter weights alone: the full weights they apply to must be there
+            bm = store.manifest(base)
+            if "pruned" in bm:
+                raise ModelError(f"version {target} builds on version {base}, whose weights were pruned")
+            for rel in bm.get("files", {}):
+                store.verified_path(base, rel, bm)
         if target != current:
             store.set_current(target)
             interrupts.set_outcome(f"the rollback had finished: version {target} is current (was {current})")
@@ -127,7 +136,7 @@ def validate_version(engine: Any, store: ModelStore, version: str | None, data: 
     manifest = store.manifest(version)
     parent = manifest.get("parent")
     if parent is None:
-        raise ModelError(f"version {version} is a full training: it has no parent to compare with; "
+        raise ModelError(f"version {version} starts its lineage (a full training or an import): it has no parent to compare with; "
                          "validate one of its updates")
     device = resolve_device(engine.device_name)
     cand = load_version(store, version, device, registry)
@@ -193,6 +202,13 @@ class PrunePlan:
         return {"keep": self.keep, "stub": self.stub, "delete": self.delete}
 
 
+def builds_on(manifest: dict) -> str | None:
+    """The version whose full weights a version's adapter weights apply to (None: it has its own)."""
+    entry = manifest.get("model")
+    base = entry.get("builds_on") if isinstance(entry, dict) else None
+    return base if isinstance(base, str) else None
+
+
 def plan_prune(store: ModelStore, keep_last: int, keep_full_trainings: bool = False) -> PrunePlan:
     """``keep_full_trainings``: every accepted full training stays whole too (a retrain's
     starting point, and the drift baseline of its updates)."""
@@ -204,6 +220,7 @@ def plan_prune(store: ModelStore, keep_last: int, keep_full_trainings: bool = Fa
     keep = set(accepted[-keep_last:]) | {current}
     if keep_full_trainings:
         keep |= {v for v in accepted if manifests[v].get("kind") == "full_training"}
+    keep |= {b for v in list(keep) if (b := builds_on(manifests[v])) is not None and b in manifests}
     needed: set[str] = set()
     for v in keep:
         needed.update(store.chain(v))

@@ -23,7 +23,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from .store import HOLDOUT, ModelStore
+from .store import HOLDOUT, ROOT_KINDS, ModelStore
 
 RETENTION = "retention.jsonl"
 
@@ -116,7 +116,7 @@ def base_holdout(store: ModelStore, version: str) -> tuple[str | None, list[dict
     is measured on. (None, [], None) when there is none."""
     for name in store.chain(version):
         manifest = store.manifest(name)
-        if manifest.get("kind") == "full_training":
+        if manifest.get("kind") in ROOT_KINDS:  # a full training or an import
             if HOLDOUT not in manifest.get("files", {}):
                 return name, [], None
             return name, store.read_jsonl(name, HOLDOUT, manifest), manifest.get("holdout_scored")

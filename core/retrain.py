@@ -1,9 +1,13 @@
 """When to stop fine-tuning and train from scratch: the design document's "Full retrain when".
 
     Major data changes (> 1,000 items)  -> items learned since the last full training
-    Architecture changes                -> config.model vs the model's manifest
+    Architecture changes                -> what the config explicitly asks of the model
+                                           (model.*) vs what made it (its manifest)
     Quality degradation                 -> retention drift since the last full training,
                                            or the gate rejecting update after update
+
+An imported model (``retain import``) counts as a full training here: it is
+where the lineage starts.
 
 ``assess`` looks at a model directory and says which of these hold, with the
 numbers, for ``retain status`` and the end of ``retain update``.
@@ -17,7 +21,7 @@ from typing import Any
 from .config import Config
 from .errors import ModelError, RetainError
 from .pluginmanager import Registry, default_plugin_manager
-from .store import HOLDOUT, ModelStore
+from .store import HOLDOUT, ROOT_KINDS, ModelStore
 from .wording import percent, plural
 
 
@@ -56,10 +60,10 @@ class Assessment:
 
 
 def last_full_training(store: ModelStore, chain: list[str]) -> tuple[str | None, list[str]]:
-    """(the newest full training in ``chain``, the fine-tunes after it, newest first)."""
+    """(the newest full training or import in ``chain``, the fine-tunes after it, newest first)."""
     since = []
     for version in chain:
-        if store.manifest(version).get("kind") == "full_training":
+        if store.manifest(version).get("kind") in ROOT_KINDS:
             return version, since
         since.append(version)
     return None, since
@@ -105,21 +109,22 @@ def _new_items(store: ModelStore, config: Config, since: list[str], pending: int
 
 def _architecture(store: ModelStore, config: Config, current: str, root: str | None,
                   registry: Registry) -> Check:
-    """Does the config ask for another model than the one trained? Compared in the family's own
-    terms: what the config asks now against what the last full training's config asked (a
-    tokenizer trained on a small corpus can end below the vocabulary size asked for)."""
+    """Does the config ask for another model than the one trained? Only what it asks explicitly
+    (its file's keys, --set): the rest comes from the model's manifest. Compared in the family's
+    own terms with what made the model (the last full training's config: a tokenizer trained
+    on a small corpus can end below the vocabulary size asked for)."""
     from .config import build_dataclass
     from .models import family, model_entry
 
     entry = model_entry(store.manifest(current))
-    if config.model.family != entry["family"]:
+    if config.asks("model.family") and config.model.family != entry["family"]:
         return Check("architecture", True, f"the config asks for a '{config.model.family}' model; this one is "
                      f"'{entry['family']}': a fine-tune cannot change it", {})
     fam = family(registry, entry["family"])
     wanted = fam.architecture_from_config(config)
-    if wanted is None:
-        return Check("architecture", False, "the config does not set the architecture", {},
-                     "architecture unchanged")
+    if not wanted:
+        return Check("architecture", False, f"the config does not ask for another model: a '{entry['family']}' "
+                     "model, architecture and tokenizer from its manifest", {}, "architecture unchanged")
     root_config = store.manifest(root).get("config") if root else None
     try:
         asked = fam.architecture_from_config(build_dataclass(Config, root_config)) if root_config else None
@@ -145,6 +150,11 @@ def _retention_drift(store: ModelStore, config: Config, current: str, root: str 
     manifest = store.manifest(root)
     baseline = manifest.get("metrics", {}).get("retention_loss_after")
     if baseline is None or HOLDOUT not in manifest.get("files", {}):
+        if manifest.get("kind") == "import":
+            return Check("retention_drift", False, f"version {root} was imported without base data: retention "
+                         "is not yet measured against the base domain (updates measure it on earlier "
+                         "updates' held-out items; `retain import ... --data BASE` records a base sample)",
+                         {}, "retention not yet measured against the base domain")
         return Check("retention_drift", False, f"version {root} kept no held-out base items: "
                      "drift not measured", {})
     stored = store.manifest(current).get("metrics", {})

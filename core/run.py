@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from .models import LoadedVersion
     from .retention import RetentionSet
 
-FULL_TRAINING, FINE_TUNING = "full_training", "fine_tuning"
+FULL_TRAINING, FINE_TUNING, IMPORT = "full_training", "fine_tuning", "import"
 
 
 @dataclass
@@ -31,7 +31,7 @@ class Run:
     """One run of the update cycle (or of a full training)."""
 
     id: str                            # short random id, also in the rejects file and report
-    kind: str                          # FULL_TRAINING or FINE_TUNING
+    kind: str                          # FULL_TRAINING, FINE_TUNING or IMPORT
     config: Config
     model_dir: Path
     parent: str | None                 # the version it starts from; None for a full training
@@ -39,6 +39,7 @@ class Run:
     precision: str = "fp32"            # "fp32" or "bf16" (autocast), resolved from config.precision
     dry_run: bool = False              # write nothing at all
     base: "LoadedVersion | None" = None  # the loaded parent version (updates)
+    origin: dict[str, Any] | None = None  # an import: where the model came from (path, sha256, format)
 
     # ingest: collect, preprocess, dedupe, hold out
     rejects: list[Reject] = field(default_factory=list)
@@ -52,6 +53,7 @@ class Run:
     strategies: list[Strategy] = field(default_factory=list)
     settings: TrainSettings | None = None
     rows: "Rows | None" = None         # the training rows of ``items``
+    parameters: dict[str, int] = field(default_factory=dict)  # "total", "trainable" (after configure)
 
     # measurements and the gate's decision
     retention: "RetentionSet | None" = None  # the parent's retention pool (core/retention.py)
@@ -72,6 +74,12 @@ class Run:
         return self.kind == FULL_TRAINING
 
     @property
+    def new_lineage(self) -> bool:
+        """A full training or an import: the model's first version. Its held-out items are the
+        base data's (the retention set), and the strategies record rather than steer."""
+        return self.kind in (FULL_TRAINING, IMPORT)
+
+    @property
     def model(self):
         """The torch module being trained (``run.lm.module``), or None before it exists."""
         return self.lm.module if self.lm is not None else None
@@ -87,7 +95,8 @@ class Run:
 
     @property
     def trained(self) -> bool:
-        return bool(self.items) and self.lm is not None
+        """There is a model to save: trained on items, or imported (with or without base data)."""
+        return self.lm is not None and (bool(self.items) or self.kind == IMPORT)
 
     def report(self) -> dict[str, Any]:
         """What ``retain update --json`` prints and ``report.json`` keeps."""
@@ -100,6 +109,7 @@ class Run:
             "verdicts": [v.to_json() for v in self.verdicts], "next_steps": list(self.next_steps),
             "oom_retries": list(self.oom_retries), "timings": dict(self.timings),
             "settings": asdict(self.settings) if self.settings is not None else None,
-            "strategies": [s.name for s in self.strategies],
+            "strategies": [s.name for s in self.strategies], "parameters": dict(self.parameters),
+            "source": self.origin,
             "version": None, "status": None if self.trained else "nothing_new",
         }

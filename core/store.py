@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from . import interrupts
 from .errors import LockedError, ModelError
@@ -38,6 +38,7 @@ WEIGHTS = "model.safetensors"
 TOKENIZER = "tokenizer.json"
 MANIFEST = "manifest.json"
 HOLDOUT = "holdout.jsonl"
+ROOT_KINDS = ("full_training", "import")  # versions that start a lineage: a model made, not updated
 
 
 def fault_point(phase: str) -> None:
@@ -80,7 +81,7 @@ def atomic_write_text(path: Path, text: str) -> None:
         _fsync_dir(path.parent)
 
 
-def _check_safetensors_header(path: Path, what: str) -> None:
+def check_safetensors_header(path: Path, what: str) -> None:
     """Refuse anything but safetensors before a parser sees it (a pickle or zip in disguise)."""
     with open(path, "rb") as f:
         head = f.read(9)
@@ -241,6 +242,13 @@ class VersionWriter:
         save_file(tensors, str(self._path(rel)), metadata=metadata)
         fault_point(f"write-{rel}")  # test-only
 
+    def folder(self, rel: str) -> Path:
+        """A new, empty folder inside the version, for a library that writes its own files
+        (``save_pretrained``). Whatever it holds is checksummed with the rest by ``finish``."""
+        p = self._path(rel)
+        p.mkdir()
+        return p
+
     def _path(self, rel: str) -> Path:
         p = self.tmp / rel
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -307,14 +315,17 @@ class VersionWriter:
 class VersionFiles:
     """Checksum-verified read access to one version's files: what a model family loads from.
 
-    ``of(version)`` gives the same access to another version of the store (a
-    family whose versions hold only a delta loads the version it builds on).
+    ``of(version)`` gives the same access to another version of the store, and
+    ``model(version)`` loads another version through its own family (a version that
+    holds only a delta, adapter weights, loads the version it builds on first).
     """
 
-    def __init__(self, store: "ModelStore", version: str, manifest: dict | None = None):
+    def __init__(self, store: "ModelStore", version: str, manifest: dict | None = None,
+                 loader: Callable[[str], Any] | None = None):
         self.store = store
         self.version = version
         self.manifest = manifest if manifest is not None else store.manifest(version)
+        self.loader = loader  # set by core.models.load_version: version -> LanguageModel
 
     def has(self, rel: str) -> bool:
         return rel in self.manifest.get("files", {})
@@ -334,8 +345,33 @@ class VersionFiles:
         except ValueError as exc:
             raise ModelError(f"version {self.version}: {rel} is not valid JSON ({exc})") from None
 
+    def folder(self, rel: str) -> Path:
+        """A folder of the version (written with ``VersionWriter.folder``) after checking every
+        file in it against its checksum, and that its ``.safetensors`` files are safetensors."""
+        prefix = rel.rstrip("/") + "/"
+        names = [name for name in self.manifest.get("files", {}) if name.startswith(prefix)]
+        if not names:
+            raise ModelError(f"version {self.version}: its manifest lists no files in {rel}/")
+        on_disk = {p.relative_to(self.store.versions_dir / self.version).as_posix()
+                   for p in (self.store.versions_dir / self.version / rel).rglob("*") if p.is_file()}
+        extra = sorted(on_disk - set(names))
+        if extra:  # a library reading the folder would read them too: refuse what is not checked
+            raise ModelError(f"version {self.version}: {extra[0]} is not listed in its manifest; "
+                             "refusing to load the folder")
+        for name in names:
+            path = self.path(name)
+            if name.endswith(".safetensors"):
+                check_safetensors_header(path, f"version {self.version}: {name}")
+        return self.store.versions_dir / self.version / rel
+
     def of(self, version: str) -> "VersionFiles":
-        return VersionFiles(self.store, version)
+        return VersionFiles(self.store, version, loader=self.loader)
+
+    def model(self, version: str) -> Any:
+        """Another version's ``LanguageModel``, loaded through its own family."""
+        if self.loader is None:
+            raise ModelError(f"version {self.version}: no loader to read version {version} with")
+        return self.loader(version)
 
 
 # What retain itself puts in a model directory (anything else there is someone else's).
@@ -417,6 +453,14 @@ class ModelStore:
             raise ModelError(f"version {version}: {MANIFEST} names an invalid parent {parent!r}")
         return data
 
+    def lineage_root(self, chain: list[str]) -> str | None:
+        """The version that made the model of ``chain`` (newest first): its last full training
+        or import, where its architecture, tokenizer and retention baseline come from."""
+        for version in chain:
+            if self.manifest(version).get("kind") in ROOT_KINDS:
+                return version
+        return None
+
     def chain(self, version: str | None = None) -> list[str]:
         """``version`` (default: current) and its ancestors, newest first."""
         out: list[str] = []
@@ -445,7 +489,7 @@ class ModelStore:
         from safetensors.torch import load_file
 
         path = self.verified_path(version, rel, manifest)
-        _check_safetensors_header(path, f"version {version}: {rel}")
+        check_safetensors_header(path, f"version {version}: {rel}")
         try:
             return load_file(str(path))  # safetensors only: never pickle
         except (SafetensorError, OSError, ValueError) as exc:

@@ -243,3 +243,61 @@ class GptModel:
         writer.write_tensors(WEIGHTS, {k: v.cpu() for k, v in self.module.state_dict_for_save().items()})
         writer.write_text(TOKENIZER, self.tokenizer_json)
         return {"family": self.family, "architecture": self.architecture()}
+
+
+# --- retain import: a state dict of this model, from torch.save(model.state_dict()) ----------
+
+
+def tokenizer_from(path: str):
+    """``model.tokenizer``: a tokenizers JSON file, or a directory holding ``tokenizer.json``."""
+    from pathlib import Path
+
+    from retain.core.errors import ConfigError
+
+    if not path:
+        raise ConfigError("config key 'model.tokenizer': a state dict holds weights only; name the tokenizer "
+                          "the model was trained with (its tokenizer.json), e.g. --tokenizer tokenizer.json")
+    p = Path(path)
+    file = p / TOKENIZER if p.is_dir() else p
+    try:
+        text = file.read_text(encoding="utf-8")
+        tokenizer = load_tokenizer(text)
+    except Exception as exc:  # OSError, or the tokenizers library's bare Exception
+        raise ConfigError(f"config key 'model.tokenizer': {file} is not a tokenizers JSON file ({exc})") from None
+    missing = [t for t in (EOS, PAD) if tokenizer.token_to_id(t) is None]
+    if missing:
+        raise ConfigError(f"config key 'model.tokenizer': {file} lacks {', '.join(missing)}, which the built-in "
+                          "gpt family needs (is it the tokenizer this model was trained with?)")
+    return tokenizer, text
+
+
+def import_state_dict(tensors: dict[str, torch.Tensor], config, where: str) -> GptModel:
+    """The built-in model from its state dict; the config records what it turned out to be."""
+    from retain.core.errors import ModelError
+
+    try:
+        vocab, d_model = tensors["tok_emb.weight"].shape
+        context = tensors["pos_emb.weight"].shape[0]
+        n_layer = 1 + max(int(k.split(".")[1]) for k in tensors if k.startswith("blocks."))
+    except (KeyError, ValueError, IndexError) as exc:
+        raise ModelError(f"{where} is not a state dict of the built-in gpt model (no {exc}); a model of your "
+                         "own is the python family: --family python --factory package.module:function") from None
+    n_head = config.model.n_head
+    if d_model % n_head:
+        raise ModelError(f"{where}: d_model {d_model} is not divisible by model.n_head {n_head}; "
+                         "set the n_head the model was trained with (--set model.n_head=...)")
+    arch = Architecture(int(vocab), n_layer, n_head, int(d_model), int(context), config.model.dropout)
+    module = TransformerModel(arch)
+    try:
+        module.load_saved_state({k: v for k, v in tensors.items() if k != "head.weight"})
+    except (RuntimeError, KeyError) as exc:
+        raise ModelError(f"{where}: the weights do not fit a gpt of {n_layer} layers, d_model {d_model} "
+                         f"({str(exc).splitlines()[0]})") from None
+    tokenizer, text = tokenizer_from(config.model.tokenizer)
+    if tokenizer.get_vocab_size() != vocab:
+        raise ModelError(f"{where}: the weights have a vocabulary of {vocab} tokens, model.tokenizer "
+                         f"{tokenizer.get_vocab_size()}: not the tokenizer this model was trained with")
+    m = config.model  # what a retrain without flags rebuilds (the version's config records it)
+    m.n_layer, m.d_model, m.vocab_size = n_layer, int(d_model), int(vocab)
+    config.full_training.max_seq_length = int(context)
+    return GptModel(module, tokenizer, text)

@@ -2,7 +2,8 @@
 
 ``naive`` and ``low_lr`` only set the learning rate and schedule; the others
 (modules beside this one) add avalanche-lib plugins and carry state between
-updates. Compose them: ``fine_tuning.strategy: [low_lr, replay, ewc]``.
+updates; ``lora`` trains adapters only (peft). Compose them:
+``fine_tuning.strategy: [low_lr, replay, ewc]``, ``[lora, replay]``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Literal
 
 from retain.core.hookspecs import hookimpl
 from retain.core.strategy import Strategy, TrainSettings
+from retain.strategies.lora import Lora, LoraOptions
 from retain.strategies.memory import Agem, AgemOptions, Gem, GemOptions
 from retain.strategies.regularization import (Ewc, EwcOptions, Lwf, LwfOptions, Mas, MasOptions, Si,
                                               SiOptions)
@@ -57,7 +59,7 @@ class LowLr(Strategy):
 BUILTIN = [
     ("naive", Naive, NaiveOptions), ("low_lr", LowLr, LowLrOptions), ("replay", Replay, ReplayOptions),
     ("ewc", Ewc, EwcOptions), ("lwf", Lwf, LwfOptions), ("si", Si, SiOptions), ("mas", Mas, MasOptions),
-    ("agem", Agem, AgemOptions), ("gem", Gem, GemOptions),
+    ("agem", Agem, AgemOptions), ("gem", Gem, GemOptions), ("lora", Lora, LoraOptions),
 ]
 
 

@@ -2,7 +2,9 @@
 previous weights) and ``lwf`` (distillation from the previous model).
 
 Each saves what the next update needs with the version: the importances (the
-anchor weights are the version's own weights, so they are not stored twice).
+anchor weights are the version's own weights, so they are not stored twice),
+of the weights that trained only: with ``lora`` the frozen base never moves,
+and its importances would be as large as the model.
 """
 
 from __future__ import annotations
@@ -21,6 +23,18 @@ def prefixed(prefix: str, tensors: dict) -> dict:
 def unprefixed(prefix: str, state: dict) -> dict:
     start = len(prefix) + 1
     return {k[start:]: v for k, v in state.items() if k.startswith(prefix + "/")}
+
+
+def trainable(run) -> set[str] | None:
+    """Names of the weights this run trains (all of them, unless a strategy such as lora froze
+    some); None when the run holds no model of its own (a compare scenario's classifier)."""
+    if getattr(run, "model", None) is None:
+        return None
+    return {n for n, p in run.model.named_parameters() if p.requires_grad}
+
+
+def only(names: set[str] | None, tensors: dict) -> dict:
+    return tensors if names is None else {k: v for k, v in tensors.items() if k in names}
 
 
 def _check(name: str, key: str, value: float, low: float, low_ok: bool = True, high: float | None = None):
@@ -50,6 +64,7 @@ class Ewc(Strategy):
         self.options = options
         self.importances: dict = {}
         self.plugin = None
+        self.trained: set[str] | None = None
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.importances = unprefixed("importance", state)
@@ -57,12 +72,13 @@ class Ewc(Strategy):
     def avalanche_plugins(self, run) -> list:
         from retain.strategies.adapters import OnlineEWC
 
+        self.trained = trainable(run)
         self.plugin = OnlineEWC(self.options.ewc_lambda, self.options.decay, self.importances)
         return [self.plugin]
 
     def state_dict(self) -> dict[str, Any]:
         if self.plugin is not None:
-            self.importances = self.plugin.latest_importances()
+            self.importances = only(self.trained, self.plugin.latest_importances())
         return prefixed("importance", self.importances)
 
 
@@ -87,6 +103,7 @@ class Si(Strategy):
         self.importance: dict = {}
         self.cum_trajectory: dict = {}
         self.plugin = None
+        self.trained: set[str] | None = None
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.importance = unprefixed("importance", state)
@@ -95,12 +112,14 @@ class Si(Strategy):
     def avalanche_plugins(self, run) -> list:
         from retain.strategies.adapters import PersistentSI
 
+        self.trained = trainable(run)
         self.plugin = PersistentSI(self.options.si_lambda, self.options.eps, self.importance, self.cum_trajectory)
         return [self.plugin]
 
     def state_dict(self) -> dict[str, Any]:
         if self.plugin is not None:
-            self.importance, self.cum_trajectory = self.plugin.state()
+            importance, cum = self.plugin.state()
+            self.importance, self.cum_trajectory = only(self.trained, importance), only(self.trained, cum)
         return {**prefixed("importance", self.importance), **prefixed("cum_trajectory", self.cum_trajectory)}
 
 
@@ -123,6 +142,7 @@ class Mas(Strategy):
         self.options = options
         self.importance: dict = {}
         self.plugin = None
+        self.trained: set[str] | None = None
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.importance = unprefixed("importance", state)
@@ -130,12 +150,13 @@ class Mas(Strategy):
     def avalanche_plugins(self, run) -> list:
         from retain.strategies.adapters import PersistentMAS
 
+        self.trained = trainable(run)
         self.plugin = PersistentMAS(self.options.mas_lambda, self.options.alpha, self.importance)
         return [self.plugin]
 
     def state_dict(self) -> dict[str, Any]:
         if self.plugin is not None:
-            self.importance = self.plugin.state()
+            self.importance = only(self.trained, self.plugin.state())
         return prefixed("importance", self.importance)
 
 

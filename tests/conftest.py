@@ -78,3 +78,27 @@ def private_copy(model_dir: Path, tmp_path: Path) -> Path:
 def base_model(_base_model, tmp_path) -> Path:
     """A private copy of a tiny trained model directory (version 0001)."""
     return private_copy(_base_model, tmp_path)
+
+
+@pytest.fixture(scope="session")
+def gpt2_dir(tmp_path_factory, old_texts) -> Path:
+    """A tiny GPT-2 as a user would bring it: a transformers directory (GPT2Config, 2 layers,
+    32-dim embeddings, context 64), a byte-level BPE tokenizer trained on local text, wrapped
+    as a PreTrainedTokenizerFast without a pad token (GPT-2 has none), saved with
+    save_pretrained. Built locally: no network."""
+    pytest.importorskip("transformers", reason="the hf family needs the optional extra: pip install '.[hf]'")
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    from retain.plugins.gpt import EOS, train_tokenizer
+
+    tokenizer = train_tokenizer(old_texts, 300)
+    eos = tokenizer.token_to_id(EOS)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS, bos_token=EOS)
+    config = GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=64, vocab_size=tokenizer.get_vocab_size(),
+                        bos_token_id=eos, eos_token_id=eos)
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("gpt2") / "tiny-gpt2"
+    GPT2LMHeadModel(config).save_pretrained(root)
+    fast.save_pretrained(root)
+    return root

@@ -36,7 +36,7 @@ def compare_results() -> dict:
                                                "bwt": -0.0456 * i, "fwt": 0.0789},
                 "final_old": 6.54321 + i, "final_new": 7.65432 - i, "final_perplexity": 1234.5 + i,
                 "old_rise": 0.0321 * i, "train_seconds": 12.34 * (i + 1), "wall_seconds": 23.45 * (i + 1),
-                "peak_rss_mib": 1024.0 + i}
+                "peak_rss_mib": 1024.0 + i, "trainable_parameters": 544256 - 1000 * i, "version_mib": 2.107 + i}
     names = ["naive", "low_lr", "replay", "full_retrain"]
     return {"scenario": {"name": "text", "setting": None, "metric": "loss", "higher_is_better": False,
                          "experiences": [{"name": "day1"}, {"name": "day2"}]},
@@ -55,7 +55,7 @@ def test_compare_table_at_80_columns_keeps_every_number_whole(monkeypatch, capsy
         make_console().print(table(results))
         out = plain(capsys.readouterr().out)
         assert "…" not in out
-        shown = set(re.findall(r"[-+]?\d+(?:\.\d+)?", out))
+        shown = set(re.findall(r"[-+]?\d[\d,]*(?:\.\d+)?", out))
         assert expected <= shown, sorted(expected - shown)
         lines = out.splitlines()
         if narrow:  # one block per strategy, every line within the terminal
@@ -129,7 +129,7 @@ def test_plurals_and_a_progress_bar_only_once_training_runs():
 
     out = StringIO()
     renderer = ConsoleRenderer(Console(file=out, force_terminal=True, width=120, no_color=True), progress=True)
-    run = SimpleNamespace(full=False, strategies=[SimpleNamespace(name="low_lr")],
+    run = SimpleNamespace(full=False, kind="fine_tuning", parameters={"total": 1000}, strategies=[SimpleNamespace(name="low_lr")],
                           settings=SimpleNamespace(epochs=2, learning_rate=1e-4, batch_size=8))
     renderer.show_collect(run, {"items": 1, "rejected": 0, "rejects_file": None})
     renderer.show_tokenize(run, {"items": 1, "sequences": 1, "tokens": 1, "held_out": 1})

@@ -1,0 +1,60 @@
+"""``lora``: low-rank adapters (peft) are all an update trains; its version stores only them.
+
+The base weights stay frozen and on disk once: an adapter version names the
+version holding them (``builds_on`` in its manifest's model entry) and keeps a
+few megabytes of adapter weights where a full version of an 88M-parameter model
+keeps 350 MB. The next LoRA update continues the same adapters (the model it
+loads has them merged; they are taken back out and trained on), so every version
+of a LoRA lineage is one full version plus one adapter file: loading resolves it
+in one step, and rollback, prune and the checksums see ordinary versions.
+
+This module stays light (no torch, no peft): ``retain strategies`` lists it.
+The model code is ``retain.strategies.lora_adapters``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+
+from retain.core.errors import ConfigError
+from retain.core.strategy import Strategy, TrainSettings
+
+
+@dataclass
+class LoraOptions:
+    rank: int = 8              # r: the adapters' inner dimension
+    alpha: float = 16.0        # scaling numerator: the update is (alpha / rank) * B @ A
+    dropout: float = 0.0       # on the adapters' input
+    targets: list[str] = field(default_factory=list)  # module names; empty: every linear layer but the output head
+    learning_rate: float = 0.001  # adapters start at zero and are few: LoRA's usual rate is above full
+                                  # fine-tuning's (0 keeps fine_tuning.learning_rate)
+
+    def __post_init__(self):
+        if self.rank < 1:
+            raise ConfigError(f"config key 'options.lora.rank': must be >= 1, got {self.rank!r}")
+        if self.alpha <= 0:
+            raise ConfigError(f"config key 'options.lora.alpha': must be > 0, got {self.alpha!r}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"config key 'options.lora.dropout': must be in [0, 1), got {self.dropout!r}")
+        if self.learning_rate < 0:
+            raise ConfigError(f"config key 'options.lora.learning_rate': must be >= 0, got {self.learning_rate!r}")
+
+
+class Lora(Strategy):
+    """LoRA (peft): trains low-rank adapters only; a version stores just them and names its base version."""
+
+    name = "lora"
+
+    def __init__(self, options: LoraOptions):
+        if importlib.util.find_spec("peft") is None:
+            raise ConfigError("the lora strategy needs peft: pip install 'retain[hf]'")
+        self.options = options
+
+    def configure(self, settings: TrainSettings, run) -> None:
+        # Updates only: a full training (or an import) trains, or keeps, every weight.
+        from retain.strategies.lora_adapters import attach
+
+        run.lm = attach(run.lm, run.base, self.options)
+        if self.options.learning_rate:
+            settings.learning_rate = self.options.learning_rate
