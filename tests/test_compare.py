@@ -303,7 +303,7 @@ def test_split_digits_ewc_and_replay_match_avalanche_exactly():
     res = run_compare(CompareRequest(strategies="naive+ewc,naive+replay,lwf", scenario="split-digits",
                                      epochs=1, seed=3, overrides=[
                                          "options.ewc.ewc_lambda=100000.0", "options.replay.buffer_size=100",
-                                         "options.replay.ratio=1.0"]))
+                                         "options.replay.share=0.5"]))
     ewc = _avalanche_R(lambda **k: EWC(**k, ewc_lambda=1e5, mode="online", decay_factor=1.0), "class", 3, 1)
     replay = _avalanche_R(lambda **k: Naive(**k, plugins=[ReplayPlugin(
         mem_size=100, batch_size_mem=32, storage_policy=ReservoirSamplingBuffer(100))]), "class", 3, 1)
