@@ -134,6 +134,16 @@ class ConsoleRenderer:
         self.say(f"[bold]5. Tokenize[/]: {info['items']} items -> {info['sequences']} sequences, "
                  f"{info['tokens']:,} tokens" + (f" ({info['held_out']} items held out)" if info["held_out"] else ""))
 
+    def show_train(self, run, info: dict[str, Any]) -> None:
+        stop = info.get("early_stopping")
+        if not stop or not stop["epochs"]:
+            return
+        trained = len(stop["epochs"])
+        why = f"; stopped: {stop['stopped']}" if stop["stopped"] else ""
+        kept = ("the last" if stop["best_epoch"] == trained else f"the best, epoch {stop['best_epoch']}")
+        self.say(f"  kept {kept} of {trained} epoch(s) (held-out new items' loss "
+                 f"{' -> '.join(fmt(e['new_loss']) for e in stop['epochs'])}){why}")
+
     def show_validate(self, run, info: dict[str, Any]) -> None:
         m = info["metrics"]
         rb, ra, nb, na = (m["retention_loss_before"], m["retention_loss_after"], m["new_loss_before"],
@@ -144,6 +154,11 @@ class ConsoleRenderer:
         else:
             self.say(f"  retention, previously learned held-out items ({m['retention_items']}): "
                      f"loss {fmt(rb)} -> {fmt(ra)}{delta(rb, ra)}")
+            if m.get("drift_loss_after") is not None:
+                base, db, da = m["drift_loss_baseline"], m["drift_loss_before"], m["drift_loss_after"]
+                was = f"{fmt(db)}{delta(base, db)} before this update, " if db is not None else ""
+                self.say(f"  cumulative, since full training {m['drift_since']} ({m['drift_items']} of its "
+                         f"held-out items): loss {fmt(base)} then; {was}{fmt(da)}{delta(base, da)} now")
             self.say(f"  learning, held-out new items ({m['new_holdout_items']}): "
                      f"loss {fmt(nb)} -> {fmt(na)}{delta(nb, na)}")
         for v in info["verdicts"]:

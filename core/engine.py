@@ -93,10 +93,22 @@ class Engine:
     def prepare(self, kind: str, data: list[str], store: ModelStore, base: str | LoadedVersion | None,
                 items: list[Item] | None = None, dry_run: bool = False) -> Run:
         """Every step but the save: a ``Run`` holding the trained candidate and the gate's verdicts."""
+        started = time.perf_counter()
+        run = self.start(kind, store, base, dry_run=dry_run)
+        with self.strategies_registered(run):
+            self.ingest(run, store, data, items)
+            if run.items:
+                self.train_and_judge(run, store)
+        run.timings["total"] = time.perf_counter() - started
+        return run
+
+    def start(self, kind: str, store: ModelStore, base: str | LoadedVersion | None, *,
+              dry_run: bool = False) -> Run:
+        """1. Load: a new ``Run`` from ``base`` (a version name, a loaded version, or None for
+        a full training), with its strategies and their state; seeds set."""
         import torch
 
         cfg = self.config
-        started = time.perf_counter()
         run = Run(uuid.uuid4().hex[:12], kind, cfg, store.root, parent=None, dry_run=dry_run,
                   device=resolve_device(self.device_name))
         torch.manual_seed(cfg.seed)
@@ -105,16 +117,14 @@ class Engine:
             if isinstance(base, str):
                 base = load_version(store, base, registry=self.registry)
             run.base, run.parent = base, base.version if base is not None else None
+            if run.full and cfg.full_training.tokenizer == "keep":
+                run.tokenizer_from = self._tokenizer_to_keep(store).lm
             run.strategies = build_strategies(self.registry, cfg, base)
             info.update(version=run.parent, parameters=count_parameters(base.lm) if base else None)
-        with self._strategies_registered(run):
-            self._ingest(run, store, data, items)
-            if run.items:
-                self._train_and_judge(run, store)
-        run.timings["total"] = time.perf_counter() - started
         return run
 
-    def _ingest(self, run: Run, store: ModelStore, data: list[str], items: list[Item] | None) -> None:
+    def ingest(self, run: Run, store: ModelStore, data: list[str], items: list[Item] | None) -> None:
+        """2-4 and the hold-out: new data in (``core/ingest.py``)."""
         with self._step(run, "collect") as info:
             info.update(ingest.collect_step(run, self.registry, store, data, items, self.strict))
         with self._step(run, "preprocess") as info:
@@ -124,16 +134,22 @@ class Engine:
         with self._step(run, "holdout") as info:
             info.update(ingest.holdout_step(run))
 
-    def _train_and_judge(self, run: Run, store: ModelStore) -> None:
+    def train_and_judge(self, run: Run, store: ModelStore) -> None:
+        """Tokenize, evaluate the starting model, train, validate: ``run`` holds the candidate.
+        A run whose starting scores are already known (``run.before``, a search's trials)
+        skips ``evaluate_before``."""
         from .training import train  # avalanche-lib: imported only by runs that train
 
         with self._step(run, "tokenize") as info:
             info.update(prepare_model(run, self.registry, lambda m: self._warn(run, m)))
-        with self._step(run, "evaluate_before") as info:
-            info.update(evaluation.measure_before(run, store))
+        if run.before is None:
+            with self._step(run, "evaluate_before") as info:
+                info.update(evaluation.measure_before(run, store))
         with self._step(run, "train") as info:
-            train(run, self.pm)
-            info.update(epoch_losses=run.epoch_losses, oom_retries=run.oom_retries)
+            stopping = not run.full and self.config.fine_tuning.early_stopping.enabled
+            train(run, self.pm, judge=functools.partial(self._judge_epoch, run) if stopping else None)
+            info.update(epoch_losses=run.epoch_losses, oom_retries=run.oom_retries,
+                        early_stopping=run.early_stopping.to_json() if run.early_stopping else None)
         with self._step(run, "validate") as info:
             evidence = evaluation.measure_after(run)
             run.verdicts, run.next_steps = gate.judge(self.registry, self.config, evidence, run.oom_retries)
@@ -141,12 +157,26 @@ class Engine:
             info.update(metrics=run.metrics, verdicts=[v.to_json() for v in run.verdicts],
                         next_steps=run.next_steps)
 
+    def _judge_epoch(self, run: Run) -> tuple:
+        """Early stopping's look at the model after an epoch: its scores and the gate's verdicts."""
+        scores = evaluation.score_candidate(run)
+        _, evidence = evaluation.candidate_evidence(run, scores)
+        return scores, gate.run_validators(self.registry, self.config, evidence)
+
+    def _tokenizer_to_keep(self, store: ModelStore) -> LoadedVersion:
+        from .errors import ConfigError
+
+        if not store.exists():
+            raise ConfigError("config key 'full_training.tokenizer' is 'keep', but there is no current model "
+                              f"in {store.root} whose tokenizer to keep; use 'new' for a first training")
+        return load_version(store, registry=self.registry)
+
     @reports_plugin_errors
     def commit(self, run: Run, store: ModelStore, replaces: str | None = None) -> dict:
         """Save ``run``'s candidate as a version (current if accepted), then ``update_finished``."""
         if not run.trained:
             return run.report()
-        with self._strategies_registered(run):
+        with self.strategies_registered(run):
             with self._step(run, "save") as info:
                 report = commit(run, store, self.dedupers, replaces)
                 info.update(version=report["version"], status=report["status"], current=store.current())
@@ -170,8 +200,8 @@ class Engine:
                 self.pm.unregister(listener)
 
     @contextlib.contextmanager
-    def _strategies_registered(self, run: Run) -> Iterator[None]:
-        # Strategies are plugins for the run: their hookimpls (training_penalty, ...) fire.
+    def strategies_registered(self, run: Run) -> Iterator[None]:
+        """Strategies are plugins for the run: their hookimpls (training_penalty, ...) fire."""
         for strategy in run.strategies:
             self.pm.register(strategy, name=f"strategy:{strategy.name}:{run.id}")
         try:
@@ -201,10 +231,12 @@ class Engine:
         from .retrain import assess
 
         # In a dry run nothing was saved: count what this update would have added.
-        pending = report.get("counts", {}).get("new", 0) if run.dry_run else 0
+        counts = report.get("counts", {})
+        pending = counts.get("new", 0) if run.dry_run else 0
+        text = {k: counts.get(k, 0) for k in ("tokens", "bytes")} if run.dry_run else None
         try:
             assessment = assess(store, self.config, pending_items=pending, device=self.device_name,
-                                registry=self.registry)
+                                registry=self.registry, pending_text=text)
         except RetainError as exc:  # advice must not turn a finished update into a failure
             report["retrain"] = {"error": str(exc)}
             self._warn(run, f"could not assess full retrain vs fine-tune: {exc}")

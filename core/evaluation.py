@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from . import drift
 from .ingest import sample
 from .store import ModelStore
 from .validation import Evidence
@@ -64,6 +65,7 @@ class Scores:
 
     retention: "torch.Tensor | None"
     new: "torch.Tensor | None"
+    drift: "torch.Tensor | None" = None  # the last full training's held-out items (updates)
 
     @staticmethod
     def mean(t) -> float | None:
@@ -87,14 +89,17 @@ def evidence(kind: str, lm: "LanguageModel", settings, before: Scores, after: Sc
     """What every validator receives about a candidate (see ``retain.Evidence``)."""
     return Evidence(kind, list(epoch_losses), numbers["retention_loss_before"], numbers["retention_loss_after"],
                     numbers["new_loss_before"], numbers["new_loss_after"], before.retention, after.retention,
-                    model=lm, settings=settings, extra=dict(numbers), timings=dict(timings))
+                    model=lm, settings=settings, extra=dict(numbers), timings=dict(timings),
+                    drift_baseline=numbers.get("drift_loss_baseline"), drift_after=numbers.get("drift_loss_after"),
+                    drift_version=numbers.get("drift_since"))
 
 
 # --- the steps, on a run ------------------------------------------------------------------------
 
 def measure_before(run, store: ModelStore) -> dict:
     """The starting model's losses: on the retention set and this run's held-out new items
-    (for a full training: the random init on the held-out base items)."""
+    (for a full training: the random init on the held-out base items). For an update, also
+    what the cumulative drift is measured against (``drift.baseline``)."""
     cfg = run.config
     if run.full:
         run.retention_texts, run.new_texts = [it.text for it in run.holdout], []
@@ -102,13 +107,35 @@ def measure_before(run, store: ModelStore) -> dict:
         run.retention_texts = retention_texts(store, store.chain(run.parent), cfg.validation.eval_max_items,
                                               cfg.seed)
         run.new_texts = [it.text for it in run.holdout]
+        run.drift = drift.baseline(store, run.parent)
     run.before = measure(run.lm, run.retention_texts, run.new_texts, run.settings.max_seq_length, run.device)
     return {"retention_items": len(run.retention_texts), "new_items": len(run.new_texts)}
 
 
+def score_candidate(run) -> Scores:
+    """The model of ``run`` as it is now, on the run's retention set, new held-out items and,
+    for an update, the last full training's held-out items (the cumulative drift)."""
+    scores = measure(run.lm, run.retention_texts, run.new_texts, run.settings.max_seq_length, run.device)
+    if run.drift is not None:
+        same = run.drift.texts == run.retention_texts and run.settings.max_seq_length == run.lm.context
+        scores.drift = scores.retention if same else score_texts(run.lm, run.drift.texts, run.lm.context,
+                                                                 run.device)
+    return scores
+
+
+def candidate_evidence(run, after: Scores) -> tuple[dict[str, Any], Evidence]:
+    """(the report's numbers, the validators' evidence) for ``after``, scores of the candidate."""
+    numbers = metrics(run.before, after, len(run.retention_texts), len(run.new_texts))
+    if run.drift is not None:
+        numbers.update(run.drift.numbers(Scores.mean(after.drift)))
+    return numbers, evidence(run.kind, run.lm, run.settings, run.before, after, run.epoch_losses, run.timings,
+                             numbers)
+
+
 def measure_after(run) -> Evidence:
-    """The candidate's losses on the same texts, and the evidence for the validators."""
-    run.after = measure(run.lm, run.retention_texts, run.new_texts, run.settings.max_seq_length, run.device)
-    run.metrics = metrics(run.before, run.after, len(run.retention_texts), len(run.new_texts))
-    return evidence(run.kind, run.lm, run.settings, run.before, run.after, run.epoch_losses, run.timings,
-                    run.metrics)
+    """The candidate's losses on the same texts, and the evidence for the validators
+    (scores early stopping already took of the kept epoch are reused)."""
+    if run.after is None:
+        run.after = score_candidate(run)
+    run.metrics, ev = candidate_evidence(run, run.after)
+    return ev

@@ -84,6 +84,25 @@ def create_model(registry: Registry, config: Config, texts: list[str], context: 
     return family(registry, config.model.family).create(config, texts, context)
 
 
+def renew_model(registry: Registry, config: Config, keep: LanguageModel, context: int) -> LanguageModel:
+    """A full training's new model with random weights and ``keep``'s tokenizer
+    (``full_training.tokenizer: keep``), through the family's optional ``renew``."""
+    fam = family(registry, config.model.family)
+    if config.model.family != keep.family:
+        raise ConfigError(f"config key 'full_training.tokenizer' is 'keep', but the current model is a "
+                          f"'{keep.family}' model and the config asks for '{config.model.family}'")
+    if not hasattr(fam, "renew"):
+        raise ConfigError(f"config key 'full_training.tokenizer': the '{config.model.family}' family cannot "
+                          "keep a tokenizer (it has no renew method); use 'new'")
+    return fam.renew(config, keep, context)
+
+
+def content_tokens(rows, texts: int) -> int:
+    """Tokens of ``texts`` texts encoded as ``rows``, without the boundary tokens: each text
+    predicts its tokens and one end token (``Rows.tokens`` counts both)."""
+    return max(0, rows.tokens - texts)
+
+
 def count_parameters(lm: LanguageModel) -> int:
     return sum(p.numel() for p in lm.module.parameters())
 
@@ -99,7 +118,10 @@ def prepare_model(run, registry: Registry, warn) -> dict:
     if run.full:
         if len(run.items) < 2:
             raise SourceError("full training needs at least 2 usable items")
-        run.lm = create_model(registry, cfg, [it.text for it in run.items], block.max_seq_length)
+        if run.tokenizer_from is not None:
+            run.lm = renew_model(registry, cfg, run.tokenizer_from, block.max_seq_length)
+        else:
+            run.lm = create_model(registry, cfg, [it.text for it in run.items], block.max_seq_length)
     else:
         run.lm = run.base.lm
     seq_len = min(block.max_seq_length, run.lm.context)
@@ -107,6 +129,9 @@ def prepare_model(run, registry: Registry, warn) -> dict:
         warn(f"max_seq_length {block.max_seq_length} exceeds the model's context {run.lm.context}; "
              f"using {run.lm.context} (a full retrain changes the context)")
     run.rows = run.lm.encode([it.text for it in run.items], seq_len)
+    # Tokens per byte of what is learned, under this tokenizer: the vocabulary-drift check's input.
+    run.counts.update(tokens=content_tokens(run.rows, len(run.items)),
+                      bytes=sum(len(it.text.encode("utf-8")) for it in run.items))
     run.lm.module.to(run.device)
     run.settings = TrainSettings(block.learning_rate, block.epochs, block.batch_size, seq_len)
     if not run.full:  # a full training is the strategies' first experience: they record, not steer

@@ -4,6 +4,8 @@
     Architecture changes                -> config.model vs the model's manifest
     Quality degradation                 -> retention drift since the last full training,
                                            or the gate rejecting update after update
+    A vocabulary that does not fit      -> new data needs markedly more tokens per byte
+                                           than the base data (core/vocabulary.py)
 
 ``assess`` looks at a model directory and says which of these hold, with the
 numbers, for ``retain status`` and the end of ``retain update``.
@@ -65,7 +67,10 @@ def last_full_training(store: ModelStore, chain: list[str]) -> tuple[str | None,
 
 
 def assess(store: ModelStore, config: Config, pending_items: int = 0, device: str | None = None,
-           registry: Registry | None = None) -> Assessment:
+           registry: Registry | None = None, pending_text: dict[str, int] | None = None) -> Assessment:
+    """``pending_text``: {"tokens", "bytes"} of pending data under the current tokenizer."""
+    from .vocabulary import drift as vocabulary_drift
+
     registry = registry or Registry.of(default_plugin_manager())
     current = store.current()
     chain = store.chain(current)
@@ -74,6 +79,7 @@ def assess(store: ModelStore, config: Config, pending_items: int = 0, device: st
         _new_items(store, config, since, pending_items),
         _architecture(store, config, current, root, registry),
         _retention_drift(store, config, current, root, device, registry),
+        vocabulary_drift(store, root, since, pending_text, config.retrain.max_token_drift),
         _rejections(store, config),
     ]
     return Assessment(str(store.root), current, root, checks)
@@ -142,9 +148,10 @@ def _retention_drift(store: ModelStore, config: Config, current: str, root: str 
     if baseline is None or HOLDOUT not in manifest.get("files", {}):
         return Check("retention_drift", False, f"version {root} kept no held-out base items: "
                      "drift not measured", {})
-    if current == root:
-        now = baseline
-    else:
+    from .drift import recorded
+
+    now = recorded(store, current, root)  # what the update's gate measured, if it did
+    if now is None:
         now = _holdout_loss(store, current, root, config, device, registry)
     drift = (now - baseline) / baseline if baseline else 0.0
     numbers = {"loss_after_full_training": baseline, "loss_now": now, "drift": drift, "threshold": limit,

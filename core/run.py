@@ -18,6 +18,7 @@ from .validation import Verdict
 
 if TYPE_CHECKING:
     from .contracts import LanguageModel
+    from .drift import Baseline
     from .evaluation import Scores
     from .lm import Rows
     from .models import LoadedVersion
@@ -37,6 +38,7 @@ class Run:
     device: Any = None                 # torch.device the model trains on
     dry_run: bool = False              # write nothing at all
     base: "LoadedVersion | None" = None  # the loaded parent version (updates)
+    tokenizer_from: "LanguageModel | None" = None  # full training with tokenizer: keep: the model before
 
     # ingest: collect, preprocess, dedupe, hold out
     rejects: list[Reject] = field(default_factory=list)
@@ -56,6 +58,9 @@ class Run:
     new_texts: list[str] = field(default_factory=list)        # this run's held-out new items
     before: "Scores | None" = None
     after: "Scores | None" = None
+    drift: "Baseline | None" = None    # updates: what the cumulative drift is measured against
+    early_stopping: Any = None         # updates: each epoch judged, the best kept (Tracker)
+    search: dict[str, Any] | None = None  # how the settings were chosen, when a search chose them
     epoch_losses: list[float] = field(default_factory=list)
     oom_retries: list[dict] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -97,5 +102,7 @@ class Run:
             "oom_retries": list(self.oom_retries), "timings": dict(self.timings),
             "settings": asdict(self.settings) if self.settings is not None else None,
             "strategies": [s.name for s in self.strategies],
+            "early_stopping": self.early_stopping.to_json() if self.early_stopping is not None else None,
+            "search": self.search,
             "version": None, "status": None if self.trained else "nothing_new",
         }
