@@ -13,7 +13,8 @@ those the gate accepts (among all epochs when none is accepted). Training stops
   epochs.
 
 Its weights are put back before the strategies' end-of-training work (EWC's
-importances, ...), so what is saved is what was judged best. ``Tracker`` is the
+importances, ...), so what is saved is what was judged best; the gate reuses its
+scores unless a strategy changed the weights after that. ``Tracker`` is the
 decision alone (no torch); ``EarlyStopping`` the avalanche-lib plugin around it.
 """
 
@@ -117,6 +118,15 @@ class EarlyStopping(SupervisedPlugin):
             strategy.model.load_state_dict(self.snapshot)
         if self.tracker.stopped:
             strategy.stop_training()
+
+    def after_training_exp(self, strategy, **kw):
+        # Last in the plugin list: if a strategy changed the weights after the kept epoch was
+        # judged, its scores are not the candidate's; the gate scores the candidate again.
+        if self.snapshot is None:
+            return
+        now = strategy.model.state_dict()
+        if any(not torch.equal(now[k].detach().cpu(), v) for k, v in self.snapshot.items()):
+            self.on_best(None)
 
 
 def _mean(t) -> float | None:
