@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shutil
 import sys
@@ -28,7 +29,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
+DATA = Path(os.environ.get("RETAIN_DATA", REPO.parent / "shared" / "data"))  # RETAIN_DATA: elsewhere
 # A model small enough that 4 full trainings (base + full_retrain after each day) fit in minutes.
 MODEL = ["model.n_layer=2", "model.n_head=4", "model.d_model=64", "model.vocab_size=1024",
          "full_training.max_seq_length=128", "fine_tuning.max_seq_length=128", "full_training.epochs=4",
