@@ -133,6 +133,11 @@ def update(
                                  "written at all (no version, no ledger rows, no rejects lines); "
                                  "still exits 10 if the gate would reject."),
     wait: float = typer.Option(0.0, "--wait", help="Seconds to wait for another writer to finish."),
+    auto: bool = typer.Option(False, "--auto", help="Search the recipe (learning rate, epochs, replay share, "
+                              "strategy mix from tune.strategies) within a time budget; each trial is judged "
+                              "by the gate, the best accepted one becomes current. Needs retain[auto]."),
+    budget: Optional[float] = typer.Option(None, "--budget", help="With --auto: the trials' training time, as "
+                                           "a share of the last full training's (default tune.budget, 0.1)."),
 ):
     """One fine-tuning cycle on new data only: load, collect, dedupe, preprocess, tokenize,
     fine-tune, validate, save.
@@ -140,13 +145,24 @@ def update(
     A candidate failing a validator is kept as a rejected version with its report, the current
     model stays, and the exit code is 10. Ends with `retain status`'s advice."""
     from retain.core.engine import Engine
-    from retain.core.errors import UpdateRejected
+    from retain.core.errors import ConfigError, UpdateRejected
 
+    if budget is not None and not auto:
+        raise ConfigError("--budget is the budget of --auto's search: add --auto")
     cfg = _load(config, set_, "fine_tuning", lr, epochs, batch_size, strategy)
-    engine = Engine(cfg, listeners=_listeners(json_out, quiet), device=_device(device), strict=strict)
+    listeners = _listeners(json_out, quiet)
+    engine = Engine(cfg, listeners=listeners, device=_device(device), strict=strict)
+    # The retrain advice ends the update; under --quiet nobody reads it (unless --json).
+    advise = json_out or not quiet
     try:
-        # The retrain advice ends the update; under --quiet nobody reads it (unless --json).
-        report = engine.update(data, model, dry_run=dry_run, wait=wait, advise=json_out or not quiet)
+        if auto:
+            from retain.tune import auto_update
+
+            on_trial = listeners[0].show_trial if listeners else None
+            report = auto_update(engine, data, model, budget=budget, dry_run=dry_run, wait_lock=wait,
+                                 advise=advise, on_trial=on_trial)
+        else:
+            report = engine.update(data, model, dry_run=dry_run, wait=wait, advise=advise)
     except UpdateRejected as exc:
         _emit(exc.report or {}, json_out)
         raise
@@ -298,7 +314,9 @@ def status(
 
     Recommends a full retrain, with the reason, when the new items since the last full training
     exceed retrain.max_new_items, the config's architecture or tokenizer differs from the model's, retention drifted past retrain.max_retention_drift since
-    the last full training, or the gate rejected the last retrain.max_rejected_in_row updates."""
+    the last full training, the new data needs more than retrain.max_token_drift more tokens per byte than
+    the base data (the vocabulary does not fit), or the gate rejected the last retrain.max_rejected_in_row
+    updates."""
     from retain.core.retrain import assess
     from retain.core.store import ModelStore
     from retain.render import print_assessment
@@ -306,8 +324,8 @@ def status(
     cfg = _load(config, set_, "fine_tuning", None, None, None)
     store = ModelStore(model)
     current = store.current()
-    pending = _pending_items(data, store, cfg) if data else 0
-    assessment = assess(store, cfg, pending_items=pending, device=_device(device))
+    pending, text = _pending_items(data, store, cfg) if data else (0, None)
+    assessment = assess(store, cfg, pending_items=pending, device=_device(device), pending_text=text)
     if json_out:
         typer.echo(json.dumps(assessment.to_json(), default=str))
         return
@@ -320,9 +338,9 @@ def status(
     print_assessment(console, assessment)
 
 
-def _pending_items(data: List[str], store, cfg) -> int:
-    """How many items of ``data`` an update would learn: collected, deduped against the
-    ledger, preprocessed. Reads only."""
+def _pending_items(data: List[str], store, cfg) -> tuple[int, Optional[dict]]:
+    """How many items of ``data`` an update would learn (collected, deduped against the
+    ledger, preprocessed), and their tokens and bytes under the current tokenizer. Reads only."""
     from retain.core.ingest import build_dedupers, collect, dedupe, preprocess
     from retain.core.known import KnownItems
     from retain.core.pluginmanager import Registry, default_plugin_manager
@@ -332,7 +350,12 @@ def _pending_items(data: List[str], store, cfg) -> int:
     items, _ = preprocess(items, registry, cfg)
     # The same view of the ledger the engine gives dedupers (minhash needs more than a lookup).
     items, _ = dedupe(items, build_dedupers(registry, cfg), KnownItems(store.ledger, store.chain()))
-    return len(items)
+    if not items:
+        return 0, None
+    from retain.core.models import load_version
+    from retain.core.vocabulary import measure_texts
+
+    return len(items), measure_texts(load_version(store, registry=registry).lm, [it.text for it in items])
 
 
 @app.command()

@@ -166,7 +166,45 @@ class ConsoleRenderer:
         for step in info["next_steps"]:
             self.say(f"  [bold]next step[/] ({', '.join(step['validators']) or 'engine'}): {step['step']}")
 
+    def show_trial(self, result: dict, search: dict) -> None:
+        """``retain update --auto``: one line per trial as it ends (the search's callback)."""
+        if len(search["trials"]) == 1:
+            self.say(f"[bold]6. Search (--auto)[/]: trials within {search['budget_seconds']:.1f}s of training "
+                     f"({search['budget']:g} of full training {search['full_training']}'s "
+                     f"{search['full_training_seconds']:.1f}s)")
+        t = search["trials"][-1]
+        left = search["budget_seconds"] - search["spent_seconds"]
+        if t["error"]:
+            self.say(f"  trial {t['number']}: [red]failed[/] ({t['error']})")
+            return
+        verdict = "[green]accepted[/]" if t["accepted"] else f"[red]rejected[/] ({', '.join(t['failed'])})"
+        self.say(f"  trial {t['number']}: {t['describe']}: new items' loss {fmt(t['new_loss_before'])} -> "
+                 f"{fmt(t['new_loss_after'])}, old{delta(t['retention_loss_before'], t['retention_loss_after'])}"
+                 f"; {verdict}; {t['seconds']:.1f}s ({max(0.0, left):.1f}s left)")
+
+    def show_search(self, search: dict) -> None:
+        from rich import box
+        from rich.table import Table
+
+        table = Table(title=f"--auto: {len(search['trials'])} trials, {search['spent_seconds']:.1f}s of "
+                      f"{search['budget_seconds']:.1f}s", box=box.SIMPLE_HEAD)
+        for col in ("trial", "recipe", "epochs", "new loss", "old", "since full", "gate", "seconds"):
+            table.add_column(col)
+        for t in search["trials"]:
+            gate = ("[red]error[/]" if t["error"] else "[green]accepted[/]" if t["accepted"]
+                    else f"[red]rejected[/]: {', '.join(t['failed'])}")
+            mark = "*" if t["number"] == search.get("winner") else ""
+            drift = "-" if t.get("drift_after") is None else f"{100 * t['drift_after']:+.1f}%"
+            table.add_row(f"{mark}{t['number']}", t["describe"], f"{t['epochs_trained']} (kept {t['best_epoch']})",
+                          fmt(t["new_loss_after"]), delta(t["retention_loss_before"], t["retention_loss_after"]).strip(
+                              " ()") or "-", drift, gate, f"{t['seconds']:.1f}")
+        self.console.print(table)
+        if search.get("winner") is not None:
+            self.say(f"  winner (*): trial {search['winner']}, {search['describe']}")
+
     def show_save(self, run, info: dict[str, Any]) -> None:
+        if run.search:
+            self.show_search(run.search)
         if info["status"] == "dry_run":
             verdict = "accept" if info["accepted"] else "[red]reject[/]"
             self.say(f"[bold]8. Save[/]: skipped (dry run); the gate would {verdict} this update")

@@ -54,6 +54,7 @@ class FineTuningConfig:
     max_seq_length: int = 512
     strategy: list[str] = field(default_factory=lambda: ["low_lr"])
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    max_seconds: float = 0.0   # stop training after this many seconds, keeping the best epoch (0: no limit)
 
 
 @dataclass

@@ -55,7 +55,7 @@ class Engine:
         """Full training from a random init on all data; saves the next version (0001 in a new dir)."""
         store = ModelStore(model_dir)
         with self.listening(), store.lock():
-            self._recover(store)
+            self.recover(store)
             replaces = store.current() if store.exists() else None  # a retrain starts a new lineage
             run = self.prepare(FULL_TRAINING, data, store, None, items=items)
             report = self.commit(run, store, replaces=replaces)
@@ -70,7 +70,7 @@ class Engine:
         store.current()  # a clear error before anything else if there is no model
         with self.listening(), (contextlib.nullcontext() if dry_run else store.lock(wait=wait)):
             if not dry_run:
-                self._recover(store)
+                self.recover(store)
             try:
                 run = self.prepare(FINE_TUNING, data, store, store.current(), items=items, dry_run=dry_run)
             finally:
@@ -85,7 +85,7 @@ class Engine:
             else:
                 report = self.commit(run, store)
             if advise:
-                self._advise(run, store, report)
+                self.advise(run, store, report)
         return raise_if_rejected(report, store)
 
     # --- the cycle ----------------------------------------------------------------------------
@@ -140,22 +140,30 @@ class Engine:
         skips ``evaluate_before``."""
         from .training import train  # avalanche-lib: imported only by runs that train
 
-        with self._step(run, "tokenize") as info:
-            info.update(prepare_model(run, self.registry, lambda m: self._warn(run, m)))
+        self.tokenize(run)
         if run.before is None:
-            with self._step(run, "evaluate_before") as info:
-                info.update(evaluation.measure_before(run, store))
+            self.evaluate_before(run, store)
         with self._step(run, "train") as info:
             stopping = not run.full and self.config.fine_tuning.early_stopping.enabled
             train(run, self.pm, judge=functools.partial(self._judge_epoch, run) if stopping else None)
             info.update(epoch_losses=run.epoch_losses, oom_retries=run.oom_retries,
-                        early_stopping=run.early_stopping.to_json() if run.early_stopping else None)
+                        early_stopping=run.early_stopping)
         with self._step(run, "validate") as info:
             evidence = evaluation.measure_after(run)
             run.verdicts, run.next_steps = gate.judge(self.registry, self.config, evidence, run.oom_retries)
             self.pm.hook.verdicts_given(run=run, verdicts=run.verdicts, next_steps=run.next_steps)
             info.update(metrics=run.metrics, verdicts=[v.to_json() for v in run.verdicts],
                         next_steps=run.next_steps)
+
+    def tokenize(self, run: Run) -> None:
+        """5. Tokenize: the model to train, its rows, the strategies' settings (``core/models.py``)."""
+        with self._step(run, "tokenize") as info:
+            info.update(prepare_model(run, self.registry, lambda m: self._warn(run, m)))
+
+    def evaluate_before(self, run: Run, store: ModelStore) -> None:
+        """The starting model's held-out losses (``core/evaluation.py``)."""
+        with self._step(run, "evaluate_before") as info:
+            info.update(evaluation.measure_before(run, store))
 
     def _judge_epoch(self, run: Run) -> tuple:
         """Early stopping's look at the model after an epoch: its scores and the gate's verdicts."""
@@ -222,11 +230,13 @@ class Engine:
     def _warn(self, run: Run | None, message: str) -> None:
         self.pm.hook.warning_raised(run=run, message=message)
 
-    def _recover(self, store: ModelStore) -> None:
+    def recover(self, store: ModelStore) -> None:
+        """Tidy up after an interrupted run (call with the lock held); each note is a warning."""
         for note in store.recover():
             self._warn(None, f"recovered from an interrupted run: {note}")
 
-    def _advise(self, run: Run, store: ModelStore, report: dict) -> None:
+    def advise(self, run: Run, store: ModelStore, report: dict) -> None:
+        """Fine-tune or fully retrain? ``report["retrain"]`` and ``advice_given``."""
         from .errors import RetainError
         from .retrain import assess
 

@@ -133,7 +133,8 @@ def prepare_model(run, registry: Registry, warn) -> dict:
     run.counts.update(tokens=content_tokens(run.rows, len(run.items)),
                       bytes=sum(len(it.text.encode("utf-8")) for it in run.items))
     run.lm.module.to(run.device)
-    run.settings = TrainSettings(block.learning_rate, block.epochs, block.batch_size, seq_len)
+    run.settings = TrainSettings(block.learning_rate, block.epochs, block.batch_size, seq_len,
+                                 max_seconds=getattr(block, "max_seconds", 0.0))
     if not run.full:  # a full training is the strategies' first experience: they record, not steer
         for strategy in run.strategies:
             strategy.configure(run.settings, run)

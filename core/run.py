@@ -59,7 +59,7 @@ class Run:
     before: "Scores | None" = None
     after: "Scores | None" = None
     drift: "Baseline | None" = None    # updates: what the cumulative drift is measured against
-    early_stopping: Any = None         # updates: each epoch judged, the best kept (Tracker)
+    early_stopping: dict[str, Any] | None = None  # updates: each epoch judged, the one kept
     search: dict[str, Any] | None = None  # how the settings were chosen, when a search chose them
     epoch_losses: list[float] = field(default_factory=list)
     oom_retries: list[dict] = field(default_factory=list)
@@ -102,7 +102,7 @@ class Run:
             "oom_retries": list(self.oom_retries), "timings": dict(self.timings),
             "settings": asdict(self.settings) if self.settings is not None else None,
             "strategies": [s.name for s in self.strategies],
-            "early_stopping": self.early_stopping.to_json() if self.early_stopping is not None else None,
+            "early_stopping": self.early_stopping,
             "search": self.search,
             "version": None, "status": None if self.trained else "nothing_new",
         }

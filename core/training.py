@@ -262,13 +262,14 @@ def train(run: Run, pm, judge: Callable[[], tuple] | None = None) -> None:
 
     ``judge()``, when given (updates with ``fine_tuning.early_stopping``), scores and
     judges the model after every epoch: the update stops early and keeps its best
-    epoch (``core/early_stopping.py``); the tracker's record is ``run.early_stopping``.
+    epoch (``core/early_stopping.py``); each epoch's record is ``run.early_stopping``.
 
     Out of memory: the weights are restored and the run retries with half the
     batch size, down to 1 (``core/retry.py``); each retry is in ``run.oom_retries``.
     """
     settings = run.settings
     started = time.perf_counter()
+    trackers: list = []  # early stopping's record, one per attempt (out-of-memory retries)
 
     def penalty(model, inputs, targets, logits):
         terms = [t for t in pm.hook.training_penalty(run=run, model=model, inputs=inputs, targets=targets,
@@ -286,14 +287,14 @@ def train(run: Run, pm, judge: Callable[[], tuple] | None = None) -> None:
         from .early_stopping import EarlyStopping, Tracker
 
         stop = run.config.fine_tuning.early_stopping
-        run.early_stopping = Tracker(stop.patience, stop.min_delta)
+        trackers.append(Tracker(stop.patience, stop.min_delta))
         # Each epoch's judgment is kept in the time reserved before max_seconds: start from
         # what scoring the same texts took before training.
         loop.epoch_end_seconds = run.timings.get("evaluate_before", 0.0)
 
         def keep(scores) -> None:
             run.after = scores
-        return EarlyStopping(run.early_stopping, judge, loop, settings.epochs, keep)
+        return EarlyStopping(trackers[-1], judge, loop, settings.epochs, keep)
 
     def attempt() -> list[float]:
         run.after = None
@@ -309,3 +310,4 @@ def train(run: Run, pm, judge: Callable[[], tuple] | None = None) -> None:
 
     pm.hook.update_started(run=run)
     run.epoch_losses = retry_halving_batch(attempt, run.model, settings, on_oom)
+    run.early_stopping = trackers[-1].to_json() if trackers else None
