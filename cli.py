@@ -383,12 +383,13 @@ def history(model: Path = ModelOpt, json_out: bool = JsonOpt):
     table.add_column("gate", min_width=10)
     for col in ("lr", "learned"):
         table.add_column(col, no_wrap=True)
+    table.add_column("recipe", min_width=8)
     for col in ("old items' loss", "new items' loss"):
         table.add_column(col, min_width=7)
     table.add_column("created (UTC)", min_width=10)
     for r in rows:
         if r["status"] == "unreadable":
-            table.add_row(r["version"], "", "", f"[red]unreadable[/] {r['error']}", "", "", "", "", "")
+            table.add_row(r["version"], "", "", f"[red]unreadable[/] {r['error']}", "", "", "", "", "", "")
             continue
         m = r["metrics"]
         status = {"accepted": "[green]accepted[/]", "rejected": "[red]rejected[/]"}.get(r["status"], r["status"])
@@ -401,10 +402,18 @@ def history(model: Path = ModelOpt, json_out: bool = JsonOpt):
         kind = {"full_training": "full", "fine_tuning": "update"}.get(r["kind"], r["kind"] or "")
         table.add_row(("*" if r["current"] else "") + r["version"], r["parent"] or "-", kind, status,
                       f"{r['learning_rate']:g}" if r["learning_rate"] is not None else "-",
-                      str(r["items_learned"]), loss(m["retention_loss_before"], m["retention_loss_after"]),
+                      str(r["items_learned"]), _recipe(r), loss(m["retention_loss_before"], m["retention_loss_after"]),
                       loss(m["new_loss_before"], m["new_loss_after"]),
                       (r["created_at"] or "")[:16].replace("T", " "))
     _console(False).print(table)
+
+
+def _recipe(row: dict) -> str:
+    """The strategies a version trained with; for --auto, the recipe that won its search."""
+    search = row.get("search")
+    if search:
+        return f"auto ({search['trials']} trials): {search['describe']}"
+    return ",".join(row.get("strategies") or []) or "-"
 
 
 @app.command()

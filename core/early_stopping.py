@@ -112,7 +112,8 @@ class EarlyStopping(SupervisedPlugin):
         if self.tracker.see(epoch):
             self.snapshot = {k: v.detach().to("cpu", copy=True) for k, v in strategy.model.state_dict().items()}
             self.on_best(scores)
-        self.loop.epoch_end_seconds = time.perf_counter() - started
+        self.loop.epoch_end_seconds = max(self.loop.epoch_end_seconds if number > 1 else 0.0,
+                                          time.perf_counter() - started)
         last = bool(self.tracker.stopped) or number >= self.epochs or self.loop.out_of_time
         if last and self.tracker.best is not epoch and self.snapshot is not None:
             strategy.model.load_state_dict(self.snapshot)

@@ -46,6 +46,7 @@ from retain.core.store import ModelStore
 from . import space
 from .trial import item_to_json, run_trial
 
+SAFETY = 0.9         # a trial's time limit is this share of what is left: room for a slow last step
 FAILED_PENALTY = 10.0  # nats added to a rejected trial's objective: the sampler learns to avoid it
 
 
@@ -147,7 +148,8 @@ def run_search(run, engine, search: dict, executor: Executor | None, on_trial) -
                     break
                 trial = study.ask()
                 recipe = space.suggest(trial, config)
-                spec = trial_spec(run, engine, recipe, trial.number, left / (tune.jobs - len(pending)),
+                limit = SAFETY * left / (tune.jobs - len(pending))
+                spec = trial_spec(run, engine, recipe, trial.number, limit,
                                   scratch / f"trial-{trial.number:03d}")
                 try:
                     pending[executor.submit(run_trial, spec)] = (trial, spec["limit_seconds"])
@@ -208,8 +210,19 @@ def trial_spec(run, engine, recipe: space.Recipe, number: int, limit: float, scr
         "counts": dict(run.counts), "retention_texts": list(run.retention_texts), "new_texts": list(run.new_texts),
         "before": {"retention": scores(run.before.retention), "new": scores(run.before.new)},
         "evaluate_seconds": run.timings.get("evaluate_before", 0.0), "limit_seconds": limit,
-        "scratch": str(scratch),
+        "scratch": str(scratch), "plugins": plugin_modules(engine.pm),
     }
+
+
+def plugin_modules(pm) -> list[str]:
+    """Plugin modules registered in ``pm`` besides the installed entry points (a plugin given
+    to ``make_plugin_manager(extra_plugins=...)``): a trial imports them by name, so they
+    judge and train there too. Plugin *objects* cannot travel; install them as a package."""
+    import types
+
+    installed = {id(plugin) for plugin, _ in pm.list_plugin_distinfo()}
+    return [p.__name__ for p in pm.get_plugins()
+            if isinstance(p, types.ModuleType) and id(p) not in installed and p.__name__ != "retain.core.hookspecs"]
 
 
 def finished(future, trial, limit: float) -> dict:
@@ -250,7 +263,8 @@ def summary(result: dict) -> dict:
             "best_epoch": (result.get("early_stopping") or {}).get("best_epoch"),
             "new_loss_before": m.get("new_loss_before"), "new_loss_after": m.get("new_loss_after"),
             "retention_loss_before": m.get("retention_loss_before"),
-            "retention_loss_after": m.get("retention_loss_after"), "drift_after": m.get("drift_after")}
+            "retention_loss_after": m.get("retention_loss_after"), "drift_after": m.get("drift_after"),
+            "pid": result.get("pid")}
 
 
 def winner(results: list[dict]) -> dict | None:

@@ -45,7 +45,14 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     torch.set_num_threads(spec["threads"])
     config = build_dataclass(Config, spec["config"])
-    engine = Engine(config, device=spec["device"])
+    pm = None
+    if spec.get("plugins"):
+        import importlib
+
+        from retain.core.pluginmanager import make_plugin_manager
+
+        pm = make_plugin_manager(extra_plugins=[importlib.import_module(name) for name in spec["plugins"]])
+    engine = Engine(config, pm=pm, device=spec["device"])
     store = ModelStore(spec["model_dir"])
     # A dry run: the trial writes nothing to the model directory (the search owns its lock).
     run = engine.start(FINE_TUNING, store, spec["parent"], dry_run=True)
