@@ -238,7 +238,8 @@ def strategies(json_out: bool = JsonOpt):
 def compare(
     strategies: str = typer.Option(..., "--strategies", "-s",
                                    help="Comma-separated: registered strategies, compositions like naive+ewc, "
-                                        "and full_retrain (retrain from scratch after each experience)."),
+                                        "and full_retrain (retrain from scratch after each experience; full_retrain_keep: "
+                                        "keeping the base model's tokenizer)."),
     data: List[str] = typer.Option([], "--data", "-d", help="New data: one source or folder per experience "
                                    "(repeatable), or all of it with --daily."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="Base model every strategy starts from "

@@ -77,7 +77,8 @@ def markdown(results: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     # Alone, replay/ewc/lwf train at fine_tuning's lr (1e-4, as low_lr); with naive+ at naive's (1e-3).
-    ap.add_argument("--strategies", default="naive,low_lr,replay,ewc,lwf,naive+replay,naive+ewc,naive+lwf,full_retrain")
+    ap.add_argument("--strategies", default="naive,low_lr,replay,ewc,lwf,naive+replay,naive+ewc,naive+lwf,"
+                                            "rewarm,rewarm+replay,full_retrain_keep,full_retrain")
     ap.add_argument("--work", type=Path, default=Path("text-compare-work"))
     ap.add_argument("--base-items", type=int, default=1500)  # the design document: "All 1,500"
     ap.add_argument("--daily", type=int, default=45)
@@ -113,7 +114,8 @@ def main() -> None:
     play = write_jsonl(work / "shakespeare.jsonl", shakespeare(fresh * args.days, args.seed))
     # The base is trained with every stateful strategy listed, so each records what its first
     # update needs from the base data (replay buffer, importances), as a user's base would.
-    names = list(dict.fromkeys(p for n in args.strategies.split(",") for p in n.split("+") if p != "full_retrain"))
+    names = list(dict.fromkeys(p for n in args.strategies.split(",") for p in n.split("+")
+                               if not p.startswith("full_retrain")))
     base_cfg = [*MODEL, f"fine_tuning.strategy=[{','.join(names)}]", f"seed={args.seed}"]
     t0 = time.perf_counter()
     Engine(load_config(None, base_cfg)).train([str(wiki)], work / "base")

@@ -264,7 +264,7 @@ class DigitsScenario:
         train_seconds = 0.0
         for i, exp in enumerate(stream.experiences):
             t0 = time.perf_counter()
-            if names == [FULL_RETRAIN]:
+            if names[0] in (FULL_RETRAIN, f"{FULL_RETRAIN}_keep"):  # no tokenizer: the same retrain
                 # Joint training from the same random init on every experience so far.
                 model.load_state_dict(init_state)
                 parts = [tensors(e, "train") for e in stream.experiences[:i + 1]]
