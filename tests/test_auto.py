@@ -38,13 +38,25 @@ class Recording:
         self.inner.shutdown(**kw)
 
 
+def test_budget_without_auto_is_a_usage_error(base_model, tmp_path):
+    result = CliRunner().invoke(app, ["update", "--model", str(base_model), "--data", str(tmp_path / "x.jsonl"),
+                                      "--budget", "0.2"])
+    assert result.exit_code == 3 and "--budget is the budget of --auto's search" in result.stderr
+
+
 def test_auto_spends_at_most_its_budget_and_commits_an_accepted_trial(base_model, new_texts, tmp_path):
     store = ModelStore(base_model)
     full = store.manifest("0001")["timings"]["train"]
     data = write_jsonl(tmp_path / "new.jsonl", new_texts[:40])
-    engine = Engine(load_config(None, [*TINY, "fine_tuning.strategy=rewarm,replay", "tune.max_trials=12"]))
-    report = auto_update(engine, [str(data)], base_model, budget=1.5)
+    sets = [f"--set={o}" for o in [*TINY, "fine_tuning.strategy=rewarm,replay", "tune.max_trials=12"]]
+    result = CliRunner().invoke(app, ["update", "--model", str(base_model), "--data", str(data), "--auto",
+                                      "--budget", "1.5", "--json", *sets])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
     search = report["search"]
+    # The trials as they end, then their table and the winner, on the terminal (stderr under --json).
+    assert "6. Search (--auto)" in result.stderr and "trial 0: rewarm+replay, lr 0.001, 2 epochs" in result.stderr
+    assert f"--auto: {len(search['trials'])} trials" in result.stderr and "winner (*): trial" in result.stderr
     assert search["budget_seconds"] == pytest.approx(1.5 * full)
     spent = sum(t["seconds"] for t in search["trials"])
     assert spent == pytest.approx(search["spent_seconds"]) and spent <= search["budget_seconds"]
