@@ -52,20 +52,23 @@ def pad_to(x: torch.Tensor, y: torch.Tensor, width: int, pad_id: int) -> tuple[t
             torch.nn.functional.pad(y, (0, extra), value=IGNORE_INDEX))
 
 
-def lr_lambda(settings: TrainSettings, total_steps: int) -> Callable[[int], float]:
+def lr_lambda(settings: TrainSettings, total_steps: int | Callable[[], int]) -> Callable[[int], float]:
     """Linear warm-up, then constant, or cosine decay to ``min_lr_ratio`` of the peak.
 
-    The warm-up lasts ``warmup_steps``, or ``warmup_fraction`` of ``total_steps``
-    when no step count is set (a re-warm of an update whose length varies).
+    The warm-up lasts ``warmup_steps``, or ``warmup_fraction`` of the steps when no
+    step count is set (a re-warm of an update whose length varies). ``total_steps``
+    may be a callable: the steps that still fit a time limit, so the decay lands by then.
     """
-    warmup = settings.warmup_steps or int(round(settings.warmup_fraction * total_steps))
+    total = total_steps if callable(total_steps) else (lambda: total_steps)
     floor = settings.min_lr_ratio
 
     def factor(step: int) -> float:
+        steps = total()
+        warmup = settings.warmup_steps or int(round(settings.warmup_fraction * steps))
         if warmup and step < warmup:
             return (step + 1) / warmup
         if settings.schedule == "cosine":
-            span = max(1, total_steps - warmup)
+            span = max(1, steps - warmup)
             progress = min(1.0, (step - warmup) / span)
             return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
         return 1.0
@@ -174,8 +177,10 @@ class EngineLoop(SupervisedPlugin):
 
     def before_training_exp(self, strategy, **kw):
         self.steps_per_epoch = len(strategy.dataloader)
-        total = self.steps_per_epoch * self.settings.epochs
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(strategy.optimizer, lr_lambda(self.settings, total))
+        self.planned = self.fitting = self.steps_per_epoch * self.settings.epochs
+        self.steps, self.step_seconds = 0, 0.0
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(strategy.optimizer,
+                                                           lr_lambda(self.settings, lambda: self.fitting))
 
     def before_training_epoch(self, strategy, **kw):
         self.total = torch.zeros((), dtype=torch.float64)
@@ -210,13 +215,24 @@ class EngineLoop(SupervisedPlugin):
         self.count += 1
         self.on_step(len(self.epoch_losses) + 1, self.count, self.steps_per_epoch, loss)
         now = time.perf_counter()
-        self.slowest_step = max(self.slowest_step, now - self.step_started)
+        took = now - self.step_started
+        self.slowest_step = max(self.slowest_step, took)
+        self.steps += 1
+        self.step_seconds += took
         limit = self.settings.max_seconds
+        if not limit:
+            return
         # Room for the next step and the epoch's end, with half again of each for a busy machine.
-        if limit and now - self.started + 1.5 * (self.slowest_step + self.epoch_end_seconds) > limit:
+        left = limit - (now - self.started) - 1.5 * (self.slowest_step + self.epoch_end_seconds)
+        if left < 0:
             # The next step would likely end past the limit: stop here (this epoch ends short).
             self.out_of_time = True
             strategy.stop_training()
+            return
+        # The steps that still fit, each with its share of the epochs' ends: the schedule is
+        # squeezed into them, so a run cut short by its limit still ends its decay.
+        per_step = 1.2 * (self.step_seconds / self.steps + self.epoch_end_seconds / self.steps_per_epoch)
+        self.fitting = min(self.planned, self.steps + 1 + int(left / per_step))
 
     def after_training_epoch(self, strategy, **kw):
         mean = float(self.total / max(1, self.count))

@@ -138,10 +138,17 @@ def test_early_stopping_stops_when_a_threshold_is_crossed_and_prefers_accepted_e
     assert "did not improve for 1 epoch(s) after epoch 1" in quiet.stopped and quiet.best.epoch == 2
 
 
-def test_a_time_limit_stops_training_and_keeps_a_judged_epoch(base_model, new_texts, tmp_path):
-    report = _update(base_model, new_texts[:40], tmp_path, "fine_tuning.strategy=rewarm,replay",
-                     "fine_tuning.epochs=50", "fine_tuning.max_seconds=3", "validators=[finite]")
+def test_a_time_limit_stops_training_with_its_decay_landed_and_keeps_a_judged_epoch(base_model, new_texts,
+                                                                                    tmp_path):
+    probes = Probes()
+    report = _update(base_model, new_texts[:40], tmp_path, "fine_tuning.strategy=rewarm,replay,lrprobe",
+                     "fine_tuning.epochs=50", "fine_tuning.max_seconds=4", "validators=[finite]",
+                     pm=make_plugin_manager(extra_plugins=[probes]))
     trained = len(report["epoch_losses"])
     assert 1 <= trained < 50
     assert report["early_stopping"]["best_epoch"] is not None
     assert math.isfinite(report["metrics"]["new_loss_after"])
+    # The schedule was squeezed into the steps that fit: it warmed up and decayed by the limit
+    # (planned over 50 epochs, the rate would still be at its peak).
+    lrs, peak = probes.made[0].lrs, report["settings"]["learning_rate"]
+    assert max(lrs) > 0.8 * peak and lrs[-1] < 0.5 * peak
