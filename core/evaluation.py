@@ -114,13 +114,23 @@ def measure_before(run, store: ModelStore) -> dict:
 
 def score_candidate(run) -> Scores:
     """The model of ``run`` as it is now, on the run's retention set, new held-out items and,
-    for an update, the last full training's held-out items (the cumulative drift)."""
-    scores = measure(run.lm, run.retention_texts, run.new_texts, run.settings.max_seq_length, run.device)
-    if run.drift is not None:
-        same = run.drift.texts == run.retention_texts and run.settings.max_seq_length == run.lm.context
-        scores.drift = scores.retention if same else score_texts(run.lm, run.drift.texts, run.lm.context,
-                                                                 run.device)
-    return scores
+    for an update, the last full training's held-out items (the cumulative drift). The drift
+    items are mostly in the retention set too (it samples every held-out set of the chain):
+    when both are scored at the same length, each text is scored once."""
+    if run.drift is None:
+        return measure(run.lm, run.retention_texts, run.new_texts, run.settings.max_seq_length, run.device)
+    if run.settings.max_seq_length != run.lm.context:
+        scores = measure(run.lm, run.retention_texts, run.new_texts, run.settings.max_seq_length, run.device)
+        scores.drift = score_texts(run.lm, run.drift.texts, run.lm.context, run.device)
+        return scores
+    old = list(dict.fromkeys([*run.retention_texts, *run.drift.texts]))
+    losses = score_texts(run.lm, old, run.lm.context, run.device)
+    at = {text: i for i, text in enumerate(old)}
+
+    def pick(texts):
+        return losses[[at[t] for t in texts]] if texts else None
+    return Scores(pick(run.retention_texts), score_texts(run.lm, run.new_texts, run.lm.context, run.device),
+                  pick(run.drift.texts))
 
 
 def candidate_evidence(run, after: Scores) -> tuple[dict[str, Any], Evidence]:
