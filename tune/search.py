@@ -10,10 +10,11 @@ document's common-issues remedies).
 
 The budget is a share (``--budget``, default ``tune.budget`` 0.1) of the last
 full training's measured training time (``timings.train`` in its manifest);
-the trials' training seconds are summed against it. Each trial gets what is
-left as its time limit (``fine_tuning.max_seconds``: it stops in time and keeps
-its best epoch), and no trial starts once what is left is less than one
-epoch of the cheapest trial so far.
+the trials' training seconds are summed against it. Each trial gets nine
+tenths of what is left as its time limit (``fine_tuning.max_seconds``: its
+schedule is squeezed into the steps that fit, it stops in time and keeps its
+best epoch), and no trial starts once what is left is less than one epoch of
+the cheapest trial so far.
 
 The winner is the trial the gate accepted with the lowest held-out new-item
 loss; it is committed through ``core/commit.py`` like any update (ledger,
@@ -33,9 +34,7 @@ import contextlib
 import copy
 import shutil
 import tempfile
-import time
 from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Executor, wait
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
