@@ -284,6 +284,11 @@ def update(
                                "version, no ledger rows, no rejects lines); exits 10 if the gate would "
                                "reject."),
     wait: float = typer.Option(0.0, "--wait", help="Seconds to wait for another writer to finish."),
+    auto: bool = typer.Option(False, "--auto", help="Search the recipe (learning rate, epochs, replay share, "
+                              "strategy mix from tune.strategies) within a time budget; each trial is judged "
+                              "by the gate, the best accepted one becomes current. Needs retain[auto]."),
+    budget: Optional[float] = typer.Option(None, "--budget", help="With --auto: the trials' training time, as "
+                                           "a share of the last full training's (default tune.budget, 0.1)."),
 ):
     """One fine-tuning cycle on new data only: load, collect, dedupe, preprocess, tokenize,
     fine-tune, validate, save.
@@ -291,15 +296,26 @@ def update(
     A candidate failing a validator is kept as a rejected version with its report, the current
     model stays, and the exit code is 10. Ends with `retain status`'s advice."""
     from retain.core.engine import Engine
+    from retain.core.errors import ConfigError
 
     if dry_run and check:
         raise typer.BadParameter("--dry-run trains nothing, --check trains and validates: pick one")
+    if budget is not None and not auto:
+        raise ConfigError("--budget is the budget of --auto's search: add --auto")
     cfg = _load(config, set_, "fine_tuning", lr, epochs, batch_size, strategy)
-    engine = Engine(cfg, listeners=_listeners(json_out, quiet), device=_device(device), strict=strict)
+    listeners = _listeners(json_out, quiet)
+    engine = Engine(cfg, listeners=listeners, device=_device(device), strict=strict)
     # The retrain advice ends the update; under --quiet nobody reads it (unless --json).
     # A rejection (exit 10) prints its report too, with the error object: handle_errors.
-    report = engine.update(data, model, dry_run=dry_run, check=check, wait=wait,
-                           advise=json_out or not quiet)
+    advise = json_out or not quiet
+    if auto:
+        from retain.tune import auto_update
+
+        on_trial = listeners[0].show_trial if listeners else None
+        report = auto_update(engine, data, model, budget=budget, dry_run=dry_run or check, wait_lock=wait,
+                             advise=advise, on_trial=on_trial)
+    else:
+        report = engine.update(data, model, dry_run=dry_run, check=check, wait=wait, advise=advise)
     _emit(report, json_out)
 
 
@@ -440,7 +456,8 @@ def strategies(json_out: bool = json_option("the list of strategies (name, descr
 def compare(
     strategies: str = typer.Option(..., "--strategies", "-s",
                                    help="Comma-separated: registered strategies, compositions like naive+ewc, "
-                                        "and full_retrain (retrain from scratch after each experience)."),
+                                        "and full_retrain (retrain from scratch after each experience; full_retrain_keep: "
+                                        "keeping the base model's tokenizer)."),
     data: List[str] = typer.Option([], "--data", "-d", help="New data: one source or folder per experience "
                                    "(repeatable), or all of it with --daily."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="Base model every strategy starts from "
@@ -540,7 +557,9 @@ def status(
     Recommends a full retrain, with the reason, when the new items since the last full training
     exceed retrain.max_new_items, the config explicitly asks for another architecture or tokenizer than the
     model's (what it does not set comes from the model's manifest), retention drifted past retrain.max_retention_drift since
-    the last full training, or the gate rejected the last retrain.max_rejected_in_row updates."""
+    the last full training, the new data needs more than retrain.max_token_drift more tokens per byte than
+    the base data (the vocabulary does not fit), or the gate rejected the last retrain.max_rejected_in_row
+    updates."""
     from retain.core.retrain import assess
     from retain.core.store import ModelStore
     from retain.render import print_assessment
@@ -548,8 +567,8 @@ def status(
     cfg = _load(config, set_, "fine_tuning", None, None, None)
     store = ModelStore(model)
     current = store.current()
-    pending = _pending_items(data, store, cfg) if data else 0
-    assessment = assess(store, cfg, pending_items=pending, device=_device(device))
+    pending, text = _pending_items(data, store, cfg) if data else (0, None)
+    assessment = assess(store, cfg, pending_items=pending, device=_device(device), pending_text=text)
     if json_out:
         _emit_json(assessment.to_json())
         return
@@ -562,9 +581,9 @@ def status(
     print_assessment(console, assessment)
 
 
-def _pending_items(data: List[str], store, cfg) -> int:
-    """How many items of ``data`` an update would learn: collected, deduped against the
-    ledger, preprocessed. Reads only."""
+def _pending_items(data: List[str], store, cfg) -> tuple[int, Optional[dict]]:
+    """How many items of ``data`` an update would learn (collected, deduped against the
+    ledger, preprocessed), and their tokens and bytes under the current tokenizer. Reads only."""
     from retain.core.ingest import build_dedupers, collect, dedupe, preprocess
     from retain.core.known import KnownItems
     from retain.core.pluginmanager import Registry, default_plugin_manager
@@ -574,7 +593,12 @@ def _pending_items(data: List[str], store, cfg) -> int:
     items, _ = preprocess(items, registry, cfg)
     # The same view of the ledger the engine gives dedupers (minhash needs more than a lookup).
     items, _ = dedupe(items, build_dedupers(registry, cfg), KnownItems(store.ledger, store.chain()))
-    return len(items)
+    if not items:
+        return 0, None
+    from retain.core.models import load_version
+    from retain.core.vocabulary import measure_texts
+
+    return len(items), measure_texts(load_version(store, registry=registry).lm, [it.text for it in items])
 
 
 @app.command()
@@ -604,12 +628,13 @@ def history(model: Path = ModelOpt,
     table.add_column("gate", min_width=10)
     for col in ("lr", "learned"):
         table.add_column(col, no_wrap=True)
+    table.add_column("recipe", min_width=8)
     for col in ("old items' loss", "new items' loss"):
         table.add_column(col, min_width=7)
     table.add_column("created (UTC)", min_width=10)
     for r in rows:
         if r["status"] == "unreadable":
-            table.add_row(r["version"], "", "", f"[red]unreadable[/] {r['error']}", "", "", "", "", "")
+            table.add_row(r["version"], "", "", f"[red]unreadable[/] {r['error']}", "", "", "", "", "", "")
             continue
         m = r["metrics"]
         status = {"accepted": "[green]accepted[/]", "rejected": "[red]rejected[/]"}.get(r["status"], r["status"])
@@ -622,10 +647,18 @@ def history(model: Path = ModelOpt,
         kind = {"full_training": "full", "fine_tuning": "update", "import": "import"}.get(r["kind"], r["kind"] or "")
         table.add_row(("*" if r["current"] else "") + r["version"], r["parent"] or "-", kind, status,
                       f"{r['learning_rate']:g}" if r["learning_rate"] is not None else "-",
-                      str(r["items_learned"]), loss(m["retention_loss_before"], m["retention_loss_after"]),
+                      str(r["items_learned"]), _recipe(r), loss(m["retention_loss_before"], m["retention_loss_after"]),
                       loss(m["new_loss_before"], m["new_loss_after"]),
                       (r["created_at"] or "")[:16].replace("T", " "))
     _console(False).print(table)
+
+
+def _recipe(row: dict) -> str:
+    """The strategies a version trained with; for --auto, the recipe that won its search."""
+    search = row.get("search")
+    if search:
+        return f"auto ({search['trials']} trials): {search['describe']}"
+    return ",".join(row.get("strategies") or []) or "-"
 
 
 @app.command()

@@ -241,6 +241,16 @@ class ConsoleRenderer:
             self.say(f"  trainable: {info['trainable_parameters']:,} of {total:,} parameters "
                      f"({100 * info['trainable_parameters'] / total:.2f}%)")
 
+    def show_train(self, run, info: dict[str, Any]) -> None:
+        stop = info.get("early_stopping")
+        if not stop or not stop["epochs"]:
+            return
+        trained = len(stop["epochs"])
+        why = f"; stopped: {stop['stopped']}" if stop["stopped"] else ""
+        kept = ("the last" if stop["best_epoch"] == trained else f"the best, epoch {stop['best_epoch']}")
+        self.say(f"  kept {kept} of {trained} epoch(s) (held-out new items' loss "
+                 f"{' -> '.join(fmt(e['new_loss']) for e in stop['epochs'])}){why}")
+
     def show_validate(self, run, info: dict[str, Any]) -> None:
         m = info["metrics"]
         rb, ra, nb, na = (m["retention_loss_before"], m["retention_loss_after"], m["new_loss_before"],
@@ -251,6 +261,11 @@ class ConsoleRenderer:
         else:
             self.say(f"  retention, previously learned held-out items ({m['retention_items']}): "
                      f"loss {fmt(rb)} -> {fmt(ra)}{delta(rb, ra)}")
+            if m.get("drift_loss_after") is not None:
+                base, db, da = m["drift_loss_baseline"], m["drift_loss_before"], m["drift_loss_after"]
+                was = f"{fmt(db)}{delta(base, db)} before this update, " if db is not None else ""
+                self.say(f"  cumulative, since full training {m['drift_since']} ({m['drift_items']} of its "
+                         f"held-out items): loss {fmt(base)} then; {was}{fmt(da)}{delta(base, da)} now")
             self.say(f"  learning, held-out new items ({m['new_holdout_items']}): "
                      f"loss {fmt(nb)} -> {fmt(na)}{delta(nb, na)}")
         for v in info["verdicts"]:
@@ -258,7 +273,45 @@ class ConsoleRenderer:
         for step in info["next_steps"]:
             self.say(f"  [bold]next step[/] ({', '.join(step['validators']) or 'engine'}): {step['step']}")
 
+    def show_trial(self, result: dict, search: dict) -> None:
+        """``retain update --auto``: one line per trial as it ends (the search's callback)."""
+        if len(search["trials"]) == 1:
+            self.say(f"[bold]6. Search (--auto)[/]: trials within {search['budget_seconds']:.1f}s of training "
+                     f"({search['budget']:g} of full training {search['full_training']}'s "
+                     f"{search['full_training_seconds']:.1f}s)")
+        t = search["trials"][-1]
+        left = search["budget_seconds"] - search["spent_seconds"]
+        if t["error"]:
+            self.say(f"  trial {t['number']}: [red]failed[/] ({t['error']})")
+            return
+        verdict = "[green]accepted[/]" if t["accepted"] else f"[red]rejected[/] ({', '.join(t['failed'])})"
+        self.say(f"  trial {t['number']}: {t['describe']}: new items' loss {fmt(t['new_loss_before'])} -> "
+                 f"{fmt(t['new_loss_after'])}, old{delta(t['retention_loss_before'], t['retention_loss_after'])}"
+                 f"; {verdict}; {t['seconds']:.1f}s ({max(0.0, left):.1f}s left)")
+
+    def show_search(self, search: dict) -> None:
+        from rich import box
+        from rich.table import Table
+
+        table = Table(title=f"--auto: {len(search['trials'])} trials, {search['spent_seconds']:.1f}s of "
+                      f"{search['budget_seconds']:.1f}s", box=box.SIMPLE_HEAD)
+        for col in ("trial", "recipe", "epochs", "new loss", "old", "since full", "gate", "seconds"):
+            table.add_column(col)
+        for t in search["trials"]:
+            gate = ("[red]error[/]" if t["error"] else "[green]accepted[/]" if t["accepted"]
+                    else f"[red]rejected[/]: {', '.join(t['failed'])}")
+            mark = "*" if t["number"] == search.get("winner") else ""
+            drift = "-" if t.get("drift_after") is None else f"{100 * t['drift_after']:+.1f}%"
+            table.add_row(f"{mark}{t['number']}", t["describe"], f"{t['epochs_trained']} (kept {t['best_epoch']})",
+                          fmt(t["new_loss_after"]), delta(t["retention_loss_before"], t["retention_loss_after"]).strip(
+                              " ()") or "-", drift, gate, f"{t['seconds']:.1f}")
+        self.console.print(table)
+        if search.get("winner") is not None:
+            self.say(f"  winner (*): trial {search['winner']}, {search['describe']}")
+
     def show_save(self, run, info: dict[str, Any]) -> None:
+        if run.search:
+            self.show_search(run.search)
         if info["status"] == "dry_run":
             self.say(f"[bold]Dry run[/]: an update would fine-tune on {info['train']} items "
                      f"({info['held_out']} held out); nothing was trained or written "

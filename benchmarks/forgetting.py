@@ -1,51 +1,72 @@
-"""Forgetting benchmark: which strategy learns a new domain and keeps the old one?
+"""Forgetting benchmark: which update recipe learns a new domain like a full retrain and keeps the old one?
 
-A base model is trained from scratch on Wikipedia paragraphs (WikiText-2 valid).
-Each strategy then gets the same updates with Shakespeare speeches: several
-seed-sized daily updates (~45 new items each), then one large update. Every
-update is a separate ``Engine.update`` on the model directory, so strategy state
+A base model is trained from scratch on one domain, then each recipe gets the
+same updates from another: several daily updates (~45 new items each), then
+one large update. Every update is a separate ``Engine.update`` on the model
+directory (or ``retain.tune.auto_update`` for ``--auto``), so strategy state
 travels between updates through the saved versions exactly as between
-``retain update`` processes. Baselines in the same run: ``naive`` (fine-tuning
-at the full-training lr 1e-3) and a full retrain from scratch on all data.
+``retain update`` processes, and the quality gate judges each update as it
+would for a user (a rejected update leaves the model as it was; the table
+counts them). Baselines in the same run: ``naive`` fine-tuning at the
+full-training lr 1e-3 (with and without the gate), the design document's
+``low_lr`` at 1e-4, and two full retrains from scratch on all data: one that
+keeps the base model's tokenizer (``full_training.tokenizer: keep``, the fair
+reference for an update, which cannot change its vocabulary) and one that
+trains a new tokenizer (the default of ``retain train``).
 
-Measured on held-out sets never trained on: old domain = paragraphs of the
-WikiText-2 *test* articles, new domain = Shakespeare speeches kept aside.
-Losses are mean per-item token cross-entropy (nats). Times are wall seconds
-measured in this one run, side by side.
+Domain pairs (``--pair``):
 
-    .venv/bin/python benchmarks/forgetting.py            # ~10-15 min on 2 CPU cores
-    .venv/bin/python benchmarks/forgetting.py --quick    # a smoke run, ~1 min
+- ``wikipedia-shakespeare``: WikiText-2 paragraphs, then Shakespeare speeches
+  (``../shared/data``, or ``RETAIN_DATA``);
+- ``python-docs-code``: Python's own documentation (the language reference in
+  ``pydoc_data.topics`` and standard-library module docstrings), then the
+  standard library's source code (function bodies, docstrings removed): text
+  that ships with every CPython.
 
-Data: ../shared/data beside the repository (see its README).
+Measured on held-out items never trained on: old-domain items kept aside from
+the base domain, new-domain items kept aside from the new one. Loss = mean
+per-item token cross-entropy (nats per token); "nats/byte" = all held-out
+nats over all their UTF-8 bytes, comparable across tokenizers. Train time =
+the updates' ``timings.train`` (what ``--auto``'s budget counts), beside the
+retrain's, measured in this one run, side by side.
+
+    .venv/bin/python benchmarks/forgetting.py                          # ~30 min on 2 busy CPU cores
+    .venv/bin/python benchmarks/forgetting.py --pair python-docs-code
+    .venv/bin/python benchmarks/forgetting.py --quick                  # a smoke run, ~3 min
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-DATA = REPO.parent / "shared" / "data"
+DATA = Path(os.environ.get("RETAIN_DATA", REPO.parent / "shared" / "data"))  # RETAIN_DATA: elsewhere
 
-# name -> fine_tuning.strategy. The anti-forgetting strategies run at naive's learning rate
-# (1e-3): the question is whether they keep the old domain while learning as much as naive.
-CONFIGS = {
-    "naive": ["naive"],
-    "low_lr": ["low_lr"],
-    "replay": ["naive", "replay"],
-    "ewc": ["naive", "ewc"],
-    "lwf": ["naive", "lwf"],
-    "replay+ewc": ["naive", "replay", "ewc"],
+# name -> (fine_tuning.strategy, extra overrides). "auto" is `retain update --auto`.
+RECIPES = {
+    "naive (no gate)": (["naive"], ["validators=[]"]),
+    "naive": (["naive"], []),
+    "low_lr": (["low_lr"], []),
+    "naive+replay": (["naive", "replay"], []),
+    "rewarm": (["rewarm"], []),
+    "rewarm+replay": (["rewarm", "replay"], []),
+    "auto": (None, []),
 }
-# Not in the default run (time), selectable with --configs.
-MORE_CONFIGS = {"si": ["naive", "si"], "mas": ["naive", "mas"], "agem": ["naive", "agem"], "gem": ["naive", "gem"]}
+DEFAULT_RECIPES = ["naive (no gate)", "naive", "low_lr", "naive+replay", "rewarm", "rewarm+replay", "auto"]
+# Not in the default run (time), selectable with --recipes.
+MORE = {"ewc": (["naive", "ewc"], []), "lwf": (["naive", "lwf"], []), "replay+ewc": (["naive", "replay", "ewc"], []),
+        "si": (["naive", "si"], []), "mas": (["naive", "mas"], []), "agem": (["naive", "agem"], []),
+        "gem": (["naive", "gem"], []), "rewarm+replay+ewc": (["rewarm", "replay", "ewc"], [])}
 
+
+# --- the domain pairs ----------------------------------------------------------------------------
 
 def wiki_paragraphs(path: Path) -> list[str]:
     lines = (ln.strip() for ln in path.read_text(encoding="utf-8").split("\n"))
@@ -56,65 +77,153 @@ def speeches(path: Path) -> list[str]:
     return [s.strip() for s in path.read_text(encoding="utf-8").split("\n\n") if s.strip()]
 
 
-def make_data(args) -> dict:
+def python_docs() -> list[str]:
+    """The language reference's paragraphs and the standard library's module docstrings."""
+    from retain.demo import docstring_paragraphs
+
+    from pydoc_data.topics import topics
+
+    paras = [p.strip() for key in sorted(topics) for p in topics[key].split("\n\n")]
+    return [p for p in paras if len(p) >= 80] + docstring_paragraphs()
+
+
+def split_pair(old: list[str], old_test: list[str] | None, new: list[str], args) -> dict:
     from retain.core.items import text_hash
 
     rng = random.Random(args.seed)
-    base = rng.sample(wiki_paragraphs(DATA / "wikitext2-valid.txt"), args.base_items)
-    old_heldout = rng.sample(wiki_paragraphs(DATA / "wikitext2-test.txt"), args.eval_items)
-    plays = speeches(DATA / "tinyshakespeare.txt")
-    rng.shuffle(plays)
+    old = list(dict.fromkeys(old))
+    rng.shuffle(old)
+    base = old[:args.base_items]
+    old_heldout = rng.sample(old_test, args.eval_items) if old_test else old[args.base_items:][:args.eval_items]
+    new = list(dict.fromkeys(new))
+    rng.shuffle(new)
     n_days = args.days * args.daily_items
-    days = [plays[i * args.daily_items:(i + 1) * args.daily_items] for i in range(args.days)]
-    large = plays[n_days:n_days + args.large_items]
-    trained = {text_hash(t) for t in plays[:n_days + args.large_items]}
-    # Held-out speeches: never trained on, not even as a repeated line ("All: Ay.").
-    new_heldout = [t for t in plays[n_days + args.large_items:] if text_hash(t) not in trained]
+    days = [new[i * args.daily_items:(i + 1) * args.daily_items] for i in range(args.days)]
+    large = new[n_days:n_days + args.large_items]
+    trained = {text_hash(t) for t in new[:n_days + args.large_items]} | {text_hash(t) for t in base}
+    # Held-out items: never trained on, not even as a repeated line ("All: Ay.").
+    new_heldout = [t for t in new[n_days + args.large_items:] if text_hash(t) not in trained]
     return {"base": base, "days": days, "large": large, "old_heldout": old_heldout,
             "new_heldout": new_heldout[:args.eval_items]}
 
+
+def make_data(args) -> dict:
+    if args.pair == "python-docs-code":
+        from retain.demo import stdlib_functions
+
+        return split_pair(python_docs(), None, stdlib_functions(), args)
+    if not DATA.is_dir():
+        sys.exit(f"data folder not found: {DATA} (the benchmark reads ../shared/data beside the repo, or "
+                 "RETAIN_DATA)")
+    return split_pair(wiki_paragraphs(DATA / "wikitext2-valid.txt"), wiki_paragraphs(DATA / "wikitext2-test.txt"),
+                      speeches(DATA / "tinyshakespeare.txt"), args)
+
+
+PAIRS = {"wikipedia-shakespeare": ("Wikipedia", "Shakespeare"), "python-docs-code": ("Python docs", "stdlib code")}
+
+
+# --- measuring ------------------------------------------------------------------------------------
 
 def write_jsonl(path: Path, texts: list[str]) -> Path:
     path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
     return path
 
 
-def held_out_losses(model_dir: Path, data: dict, seq_len: int) -> tuple[float, float]:
+def held_out(model_dir: Path, data: dict, seq_len: int) -> dict:
+    """Old and new domain: mean per-item token loss, and nats per byte."""
+    import torch
+
     from retain.core.evaluation import score_texts
+    from retain.core.lm import IGNORE_INDEX
     from retain.core.models import load_version
     from retain.core.store import ModelStore
 
     lm = load_version(ModelStore(model_dir)).lm
-    old, new = (float(score_texts(lm, texts, seq_len).mean()) for texts in (data["old_heldout"], data["new_heldout"]))
-    return old, new
+    out = {}
+    for domain in ("old", "new"):
+        texts = data[f"{domain}_heldout"]
+        losses = score_texts(lm, texts, seq_len)
+        rows = lm.encode(texts, seq_len)
+        tokens = torch.zeros(len(texts), dtype=torch.float64).index_add_(
+            0, rows.owner, (rows.y != IGNORE_INDEX).sum(1).double())
+        nats = float((losses * tokens).sum())
+        out[domain] = float(losses.mean())
+        out[f"{domain}_per_byte"] = nats / sum(len(t.encode("utf-8")) for t in texts)
+    return out
 
 
-def run_updates(work: Path, name: str, overrides: list[str], files: dict, data: dict, args) -> dict:
+def update(engine, model: Path, spec: str, auto: bool, budget: float) -> dict:
+    from retain.core.errors import UpdateRejected
+
+    try:
+        if auto:
+            from retain.tune import auto_update
+
+            return auto_update(engine, [spec], model, budget=budget)
+        return engine.update([spec], model)
+    except UpdateRejected as exc:  # the gate kept the model as it was, as it would for a user
+        return exc.report or {"status": "rejected"}
+
+
+def run_recipe(work: Path, name: str, overrides: list[str], auto: bool, files: dict, data: dict, args) -> dict:
     """The daily updates, then the large one, on a copy of the base model."""
     from retain.core.config import load_config
     from retain.core.engine import Engine
 
-    model = work / name
+    model = work / "".join(c if c.isalnum() or c in "+-" else "_" for c in name)
     shutil.copytree(work / "base", model)
     engine = Engine(load_config(None, overrides))
-    t = time.perf_counter()
+    reports = {"days": [], "large": []}
     for day in files["days"]:
-        report = engine.update([str(day)], model)
-    days_seconds = time.perf_counter() - t
-    after_days = held_out_losses(model, data, args.seq_len)
-    t = time.perf_counter()
-    engine.update([str(files["large"])], model)
-    large_seconds = time.perf_counter() - t
-    after_large = held_out_losses(model, data, args.seq_len)
-    print(f"{name}: days {days_seconds:.0f}s, large {large_seconds:.0f}s, "
-          f"old {after_days[0]:.3f}/{after_large[0]:.3f}, new {after_days[1]:.3f}/{after_large[1]:.3f}",
-          flush=True)
-    return {"strategy": name, "lr": report["settings"]["learning_rate"], "days_seconds": days_seconds,
-            "large_seconds": large_seconds, "after_days": after_days, "after_large": after_large}
+        reports["days"].append(update(engine, model, str(day), auto, args.budget))
+    after_days = held_out(model, data, args.seq_len)
+    reports["large"].append(update(engine, model, str(files["large"]), auto, args.budget))
+    after_large = held_out(model, data, args.seq_len)
+
+    def seconds(stage):
+        return sum(r.get("timings", {}).get("train", 0.0) + _trials(r) for r in reports[stage])
+
+    accepted = sum(r.get("status") == "accepted" for rs in reports.values() for r in rs)
+    row = {"recipe": name, "overrides": overrides, "auto": auto, "days_seconds": seconds("days"),
+           "large_seconds": seconds("large"), "after_days": after_days, "after_large": after_large,
+           "accepted": accepted, "updates": len(reports["days"]) + 1,
+           "settings": [r.get("settings") for rs in reports.values() for r in rs],
+           "failed": [[v["validator"] for v in r.get("verdicts", []) if v["status"] == "fail"]
+                      for rs in reports.values() for r in rs],
+           "metrics": [r.get("metrics") for rs in reports.values() for r in rs],
+           "early_stopping": [r.get("early_stopping") for rs in reports.values() for r in rs],
+           "search": [r.get("search") for rs in reports.values() for r in rs if r.get("search")]}
+    print(f"{name}: days {row['days_seconds']:.0f}s, large {row['large_seconds']:.0f}s, accepted "
+          f"{accepted}/{row['updates']}, old {after_days['old']:.3f}/{after_large['old']:.3f}, "
+          f"new {after_days['new']:.3f}/{after_large['new']:.3f}", flush=True)
+    return row
+
+
+def _trials(report: dict) -> float:
+    """--auto: the trials' training time, beyond the winner's own (already in timings.train)."""
+    search = report.get("search") or {}
+    return search.get("spent_seconds", 0.0) - report.get("timings", {}).get("train", 0.0) if search else 0.0
+
+
+def retrain(work: Path, name: str, common: list[str], tokenizer: str, files: dict, data: dict, args) -> dict:
+    from retain.core.config import load_config
+    from retain.core.engine import Engine
+
+    model = work / name
+    if tokenizer == "keep":
+        shutil.copytree(work / "base", model)  # the base's tokenizer, a fresh model
+    report = Engine(load_config(None, [*common, f"full_training.tokenizer={tokenizer}"])).train(
+        [str(files["base"]), *map(str, files["days"]), str(files["large"])], model)
+    losses = held_out(model, data, args.seq_len)
+    print(f"full retrain, {tokenizer} tokenizer: {report['timings']['train']:.0f}s, old {losses['old']:.3f}, "
+          f"new {losses['new']:.3f}, new {losses['new_per_byte']:.4f} nats/byte", flush=True)
+    return {"tokenizer": tokenizer, "seconds": report["timings"]["train"], "losses": losses,
+            "lr": report["settings"]["learning_rate"]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pair", choices=sorted(PAIRS), default="wikipedia-shakespeare")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--base-items", type=int, default=1500)
     parser.add_argument("--base-epochs", type=int, default=4)
@@ -123,11 +232,13 @@ def main() -> None:
     parser.add_argument("--large-items", type=int, default=600)
     parser.add_argument("--eval-items", type=int, default=200)
     parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--budget", type=float, default=0.1, help="--auto's budget (share of the base's training)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override for every run, e.g. options.ewc.ewc_lambda=30000")
-    parser.add_argument("--configs", default=",".join(CONFIGS),
-                        help="comma-separated, from: " + ", ".join([*CONFIGS, *MORE_CONFIGS]))
-    parser.add_argument("--no-retrain", action="store_true", help="skip the full-retrain baseline")
+                        help="config override for every run, e.g. options.replay.share=0.25")
+    parser.add_argument("--recipes", default=",".join(DEFAULT_RECIPES),
+                        help="comma-separated, from: " + ", ".join([*RECIPES, *MORE]) + "; or NAME=STRATEGIES "
+                        "with STRATEGIES joined by '+', and KEY=VALUE overrides after ';' (a recipe of your own)")
+    parser.add_argument("--no-retrain", action="store_true", help="skip the full-retrain baselines")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: a small model gains nothing from a second, busy core)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the script runs")
@@ -135,8 +246,6 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.base_items, args.base_epochs, args.days, args.large_items, args.eval_items = 200, 1, 2, 60, 40
-    if not DATA.is_dir():
-        sys.exit(f"data folder not found: {DATA} (the benchmark reads ../shared/data beside the repo)")
 
     import torch
 
@@ -148,8 +257,9 @@ def main() -> None:
     common = [f"seed={args.seed}", "device=cpu", f"full_training.epochs={args.base_epochs}",
               f"full_training.max_seq_length={args.seq_len}", f"fine_tuning.max_seq_length={args.seq_len}",
               "validation.eval_max_items=64", *args.set]
-    configs = {name: (CONFIGS | MORE_CONFIGS)[name] for name in args.configs.split(",")}
-    stateful = sorted({s for chain in configs.values() for s in chain if s not in ("naive", "low_lr")})
+    recipes = parse_recipes(args.recipes)
+    stateful = sorted({s for chain, _ in recipes.values() if chain for s in chain
+                       if s not in ("naive", "low_lr", "rewarm")})
 
     work = Path(tempfile.mkdtemp(prefix="retain-forgetting-"))
     try:
@@ -158,34 +268,23 @@ def main() -> None:
         files["days"] = [write_jsonl(work / f"day{i + 1}.jsonl", d) for i, d in enumerate(data["days"])]
 
         # The base records what the strategies' first update needs (replay buffer, Fisher).
-        t = time.perf_counter()
-        Engine(load_config(None, [*common, f"fine_tuning.strategy={','.join(stateful) or 'low_lr'}"])).train(
-            [str(files["base"])], work / "base")
-        base_seconds = time.perf_counter() - t
-        base_old, base_new = held_out_losses(work / "base", data, args.seq_len)
-        print(f"base: {base_seconds:.0f}s, held-out loss old {base_old:.3f}, new {base_new:.3f}", flush=True)
+        base_cfg = [*common, f"full_training.record=[{','.join(stateful)}]"]
+        report = Engine(load_config(None, base_cfg)).train([str(files["base"])], work / "base")
+        base = {"seconds": report["timings"]["train"], **held_out(work / "base", data, args.seq_len)}
+        print(f"base: {base['seconds']:.0f}s, held-out loss old {base['old']:.3f}, new {base['new']:.3f}", flush=True)
 
         rows = []
-        for name, chain in configs.items():
-            row = run_updates(work, name, [*common, f"fine_tuning.strategy={','.join(chain)}"], files, data, args)
-            rows.append(row | {"chain": chain})
+        for name, (chain, extra) in recipes.items():
+            overrides = [*common, *(["fine_tuning.strategy=" + ",".join(chain)] if chain else []), *extra]
+            rows.append(run_recipe(work, name, overrides, chain is None, files, data, args))
 
-        retrain = None
-        if not args.no_retrain:
-            t = time.perf_counter()
-            Engine(load_config(None, common)).train(
-                [str(files["base"]), *map(str, files["days"]), str(files["large"])], work / "retrain")
-            seconds = time.perf_counter() - t
-            retrain = {"seconds": seconds, "losses": held_out_losses(work / "retrain", data, args.seq_len),
-                       "lr": load_config(None, common).full_training.learning_rate}
-            print(f"full retrain: {retrain['seconds']:.0f}s, old {retrain['losses'][0]:.3f}, "
-                  f"new {retrain['losses'][1]:.3f}", flush=True)
+        retrains = [] if args.no_retrain else [
+            retrain(work, f"retrain-{tok}", common, tok, files, data, args) for tok in ("keep", "new")]
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     results = {"args": vars(args) | {"json": str(args.json) if args.json else None},
-               "base": {"seconds": base_seconds, "old": base_old, "new": base_new},
-               "strategies": rows, "retrain": retrain,
+               "base": base, "recipes": rows, "retrains": retrains,
                "sizes": {k: (len(v) if k != "days" else [len(d) for d in v]) for k, v in data.items()}}
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
@@ -193,26 +292,47 @@ def main() -> None:
     print(table(results))
 
 
+def parse_recipes(text: str) -> dict:
+    out = {}
+    for spec in text.split(","):
+        spec = spec.strip()
+        if "=" in spec.split(";")[0]:
+            name, rest = spec.split("=", 1)
+            chain, *extra = rest.split(";")
+            out[name] = (chain.split("+"), extra)
+        else:
+            out[spec] = (RECIPES | MORE)[spec]
+    return out
+
+
 def table(r: dict) -> str:
     b = r["base"]
+    keep = next((t for t in r["retrains"] if t["tokenizer"] == "keep"), None)
+    old_name, new_name = PAIRS[r["args"]["pair"]]
 
-    def pct(value: float, ref: float) -> str:
-        return f"{value:.3f} ({100 * (value - ref) / ref:+.1f}%)"
+    def pct(value: float, ref: float | None) -> str:
+        return f"{value:.3f}" if ref is None else f"{value:.3f} ({100 * (value - ref) / ref:+.1f}%)"
 
+    ref_new = keep["losses"]["new"] if keep else None
+    ref_time = keep["seconds"] if keep else None
     days = r["args"]["days"]
-    lines = [f"| strategy | lr | old-domain loss: after {days} days / after large | new-domain loss: after {days} "
-             f"days / after large | time: {days} daily updates / large update |",
-             "|---|---|---|---|---|",
-             f"| base model | - | {b['old']:.3f} | {b['new']:.3f} | - |"]
-    for row in r["strategies"]:
-        (od, nd), (ol, nl) = row["after_days"], row["after_large"]
-        lines.append(f"| {row['strategy']} (`{','.join(row['chain'])}`) | {row['lr']:g} | {pct(od, b['old'])} / "
-                     f"{pct(ol, b['old'])} | {pct(nd, b['new'])} / {pct(nl, b['new'])} | "
-                     f"{row['days_seconds']:.0f}s / {row['large_seconds']:.0f}s |")
-    if r["retrain"]:
-        rt = r["retrain"]
-        lines.append(f"| full retrain on all data | {rt['lr']:g} | - / {pct(rt['losses'][0], b['old'])} "
-                     f"| - / {pct(rt['losses'][1], b['new'])} | {rt['seconds']:.0f}s (once) |")
+    lines = [f"| recipe | {old_name} (old) loss vs base: after {days} days / after large | {new_name} (new) loss vs "
+             f"retrain: after {days} days / after large | new nats/byte | train time: {days} days / large "
+             "(vs retrain) | accepted |",
+             "|---|---|---|---|---|---|",
+             f"| base model | {b['old']:.3f} | {b['new']:.3f} | {b['new_per_byte']:.4f} | {b['seconds']:.0f}s | - |"]
+    for row in r["recipes"]:
+        d, g = row["after_days"], row["after_large"]
+        share = (f" ({row['days_seconds'] / ref_time:.2f}x / {row['large_seconds'] / ref_time:.2f}x)"
+                 if ref_time else "")
+        lines.append(f"| {row['recipe']} | {pct(d['old'], b['old'])} / {pct(g['old'], b['old'])} | "
+                     f"{pct(d['new'], ref_new)} / {pct(g['new'], ref_new)} | {g['new_per_byte']:.4f} | "
+                     f"{row['days_seconds']:.0f}s / {row['large_seconds']:.0f}s{share} | "
+                     f"{row['accepted']}/{row['updates']} |")
+    for t in r["retrains"]:
+        lines.append(f"| full retrain, {t['tokenizer']} tokenizer | - / {pct(t['losses']['old'], b['old'])} | "
+                     f"- / {pct(t['losses']['new'], ref_new)} | {t['losses']['new_per_byte']:.4f} | "
+                     f"{t['seconds']:.0f}s (once) | - |")
     return "\n".join(lines)
 
 

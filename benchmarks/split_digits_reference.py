@@ -57,7 +57,7 @@ ALL = "naive,low_lr,replay,ewc,lwf,full_retrain"
 # and Naive + ReplayPlugin with a reservoir buffer, the sampling policy of retain's replay.
 AVALANCHE = {"Naive": ["Naive"], "EWC": ["EWC"], "Replay": ["Replay", "Replay (reservoir)"]}
 OVERRIDES = [f"full_training.learning_rate={LR}", f"options.ewc.ewc_lambda={EWC_LAMBDA}", "options.ewc.decay=1.0",
-             f"options.replay.buffer_size={MEM_SIZE}", "options.replay.ratio=1.0"]
+             f"options.replay.buffer_size={MEM_SIZE}", "options.replay.share=0.5"]
 
 
 def avalanche_run(method: str, setting: str, seed: int, epochs: int) -> list[list[float]]:

@@ -84,7 +84,8 @@ def markdown(results: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     # Alone, replay/ewc/lwf train at fine_tuning's lr (1e-4, as low_lr); with naive+ at naive's (1e-3).
-    ap.add_argument("--strategies", default="naive,low_lr,replay,ewc,lwf,naive+replay,naive+ewc,naive+lwf,full_retrain")
+    ap.add_argument("--strategies", default="naive,low_lr,replay,ewc,lwf,naive+replay,naive+ewc,naive+lwf,"
+                                            "rewarm,rewarm+replay,full_retrain_keep,full_retrain")
     ap.add_argument("--work", type=Path, default=Path("text-compare-work"))
     ap.add_argument("--base-items", type=int, default=1500)  # the design document: "All 1,500"
     ap.add_argument("--daily", type=int, default=45)
@@ -124,7 +125,8 @@ def main() -> None:
     # update needs from the base data (replay buffer, importances), as a user's base would.
     from retain.compare.run import parse_label
 
-    names = list(dict.fromkeys(p for n in args.strategies.split(",") for p in parse_label(n)[0] if p != "full_retrain"))
+    names = list(dict.fromkeys(p for n in args.strategies.split(",") for p in parse_label(n)[0]
+                               if not p.startswith("full_retrain")))
     base_cfg = [*MODEL, *args.sets, f"fine_tuning.strategy=[{','.join(names)}]", f"seed={args.seed}"]
     t0 = time.perf_counter()
     Engine(load_config(None, base_cfg)).train([str(wiki)], work / "base")

@@ -225,10 +225,14 @@ def row_plugins(strategy: Strategy, run, buffers: dict[str, Any]) -> list | None
         from retain.strategies.adapters import ItemReplay
 
         # The same reservoir sampling as the text replay, over the rows themselves; the buffer
-        # lives for the whole stream (this process), as a version would carry it.
+        # lives for the whole stream (this process), as a version would carry it. Every image
+        # is one row of the same size, so a share of the tokens is a share of the rows: avalanche's
+        # ReplayPlugin, with share / (1 - share) replayed rows per new row in each batch.
         o = strategy.options
+        if o.share == 0:
+            return []
         buffer = buffers.setdefault("replay", ReservoirSamplingBuffer(o.buffer_size))
-        per_batch = max(1, round(o.ratio * run.settings.batch_size))
+        per_batch = max(1, round(o.per_new * run.settings.batch_size))
         return [ItemReplay(mem_size=o.buffer_size, batch_size_mem=per_batch, storage_policy=buffer)]
     return None
 
@@ -260,7 +264,7 @@ class DigitsScenario:
         train_seconds = 0.0
         for i, exp in enumerate(stream.experiences):
             t0 = time.perf_counter()
-            if names == [FULL_RETRAIN]:
+            if names[0] in (FULL_RETRAIN, f"{FULL_RETRAIN}_keep"):  # no tokenizer: the same retrain
                 # Joint training from the same random init on every experience so far.
                 model.load_state_dict(init_state)
                 parts = [tensors(e, "train") for e in stream.experiences[:i + 1]]

@@ -37,6 +37,8 @@ from retain.core.pluginmanager import Registry, default_plugin_manager
 from .metrics import old_and_new, stream_metrics
 
 FULL_RETRAIN = "full_retrain"
+FULL_RETRAIN_KEEP = "full_retrain_keep"  # the same, keeping the base model's tokenizer
+BASELINES = (FULL_RETRAIN, FULL_RETRAIN_KEEP)
 
 
 @dataclass
@@ -107,16 +109,17 @@ def check_strategies(names: list[str], registry: Registry, config: Config) -> No
     for label in names:
         parts, options = parse_label(label)
         own = with_options(config, options)
-        if FULL_RETRAIN in parts and len(parts) > 1:
-            raise ConfigError(f"'{label}': {FULL_RETRAIN} is a baseline, it does not compose")
+        if set(BASELINES) & set(parts) and len(parts) > 1:
+            raise ConfigError(f"'{label}': {parts[0] if parts[0] in BASELINES else parts[1]} is a baseline, "
+                              "it does not compose")
         if len(set(parts)) != len(parts):
             raise ConfigError(f"'{label}' names a strategy twice")
         for part in parts:
-            if part == FULL_RETRAIN:
+            if part in BASELINES:
                 continue
             if part not in known:
                 raise PluginError(f"unknown strategy '{part}' (known: {', '.join(sorted(known))}, "
-                                  f"and {FULL_RETRAIN}); `retain strategies` lists what is installed")
+                                  f"and the baselines {', '.join(BASELINES)}); `retain strategies` lists what is installed")
             registry.build("strategies", part, own)
 
 

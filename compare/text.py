@@ -34,6 +34,8 @@ from retain.core.errors import ConfigError, SourceError
 from retain.core.items import Item
 
 FULL_RETRAIN = "full_retrain"
+FULL_RETRAIN_KEEP = "full_retrain_keep"  # keeps the base model's tokenizer (full_training.tokenizer: keep)
+BASELINES = (FULL_RETRAIN, FULL_RETRAIN_KEEP)
 
 
 @dataclass
@@ -218,10 +220,12 @@ class TextScenario:
         stream = TextStream("daily" if request.daily is not None else "text",
                             [TextExperience("base", [], base_test), *experiences], base_items, rejected + r,
                             base_model=str(request.model))
-        if FULL_RETRAIN in request.strategies and not stream.base_items:
-            raise ConfigError(f"{FULL_RETRAIN} retrains from scratch on the base data plus the new "
+        if set(BASELINES) & set(request.strategies) and not stream.base_items:
+            raise ConfigError(f"{FULL_RETRAIN} (and {FULL_RETRAIN_KEEP}) retrain from scratch on the base data plus the new "
                               "data: pass the base model's training data with --base-data")
-        stream.notes = self._stateless_base_notes(request.strategies, registry, config)
+        files = store.manifest(version).get("files", {})
+        recorded = {rel.split("/")[1].rsplit(".", 1)[0] for rel in files if rel.startswith("strategy/")}
+        stream.notes = self._stateless_base_notes(request.strategies, registry, config, recorded)
         return stream, config
 
     @staticmethod
@@ -238,7 +242,8 @@ class TextScenario:
         return text_stream(groups, test_fraction=fraction, seed=request.seed), rejected
 
     @staticmethod
-    def _stateless_base_notes(labels: list[str], registry, config: Config) -> list[str]:
+    def _stateless_base_notes(labels: list[str], registry, config: Config, recorded: set[str]) -> list[str]:
+        """``recorded``: the strategies whose state the base version keeps."""
         from retain.core.strategy import Strategy
 
         from retain.compare.run import parse_label
@@ -246,7 +251,7 @@ class TextScenario:
         stateless = []
         for label in labels:
             for part in parse_label(label)[0]:
-                if part == FULL_RETRAIN or part in config.fine_tuning.strategy:
+                if part in BASELINES or part in recorded:
                     continue
                 built = registry.build("strategies", part, config)
                 if type(built).state_dict is not Strategy.state_dict:
@@ -267,8 +272,10 @@ class TextScenario:
 
         model_dir = scratch / "model"
         shutil.copytree(stream.base_model, model_dir, ignore=shutil.ignore_patterns(".lock"))
-        full = names == [FULL_RETRAIN]
+        full = names[0] in BASELINES
         cfg = copy.deepcopy(config)
+        if full:
+            cfg.full_training.tokenizer = "keep" if names[0] == FULL_RETRAIN_KEEP else "new"
         cfg.validation.holdout_fraction = 0.0  # compare holds out its own test items, before the engine
         if full:
             cfg.validation.retention_fraction = 0.0  # and base data's test items are already removed

@@ -80,7 +80,16 @@ def manifest(run: Run, report: dict, entry: dict, status: str) -> dict:
         "data_hash": data_hash(run.items), "run": run.id, "replaces": report.get("replaces"),
         "settings": report.get("settings"), "precision": run.precision,
         **({"source": run.origin} if run.origin else {}),
+        "search": search_summary(report.get("search")),
     }
+
+
+def search_summary(search: dict | None) -> dict | None:
+    """What the manifest keeps of a search (``--auto``): the winning recipe, not every trial."""
+    if not search:
+        return None
+    keep = ("budget", "budget_seconds", "spent_seconds", "full_training", "winner", "recipe", "describe")
+    return {**{k: search.get(k) for k in keep}, "trials": len(search.get("trials", []))}
 
 
 def data_hash(items: list[Item]) -> str:

@@ -45,6 +45,16 @@ class ModelConfig:
 
 
 @dataclass
+class EarlyStoppingConfig:
+    """An update judges its candidate after every epoch, stops when the held-out new items stop
+    improving or a validator's threshold is crossed, and keeps the best epoch."""
+
+    enabled: bool = True
+    patience: int = 1          # epochs without improvement of the held-out new items
+    min_delta: float = 0.001   # what counts as an improvement (relative: 0.1%)
+
+
+@dataclass
 class FineTuningConfig:
     """The design document's FINE_TUNING block: an update on new data only."""
 
@@ -53,6 +63,8 @@ class FineTuningConfig:
     batch_size: int = 8
     max_seq_length: int = 512
     strategy: list[str] = field(default_factory=lambda: ["low_lr"])
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    max_seconds: float = 0.0   # stop training after this many seconds, keeping the best epoch (0: no limit)
 
 
 @dataclass
@@ -64,6 +76,11 @@ class FullTrainingConfig:
     batch_size: int = 8
     max_seq_length: int = 512
     init: Literal["random"] = "random"
+    # new: train a tokenizer on the data (families that have one); keep: the current model's
+    tokenizer: Literal["new", "keep"] = "new"
+    # strategies whose state the full training records for later updates, beside
+    # fine_tuning.strategy (replay: a buffer of base items, so replay works from the first update)
+    record: list[str] = field(default_factory=lambda: ["replay"])
 
 
 @dataclass
@@ -85,8 +102,24 @@ class RetrainConfig:
     "Full retrain when": major data changes, architecture changes, quality degradation)."""
 
     max_new_items: int = 1000          # items learned since the last full training (+ pending)
-    max_retention_drift: float = 0.10  # held-out base loss up >10% since the last full training
+    max_retention_drift: float = 0.04  # held-out base loss up >4% since the last full training
     max_rejected_in_row: int = 3       # the gate rejected this many updates in a row
+    max_token_drift: float = 0.15      # new data needs >15% more tokens per byte than the base data
+
+
+@dataclass
+class TuneConfig:
+    """``retain update --auto``: a budgeted search over the update's recipe (``retain.tune``)."""
+
+    budget: float = 0.1        # share of the last full training's measured training time
+    max_trials: int = 12
+    jobs: int = 1              # trials at once, each in its own process
+    # the strategy mixes tried ("+" composes); replay is added by the replay share searched
+    strategies: list[str] = field(default_factory=lambda: ["rewarm", "low_lr", "rewarm+ewc"])
+    min_learning_rate: float = 0.00003
+    max_learning_rate: float = 0.003
+    max_epochs: int = 4
+    replay_shares: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5])
 
 
 @dataclass
@@ -116,6 +149,7 @@ class Config:
         "finite", "loss_trend", "retention", "learning", "generation", "duration"])
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
     # Options of each plugin, by the name it registered (sources, strategies, ...).
     # Checked against that plugin's own options dataclass when it is built.
     options: dict[str, dict] = field(default_factory=dict)
@@ -144,8 +178,11 @@ _POSITIVE = {
     "full_training.batch_size", "full_training.max_seq_length", "validation.eval_max_items",
     "validation.eval_min_items",
     "retrain.max_new_items", "retrain.max_retention_drift", "retrain.max_rejected_in_row",
+    "retrain.max_token_drift", "fine_tuning.early_stopping.patience", "tune.budget", "tune.max_trials",
+    "tune.jobs", "tune.min_learning_rate", "tune.max_learning_rate", "tune.max_epochs",
 }
-_FRACTIONS = {"validation.retention_fraction", "validation.holdout_fraction", "model.dropout"}
+_FRACTIONS = {"validation.retention_fraction", "validation.holdout_fraction", "model.dropout",
+              "fine_tuning.early_stopping.min_delta"}
 
 
 _SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
@@ -248,11 +285,25 @@ def build_dataclass(cls: type, data: dict | None, prefix: str = "") -> Any:
         if repeated:
             raise ConfigError(f"config key '{prefix}.strategy': names {', '.join(repeated)} more than once "
                               f"({','.join(obj.strategy)}); list each strategy once")
+    if cls is TuneConfig:
+        _check_tune(obj, prefix)
     if cls is ModelConfig and obj.d_model % obj.n_head:
         raise ConfigError(
             f"config key '{prefix}.d_model': {obj.d_model} must be divisible by n_head={obj.n_head}"
         )
     return obj
+
+
+def _check_tune(tune: TuneConfig, prefix: str) -> None:
+    if tune.min_learning_rate > tune.max_learning_rate:
+        raise ConfigError(f"config key '{prefix}.min_learning_rate': {tune.min_learning_rate} is above "
+                          f"max_learning_rate {tune.max_learning_rate}")
+    if not tune.strategies:
+        raise ConfigError(f"config key '{prefix}.strategies': name at least one strategy mix to try")
+    bad = [x for x in tune.replay_shares if not 0 <= x < 1]
+    if bad or not tune.replay_shares:
+        raise ConfigError(f"config key '{prefix}.replay_shares': each share must be in [0, 1), "
+                          f"got {tune.replay_shares}")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -72,7 +72,7 @@ class Engine:
                              f": {', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); train "
                              "into a new or empty directory, or pass --force to train into this one")
         with self.listening(), store.lock(), contextlib.closing(store.ledger):
-            self._recover(store)
+            self.recover(store)
             replaces = store.current() if store.exists() else None  # a retrain starts a new lineage
             run = self.prepare(FULL_TRAINING, data, store, None, items=items)
             report = self.commit(run, store, replaces=replaces)
@@ -85,7 +85,7 @@ class Engine:
         held-out items are the retention set and the strategies record their state from it."""
         store = ModelStore(model_dir)
         with self.listening(), store.lock():
-            self._recover(store)
+            self.recover(store)
             replaces = store.current() if store.exists() else None  # an import starts a new lineage
             run = self.prepare(IMPORT, list(data), store, None, items=items, source=Path(source))
             report = self.commit(run, store, replaces=replaces)
@@ -106,7 +106,7 @@ class Engine:
         with self.listening(), (store.lock(wait=wait) if writes else contextlib.nullcontext()), \
                 contextlib.closing(store.ledger):
             if writes:
-                self._recover(store)
+                self.recover(store)
             try:
                 if dry_run:
                     run = self.plan(data, store, items=items)
@@ -122,7 +122,7 @@ class Engine:
             else:
                 report = self.commit(run, store)
             if advise:
-                self._advise(run, store, report)
+                self.advise(run, store, report)
         return raise_if_rejected(report, store)
 
     # --- the cycle ----------------------------------------------------------------------------
@@ -136,7 +136,7 @@ class Engine:
         with self._step(run, "load") as info:
             store.manifest(run.parent)  # checked: a broken current version is an error here too
             info.update(version=run.parent, parameters=None)
-        self._ingest(run, store, data, items)
+        self.ingest(run, store, data, items)
         run.timings["total"] = time.perf_counter() - started
         return run
 
@@ -147,6 +147,18 @@ class Engine:
         interrupts.set_outcome(None)  # until this run saves, an interrupt leaves the model as it was
         started = time.perf_counter()
         preload = Preload()  # avalanche-lib: its import overlaps loading and reading the data
+        run = self.start(kind, store, base, dry_run=dry_run, source=source)
+        with self.strategies_registered(run):
+            self.ingest(run, store, data, items)
+            if run.items:
+                self.train_and_judge(run, store, preload)
+        run.timings["total"] = time.perf_counter() - started
+        return run
+
+    def start(self, kind: str, store: ModelStore, base: str | LoadedVersion | None, *,
+              dry_run: bool = False, source: Path | None = None) -> Run:
+        """1. Load: a new ``Run`` from ``base`` (a version name, a loaded version, or None for
+        a full training; ``source`` for an import), with its strategies and their state; seeds set."""
         import torch
 
         # The model directory remembers its model: what the config does not ask for explicitly
@@ -165,13 +177,10 @@ class Engine:
                 if isinstance(base, str):
                     base = load_version(store, base, registry=self.registry)
                 run.base, run.parent = base, base.version if base is not None else None
+                if run.full and cfg.full_training.tokenizer == "keep":
+                    run.tokenizer_from = self._tokenizer_to_keep(store).lm
                 info.update(version=run.parent, parameters=count_parameters(base.lm) if base else None)
             run.strategies = build_strategies(self.registry, run.config, run.base)
-        with self._strategies_registered(run):
-            self._ingest(run, store, data, items)
-            if run.items:
-                self._train_and_judge(run, store, preload)
-        run.timings["total"] = time.perf_counter() - started
         return run
 
     def _import(self, run: Run, source: Path) -> dict:
@@ -182,7 +191,8 @@ class Engine:
         return {"version": None, "source": str(source), "family": run.origin["family"],
                 "parameters": count_parameters(run.lm)}
 
-    def _ingest(self, run: Run, store: ModelStore, data: list[str], items: list[Item] | None) -> None:
+    def ingest(self, run: Run, store: ModelStore, data: list[str], items: list[Item] | None) -> None:
+        """2-4 and the hold-out: new data in (``core/ingest.py``)."""
         with self._step(run, "collect") as info:
             info.update(ingest.collect_step(run, self.registry, store, data, items, self.strict))
         with self._step(run, "preprocess") as info:
@@ -192,19 +202,24 @@ class Engine:
         with self._step(run, "holdout") as info:
             info.update(ingest.holdout_step(run))
 
-    def _train_and_judge(self, run: Run, store: ModelStore, preload: Preload) -> None:
-        with self._step(run, "tokenize") as info:
-            info.update(prepare_model(run, self.registry, lambda m: self._warn(run, m)))
-        with self._step(run, "evaluate_before") as info:
-            info.update(evaluation.measure_before(run, store))
+    def train_and_judge(self, run: Run, store: ModelStore, preload: Preload | None = None) -> None:
+        """Tokenize, evaluate the starting model, train, validate: ``run`` holds the candidate.
+        A run whose starting scores are already known (``run.before``, a search's trials)
+        skips ``evaluate_before``. ``preload``: the training stack's import, started earlier."""
+        preload = preload or Preload()
+        self.tokenize(run)
+        if run.before is None:
+            self.evaluate_before(run, store)
         if run.kind != IMPORT or run.strategies:  # an import trains nothing: strategies record only
             with self._step(run, "import") as info:  # what is left of the training stack's import
                 training = preload.wait()
                 info.update(module=preload.name, import_seconds=preload.seconds,
                             overlapped=not preload.already_loaded)
             with self._step(run, "train") as info:
-                training.train(run, self.pm)
-                info.update(epoch_losses=run.epoch_losses, oom_retries=run.oom_retries)
+                stopping = run.kind == FINE_TUNING and self.config.fine_tuning.early_stopping.enabled
+                training.train(run, self.pm, judge=functools.partial(self._judge_epoch, run) if stopping else None)
+                info.update(epoch_losses=run.epoch_losses, oom_retries=run.oom_retries,
+                            early_stopping=run.early_stopping)
         if run.kind == IMPORT:  # no gate: there is no parent to judge the imported model against
             evaluation.measure_unchanged(run)
             return
@@ -215,12 +230,36 @@ class Engine:
             info.update(metrics=run.metrics, verdicts=[v.to_json() for v in run.verdicts],
                         next_steps=run.next_steps)
 
+    def tokenize(self, run: Run) -> None:
+        """5. Tokenize: the model to train, its rows, the strategies' settings (``core/models.py``)."""
+        with self._step(run, "tokenize") as info:
+            info.update(prepare_model(run, self.registry, lambda m: self._warn(run, m)))
+
+    def evaluate_before(self, run: Run, store: ModelStore) -> None:
+        """The starting model's held-out losses (``core/evaluation.py``)."""
+        with self._step(run, "evaluate_before") as info:
+            info.update(evaluation.measure_before(run, store))
+
+    def _judge_epoch(self, run: Run) -> tuple:
+        """Early stopping's look at the model after an epoch: its scores and the gate's verdicts."""
+        scores = evaluation.score_candidate(run)
+        _, evidence = evaluation.candidate_evidence(run, scores)
+        return scores, gate.run_validators(self.registry, self.config, evidence)
+
+    def _tokenizer_to_keep(self, store: ModelStore) -> LoadedVersion:
+        from .errors import ConfigError
+
+        if not store.exists():
+            raise ConfigError("config key 'full_training.tokenizer' is 'keep', but there is no current model "
+                              f"in {store.root} whose tokenizer to keep; use 'new' for a first training")
+        return load_version(store, registry=self.registry)
+
     @reports_plugin_errors
     def commit(self, run: Run, store: ModelStore, replaces: str | None = None) -> dict:
         """Save ``run``'s candidate as a version (current if accepted), then ``update_finished``."""
         if not run.trained:
             return run.report()
-        with self._strategies_registered(run):
+        with self.strategies_registered(run):
             with self._step(run, "save") as info:
                 report = commit(run, store, self.dedupers, replaces)
                 pruned = auto_prune(store, self.config)  # the keep policy, if configured
@@ -248,8 +287,8 @@ class Engine:
                 self.pm.unregister(listener)
 
     @contextlib.contextmanager
-    def _strategies_registered(self, run: Run) -> Iterator[None]:
-        # Strategies are plugins for the run: their hookimpls (training_penalty, ...) fire.
+    def strategies_registered(self, run: Run) -> Iterator[None]:
+        """Strategies are plugins for the run: their hookimpls (training_penalty, ...) fire."""
         for strategy in run.strategies:
             self.pm.register(strategy, name=f"strategy:{strategy.name}:{run.id}")
         try:
@@ -280,19 +319,23 @@ class Engine:
     def _warn(self, run: Run | None, message: str) -> None:
         self.pm.hook.warning_raised(run=run, message=message)
 
-    def _recover(self, store: ModelStore) -> None:
+    def recover(self, store: ModelStore) -> None:
+        """Tidy up after an interrupted run (call with the lock held); each note is a warning."""
         for note in store.recover():
             self._warn(None, f"recovered from an interrupted run: {note}")
 
-    def _advise(self, run: Run, store: ModelStore, report: dict) -> None:
+    def advise(self, run: Run, store: ModelStore, report: dict) -> None:
+        """Fine-tune or fully retrain? ``report["retrain"]`` and ``advice_given``."""
         from .errors import RetainError
         from .retrain import assess
 
         # In a dry run nothing was saved: count what this update would have added.
-        pending = report.get("counts", {}).get("new", 0) if run.dry_run else 0
+        counts = report.get("counts", {})
+        pending = counts.get("new", 0) if run.dry_run else 0
+        text = {k: counts.get(k, 0) for k in ("tokens", "bytes")} if run.dry_run else None
         try:
             assessment = assess(store, self.config, pending_items=pending, device=self.device_name,
-                                registry=self.registry)
+                                registry=self.registry, pending_text=text)
         except RetainError as exc:  # advice must not turn a finished update into a failure
             report["retrain"] = {"error": str(exc)}
             self._warn(run, f"could not assess full retrain vs fine-tune: {exc}")

@@ -8,11 +8,10 @@ run starts from (the random init for a full training), ``after`` the candidate.
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import retention
+from . import drift, retention
 from .ingest import sample
 from .store import ModelStore
 from .validation import Evidence
@@ -97,6 +96,7 @@ class Scores:
     new: "torch.Tensor | None"
     also: dict[str, float] = field(default_factory=dict)  # other texts scored in the same pass
     stored: bool = False  # the retention losses were read from the version, not scored
+    drift: "torch.Tensor | None" = None  # the last full training's held-out items (updates)
 
     @staticmethod
     def mean(t) -> float | None:
@@ -146,7 +146,9 @@ def evidence(kind: str, lm: "LanguageModel", settings, before: Scores, after: Sc
     """What every validator receives about a candidate (see ``retain.Evidence``)."""
     return Evidence(kind, list(epoch_losses), numbers["retention_loss_before"], numbers["retention_loss_after"],
                     numbers["new_loss_before"], numbers["new_loss_after"], before.retention, after.retention,
-                    model=lm, settings=settings, extra=dict(numbers), timings=dict(timings))
+                    model=lm, settings=settings, extra=dict(numbers), timings=dict(timings),
+                    drift_baseline=numbers.get("drift_loss_baseline"), drift_after=numbers.get("drift_loss_after"),
+                    drift_version=numbers.get("drift_since"))
 
 
 # --- the steps, on a run ------------------------------------------------------------------------
@@ -176,7 +178,7 @@ def measure_before(run, store: ModelStore) -> dict:
     k = retention.budgeted([r["tokens"] for r in pool.items], budget, v.eval_min_items)
     run.retention = pool
     run.retention_texts = pool.texts[:k]
-    run.drift = drift_set(store, run.parent, v.eval_min_items, run.config.seed, run.retention_texts)
+    run.drift = drift.baseline(store, run.parent, v.eval_min_items, run.config.seed, run.retention_texts)
     known = pool.losses(scoring(run))[:k]
     run.before = measure(run.lm, run.retention_texts, run.new_texts, seq_len, run.device, run.precision, known)
     return {"retention_items": k, "retention_pool": len(pool.items), "new_items": len(run.new_texts),
@@ -190,55 +192,42 @@ def measure_unchanged(run) -> None:
     run.metrics = metrics(run.before, run.after, len(run.retention_texts), len(run.new_texts))
 
 
-@dataclass
-class DriftSet:
-    """The last full training's held-out items an update measures drift on."""
+def score_candidate(run) -> Scores:
+    """The model of ``run`` as it is now, on the run's retention set, new held-out items and,
+    for an update, the last full training's held-out items (the cumulative drift), every
+    distinct text scored once when they are scored at the same length."""
+    import torch
 
-    root: str | None
-    items: list[dict]
-    scored: dict | None = None  # how the full training scored its own ``loss`` on each (None: it did not)
-
-    @property
-    def paired(self) -> bool:
-        return bool(self.scored) and all(r.get("loss") is not None for r in self.items)
-
-
-def drift_set(store: ModelStore, parent: str, n: int, seed: int, scored_anyway: list[str]) -> DriftSet:
-    """``n`` of the full training's held-out items when it stored its own loss on each (the
-    drift is paired with those): first those the update scores anyway for retention (no extra
-    cost), then a seeded sample of the rest. Else all of them, compared with their mean (as
-    for versions written before losses were stored)."""
-    root, rows, scored = retention.base_holdout(store, parent)
-    drift = DriftSet(root, rows, scored)
-    if drift.paired and len(rows) > n:
-        anyway = set(scored_anyway)
-        chosen = [i for i, r in enumerate(rows) if r["text"] in anyway][:n]
-        rest = [i for i in range(len(rows)) if i not in set(chosen)]
-        chosen += random.Random(seed).sample(rest, n - len(chosen))
-        drift.items = [rows[i] for i in sorted(chosen)]
-    return drift
-
-
-def measure_after(run, store: ModelStore) -> Evidence:
-    """The candidate's losses on the same texts, and the evidence for the validators. Also
-    its drift since the last full training (``base_holdout_loss`` against
-    ``base_holdout_baseline``), measured here once so that ``retain status`` needs no model."""
     seq_len = run.settings.max_seq_length
-    drift = run.drift or DriftSet(None, [])
-    drift_texts = [r["text"] for r in drift.items]
-    drift_len = (drift.scored or {}).get("max_len", run.lm.context)  # as the full training scored them
-    same_pass = drift_texts if drift_len == seq_len else []
-    run.after = measure(run.lm, run.retention_texts, run.new_texts, seq_len, run.device, run.precision,
-                        also=same_pass)
-    run.metrics = metrics(run.before, run.after, len(run.retention_texts), len(run.new_texts))
-    if drift_texts:
-        losses = run.after.also or score_unique(run.lm, drift_texts, drift_len, run.device, run.precision)
-        baseline = (sum(r["loss"] for r in drift.items) / len(drift.items) if drift.paired
-                    else store.manifest(drift.root)["metrics"]["retention_loss_after"])
-        run.metrics.update(base_holdout_loss=sum(losses[t] for t in drift_texts) / len(drift_texts),
-                           base_holdout_baseline=baseline, base_holdout_items=len(drift_texts))
-    return evidence(run.kind, run.lm, run.settings, run.before, run.after, run.epoch_losses, run.timings,
-                    run.metrics)
+    ref = run.drift
+    drift_len = (ref.max_len or run.lm.context) if ref is not None else seq_len  # as the reference scored them
+    same_pass = ref.texts if ref is not None and drift_len == seq_len else []
+    scores = measure(run.lm, run.retention_texts, run.new_texts, seq_len, run.device, run.precision,
+                     also=same_pass)
+    if ref is not None and ref.texts:
+        losses = scores.also if same_pass else score_unique(run.lm, ref.texts, drift_len, run.device, run.precision)
+        scores.drift = torch.tensor([losses[t] for t in ref.texts], dtype=torch.float64)
+    return scores
+
+
+def candidate_evidence(run, after: Scores) -> tuple[dict[str, Any], Evidence]:
+    """(the report's numbers, the validators' evidence) for ``after``, scores of the candidate."""
+    numbers = metrics(run.before, after, len(run.retention_texts), len(run.new_texts))
+    if run.drift is not None:
+        numbers.update(run.drift.numbers(Scores.mean(after.drift)))
+    return numbers, evidence(run.kind, run.lm, run.settings, run.before, after, run.epoch_losses, run.timings,
+                             numbers)
+
+
+def measure_after(run, store: ModelStore | None = None) -> Evidence:
+    """The candidate's losses on the same texts, and the evidence for the validators
+    (scores early stopping already took of the kept epoch are reused). The drift since the
+    last full training is among the numbers, stored with the version: ``retain status``
+    needs no model."""
+    if run.after is None:
+        run.after = score_candidate(run)
+    run.metrics, ev = candidate_evidence(run, run.after)
+    return ev
 
 
 def scoring_key(max_len: int, precision: str, device) -> dict[str, Any]:
@@ -247,11 +236,14 @@ def scoring_key(max_len: int, precision: str, device) -> dict[str, Any]:
 
 
 def scoring(run) -> dict[str, Any]:
-    return scoring_key(run.settings.max_seq_length, run.precision, run.device)
+    max_len = run.settings.max_seq_length if run.settings is not None else run.lm.context  # nothing trained
+    return scoring_key(max_len, run.precision, run.device)
 
 
 def held_out_rows(run) -> list[dict]:
     """The run's held-out items as its version keeps them, each with the candidate's loss."""
+    if not run.holdout:  # e.g. an import without base data
+        return []
     scores = run.after.retention if run.new_lineage else run.after.new
     losses = scores.tolist() if scores is not None else [None] * len(run.holdout)
     counts = token_counts(run.lm, [it.text for it in run.holdout], run.settings.max_seq_length)

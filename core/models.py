@@ -118,6 +118,25 @@ def model_config(store: ModelStore, config: Config, version: str | None = None) 
     return adopt_model(config, store.manifest(root).get("config") if root else None)
 
 
+def renew_model(registry: Registry, config: Config, keep: LanguageModel, context: int) -> LanguageModel:
+    """A full training's new model with random weights and ``keep``'s tokenizer
+    (``full_training.tokenizer: keep``), through the family's optional ``renew``."""
+    fam = family(registry, config.model.family)
+    if config.model.family != keep.family:
+        raise ConfigError(f"config key 'full_training.tokenizer' is 'keep', but the current model is a "
+                          f"'{keep.family}' model and the config asks for '{config.model.family}'")
+    if not hasattr(fam, "renew"):
+        raise ConfigError(f"config key 'full_training.tokenizer': the '{config.model.family}' family cannot "
+                          "keep a tokenizer (it has no renew method); use 'new'")
+    return fam.renew(config, keep, context)
+
+
+def content_tokens(rows, texts: int) -> int:
+    """Tokens of ``texts`` texts encoded as ``rows``, without the boundary tokens: each text
+    predicts its tokens and one end token (``Rows.tokens`` counts both)."""
+    return max(0, rows.tokens - texts)
+
+
 def count_parameters(lm: LanguageModel) -> int:
     return sum(p.numel() for p in lm.module.parameters())
 
@@ -139,7 +158,10 @@ def prepare_model(run, registry: Registry, warn) -> dict:
     if run.kind == FULL_TRAINING:
         if len(run.items) < 2:
             raise SourceError("full training needs at least 2 usable items")
-        run.lm = create_model(registry, cfg, [it.text for it in run.items], block.max_seq_length)
+        if run.tokenizer_from is not None:
+            run.lm = renew_model(registry, cfg, run.tokenizer_from, block.max_seq_length)
+        else:
+            run.lm = create_model(registry, cfg, [it.text for it in run.items], block.max_seq_length)
     elif run.kind == FINE_TUNING:
         run.lm = run.base.lm
     seq_len = min(block.max_seq_length, run.lm.context)
@@ -147,11 +169,15 @@ def prepare_model(run, registry: Registry, warn) -> dict:
         warn(f"max_seq_length {block.max_seq_length} exceeds the model's context {run.lm.context}; "
              f"using {run.lm.context} (a full retrain changes the context)")
     run.rows = run.lm.encode([it.text for it in run.items], seq_len)
+    # Tokens per byte of what is learned, under this tokenizer: the vocabulary-drift check's input.
+    run.counts.update(tokens=content_tokens(run.rows, len(run.items)),
+                      bytes=sum(len(it.text.encode("utf-8")) for it in run.items))
     with memory_for(f"moving the model to {run.device}"):
         run.lm.module.to(run.device)
     # An import's pass over the base data changes no weight: the strategies only record it.
     epochs = 0 if run.kind == IMPORT else block.epochs
-    run.settings = TrainSettings(block.learning_rate, epochs, block.batch_size, seq_len)
+    run.settings = TrainSettings(block.learning_rate, epochs, block.batch_size, seq_len,
+                                 max_seconds=getattr(block, "max_seconds", 0.0))
     if run.kind == FINE_TUNING:  # a full training (or import) is the strategies' first experience:
         for strategy in run.strategies:  # they record, not steer
             strategy.configure(run.settings, run)

@@ -98,7 +98,7 @@ class Registry:
         its plugin's options, before any work starts (PluginError / ConfigError)."""
         for kind, names in (("dedupers", config.dedupers), ("preprocessors", config.preprocessors),
                             ("validators", config.validators), ("strategies", config.fine_tuning.strategy),
-                            ("models", [config.model.family])):
+                            ("strategies", config.full_training.record), ("models", [config.model.family])):
             for name in names:
                 self.get(kind, name)
         for name in config.options:

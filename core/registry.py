@@ -63,6 +63,9 @@ def history(store: ModelStore) -> list[dict]:
             "failed": [v["validator"] for v in verdicts if v.get("status") == "fail"],
             "warned": [v["validator"] for v in verdicts if v.get("status") == "warn"],
             "learning_rate": _learning_rate(store, version, m),
+            "strategies": m.get("strategies", []),
+            # retain update --auto: which recipe won, out of how many trials, in what budget
+            "search": m.get("search"),
         })
     return rows
 

@@ -5,6 +5,8 @@
                                            (model.*) vs what made it (its manifest)
     Quality degradation                 -> retention drift since the last full training,
                                            or the gate rejecting update after update
+    A vocabulary that does not fit      -> new data needs markedly more tokens per byte
+                                           than the base data (core/vocabulary.py)
 
 An imported model (``retain import``) counts as a full training here: it is
 where the lineage starts.
@@ -70,7 +72,10 @@ def last_full_training(store: ModelStore, chain: list[str]) -> tuple[str | None,
 
 
 def assess(store: ModelStore, config: Config, pending_items: int = 0, device: str | None = None,
-           registry: Registry | None = None) -> Assessment:
+           registry: Registry | None = None, pending_text: dict[str, int] | None = None) -> Assessment:
+    """``pending_text``: {"tokens", "bytes"} of pending data under the current tokenizer."""
+    from .vocabulary import drift as vocabulary_drift
+
     registry = registry or Registry.of(default_plugin_manager())
     current = store.current()
     chain = store.chain(current)
@@ -79,6 +84,7 @@ def assess(store: ModelStore, config: Config, pending_items: int = 0, device: st
         _new_items(store, config, since, pending_items),
         _architecture(store, config, current, root, registry),
         _retention_drift(store, config, current, root, device, registry),
+        vocabulary_drift(store, root, since, pending_text, config.retrain.max_token_drift),
         _rejections(store, config),
     ]
     return Assessment(str(store.root), current, root, checks)

@@ -18,7 +18,8 @@ from .validation import Verdict
 
 if TYPE_CHECKING:
     from .contracts import LanguageModel
-    from .evaluation import DriftSet, Scores
+    from .drift import Baseline
+    from .evaluation import Scores
     from .lm import Rows
     from .models import LoadedVersion
     from .retention import RetentionSet
@@ -40,6 +41,7 @@ class Run:
     dry_run: bool = False              # write nothing at all
     base: "LoadedVersion | None" = None  # the loaded parent version (updates)
     origin: dict[str, Any] | None = None  # an import: where the model came from (path, sha256, format)
+    tokenizer_from: "LanguageModel | None" = None  # full training with tokenizer: keep: the model before
 
     # ingest: collect, preprocess, dedupe, hold out
     rejects: list[Reject] = field(default_factory=list)
@@ -57,11 +59,13 @@ class Run:
 
     # measurements and the gate's decision
     retention: "RetentionSet | None" = None  # the parent's retention pool (core/retention.py)
-    drift: "DriftSet | None" = None    # the last full training's held-out items the drift is scored on
+    drift: "Baseline | None" = None    # updates: the last full training's held-out items, the drift reference
     retention_texts: list[str] = field(default_factory=list)  # old items, never trained on
     new_texts: list[str] = field(default_factory=list)        # this run's held-out new items
     before: "Scores | None" = None
     after: "Scores | None" = None
+    early_stopping: dict[str, Any] | None = None  # updates: each epoch judged, the one kept
+    search: dict[str, Any] | None = None  # how the settings were chosen, when a search chose them
     epoch_losses: list[float] = field(default_factory=list)
     oom_retries: list[dict] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -111,5 +115,7 @@ class Run:
             "settings": asdict(self.settings) if self.settings is not None else None,
             "strategies": [s.name for s in self.strategies], "parameters": dict(self.parameters),
             "source": self.origin,
+            "early_stopping": self.early_stopping,
+            "search": self.search,
             "version": None, "status": None if self.trained else "nothing_new",
         }

@@ -17,10 +17,13 @@ class TrainSettings:
     epochs: int             # passes over the run's rows
     batch_size: int         # rows per step (halved on out-of-memory, down to 1)
     max_seq_length: int     # longest row in tokens; longer items are split, never cut
-    schedule: Literal["constant", "cosine"] = "constant"  # cosine: decays to 10% of the peak
+    schedule: Literal["constant", "cosine"] = "constant"  # cosine: decays to min_lr_ratio of the peak
     warmup_steps: int = 0   # linear warm-up from 0 over this many steps
     weight_decay: float = 0.0
     grad_clip: float = 1.0  # max gradient norm; 0 turns clipping off
+    warmup_fraction: float = 0.0  # warm-up over this share of the run's steps (when warmup_steps is 0)
+    min_lr_ratio: float = 0.1     # where cosine ends, as a fraction of the peak
+    max_seconds: float = 0.0      # stop training after this many seconds (0: no limit)
 
 
 class Strategy:
@@ -85,10 +88,31 @@ def write_state(writer, strategy: Strategy) -> None:
 
 
 def build_strategies(registry, config, base=None) -> list[Strategy]:
-    """The strategies of ``fine_tuning.strategy``, each with its state from the ``base``
-    version (a ``LoadedVersion``; None for a full training, where they start empty)."""
-    strategies = [registry.build("strategies", name, config) for name in config.fine_tuning.strategy]
+    """The strategies of a run, each with its state.
+
+    An update (``base``, a ``LoadedVersion``) builds ``fine_tuning.strategy``; each
+    strategy gets the state of the newest version in ``base``'s chain that kept one
+    (usually ``base`` itself; further back when updates ran without it, so a replay
+    buffer the full training recorded is found however the updates since were made).
+    A full training (``base`` None) also builds ``full_training.record``, empty, to
+    record their state from the base data for later updates.
+    """
+    names = list(config.fine_tuning.strategy)
+    if base is None:
+        names += [n for n in config.full_training.record if n not in names]
+    strategies = [registry.build("strategies", name, config) for name in names]
     if base is not None:
+        chain = base.reader.store.chain(base.version)
         for strategy in strategies:
-            strategy.load_state_dict(read_state(base.reader, strategy.name))
+            strategy.load_state_dict(latest_state(base.reader, chain, strategy.name))
     return strategies
+
+
+def latest_state(files, chain: list[str], name: str) -> dict[str, Any]:
+    """The state strategy ``name`` saved in the newest version of ``chain`` that kept one."""
+    tensors_rel, json_rel = state_files(name)
+    for version in chain:
+        reader = files if version == files.version else files.of(version)
+        if reader.has(tensors_rel) or reader.has(json_rel):
+            return read_state(reader, name)
+    return {}

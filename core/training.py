@@ -13,6 +13,7 @@ a run trains.
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from typing import Callable
 
@@ -51,15 +52,25 @@ def pad_to(x: torch.Tensor, y: torch.Tensor, width: int, pad_id: int) -> tuple[t
             torch.nn.functional.pad(y, (0, extra), value=IGNORE_INDEX))
 
 
-def lr_lambda(settings: TrainSettings, total_steps: int) -> Callable[[int], float]:
-    """Linear warm-up over ``warmup_steps``, then constant or cosine decay to 10% of the peak."""
+def lr_lambda(settings: TrainSettings, total_steps: int | Callable[[], int]) -> Callable[[int], float]:
+    """Linear warm-up, then constant, or cosine decay to ``min_lr_ratio`` of the peak.
+
+    The warm-up lasts ``warmup_steps``, or ``warmup_fraction`` of the steps when no
+    step count is set (a re-warm of an update whose length varies). ``total_steps``
+    may be a callable: the steps that still fit a time limit, so the decay lands by then.
+    """
+    total = total_steps if callable(total_steps) else (lambda: total_steps)
+    floor = settings.min_lr_ratio
+
     def factor(step: int) -> float:
-        if settings.warmup_steps and step < settings.warmup_steps:
-            return (step + 1) / settings.warmup_steps
+        steps = total()
+        warmup = settings.warmup_steps or int(round(settings.warmup_fraction * steps))
+        if warmup and step < warmup:
+            return (step + 1) / warmup
         if settings.schedule == "cosine":
-            span = max(1, total_steps - settings.warmup_steps)
-            progress = min(1.0, (step - settings.warmup_steps) / span)
-            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+            span = max(1, steps - warmup)
+            progress = min(1.0, (step - warmup) / span)
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
         return 1.0
     return factor
 
@@ -77,12 +88,21 @@ class LengthBatches:
         self.lengths, self.batch_size, self.window = lengths, batch_size, window
         self.generator = torch.Generator().manual_seed(seed)
 
-    def __len__(self) -> int:
-        n, w = len(self.lengths), self.batch_size * self.window
+    def epoch_rows(self) -> list[int]:
+        """The rows one epoch trains on (all of them; a subclass may draw some in)."""
+        return list(range(len(self.lengths)))
+
+    def batches_for(self, n: int) -> int:
+        """How many batches ``n`` rows make (the last batch of each window may be short)."""
+        w = self.batch_size * self.window
         return sum(math.ceil(min(w, n - s) / self.batch_size) for s in range(0, n, w))
 
+    def __len__(self) -> int:
+        return self.batches_for(len(self.lengths))
+
     def __iter__(self):
-        order = torch.randperm(len(self.lengths), generator=self.generator).tolist()
+        rows = self.epoch_rows()
+        order = [rows[i] for i in torch.randperm(len(rows), generator=self.generator).tolist()]
         batches = []
         for start in range(0, len(order), self.batch_size * self.window):
             chunk = sorted(order[start:start + self.batch_size * self.window], key=self.lengths.__getitem__)
@@ -113,14 +133,20 @@ class LMTemplate(SupervisedTemplate):
         lengths = self.lengths
         if lengths is None or len(lengths) != len(data):  # a plugin changed the dataset
             lengths = [int((data[i][1] != IGNORE_INDEX).sum()) for i in range(len(data))]
-        args = self._obtain_common_dataloader_parameters(
-            batch_size=self.train_mb_size, num_workers=num_workers, shuffle=shuffle,
-            pin_memory=pin_memory, persistent_workers=persistent_workers, drop_last=drop_last)
+        self.dataloader = self.loader(data, LengthBatches(lengths, self.train_mb_size, self.batch_seed()))
+
+    @staticmethod
+    def batch_seed() -> int:
+        """Follows torch.manual_seed without drawing from (and so shifting) the global stream."""
+        return torch.initial_seed() % (2**31 - 1)
+
+    def loader(self, data, batch_sampler) -> DataLoader:
+        """A training loader over ``data`` with the template's loader settings and the given
+        batch sampler (plugins that mix rows in, like replay, build theirs with it)."""
+        args = self._obtain_common_dataloader_parameters(batch_size=self.train_mb_size, shuffle=True)
         for key in ("batch_size", "shuffle", "drop_last", "sampler"):
             args.pop(key, None)
-        # Follows torch.manual_seed without drawing from (and so shifting) the global stream.
-        seed = torch.initial_seed() % (2**31 - 1)
-        self.dataloader = DataLoader(data, batch_sampler=LengthBatches(lengths, self.train_mb_size, seed), **args)
+        return DataLoader(data, batch_sampler=batch_sampler, **args)
 
 
 class RecordingCriterion:
@@ -136,15 +162,32 @@ class RecordingCriterion:
 
 
 class EngineLoop(SupervisedPlugin):
-    """Trims padding, adds hook penalties, clips, schedules and reports, around each step."""
+    """Trims padding, adds hook penalties, clips, schedules and reports, around each step;
+    stops at ``settings.max_seconds``.
 
-    def __init__(self, settings: TrainSettings, criterion: RecordingCriterion, scheduler,
-                 penalty: Callable[..., torch.Tensor | None], on_step: Callable[[int, int, float], None],
-                 on_epoch: Callable[[int, float], None]):
+    The schedule is built once the template has its loader (``before_training_exp``):
+    plugins may have mixed rows in by then (replay), and its steps count too.
+    """
+
+    def __init__(self, settings: TrainSettings, criterion: RecordingCriterion,
+                 penalty: Callable[..., torch.Tensor | None], on_step: Callable[[int, int, int, float], None],
+                 on_epoch: Callable[[int, float], None], started: float | None = None):
         super().__init__()
-        self.settings, self.criterion, self.scheduler = settings, criterion, scheduler
+        self.settings, self.criterion = settings, criterion
         self.penalty, self.on_step, self.on_epoch = penalty, on_step, on_epoch
         self.epoch_losses: list[float] = []
+        self.scheduler = None
+        self.started = time.perf_counter() if started is None else started
+        self.slowest_step = 0.0
+        self.epoch_end_seconds = 0.0  # kept free before max_seconds for the work at an epoch's end
+        self.out_of_time = False
+
+    def before_training_exp(self, strategy, **kw):
+        self.steps_per_epoch = len(strategy.dataloader)
+        self.planned = self.fitting = self.steps_per_epoch * self.settings.epochs
+        self.steps, self.step_seconds = 0, 0.0
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(strategy.optimizer,
+                                                           lr_lambda(self.settings, lambda: self.fitting))
 
     def before_training_epoch(self, strategy, **kw):
         self.total = torch.zeros((), dtype=torch.float64)
@@ -170,11 +213,33 @@ class EngineLoop(SupervisedPlugin):
     def after_update(self, strategy, **kw):
         self.scheduler.step()
 
+    def before_training_iteration(self, strategy, **kw):
+        self.step_started = time.perf_counter()
+
     def after_training_iteration(self, strategy, **kw):
         loss = float(self.criterion.last)
         self.total += loss
         self.count += 1
-        self.on_step(len(self.epoch_losses) + 1, self.count, loss)
+        self.on_step(len(self.epoch_losses) + 1, self.count, self.steps_per_epoch, loss)
+        now = time.perf_counter()
+        took = now - self.step_started
+        self.slowest_step = max(self.slowest_step, took)
+        self.steps += 1
+        self.step_seconds += took
+        limit = self.settings.max_seconds
+        if not limit:
+            return
+        # Room for the next step and the epoch's end, with half again of each for a busy machine.
+        left = limit - (now - self.started) - 1.5 * (self.slowest_step + self.epoch_end_seconds)
+        if left < 0:
+            # The next step would likely end past the limit: stop here (this epoch ends short).
+            self.out_of_time = True
+            strategy.stop_training()
+            return
+        # The steps that still fit, each with its share of the epochs' ends: the schedule is
+        # squeezed into them, so a run cut short by its limit still ends its decay.
+        per_step = 1.2 * (self.step_seconds / self.steps + self.epoch_end_seconds / self.steps_per_epoch)
+        self.fitting = min(self.planned, self.steps + 1 + int(left / per_step))
 
     def after_training_epoch(self, strategy, **kw):
         mean = float(self.total / max(1, self.count))
@@ -183,28 +248,30 @@ class EngineLoop(SupervisedPlugin):
 
 
 def fit(module: torch.nn.Module, rows: Rows, settings: TrainSettings, *, device: torch.device, pad_id: int,
-        plugins: list, penalty: Callable[..., torch.Tensor | None], on_step: Callable[[int, int, float], None],
-        on_epoch: Callable[[int, float], None], continuing: bool, precision: str = "fp32") -> list[float]:
+        plugins: list, penalty: Callable[..., torch.Tensor | None], on_step: Callable[[int, int, int, float], None],
+        on_epoch: Callable[[int, float], None], continuing: bool, started: float | None = None,
+        stopper: Callable[[EngineLoop], SupervisedPlugin] | None = None, precision: str = "fp32") -> list[float]:
     """Train ``module`` on ``rows`` for ``settings.epochs``; return the mean task loss per epoch.
 
     ``penalty(model, inputs, targets, logits)`` returns the summed extra loss
     terms or None. ``continuing``: this is not the model's first experience.
+    ``started``: when the clock of ``settings.max_seconds`` started (default: now).
+    ``stopper(loop)``: a plugin run after the loop at each epoch's end (early stopping).
     """
     x, y = pad_to(rows.x, rows.y, settings.max_seq_length, pad_id)
     experience = benchmark_from_datasets(train=[make_dataset(x, y)]).train_stream[0]
     criterion = RecordingCriterion()
     optimizer = torch.optim.AdamW(module.parameters(), lr=settings.learning_rate,
                                   weight_decay=settings.weight_decay)
-    total_steps = math.ceil(len(x) / settings.batch_size) * settings.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(settings, total_steps))
-    loop = EngineLoop(settings, criterion, scheduler, penalty, on_step, on_epoch)
+    loop = EngineLoop(settings, criterion, penalty, on_step, on_epoch, started)
+    after = [stopper(loop)] if stopper is not None else []
     with warnings.catch_warnings():
         # avalanche warns about its own deprecations and about running without loggers
         warnings.simplefilter("ignore")
         template = LMTemplate(model=module, optimizer=optimizer, criterion=criterion,
                               train_mb_size=settings.batch_size, train_epochs=settings.epochs,
                               eval_mb_size=settings.batch_size, device=device,
-                              plugins=[*plugins, loop], evaluator=None)
+                              plugins=[*plugins, loop, *after], evaluator=None)
         template.lengths = (y != IGNORE_INDEX).sum(1).tolist()
         template.precision = precision
         if continuing:
@@ -215,33 +282,52 @@ def fit(module: torch.nn.Module, rows: Rows, settings: TrainSettings, *, device:
     return loop.epoch_losses
 
 
-def train(run: Run, pm) -> None:
+def train(run: Run, pm, judge: Callable[[], tuple] | None = None) -> None:
     """Train ``run.lm`` on ``run.rows`` with the run's strategies; fills ``run.epoch_losses``.
+
+    ``judge()``, when given (updates with ``fine_tuning.early_stopping``), scores and
+    judges the model after every epoch: the update stops early and keeps its best
+    epoch (``core/early_stopping.py``); each epoch's record is ``run.early_stopping``.
 
     Out of memory: the weights are restored and the run retries with half the
     batch size, down to 1 (``core/retry.py``); each retry is in ``run.oom_retries``.
     """
     settings = run.settings
+    started = time.perf_counter()
+    trackers: list = []  # early stopping's record, one per attempt (out-of-memory retries)
 
     def penalty(model, inputs, targets, logits):
         terms = [t for t in pm.hook.training_penalty(run=run, model=model, inputs=inputs, targets=targets,
                                                      logits=logits) if t is not None]
         return sum(terms) if terms else None
 
-    def on_step(epoch: int, step: int, loss: float) -> None:
-        # batch_size may have been halved by an out-of-memory retry: steps follow it
-        steps = math.ceil(len(run.rows) / settings.batch_size)
+    def on_step(epoch: int, step: int, steps: int, loss: float) -> None:
         pm.hook.training_progress(run=run, epoch=epoch, epochs=settings.epochs, step=step, steps=steps,
                                   loss=loss)
 
     def on_epoch(epoch: int, loss: float) -> None:
         pm.hook.epoch_ended(run=run, epoch=epoch, loss=loss)
 
+    def stopper(loop: EngineLoop) -> SupervisedPlugin:
+        from .early_stopping import EarlyStopping, Tracker
+
+        stop = run.config.fine_tuning.early_stopping
+        trackers.append(Tracker(stop.patience, stop.min_delta))
+        # Each epoch's judgment is kept in the time reserved before max_seconds: until one is
+        # measured, 4x what scoring the same texts took before training (the gate also scores
+        # the drift items and samples text: measured 3.5x on the tests' tiny model).
+        loop.epoch_end_seconds = 4 * run.timings.get("evaluate_before", 0.0)
+
+        def keep(scores) -> None:
+            run.after = scores
+        return EarlyStopping(trackers[-1], judge, loop, settings.epochs, keep)
+
     def attempt() -> list[float]:
+        run.after = None
         plugins = [p for s in run.strategies for p in s.avalanche_plugins(run)]
         return fit(run.model, run.rows, settings, device=run.device, pad_id=run.lm.pad_id, plugins=plugins,
                    penalty=penalty, on_step=on_step, on_epoch=on_epoch, continuing=run.parent is not None,
-                   precision=run.precision)
+                   started=started, stopper=stopper if judge is not None else None, precision=run.precision)
 
     def on_oom(failed: int, retry: int, error: str) -> None:
         run.oom_retries.append({"batch_size": failed, "retry_batch_size": retry, "error": error})
@@ -250,3 +336,4 @@ def train(run: Run, pm) -> None:
 
     pm.hook.update_started(run=run)
     run.epoch_losses = retry_halving_batch(attempt, run.model, settings, on_oom)
+    run.early_stopping = trackers[-1].to_json() if trackers else None

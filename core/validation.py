@@ -45,3 +45,8 @@ class Evidence:
     settings: Any = None              # ``TrainSettings`` of the run (lr, epochs, batch size)
     extra: dict[str, Any] = field(default_factory=dict)  # the report's metrics, e.g. "new_holdout_items"
     timings: dict[str, float] = field(default_factory=dict)  # seconds per step ("train", ...)
+    # Cumulative drift (updates): the last full training's (or imported base's) loss on its own
+    # held-out items right after it was trained, and the candidate's loss on them now.
+    drift_baseline: float | None = None
+    drift_after: float | None = None
+    drift_version: str | None = None  # which version the drift is measured from

@@ -57,6 +57,36 @@ def docstring_paragraphs() -> list[str]:
     return out
 
 
+def stdlib_functions(max_chars: int = 1500) -> list[str]:
+    """Every function of the standard library's top-level modules, its docstring removed
+    (docstrings are the documentation's domain), 80 to ``max_chars`` characters: code, a
+    domain a tokenizer fitted to English prose encodes in markedly more tokens per byte."""
+    import ast
+    import os
+
+    out = []
+    for path in sorted(Path(os.__file__).parent.glob("*.py")):
+        try:
+            source = path.read_text(encoding="utf-8")
+            tree = ast.parse(source)
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        lines = source.splitlines()
+        for node in ast.walk(tree):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) \
+                    and isinstance(first.value.value, str):
+                code = lines[node.lineno - 1:first.lineno - 1] + lines[first.end_lineno:node.end_lineno]
+            else:
+                code = lines[node.lineno - 1:node.end_lineno]
+            text = "\n".join(code)
+            if 80 <= len(text) <= max_chars:
+                out.append(text)
+    return out
+
+
 def new_batch(base: list[str]) -> list[str]:
     """33 new paragraphs + 12 duplicates (4 repeats, 4 case/space variants, 4 already learned)."""
     rng = random.Random(1)

@@ -57,6 +57,13 @@ class GptFamily:
         arch = Architecture.from_config(config.model, tokenizer.get_vocab_size(), context)
         return GptModel(TransformerModel(arch), tokenizer)
 
+    def renew(self, config: Config, keep, context: int):
+        """Random weights, ``keep``'s tokenizer (``full_training.tokenizer: keep``)."""
+        from retain.plugins.gpt import Architecture, GptModel, TransformerModel
+
+        arch = Architecture.from_config(config.model, keep.tokenizer.get_vocab_size(), context)
+        return GptModel(TransformerModel(arch), keep.tokenizer, keep.tokenizer_json)
+
     @loads_adapters
     def load(self, files, entry: dict[str, Any]):
         from retain.plugins.gpt import Architecture, GptModel, TransformerModel, load_tokenizer

@@ -71,14 +71,16 @@ class LossTrend:
 
 @dataclass
 class RetentionOptions:
-    max_increase: float = 0.05     # fail: mean held-out loss of old items rose by more than 5%
+    max_increase: float = 0.05     # fail: mean held-out loss of old items rose by more than 5% in this step
     warn_increase: float = 0.02    # warn above 2%
     item_increase: float = 0.10    # an old item counts as "made worse" when its own loss rose >10%
     max_items_worse: float = 0.25  # fail: more than 25% of old items made worse
+    max_drift: float = 0.05        # fail: the last full training's held-out loss rose >5% since it was trained
 
 
 class Retention:
-    """Held-out loss on previously learned items, candidate vs current model ("forgetting")."""
+    """Held-out loss on previously learned items: candidate vs current model (this step), and
+    vs the last full training (cumulative drift: small steps must not add up to forgetting)."""
 
     def __init__(self, options: RetentionOptions):
         self.options = options
@@ -102,9 +104,15 @@ class Retention:
         summary = (f"old items' loss {before:.4f} -> {after:.4f} "
                    f"({percent(change, o.max_increase, o.warn_increase)}), "
                    f"{worse}/{n} items worse by >{percent(o.item_increase, signed=False)}")
+        drift = self._drift(ev, numbers)
+        if drift is not None:
+            summary += f"; {drift}"
         if not math.isfinite(after) or change > o.max_increase:
-            return Verdict("fail", f"{summary}: forgetting above {percent(o.max_increase, signed=False)}",
-                           numbers, remedy=advice.lower_lr(ev.settings))
+            return Verdict("fail", f"{summary}: forgetting above {percent(o.max_increase, signed=False)} in this "
+                           "step", numbers, remedy=advice.lower_lr(ev.settings))
+        if numbers.get("drift", -math.inf) > o.max_drift:
+            return Verdict("fail", f"{summary}: forgetting above {percent(o.max_drift, signed=False)} since the "
+                           "full training, however small each step", numbers, remedy=advice.lower_lr(ev.settings))
         if share > o.max_items_worse:
             return Verdict("fail", f"{summary}: more than {percent(o.max_items_worse, signed=False)} of old "
                            "items made worse (an average gain must not hide them)", numbers,
@@ -112,6 +120,16 @@ class Retention:
         if change > o.warn_increase:
             return Verdict("warn", summary, numbers, remedy=advice.lower_lr(ev.settings))
         return Verdict("pass", summary, numbers)
+
+    @staticmethod
+    def _drift(ev: Evidence, numbers: dict) -> str | None:
+        """The cumulative part of the summary; fills ``numbers`` (None: not measured)."""
+        base, now = ev.drift_baseline, ev.drift_after
+        if base is None or now is None or not base:
+            return None
+        drift = (now - base) / base if math.isfinite(now) else math.inf
+        numbers.update(drift_baseline=base, drift_loss=now, drift=drift, drift_since=ev.drift_version)
+        return f"since full training {ev.drift_version}: {base:.4f} -> {now:.4f} ({percent(drift)})"
 
 
 @dataclass

@@ -17,6 +17,7 @@ from typing import Callable
 
 import torch
 from avalanche.benchmarks.utils import AvalancheDataset
+from avalanche.core import SupervisedPlugin
 from avalanche.training.plugins import (AGEMPlugin, EWCPlugin, GEMPlugin, LwFPlugin, MASPlugin,
                                         ReplayPlugin, SynapticIntelligencePlugin)
 from avalanche.training.regularization import LearningWithoutForgetting
@@ -24,7 +25,7 @@ from avalanche.training.storage_policy import ExemplarsBuffer, ReservoirSampling
 from avalanche.training.utils import ParamData, copy_params_dict
 
 from retain.core.lm import IGNORE_INDEX
-from retain.core.training import make_dataset, pad_to
+from retain.core.training import LengthBatches, make_dataset, pad_to
 
 Tensors = dict[str, torch.Tensor]
 
@@ -108,6 +109,73 @@ class TextReservoir(ExemplarsBuffer):
         self.max_size = new_size
         self.reservoir.resize(strategy, new_size)
         self._rows = None
+
+
+class MixedLengthBatches(LengthBatches):
+    """Every epoch: all the new rows, and past rows drawn from a pool until they hold
+    ``pool_tokens`` tokens, batched by similar length like the new rows alone.
+
+    The pool is drawn in a fresh random order, cycled: over epochs and updates
+    every buffered item comes back before any comes back twice.
+    """
+
+    def __init__(self, new_lengths: list[int], pool_lengths: list[int], pool_tokens: float, batch_size: int,
+                 seed: int, on_drawn: Callable[[int], None]):
+        super().__init__([*new_lengths, *pool_lengths], batch_size, seed)
+        self.n_new, self.pool_tokens, self.on_drawn = len(new_lengths), pool_tokens, on_drawn
+        self.queue: list[int] = []
+
+    def draw(self) -> list[int]:
+        pool = len(self.lengths) - self.n_new
+        chosen, tokens = [], 0
+        while tokens < self.pool_tokens and len(chosen) < 100 * pool:
+            if not self.queue:
+                self.queue = torch.randperm(pool, generator=self.generator).tolist()
+            i = self.n_new + self.queue.pop()
+            chosen.append(i)
+            tokens += self.lengths[i]
+        self.on_drawn(tokens)
+        return chosen
+
+    def epoch_rows(self) -> list[int]:
+        return [*range(self.n_new), *self.draw()]
+
+    def __len__(self) -> int:
+        pool = self.lengths[self.n_new:]
+        expected = round(self.pool_tokens / (sum(pool) / len(pool))) if pool else 0
+        return self.batches_for(self.n_new + expected)
+
+
+class TokenShareReplay(SupervisedPlugin):
+    """Replay by tokens: the update's loader holds the new rows and, each epoch, past rows
+    holding ``share`` of the epoch's tokens, mixed in length-bucketed batches.
+
+    avalanche-lib's ReplayPlugin adds a fixed number of replayed *rows* to every batch
+    (ReplayDataLoader); for text that weighs a one-line item like a page, and ties the
+    replayed amount to the batch size. This plugin swaps in the loader the same way
+    (``before_training_exp``) and updates the storage as ReplayPlugin does.
+    """
+
+    def __init__(self, storage: "TextReservoir", share: float, on_replayed: Callable[[int], None]):
+        super().__init__()
+        self.storage, self.share, self.on_replayed = storage, share, on_replayed
+
+    def before_training_exp(self, strategy, **kwargs):
+        memory = self.storage.buffer
+        if len(memory) == 0 or self.share <= 0:
+            return  # nothing learned before (a full training): the template's own loader
+        new = strategy.adapted_dataset
+        new_lengths = strategy.lengths if len(strategy.lengths or []) == len(new) else \
+            [int((new[i][1] != IGNORE_INDEX).sum()) for i in range(len(new))]
+        _, y = rows_of(memory)
+        pool_lengths = (y != IGNORE_INDEX).sum(1).tolist()
+        pool_tokens = self.share / (1 - self.share) * sum(new_lengths)
+        sampler = MixedLengthBatches(new_lengths, pool_lengths, pool_tokens, strategy.train_mb_size,
+                                     strategy.batch_seed(), self.on_replayed)
+        strategy.dataloader = strategy.loader(new.concat(memory), sampler)
+
+    def after_training_exp(self, strategy, **kwargs):
+        self.storage.post_adapt(strategy, strategy.experience)
 
 
 class ItemReplay(ReplayPlugin):

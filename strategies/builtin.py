@@ -18,6 +18,7 @@ from retain.strategies.memory import Agem, AgemOptions, Gem, GemOptions
 from retain.strategies.regularization import (Ewc, EwcOptions, Lwf, LwfOptions, Mas, MasOptions, Si,
                                               SiOptions)
 from retain.strategies.replay import Replay, ReplayOptions
+from retain.strategies.rewarm import Rewarm, RewarmOptions
 
 
 @dataclass
@@ -57,7 +58,8 @@ class LowLr(Strategy):
 
 
 BUILTIN = [
-    ("naive", Naive, NaiveOptions), ("low_lr", LowLr, LowLrOptions), ("replay", Replay, ReplayOptions),
+    ("naive", Naive, NaiveOptions), ("low_lr", LowLr, LowLrOptions), ("rewarm", Rewarm, RewarmOptions),
+    ("replay", Replay, ReplayOptions),
     ("ewc", Ewc, EwcOptions), ("lwf", Lwf, LwfOptions), ("si", Si, SiOptions), ("mas", Mas, MasOptions),
     ("agem", Agem, AgemOptions), ("gem", Gem, GemOptions), ("lora", Lora, LoraOptions),
 ]

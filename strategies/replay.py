@@ -1,4 +1,14 @@
-"""``replay``: rehearsal of past items, a reservoir sample of everything learned, kept in the model."""
+"""``replay``: rehearsal of past items, a reservoir sample of everything learned, kept in the model.
+
+Replay is measured in tokens, not rows: ``share`` is the part of the tokens an
+update trains on each epoch that comes from past items (0.5: as many old
+tokens as new). Rows of different lengths then weigh what they hold, and the
+replayed tokens are steps of the update like the new ones: they count in its
+schedule, its time and its report (``counts.replay_tokens``).
+
+The full training records a buffer of base items by default
+(``full_training.record: [replay]``), so the first update already replays them.
+"""
 
 from __future__ import annotations
 
@@ -12,17 +22,22 @@ from retain.core.strategy import Strategy
 @dataclass
 class ReplayOptions:
     buffer_size: int = 500   # past items kept in the model directory (texts)
-    ratio: float = 0.5       # replayed sequences per new sequence in each batch
+    share: float = 0.5       # share of each epoch's tokens replayed from past items (0.5: 1 old : 1 new)
 
     def __post_init__(self):
         if self.buffer_size < 1:
             raise ConfigError(f"config key 'options.replay.buffer_size': must be >= 1, got {self.buffer_size}")
-        if self.ratio <= 0:
-            raise ConfigError(f"config key 'options.replay.ratio': must be > 0, got {self.ratio}")
+        if not 0 <= self.share < 1:
+            raise ConfigError(f"config key 'options.replay.share': must be in [0, 1), got {self.share}")
+
+    @property
+    def per_new(self) -> float:
+        """Replayed units per new one (tokens for text, rows for other data): share 0.5 -> 1."""
+        return self.share / (1 - self.share)
 
 
 class Replay(Strategy):
-    """Rehearsal: each batch mixes in past items, a reservoir sample of all learned items kept in the model."""
+    """Rehearsal: a share of each update's tokens replays past items, a reservoir sample kept in the model."""
 
     name = "replay"
 
@@ -41,7 +56,7 @@ class Replay(Strategy):
 
     def avalanche_plugins(self, run) -> list:
         from retain.core.training import make_dataset, pad_to
-        from retain.strategies.adapters import ItemReplay, TextReservoir
+        from retain.strategies.adapters import TextReservoir, TokenShareReplay
 
         # Same width as the experience's rows (fit pads them to max_seq_length), so they mix.
         width, pad_id = run.settings.max_seq_length, run.lm.pad_id
@@ -50,11 +65,12 @@ class Replay(Strategy):
             rows = run.lm.encode(texts, width)
             return make_dataset(*pad_to(rows.x, rows.y, width, pad_id))
 
+        def replayed(tokens: int) -> None:
+            run.counts["replay_tokens"] = run.counts.get("replay_tokens", 0) + tokens
+
         self.storage = TextReservoir(self.options.buffer_size, lambda: [it.text for it in run.items],
                                      encode, self.texts, self.keys)
-        per_batch = max(1, round(self.options.ratio * run.settings.batch_size))
-        return [ItemReplay(mem_size=self.options.buffer_size, batch_size_mem=per_batch,
-                           storage_policy=self.storage)]
+        return [TokenShareReplay(self.storage, self.options.share, replayed)]
 
     def state_dict(self) -> dict[str, Any]:
         if self.storage is not None:

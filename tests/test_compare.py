@@ -200,15 +200,17 @@ def test_cli_text_compare_end_to_end(base_model, old_texts, new_texts, tmp_path)
     old = write_jsonl(tmp_path / "old.jsonl", old_texts[:60])  # full_retrain's base data: kept small
     out = tmp_path / "out"
     result = CliRunner().invoke(app, [
-        "compare", "--strategies", "naive,low_lr,replay,ewc,lwf,full_retrain", "--model", str(base_model),
+        "compare", "--strategies", "naive,low_lr,replay,ewc,lwf,full_retrain,full_retrain_keep", "--model",
+        str(base_model),
         "--data", str(day1), "--data", str(day2), "--base-data", str(old), "--out", str(out), "--json"])
     assert result.exit_code == 0, result.output
     res = json.loads(result.stdout)
     assert [e["name"] for e in res["scenario"]["experiences"]] == ["base", "day1", "day2"]
     naive, low, full = (res["results"][s] for s in ("naive", "low_lr", "full_retrain"))
     stateful = [res["results"][s] for s in ("replay", "ewc", "lwf")]
-    # the base was trained with the default [low_lr]: compare says the stateful ones start without state
-    assert len(res["notes"]) == 1 and "without replay,ewc among its strategies" in res["notes"][0]
+    # the base was trained with the default config: it recorded a replay buffer (full_training.record)
+    # but no EWC importances; compare says ewc starts without the base's state
+    assert len(res["notes"]) == 1 and "without ewc among its strategies" in res["notes"][0]
     for r in (naive, low, full, *stateful):
         assert len(r["R"]) == 3 and all(len(row) == 3 for row in r["R"])
         assert r["R"][0] == naive["R"][0]  # every strategy starts from the same base model
@@ -217,6 +219,9 @@ def test_cli_text_compare_end_to_end(base_model, old_texts, new_texts, tmp_path)
     for r in (low, *stateful):
         assert [s["trained_hash"] for s in r["stages"]] == [s["trained_hash"] for s in naive["stages"]]
     assert full["stages"][0]["trained"] > naive["stages"][0]["trained"]
+    keep = res["results"]["full_retrain_keep"]  # the same data, the base's tokenizer: other numbers
+    assert [s["trained_hash"] for s in keep["stages"]] == [s["trained_hash"] for s in full["stages"]]
+    assert keep["R"][2] != full["R"][2]
     assert naive["R"][2] != low["R"][2]  # lr 1e-3 vs 1e-4: the strategies really differ
     # text: "old data" is the base model's held-out items, "new" the day just learned
     assert naive["old"] == [row[0] for row in naive["R"]] and naive["new"] == [None, *(naive["R"][i][i] for i in (1, 2))]
@@ -224,7 +229,7 @@ def test_cli_text_compare_end_to_end(base_model, old_texts, new_texts, tmp_path)
     # outputs
     assert (out / "results.json").is_file() and json.loads((out / "results.json").read_text())["strategies"]
     csv_lines = (out / "results.csv").read_text().splitlines()
-    assert csv_lines[0].startswith("strategy,") and len(csv_lines) == 7
+    assert csv_lines[0].startswith("strategy,") and len(csv_lines) == 8
     png = (out / "compare.png").read_bytes()
     width, height = _png_size(png)
     assert width > 800 and height > 600 and len(png) > 20_000
@@ -303,7 +308,7 @@ def test_split_digits_ewc_and_replay_match_avalanche_exactly():
     res = run_compare(CompareRequest(strategies="naive+ewc,naive+replay,lwf", scenario="split-digits",
                                      epochs=1, seed=3, overrides=[
                                          "options.ewc.ewc_lambda=100000.0", "options.replay.buffer_size=100",
-                                         "options.replay.ratio=1.0"]))
+                                         "options.replay.share=0.5"]))
     ewc = _avalanche_R(lambda **k: EWC(**k, ewc_lambda=1e5, mode="online", decay_factor=1.0), "class", 3, 1)
     replay = _avalanche_R(lambda **k: Naive(**k, plugins=[ReplayPlugin(
         mem_size=100, batch_size_mem=32, storage_policy=ReservoirSamplingBuffer(100))]), "class", 3, 1)

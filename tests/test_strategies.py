@@ -144,6 +144,17 @@ def _first_rows(lm, texts: list[str], width: int = 64) -> set[tuple]:
     return _sequences(x[first], y[first])
 
 
+def _all_rows(lm, texts: list[str], width: int = 64) -> set[tuple]:
+    rows = lm.encode(texts, width)
+    return _sequences(rows.x, rows.y)
+
+
+def _row_tokens(step: dict) -> list[tuple[int, tuple]]:
+    """(tokens, sequence) of each row of a recorded step."""
+    lengths = (step["y"] != IGNORE_INDEX).sum(1).tolist()
+    return [(n, tuple(row[:n].tolist())) for row, n in zip(step["x"], lengths)]
+
+
 def _batch_rows(probe: Probe) -> set[tuple]:
     return set().union(*(_sequences(step["x"], step["y"]) for step in probe.steps))
 
@@ -172,11 +183,18 @@ def test_replay_buffer_persists_across_updates_and_is_replayed(stateful_base, ol
     first, second = _clean(new_texts[:40]), _clean(new_texts[40:60])
     _update(stateful_base, first, tmp_path, "fine_tuning.strategy=replay,probe", pm=pm)
     tokenizer = load_version(ModelStore(stateful_base)).lm
-    # Each batch: 8 new sequences and 4 replayed ones (ratio 0.5), all of buffered items.
+    # Replayed rows are all of buffered items, and hold half of each epoch's tokens (share 0.5).
     rows = _batch_rows(plugin.probes[0])
     assert rows & _first_rows(tokenizer, base_buffer)
     assert not rows & (_first_rows(tokenizer, old_texts) - _first_rows(tokenizer, base_buffer))
-    assert max(len(s["x"]) for s in plugin.probes[0].steps) == 8 + 4
+    buffered = _all_rows(tokenizer, base_buffer)
+    replayed = sum(n for s in plugin.probes[0].steps for n, seq in _row_tokens(s) if seq in buffered)
+    total = sum(n for s in plugin.probes[0].steps for n, _ in _row_tokens(s))
+    report = json.loads((stateful_base / "versions" / "0002" / "report.json").read_text())
+    assert report["counts"]["replay_tokens"] == replayed
+    longest = max(n for s in plugin.probes[0].steps for n, _ in _row_tokens(s))
+    epochs = len(report["epoch_losses"])
+    assert abs(replayed - (total - replayed)) <= epochs * longest  # 1:1, to within a row per epoch
 
     after_first = _state(stateful_base, "0002", "replay")
     assert len(after_first["texts"]) == 40

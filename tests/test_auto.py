@@ -1,0 +1,127 @@
+"""retain update --auto: a budgeted search whose trials run in processes of their own."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from retain.cli import app
+from retain.core.config import load_config
+from retain.core.engine import Engine
+from retain.core.errors import UpdateRejected
+from retain.core.pluginmanager import make_plugin_manager
+from retain.core.store import ModelStore
+from retain.tune import auto_update, default_executor
+from retain.tune.search import winner
+from retain.tune.trial import run_trial
+
+from conftest import TINY, write_jsonl
+
+pytest.importorskip("optuna")
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+class Recording:
+    """An executor that keeps every spec it was given (and is one: submit returns a future)."""
+
+    def __init__(self, inner):
+        self.inner, self.specs = inner, []
+
+    def submit(self, fn, spec):
+        self.specs.append(spec)
+        return self.inner.submit(fn, spec)
+
+    def shutdown(self, **kw):
+        self.inner.shutdown(**kw)
+
+
+def test_budget_without_auto_is_a_usage_error(base_model, tmp_path):
+    result = CliRunner().invoke(app, ["update", "--model", str(base_model), "--data", str(tmp_path / "x.jsonl"),
+                                      "--budget", "0.2"])
+    assert result.exit_code == 3 and "--budget is the budget of --auto's search" in result.stderr
+
+
+def test_auto_spends_at_most_its_budget_and_commits_an_accepted_trial(base_model, new_texts, tmp_path):
+    store = ModelStore(base_model)
+    full = store.manifest("0001")["timings"]["train"]
+    data = write_jsonl(tmp_path / "new.jsonl", new_texts[:40])
+    sets = [f"--set={o}" for o in [*TINY, "fine_tuning.strategy=rewarm,replay", "tune.max_trials=12"]]
+    result = CliRunner().invoke(app, ["update", "--model", str(base_model), "--data", str(data), "--auto",
+                                      "--budget", "1.5", "--json", *sets])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    search = report["search"]
+    # The trials as they end, then their table and the winner, on the terminal (stderr under --json).
+    assert "6. Search (--auto)" in result.stderr and "trial 0: rewarm+replay, lr 0.001, 2 epochs" in result.stderr
+    assert f"--auto: {len(search['trials'])} trials" in result.stderr and "winner (*): trial" in result.stderr
+    assert search["budget_seconds"] == pytest.approx(1.5 * full)
+    spent = sum(t["seconds"] for t in search["trials"])
+    assert spent == pytest.approx(search["spent_seconds"]) and spent <= search["budget_seconds"]
+    assert 2 <= len(search["trials"]) < 12  # the budget, not max_trials, ended the search
+    # The prior first: the configured recipe, then the common-issues remedies.
+    first = search["trials"][0]["recipe"]
+    assert first["strategy"] == "rewarm" and first["replay_share"] == 0.5
+    assert search["trials"][1]["recipe"]["learning_rate"] == pytest.approx(first["learning_rate"] / 2)
+    # The winner was accepted and went through the normal save: version, ledger, manifest.
+    won = next(t for t in search["trials"] if t["number"] == search["winner"])
+    assert won["accepted"] and report["status"] == "accepted" and store.current() == "0002"
+    manifest = store.manifest("0002")
+    assert manifest["search"]["describe"] == won["describe"] and manifest["search"]["trials"] == len(search["trials"])
+    assert store.ledger.count(store.chain())["train"] > 0
+    history = CliRunner().invoke(app, ["history", "--model", str(base_model), "--json"])
+    row = json.loads(history.stdout)[-1]
+    assert row["search"]["recipe"] == won["recipe"]
+
+
+def test_the_winner_is_never_a_candidate_a_validator_failed():
+    accepted = {"number": 0, "accepted": True, "metrics": {"new_loss_after": 4.0}, "epoch_losses": [4.2]}
+    better_but_rejected = {"number": 1, "accepted": False, "metrics": {"new_loss_after": 3.0}, "epoch_losses": [3.1]}
+    broken = {"number": 2, "accepted": False, "error": "boom", "metrics": {}, "epoch_losses": []}
+    assert winner([better_but_rejected, broken, accepted])["number"] == 0
+    assert winner([better_but_rejected, broken])["number"] == 1  # saved as rejected, not made current
+    assert winner([broken]) is None
+
+
+def test_when_every_trial_fails_the_gate_nothing_becomes_current(base_model, new_texts, tmp_path, monkeypatch):
+    # A validator of a plugin module given to the engine (not installed) judges in the trials too.
+    monkeypatch.syspath_prepend(str(EXAMPLES / "perplexity-ceiling"))
+    import retain_perplexity_ceiling as ceiling
+
+    cfg = load_config(None, [*TINY, "validators=[finite,retention,perplexity_ceiling]",
+                             "options.perplexity_ceiling.max_new_perplexity=2", "tune.max_trials=2"])
+    engine = Engine(cfg, pm=make_plugin_manager(extra_plugins=[ceiling]))
+    with pytest.raises(UpdateRejected) as err:
+        auto_update(engine, [str(write_jsonl(tmp_path / "new.jsonl", new_texts[:40]))], base_model, budget=5.0)
+    report = err.value.report
+    trials = report["search"]["trials"]
+    assert len(trials) == 2 and all(not t["accepted"] and "perplexity_ceiling" in t["failed"] for t in trials)
+    store = ModelStore(base_model)
+    assert store.current() == "0001" and store.manifest("0002")["status"] == "rejected"
+    assert store.manifest("0002")["search"]["winner"] == report["search"]["winner"]
+
+
+def test_no_state_leaks_from_one_trial_to_the_next(base_model, new_texts, tmp_path):
+    executor = Recording(default_executor(1))
+    engine = Engine(load_config(None, [*TINY, "fine_tuning.strategy=rewarm,replay", "tune.max_trials=3"]))
+    try:
+        report = auto_update(engine, [str(write_jsonl(tmp_path / "new.jsonl", new_texts[:40]))], base_model,
+                             budget=50.0, executor=executor)
+        trials = report["search"]["trials"]
+        assert len(trials) == 3
+        # Trial 0 again, after two others ran on the same pool: the same candidate, to the bit.
+        again = dict(executor.specs[0], scratch=str(tmp_path / "again"))
+        result = executor.submit(run_trial, again).result()
+    finally:
+        executor.shutdown(wait=True)
+    assert result["metrics"]["new_loss_after"] == trials[0]["new_loss_after"]
+    assert result["metrics"]["retention_loss_after"] == trials[0]["retention_loss_after"]
+    # Each trial ran in a process of its own, from the parent's replay buffer plus its own items.
+    assert len({t["pid"] for t in trials} | {result["pid"]}) == 4
+    buffer = json.loads((tmp_path / "again" / "versions" / "0001" / "strategy" / "replay.json").read_text())
+    parent = json.loads((base_model / "versions" / "0001" / "strategy" / "replay.json").read_text())
+    learned = {d["text"] for d in executor.specs[0]["items"]}
+    assert set(buffer["texts"]) <= set(parent["texts"]) | learned
+

@@ -1,0 +1,346 @@
+"""``retain update --auto``: a budgeted search for the update's recipe, then one normal save.
+
+The parent process takes the lock, ingests the new data once (collect,
+preprocess, dedupe, hold out) and scores the parent version once on the
+retention set and the held-out new items. Then trials run, each a candidate
+update with one recipe (``tune/space.py``) in a process of its own
+(``tune/trial.py``), judged by the configured validators. Optuna's TPE sampler
+proposes the recipes after the prior (the configured recipe and the design
+document's common-issues remedies).
+
+The budget is a share (``--budget``, default ``tune.budget`` 0.1) of the last
+full training's measured training time (``timings.train`` in its manifest);
+the trials' training seconds are summed against it. Each trial gets nine
+tenths of what is left as its time limit (``fine_tuning.max_seconds``: its
+schedule is squeezed into the steps that fit, it stops in time and keeps its
+best epoch), and no trial starts once what is left is less than one epoch of
+the cheapest trial so far.
+
+The winner is the trial the gate accepted with the lowest held-out new-item
+loss; it is committed through ``core/commit.py`` like any update (ledger,
+lock, atomic rename), with every trial in its report (``report["search"]``)
+and the winning recipe in its manifest. When no trial passes the gate, the
+best one is saved as a rejected version and CURRENT stays, as for any
+rejected update (exit 10).
+
+The trials run on an executor (``concurrent.futures.Executor``: ``submit(fn,
+spec)`` returning a future); the default is a pool of fresh processes, one per
+trial. Trial input and output are plain data, so another executor (Ray) fits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import shutil
+import tempfile
+from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Executor, wait
+from pathlib import Path
+from typing import Any, Callable
+
+from retain.core.config import Config, apply_override, build_dataclass, parse_override
+from retain.core.errors import ConfigError, RetainError
+from retain.core.store import ModelStore
+
+from . import space
+from .trial import item_to_json, run_trial
+
+SAFETY = 0.9         # a trial's time limit is this share of what is left: room for a slow last step
+FAILED_PENALTY = 10.0  # nats added to a rejected trial's objective: the sampler learns to avoid it
+
+
+def default_executor(jobs: int) -> Executor:
+    """A pool of fresh processes, one per trial. On Linux they fork from a server that has
+    imported the training stack once (forkserver), so no trial pays avalanche-lib's import."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["retain.tune.trial", "retain.core.training"])
+    else:
+        context = multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(max_workers=jobs, mp_context=context, max_tasks_per_child=1)
+
+
+def budget_seconds(store: ModelStore, fraction: float) -> tuple[float, str]:
+    """(seconds the trials may train, the full training they are measured against)."""
+    from retain.core.retrain import last_full_training
+
+    root, _ = last_full_training(store, store.chain(store.current()))
+    seconds = store.manifest(root).get("timings", {}).get("train") if root else None
+    if not seconds:
+        raise ConfigError("--auto budgets its trials as a share of the last full training's measured training "
+                          f"time, and {store.root} records none (no full training in the current chain); "
+                          "update without --auto, or retrain with `retain train`")
+    return fraction * float(seconds), root
+
+
+def auto_update(engine, data: list[str], model_dir: str | Path, *, budget: float | None = None,
+                items=None, executor: Executor | None = None, dry_run: bool = False, wait_lock: float = 0.0,
+                advise: bool = False, on_trial: Callable[[dict, dict], None] | None = None) -> dict:
+    """One ``retain update --auto``; returns the update's report (``report["search"]``: the trials).
+
+    ``executor``: where trials run (default: ``default_executor(tune.jobs)``, shut down after).
+    ``on_trial(result, search)``: called as each trial ends (the CLI prints a line).
+    """
+    from retain.core.gate import raise_if_rejected
+    from retain.core.run import FINE_TUNING
+
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        raise ConfigError("--auto searches with Optuna, which is not installed: pip install 'retain[auto]'") from None
+    config = engine.config
+    fraction = config.tune.budget if budget is None else budget
+    if not 0 < fraction:
+        raise ConfigError(f"--budget must be > 0 (a share of the full training's time), got {fraction}")
+    store = ModelStore(model_dir)
+    store.current()
+    seconds, root = budget_seconds(store, fraction)
+    with engine.listening(), (contextlib.nullcontext() if dry_run else store.lock(wait=wait_lock)):
+        if not dry_run:
+            engine.recover(store)
+        run = engine.start(FINE_TUNING, store, store.current(), dry_run=dry_run)
+        with engine.strategies_registered(run):
+            engine.ingest(run, store, data, items)
+            if run.items:
+                engine.tokenize(run)
+                engine.evaluate_before(run, store)
+        if dry_run:
+            store.ledger.close()
+        if not run.items:
+            report = run.report()
+        else:
+            search = {"budget": fraction, "budget_seconds": seconds, "full_training": root,
+                      "full_training_seconds": seconds / fraction}
+            results = run_search(run, engine, search, executor, on_trial)
+            report = commit_winner(run, engine, store, search, results, dry_run)
+        if advise:
+            engine.advise(run, store, report)
+    return raise_if_rejected(report, store)
+
+
+def run_search(run, engine, search: dict, executor: Executor | None, on_trial) -> list[dict]:
+    """Trials until the budget, ``tune.max_trials`` or the prior and sampler run out."""
+    import optuna
+
+    config = engine.config
+    tune = config.tune
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=config.seed))
+    for recipe in space.prior(config):
+        study.enqueue_trial(recipe.to_json())
+    scratch = Path(tempfile.mkdtemp(prefix="retain-auto-"))
+    search.update(spent_seconds=0.0, trials=[], scratch=str(scratch))
+    own = executor is None
+    executor = executor or default_executor(tune.jobs)
+    pending: dict[Any, tuple[Any, float]] = {}
+    results: list[dict] = []
+    broken = False
+    try:
+        while not broken or pending:
+            while not broken and len(pending) < tune.jobs and len(results) + len(pending) < tune.max_trials:
+                reserved = sum(limit for _, limit in pending.values())
+                left = search["budget_seconds"] - search["spent_seconds"] - reserved
+                if not startable(left, results):
+                    break
+                trial = study.ask()
+                recipe = space.suggest(trial, config)
+                limit = SAFETY * left / (tune.jobs - len(pending))
+                spec = trial_spec(run, engine, recipe, trial.number, limit,
+                                  scratch / f"trial-{trial.number:03d}")
+                try:
+                    pending[executor.submit(run_trial, spec)] = (trial, spec["limit_seconds"])
+                except BrokenExecutor as exc:  # a worker died (killed, out of memory): no more trials
+                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                    results.append(finished_with(trial, spec["limit_seconds"], f"{type(exc).__name__}: {exc}"))
+                    search["trials"].append(summary(results[-1]))
+                    broken = True
+                    break
+            if not pending:
+                break
+            done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+            for future in done:
+                trial, limit = pending.pop(future)
+                result = finished(future, trial, limit)
+                search["spent_seconds"] += result["seconds"]
+                results.append(result)
+                search["trials"].append(summary(result))
+                if result.get("error"):
+                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                else:
+                    study.tell(trial, objective(result))
+                if on_trial is not None:
+                    on_trial(result, search)
+    finally:
+        if own:
+            executor.shutdown(wait=True, cancel_futures=True)
+    return results
+
+
+def startable(left: float, results: list[dict]) -> bool:
+    """Start another trial? Always the first; then only with at least one epoch of the
+    cheapest trial so far left in the budget."""
+    if not results:
+        return left > 0
+    per_epoch = [r["seconds"] / max(1, len(r["epoch_losses"])) for r in results if r.get("epoch_losses")]
+    return left >= (min(per_epoch) if per_epoch else 0.0) and left > 0
+
+
+def trial_spec(run, engine, recipe: space.Recipe, number: int, limit: float, scratch: Path) -> dict:
+    """Everything a trial needs, as plain data."""
+    import torch
+
+    data = copy.deepcopy(run.config.to_dict())
+    for text in [*recipe.overrides(), f"fine_tuning.max_seconds={limit!r}"]:
+        key, value = parse_override(text)
+        apply_override(data, key, value)
+    build_dataclass(Config, data)  # a recipe that does not make a valid config fails here, not in a worker
+
+    def scores(t):
+        return None if t is None else t.tolist()
+
+    jobs = max(1, engine.config.tune.jobs)
+    return {
+        "number": number, "recipe": recipe.to_json(), "config": data, "model_dir": str(run.model_dir),
+        "parent": run.parent, "device": engine.device_name, "threads": max(1, torch.get_num_threads() // jobs),
+        "items": [item_to_json(it) for it in run.items], "holdout": [item_to_json(it) for it in run.holdout],
+        "counts": dict(run.counts), "retention_texts": list(run.retention_texts), "new_texts": list(run.new_texts),
+        "before": {"retention": scores(run.before.retention), "new": scores(run.before.new)},
+        "evaluate_seconds": run.timings.get("evaluate_before", 0.0), "limit_seconds": limit,
+        "scratch": str(scratch), "plugins": plugin_modules(engine.pm),
+    }
+
+
+def plugin_modules(pm) -> list[str]:
+    """Plugin modules registered in ``pm`` besides the installed entry points (a plugin given
+    to ``make_plugin_manager(extra_plugins=...)``): a trial imports them by name, so they
+    judge and train there too. Plugin *objects* cannot travel; install them as a package."""
+    import types
+
+    installed = {id(plugin) for plugin, _ in pm.list_plugin_distinfo()}
+    return [p.__name__ for p in pm.get_plugins()
+            if isinstance(p, types.ModuleType) and id(p) not in installed and p.__name__ != "retain.core.hookspecs"]
+
+
+def finished(future, trial, limit: float) -> dict:
+    """A trial's result; a trial that raised is a failed trial, not a failed search."""
+    try:
+        return future.result()
+    except RetainError as exc:
+        error = str(exc)
+    except Exception as exc:  # a bug or a crash in the worker: reported, the search goes on
+        error = f"{type(exc).__name__}: {exc}"
+    return finished_with(trial, limit, error)
+
+
+def finished_with(trial, limit: float, error: str) -> dict:
+    return {"number": trial.number, "recipe": dict(trial.params), "accepted": False, "error": error,
+            "seconds": 0.0, "limit_seconds": limit, "metrics": {}, "verdicts": [], "epoch_losses": []}
+
+
+def objective(result: dict) -> float:
+    """Lower is better: the held-out new items' loss (training loss without them), plus a
+    penalty when the gate rejected the candidate."""
+    m = result["metrics"]
+    value = m.get("new_loss_after")
+    if value is None:
+        value = (result["epoch_losses"] or [float("inf")])[-1]
+    return float(value) + (0.0 if result["accepted"] else FAILED_PENALTY)
+
+
+def summary(result: dict) -> dict:
+    """One trial's line in the report: recipe, numbers, verdict."""
+    m = result.get("metrics", {})
+    failed = [v["validator"] for v in result.get("verdicts", []) if v["status"] == "fail"]
+    return {"number": result["number"], "recipe": result["recipe"],
+            "describe": space.Recipe(**result["recipe"]).describe() if not result.get("error") else "",
+            "accepted": result["accepted"], "failed": failed, "error": result.get("error"),
+            "seconds": result["seconds"], "limit_seconds": result.get("limit_seconds"),
+            "epochs_trained": len(result.get("epoch_losses", [])),
+            "best_epoch": (result.get("early_stopping") or {}).get("best_epoch"),
+            "new_loss_before": m.get("new_loss_before"), "new_loss_after": m.get("new_loss_after"),
+            "retention_loss_before": m.get("retention_loss_before"),
+            "retention_loss_after": m.get("retention_loss_after"), "drift_after": m.get("drift_after"),
+            "pid": result.get("pid")}
+
+
+def winner(results: list[dict]) -> dict | None:
+    """The accepted trial with the best objective; else the best of those that ran (rejected)."""
+    ran = [r for r in results if not r.get("error")]
+    if not ran:
+        return None
+    return min(ran, key=lambda r: (not r["accepted"], objective(r)))
+
+
+def commit_winner(run, engine, store: ModelStore, search: dict, results: list[dict], dry_run: bool) -> dict:
+    """The winning candidate, saved through ``core/commit.py`` like any update's."""
+    from retain.core.errors import UpdateRejected
+
+    best = winner(results)
+    try:
+        if best is None:
+            errors = "; ".join(r["error"] for r in results if r.get("error"))
+            raise UpdateRejected(f"--auto: no trial produced a candidate ({errors or 'the budget allowed none'}); "
+                                 "the current model is unchanged", {**run.report(), "search": search})
+        search["winner"] = best["number"]
+        search["recipe"] = best["recipe"]
+        search["describe"] = space.Recipe(**best["recipe"]).describe()
+        candidate = candidate_run(run, engine, best, search)
+        announce_verdicts(engine, candidate)
+        if dry_run:
+            info = {"status": "dry_run", "version": None, "accepted": candidate.accepted}
+            engine.pm.hook.step_started(run=candidate, step="save")
+            engine.pm.hook.step_finished(run=candidate, step="save", info=info, seconds=0.0)
+            return {**candidate.report(), "status": "dry_run", "gate": "accepted" if candidate.accepted else "rejected"}
+        return engine.commit(candidate, store)
+    finally:
+        shutil.rmtree(search.pop("scratch"), ignore_errors=True)
+
+
+def announce_verdicts(engine, run) -> None:
+    """The winner's ``validate`` step, told to the listeners as ``retain update`` tells it
+    (the trial judged it in its own process, where nobody listens)."""
+    hook = engine.pm.hook
+    hook.step_started(run=run, step="validate")
+    hook.verdicts_given(run=run, verdicts=run.verdicts, next_steps=run.next_steps)
+    hook.step_finished(run=run, step="validate", seconds=run.timings.get("validate", 0.0),
+                       info={"metrics": run.metrics, "verdicts": [v.to_json() for v in run.verdicts],
+                             "next_steps": run.next_steps})
+
+
+def candidate_run(run, engine, result: dict, search: dict):
+    """A ``Run`` holding the winning trial's candidate, ready for ``Engine.commit``."""
+    from retain.core import evaluation
+    from retain.core.models import load_version
+    from retain.core.run import Run
+    from retain.core.strategy import TrainSettings, build_strategies
+    from retain.core.validation import Verdict
+
+    data = copy.deepcopy(run.config.to_dict())
+    for text in space.Recipe(**result["recipe"]).overrides():
+        key, value = parse_override(text)
+        apply_override(data, key, value)
+    config = build_dataclass(Config, data)  # the winner's recipe, without the trial's time limit
+    loaded = load_version(ModelStore(result["candidate"]), "0001", device=run.device, registry=engine.registry)
+    out = Run(run.id, run.kind, config, run.model_dir, parent=run.parent, device=run.device, base=run.base,
+              precision=run.precision)
+    out.lm = loaded.lm
+    out.strategies = build_strategies(engine.registry, config, loaded)
+    out.items, out.holdout, out.rejects, out.skipped = run.items, run.holdout, run.rejects, run.skipped
+    out.counts = dict(result["counts"])
+    out.retention_texts, out.new_texts, out.before = run.retention_texts, run.new_texts, run.before
+    out.retention, out.drift = run.retention, run.drift  # the pool and drift reference the trials used
+    out.settings = TrainSettings(**result["settings"])
+    # Per-item losses of the winner, which the version stores (its retention pool, its held-out
+    # items' losses): the trial's process sent back only their means.
+    out.after = evaluation.score_candidate(out)
+    out.epoch_losses, out.oom_retries = list(result["epoch_losses"]), list(result["oom_retries"])
+    out.metrics, out.next_steps = dict(result["metrics"]), list(result["next_steps"])
+    out.verdicts = [Verdict(**v) for v in result["verdicts"]]
+    out.early_stopping = result["early_stopping"]
+    out.timings = {**{k: v for k, v in run.timings.items() if k not in result["timings"]}, **result["timings"],
+                   "search": search["spent_seconds"]}
+    out.search = {k: v for k, v in search.items() if k != "scratch"}
+    return out

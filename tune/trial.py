@@ -1,0 +1,106 @@
+"""One ``--auto`` trial: a candidate update with one recipe, in a process of its own.
+
+``run_trial(spec) -> result`` takes and returns plain data (JSON-able dicts and
+lists), so any executor can run it: a process pool here, Ray tasks at scale.
+The trial loads the parent version from the model directory (its weights and
+its strategies' state, read only), trains on the items the parent process
+ingested, and is judged by the configured validators exactly as
+``retain update`` judges a candidate. Its candidate (weights, tokenizer,
+strategy state) is written as a version of a scratch model directory, which the
+search commits through the normal save path if it wins.
+
+Nothing survives from one trial to the next: each starts from the files of
+the parent version and the seed, and (with the default pool) in a fresh process.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict
+from typing import Any
+
+
+def item_to_json(item) -> dict[str, Any]:
+    return {"text": item.text, "source": item.source, "file": item.file, "line": item.line, "meta": item.meta}
+
+
+def preload() -> None:
+    """What every trial imports (a pool's processes do it before the clock starts)."""
+    import retain.core.training  # noqa: F401  (avalanche-lib: seconds to import)
+
+
+def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
+    """Train and judge one candidate; see ``search.trial_spec`` for ``spec``'s keys."""
+    import torch
+
+    from retain.core.config import Config, build_dataclass
+    from retain.core.engine import Engine
+    from retain.core.evaluation import Scores
+    from retain.core.items import Item
+    from retain.core.run import FINE_TUNING
+    from retain.core.store import ModelStore
+
+    preload()
+    started = time.perf_counter()
+    torch.set_num_threads(spec["threads"])
+    config = build_dataclass(Config, spec["config"])
+    pm = None
+    if spec.get("plugins"):
+        import importlib
+
+        from retain.core.pluginmanager import make_plugin_manager
+
+        pm = make_plugin_manager(extra_plugins=[importlib.import_module(name) for name in spec["plugins"]])
+    engine = Engine(config, pm=pm, device=spec["device"])
+    store = ModelStore(spec["model_dir"])
+    # A dry run: the trial writes nothing to the model directory (the search owns its lock).
+    run = engine.start(FINE_TUNING, store, spec["parent"], dry_run=True)
+    run.items = [Item(**d) for d in spec["items"]]
+    run.holdout = [Item(**d) for d in spec["holdout"]]
+    run.counts = dict(spec["counts"])
+    run.retention_texts, run.new_texts = list(spec["retention_texts"]), list(spec["new_texts"])
+    before = spec["before"]
+    run.before = Scores(*(torch.tensor(before[k], dtype=torch.float64) if before[k] is not None else None
+                          for k in ("retention", "new")))
+    run.drift = _drift(store, spec["parent"], config, run.retention_texts)
+    run.timings["evaluate_before"] = spec["evaluate_seconds"]  # the parent's: the same texts were scored
+    with engine.strategies_registered(run):
+        engine.train_and_judge(run, store)
+    candidate = save_candidate(run, spec["scratch"])
+    return {
+        "number": spec["number"], "recipe": spec["recipe"], "accepted": run.accepted,
+        "seconds": run.timings["train"], "wall_seconds": time.perf_counter() - started,
+        "limit_seconds": spec["limit_seconds"], "metrics": run.metrics,
+        "verdicts": [v.to_json() for v in run.verdicts], "next_steps": run.next_steps,
+        "epoch_losses": run.epoch_losses, "settings": asdict(run.settings), "counts": run.counts,
+        "early_stopping": run.early_stopping, "oom_retries": run.oom_retries, "timings": run.timings,
+        "candidate": candidate, "pid": os.getpid(),
+    }
+
+
+def _drift(store, parent: str, config, retention_texts: list[str]):
+    """The same drift reference as the update's own (``core/drift.py``): same sample, same seed."""
+    from retain.core import drift
+
+    return drift.baseline(store, parent, config.validation.eval_min_items, config.seed, retention_texts)
+
+
+def save_candidate(run, scratch: str) -> str:
+    """The candidate as version 0001 of a scratch model directory: weights, tokenizer and each
+    strategy's state, checksummed like any version (``core/store.py``)."""
+    from retain.core.store import ModelStore
+    from retain.core.strategy import write_state
+
+    store = ModelStore(scratch)
+    writer = store.begin_version()
+    try:
+        entry = run.lm.save(writer)
+        for strategy in run.strategies:
+            write_state(writer, strategy)
+        writer.finish({"model": entry, "architecture": entry.get("architecture"), "kind": "candidate",
+                       "status": "candidate", "parent": run.parent})
+    except BaseException:
+        writer.abandon()
+        raise
+    return scratch
