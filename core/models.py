@@ -74,9 +74,11 @@ def model_entry(manifest: dict) -> dict[str, Any]:
 
 
 def load_version(store: ModelStore, version: str | None = None, device=None,
-                 registry: Registry | None = None) -> LoadedVersion:
+                 registry: Registry | None = None, ancestors: ModelStore | None = None) -> LoadedVersion:
     """Load ``version`` (default: current) with its family; checksums verified, no pickle.
-    A model too big for memory is ``OutOfMemory`` (exit 11) with the remedy."""
+    A model too big for memory is ``OutOfMemory`` (exit 11) with the remedy. The versions an
+    adapter-only version builds on come from ``ancestors`` (default: ``store``): an ``--auto``
+    candidate lives alone in a scratch directory, its base in the model directory."""
     registry = registry or Registry.of(default_plugin_manager())
     version = version or store.current()
     manifest = store.manifest(version)
@@ -87,7 +89,7 @@ def load_version(store: ModelStore, version: str | None = None, device=None,
                          f"provides that family (installed: {known})")
     # A version holding only adapter weights loads the version it builds on through this.
     reader = VersionFiles(store, version, manifest,
-                          loader=lambda other: load_version(store, other, registry=registry).lm)
+                          loader=lambda other: load_version(ancestors or store, other, registry=registry).lm)
     with memory_for(f"loading version {version} ({_size(entry)})"):
         lm = family(registry, entry["family"]).load(reader, entry)
         if device is not None:

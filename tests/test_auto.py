@@ -125,3 +125,20 @@ def test_no_state_leaks_from_one_trial_to_the_next(base_model, new_texts, tmp_pa
     learned = {d["text"] for d in executor.specs[0]["items"]}
     assert set(buffer["texts"]) <= set(parent["texts"]) | learned
 
+
+
+def test_a_second_auto_update_builds_on_the_first(base_model, new_texts, tmp_path):
+    # The winner's candidate lives alone in a scratch directory; its manifest names a parent
+    # that exists only in the model directory (0002 on the second day): reading its strategy
+    # state must not walk a chain there (it crashed on every --auto after the first).
+    engine = Engine(load_config(None, [*TINY, "fine_tuning.strategy=rewarm,replay", "tune.max_trials=2"]))
+    for day, texts in enumerate((new_texts[:20], new_texts[20:40])):
+        auto_update(engine, [str(write_jsonl(tmp_path / f"day{day}.jsonl", texts))], base_model, budget=50.0)
+    store = ModelStore(base_model)
+    assert store.current() == "0003" and store.manifest("0003")["parent"] == "0002"
+    # The second winner's replay buffer continued the first's: day 0's items are still in it.
+    buffer = json.loads((base_model / "versions" / "0003" / "strategy" / "replay.json").read_text())
+    first = json.loads((base_model / "versions" / "0002" / "strategy" / "replay.json").read_text())
+    assert set(first["texts"]) - set(json.loads((base_model / "versions" / "0001" / "strategy"
+                                                  / "replay.json").read_text())["texts"])
+    assert set(buffer["texts"]) & (set(first["texts"]) & set(new_texts[:20]))

@@ -315,7 +315,7 @@ def candidate_run(run, engine, result: dict, search: dict):
     from retain.core import evaluation
     from retain.core.models import load_version
     from retain.core.run import Run
-    from retain.core.strategy import TrainSettings, build_strategies
+    from retain.core.strategy import TrainSettings, latest_state
     from retain.core.validation import Verdict
 
     data = copy.deepcopy(run.config.to_dict())
@@ -323,11 +323,17 @@ def candidate_run(run, engine, result: dict, search: dict):
         key, value = parse_override(text)
         apply_override(data, key, value)
     config = build_dataclass(Config, data)  # the winner's recipe, without the trial's time limit
-    loaded = load_version(ModelStore(result["candidate"]), "0001", device=run.device, registry=engine.registry)
+    # The candidate is version 0001 of the trial's scratch directory, whose manifest names the
+    # parent in the model directory: its weights build on versions there (LoRA), and its strategy
+    # state is its own (the trial saved every strategy's), so no chain is walked in the scratch.
+    loaded = load_version(ModelStore(result["candidate"]), "0001", device=run.device, registry=engine.registry,
+                          ancestors=ModelStore(run.model_dir))
     out = Run(run.id, run.kind, config, run.model_dir, parent=run.parent, device=run.device, base=run.base,
               precision=run.precision)
     out.lm = loaded.lm
-    out.strategies = build_strategies(engine.registry, config, loaded)
+    out.strategies = [engine.registry.build("strategies", name, config) for name in config.fine_tuning.strategy]
+    for strategy in out.strategies:
+        strategy.load_state_dict(latest_state(loaded.reader, [loaded.version], strategy.name))
     out.items, out.holdout, out.rejects, out.skipped = run.items, run.holdout, run.rejects, run.skipped
     out.counts = dict(result["counts"])
     out.retention_texts, out.new_texts, out.before = run.retention_texts, run.new_texts, run.before
