@@ -208,6 +208,8 @@ def _load(config: Optional[Path], sets: List[str], block: str, lr: Optional[floa
     overrides = list(sets)
     if lr is not None:
         overrides.append(f"{block}.learning_rate={lr}")
+        if block == "fine_tuning":  # the update's learning rate, also where rewarm peaks
+            overrides.append(f"options.rewarm.peak_lr={lr}")
     if epochs is not None:
         overrides.append(f"{block}.epochs={epochs}")
     if batch_size is not None:
@@ -271,7 +273,7 @@ def train(
 def update(
     data: List[str] = DataOpt, model: Path = ModelOpt, config: Optional[Path] = ConfigOpt,
     set_: List[str] = typer.Option([], "--set", help="Override a config value (repeatable)."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="fine_tuning.learning_rate"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="the update's learning rate: fine_tuning.learning_rate and rewarm's peak (options.rewarm.peak_lr)"),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="fine_tuning.epochs"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="fine_tuning.batch_size"),
     strategy: Optional[str] = typer.Option(None, "--strategy", help="e.g. low_lr or replay,ewc"),

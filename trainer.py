@@ -94,7 +94,7 @@ class ModelTrainer:
         if isinstance(strategy, str):
             strategy = [s.strip() for s in strategy.split(",") if s.strip()]
         config = with_values(self.config, {"fine_tuning.epochs": epochs, "fine_tuning.learning_rate": lr,
-                                           "fine_tuning.strategy": strategy})
+                                           "options.rewarm.peak_lr": lr, "fine_tuning.strategy": strategy})
         engine = self._engine(config) if config != self.config else self.engine
         items, rejects = python_items(_as_items(new_data))
         self._check_rejects(rejects)

@@ -58,11 +58,15 @@ class EarlyStoppingConfig:
 class FineTuningConfig:
     """The design document's FINE_TUNING block: an update on new data only."""
 
+    # low_lr's rate (the design document's 1e-4); rewarm's peak is options.rewarm.peak_lr, naive's
+    # the full training's. --lr and ModelTrainer.fine_tune(lr=) set this and rewarm's peak.
     learning_rate: float = 0.0001
     epochs: int = 3
     batch_size: int = 8
     max_seq_length: int = 512
-    strategy: list[str] = field(default_factory=lambda: ["low_lr"])
+    # The default was chosen by measurement (BENCHMARKS.md, "Update recipes against a full
+    # retrain"): re-warm to the full training's peak, re-decay, and replay old tokens.
+    strategy: list[str] = field(default_factory=lambda: ["rewarm", "replay"])
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     max_seconds: float = 0.0   # stop training after this many seconds, keeping the best epoch (0: no limit)
 

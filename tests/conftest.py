@@ -20,6 +20,11 @@ TINY = [
 ]
 
 
+def lr(value) -> list[str]:
+    """The overrides ``retain update --lr VALUE`` makes: low_lr's rate and rewarm's peak."""
+    return [f"fine_tuning.learning_rate={value}", f"options.rewarm.peak_lr={value}"]
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _one_torch_thread():
     # Tiny models: on a busy 2-core machine a second intra-op thread costs far more than

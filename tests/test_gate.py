@@ -21,7 +21,7 @@ from retain.core.store import HOLDOUT, WEIGHTS, ModelStore, sha256_file
 from retain.core.strategy import TrainSettings
 from retain.core.validation import Evidence
 
-from conftest import TINY, write_jsonl
+from conftest import TINY, write_jsonl, lr
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 SETS = [arg for o in TINY for arg in ("--set", o)]
@@ -226,7 +226,7 @@ def test_rejected_and_user_error_exit_codes_differ(base_model, tmp_path):
 def test_learning_rate_too_low_is_rejected_with_raise_remedy(base_model, new_texts, tmp_path):
     data = write_jsonl(tmp_path / "new.jsonl", new_texts[:40])
     with pytest.raises(UpdateRejected) as err:
-        Engine(load_config(None, [*TINY, "fine_tuning.learning_rate=1e-9"])).update([str(data)], base_model)
+        Engine(load_config(None, [*TINY, *lr(1e-9)])).update([str(data)], base_model)
     report = err.value.report
     failed = [v["validator"] for v in report["verdicts"] if v["status"] == "fail"]
     assert failed == ["learning"]
@@ -259,7 +259,7 @@ def test_out_of_memory_retries_with_half_the_batch_size_from_the_original_weight
     store = ModelStore(base_model)
     original = {k: v.clone() for k, v in load_version(store).model.state_dict().items()}
     oom = OutOfMemoryAboveFour(original)
-    engine = Engine(load_config(None, [*TINY, "fine_tuning.batch_size=8", "fine_tuning.learning_rate=0.003"]),
+    engine = Engine(load_config(None, [*TINY, "fine_tuning.batch_size=8", *lr(0.003)]),
                     pm=make_plugin_manager(extra_plugins=[oom]))
     report = engine.update([str(write_jsonl(tmp_path / "new.jsonl", new_texts[:40]))], base_model)
 

@@ -12,7 +12,7 @@ from retain.core.models import load_version
 from retain.core.pluginmanager import make_plugin_manager
 from retain.core.store import ModelStore
 
-from conftest import TINY, write_jsonl
+from conftest import TINY, write_jsonl, lr
 
 
 class Recorder:
@@ -66,7 +66,7 @@ def test_training_penalty_terms_are_added_to_the_loss(base_model, new_texts, tmp
     free_dir = tmp_path / "free"
     shutil.copytree(base_model, free_dir)
     # the anchored run barely learns, by design: only the finite check gates it
-    sets = [*TINY, "fine_tuning.learning_rate=0.003", "validators=[finite]"]
+    sets = [*TINY, *lr(0.003), "validators=[finite]"]
     Engine(load_config(None, sets)).update(data, free_dir)
     Engine(load_config(None, sets), pm=make_plugin_manager(extra_plugins=[Anchor()])).update(data, base_model)
     assert _drift(base_model) < 0.5 * _drift(free_dir)

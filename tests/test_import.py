@@ -20,7 +20,7 @@ from retain.core.engine import Engine
 from retain.core.models import load_version
 from retain.core.store import ModelStore
 
-from conftest import TINY, write_jsonl
+from conftest import TINY, write_jsonl, lr
 
 
 def logits(lm, text="An item to compare the logits of two models on."):
@@ -156,7 +156,7 @@ def test_the_python_family_imports_a_users_own_model_class(tmp_path, monkeypatch
         assert torch.equal(lm.module(ids), theirs(ids))
     assert lm.module.inner.head.weight is lm.module.inner.embed.weight
     update = Engine(load_config(None, [*TINY, "validators=[finite,loss_trend]", "fine_tuning.strategy=[replay]",
-                                       "fine_tuning.learning_rate=0.003"])).update(
+                                       *lr(0.003)])).update(
         [str(write_jsonl(tmp_path / "n.jsonl", new_texts[:20]))], tmp_path / "m")
     assert update["status"] == "accepted" and update["metrics"]["new_loss_after"] < update["metrics"]["new_loss_before"]
     assert len(lm.generate(["The"], max_new_tokens=5, temperature=1.0, seed=0)[0].tokens) <= 5

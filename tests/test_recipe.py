@@ -83,15 +83,14 @@ def test_rewarm_with_replay_rises_to_the_full_training_peak_and_ends_at_the_floo
 
 
 def test_a_default_full_training_records_a_replay_buffer_every_later_update_finds(tmp_path, old_texts, new_texts):
-    # `retain train` with the default config and no --strategy: the buffer is there anyway.
-    cfg = load_config(None, TINY)
-    assert "replay" not in cfg.fine_tuning.strategy
+    # `retain train` with a config whose updates do not replay: the buffer is recorded anyway.
+    cfg = load_config(None, [*TINY, "fine_tuning.strategy=low_lr"])
     model = tmp_path / "model"
     Engine(cfg).train([str(write_jsonl(tmp_path / "old.jsonl", old_texts[:120]))], model)
     store = ModelStore(model)
     assert store.manifest("0001")["files"].get("strategy/replay.json")
     # An update without replay does not carry the buffer; a later one with replay still finds it.
-    _update(model, new_texts[:20], tmp_path, "validators=[finite]")
+    _update(model, new_texts[:20], tmp_path, "fine_tuning.strategy=low_lr", "validators=[finite]")
     assert "strategy/replay.json" not in store.manifest("0002")["files"]
     report = _update(model, new_texts[20:40], tmp_path, "fine_tuning.strategy=rewarm,replay",
                      "validators=[finite]", name="second.jsonl")

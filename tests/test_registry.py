@@ -18,7 +18,7 @@ from retain.core.models import load_version
 from retain.core.errors import UpdateRejected
 from retain.core.store import HOLDOUT, TOKENIZER, WEIGHTS, ModelStore
 
-from conftest import TINY, write_jsonl
+from conftest import TINY, write_jsonl, lr
 
 SETS = [arg for o in TINY for arg in ("--set", o)]
 runner = CliRunner(env={"COLUMNS": "200"})
@@ -62,7 +62,7 @@ def _history(tmp_path_factory, _base_model, new_texts) -> tuple[Path, dict]:
     assert _update(model, write_jsonl(root / "a.jsonl", new_texts[:30]))["status"] == "accepted"
     digests["0002"] = _weights_digest(store)
     assert _update(model, write_jsonl(root / "b.jsonl", new_texts[30:45]),
-                   "fine_tuning.learning_rate=1.0")["status"] == "rejected"
+                   *lr(1.0))["status"] == "rejected"
     return model, digests
 
 
@@ -236,10 +236,11 @@ def test_status_recommends_retrain_when_architecture_or_tokenizer_changes(histor
 
 
 def test_status_recommends_retrain_after_cumulative_retention_drift(base_model, new_texts, tmp_path):
-    # Two updates at a high learning rate, each accepted by its gate (here: finiteness only).
+    # Two updates at a high learning rate without replay, each accepted by its gate (here:
+    # finiteness only).
     for i, chunk in enumerate((new_texts[:30], new_texts[30:60])):
-        report = _update(base_model, write_jsonl(tmp_path / f"{i}.jsonl", chunk),
-                         "fine_tuning.learning_rate=0.01", "fine_tuning.epochs=3", "validators=[finite]")
+        report = _update(base_model, write_jsonl(tmp_path / f"{i}.jsonl", chunk), "fine_tuning.strategy=low_lr",
+                         *lr(0.01), "fine_tuning.epochs=3", "validators=[finite]")
         assert report["status"] == "accepted"
     strict = ["--set", "retrain.max_retention_drift=0.03"]
     status = _json("status", "--model", base_model, *SETS, *strict)
@@ -257,7 +258,7 @@ def test_status_recommends_retrain_after_rejections_in_a_row(history_model, new_
     k2 = ["--set", "retrain.max_rejected_in_row=2"]
     assert not _check(_json("status", "--model", model, *SETS, *k2), "rejections")["retrain"]
     assert _update(model, write_jsonl(tmp_path / "d.jsonl", new_texts[45:60]),
-                   "fine_tuning.learning_rate=1.0")["status"] == "rejected"
+                   *lr(1.0))["status"] == "rejected"
     status = _json("status", "--model", model, *SETS, *k2)
     check = _check(status, "rejections")
     assert check["retrain"] and check["numbers"]["versions"] == ["0003", "0004"]

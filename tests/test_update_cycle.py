@@ -11,7 +11,7 @@ from retain.core.engine import Engine
 from retain.core.models import load_version
 from retain.core.store import ModelStore
 
-from conftest import TINY, write_jsonl
+from conftest import TINY, write_jsonl, lr
 
 
 def _update(model_dir, data_files, *extra):
@@ -20,7 +20,7 @@ def _update(model_dir, data_files, *extra):
 
 def test_update_lowers_new_data_loss_and_moves_current(base_model, new_texts, tmp_path):
     data = write_jsonl(tmp_path / "new.jsonl", new_texts[:40])
-    report = _update(base_model, [data], "fine_tuning.epochs=4", "fine_tuning.learning_rate=0.003")
+    report = _update(base_model, [data], "fine_tuning.epochs=4", *lr(0.003))
     m = report["metrics"]
     assert m["new_holdout_items"] >= 5
     assert m["new_loss_after"] < m["new_loss_before"] - 0.05
