@@ -57,9 +57,11 @@ RECIPES = {
     "naive+replay": (["naive", "replay"], []),
     "rewarm": (["rewarm"], []),
     "rewarm+replay": (["rewarm", "replay"], []),
+    "rewarm+replay 1ep": (["rewarm", "replay"], ["fine_tuning.epochs=1"]),
     "auto": (None, []),
 }
-DEFAULT_RECIPES = ["naive (no gate)", "naive", "low_lr", "naive+replay", "rewarm", "rewarm+replay", "auto"]
+DEFAULT_RECIPES = ["naive (no gate)", "naive", "low_lr", "naive+replay", "rewarm", "rewarm+replay",
+                   "rewarm+replay 1ep", "auto"]
 # Not in the default run (time), selectable with --recipes.
 MORE = {"ewc": (["naive", "ewc"], []), "lwf": (["naive", "lwf"], []), "replay+ewc": (["naive", "replay", "ewc"], []),
         "si": (["naive", "si"], []), "mas": (["naive", "mas"], []), "agem": (["naive", "agem"], []),
