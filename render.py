@@ -248,7 +248,7 @@ class ConsoleRenderer:
         trained = len(stop["epochs"])
         why = f"; stopped: {stop['stopped']}" if stop["stopped"] else ""
         kept = ("the last" if stop["best_epoch"] == trained else f"the best, epoch {stop['best_epoch']}")
-        self.say(f"  kept {kept} of {trained} epoch(s) (held-out new items' loss "
+        self.say(f"  kept {kept} of {plural(trained, 'epoch')} (held-out new items' loss "
                  f"{' -> '.join(fmt(e['new_loss']) for e in stop['epochs'])}){why}")
 
     def show_validate(self, run, info: dict[str, Any]) -> None:

@@ -27,6 +27,8 @@ from typing import Any, Callable
 import torch
 from avalanche.core import SupervisedPlugin
 
+from .wording import plural
+
 
 @dataclass
 class Epoch:
@@ -60,7 +62,7 @@ class Tracker:
             self.stopped = (f"epoch {epoch.epoch} failed {', '.join(epoch.failed)} after epoch "
                             f"{max(e.epoch for e in earlier if e.passed)} passed: a threshold was crossed")
         elif self._stalled():
-            self.stopped = (f"held-out new items did not improve for {self.patience} epoch(s) after "
+            self.stopped = (f"held-out new items did not improve for {plural(self.patience, 'epoch')} after "
                             f"epoch {self._best_new().epoch}")
         return is_best
 

@@ -134,7 +134,7 @@ def test_early_stopping_stops_when_a_threshold_is_crossed_and_prefers_accepted_e
     quiet = Tracker(patience=1, min_delta=0.01)
     quiet.see(Epoch(1, 4.0, None, True))
     quiet.see(Epoch(2, 3.99, None, True))              # less than 1% better: no improvement
-    assert "did not improve for 1 epoch(s) after epoch 1" in quiet.stopped and quiet.best.epoch == 2
+    assert "did not improve for 1 epoch after epoch 1" in quiet.stopped and quiet.best.epoch == 2
 
 
 def test_a_time_limit_stops_training_with_its_decay_landed_and_keeps_a_judged_epoch(base_model, new_texts,
