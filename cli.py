@@ -55,6 +55,16 @@ class RetainCommand(TyperCommand):
         return option
 
 
+def _ray_address(argv: list[str]) -> list[str]:
+    """``--ray`` takes an optional ADDRESS: given alone, it means a local Ray ("local")."""
+    out = []
+    for i, arg in enumerate(argv):
+        out.append(arg)
+        if arg == "--ray" and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
+            out.append("local")
+    return out
+
+
 class RetainGroup(TyperGroup):
     """The ``retain`` group: what every command inherits, whoever adds it.
 
@@ -79,7 +89,8 @@ class RetainGroup(TyperGroup):
         return option
 
     def main(self, args=None, *rest, **kwargs):
-        argv = sys.argv[1:] if args is None else list(args)
+        argv = _ray_address(sys.argv[1:] if args is None else list(args))
+        _ARGV[:] = argv  # --nproc runs the same command line again, under torchrun
         self.json_mode = "--json" in argv[:argv.index("--")] if "--" in argv else "--json" in argv
         return super().main(argv, *rest, **kwargs)
 
@@ -100,6 +111,8 @@ class RetainGroup(TyperGroup):
                 _emit_json(error_object(getattr(exc, "exit_code", USAGE), "usage", exc.format_message()))
             raise
 
+
+_ARGV: list[str] = []
 
 app = typer.Typer(
     name="retain",
@@ -136,8 +149,8 @@ def _console(json_mode: bool = False, quiet: bool = False):
 
 
 def _listeners(json_mode: bool, quiet: bool) -> list:
-    """The renderer of the engine's events, unless --quiet."""
-    console = _console(json_mode, quiet)
+    """The renderer of the engine's events, unless --quiet (or not rank 0 of several processes)."""
+    console = _console(json_mode, quiet or _other_rank())
     if console is None:
         return []
     from retain.render import ConsoleRenderer
@@ -169,6 +182,10 @@ def handle_errors(func):
         try:
             return func(*args, **kwargs)
         except RetainError as exc:
+            if _other_rank():  # rank 0 says how the run ended; another rank only what it alone saw
+                if exc.kind in ("internal", "out_of_memory"):
+                    _error_line(f"rank {os.environ.get('RANK')}: {exc}")
+                raise typer.Exit(exc.exit_code) from None
             _error_line(str(exc))
             if json_mode:
                 _emit_json({**(getattr(exc, "report", None) or {}),
@@ -218,8 +235,15 @@ def _load(config: Optional[Path], sets: List[str], block: str, lr: Optional[floa
 
 
 def _emit(report, json_mode: bool) -> None:
-    if json_mode:
+    if json_mode and not _other_rank():
         _emit_json(report)
+
+
+def _other_rank() -> bool:
+    """One of several torchrun processes, but not rank 0: rank 0 alone prints the run."""
+    from retain.core.distributed import env_rank
+
+    return env_rank() != 0
 
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config (default: the embedded config.yaml).")
@@ -237,6 +261,53 @@ JsonOpt = json_option("the run's report (counts, epoch losses, metrics, verdicts
 DeviceOpt = typer.Option(None, "--device", help="auto | cpu | cuda (default: config 'device').")
 StrictOpt = typer.Option(False, "--strict", help="Any rejected input record is fatal.")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="Print nothing but errors (and --json).")
+NprocOpt = typer.Option(None, "--nproc", min=1, help="Train in N processes (PyTorch DistributedDataParallel "
+                        "under torchrun: gloo on CPU, nccl on CUDA), each on its share of every batch; rank 0 "
+                        "alone writes. Same as `torchrun --nproc-per-node N -m retain ...`. See docs/scale-out.md.")
+
+
+def _under_torchrun(nproc: Optional[int], device: Optional[str], cfg_device: str, json_mode: bool) -> bool:
+    """``--nproc N``: run this command line again in N processes under torchrun and exit as its
+    rank 0 did. False (run here) without --nproc, with --nproc 1, or inside torchrun already."""
+    from retain.core import distributed
+    from retain.core.errors import UsageError
+
+    if nproc is None or nproc == 1 or distributed.launched():
+        return False
+    name = device or cfg_device
+    if name == "auto":
+        import torch
+
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    missing = distributed.missing_backend(name.split(":")[0])
+    if missing:
+        raise UsageError(f"--nproc {nproc}: cannot train in several processes: {missing}")
+    argv, skip = [], False
+    for arg in _ARGV:  # the same command line, less --nproc
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            argv.append(arg)
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="retain-nproc-") as tmp:
+        exit_file = Path(tmp) / "exit_code"
+        env = {**os.environ, "RETAIN_EXIT_FILE": str(exit_file)}
+        # torchrun would set 1 thread per process, and warn: share the cores out instead.
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "retain", *argv]
+        rc = subprocess.run(cmd, env=env).returncode
+        code = int(exit_file.read_text()) if exit_file.exists() else None
+    if code is None:
+        from retain.core.distributed import RankFailed
+
+        raise RankFailed(f"a process of the {nproc}-process run failed (torchrun exited {rc}; its errors are "
+                         "above) before rank 0 finished: nothing was committed, the current model is unchanged")
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -254,6 +325,7 @@ def train(
     quiet: bool = QuietOpt,
     force: bool = typer.Option(False, "--force", help="Train into a directory that holds other files "
                                "(refused otherwise: it is probably not where the model should go)."),
+    nproc: Optional[int] = NprocOpt,
 ):
     """Full training from scratch on all data (the full_training block).
 
@@ -262,6 +334,8 @@ def train(
     from retain.core.engine import Engine
 
     cfg = _load(config, set_, "full_training", lr, epochs, batch_size, strategy)
+    if _under_torchrun(nproc, device, cfg.device, json_out):
+        return
     engine = Engine(cfg, listeners=_listeners(json_out, quiet), device=_device(device), strict=strict)
     _emit(engine.train(data, model, force=force), json_out)
 
@@ -289,6 +363,10 @@ def update(
                               "by the gate, the best accepted one becomes current. Needs retain[auto]."),
     budget: Optional[float] = typer.Option(None, "--budget", help="With --auto: the trials' training time, as "
                                            "a share of the last full training's (default tune.budget, 0.1)."),
+    nproc: Optional[int] = NprocOpt,
+    ray: Optional[str] = typer.Option(None, "--ray", help="With --auto: run each trial as a Ray task, on the "
+                                      "cluster at ADDRESS (ray://host:10001, or auto), or on a local Ray started "
+                                      "here without one. Needs retain[ray].", metavar="[ADDRESS]"),
 ):
     """One fine-tuning cycle on new data only: load, collect, dedupe, preprocess, tokenize,
     fine-tune, validate, save.
@@ -302,7 +380,15 @@ def update(
         raise typer.BadParameter("--dry-run trains nothing, --check trains and validates: pick one")
     if budget is not None and not auto:
         raise ConfigError("--budget is the budget of --auto's search: add --auto")
+    if ray is not None and not auto:
+        raise typer.BadParameter("--ray runs --auto's trials as Ray tasks: add --auto", param_hint="--ray")
+    if nproc not in (None, 1) and (dry_run or check or auto):
+        what = "--dry-run trains nothing" if dry_run else "--check runs in one process" if check else \
+            "--auto runs its trials in processes of their own (--jobs, --ray)"
+        raise typer.BadParameter(f"{what}: drop --nproc", param_hint="--nproc")
     cfg = _load(config, set_, "fine_tuning", lr, epochs, batch_size, strategy)
+    if _under_torchrun(nproc, device, cfg.device, json_out):
+        return
     listeners = _listeners(json_out, quiet)
     engine = Engine(cfg, listeners=listeners, device=_device(device), strict=strict)
     # The retrain advice ends the update; under --quiet nobody reads it (unless --json).
@@ -780,6 +866,16 @@ def main() -> None:
     except BaseException:
         _EXIT_CODE[0] = 1
         raise
+    finally:
+        _tell_launcher()
+
+
+def _tell_launcher() -> None:
+    """Under ``--nproc``: rank 0's exit code goes to the launching process (torchrun itself
+    only says whether every rank exited 0), which exits with it."""
+    path = os.environ.get("RETAIN_EXIT_FILE")
+    if path and os.environ.get("RANK") == "0":
+        Path(path).write_text(str(_EXIT_CODE[0]))
 
 
 def _skip_teardown() -> None:
