@@ -398,8 +398,17 @@ def update(
         from retain.tune import auto_update
 
         on_trial = listeners[0].show_trial if listeners else None
-        report = auto_update(engine, data, model, budget=budget, dry_run=dry_run or check, wait_lock=wait,
-                             advise=advise, on_trial=on_trial)
+        executor = None
+        if ray is not None:  # each trial a Ray task; a local Ray gets tune.jobs CPUs (the trials at once)
+            from retain.core.raytasks import RayExecutor
+
+            executor = RayExecutor(ray, num_cpus=max(1, cfg.tune.jobs))
+        try:
+            report = auto_update(engine, data, model, budget=budget, dry_run=dry_run or check, wait_lock=wait,
+                                 advise=advise, on_trial=on_trial, executor=executor)
+        finally:
+            if executor is not None:
+                executor.shutdown()
     else:
         report = engine.update(data, model, dry_run=dry_run, check=check, wait=wait, advise=advise)
     _emit(report, json_out)
@@ -561,7 +570,11 @@ def compare(
                                                   "experience (default 0.2 text, 0.3 split-digits)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs per experience (fine_tuning.epochs; "
                                          "split-digits: also full_retrain's)."),
-    jobs: int = typer.Option(1, "--jobs", "-j", help="Worker processes (strategies run in parallel)."),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="Worker processes (strategies run in parallel). With "
+                             "--ray and a local Ray: the CPUs it gets."),
+    ray: Optional[str] = typer.Option(None, "--ray", help="Run each strategy as a Ray task, on the cluster at "
+                                      "ADDRESS (ray://host:10001, or auto), or on a local Ray started here "
+                                      "without one. Needs retain[ray].", metavar="[ADDRESS]"),
     out: Path = typer.Option(Path("compare-results"), "--out", "-o", help="Where results.json, results.csv "
                              "and compare.png go."),
     seed: int = typer.Option(0, "--seed", help="One seed for every strategy: splits, init, batch order."),
@@ -584,7 +597,7 @@ def compare(
     req = CompareRequest(strategies=strategies, scenario=scenario, data=list(data), model=model,
                          base_data=list(base_data), daily=daily, dup_share=dup_share, days=days, setting=setting,
                          test_fraction=test_fraction, seed=seed, jobs=jobs, epochs=epochs, config=config,
-                         overrides=list(set_), gate=gate)
+                         overrides=list(set_), gate=gate, ray=ray)
     results = run_compare(req, console=console)
     paths = write_outputs(results, out)
     if console is not None:
