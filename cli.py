@@ -382,6 +382,10 @@ def update(
         raise ConfigError("--budget is the budget of --auto's search: add --auto")
     if ray is not None and not auto:
         raise typer.BadParameter("--ray runs --auto's trials as Ray tasks: add --auto", param_hint="--ray")
+    if ray is not None:
+        from retain.core.raytasks import require_ray
+
+        require_ray()
     if nproc not in (None, 1) and (dry_run or check or auto):
         what = "--dry-run trains nothing" if dry_run else "--check runs in one process" if check else \
             "--auto runs its trials in processes of their own (--jobs, --ray)"

@@ -169,6 +169,10 @@ def run_compare(req: CompareRequest, *, console=None) -> dict:
     req.strategies = parse_strategies(req.strategies)
     if req.jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {req.jobs}")
+    if req.ray is not None:
+        from retain.core.raytasks import require_ray
+
+        require_ray()  # before the scenario is built: without Ray nothing else need happen
     registry = Registry.of(default_plugin_manager())
     scenarios = registry.by_kind["scenarios"]
     if req.scenario not in scenarios:
