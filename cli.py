@@ -879,20 +879,29 @@ def main() -> None:
         app()
     except SystemExit as exc:
         _EXIT_CODE[0] = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if _tell_launcher():
+            raise SystemExit(0) from None
         raise
     except BaseException:
         _EXIT_CODE[0] = 1
-        raise
-    finally:
         _tell_launcher()
+        raise
 
 
-def _tell_launcher() -> None:
-    """Under ``--nproc``: rank 0's exit code goes to the launching process (torchrun itself
-    only says whether every rank exited 0), which exits with it."""
+def _tell_launcher() -> bool:
+    """Under ``--nproc``: rank 0's exit code goes to the launching process, which exits with it
+    (torchrun itself only says whether every rank exited 0). True when this process may then
+    exit 0: an outcome every rank agreed on (a rejection, a lock held elsewhere), not a crash,
+    which must still fail torchrun so that it ends the other ranks."""
     path = os.environ.get("RETAIN_EXIT_FILE")
-    if path and os.environ.get("RANK") == "0":
+    if not path:
+        return False
+    if os.environ.get("RANK") == "0":
         Path(path).write_text(str(_EXIT_CODE[0]))
+    if _EXIT_CODE[0] not in (0, 1):
+        _EXIT_CODE[0] = 0
+        return True
+    return False
 
 
 def _skip_teardown() -> None:
