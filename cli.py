@@ -92,6 +92,16 @@ class RetainGroup(TyperGroup):
         argv = _ray_address(sys.argv[1:] if args is None else list(args))
         _ARGV[:] = argv  # --nproc runs the same command line again, under torchrun
         self.json_mode = "--json" in argv[:argv.index("--")] if "--" in argv else "--json" in argv
+        command = next((a for a in argv if not a.startswith("-")), None)
+        if command not in (None, "train", "update"):
+            from retain.core.distributed import launched
+
+            if launched():  # every rank would run it, and write
+                message = f"'retain {command}' runs in one process: only train and update run under torchrun"
+                _error_line(message)
+                if self.json_mode:
+                    _emit_json(error_object(USAGE, "usage", message))
+                sys.exit(USAGE)
         return super().main(argv, *rest, **kwargs)
 
     def make_context(self, *args, **kwargs):
@@ -386,10 +396,12 @@ def update(
         from retain.core.raytasks import require_ray
 
         require_ray()
-    if nproc not in (None, 1) and (dry_run or check or auto):
+    from retain.core.distributed import launched
+
+    if (nproc not in (None, 1) or launched()) and (dry_run or check or auto):
         what = "--dry-run trains nothing" if dry_run else "--check runs in one process" if check else \
-            "--auto runs its trials in processes of their own (--jobs, --ray)"
-        raise typer.BadParameter(f"{what}: drop --nproc", param_hint="--nproc")
+            "--auto runs its trials in processes of their own (tune.jobs, --ray)"
+        raise typer.BadParameter(f"{what}: drop --nproc (or torchrun)", param_hint="--nproc")
     cfg = _load(config, set_, "fine_tuning", lr, epochs, batch_size, strategy)
     if _under_torchrun(nproc, device, cfg.device, json_out):
         return

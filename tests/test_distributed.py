@@ -125,3 +125,12 @@ def test_sharded_batches_split_every_batch_between_the_ranks():
     sampler = ShardedBatches(batches, World(1, 2, 1, "gloo"))
     flags = [sampler.stand_in for _ in sampler]
     assert flags == [False, True]  # ...flagged, so it trains on none of its tokens
+
+
+def test_under_torchrun_only_train_and_update_run(base_model, new_data, monkeypatch):
+    for key, value in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(key, value)  # as torchrun starts each process
+    history = CliRunner().invoke(app, ["history", "--model", str(base_model)])
+    assert history.exit_code == 2 and "only train and update run under torchrun" in history.output
+    auto = CliRunner().invoke(app, ["update", "--data", str(new_data), "--model", str(base_model), "--auto"])
+    assert auto.exit_code == 2 and "--auto" in auto.output
