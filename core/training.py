@@ -339,10 +339,10 @@ def train(run: Run, pm, judge: Callable[[], tuple] | None = None) -> None:
     """
     settings = run.settings
     started = time.perf_counter()
-    trackers: list = []
+    trackers: list = []  # early stopping's record, one per attempt (out-of-memory retries)
     world = distributed.current()
     if judge is not None and world is not None:
-        judge = world.on_writer(judge)  # validators run once, on rank 0; every rank stops alike  # early stopping's record, one per attempt (out-of-memory retries)
+        judge = world.on_writer(judge)  # validators run once, on rank 0; every rank stops alike
 
     def penalty(model, inputs, targets, logits):
         terms = [t for t in pm.hook.training_penalty(run=run, model=model, inputs=inputs, targets=targets,
