@@ -370,13 +370,13 @@ def update(
     wait: float = typer.Option(0.0, "--wait", help="Seconds to wait for another writer to finish."),
     auto: bool = typer.Option(False, "--auto", help="Search the recipe (learning rate, epochs, replay share, "
                               "strategy mix from tune.strategies) within a time budget; each trial is judged "
-                              "by the gate, the best accepted one becomes current. Needs retain[auto]."),
+                              "by the gate, the best accepted one becomes current. Needs retain\\[auto]."),
     budget: Optional[float] = typer.Option(None, "--budget", help="With --auto: the trials' training time, as "
                                            "a share of the last full training's (default tune.budget, 0.1)."),
     nproc: Optional[int] = NprocOpt,
     ray: Optional[str] = typer.Option(None, "--ray", help="With --auto: run each trial as a Ray task, on the "
                                       "cluster at ADDRESS (ray://host:10001, or auto), or on a local Ray started "
-                                      "here without one. Needs retain[ray].", metavar="[ADDRESS]"),
+                                      "here without one. Needs retain\\[ray].", metavar="[ADDRESS]"),
 ):
     """One fine-tuning cycle on new data only: load, collect, dedupe, preprocess, tokenize,
     fine-tune, validate, save.
@@ -590,7 +590,7 @@ def compare(
                              "--ray and a local Ray: the CPUs it gets."),
     ray: Optional[str] = typer.Option(None, "--ray", help="Run each strategy as a Ray task, on the cluster at "
                                       "ADDRESS (ray://host:10001, or auto), or on a local Ray started here "
-                                      "without one. Needs retain[ray].", metavar="[ADDRESS]"),
+                                      "without one. Needs retain\\[ray].", metavar="[ADDRESS]"),
     out: Path = typer.Option(Path("compare-results"), "--out", "-o", help="Where results.json, results.csv "
                              "and compare.png go."),
     seed: int = typer.Option(0, "--seed", help="One seed for every strategy: splits, init, batch order."),
