@@ -280,7 +280,6 @@ def _under_torchrun(nproc: Optional[int], device: Optional[str], cfg_device: str
     """``--nproc N``: run this command line again in N processes under torchrun and exit as its
     rank 0 did. False (run here) without --nproc, with --nproc 1, or inside torchrun already."""
     from retain.core import distributed
-    from retain.core.errors import UsageError
 
     if nproc is None or nproc == 1 or distributed.launched():
         return False
@@ -291,7 +290,7 @@ def _under_torchrun(nproc: Optional[int], device: Optional[str], cfg_device: str
         name = "cuda" if torch.cuda.is_available() else "cpu"
     missing = distributed.missing_backend(name.split(":")[0])
     if missing:
-        raise UsageError(f"--nproc {nproc}: cannot train in several processes: {missing}")
+        raise typer.BadParameter(f"cannot train in {nproc} processes: {missing}", param_hint="--nproc")
     argv, skip = [], False
     for arg in _ARGV:  # the same command line, less --nproc
         if skip:

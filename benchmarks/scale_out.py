@@ -2,6 +2,7 @@
 (``retain update --nproc 2``), and what a Ray task costs against a process-pool task.
 
     python benchmarks/scale_out.py --write BENCHMARKS.md          # 2.4M and 9.6M models, 3 runs
+    python benchmarks/scale_out.py --parts ray --write BENCHMARKS.md   # Ray against the pool only
     python benchmarks/scale_out.py --tiny                          # CI-safe: the tables, in seconds
 
 DDP: the same ``retain update`` (built-in GPT, a base model trained on WikiText-2 valid,
@@ -148,6 +149,14 @@ def med(values) -> float:
 
 
 def tables(ddp: list[dict], ray: dict | None, args, load: tuple[str, str], corpus: str) -> str:
+    text = ddp_table(ddp, args) if ddp else ""
+    if ray is not None:
+        text += ("\n" if text else "") + ray_table(ray)
+    return text + (f"\nMachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; load "
+                   f"average (`uptime`) {load[0]} before, {load[1]} after. Data: {corpus}.\n")
+
+
+def ddp_table(ddp: list[dict], args) -> str:
     out = ["| model | parameters | update | " + " | ".join(f"{v}: tokens/s" for v in VARIANTS)
            + " | 2 processes / 1 process, 1 thread | 2 processes / 1 process, 2 threads | "
            + " | ".join(f"{v}: wall s" for v in VARIANTS) + " |",
@@ -161,20 +170,19 @@ def tables(ddp: list[dict], ray: dict | None, args, load: tuple[str, str], corpu
                    + " | ".join(f"{rate[v]:,.0f}" for v in VARIANTS)
                    + f" | {ddp_rate / one:.2f}x | {ddp_rate / two_threads:.2f}x | "
                    + " | ".join(f"{wall[v]:.1f}" for v in VARIANTS) + " |")
-    text = "\n".join(out) + "\n"
-    if ray is not None:
-        rows = ray["rows"]
-        text += ("\n| task | process pool (spawn, 1 task per process): s per task | Ray (fresh worker per task): "
-                 "s per task | Ray - pool |\n| --- | --- | --- | --- |\n")
-        for kind, label in (("noop", "does nothing"), ("import", "imports torch + avalanche-lib")):
-            pool, mine = med(rows[("pool", kind)]), med(rows[("ray", kind)])
-            text += f"| {label} | {pool:.2f} | {mine:.2f} | {mine - pool:+.2f} |\n"
-        text += (f"\nLocal Ray start-up (`ray.init`, 2 CPUs, no dashboard): median {med(ray['startup']):.1f} s "
-                 f"({', '.join(f'{s:.1f}' for s in ray['startup'])}); Ray {ray['version']}; {ray['tasks']} tasks "
-                 "on 2 workers per measurement.\n")
-    text += (f"\nMachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; load average "
-             f"(`uptime`) {load[0]} before, {load[1]} after. Data: {corpus}.\n")
-    return text
+    return "\n".join(out) + "\n"
+
+
+def ray_table(ray: dict) -> str:
+    rows = ray["rows"]
+    text = ("| task | process pool (spawn, 1 task per process): s per task | Ray (fresh worker per task): "
+            "s per task | Ray - pool |\n| --- | --- | --- | --- |\n")
+    for kind, label in (("noop", "does nothing"), ("import", "imports torch + avalanche-lib")):
+        pool, mine = med(rows[("pool", kind)]), med(rows[("ray", kind)])
+        text += f"| {label} | {pool:.2f} | {mine:.2f} | {mine - pool:+.2f} |\n"
+    return text + (f"\nLocal Ray start-up (`ray.init`, 2 CPUs, no dashboard): median {med(ray['startup']):.1f} s "
+                   f"({', '.join(f'{s:.1f}' for s in ray['startup'])}); Ray {ray['version']}; {ray['tasks']} tasks "
+                   "on 2 workers per measurement.\n")
 
 
 def uptime() -> str:
@@ -201,7 +209,7 @@ def main() -> None:
     ap.add_argument("--base-items", type=int, default=400)
     ap.add_argument("--new-items", type=int, default=300)
     ap.add_argument("--tasks", type=int, default=4, help="Ray vs pool: tasks per measurement")
-    ap.add_argument("--no-ray", action="store_true")
+    ap.add_argument("--parts", default="ddp,ray", help="what to measure: ddp, ray or both")
     ap.add_argument("--tiny", action="store_true", help="CI-safe: tiny model, 1 run, few items")
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--write", type=Path, help="put the section into this BENCHMARKS.md")
@@ -211,9 +219,10 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="retain-scale-out-"))
     base, new, corpus = corpora(args.tiny, args.base_items, args.new_items)
     started, before = time.perf_counter(), uptime()
-    ddp = [ddp_runs(size, args, base, new, work) for size in args.sizes.split(",")]
+    parts = args.parts.split(",")
+    ddp = [ddp_runs(size, args, base, new, work) for size in args.sizes.split(",")] if "ddp" in parts else []
     ray = None
-    if not args.no_ray:
+    if "ray" in parts:
         try:
             import ray as _  # noqa: F401
             ray = ray_runs(args)

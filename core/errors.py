@@ -77,13 +77,6 @@ class Interrupted(RetainError):
 
 USAGE = 2  # click's exit code for a command-line usage error
 
-
-class UsageError(RetainError):
-    """A command line that cannot run as given (options that do not go together, a missing backend)."""
-
-    exit_code = USAGE
-    kind = "usage"
-
 EXIT_CODES = {
     0: "success",
     1: "internal error (a bug: please report it with the traceback)",

@@ -15,7 +15,7 @@ import time
 from concurrent.futures import Executor, Future
 from typing import Any, Callable
 
-from .errors import UsageError
+from .errors import ConfigError
 
 LOCAL = "local"  # --ray without an address: start Ray on this machine
 
@@ -25,7 +25,8 @@ def require_ray():
     try:
         import ray
     except ImportError:
-        raise UsageError("--ray needs Ray, which is not installed: pip install 'retain[ray]'") from None
+        # exit 3, as --auto without Optuna: an optional extra the command asks for is missing
+        raise ConfigError("--ray runs tasks on Ray, which is not installed: pip install 'retain[ray]'") from None
     return ray
 
 

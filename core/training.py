@@ -173,7 +173,8 @@ class RecordingCriterion:
     divided by the tokens of the whole batch (all ranks), times the number of ranks that
     DDP's gradient average divides by. Dividing by its own shard's tokens instead would
     weigh a token of a short shard more, and 2 ranks would not train as 1 on the same batch
-    (measured: 2.6e-4 relative difference in the weights after an update, 2.3e-7 this way).
+    (measured on the tests' tiny model, 2 ranks against 1: 8.5e-5 relative difference in the
+    weights after an update with each rank's own mean, 5.4e-7 this way).
     ``last`` is the loss of the whole batch on every rank."""
 
     def __init__(self) -> None:
