@@ -1,7 +1,7 @@
 """Beyond one process: an update's training speed in 1 process against 2 DDP processes
 (``retain update --nproc 2``), and what a Ray task costs against a process-pool task.
 
-    python benchmarks/scale_out.py --write BENCHMARKS.md          # 2.4M and 9.6M models, 3 runs
+    python benchmarks/scale_out.py --write BENCHMARKS.md          # 2.2M and 11.5M models, 3 runs
     python benchmarks/scale_out.py --parts ray --write BENCHMARKS.md   # Ray against the pool only
     python benchmarks/scale_out.py --tiny                          # CI-safe: the tables, in seconds
 
@@ -43,8 +43,8 @@ from speed import corpora, write_jsonl  # noqa: E402
 SECTION = "## Beyond one process (issue 14)"
 SIZES = {
     "tiny": {"n_layer": 1, "n_head": 2, "d_model": 32, "vocab_size": 300},
-    "2.4M": {"n_layer": 4, "n_head": 4, "d_model": 192, "vocab_size": 2048},
-    "9.6M": {"n_layer": 6, "n_head": 6, "d_model": 384, "vocab_size": 2048},
+    "2.2M": {"n_layer": 4, "n_head": 4, "d_model": 192, "vocab_size": 2048},
+    "11.5M": {"n_layer": 6, "n_head": 6, "d_model": 384, "vocab_size": 2048},
 }
 VARIANTS = {  # name -> (extra arguments, torch threads per process)
     "1 process, 1 thread": ([], 1),
@@ -202,7 +202,7 @@ def write_section(path: Path, text: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", default="2.4M,9.6M")
+    ap.add_argument("--sizes", default="2.2M,11.5M")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--batch", type=int, default=16, help="the global batch (each of 2 processes: half)")
