@@ -310,13 +310,14 @@ def _under_torchrun(nproc: Optional[int], device: Optional[str], cfg_device: str
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                "-m", "retain", *argv]
         rc = subprocess.run(cmd, env=env).returncode
-        code = int(exit_file.read_text()) if exit_file.exists() else None
-    if code is None:
+        code, saved = exit_file.read_text().split() if exit_file.exists() else (None, "-")
+    if code is None or (rc != 0 and code in ("0", "1")):  # a crash or a kill, not an outcome the ranks agreed on
         from retain.core.distributed import RankFailed
 
-        raise RankFailed(f"a process of the {nproc}-process run failed (torchrun exited {rc}; its errors are "
-                         "above) before rank 0 finished: nothing was committed, the current model is unchanged")
-    raise typer.Exit(code)
+        raise RankFailed(f"a process of the {nproc}-process run failed (torchrun exited {rc}; its errors are above)"
+                         + (f", after rank 0 saved version {saved}" if saved != "-" else
+                            ": nothing was committed, the current model is unchanged"))
+    raise typer.Exit(int(code))
 
 
 @app.command()
@@ -908,7 +909,9 @@ def _tell_launcher() -> bool:
     if not path:
         return False
     if os.environ.get("RANK") == "0":
-        Path(path).write_text(str(_EXIT_CODE[0]))
+        from retain.core.distributed import SAVED
+
+        Path(path).write_text(f"{_EXIT_CODE[0]} {SAVED[0] or '-'}")
     if _EXIT_CODE[0] not in (0, 1):
         _EXIT_CODE[0] = 0
         return True

@@ -122,6 +122,7 @@ class SharedError(RetainError):
 
 
 _WORLD: list[World | None] = [None]
+SAVED: list[str | None] = [None]  # the version rank 0 saved, once it has: what a launcher reports
 
 
 def current() -> World | None:

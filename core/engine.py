@@ -149,6 +149,7 @@ class Engine:
             run = self.prepare(kind, data, store, base, items=items)
             world.barrier("the save")
             report = self.commit(run, store, replaces=replaces) if world.writer else run.report()
+            distributed.SAVED[0] = report["version"]
             # The others wait for the save, and end as rank 0 does.
             report.update(world.broadcast({"version": report["version"], "status": report["status"]}))
             if advise and world.writer:
