@@ -55,6 +55,16 @@ class RetainCommand(TyperCommand):
         return option
 
 
+def _ray_address(argv: list[str]) -> list[str]:
+    """``--ray`` takes an optional ADDRESS: given alone, it means a local Ray ("local")."""
+    out = []
+    for i, arg in enumerate(argv):
+        out.append(arg)
+        if arg == "--ray" and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
+            out.append("local")
+    return out
+
+
 class RetainGroup(TyperGroup):
     """The ``retain`` group: what every command inherits, whoever adds it.
 
@@ -79,8 +89,19 @@ class RetainGroup(TyperGroup):
         return option
 
     def main(self, args=None, *rest, **kwargs):
-        argv = sys.argv[1:] if args is None else list(args)
+        argv = _ray_address(sys.argv[1:] if args is None else list(args))
+        _ARGV[:] = argv  # --nproc runs the same command line again, under torchrun
         self.json_mode = "--json" in argv[:argv.index("--")] if "--" in argv else "--json" in argv
+        command = next((a for a in argv if not a.startswith("-")), None)
+        if command not in (None, "train", "update"):
+            from retain.core.distributed import launched
+
+            if launched():  # every rank would run it, and write
+                message = f"'retain {command}' runs in one process: only train and update run under torchrun"
+                _error_line(message)
+                if self.json_mode:
+                    _emit_json(error_object(USAGE, "usage", message))
+                sys.exit(USAGE)
         return super().main(argv, *rest, **kwargs)
 
     def make_context(self, *args, **kwargs):
@@ -100,6 +121,8 @@ class RetainGroup(TyperGroup):
                 _emit_json(error_object(getattr(exc, "exit_code", USAGE), "usage", exc.format_message()))
             raise
 
+
+_ARGV: list[str] = []
 
 app = typer.Typer(
     name="retain",
@@ -136,8 +159,8 @@ def _console(json_mode: bool = False, quiet: bool = False):
 
 
 def _listeners(json_mode: bool, quiet: bool) -> list:
-    """The renderer of the engine's events, unless --quiet."""
-    console = _console(json_mode, quiet)
+    """The renderer of the engine's events, unless --quiet (or not rank 0 of several processes)."""
+    console = _console(json_mode, quiet or _other_rank())
     if console is None:
         return []
     from retain.render import ConsoleRenderer
@@ -169,6 +192,10 @@ def handle_errors(func):
         try:
             return func(*args, **kwargs)
         except RetainError as exc:
+            if _other_rank():  # rank 0 says how the run ended; another rank only what it alone saw
+                if exc.kind in ("internal", "out_of_memory"):
+                    _error_line(f"rank {os.environ.get('RANK')}: {exc}")
+                raise typer.Exit(exc.exit_code) from None
             _error_line(str(exc))
             if json_mode:
                 _emit_json({**(getattr(exc, "report", None) or {}),
@@ -220,8 +247,15 @@ def _load(config: Optional[Path], sets: List[str], block: str, lr: Optional[floa
 
 
 def _emit(report, json_mode: bool) -> None:
-    if json_mode:
+    if json_mode and not _other_rank():
         _emit_json(report)
+
+
+def _other_rank() -> bool:
+    """One of several torchrun processes, but not rank 0: rank 0 alone prints the run."""
+    from retain.core.distributed import env_rank
+
+    return env_rank() != 0
 
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config (default: the embedded config.yaml).")
@@ -239,6 +273,53 @@ JsonOpt = json_option("the run's report (counts, epoch losses, metrics, verdicts
 DeviceOpt = typer.Option(None, "--device", help="auto | cpu | cuda (default: config 'device').")
 StrictOpt = typer.Option(False, "--strict", help="Any rejected input record is fatal.")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="Print nothing but errors (and --json).")
+NprocOpt = typer.Option(None, "--nproc", min=1, help="Train in N processes (PyTorch DistributedDataParallel "
+                        "under torchrun: gloo on CPU, nccl on CUDA), each on its share of every batch; rank 0 "
+                        "alone writes. Same as `torchrun --nproc-per-node N -m retain ...`. See docs/scale-out.md.")
+
+
+def _under_torchrun(nproc: Optional[int], device: Optional[str], cfg_device: str, json_mode: bool) -> bool:
+    """``--nproc N``: run this command line again in N processes under torchrun and exit as its
+    rank 0 did. False (run here) without --nproc, with --nproc 1, or inside torchrun already."""
+    from retain.core import distributed
+
+    if nproc is None or nproc == 1 or distributed.launched():
+        return False
+    name = device or cfg_device
+    if name == "auto":
+        import torch
+
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    missing = distributed.missing_backend(name.split(":")[0])
+    if missing:
+        raise typer.BadParameter(f"cannot train in {nproc} processes: {missing}", param_hint="--nproc")
+    argv, skip = [], False
+    for arg in _ARGV:  # the same command line, less --nproc
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            argv.append(arg)
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="retain-nproc-") as tmp:
+        exit_file = Path(tmp) / "exit_code"
+        env = {**os.environ, "RETAIN_EXIT_FILE": str(exit_file)}
+        # torchrun would set 1 thread per process, and warn: share the cores out instead.
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "retain", *argv]
+        rc = subprocess.run(cmd, env=env).returncode
+        code, saved = exit_file.read_text().split() if exit_file.exists() else (None, "-")
+    if code is None or (rc != 0 and code in ("0", "1")):  # a crash or a kill, not an outcome the ranks agreed on
+        from retain.core.distributed import RankFailed
+
+        raise RankFailed(f"a process of the {nproc}-process run failed (torchrun exited {rc}; its errors are above)"
+                         + (f", after rank 0 saved version {saved}" if saved != "-" else
+                            ": nothing was committed, the current model is unchanged"))
+    raise typer.Exit(int(code))
 
 
 @app.command()
@@ -256,6 +337,7 @@ def train(
     quiet: bool = QuietOpt,
     force: bool = typer.Option(False, "--force", help="Train into a directory that holds other files "
                                "(refused otherwise: it is probably not where the model should go)."),
+    nproc: Optional[int] = NprocOpt,
 ):
     """Full training from scratch on all data (the full_training block).
 
@@ -264,6 +346,8 @@ def train(
     from retain.core.engine import Engine
 
     cfg = _load(config, set_, "full_training", lr, epochs, batch_size, strategy)
+    if _under_torchrun(nproc, device, cfg.device, json_out):
+        return
     engine = Engine(cfg, listeners=_listeners(json_out, quiet), device=_device(device), strict=strict)
     _emit(engine.train(data, model, force=force), json_out)
 
@@ -288,9 +372,13 @@ def update(
     wait: float = typer.Option(0.0, "--wait", help="Seconds to wait for another writer to finish."),
     auto: bool = typer.Option(False, "--auto", help="Search the recipe (learning rate, epochs, replay share, "
                               "strategy mix from tune.strategies) within a time budget; each trial is judged "
-                              "by the gate, the best accepted one becomes current. Needs retain[auto]."),
+                              "by the gate, the best accepted one becomes current. Needs retain\\[auto]."),
     budget: Optional[float] = typer.Option(None, "--budget", help="With --auto: the trials' training time, as "
                                            "a share of the last full training's (default tune.budget, 0.1)."),
+    nproc: Optional[int] = NprocOpt,
+    ray: Optional[str] = typer.Option(None, "--ray", help="With --auto: run each trial as a Ray task, on the "
+                                      "cluster at ADDRESS (ray://host:10001, or auto), or on a local Ray started "
+                                      "here without one. Needs retain\\[ray].", metavar="[ADDRESS]"),
 ):
     """One fine-tuning cycle on new data only: load, collect, dedupe, preprocess, tokenize,
     fine-tune, validate, save.
@@ -304,7 +392,21 @@ def update(
         raise typer.BadParameter("--dry-run trains nothing, --check trains and validates: pick one")
     if budget is not None and not auto:
         raise ConfigError("--budget is the budget of --auto's search: add --auto")
+    if ray is not None and not auto:
+        raise typer.BadParameter("--ray runs --auto's trials as Ray tasks: add --auto", param_hint="--ray")
+    if ray is not None:
+        from retain.core.raytasks import require_ray
+
+        require_ray()
+    from retain.core.distributed import launched
+
+    if (nproc not in (None, 1) or launched()) and (dry_run or check or auto):
+        what = "--dry-run trains nothing" if dry_run else "--check runs in one process" if check else \
+            "--auto runs its trials in processes of their own (tune.jobs, --ray)"
+        raise typer.BadParameter(f"{what}: drop --nproc (or torchrun)", param_hint="--nproc")
     cfg = _load(config, set_, "fine_tuning", lr, epochs, batch_size, strategy)
+    if _under_torchrun(nproc, device, cfg.device, json_out):
+        return
     listeners = _listeners(json_out, quiet)
     engine = Engine(cfg, listeners=listeners, device=_device(device), strict=strict)
     # The retrain advice ends the update; under --quiet nobody reads it (unless --json).
@@ -314,8 +416,17 @@ def update(
         from retain.tune import auto_update
 
         on_trial = listeners[0].show_trial if listeners else None
-        report = auto_update(engine, data, model, budget=budget, dry_run=dry_run or check, wait_lock=wait,
-                             advise=advise, on_trial=on_trial)
+        executor = None
+        if ray is not None:  # each trial a Ray task; a local Ray gets tune.jobs CPUs (the trials at once)
+            from retain.core.raytasks import RayExecutor
+
+            executor = RayExecutor(ray, num_cpus=max(1, cfg.tune.jobs))
+        try:
+            report = auto_update(engine, data, model, budget=budget, dry_run=dry_run or check, wait_lock=wait,
+                                 advise=advise, on_trial=on_trial, executor=executor)
+        finally:
+            if executor is not None:
+                executor.shutdown()
     else:
         report = engine.update(data, model, dry_run=dry_run, check=check, wait=wait, advise=advise)
     _emit(report, json_out)
@@ -477,7 +588,11 @@ def compare(
                                                   "experience (default 0.2 text, 0.3 split-digits)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs per experience (fine_tuning.epochs; "
                                          "split-digits: also full_retrain's)."),
-    jobs: int = typer.Option(1, "--jobs", "-j", help="Worker processes (strategies run in parallel)."),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="Worker processes (strategies run in parallel). With "
+                             "--ray and a local Ray: the CPUs it gets."),
+    ray: Optional[str] = typer.Option(None, "--ray", help="Run each strategy as a Ray task, on the cluster at "
+                                      "ADDRESS (ray://host:10001, or auto), or on a local Ray started here "
+                                      "without one. Needs retain\\[ray].", metavar="[ADDRESS]"),
     out: Path = typer.Option(Path("compare-results"), "--out", "-o", help="Where results.json, results.csv "
                              "and compare.png go."),
     seed: int = typer.Option(0, "--seed", help="One seed for every strategy: splits, init, batch order."),
@@ -500,7 +615,7 @@ def compare(
     req = CompareRequest(strategies=strategies, scenario=scenario, data=list(data), model=model,
                          base_data=list(base_data), daily=daily, dup_share=dup_share, days=days, setting=setting,
                          test_fraction=test_fraction, seed=seed, jobs=jobs, epochs=epochs, config=config,
-                         overrides=list(set_), gate=gate)
+                         overrides=list(set_), gate=gate, ray=ray)
     results = run_compare(req, console=console)
     paths = write_outputs(results, out)
     if console is not None:
@@ -778,10 +893,31 @@ def main() -> None:
         app()
     except SystemExit as exc:
         _EXIT_CODE[0] = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if _tell_launcher():
+            raise SystemExit(0) from None
         raise
     except BaseException:
         _EXIT_CODE[0] = 1
+        _tell_launcher()
         raise
+
+
+def _tell_launcher() -> bool:
+    """Under ``--nproc``: rank 0's exit code goes to the launching process, which exits with it
+    (torchrun itself only says whether every rank exited 0). True when this process may then
+    exit 0: an outcome every rank agreed on (a rejection, a lock held elsewhere), not a crash,
+    which must still fail torchrun so that it ends the other ranks."""
+    path = os.environ.get("RETAIN_EXIT_FILE")
+    if not path:
+        return False
+    if os.environ.get("RANK") == "0":
+        from retain.core.distributed import SAVED
+
+        Path(path).write_text(f"{_EXIT_CODE[0]} {SAVED[0] or '-'}")
+    if _EXIT_CODE[0] not in (0, 1):
+        _EXIT_CODE[0] = 0
+        return True
+    return False
 
 
 def _skip_teardown() -> None:

@@ -11,7 +11,8 @@ at two settings in one comparison.
 
 Strategies are independent, so with ``--jobs N`` they run in N spawned worker
 processes, each limited to ``cores // N`` torch threads; ``--jobs 1`` runs them
-one after another in this process. Every worker reports a hash of the data it
+one after another in this process; ``--ray [ADDRESS]`` runs each as a Ray task
+(``core/raytasks.py``), on a cluster or on a Ray started here. Every worker reports a hash of the data it
 was shown, and the comparison refuses results computed on different data.
 """
 
@@ -59,6 +60,7 @@ class CompareRequest:
     config: Path | None = None
     overrides: list[str] = field(default_factory=list)
     gate: bool = False                     # text: let the validators reject updates, as in `retain update`
+    ray: str | None = None                 # run each strategy as a Ray task: a cluster's address, or "local"
 
 
 def parse_strategies(text: str | list[str]) -> list[str]:
@@ -167,6 +169,10 @@ def run_compare(req: CompareRequest, *, console=None) -> dict:
     req.strategies = parse_strategies(req.strategies)
     if req.jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {req.jobs}")
+    if req.ray is not None:
+        from retain.core.raytasks import require_ray
+
+        require_ray()  # before the scenario is built: without Ray nothing else need happen
     registry = Registry.of(default_plugin_manager())
     scenarios = registry.by_kind["scenarios"]
     if req.scenario not in scenarios:
@@ -180,11 +186,24 @@ def run_compare(req: CompareRequest, *, console=None) -> dict:
     for note in notes:
         say(f"[yellow]note:[/] {note}")
     exps = stream.experiences
+    where = f"--ray {req.ray}" if req.ray is not None else f"--jobs {req.jobs}"
     say(f"[bold]retain compare[/]: {len(req.strategies)} strategies on {stream.name} "
-        f"({len(exps)} experiences: {', '.join(e.name for e in exps)}), --jobs {req.jobs}")
+        f"({len(exps)} experiences: {', '.join(e.name for e in exps)}), {where}")
     results: dict[str, dict] = {}
     args = [(label, scenario, stream, config, req.seed) for label in req.strategies]
-    if req.jobs == 1:
+    ray_startup = None
+    if req.ray is not None:
+        from retain.core.raytasks import RayExecutor
+
+        # A local Ray gets --jobs CPUs when given (all of them otherwise); a task takes one.
+        ray = RayExecutor(req.ray, num_cpus=req.jobs if req.jobs > 1 else None)
+        ray_startup = ray.startup_seconds
+        say(f"  Ray {'started here' if ray.started_here else 'already running'} ({ray_startup:.1f}s)")
+        try:
+            _run_all(ray, args, results, say)
+        finally:
+            ray.shutdown()
+    elif req.jobs == 1:
         for a in args:
             results[a[0]] = run_one(*a)
             say(f"  {a[0]}: done in {results[a[0]]['wall_seconds']:.1f}s")
@@ -197,14 +216,20 @@ def run_compare(req: CompareRequest, *, console=None) -> dict:
                                  max_tasks_per_child=1) as pool:
             # An interrupt ends this process at once (core/interrupts.py): end the workers with it.
             token = interrupts.on_interrupt(lambda: [p.kill() for p in list((pool._processes or {}).values())])
-            futures = {pool.submit(run_one, *a): a[0] for a in args}
-            for fut in as_completed(futures):
-                results[futures[fut]] = fut.result()
-                say(f"  {futures[fut]}: done in {results[futures[fut]]['wall_seconds']:.1f}s")
+            _run_all(pool, args, results, say)
             interrupts.release(token)
     summary = summarize(req, stream, config, req.strategies, results, time.perf_counter() - started)
+    summary["ray_startup_seconds"] = ray_startup
     summary["notes"] = notes
     return summary
+
+
+def _run_all(executor, args: list[tuple], results: dict[str, dict], say) -> None:
+    """Every strategy's ``run_one`` on ``executor`` (a process pool, or Ray), as they finish."""
+    futures = {executor.submit(run_one, *a): a[0] for a in args}
+    for fut in as_completed(futures):
+        results[futures[fut]] = fut.result()
+        say(f"  {futures[fut]}: done in {results[futures[fut]]['wall_seconds']:.1f}s")
 
 
 def stage_costs(stages: list[dict]) -> dict:
@@ -259,7 +284,8 @@ def summarize(req: CompareRequest, stream, config: Config, names: list[str], res
         "results": out_results,
         "config": config.to_dict(),
         "seconds": seconds,
-        "memory_note": ("peak_rss_mib: each strategy's own worker process" if req.jobs > 1 else
+        "ray": req.ray,
+        "memory_note": ("peak_rss_mib: each strategy's own worker process" if req.jobs > 1 or req.ray else
                         "peak_rss_mib: this process so far (--jobs 1 runs strategies in turn; "
                         "use --jobs 2+ for each strategy's own peak)"),
     }

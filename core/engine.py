@@ -26,9 +26,9 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
-from . import evaluation, gate, ingest, interrupts
+from . import distributed, evaluation, gate, ingest, interrupts
 from .commit import commit
-from .errors import ModelError
+from .errors import ConfigError, ModelError, RetainError
 from .gate import raise_if_rejected
 from .config import Config
 from .items import Item
@@ -71,6 +71,8 @@ class Engine:
             raise ModelError(f"{store.root} is not empty and holds no retain model ({plural(len(foreign), 'entry', 'entries')}"
                              f": {', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); train "
                              "into a new or empty directory, or pass --force to train into this one")
+        if distributed.launched():
+            return self.run_distributed(FULL_TRAINING, data, store, items=items)
         with self.listening(), store.lock(), contextlib.closing(store.ledger):
             self.recover(store)
             replaces = store.current() if store.exists() else None  # a retrain starts a new lineage
@@ -100,6 +102,10 @@ class Engine:
         ``advise`` ends with the full-retrain assessment (``advice_given``, report["retrain"])."""
         store = ModelStore(model_dir)
         store.current()  # a clear error before anything else if there is no model
+        if distributed.launched():
+            if dry_run or check:
+                raise ConfigError("--dry-run and --check run in one process: drop --nproc (or torchrun)")
+            return self.run_distributed(FINE_TUNING, data, store, items=items, wait=wait, advise=advise)
         writes = not (dry_run or check)
         # The ledger is closed when the run ends (a dry run's or check's before the advice):
         # no -wal/-shm left behind, even by a process that ends without tearing down.
@@ -124,6 +130,45 @@ class Engine:
             if advise:
                 self.advise(run, store, report)
         return raise_if_rejected(report, store)
+
+    def run_distributed(self, kind: str, data: list[str], store: ModelStore, *, items: list[Item] | None = None,
+                    wait: float = 0.0, advise: bool = False) -> dict:
+        """``train`` or ``update`` as one of several torchrun processes (``core/distributed.py``).
+
+        Every rank runs the cycle on the same data; rank 0 holds the lock from start to end,
+        validates, and alone saves, after all ranks have finished training: a rank that died
+        fails that meeting and nothing is committed. The lock goes with rank 0's process."""
+        world = distributed.start(resolve_device(self.device_name))
+        self.device_name = str(distributed.device_for(world, resolve_device(self.device_name)))
+        with self.listening(), self._writer_lock(world, store, wait), contextlib.closing(store.ledger):
+            if world.writer:
+                self.recover(store)
+            world.barrier("reading the model directory")  # rank 0 has tidied up after a crash
+            replaces = store.current() if kind == FULL_TRAINING and store.exists() else None
+            base = store.current() if kind == FINE_TUNING else None
+            run = self.prepare(kind, data, store, base, items=items)
+            world.barrier("the save")
+            report = self.commit(run, store, replaces=replaces) if world.writer else run.report()
+            distributed.SAVED[0] = report["version"]
+            # The others wait for the save, and end as rank 0 does.
+            report.update(world.broadcast({"version": report["version"], "status": report["status"]}))
+            if advise and world.writer:
+                self.advise(run, store, report)
+        return raise_if_rejected(report, store)
+
+    @contextlib.contextmanager
+    def _writer_lock(self, world: "distributed.World", store: ModelStore, wait: float) -> Iterator[None]:
+        """Rank 0 takes the model directory's lock for the whole run; if it cannot, every rank
+        ends with its error."""
+        with contextlib.ExitStack() as stack:
+            error = None
+            if world.writer:
+                try:
+                    stack.enter_context(store.lock(wait=wait))
+                except RetainError as exc:
+                    error = exc
+            world.agree(error)
+            yield
 
     # --- the cycle ----------------------------------------------------------------------------
     @reports_plugin_errors
@@ -208,7 +253,8 @@ class Engine:
         skips ``evaluate_before``. ``preload``: the training stack's import, started earlier."""
         preload = preload or Preload()
         self.tokenize(run)
-        if run.before is None:
+        writer = distributed.is_writer()  # several processes: rank 0 alone scores and judges
+        if run.before is None and writer:
             self.evaluate_before(run, store)
         if run.kind != IMPORT or run.strategies:  # an import trains nothing: strategies record only
             with self._step(run, "import") as info:  # what is left of the training stack's import
@@ -224,8 +270,13 @@ class Engine:
             evaluation.measure_unchanged(run)
             return
         with self._step(run, "validate") as info:
-            evidence = evaluation.measure_after(run, store)
-            run.verdicts, run.next_steps = gate.judge(self.registry, self.config, evidence, run.oom_retries)
+            if writer:
+                evidence = evaluation.measure_after(run, store)
+                run.verdicts, run.next_steps = gate.judge(self.registry, self.config, evidence, run.oom_retries)
+            world = distributed.current()
+            if world is not None:  # the verdicts of rank 0's gate, on every rank
+                run.verdicts, run.next_steps, run.metrics = world.broadcast((run.verdicts, run.next_steps,
+                                                                             run.metrics))
             self.pm.hook.verdicts_given(run=run, verdicts=run.verdicts, next_steps=run.next_steps)
             info.update(metrics=run.metrics, verdicts=[v.to_json() for v in run.verdicts],
                         next_steps=run.next_steps)

@@ -44,7 +44,11 @@ ROOT_KINDS = ("full_training", "import")  # versions that start a lineage: a mod
 def fault_point(phase: str) -> None:
     """Test-only seam: ``RETAIN_FAULT_AT=<phase>`` SIGKILLs this process at ``phase``
     (tests/test_crash.py), to prove a crash there leaves a consistent model directory;
-    with ``RETAIN_FAULT_SIGNAL=INT`` it sends SIGINT instead (tests/test_interrupt.py)."""
+    with ``RETAIN_FAULT_SIGNAL=INT`` it sends SIGINT instead (tests/test_interrupt.py); with
+    ``RETAIN_FAULT_RANK=R`` only rank R of a torchrun run is hit (tests/test_distributed.py)."""
+    rank = os.environ.get("RETAIN_FAULT_RANK")
+    if rank is not None and os.environ.get("RANK", "0") != rank:
+        return
     if os.environ.get("RETAIN_FAULT_AT") == phase:
         os.kill(os.getpid(), getattr(signal, "SIG" + os.environ.get("RETAIN_FAULT_SIGNAL", "KILL")))
 
@@ -544,7 +548,9 @@ class ModelStore:
 
     def append_rejects(self, rejects: list, run_id: str) -> Path:
         path = self.root / "rejects.jsonl"
-        if rejects:
+        from .distributed import is_writer
+
+        if rejects and is_writer():  # several processes: rank 0 writes them, once
             self.root.mkdir(parents=True, exist_ok=True)
             # backslashreplace: a plugin's reject holding a lone surrogate still writes valid JSON;
             # shielded: an interrupt leaves no half-written line

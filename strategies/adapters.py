@@ -24,6 +24,7 @@ from avalanche.training.regularization import LearningWithoutForgetting
 from avalanche.training.storage_policy import ExemplarsBuffer, ReservoirSamplingBuffer
 from avalanche.training.utils import ParamData, copy_params_dict
 
+from retain.core import distributed
 from retain.core.lm import IGNORE_INDEX
 from retain.core.training import LengthBatches, make_dataset, pad_to
 
@@ -104,6 +105,11 @@ class TextReservoir(ExemplarsBuffer):
         if texts:
             self.reservoir.update_from_dataset(AvalancheDataset([list(texts)]))
             self._rows = None
+            world = distributed.current()
+            if world is not None:  # several processes: rank 0's draw is every rank's buffer
+                kept, keys = world.broadcast((self.texts, self.keys.cpu()))
+                self.reservoir.buffer = AvalancheDataset([list(kept)])
+                self.reservoir._buffer_weights = keys
 
     def resize(self, strategy, new_size: int) -> None:
         self.max_size = new_size
@@ -206,6 +212,11 @@ class OnlineEWC(EWCPlugin):
             self.importances[past] = _param_data(strategy.model, self.restored, strategy.device)
             self.saved_params[past] = copy_params_dict(strategy.model)
 
+    def after_training_exp(self, strategy, **kwargs):
+        super().after_training_exp(strategy, **kwargs)
+        if self.importances:  # several processes: the same importances on every rank
+            distributed.average_(p.data for p in self.importances[max(self.importances)].values())
+
     def latest_importances(self) -> Tensors:
         if not self.importances:
             return {}
@@ -278,8 +289,10 @@ class PersistentMAS(MASPlugin):
         if not self.importance:  # first MAS experience: importances of this one only
             self.params = dict(copy_params_dict(strategy.model))
             self.importance = self._get_importance(strategy)
-            return
-        super().after_training_exp(strategy, **kwargs)
+        else:
+            super().after_training_exp(strategy, **kwargs)
+        # several processes: the same importances on every rank
+        distributed.average_(p.data for p in self.importance.values())
 
     def state(self) -> Tensors:
         return {k: v.data.detach().cpu().clone() for k, v in (self.importance or {}).items()}

@@ -1,0 +1,136 @@
+"""Several processes, one update (``--nproc``, torchrun, DDP on gloo): the same weights as one
+process on the same global batch, rank 0 the only writer, a dead rank commits nothing."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from retain.cli import app
+from retain.core.config import load_config
+from retain.core.engine import Engine
+from retain.core.store import ModelStore
+from conftest import TINY, private_copy, write_jsonl
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="gloo over TCP, fcntl")
+
+UPDATE = [*TINY, "fine_tuning.batch_size=8"]
+
+
+def _retain(args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "retain", *args], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, timeout=300)
+
+
+def _sets(overrides: list[str]) -> list[str]:
+    return [arg for o in overrides for arg in ("--set", o)]
+
+
+def _weights(model_dir, version: str) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(model_dir / "versions" / version / "model.safetensors"))
+
+
+def _relative(a: dict, b: dict) -> float:
+    diff = sum(float(((a[k].double() - b[k].double()) ** 2).sum()) for k in a) ** 0.5
+    return diff / sum(float((a[k].double() ** 2).sum()) for k in a) ** 0.5
+
+
+def _lock_is_free(model_dir) -> bool:
+    fd = os.open(model_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture
+def new_data(tmp_path, new_texts):
+    return write_jsonl(tmp_path / "new.jsonl", new_texts)
+
+
+def test_two_processes_train_as_one_on_the_same_global_batch(_base_model, tmp_path, new_data):
+    one = private_copy(_base_model, tmp_path / "one")
+    two = private_copy(_base_model, tmp_path / "two")
+    Engine(load_config(None, UPDATE)).update([str(new_data)], one)
+
+    done = _retain(["update", "--data", str(new_data), "--model", str(two), "--nproc", "2", "--json",
+                    *_sets(UPDATE)])
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])  # rank 0 alone prints it
+    assert report["version"] == "0002" and report["status"] == "accepted"
+
+    store = ModelStore(two)
+    assert store.versions() == ["0001", "0002"] and store.current() == "0002"  # exactly one new version
+    base, single, ddp = _weights(one, "0001"), _weights(one, "0002"), _weights(two, "0002")
+    assert _relative(single, base) > 1e-3  # the update did move the weights...
+    assert _relative(ddp, single) < 1e-5   # ...and 2 ranks x 4 rows moved them as 1 x 8 rows did
+    # The same epoch losses: each rank's loss is weighed by the whole batch's tokens.
+    assert report["epoch_losses"] == pytest.approx(json.loads(
+        (one / "versions" / "0002" / "report.json").read_text())["epoch_losses"], rel=1e-5)
+    assert _lock_is_free(two)
+
+
+def test_a_rank_killed_mid_update_commits_nothing_and_frees_the_lock(_base_model, tmp_path, new_data):
+    model = private_copy(_base_model, tmp_path)
+    before = (model / "CURRENT").read_text()
+
+    done = _retain(["update", "--data", str(new_data), "--model", str(model), "--nproc", "2", *_sets(UPDATE)],
+                   env={"RETAIN_FAULT_AT": "train-step", "RETAIN_FAULT_RANK": "1"})  # rank 1 SIGKILLed
+    assert done.returncode != 0
+    assert "SIGKILL" in done.stderr  # rank 1 died as planned, not of something else
+    assert "nothing was committed" in done.stderr
+    store = ModelStore(model)
+    assert store.versions() == ["0001"]
+    assert (model / "CURRENT").read_text() == before
+    assert not [p for p in (model / "versions").iterdir() if p.name.startswith(".tmp-")]
+    assert _lock_is_free(model)
+
+
+def test_nproc_without_the_backend_names_what_is_missing(base_model, new_data, monkeypatch):
+    import torch.distributed
+
+    monkeypatch.setattr(torch.distributed, "is_available", lambda: False)
+    result = CliRunner().invoke(app, ["update", "--data", str(new_data), "--model", str(base_model),
+                                      "--nproc", "2", *_sets(UPDATE)])
+    assert result.exit_code == 2, result.output
+    assert "torch.distributed" in result.output
+    assert ModelStore(base_model).versions() == ["0001"]
+
+
+@pytest.mark.parametrize("flag", ["--dry-run", "--check", "--auto"])
+def test_nproc_with_a_one_process_mode_is_a_usage_error(base_model, new_data, flag):
+    result = CliRunner().invoke(app, ["update", "--data", str(new_data), "--model", str(base_model),
+                                      "--nproc", "2", flag])
+    assert result.exit_code == 2
+    assert "--nproc" in result.output
+
+
+def test_sharded_batches_split_every_batch_between_the_ranks():
+    from retain.core.distributed import ShardedBatches, World
+
+    batches = [[0, 1, 2, 3, 4], [5]]
+    shards = [list(ShardedBatches(batches, World(rank, 2, rank, "gloo"))) for rank in (0, 1)]
+    assert shards == [[[0, 2, 4], [5]], [[1, 3], [5]]]  # rank 1 has no row of [5]: a stand-in...
+    sampler = ShardedBatches(batches, World(1, 2, 1, "gloo"))
+    flags = [sampler.stand_in for _ in sampler]
+    assert flags == [False, True]  # ...flagged, so it trains on none of its tokens
+
+
+def test_under_torchrun_only_train_and_update_run(base_model, new_data, monkeypatch):
+    for key, value in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(key, value)  # as torchrun starts each process
+    history = CliRunner().invoke(app, ["history", "--model", str(base_model)])
+    assert history.exit_code == 2 and "only train and update run under torchrun" in history.output
+    auto = CliRunner().invoke(app, ["update", "--data", str(new_data), "--model", str(base_model), "--auto"])
+    assert auto.exit_code == 2 and "--auto" in auto.output
