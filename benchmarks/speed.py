@@ -363,20 +363,23 @@ def tables(results: list[dict], args) -> str:
                   f"{args.epochs} epochs, fresh process, seconds, medians of {args.update_runs}; "
                   "\"import\" is what the update still waited for after overlapping the import with "
                   "load, read, dedupe, tokenize and evaluate; \"startup\" is the process before the run "
-                  "(interpreter, CLI, plugins) and after it):\n")
+                  "(interpreter, CLI, plugins) and after it; \"judging\" is early stopping's scoring and "
+                  "validators after each epoch, inside \"train\"; the measuring share is evaluate before + "
+                  "judging + validate over the process wall):\n")
         md.append("| model | process wall | startup | import | load | read + dedupe | tokenize | evaluate before "
-                  "| train | validate | save | measuring share | `--dry-run` | retained items scored |")
-        md.append("|---|" + "---|" * 13)
+                  "| train | of which judging | validate | save | measuring share | `--dry-run` | retained items scored |")
+        md.append("|---|" + "---|" * 15)
         for r in updates:
             u = r["update"]
             t = {k: _med(x["timings"].get(k) for x in u) for k in u[0]["timings"]}
             ingest = sum(t.get(k, 0) for k in ("collect", "preprocess", "dedupe", "holdout"))
             wall = _med(x["wall"] for x in u)
             startup = _med(x["wall"] - x["timings"]["total"] - x["timings"].get("save", 0) for x in u)
-            share = _med((x["timings"]["evaluate_before"] + x["timings"]["validate"]) / x["wall"] for x in u)
+            share = _med((x["timings"]["evaluate_before"] + x["timings"].get("judge_epochs", 0)
+                          + x["timings"]["validate"]) / x["wall"] for x in u)
             md.append(f"| {r['size']} | {wall:.1f} | {startup:.1f} | {t.get('import', 0):.1f} | {t['load']:.1f} | "
                       f"{ingest:.2f} | {t['tokenize']:.2f} | {t['evaluate_before']:.1f} | {t['train']:.1f} | "
-                      f"{t['validate']:.1f} | {t['save']:.1f} | {100 * share:.1f}% | "
+                      f"{t.get('judge_epochs', 0):.1f} | {t['validate']:.1f} | {t['save']:.1f} | {100 * share:.1f}% | "
                       f"{_med(x['dry_run'] for x in u):.1f} | {u[0]['metrics']['retention_items']} |")
         fixed = [r for r in results if "fixed" in r]
         for r in fixed:
