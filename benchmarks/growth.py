@@ -3,6 +3,7 @@ get slower as versions pile up, and does the disk grow by what changed?
 
     python benchmarks/growth.py --write BENCHMARKS.md      # 365 daily versions (~15 min on 2 cores)
     python benchmarks/growth.py --tiny                      # CI-safe: 8 versions, the same tables
+    python benchmarks/growth.py --compare-only --write BENCHMARKS.md   # a finished run's timings again
 
 A tiny model (1 layer, d_model 32, byte-level BPE of 300) and generated text (random words of a
 seeded vocabulary), so that a year of updates fits in minutes: what is measured is the model
@@ -16,8 +17,11 @@ held out), so the retention pool reaches its cap (256) on day 28. The keep polic
 Each update is an ``Engine.update`` in this process (with the end-of-update retrain advice, as
 ``retain update`` gives it), one torch thread; its wall seconds are recorded for every version.
 The directory is copied at the checkpoints; at the end, an update of the same 20 new items runs
-on a copy of the directory at version 30 and on a copy at the last version, alternately, 5
-times each: the ratio of the medians is the growth of an update's cost. ``history`` and
+on a copy of the directory at version 30 and on a copy at the last version, alternately,
+``--rounds`` times each: the ratio of the medians is the growth of an update's cost. It runs
+twice: from each directory's own head (different models: early stopping may train another
+number of epochs), and from the last head grafted onto the directory at version 30 (the same
+model: only the directory differs). ``--compare-only`` measures a finished run again. ``history`` and
 ``status`` run as commands (fresh processes, medians of 3) at each checkpoint. Disk is the
 directory's bytes (a file linked from several versions counted once); "without the keep
 policy" adds back what pruning removed, "without sharing" also counts every linked file again.

@@ -368,7 +368,7 @@ def tables(results: list[dict], args) -> str:
                   "judging + validate over the process wall):\n")
         md.append("| model | process wall | startup | import | load | read + dedupe | tokenize | evaluate before "
                   "| train | of which judging | validate | save | measuring share | `--dry-run` | retained items scored |")
-        md.append("|---|" + "---|" * 15)
+        md.append("|---|" + "---|" * 14)
         for r in updates:
             u = r["update"]
             t = {k: _med(x["timings"].get(k) for x in u) for k in u[0]["timings"]}

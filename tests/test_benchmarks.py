@@ -41,7 +41,7 @@ def test_speed_benchmark_tiny_run_writes_its_section(tmp_path):
     precision = _table(md, "| model | measured over | fp32")
     assert precision[2][0] == "tiny" and re.fullmatch(r"[+-]\d+\.\d\d%", precision[2][7])
     update = _table(md, "| model | process wall | startup | import")
-    assert update[2][0] == "tiny" and len(update[2]) == len(update[0]) == 16
+    assert update[2][0] == "tiny" and len(update[2]) == len(update[0]) == 15
     assert all(re.fullmatch(r"[\d.,]+%?|-", cell) for cell in update[2][1:])
     assert "Seconds per validator (medians): tiny: finite" in md
     assert re.search(r"\*\*Fixed seconds\*\* \(tiny model.*update - import = [+-]\d+\.\d s\*\*; dry run \*\*\d", md)
