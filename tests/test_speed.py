@@ -124,7 +124,8 @@ def test_update_reuses_the_parents_stored_retention_losses(base_model, new_texts
     assert before["retention_stored"] == before["retention_items"] == 27
     # The stored losses are what scoring the parent again gives, item by item.
     parent = load_version(store, first["version"]).lm
-    again = score_texts(parent, kept.texts, cfg.fine_tuning.max_seq_length)
+    precision = store.manifest(first["version"])["precision"]  # scored as the update scores
+    again = score_texts(parent, kept.texts, cfg.fine_tuning.max_seq_length, precision=precision)
     assert torch.allclose(torch.tensor([r["loss"] for r in kept.items], dtype=torch.float64), again, rtol=1e-5)
     assert second["metrics"]["retention_loss_before"] == pytest.approx(float(again.mean()), rel=1e-6)
     # Scored another way (here a shorter max_len), they are scored again.
@@ -228,3 +229,15 @@ def test_auto_precision_is_bf16_where_the_hardware_computes_in_bf16(monkeypatch,
         (tmp_path / name).write_text(f"processor\t: 0\nflags\t\t: {line}\n\nprocessor\t: 1\nflags\t\t: {line}\n")
     assert [detect(str(tmp_path / n)) for n in flags] == [False, True, True]
     assert detect(str(tmp_path / "absent")) is False
+
+
+def test_an_update_on_a_cpu_with_native_bf16_trains_and_scores_in_bf16(base_model, new_texts, tmp_path,
+                                                                       monkeypatch):
+    from retain.core import models
+
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: True)
+    report = Engine(load_config(None, [*TINY, "precision=auto"])).update(
+        [str(write_jsonl(tmp_path / "a.jsonl", new_texts[:12]))], base_model)
+    manifest = ModelStore(base_model).manifest(report["version"])
+    assert manifest["precision"] == "bf16" and manifest["retention"]["scored"]["precision"] == "bf16"
+    assert all(loss > 0 for loss in report["epoch_losses"])
