@@ -8,7 +8,6 @@ every file against its checksum first; weights are safetensors, never pickle.
 from __future__ import annotations
 
 import functools
-
 from dataclasses import dataclass
 from typing import Any
 
