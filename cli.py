@@ -679,7 +679,6 @@ def status(
     updates."""
     from retain.core.retrain import assess
     from retain.core.store import ModelStore
-    from retain.render import print_assessment
 
     cfg = _load(config, set_, "fine_tuning", None, None, None)
     store = ModelStore(model)
@@ -689,6 +688,8 @@ def status(
     if json_out:
         _emit_json(assessment.to_json())
         return
+    from retain.render import print_assessment  # rich: only for the table
+
     console = _console(False)
     m = store.manifest(current)
     console.print(f"[bold]{model}[/]: current version {current} ({m.get('kind')}, {m.get('created_at')}); "

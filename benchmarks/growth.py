@@ -3,6 +3,7 @@ get slower as versions pile up, and does the disk grow by what changed?
 
     python benchmarks/growth.py --write BENCHMARKS.md      # 365 daily versions (~15 min on 2 cores)
     python benchmarks/growth.py --tiny                      # CI-safe: 8 versions, the same tables
+    python benchmarks/growth.py --compare-only --write BENCHMARKS.md   # a finished run's timings again
 
 A tiny model (1 layer, d_model 32, byte-level BPE of 300) and generated text (random words of a
 seeded vocabulary), so that a year of updates fits in minutes: what is measured is the model
@@ -16,8 +17,11 @@ held out), so the retention pool reaches its cap (256) on day 28. The keep polic
 Each update is an ``Engine.update`` in this process (with the end-of-update retrain advice, as
 ``retain update`` gives it), one torch thread; its wall seconds are recorded for every version.
 The directory is copied at the checkpoints; at the end, an update of the same 20 new items runs
-on a copy of the directory at version 30 and on a copy at the last version, alternately, 5
-times each: the ratio of the medians is the growth of an update's cost. ``history`` and
+on a copy of the directory at version 30 and on a copy at the last version, alternately,
+``--rounds`` times each: the ratio of the medians is the growth of an update's cost. It runs
+twice: from each directory's own head (different models: early stopping may train another
+number of epochs), and from the last head grafted onto the directory at version 30 (the same
+model: only the directory differs). ``--compare-only`` measures a finished run again. ``history`` and
 ``status`` run as commands (fresh processes, medians of 3) at each checkpoint. Disk is the
 directory's bytes (a file linked from several versions counted once); "without the keep
 policy" adds back what pruning removed, "without sharing" also counts every linked file again.
@@ -91,6 +95,59 @@ def command_seconds(args: list[str], runs: int = 3) -> float:
     return statistics.median(times)
 
 
+
+def graft(late: Path, early: Path, out: Path) -> Path:
+    """A copy of ``early`` (a short chain) with the last version of ``late`` on top, as its
+    child: the same weights, retention pool and settings at the head of a chain of the early
+    length + 1, so that an update from either head trains, scores and generates the same, and
+    only the directory differs. (An update from each directory's own head does not: early
+    stopping keeps 2 epochs of the same new items at version 30 and 3 at version 365, and the
+    generation validator's samples differ in length.)"""
+    from retain.core.store import MANIFEST, ModelStore
+
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(early, out)
+    source, target = ModelStore(late), ModelStore(out)
+    head, parent = source.current(), target.current()
+    name = f"{int(parent) + 1:04d}"
+    shutil.copytree(source.versions_dir / head, target.versions_dir / name)
+    manifest = json.loads((target.versions_dir / name / MANIFEST).read_text(encoding="utf-8"))
+    manifest.update(parent=parent, version=name)
+    (target.versions_dir / name / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True),
+                                                       encoding="utf-8")
+    target.set_current(name)
+    return out
+
+
+def compare(engine, work: Path, early_dir: Path, late_dir: Path, early: int, late: int, rounds: int,
+            daily: int) -> dict:
+    """The same update (the same new items), alternately, ``rounds`` times each: from the
+    directory at ``early`` versions and from the one at ``late`` (each from its own head), and
+    from ``late``'s head grafted onto the directory at ``early`` against ``late`` itself."""
+    from retain.core.errors import UpdateRejected
+
+    fresh = write_jsonl(work / "same.jsonl", items(10**8, daily, vocabulary()))
+    grafted = graft(late_dir, early_dir, work / f"at-{early}-with-head-{late}")
+    sources = {"own_head": {early: early_dir, late: late_dir}, "same_head": {early: grafted, late: late_dir}}
+    timed = {kind: {early: [], late: []} for kind in sources}
+    epochs = {kind: {early: [], late: []} for kind in sources}
+    for _ in range(rounds):
+        for kind, dirs in sources.items():
+            for n, source in dirs.items():
+                copy = work / f"copy-{n}"
+                shutil.rmtree(copy, ignore_errors=True)
+                shutil.copytree(source, copy)
+                started = time.perf_counter()
+                try:
+                    report = engine.update([str(fresh)], copy, advise=True)
+                except UpdateRejected as exc:
+                    report = exc.report
+                timed[kind][n].append(time.perf_counter() - started)
+                epochs[kind][n].append(len(report.get("epoch_losses") or []))
+                shutil.rmtree(copy)
+    return {"timed": timed["own_head"], "timed_same_head": timed["same_head"], "epochs": epochs}
+
+
 def run(versions: int, checkpoints: list[int], keep_last: int, daily: int, base_items: int, work: Path,
         rounds: int, command_runs: int = 3) -> dict:
     import torch
@@ -139,29 +196,37 @@ def run(versions: int, checkpoints: list[int], keep_last: int, daily: int, base_
             print(f"version {n}: update {seconds:.2f} s, history {row['history_s']:.2f} s, status "
                   f"{row['status_s']:.2f} s, disk {row['disk'] / 1e6:.1f} MB", file=sys.stderr, flush=True)
         rows.append(row)
-    # Same update, early directory against the last one, alternately.
-    early, late = (30 if 30 in snapshots and 30 < versions else checkpoints[0]), versions
-    fresh = write_jsonl(work / "same.jsonl", items(10**8, daily, vocab))
-    timed = {early: [], late: []}
-    for r in range(rounds):
-        for n, source in ((early, snapshots[early]), (late, model)):
-            copy = work / f"copy-{n}"
-            shutil.rmtree(copy, ignore_errors=True)
-            shutil.copytree(source, copy)
-            started = time.perf_counter()
-            try:
-                engine.update([str(fresh)], copy, advise=True)
-            except UpdateRejected:
-                pass
-            timed[n].append(time.perf_counter() - started)
-            shutil.rmtree(copy)
+    early = 30 if 30 in snapshots and 30 < versions else checkpoints[0]
+    timed = compare(engine, work, snapshots[early], model, early, versions, rounds, daily)
     current = store.current()
     parent = store.manifest(current)["parent"]
     a, b = (load_version(store, v).model.state_dict_for_save() for v in (parent, current))
     same = sum(torch.equal(a[k], b[k]) for k in a)
-    return {"rows": rows, "early": early, "late": late, "timed": timed, "identical_tensors": same,
+    return {"rows": rows, "early": early, "late": versions, **timed, "identical_tensors": same,
             "tensors": len(a), "keep_last": keep_last, "daily": daily, "base_items": base_items,
             "weights_bytes": (store.versions_dir / current / "model.safetensors").stat().st_size}
+
+
+
+def remeasure(work: Path, checkpoints: list[int], versions: int, keep_last: int, rounds: int, daily: int) -> dict:
+    """``--compare-only``: the timings of a finished run again, on its kept directories (the
+    directory at each checkpoint), at one time: history and status, then the updates."""
+    import torch
+
+    from retain.core.config import load_config
+    from retain.core.engine import Engine
+
+    torch.set_num_threads(1)
+    result = json.loads((work / "results.json").read_text(encoding="utf-8"))
+    rows = {r["version"]: r for r in result["rows"]}
+    for n in checkpoints:
+        rows[n]["history_s"] = command_seconds(["history", "--model", str(work / f"at-{n}"), "--json"])
+        rows[n]["status_s"] = command_seconds(["status", "--model", str(work / f"at-{n}"), "--json",
+                                               *[a for o in MODEL for a in ("--set", o)]])
+    early = result["early"]
+    engine = Engine(load_config(None, [*MODEL, f"prune.keep_last={keep_last}"]))
+    result.update(compare(engine, work, work / f"at-{early}", work / "model", early, versions, rounds, daily))
+    return result
 
 
 def tables(result: dict, checkpoints: list[int]) -> str:
@@ -176,11 +241,19 @@ def tables(result: dict, checkpoints: list[int]) -> str:
                   f"{r['disk'] / 1e6:.2f} | {r['without_keep'] / 1e6:.2f} | {r['without_sharing'] / 1e6:.2f} | "
                   f"{r['pool']} / {r['retention_items']} |")
     e, l = result["early"], result["late"]
-    me, ml = statistics.median(result["timed"][e]), statistics.median(result["timed"][l])
     md.append("")
-    md.append(f"The same update on the directory at version {e} and at version {l}, alternately "
-              f"({len(result['timed'][e])} each): medians {me:.2f} s and {ml:.2f} s, **{ml / me:.2f}x**. "
-              f"A version's weights are {result['weights_bytes'] / 1e6:.2f} MB; between the last two versions "
+    for kind, what in (("timed_same_head", f"from the same head version (version {l}'s, grafted onto the directory at "
+                        f"version {e}: the same model, retention pool and training)"),
+                       ("timed", "each from its own head version (a different model: early stopping and the "
+                        "generation validator do different work)")):
+        me, ml = statistics.median(result[kind][e]), statistics.median(result[kind][l])
+        epochs = result.get("epochs", {}).get("same_head" if kind == "timed_same_head" else "own_head")
+        trained = (f"; epochs trained {statistics.median(epochs[e]):g} and {statistics.median(epochs[l]):g}"
+                   if epochs else "")
+        md.append(f"- The same update on the directory at version {e} and at version {l}, alternately, {what}: "
+                  f"{len(result[kind][e])} each, medians {me:.2f} s and {ml:.2f} s, **{ml / me:.2f}x**{trained}.")
+    md.append("")
+    md.append(f"A version's weights are {result['weights_bytes'] / 1e6:.2f} MB; between the last two versions "
               f"{result['identical_tensors']} of {result['tensors']} tensors are identical (a full fine-tune "
               "changes every tensor, so only whole files are shared: the tokenizer, unchanged strategy "
               "state; the keep policy is what bounds the weights on disk).")
@@ -212,13 +285,18 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/retain-growth-bench"))
     ap.add_argument("--tiny", action="store_true", help="CI-safe: 8 versions, checkpoints 3 and 8")
     ap.add_argument("--write", type=Path)
+    ap.add_argument("--compare-only", action="store_true", help="reuse --work's directories and results.json "
+                    "(a finished run): measure history, status and the alternating updates again")
     args = ap.parse_args()
     if args.tiny:
         args.versions, args.checkpoints, args.keep_last, args.rounds, args.base_items = 8, "3,8", 3, 1, 200
     checkpoints = [int(c) for c in args.checkpoints.split(",") if int(c) <= args.versions]
     started = time.perf_counter()
-    result = run(args.versions, checkpoints, args.keep_last, args.daily, args.base_items, args.work, args.rounds,
-                 1 if args.tiny else 3)
+    if args.compare_only:
+        result = remeasure(args.work, checkpoints, args.versions, args.keep_last, args.rounds, args.daily)
+    else:
+        result = run(args.versions, checkpoints, args.keep_last, args.daily, args.base_items, args.work,
+                     args.rounds, 1 if args.tiny else 3)
     md = tables(result, checkpoints)
     print(md)
     (args.work / "results.json").write_text(json.dumps(result, indent=1), encoding="utf-8")

@@ -240,6 +240,8 @@ def measure_size(size: str, args, base: list[str], new: list[str], work: Path) -
     out: dict = {"size": size, "parameters": count_parameters(lm), "vocab": lm.tokenizer.get_vocab_size(),
                  "items": len(new), "rows": len(rows), "tokens": rows.tokens, "threads": torch.get_num_threads()}
     say = (lambda *a: print(*a, file=sys.stderr, flush=True))
+    # What is measured so far, after each phase: a run stopped part way keeps it.
+    keep = lambda: (work / f"partial-{size}.json").write_text(json.dumps(out, indent=1, default=str), encoding="utf-8")
     say(f"[{size}] {out['parameters'] / 1e6:.1f}M parameters, {rows.tokens} tokens per epoch")
 
     loop_steps = args.loop_steps.get(size)
@@ -252,19 +254,22 @@ def measure_size(size: str, args, base: list[str], new: list[str], work: Path) -
     out["loop_span"] = f"{loop_steps} steps of 8 rows" if loop_steps else f"{e} epoch(s)"
     out["loops"] = {k: [{kk: vv for kk, vv in s.items()} for s in v] for k, v in loops.items()}
     say(f"[{size}] loops: " + ", ".join(f"{k} {median_rate(v):.0f} tok/s" for k, v in loops.items()))
+    keep()
 
     steps = args.bf16_steps.get(size)
     some, epochs = first_steps(rows, steps), (1 if steps else args.epochs)
-    precision = alternate(args.bf16_runs.get(size, args.runs), {
+    precision = alternate(args.bf16_runs.get(size, args.bf16_runs_all), {
         "fp32": lambda: retain_fit(fresh(model, args.device), some, epochs, args.device, "fp32"),
         "bf16": lambda: retain_fit(fresh(model, args.device), some, epochs, args.device, "bf16"),
     })
     out["precision"] = {"steps": steps, "epochs": args.epochs, **precision}
     say(f"[{size}] precision: " + ", ".join(f"{k} {median_rate(v):.0f} tok/s" for k, v in precision.items()))
+    keep()
 
     if size in args.compile_sizes:
         out["compile"] = compile_runs(model, rows, args)
         say(f"[{size}] compile: {out['compile']}")
+        keep()
 
     if not args.skip_update:
         data = write_jsonl(work / f"new-{size}.jsonl", new)
@@ -273,8 +278,10 @@ def measure_size(size: str, args, base: list[str], new: list[str], work: Path) -
             small = write_jsonl(work / f"new10-{size}.jsonl", new[:10])
             out["fixed"] = cli_runs(model, work, small, sets, args.runs, args.threads, bare_import=True)
             say(f"[{size}] fixed: " + json.dumps(out["fixed"][-1], default=str)[:300])
+            keep()
         out["update"] = cli_runs(model, work, data, sets, args.update_runs, args.threads, bare_import=False)
         say(f"[{size}] update: " + json.dumps(out["update"][-1]["timings"]))
+        keep()
     return out
 
 
@@ -356,20 +363,23 @@ def tables(results: list[dict], args) -> str:
                   f"{args.epochs} epochs, fresh process, seconds, medians of {args.update_runs}; "
                   "\"import\" is what the update still waited for after overlapping the import with "
                   "load, read, dedupe, tokenize and evaluate; \"startup\" is the process before the run "
-                  "(interpreter, CLI, plugins) and after it):\n")
+                  "(interpreter, CLI, plugins) and after it; \"judging\" is early stopping's scoring and "
+                  "validators after each epoch, inside \"train\"; the measuring share is evaluate before + "
+                  "judging + validate over the process wall):\n")
         md.append("| model | process wall | startup | import | load | read + dedupe | tokenize | evaluate before "
-                  "| train | validate | save | measuring share | `--dry-run` | retained items scored |")
-        md.append("|---|" + "---|" * 13)
+                  "| train | of which judging | validate | save | measuring share | `--dry-run` | retained items scored |")
+        md.append("|---|" + "---|" * 14)
         for r in updates:
             u = r["update"]
             t = {k: _med(x["timings"].get(k) for x in u) for k in u[0]["timings"]}
             ingest = sum(t.get(k, 0) for k in ("collect", "preprocess", "dedupe", "holdout"))
             wall = _med(x["wall"] for x in u)
             startup = _med(x["wall"] - x["timings"]["total"] - x["timings"].get("save", 0) for x in u)
-            share = _med((x["timings"]["evaluate_before"] + x["timings"]["validate"]) / x["wall"] for x in u)
+            share = _med((x["timings"]["evaluate_before"] + x["timings"].get("judge_epochs", 0)
+                          + x["timings"]["validate"]) / x["wall"] for x in u)
             md.append(f"| {r['size']} | {wall:.1f} | {startup:.1f} | {t.get('import', 0):.1f} | {t['load']:.1f} | "
                       f"{ingest:.2f} | {t['tokenize']:.2f} | {t['evaluate_before']:.1f} | {t['train']:.1f} | "
-                      f"{t['validate']:.1f} | {t['save']:.1f} | {100 * share:.1f}% | "
+                      f"{t.get('judge_epochs', 0):.1f} | {t['validate']:.1f} | {t['save']:.1f} | {100 * share:.1f}% | "
                       f"{_med(x['dry_run'] for x in u):.1f} | {u[0]['metrics']['retention_items']} |")
         fixed = [r for r in results if "fixed" in r]
         for r in fixed:
@@ -426,6 +436,8 @@ def main() -> None:
     ap.add_argument("--loop-epochs", type=int, default=1, help="epochs per run of the loop comparison")
     ap.add_argument("--bf16-steps", default="", help="SIZE=STEPS,...: measure fp32/bf16 over this many steps "
                     "(one run) instead of --epochs epochs (bf16 without native CPU support is slow)")
+    ap.add_argument("--bf16-runs", type=int, default=0, help="alternating fp32/bf16 rounds (default: --runs, "
+                    "one where --bf16-steps names the size)")
     ap.add_argument("--loop-steps", default="", help="SIZE=STEPS,...: the loop comparison over this many steps "
                     "instead of --loop-epochs")
     ap.add_argument("--compile-sizes", default="0.7M,20M", help="sizes to measure torch.compile at")
@@ -450,7 +462,8 @@ def main() -> None:
     steps = dict(part.split("=") for part in args.bf16_steps.split(",") if part)
     args.bf16_steps = {k: int(v) for k, v in steps.items()}
     args.loop_steps = {k: int(v) for k, v in (p.split("=") for p in args.loop_steps.split(",") if p)}
-    args.bf16_runs = {k: 1 for k in args.bf16_steps}
+    args.bf16_runs_all = args.bf16_runs or args.runs
+    args.bf16_runs = {k: args.bf16_runs or 1 for k in args.bf16_steps}
     args.compile_sizes = [s for s in args.compile_sizes.split(",") if s]
     sizes = args.sizes.split(",")
     unknown = [s for s in sizes if s not in SIZES]

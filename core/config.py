@@ -140,8 +140,9 @@ class PruneConfig:
 class Config:
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # bf16 autocast for training and scoring. auto: bf16 on a CUDA device that supports it,
-    # fp32 on CPU (measured slower in bf16 on CPUs without native bf16; BENCHMARKS.md).
+    # bf16 autocast for training and scoring. auto: bf16 on a CUDA device that supports it and
+    # on a CPU with native bf16 (AVX512-BF16, AMX), fp32 on other CPUs, where bf16 is emulated
+    # and several times slower (BENCHMARKS.md).
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     model: ModelConfig = field(default_factory=ModelConfig)
     fine_tuning: FineTuningConfig = field(default_factory=FineTuningConfig)

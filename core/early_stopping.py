@@ -103,6 +103,7 @@ class EarlyStopping(SupervisedPlugin):
         super().__init__()
         self.tracker, self.judge, self.loop, self.epochs, self.on_best = tracker, judge, loop, epochs, on_best
         self.snapshot: dict[str, torch.Tensor] | None = None
+        self.seconds: list[float] = []  # each epoch's judgment: measuring, inside training's time
 
     def after_training_epoch(self, strategy, **kw):
         started = time.perf_counter()
@@ -114,8 +115,8 @@ class EarlyStopping(SupervisedPlugin):
         if self.tracker.see(epoch):
             self.snapshot = {k: v.detach().to("cpu", copy=True) for k, v in strategy.model.state_dict().items()}
             self.on_best(scores)
-        self.loop.epoch_end_seconds = max(self.loop.epoch_end_seconds if number > 1 else 0.0,
-                                          time.perf_counter() - started)
+        self.seconds.append(time.perf_counter() - started)
+        self.loop.epoch_end_seconds = max(self.loop.epoch_end_seconds if number > 1 else 0.0, self.seconds[-1])
         last = bool(self.tracker.stopped) or number >= self.epochs or self.loop.out_of_time
         if last and self.tracker.best is not epoch and self.snapshot is not None:
             strategy.model.load_state_dict(self.snapshot)

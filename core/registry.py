@@ -224,9 +224,14 @@ def plan_prune(store: ModelStore, keep_last: int, keep_full_trainings: bool = Fa
     if keep_full_trainings:
         keep |= {v for v in accepted if manifests[v].get("kind") == "full_training"}
     keep |= {b for v in list(keep) if (b := builds_on(manifests[v])) is not None and b in manifests}
+    # The chains of the kept versions share their ancestors: walk each only down to where a
+    # chain walked before joins it (one pass over the directory, not one per kept version).
     needed: set[str] = set()
     for v in keep:
-        needed.update(store.chain(v))
+        name: str | None = v
+        while name and name not in needed:
+            needed.add(name)
+            name = (manifests.get(name) or store.manifest(name)).get("parent")
     newest_accepted = max(accepted) if accepted else ""
     streak = {v for v, m in manifests.items() if m.get("status") == "rejected" and v > newest_accepted}
     plan = PrunePlan()
@@ -272,6 +277,8 @@ def apply_prune(store: ModelStore, plan: PrunePlan) -> None:
     finishes removing if we die half way. The caller holds the lock."""
     for v in plan.stub:
         _strip(store, v)
+    if plan.delete:
+        store.forget_chains()  # a walk remembered through a deleted version would outlive it
     for v in plan.delete:
         doomed = store.versions_dir / f".tmp-pruned-{v}-{os.getpid()}"
         os.rename(store.versions_dir / v, doomed)

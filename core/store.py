@@ -390,7 +390,12 @@ class ModelStore:
             raise ModelError(f"{self.root} is a file, not a model directory")
         self.versions_dir = self.root / "versions"
         self.ledger = Ledger(self.root / "ledger.sqlite")
+        # A year of daily versions is a chain 365 long, and an update asks for it (and for its
+        # manifests) from many steps: each manifest is parsed once per store, a plain os.stat
+        # says whether it changed since, and each parent link is read once (see ``chain``).
+        self._versions_str = str(self.versions_dir)
         self._manifests: dict[str, tuple[tuple[int, int, int], dict]] = {}
+        self._parents: dict[str, str | None] = {}
 
     # --- reading -----------------------------------------------------------
     def exists(self) -> bool:
@@ -423,13 +428,12 @@ class ModelStore:
                       if p.is_dir() and not p.name.startswith("."))
 
     def manifest(self, version: str) -> dict:
-        """The version's manifest, checked; shared, do not modify it. Parsed once per process
-        while the file is unchanged (a stat decides: prune rewrites a stub's manifest), since
-        several steps of every update walk the chain, a year of daily versions long."""
-        path = self.versions_dir / version / MANIFEST
+        """The version's manifest, checked; shared, do not modify it. Parsed once per store
+        while the file is unchanged (a stat decides: prune rewrites a stub's manifest)."""
+        path = f"{self._versions_str}/{version}/{MANIFEST}"  # no pathlib: this runs per version, often
         try:
-            st = path.stat()
-        except FileNotFoundError:
+            st = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
             raise ModelError(f"version {version}: {MANIFEST} is missing") from None
         key = (st.st_mtime_ns, st.st_size, st.st_ino)
         cached = self._manifests.get(version)
@@ -437,11 +441,13 @@ class ModelStore:
             return cached[1]
         data = self._read_manifest(version, path)
         self._manifests[version] = (key, data)
+        self._parents[version] = data.get("parent")
         return data
 
-    def _read_manifest(self, version: str, path: Path) -> dict:
+    def _read_manifest(self, version: str, path: str) -> dict:
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
         except FileNotFoundError:
             raise ModelError(f"version {version}: {MANIFEST} is missing") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -466,13 +472,24 @@ class ModelStore:
         return None
 
     def chain(self, version: str | None = None) -> list[str]:
-        """``version`` (default: current) and its ancestors, newest first."""
+        """``version`` (default: current) and its ancestors, newest first. A version's parent
+        never changes once it is in place (a stub keeps it), so each parent link is read once
+        per store: a later walk, or one reaching a version walked before, follows the links in
+        memory. Prune forgets them when it deletes versions (``forget_chains``)."""
         out: list[str] = []
+        seen: set[str] = set()
         name: str | None = version or self.current()
-        while name and name not in out:
+        while name and name not in seen:
             out.append(name)
-            name = self.manifest(name).get("parent")
+            seen.add(name)
+            if name not in self._parents:
+                self._parents[name] = self.manifest(name).get("parent")
+            name = self._parents[name]
         return out
+
+    def forget_chains(self) -> None:
+        """Versions were deleted: read the parent links again when next asked."""
+        self._parents.clear()
 
     def verified_path(self, version: str, rel: str, manifest: dict | None = None) -> Path:
         """Path of a version's file after checking it against the manifest's checksum."""

@@ -344,6 +344,7 @@ def train(run: Run, pm, judge: Callable[[], tuple] | None = None) -> None:
     world = distributed.current()
     if judge is not None and world is not None:
         judge = world.on_writer(judge)  # validators run once, on rank 0; every rank stops alike
+    judges: list = []    # early stopping itself, one per attempt: its seconds
 
     def penalty(model, inputs, targets, logits):
         terms = [t for t in pm.hook.training_penalty(run=run, model=model, inputs=inputs, targets=targets,
@@ -369,7 +370,8 @@ def train(run: Run, pm, judge: Callable[[], tuple] | None = None) -> None:
 
         def keep(scores) -> None:
             run.after = scores
-        return EarlyStopping(trackers[-1], judge, loop, settings.epochs, keep)
+        judges.append(EarlyStopping(trackers[-1], judge, loop, settings.epochs, keep))
+        return judges[-1]
 
     def attempt() -> list[float]:
         run.after = None
@@ -386,3 +388,5 @@ def train(run: Run, pm, judge: Callable[[], tuple] | None = None) -> None:
     pm.hook.update_started(run=run)
     run.epoch_losses = retry_halving_batch(attempt, run.model, settings, on_oom)
     run.early_stopping = trackers[-1].to_json() if trackers else None
+    if judges:  # measuring after each epoch, part of "train": reported so validation's share is whole
+        run.timings["judge_epochs"] = sum(sum(j.seconds) for j in judges)

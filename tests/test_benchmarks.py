@@ -14,9 +14,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run(script: str, tmp_path: Path) -> str:
+def _run(script: str, tmp_path: Path, *extra: str) -> str:
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--tiny", "--work", str(tmp_path),
-                          "--write", str(tmp_path / "BENCHMARKS.md")], capture_output=True, text=True)
+                          "--write", str(tmp_path / "BENCHMARKS.md"), *extra], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
     return (tmp_path / "BENCHMARKS.md").read_text(encoding="utf-8")
 
@@ -41,7 +41,7 @@ def test_speed_benchmark_tiny_run_writes_its_section(tmp_path):
     precision = _table(md, "| model | measured over | fp32")
     assert precision[2][0] == "tiny" and re.fullmatch(r"[+-]\d+\.\d\d%", precision[2][7])
     update = _table(md, "| model | process wall | startup | import")
-    assert update[2][0] == "tiny" and len(update[2]) == len(update[0]) == 14
+    assert update[2][0] == "tiny" and len(update[2]) == len(update[0]) == 15
     assert all(re.fullmatch(r"[\d.,]+%?|-", cell) for cell in update[2][1:])
     assert "Seconds per validator (medians): tiny: finite" in md
     assert re.search(r"\*\*Fixed seconds\*\* \(tiny model.*update - import = [+-]\d+\.\d s\*\*; dry run \*\*\d", md)
@@ -52,5 +52,12 @@ def test_growth_benchmark_tiny_run_writes_its_section(tmp_path):
     assert md.count("## A year of daily versions (issue 13)") == 1
     rows = _table(md, "| versions | update s")
     assert [r[0] for r in rows[2:]] == ["3", "8"] and all(len(r) == 8 for r in rows)
-    assert re.search(r"The same update on the directory at version 3 and at version 8, alternately", md)
+    for heads in (r"from the same head version \(version 8's, grafted onto the directory at version 3",
+                  r"each from its own head version"):
+        assert re.search(r"The same update on the directory at version 3 and at version 8, alternately, "
+                         + heads + r".*\*\*\d+\.\d\dx\*\*; epochs trained \d", md)
     assert re.search(r"\d+ of \d+ tensors are identical", md) and "7 updates, 0 rejected" in md
+    # Measured again on the kept directories: the section is replaced, with the same rows.
+    again = _run("growth.py", tmp_path, "--compare-only")
+    assert again.count("## A year of daily versions (issue 13)") == 1 and "--compare-only" in again
+    assert [r[0] for r in _table(again, "| versions | update s")[2:]] == ["3", "8"]

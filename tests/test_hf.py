@@ -21,7 +21,7 @@ from retain.core.store import ModelStore  # noqa: E402
 
 from conftest import write_jsonl  # noqa: E402
 
-HF = ["device=cpu", "validation.retention_fraction=0.1", "validation.holdout_fraction=0.2",
+HF = ["device=cpu", "precision=fp32", "validation.retention_fraction=0.1", "validation.holdout_fraction=0.2",
       "fine_tuning.epochs=2", "fine_tuning.max_seq_length=64", "full_training.batch_size=16",
       "validators=[finite,loss_trend,retention,learning,generation]"]
 RECORDED = "replay,ewc,si,mas,agem"  # what the import records from the base data

@@ -124,7 +124,8 @@ def test_update_reuses_the_parents_stored_retention_losses(base_model, new_texts
     assert before["retention_stored"] == before["retention_items"] == 27
     # The stored losses are what scoring the parent again gives, item by item.
     parent = load_version(store, first["version"]).lm
-    again = score_texts(parent, kept.texts, cfg.fine_tuning.max_seq_length)
+    precision = store.manifest(first["version"])["precision"]  # scored as the update scores
+    again = score_texts(parent, kept.texts, cfg.fine_tuning.max_seq_length, precision=precision)
     assert torch.allclose(torch.tensor([r["loss"] for r in kept.items], dtype=torch.float64), again, rtol=1e-5)
     assert second["metrics"]["retention_loss_before"] == pytest.approx(float(again.mean()), rel=1e-6)
     # Scored another way (here a shorter max_len), they are scored again.
@@ -139,6 +140,8 @@ def test_import_is_a_step_of_its_own_and_validators_are_timed(base_model, new_te
                                                     base_model)
     steps = list(report["timings"])
     assert steps.index("evaluate_before") < steps.index("import") < steps.index("train")
+    # Early stopping's judgment after each epoch is measuring inside "train": reported apart.
+    assert 0 < report["timings"]["judge_epochs"] < report["timings"]["train"]
     assert all(v["seconds"] is not None and v["seconds"] >= 0 for v in report["verdicts"])
     saved = json.loads((base_model / "versions" / report["version"] / "report.json").read_text())
     assert [v["validator"] for v in saved["verdicts"]] == load_config(None, TINY).validators
@@ -203,3 +206,38 @@ def test_a_training_command_ends_without_teardown_and_keeps_its_exit_code_and_ou
     assert json.loads(proc.stdout.strip().splitlines()[-1])["status"] == "rejected"
     assert "handler ran" in proc.stderr
     assert sorted(p.name for p in base_model.iterdir() if p.name.startswith("ledger")) == ["ledger.sqlite"]
+
+
+def test_auto_precision_is_bf16_where_the_hardware_computes_in_bf16(monkeypatch, tmp_path):
+    from retain.core import models
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    detect = models.cpu_has_native_bf16.__wrapped__  # uncached, a cpuinfo file of our own
+    for name in ("fp32", "bf16"):  # asked for explicitly: as asked, anywhere
+        assert models.resolve_precision(name, cpu) == name
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: True)
+    assert models.resolve_precision("auto", cpu) == "bf16"
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: False)
+    assert models.resolve_precision("auto", cpu) == "fp32"
+    for supported in (True, False):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: supported)
+        assert models.resolve_precision("auto", cuda) == ("bf16" if supported else "fp32")
+    # The CPU's flags: AVX512 alone emulates bf16 (torch's mkldnn check says yes to it too).
+    flags = {"avx512": "fpu sse2 avx2 avx512f avx512bw avx512vl", "avx512_bf16": "avx2 avx512f avx512_bf16",
+             "amx": "avx2 amx_bf16 amx_tile"}
+    for name, line in flags.items():
+        (tmp_path / name).write_text(f"processor\t: 0\nflags\t\t: {line}\n\nprocessor\t: 1\nflags\t\t: {line}\n")
+    assert [detect(str(tmp_path / n)) for n in flags] == [False, True, True]
+    assert detect(str(tmp_path / "absent")) is False
+
+
+def test_an_update_on_a_cpu_with_native_bf16_trains_and_scores_in_bf16(base_model, new_texts, tmp_path,
+                                                                       monkeypatch):
+    from retain.core import models
+
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: True)
+    report = Engine(load_config(None, [*TINY, "precision=auto"])).update(
+        [str(write_jsonl(tmp_path / "a.jsonl", new_texts[:12]))], base_model)
+    manifest = ModelStore(base_model).manifest(report["version"])
+    assert manifest["precision"] == "bf16" and manifest["retention"]["scored"]["precision"] == "bf16"
+    assert all(loss > 0 for loss in report["epoch_losses"])

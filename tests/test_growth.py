@@ -1,0 +1,176 @@
+"""A year of daily versions must not make each update slower: counted, never timed. The
+chain is made long cheaply by cloning a real update's version (its files hard-linked, its
+manifest naming the previous clone as parent), so an update runs on a chain of 12 or 42."""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from retain.core.config import load_config
+from retain.core.engine import Engine
+from retain.core.errors import ModelError, UpdateRejected
+from retain.core.registry import apply_prune, plan_prune
+from retain.core.store import MANIFEST, ModelStore
+
+from conftest import TINY, private_copy, write_jsonl
+
+# The gate never rejects here (a rejected version would not lengthen the chain).
+LENIENT = [*TINY, "options.retention.max_increase=10", "options.retention.max_items_worse=1",
+           "options.learning.min_drop=-10", "options.loss_trend.tolerance=10",
+           "options.generation.max_repetition=1", "options.generation.max_empty=1"]
+
+
+@pytest.fixture(scope="module")
+def _one_update(tmp_path_factory, _base_model, new_texts) -> Path:
+    root = tmp_path_factory.mktemp("one-update")
+    model = private_copy(_base_model, root)
+    Engine(load_config(None, LENIENT)).update([str(write_jsonl(root / "day.jsonl", new_texts[:12]))], model)
+    assert ModelStore(model).chain() == ["0002", "0001"]
+    return model
+
+
+def stretch(model: Path, length: int) -> None:
+    """Clone version 0002 into 0003..``length``, each the parent of the next, each with ledger
+    rows of its own; CURRENT names the last."""
+    store = ModelStore(model)
+    source = store.versions_dir / "0002"
+    manifest = json.loads((source / MANIFEST).read_text(encoding="utf-8"))
+    for n in range(3, length + 1):
+        name = f"{n:04d}"
+        target = store.versions_dir / name
+        shutil.copytree(source, target, copy_function=os.link)
+        (target / MANIFEST).unlink()  # a new file, not the linked one
+        (target / MANIFEST).write_text(json.dumps({**manifest, "parent": f"{n - 1:04d}", "version": name},
+                                                  indent=2, sort_keys=True), encoding="utf-8")
+        store.ledger.add(name, [(hashlib.sha256(f"{name}-{i}".encode()).hexdigest(), "train", "x", "x")
+                                for i in range(5)])
+    store.ledger.close()
+    store.set_current(f"{length:04d}")
+
+
+def counted_update(model: Path, data: Path, monkeypatch) -> tuple[collections.Counter, collections.Counter]:
+    """(manifest lookups per version, manifest parses per version) of one update with the
+    keep policy on."""
+    lookups, parses = collections.Counter(), collections.Counter()
+    lookup, parse = ModelStore.manifest, ModelStore._read_manifest
+
+    def counting_lookup(self, version):
+        lookups[version] += 1
+        return lookup(self, version)
+
+    def counting_parse(self, version, path):
+        parses[version] += 1
+        return parse(self, version, path)
+
+    with monkeypatch.context() as m:
+        m.setattr(ModelStore, "manifest", counting_lookup)
+        m.setattr(ModelStore, "_read_manifest", counting_parse)
+        try:
+            Engine(load_config(None, [*LENIENT, "prune.keep_last=3"])).update([str(data)], model, advise=True)
+        except UpdateRejected:
+            pytest.fail("the lenient gate rejected the update: the chain did not grow")
+    return lookups, parses
+
+
+def test_an_update_reads_each_manifest_once_however_long_the_chain(_one_update, new_texts, tmp_path, monkeypatch):
+    data = write_jsonl(tmp_path / "new.jsonl", new_texts[20:32])
+    counts = {}
+    for length in (12, 42):
+        model = shutil.copytree(_one_update, tmp_path / f"at-{length}")
+        stretch(model, length)
+        counts[length] = counted_update(model, data, monkeypatch)
+        assert ModelStore(model).chain()[:2] == [f"{length + 1:04d}", f"{length:04d}"]
+    for length, (lookups, parses) in counts.items():
+        # Parsed once per update: only the manifests the keep policy rewrote (stubs) again.
+        pruned = {v for v in parses if "pruned" in ModelStore(tmp_path / f"at-{length}").manifest(v)}
+        assert all(n == 1 for v, n in parses.items() if v not in pruned), parses
+        assert all(n <= 2 for n in parses.values()), parses
+        assert len(parses) == length + 1  # every version of the chain, and the new one
+    # A version deep in the chain is looked up as often at 42 versions as at 12: a step that
+    # walked the chain once per version it keeps (or per kept version) would look it up more.
+    deep12, deep42 = counts[12][0]["0005"], counts[42][0]["0005"]
+    assert deep42 == deep12
+    assert max(counts[42][0].values()) == max(counts[12][0].values())
+    # Nine steps of an update look at every version (prune's plan, the lineage root, strategy
+    # state, the drift baseline, the retrain advice's four checks): each looks once. Walking
+    # the chain again per step, or per kept version, made it 16.
+    assert deep12 <= 9
+    # ... and the whole update's lookups grow by that many per extra version, no more.
+    extra = sum(counts[42][0].values()) - sum(counts[12][0].values())
+    assert extra <= 30 * deep12 + 5
+
+
+def test_history_and_status_read_each_manifest_once(_one_update, tmp_path, monkeypatch):
+    from retain.core.registry import history
+    from retain.core.retrain import assess
+
+    model = shutil.copytree(_one_update, tmp_path / "model")
+    stretch(model, 30)
+    for name, read in (("history", lambda s: history(s)),
+                       ("status", lambda s: assess(s, load_config(None, LENIENT), device="cpu"))):
+        lookups, parses = collections.Counter(), collections.Counter()
+        lookup, parse = ModelStore.manifest, ModelStore._read_manifest
+        with monkeypatch.context() as m:
+            m.setattr(ModelStore, "manifest", lambda self, v: lookups.update([v]) or lookup(self, v))
+            m.setattr(ModelStore, "_read_manifest", lambda self, v, p: parses.update([v]) or parse(self, v, p))
+            read(ModelStore(model))
+        assert set(parses.values()) == {1} and len(parses) == 30, (name, parses)
+        assert lookups["0005"] <= (2 if name == "history" else 5), (name, lookups)
+
+
+def test_the_chain_is_walked_once_per_store_and_again_after_a_prune_deletes(_one_update, tmp_path, monkeypatch):
+    model = shutil.copytree(_one_update, tmp_path / "model")
+    stretch(model, 20)
+    store = ModelStore(model)
+    assert store.chain() == [f"{n:04d}" for n in range(20, 0, -1)]
+    walked = []
+    monkeypatch.setattr(store, "manifest", lambda v: walked.append(v) or ModelStore.manifest(store, v))
+    assert store.chain("0015") == [f"{n:04d}" for n in range(15, 0, -1)]
+    assert walked == []  # a suffix of the walk already made
+    # A branch (as after a rollback and an update) walks only its own new versions.
+    branch = store.versions_dir / "0021"
+    shutil.copytree(store.versions_dir / "0002", branch, copy_function=os.link)
+    (branch / MANIFEST).unlink()
+    manifest = json.loads((store.versions_dir / "0002" / MANIFEST).read_text(encoding="utf-8"))
+    (branch / MANIFEST).write_text(json.dumps({**manifest, "parent": "0010", "version": "0021"}), encoding="utf-8")
+    assert store.chain("0021") == ["0021", *[f"{n:04d}" for n in range(10, 0, -1)]]
+    assert walked == ["0021"]
+    # Deleting versions forgets the walks: a deleted version's chain is an error, not a memory.
+    monkeypatch.undo()
+    store.set_current("0021")
+    plan = plan_prune(store, keep_last=1)
+    assert "0015" in plan.delete and "0010" in plan.stub and "0021" in plan.keep
+    apply_prune(store, plan)
+    assert store.chain() == ["0021", *[f"{n:04d}" for n in range(10, 0, -1)]]
+    with pytest.raises(ModelError, match="missing"):
+        store.chain("0015")
+
+
+def test_prune_plans_the_same_as_walking_every_kept_chain(_one_update, tmp_path):
+    """The single pass over the kept chains keeps, stubs and deletes what a walk of each would."""
+    model = shutil.copytree(_one_update, tmp_path / "model")
+    stretch(model, 14)
+    store = ModelStore(model)
+    for name, parent in (("0015", "0006"), ("0016", "0015")):  # a branch off 0006
+        target = store.versions_dir / name
+        shutil.copytree(store.versions_dir / "0002", target, copy_function=os.link)
+        (target / MANIFEST).unlink()
+        manifest = json.loads((store.versions_dir / "0002" / MANIFEST).read_text(encoding="utf-8"))
+        (target / MANIFEST).write_text(json.dumps({**manifest, "parent": parent, "version": name}), encoding="utf-8")
+    store.set_current("0016")
+    for keep_last in (1, 2, 4, 20):
+        for full in (False, True):
+            plan = plan_prune(store, keep_last, full)
+            accepted = [v for v in store.versions() if store.manifest(v).get("status") == "accepted"]
+            keep = set(accepted[-keep_last:]) | {"0016"} | ({"0001"} if full else set())
+            needed = {v for k in keep for v in ModelStore(model).chain(k)}
+            assert set(plan.keep) == keep
+            assert set(plan.stub) == needed - keep
+            assert set(plan.delete) == set(store.versions()) - needed
