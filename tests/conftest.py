@@ -27,6 +27,18 @@ def lr(value) -> list[str]:
     return [f"fine_tuning.learning_rate={value}", f"options.rewarm.peak_lr={value}"]
 
 
+def _sigint_as_from_a_terminal() -> None:
+    # A suite started as a background job or under nohup inherits SIGINT ignored, and so would
+    # every process the tests start: the Ctrl-C tests would then test nohup, not Ctrl-C.
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+_sigint_as_from_a_terminal()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _one_torch_thread():
     # Tiny models: on a busy 2-core machine a second intra-op thread costs far more than
