@@ -41,6 +41,8 @@ import sys
 import time
 from pathlib import Path
 
+from sections import write_section  # benchmarks/ is the script's folder: on sys.path
+
 STAGE = 10_000       # items per version
 REPEATED = 2_000     # learned items the update repeats (1,000 exactly, 1,000 nearly)
 UPDATE = 10_000
@@ -289,16 +291,6 @@ def verified(r: dict) -> str:
 SECTION = "## Dedup at scale (issue 7)"
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace this benchmark's section of BENCHMARKS.md where it stands (or append it)."""
-    old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n\nEvery table comes from a command in this repository; rerun it to check.\n"
-    start = old.find(SECTION)
-    if start < 0:
-        path.write_text(old.rstrip("\n") + "\n\n" + text, encoding="utf-8")
-        return
-    end = old.find("\n## ", start + len(SECTION))
-    after = "\n" + old[end + 1:] if end >= 0 else ""
-    path.write_text(old[:start] + text.rstrip("\n") + "\n" + after, encoding="utf-8")
 
 
 def main() -> None:
@@ -332,7 +324,7 @@ def main() -> None:
         text = (f"{SECTION}\n\nCommand: `{cmd}` ({time.perf_counter() - t0:.0f} s in all on "
                 f"{os.cpu_count()} CPUs, Python {platform.python_version()}).\n\n"
                 + __doc__.split("\n\n", 2)[2].strip() + "\n\n" + md)
-        write_section(args.write, text)
+        write_section(args.write, SECTION, text)
 
 
 if __name__ == "__main__":

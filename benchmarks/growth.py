@@ -41,6 +41,8 @@ import sys
 import time
 from pathlib import Path
 
+from sections import write_section  # benchmarks/ is the script's folder: on sys.path
+
 SECTION = "## A year of daily versions (issue 13)"
 MODEL = ["model.n_layer=1", "model.n_head=2", "model.d_model=32", "model.vocab_size=300",
          "full_training.max_seq_length=64", "fine_tuning.max_seq_length=64", "full_training.epochs=2",
@@ -263,15 +265,6 @@ def tables(result: dict, checkpoints: list[int]) -> str:
     return "\n".join(md) + "\n"
 
 
-def write_section(path: Path, text: str) -> None:
-    old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    start = old.find(SECTION)
-    if start < 0:
-        path.write_text(old.rstrip("\n") + "\n\n" + text, encoding="utf-8")
-        return
-    end = old.find("\n## ", start + len(SECTION))
-    after = "\n" + old[end + 1:] if end >= 0 else ""
-    path.write_text(old[:start] + text.rstrip("\n") + "\n" + after, encoding="utf-8")
 
 
 def main() -> None:
@@ -305,7 +298,7 @@ def main() -> None:
         text = (f"{SECTION}\n\nCommand: `{cmd}` ({(time.perf_counter() - started) / 60:.0f} min on "
                 f"{os.cpu_count()} CPU cores, Python {platform.python_version()}).\n\n"
                 + __doc__.split("\n\n", 2)[2].strip() + "\n\n" + md)
-        write_section(args.write, text)
+        write_section(args.write, SECTION, text)
 
 
 if __name__ == "__main__":

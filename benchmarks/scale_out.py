@@ -40,6 +40,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from speed import corpora, write_jsonl  # noqa: E402
 
+from sections import write_section  # benchmarks/ is the script's folder: on sys.path
+
 SECTION = "## Beyond one process (issue 14)"
 SIZES = {
     "tiny": {"n_layer": 1, "n_head": 2, "d_model": 32, "vocab_size": 300},
@@ -189,15 +191,6 @@ def uptime() -> str:
     return ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def write_section(path: Path, text: str) -> None:
-    old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    start = old.find(SECTION)
-    if start < 0:
-        path.write_text(old.rstrip("\n") + "\n\n" + text, encoding="utf-8")
-        return
-    end = old.find("\n## ", start + len(SECTION))
-    after = "\n" + old[end + 1:] if end >= 0 else ""
-    path.write_text(old[:start] + text.rstrip("\n") + "\n" + after, encoding="utf-8")
 
 
 def main() -> None:
@@ -242,7 +235,7 @@ def main() -> None:
             "base model.\n\n" + tables(ddp, ray, args, (before, uptime()), corpus))
     print(text)
     if args.write:
-        write_section(args.write, text)
+        write_section(args.write, SECTION, text)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,8 @@ SIZES = {
 # Dense bf16 peak of the GPU, FLOP/s (vendor data sheets, without sparsity), by name fragment.
 BF16_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12,
              "4090": 165e12, "3090": 71e12}
+from sections import write_section  # benchmarks/ is the script's folder: on sys.path
+
 SECTION = "## Speed at the design document's size (issue 13)"
 
 
@@ -414,16 +416,6 @@ def mfu(r: dict, tokens_per_s: float) -> float:
     return flops * tokens_per_s / peak
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace this benchmark's section of BENCHMARKS.md where it stands (or append it)."""
-    old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    start = old.find(SECTION)
-    if start < 0:
-        path.write_text(old.rstrip("\n") + "\n\n" + text, encoding="utf-8")
-        return
-    end = old.find("\n## ", start + len(SECTION))
-    after = "\n" + old[end + 1:] if end >= 0 else ""
-    path.write_text(old[:start] + text.rstrip("\n") + "\n" + after, encoding="utf-8")
 
 
 def main() -> None:
@@ -485,7 +477,7 @@ def main() -> None:
         text = (f"{SECTION}\n\nCommand: `{cmd}` ({(time.perf_counter() - started) / 60:.0f} min in all on {where}, "
                 f"torch {torch.__version__}; data: {source}).\n\n" + __doc__.split("\n\n", 2)[2].strip()
                 + "\n\n" + md)
-        write_section(args.write, text)
+        write_section(args.write, SECTION, text)
 
 
 if __name__ == "__main__":
