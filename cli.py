@@ -395,7 +395,7 @@ def update(
     if ray is not None and not auto:
         raise typer.BadParameter("--ray runs --auto's trials as Ray tasks: add --auto", param_hint="--ray")
     if ray is not None:
-        from retain.core.raytasks import require_ray
+        from retain.raytasks import require_ray
 
         require_ray()
     from retain.core.distributed import launched
@@ -418,7 +418,7 @@ def update(
         on_trial = listeners[0].show_trial if listeners else None
         executor = None
         if ray is not None:  # each trial a Ray task; a local Ray gets tune.jobs CPUs (the trials at once)
-            from retain.core.raytasks import RayExecutor
+            from retain.raytasks import RayExecutor
 
             executor = RayExecutor(ray, num_cpus=max(1, cfg.tune.jobs))
         try:

@@ -121,7 +121,7 @@ def per_task(executor, fn, tasks: int) -> float:
 
 
 def ray_runs(args) -> dict:
-    from retain.core.raytasks import RayExecutor
+    from retain.raytasks import RayExecutor
 
     startup, rows = [], {("pool", "noop"): [], ("ray", "noop"): [], ("pool", "import"): [],
                          ("ray", "import"): []}

@@ -12,7 +12,7 @@ at two settings in one comparison.
 Strategies are independent, so with ``--jobs N`` they run in N spawned worker
 processes, each limited to ``cores // N`` torch threads; ``--jobs 1`` runs them
 one after another in this process; ``--ray [ADDRESS]`` runs each as a Ray task
-(``core/raytasks.py``), on a cluster or on a Ray started here. Every worker reports a hash of the data it
+(``raytasks.py``), on a cluster or on a Ray started here. Every worker reports a hash of the data it
 was shown, and the comparison refuses results computed on different data.
 """
 
@@ -170,7 +170,7 @@ def run_compare(req: CompareRequest, *, console=None) -> dict:
     if req.jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {req.jobs}")
     if req.ray is not None:
-        from retain.core.raytasks import require_ray
+        from retain.raytasks import require_ray
 
         require_ray()  # before the scenario is built: without Ray nothing else need happen
     registry = Registry.of(default_plugin_manager())
@@ -193,7 +193,7 @@ def run_compare(req: CompareRequest, *, console=None) -> dict:
     args = [(label, scenario, stream, config, req.seed) for label in req.strategies]
     ray_startup = None
     if req.ray is not None:
-        from retain.core.raytasks import RayExecutor
+        from retain.raytasks import RayExecutor
 
         # A local Ray gets --jobs CPUs when given (all of them otherwise); a task takes one.
         ray = RayExecutor(req.ray, num_cpus=req.jobs if req.jobs > 1 else None)

@@ -15,7 +15,7 @@ import time
 from concurrent.futures import Executor, Future
 from typing import Any, Callable
 
-from .errors import ConfigError
+from retain.core.errors import ConfigError
 
 LOCAL = "local"  # --ray without an address: start Ray on this machine
 
