@@ -287,9 +287,9 @@ def _under_torchrun(nproc: Optional[int], device: Optional[str], cfg_device: str
         return False
     name = device or cfg_device
     if name == "auto":
-        import torch
+        from retain.core.models import resolve_device
 
-        name = "cuda" if torch.cuda.is_available() else "cpu"
+        name = resolve_device(name).type
     missing = distributed.missing_backend(name.split(":")[0])
     if missing:
         raise typer.BadParameter(f"cannot train in {nproc} processes: {missing}", param_hint="--nproc")
