@@ -258,6 +258,10 @@ def measure_size(size: str, args, base: list[str], new: list[str], work: Path) -
     say(f"[{size}] loops: " + ", ".join(f"{k} {median_rate(v):.0f} tok/s" for k, v in loops.items()))
     keep()
 
+    out["scoring"] = scoring_runs(model, args)
+    say(f"[{size}] scoring: " + ", ".join(f"{k} {_med(v):.2f} s" for k, v in out["scoring"]["seconds"].items()))
+    keep()
+
     steps = args.bf16_steps.get(size)
     some, epochs = first_steps(rows, steps), (1 if steps else args.epochs)
     precision = alternate(args.bf16_runs.get(size, args.bf16_runs_all), {
@@ -273,7 +277,7 @@ def measure_size(size: str, args, base: list[str], new: list[str], work: Path) -
         say(f"[{size}] compile: {out['compile']}")
         keep()
 
-    if not args.skip_update:
+    if not args.skip_update and (not args.update_sizes or size in args.update_sizes):
         data = write_jsonl(work / f"new-{size}.jsonl", new)
         sets = overrides(size, args.device, args.epochs)
         if size == args.fixed_size:  # the fixed costs: a small update of the small model
@@ -285,6 +289,38 @@ def measure_size(size: str, args, base: list[str], new: list[str], work: Path) -
         say(f"[{size}] update: " + json.dumps(out["update"][-1]["timings"]))
         keep()
     return out
+
+
+SCORE_BATCHES = (8192, 4096, 2048, 1024, 512)
+
+
+def scoring_runs(model: Path, args) -> dict:
+    """The base model's held-out items (its retention pool: what an update scores) scored in
+    batches of at most N tokens, each N once per round, alternating; in the precision an
+    update picks on this device (``precision: auto``)."""
+    from retain.core.evaluation import score_texts
+    from retain.core.models import resolve_device, resolve_precision
+    from retain.core.store import HOLDOUT, ModelStore
+
+    store = ModelStore(model)
+    texts = [r["text"] for r in store.read_jsonl(store.current(), HOLDOUT)]
+    lm = fresh(model, args.device)
+    device = resolve_device(args.device)
+    precision = resolve_precision("auto", device)
+    rows = lm.encode(texts, min(512, lm.context))
+    score_texts(lm, texts[:2], 512, device, precision=precision)  # the first call's one-off setup
+
+    def timed(n: int) -> float:
+        started = time.perf_counter()
+        score_texts(lm, texts, min(512, lm.context), device, batch_tokens=n, precision=precision)
+        _sync(args.device)
+        return time.perf_counter() - started
+
+    seconds: dict[int, list[float]] = {n: [] for n in SCORE_BATCHES}
+    for _ in range(args.runs):
+        for n in SCORE_BATCHES:
+            seconds[n].append(timed(n))
+    return {"texts": len(texts), "tokens": rows.tokens, "precision": precision, "seconds": seconds}
 
 
 def compile_runs(model: Path, rows, args) -> dict:
@@ -344,6 +380,21 @@ def tables(results: list[dict], args) -> str:
         if args.device == "cuda":
             row += f" {mfu(r, b16):.1%} |"
         md.append(row)
+    from retain.core.evaluation import score_tokens
+
+    md.append("")
+    default = score_tokens(args.device)
+    md.append(f"**Scoring batches** (the base model's held-out items, an update's retention pool, scored in "
+              f"batches of at most N tokens; seconds, medians of {args.runs}, alternating; retain's default on "
+              f"{args.device} is N = {default:,}):\n")
+    md.append("| model | items | tokens | precision | " + " | ".join(f"N = {n:,} s" for n in SCORE_BATCHES)
+              + f" | N = 8,192 / N = {default:,} |")
+    md.append("|---|---|---|---|" + "---|" * (len(SCORE_BATCHES) + 1))
+    for r in results:
+        sc = r["scoring"]
+        med = {int(n): _med(v) for n, v in sc["seconds"].items()}
+        md.append(f"| {r['size']} | {sc['texts']} | {sc['tokens']:,} | {sc['precision']} | "
+                  + " | ".join(f"{med[n]:.2f}" for n in SCORE_BATCHES) + f" | {med[8192] / med[default]:.2f} |")
     compiled = [r for r in results if "compile" in r]
     if compiled:
         md.append("")
@@ -439,6 +490,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/retain-speed-bench"), help="base models are kept here")
     ap.add_argument("--data", type=Path, default=DATA, help="the shared corpora (default: ../shared/data)")
     ap.add_argument("--skip-update", action="store_true", help="no `retain update` processes")
+    ap.add_argument("--update-sizes", default="", help="the sizes whose `retain update` runs (default: every size)")
     ap.add_argument("--fixed-size", default="0.7M", help="the size whose 10-item update measures fixed costs")
     ap.add_argument("--tiny", action="store_true", help="CI-safe: a tiny model, few items, one round")
     ap.add_argument("--write", type=Path, help="put the section into this BENCHMARKS.md")
@@ -457,6 +509,7 @@ def main() -> None:
     args.bf16_runs_all = args.bf16_runs or args.runs
     args.bf16_runs = {k: args.bf16_runs or 1 for k in args.bf16_steps}
     args.compile_sizes = [s for s in args.compile_sizes.split(",") if s]
+    args.update_sizes = [s for s in args.update_sizes.split(",") if s]
     sizes = args.sizes.split(",")
     unknown = [s for s in sizes if s not in SIZES]
     if unknown:
@@ -464,7 +517,7 @@ def main() -> None:
     base, new, source = corpora(args.tiny, args.base_items, args.new_items, args.data)
     work = args.work / ("tiny" if args.tiny else "full")
     work.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
+    started, load_before, began = time.perf_counter(), os.getloadavg(), time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     results = [measure_size(size, args, base, new, work) for size in sizes]
     md = tables(results, args)
     print(md)
@@ -474,8 +527,10 @@ def main() -> None:
         where = (torch.cuda.get_device_name() if args.device == "cuda" else
                  f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), "
                  f"{args.threads} torch thread(s)")
-        text = (f"{SECTION}\n\nCommand: `{cmd}` ({(time.perf_counter() - started) / 60:.0f} min in all on {where}, "
-                f"torch {torch.__version__}; data: {source}).\n\n" + __doc__.split("\n\n", 2)[2].strip()
+        load = lambda a: ", ".join(f"{x:.2f}" for x in a)
+        text = (f"{SECTION}\n\nCommand: `{cmd}` (started {began}, {(time.perf_counter() - started) / 60:.0f} min in "
+                f"all on {where}, torch {torch.__version__}; data: {source}; load average {load(load_before)} "
+                f"before, {load(os.getloadavg())} after).\n\n" + __doc__.split("\n\n", 2)[2].strip()
                 + "\n\n" + md)
         write_section(args.write, SECTION, text)
 

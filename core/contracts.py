@@ -58,6 +58,10 @@ class Deduper(Protocol):
 class Validator(Protocol):
     """One check of the quality gate (``register_validators``)."""
 
+    # Optional: ``each_epoch = False`` on a validator that costs like a pass of training
+    # (``generation`` samples text): early stopping's look after each epoch skips it, and the
+    # gate runs it once, on the epoch kept. Absent means True.
+
     def validate(self, evidence: "Evidence") -> "Verdict":
         """``Verdict("pass" | "warn" | "fail", reason, numbers, remedy)``; any fail rejects."""
         ...

@@ -295,7 +295,7 @@ class Engine:
         """Early stopping's look at the model after an epoch: its scores and the gate's verdicts."""
         scores = evaluation.score_candidate(run)
         _, evidence = evaluation.candidate_evidence(run, scores)
-        return scores, gate.run_validators(self.registry, self.config, evidence)
+        return scores, gate.run_validators(self.registry, self.config, evidence, each_epoch=True)
 
     def _tokenizer_to_keep(self, store: ModelStore) -> LoadedVersion:
         from .errors import ConfigError
@@ -314,6 +314,7 @@ class Engine:
             with self._step(run, "save") as info:
                 report = commit(run, store, self.dedupers, replaces)
                 pruned = auto_prune(store, self.config)  # the keep policy, if configured
+                store.save_index()  # the summaries this run read, for the next one
                 if pruned is not None:
                     report["pruned"] = pruned.to_json()
                 info.update(version=report["version"], status=report["status"], current=store.current(),

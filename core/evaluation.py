@@ -23,15 +23,25 @@ if TYPE_CHECKING:
 
 
 # Rows per scoring batch are bounded by tokens (rows x width), not by a row count: long texts
-# go in small batches, short ones in large ones. Few large batches keep the cores busy; the
-# logits of one batch (tokens x vocabulary floats) bound it, and out of memory halves it.
-SCORE_TOKENS = 8192
+# go in small batches, short ones in large ones. An accelerator wants few large batches (the
+# logits of one, tokens x vocabulary floats, bound it; out of memory halves it). A CPU does
+# not: at 88M parameters on 2 cores, 16 held-out texts scored in batches of 8,192 tokens took
+# 5.0 s, of 1,024 tokens 2.5 s (padding to the batch's longest row, attention over its width);
+# BENCHMARKS.md, "Scoring batches on a CPU".
+SCORE_TOKENS = {"cpu": 1024}
+SCORE_TOKENS_ACCELERATOR = 8192
+
+
+def score_tokens(device) -> int:
+    """Tokens per scoring batch on ``device``."""
+    return SCORE_TOKENS.get(getattr(device, "type", str(device)), SCORE_TOKENS_ACCELERATOR)
 
 
 def score_texts(lm: "LanguageModel", texts: list[str], max_len: int, device=None,
-                batch_tokens: int = SCORE_TOKENS, precision: str = "fp32") -> "torch.Tensor | None":
+                batch_tokens: int | None = None, precision: str = "fp32") -> "torch.Tensor | None":
     """Mean token loss of each text (shape ``[len(texts)]``, float64), in eval mode, under
-    ``inference_mode``; ``precision`` "bf16" runs the forward under bf16 autocast."""
+    ``inference_mode``; ``precision`` "bf16" runs the forward under bf16 autocast.
+    ``batch_tokens``: the most tokens per batch (default: ``score_tokens(device)``)."""
     from .retry import is_out_of_memory
 
     if not texts:
@@ -39,6 +49,7 @@ def score_texts(lm: "LanguageModel", texts: list[str], max_len: int, device=None
     rows = lm.encode(texts, max_len)
     model = lm.module
     device = device or next(model.parameters()).device
+    batch_tokens = batch_tokens or score_tokens(device)
     was_training = model.training
     model.eval()
     try:
@@ -160,8 +171,10 @@ def measure_before(run, store: ModelStore) -> dict:
     An update scores the first items of the parent's retention pool: at least
     ``validation.eval_min_items``, then more while scoring them (forward only) costs at
     most ``validation.eval_budget`` of training (forward and backward: 3x a forward, per
-    token and epoch), so that measuring stays a small share of the update. The parent's
-    losses on them are read from the parent version when it scored them the same way."""
+    token and epoch), so that measuring stays a small share of the update: the budget is
+    shared by every pass that scores them (the candidate's, and one per epoch under early
+    stopping). The parent's losses on them are read from the parent version when it scored
+    them the same way."""
     if run.new_lineage:
         run.retention_texts, run.new_texts = [it.text for it in run.holdout], []
         run.before = measure(run.lm, run.retention_texts, [], run.settings.max_seq_length, run.device,
@@ -173,8 +186,9 @@ def measure_before(run, store: ModelStore) -> dict:
     for row, n in zip(missing, token_counts(run.lm, [r["text"] for r in missing], seq_len)):
         row["tokens"] = n
     run.new_texts = [it.text for it in run.holdout]
-    budget = v.eval_budget * 3 * run.settings.epochs * run.rows.tokens - sum(token_counts(run.lm, run.new_texts,
-                                                                                          seq_len))
+    passes = run.settings.epochs if run.config.fine_tuning.early_stopping.enabled else 1
+    budget = (v.eval_budget * 3 * run.settings.epochs * run.rows.tokens / passes
+              - sum(token_counts(run.lm, run.new_texts, seq_len)))
     k = retention.budgeted([r["tokens"] for r in pool.items], budget, v.eval_min_items)
     run.retention = pool
     run.retention_texts = pool.texts[:k]

@@ -15,12 +15,17 @@ from .pluginmanager import Registry
 from .validation import Evidence, Verdict
 
 
-def run_validators(registry: Registry, config: Config, evidence: Evidence) -> list[Verdict]:
+def run_validators(registry: Registry, config: Config, evidence: Evidence,
+                   each_epoch: bool = False) -> list[Verdict]:
     """The verdicts of ``config.validators``, in order, each with its ``seconds``; a validator
-    that raises is a PluginError."""
+    that raises is a PluginError. ``each_epoch``: early stopping's look after an epoch, which
+    skips the validators that say ``each_epoch = False`` (they cost like a pass of training:
+    the gate runs them once, on the epoch kept)."""
     verdicts = []
     for name in config.validators:
         validator = registry.build("validators", name, config)
+        if each_epoch and not getattr(validator, "each_epoch", True):
+            continue
         started = time.perf_counter()
         try:
             verdict = validator.validate(evidence)

@@ -167,6 +167,11 @@ def register_validators(register):
     (``lower_lr(evidence.settings)``, ...). Thresholds belong in the options
     dataclass. Validators run in the order of ``config.validators``;
     ``examples/perplexity-ceiling`` is a complete one.
+
+    Early stopping also asks every validator after each epoch of an update, with
+    the evidence so far; a validator whose check costs like a pass of training
+    sets the class attribute ``each_epoch = False`` (the built-in
+    ``generation`` does) and is then asked only by the gate, on the epoch kept.
     """
 
 

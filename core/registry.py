@@ -28,7 +28,7 @@ from typing import Any
 from . import interrupts
 from .errors import ModelError
 from .retention import RETENTION
-from .store import MANIFEST, ModelStore, atomic_write_text, now_iso
+from .store import MANIFEST, ModelStore, atomic_write_text, now_iso, summarize
 
 
 def normalize_version(name: str) -> str:
@@ -108,7 +108,7 @@ def rollback(store: ModelStore, target: str | None = None, wait: float = 0.0) ->
             raise ModelError(f"version {target} was pruned ({m['pruned'].get('at')}): its weights are gone")
         for rel in m.get("files", {}):
             store.verified_path(target, rel, m)  # refuses a truncated or modified file
-        base = builds_on(m)
+        base = summarize(m)["builds_on"]
         if base is not None:  # adapter weights alone: the full weights they apply to must be there
             bm = store.manifest(base)
             if "pruned" in bm:
@@ -205,25 +205,18 @@ class PrunePlan:
         return {"keep": self.keep, "stub": self.stub, "delete": self.delete}
 
 
-def builds_on(manifest: dict) -> str | None:
-    """The version whose full weights a version's adapter weights apply to (None: it has its own)."""
-    entry = manifest.get("model")
-    base = entry.get("builds_on") if isinstance(entry, dict) else None
-    return base if isinstance(base, str) else None
-
-
 def plan_prune(store: ModelStore, keep_last: int, keep_full_trainings: bool = False) -> PrunePlan:
     """``keep_full_trainings``: every accepted full training stays whole too (a retrain's
     starting point, and the drift baseline of its updates)."""
     if keep_last < 1:
         raise ModelError("--keep must be at least 1")
     current = store.current()
-    manifests = {v: store.manifest(v) for v in store.versions()}
-    accepted = [v for v, m in manifests.items() if m.get("status") == "accepted" and "pruned" not in m]
+    summaries = {v: store.summary(v) for v in store.versions()}
+    accepted = [v for v, m in summaries.items() if m["status"] == "accepted" and not m["pruned"]]
     keep = set(accepted[-keep_last:]) | {current}
     if keep_full_trainings:
-        keep |= {v for v in accepted if manifests[v].get("kind") == "full_training"}
-    keep |= {b for v in list(keep) if (b := builds_on(manifests[v])) is not None and b in manifests}
+        keep |= {v for v in accepted if summaries[v]["kind"] == "full_training"}
+    keep |= {b for v in list(keep) if (b := summaries[v]["builds_on"]) is not None and b in summaries}
     # The chains of the kept versions share their ancestors: walk each only down to where a
     # chain walked before joins it (one pass over the directory, not one per kept version).
     needed: set[str] = set()
@@ -231,15 +224,15 @@ def plan_prune(store: ModelStore, keep_last: int, keep_full_trainings: bool = Fa
         name: str | None = v
         while name and name not in needed:
             needed.add(name)
-            name = (manifests.get(name) or store.manifest(name)).get("parent")
+            name = (summaries.get(name) or store.summary(name))["parent"]
     newest_accepted = max(accepted) if accepted else ""
-    streak = {v for v, m in manifests.items() if m.get("status") == "rejected" and v > newest_accepted}
+    streak = {v for v, m in summaries.items() if m["status"] == "rejected" and v > newest_accepted}
     plan = PrunePlan()
-    for v, m in manifests.items():
+    for v, m in summaries.items():
         if v in keep:
             plan.keep.append(v)
         elif v in needed or v in streak:
-            if "pruned" not in m:
+            if not m["pruned"]:
                 plan.stub.append(v)
         else:
             plan.delete.append(v)
@@ -255,6 +248,7 @@ def prune(store: ModelStore, keep_last: int, dry_run: bool = False, wait: float 
         if not dry_run:
             with interrupts.shielded():  # a Ctrl-C acts once the prune is done: no half-removed version
                 apply_prune(store, plan)
+                store.save_index()
                 interrupts.set_outcome(f"the prune had finished ({len(plan.stub)} stubbed, "
                                        f"{len(plan.delete)} deleted); the current model is unchanged")
         return plan

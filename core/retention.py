@@ -114,10 +114,10 @@ def base_holdout(store: ModelStore, version: str) -> tuple[str | None, list[dict
     """(the last full training in ``version``'s chain, its held-out items with its own loss
     on each where it stored one, how those were scored): what the retrain advice's drift
     is measured on. (None, [], None) when there is none."""
-    for name in store.chain(version):
-        manifest = store.manifest(name)
-        if manifest.get("kind") in ROOT_KINDS:  # a full training or an import
-            if HOLDOUT not in manifest.get("files", {}):
-                return name, [], None
-            return name, store.read_jsonl(name, HOLDOUT, manifest), manifest.get("holdout_scored")
-    return None, [], None
+    name = store.lineage_root(store.chain(version))  # its last full training or import
+    if name is None:
+        return None, [], None
+    manifest = store.manifest(name)
+    if HOLDOUT not in manifest.get("files", {}):
+        return name, [], None
+    return name, store.read_jsonl(name, HOLDOUT, manifest), manifest.get("holdout_scored")

@@ -65,7 +65,7 @@ def last_full_training(store: ModelStore, chain: list[str]) -> tuple[str | None,
     """(the newest full training or import in ``chain``, the fine-tunes after it, newest first)."""
     since = []
     for version in chain:
-        if store.manifest(version).get("kind") in ROOT_KINDS:
+        if store.summary(version)["kind"] in ROOT_KINDS:
             return version, since
         since.append(version)
     return None, since
@@ -95,7 +95,7 @@ def _new_items(store: ModelStore, config: Config, since: list[str], pending: int
     counts as learned) and those held out to measure learning; both are new data."""
     learned = held = 0
     for version in since:
-        counts = store.manifest(version).get("counts", {})
+        counts = store.summary(version)["counts"]
         learned += int(counts.get("trained", 0))
         held += int(counts.get("holdout", 0))
     limit = config.retrain.max_new_items
@@ -202,7 +202,7 @@ def _rejections(store: ModelStore, config: Config) -> Check:
     streak: list[str] = []
     for version in reversed(store.versions()):
         try:
-            status = store.manifest(version).get("status")
+            status = store.summary(version)["status"]
         except ModelError:  # an unreadable version says nothing about the gate
             continue
         if status != "rejected":

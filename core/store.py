@@ -38,7 +38,20 @@ WEIGHTS = "model.safetensors"
 TOKENIZER = "tokenizer.json"
 MANIFEST = "manifest.json"
 HOLDOUT = "holdout.jsonl"
+INDEX = ".index.json"  # in versions/: each version's summary, a cache of fields of its manifest
 ROOT_KINDS = ("full_training", "import")  # versions that start a lineage: a model made, not updated
+
+
+def summarize(manifest: dict) -> dict:
+    """A manifest's ``ModelStore.summary``."""
+    entry, counts = manifest.get("model"), manifest.get("counts")
+    builds_on = entry.get("builds_on") if isinstance(entry, dict) else None
+    counts = counts if isinstance(counts, dict) else {}
+    states = {f.split("/", 1)[1].rsplit(".", 1)[0] for f in manifest.get("files", {}) if f.startswith("strategy/")}
+    return {"parent": manifest.get("parent"), "kind": manifest.get("kind"), "status": manifest.get("status"),
+            "pruned": "pruned" in manifest, "builds_on": builds_on if isinstance(builds_on, str) else None,
+            "counts": {k: counts[k] for k in ("trained", "holdout", "tokens", "bytes") if k in counts},
+            "states": sorted(states)}
 
 
 def fault_point(phase: str) -> None:
@@ -396,6 +409,11 @@ class ModelStore:
         self._versions_str = str(self.versions_dir)
         self._manifests: dict[str, tuple[tuple[int, int, int], dict]] = {}
         self._parents: dict[str, str | None] = {}
+        # The steps that look at every version (prune's plan, the lineage root, the retrain
+        # advice) need a few fields of each manifest, not its 8 KB: ``summary`` serves them from
+        # versions/.index.json while the manifest's (mtime, size) match, and writers refresh it.
+        self._index: dict[str, list] | None = None
+        self._index_changed = False
 
     # --- reading -----------------------------------------------------------
     def exists(self) -> bool:
@@ -422,10 +440,11 @@ class ModelStore:
         return name
 
     def versions(self) -> list[str]:
-        if not self.versions_dir.is_dir():
+        try:  # scandir: the entry's type comes with the listing, no stat per version
+            with os.scandir(self.versions_dir) as entries:
+                return sorted(e.name for e in entries if not e.name.startswith(".") and e.is_dir())
+        except (FileNotFoundError, NotADirectoryError):
             return []
-        return sorted(p.name for p in self.versions_dir.iterdir()
-                      if p.is_dir() and not p.name.startswith("."))
 
     def manifest(self, version: str) -> dict:
         """The version's manifest, checked; shared, do not modify it. Parsed once per store
@@ -443,6 +462,61 @@ class ModelStore:
         self._manifests[version] = (key, data)
         self._parents[version] = data.get("parent")
         return data
+
+    def summary(self, version: str) -> dict:
+        """What walks over many versions read of a version's manifest: ``parent``, ``kind``,
+        ``status``, ``pruned`` (bool), ``builds_on`` (the version its adapter weights apply to)
+        ``counts`` (trained, holdout, tokens, bytes) and ``states`` (the strategies whose state it
+        keeps, ``strategy/<name>.*``). From the index while the manifest's
+        (mtime, size) are those it was summarized at; else from the manifest (checked)."""
+        path = f"{self._versions_str}/{version}/{MANIFEST}"
+        try:
+            st = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            raise ModelError(f"version {version}: {MANIFEST} is missing") from None
+        index = self._index if self._index is not None else self._load_index()
+        entry = index.get(version)
+        if entry is not None and entry[0] == st.st_mtime_ns and entry[1] == st.st_size:
+            return entry[2]
+        summary = summarize(self.manifest(version))
+        index[version] = [st.st_mtime_ns, st.st_size, summary]
+        self._index_changed = True
+        return summary
+
+    def _load_index(self) -> dict[str, list]:
+        self._index = {}
+        try:
+            with open(self.versions_dir / INDEX, encoding="utf-8") as f:
+                data = json.load(f)
+        except (OSError, ValueError):  # none yet, or unreadable: it is only a cache
+            return self._index
+        if isinstance(data, dict) and data.get("format") == FORMAT and isinstance(data.get("versions"), dict):
+            self._index = {k: v for k, v in data["versions"].items()
+                           if isinstance(v, list) and len(v) == 3 and isinstance(v[2], dict)}
+        return self._index
+
+    def save_index(self) -> None:
+        """Bring the index up to date (new versions, stubs the keep policy rewrote: a stat
+        each, a parse for those alone) and write it if it changed; the caller holds the lock."""
+        present = self.versions()
+        for version in present:
+            try:
+                self.summary(version)
+            except ModelError:  # a broken version is reported where it is used, not here
+                continue
+        if not self._index_changed or self._index is None:
+            return
+        present = set(present)
+        data = {"format": FORMAT, "versions": {k: v for k, v in sorted(self._index.items()) if k in present}}
+        tmp = self.versions_dir / f".tmp-index-{os.getpid()}.json"
+        try:
+            with interrupts.shielded():  # a cache: no fsync, but never half a file
+                tmp.write_text(json.dumps(data, separators=(",", ":")), encoding="utf-8")
+                os.replace(tmp, self.versions_dir / INDEX)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            return
+        self._index_changed = False
 
     def _read_manifest(self, version: str, path: str) -> dict:
         try:
@@ -467,7 +541,7 @@ class ModelStore:
         """The version that made the model of ``chain`` (newest first): its last full training
         or import, where its architecture, tokenizer and retention baseline come from."""
         for version in chain:
-            if self.manifest(version).get("kind") in ROOT_KINDS:
+            if self.summary(version)["kind"] in ROOT_KINDS:
                 return version
         return None
 
@@ -483,7 +557,7 @@ class ModelStore:
             out.append(name)
             seen.add(name)
             if name not in self._parents:
-                self._parents[name] = self.manifest(name).get("parent")
+                self._parents[name] = self.summary(name)["parent"]
             name = self._parents[name]
         return out
 
@@ -584,7 +658,9 @@ class ModelStore:
         notes = []
         if self.versions_dir.is_dir():
             for p in self.versions_dir.iterdir():
-                if p.name.startswith(".tmp-"):
+                if p.name.startswith(".tmp-index-"):  # the index's write, cut short: a cache
+                    p.unlink(missing_ok=True)
+                elif p.name.startswith(".tmp-"):
                     shutil.rmtree(p, ignore_errors=True)
                     notes.append(f"removed unfinished version {p.name}")
         for p in self.root.glob(".CURRENT.tmp-*"):  # killed before the atomic replace

@@ -37,15 +37,16 @@ def drift(store: ModelStore, root: str | None, since: list[str], pending: dict[s
     the last full training ``root`` (plus ``pending`` data) against the base data's."""
     from .retrain import Check
 
-    base = tokens_per_byte(store.manifest(root).get("counts", {})) if root else None
+    base = tokens_per_byte(store.summary(root)["counts"]) if root else None
     if base is None:
         return Check("vocabulary", False, "the base data's tokens per byte were not recorded: vocabulary "
                      "drift not measured", {})
     tokens = size = 0
     for version in since:
-        if store.manifest(version).get("status") != "accepted":
+        summary = store.summary(version)
+        if summary["status"] != "accepted":
             continue
-        counts = store.manifest(version).get("counts", {})
+        counts = summary["counts"]
         tokens, size = tokens + counts.get("tokens", 0), size + counts.get("bytes", 0)
     if pending:
         tokens, size = tokens + pending.get("tokens", 0), size + pending.get("bytes", 0)

@@ -40,6 +40,9 @@ def test_speed_benchmark_tiny_run_writes_its_section(tmp_path):
     assert len(loops) == 3 and loops[2][:3] == ["tiny", "0.0M", "1 epoch(s)"] and len(loops[2]) == len(loops[0])
     precision = _table(md, "| model | measured over | fp32")
     assert precision[2][0] == "tiny" and re.fullmatch(r"[+-]\d+\.\d\d%", precision[2][7])
+    scoring = _table(md, "| model | items | tokens | precision | N = 8,192 s")
+    assert scoring[2][0] == "tiny" and len(scoring[2]) == len(scoring[0]) == 10
+    assert all(re.fullmatch(r"[\d.,]+", cell) for cell in scoring[2][4:])
     update = _table(md, "| model | process wall | startup | import")
     assert update[2][0] == "tiny" and len(update[2]) == len(update[0]) == 15
     assert all(re.fullmatch(r"[\d.,]+%?|-", cell) for cell in update[2][1:])
