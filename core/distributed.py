@@ -93,10 +93,10 @@ class World:
             tensor /= self.size
         return tensor
 
-    def on_writer(self, func: Callable[[], Any]) -> Callable[[], Any]:
+    def on_writer(self, func: Callable[..., Any]) -> Callable[..., Any]:
         """``func`` run by rank 0 alone, its result given to every rank."""
-        def shared():
-            return self.broadcast(func() if self.writer else None)
+        def shared(*args):
+            return self.broadcast(func(*args) if self.writer else None)
         return shared
 
     def agree(self, error: RetainError | None) -> None:

@@ -30,6 +30,20 @@ class Baseline:
     before: float | None         # the parent's loss on them, as its rise implies (None: not recorded)
     texts: list[str] = field(default_factory=list)
     max_len: int | None = None   # the length the reference scored them at (None: the model's context)
+    losses: list[float] | None = None  # its loss on each of ``texts`` (paired), when it stored them
+
+    def subset(self, n: int, prefer: set[str]) -> "Baseline":
+        """The reference on ``n`` of its texts, those in ``prefer`` first (texts scored anyway):
+        what early stopping judges an epoch with under a budget. Itself when it cannot pair
+        each text with its own loss, or has at most ``n``."""
+        if self.losses is None or len(self.texts) <= n or n < 1:
+            return self
+        order = sorted(range(len(self.texts)), key=lambda i: self.texts[i] not in prefer)[:n]
+        order.sort()
+        loss = sum(self.losses[i] for i in order) / len(order)
+        before = None if self.before is None else loss * self.before / self.loss
+        return Baseline(self.version, loss, before, [self.texts[i] for i in order], self.max_len,
+                        [self.losses[i] for i in order])
 
     def numbers(self, after: float | None) -> dict:
         """The report's cumulative numbers for a candidate whose loss on ``texts`` is ``after``."""
@@ -69,7 +83,8 @@ def baseline(store: ModelStore, parent: str, n: int, seed: int, scored_anyway: l
             return None
     rise = recorded_rise(store, parent, root)
     return Baseline(root, float(loss), None if rise is None else loss * (1 + rise),
-                    [r["text"] for r in rows], (scored or {}).get("max_len"))
+                    [r["text"] for r in rows], (scored or {}).get("max_len"),
+                    [float(r["loss"]) for r in rows] if paired else None)
 
 
 def recorded_rise(store: ModelStore, version: str, root: str) -> float | None:

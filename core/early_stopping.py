@@ -40,6 +40,7 @@ class Epoch:
     passed: bool
     failed: list[str] = field(default_factory=list)
     train_loss: float | None = None
+    retention_items: int | None = None  # how many retention items it was judged on
 
 
 class Tracker:
@@ -92,7 +93,9 @@ class Tracker:
 class EarlyStopping(SupervisedPlugin):
     """Judges the candidate after each epoch; stops and restores the best epoch's weights.
 
-    ``judge()`` scores the model as it is now and returns ``(scores, verdicts)``.
+    ``judge(last)`` scores the model as it is now and returns ``(scores, verdicts)``;
+    ``last``: no epoch follows (the schedule's last, or out of time), whose scores the gate
+    reuses: the whole retention set. After the others it may score a part (the budget).
     Placed after the engine's loop in the plugin list, so the epoch's training
     loss is recorded when it judges; it restores weights at the end of the last
     epoch, so the strategies' ``after_training_exp`` sees the kept weights.
@@ -107,11 +110,11 @@ class EarlyStopping(SupervisedPlugin):
 
     def after_training_epoch(self, strategy, **kw):
         started = time.perf_counter()
-        scores, verdicts = self.judge()
-        failed = [v.validator for v in verdicts if v.status == "fail"]
         number = len(self.loop.epoch_losses)
+        scores, verdicts = self.judge(number >= self.epochs or self.loop.out_of_time)
+        failed = [v.validator for v in verdicts if v.status == "fail"]
         epoch = Epoch(number, _mean(scores.new), _mean(scores.retention), not failed, failed,
-                      self.loop.epoch_losses[-1])
+                      self.loop.epoch_losses[-1], None if scores.retention is None else len(scores.retention))
         if self.tracker.see(epoch):
             self.snapshot = {k: v.detach().to("cpu", copy=True) for k, v in strategy.model.state_dict().items()}
             self.on_best(scores)

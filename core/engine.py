@@ -291,9 +291,10 @@ class Engine:
         with self._step(run, "evaluate_before") as info:
             info.update(evaluation.measure_before(run, store))
 
-    def _judge_epoch(self, run: Run) -> tuple:
-        """Early stopping's look at the model after an epoch: its scores and the gate's verdicts."""
-        scores = evaluation.score_candidate(run)
+    def _judge_epoch(self, run: Run, last: bool) -> tuple:
+        """Early stopping's look at the model after an epoch: its scores and the gate's verdicts;
+        after an epoch but the ``last``, on the part of the retention set the budget buys."""
+        scores = evaluation.score_candidate(run, None if last else run.judged_items)  # None: all
         _, evidence = evaluation.candidate_evidence(run, scores)
         return scores, gate.run_validators(self.registry, self.config, evidence, each_epoch=True)
 

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 # BENCHMARKS.md, "Scoring batches on a CPU".
 SCORE_TOKENS = {"cpu": 1024}
 SCORE_TOKENS_ACCELERATOR = 8192
+# The fewest retention items early stopping scores after an epoch but the last, whatever the budget.
+EPOCH_MIN_ITEMS = 8
 
 
 def score_tokens(device) -> int:
@@ -108,6 +110,7 @@ class Scores:
     also: dict[str, float] = field(default_factory=dict)  # other texts scored in the same pass
     stored: bool = False  # the retention losses were read from the version, not scored
     drift: "torch.Tensor | None" = None  # the last full training's held-out items (updates)
+    reference: Any = None  # the drift reference ``drift`` was scored on, when a part of the run's
 
     @staticmethod
     def mean(t) -> float | None:
@@ -189,7 +192,11 @@ def measure_before(run, store: ModelStore) -> dict:
     passes = run.settings.epochs if run.config.fine_tuning.early_stopping.enabled else 1
     budget = (v.eval_budget * 3 * run.settings.epochs * run.rows.tokens / passes
               - sum(token_counts(run.lm, run.new_texts, seq_len)))
-    k = retention.budgeted([r["tokens"] for r in pool.items], budget, v.eval_min_items)
+    tokens = [r["tokens"] for r in pool.items]
+    k = retention.budgeted(tokens, budget, v.eval_min_items)
+    # After an epoch but the last, early stopping scores what fits the budget (at least
+    # EPOCH_MIN_ITEMS); the last epoch, which the gate's scores come from, scores all k.
+    run.judged_items = retention.budgeted(tokens[:k], budget, min(k, EPOCH_MIN_ITEMS))
     run.retention = pool
     run.retention_texts = pool.texts[:k]
     run.drift = drift.baseline(store, run.parent, v.eval_min_items, run.config.seed, run.retention_texts)
@@ -206,30 +213,48 @@ def measure_unchanged(run) -> None:
     run.metrics = metrics(run.before, run.after, len(run.retention_texts), len(run.new_texts))
 
 
-def score_candidate(run) -> Scores:
+def score_candidate(run, items: int | None = None) -> Scores:
     """The model of ``run`` as it is now, on the run's retention set, new held-out items and,
     for an update, the last full training's held-out items (the cumulative drift), every
-    distinct text scored once when they are scored at the same length."""
+    distinct text scored once when they are scored at the same length. ``items``: only the
+    first ``items`` retention texts, and as many of the drift's (early stopping's look after
+    an epoch but the last); ``part`` tells such scores apart."""
     import torch
 
     seq_len = run.settings.max_seq_length
-    ref = run.drift
+    texts, ref = run.retention_texts, run.drift
+    if items is not None and items < len(texts):
+        texts = texts[:items]
+        ref = ref.subset(items, set(texts)) if ref is not None else None
     drift_len = (ref.max_len or run.lm.context) if ref is not None else seq_len  # as the reference scored them
     same_pass = ref.texts if ref is not None and drift_len == seq_len else []
-    scores = measure(run.lm, run.retention_texts, run.new_texts, seq_len, run.device, run.precision,
-                     also=same_pass)
+    scores = measure(run.lm, texts, run.new_texts, seq_len, run.device, run.precision, also=same_pass)
     if ref is not None and ref.texts:
         losses = scores.also if same_pass else score_unique(run.lm, ref.texts, drift_len, run.device, run.precision)
         scores.drift = torch.tensor([losses[t] for t in ref.texts], dtype=torch.float64)
+    if ref is not run.drift:
+        scores.reference = ref
     return scores
 
 
+def part(run, scores: Scores) -> bool:
+    """Whether ``scores`` cover only part of the run's retention set (an epoch's look)."""
+    n = 0 if scores.retention is None else len(scores.retention)
+    return n < len(run.retention_texts) or scores.reference is not None
+
+
 def candidate_evidence(run, after: Scores) -> tuple[dict[str, Any], Evidence]:
-    """(the report's numbers, the validators' evidence) for ``after``, scores of the candidate."""
-    numbers = metrics(run.before, after, len(run.retention_texts), len(run.new_texts))
-    if run.drift is not None:
-        numbers.update(run.drift.numbers(Scores.mean(after.drift)))
-    return numbers, evidence(run.kind, run.lm, run.settings, run.before, after, run.epoch_losses, run.timings,
+    """(the report's numbers, the validators' evidence) for ``after``, scores of the candidate:
+    compared with the starting model's on the same items (the first ones, for a part)."""
+    n = 0 if after.retention is None else len(after.retention)
+    before = run.before
+    if before is not None and before.retention is not None and n < len(before.retention):
+        before = Scores(before.retention[:n], before.new, stored=before.stored)
+    numbers = metrics(before, after, n, len(run.new_texts))
+    ref = after.reference or run.drift
+    if ref is not None:
+        numbers.update(ref.numbers(Scores.mean(after.drift)))
+    return numbers, evidence(run.kind, run.lm, run.settings, before, after, run.epoch_losses, run.timings,
                              numbers)
 
 

@@ -61,6 +61,7 @@ class Run:
     retention: "RetentionSet | None" = None  # the parent's retention pool (core/retention.py)
     drift: "Baseline | None" = None    # updates: the last full training's held-out items, the drift reference
     retention_texts: list[str] = field(default_factory=list)  # old items, never trained on
+    judged_items: int | None = None    # how many of them early stopping scores after an epoch but the last (None: all)
     new_texts: list[str] = field(default_factory=list)        # this run's held-out new items
     before: "Scores | None" = None
     after: "Scores | None" = None

@@ -4,6 +4,8 @@
       CURRENT             name of the current version, replaced atomically
       versions/0001/      manifest.json, model.safetensors, tokenizer.json,
                           holdout.jsonl, strategy/*.safetensors|json
+      versions/.index.json  each version's summary (parent, kind, status, counts): a cache
+                          of its manifest, checked against the manifest's mtime and size
       ledger.sqlite       every item a version learned (or held out): hash, version, role
       rejects.jsonl       inputs that could not be used, with reasons
       .lock               one writer at a time

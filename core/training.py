@@ -24,7 +24,7 @@ from avalanche.core import SupervisedPlugin
 from avalanche.training.templates import SupervisedTemplate
 from torch.utils.data import DataLoader, TensorDataset
 
-from . import distributed
+from . import distributed, evaluation
 from .lm import IGNORE_INDEX, Rows, autocast, lm_loss, token_losses
 from .retry import retry_halving_batch
 from .run import Run
@@ -331,7 +331,7 @@ def fit(module: torch.nn.Module, rows: Rows, settings: TrainSettings, *, device:
 def train(run: Run, pm, judge: Callable[[], tuple] | None = None) -> None:
     """Train ``run.lm`` on ``run.rows`` with the run's strategies; fills ``run.epoch_losses``.
 
-    ``judge()``, when given (updates with ``fine_tuning.early_stopping``), scores and
+    ``judge(last)``, when given (updates with ``fine_tuning.early_stopping``), scores and
     judges the model after every epoch: the update stops early and keeps its best
     epoch (``core/early_stopping.py``); each epoch's record is ``run.early_stopping``.
 
@@ -368,8 +368,8 @@ def train(run: Run, pm, judge: Callable[[], tuple] | None = None) -> None:
         # the drift items and samples text: measured 3.5x on the tests' tiny model).
         loop.epoch_end_seconds = 4 * run.timings.get("evaluate_before", 0.0)
 
-        def keep(scores) -> None:
-            run.after = scores
+        def keep(scores) -> None:  # the kept epoch's scores, if the gate can reuse them (all items)
+            run.after = None if scores is None or evaluation.part(run, scores) else scores
         judges.append(EarlyStopping(trackers[-1], judge, loop, settings.epochs, keep))
         return judges[-1]
 

@@ -151,3 +151,96 @@ def test_a_time_limit_stops_training_with_its_decay_landed_and_keeps_a_judged_ep
     # (planned over 50 epochs, the rate would still be at its peak).
     lrs, peak = probes.made[0].lrs, report["settings"]["learning_rate"]
     assert max(lrs) > 0.8 * peak and lrs[-1] < 0.5 * peak
+
+
+class CountingValidators:
+    """Two validators that count their calls: ``every_epoch`` as plugins are by default,
+    ``at_the_gate`` with ``each_epoch = False`` (as costly as generation)."""
+
+    def __init__(self):
+        self.calls = {"every_epoch": 0, "at_the_gate": 0}
+
+    @hookimpl
+    def register_validators(self, register):
+        from retain import Verdict
+
+        calls = self.calls
+
+        class Counting:
+            def __init__(self, name):
+                self.name = name
+
+            def validate(self, evidence):
+                calls[self.name] += 1
+                return Verdict("pass", "counted")
+
+        class Costly(Counting):
+            each_epoch = False
+
+        register("every_epoch", lambda options: Counting("every_epoch"))
+        register("at_the_gate", lambda options: Costly("at_the_gate"))
+
+
+def test_early_stopping_leaves_costly_validators_to_the_gate(base_model, new_texts, tmp_path):
+    counting = CountingValidators()
+    report = _update(base_model, new_texts[:20], tmp_path, "fine_tuning.epochs=3",
+                     "fine_tuning.early_stopping.patience=3", "validators=[finite,every_epoch,at_the_gate]",
+                     pm=make_plugin_manager(extra_plugins=[counting]))
+    epochs = len(report["early_stopping"]["epochs"])
+    assert epochs == 3
+    # Judged after each epoch and once more by the gate; the costly one by the gate alone.
+    assert counting.calls == {"every_epoch": epochs + 1, "at_the_gate": 1}
+    assert [v["validator"] for v in report["verdicts"]] == ["finite", "every_epoch", "at_the_gate"]
+    # The built-in generation validator is such a one (sampling costs as much as scoring).
+    from retain.core.pluginmanager import Registry
+
+    registry = Registry(make_plugin_manager())
+    cfg = load_config(None, TINY)
+    assert registry.build("validators", "generation", cfg).each_epoch is False
+    assert getattr(registry.build("validators", "retention", cfg), "each_epoch", True) is True
+
+
+def test_epochs_but_the_last_are_judged_on_the_part_of_the_retention_set_the_budget_buys(base_model, new_texts,
+                                                                                         tmp_path):
+    # A budget of 0 buys the floor: 8 of the pool's 24 items after epochs 1 and 2; the last
+    # epoch, whose scores the gate reuses, on all 24.
+    report = _update(base_model, new_texts[:20], tmp_path, "fine_tuning.epochs=3",
+                     "fine_tuning.early_stopping.patience=3", "validation.eval_budget=0")
+    assert [e["retention_items"] for e in report["early_stopping"]["epochs"]] == [8, 8, 24]
+    assert report["metrics"]["retention_items"] == 24
+    assert report["metrics"]["retention_loss_after"] == pytest.approx(
+        report["early_stopping"]["epochs"][-1]["retention_loss"], rel=1e-9)
+    # With the budget to score every item, every epoch is judged on all of them.
+    ample = _update(base_model, new_texts[20:40], tmp_path, "fine_tuning.epochs=2",
+                    "fine_tuning.early_stopping.patience=3", "validation.eval_budget=100", name="more.jsonl")
+    items = ample["metrics"]["retention_items"]  # the pool, grown by the first update's held-out items
+    assert [e["retention_items"] for e in ample["early_stopping"]["epochs"]] == [items, items] and items > 24
+
+
+def test_an_update_stopped_early_on_a_part_is_judged_by_the_gate_on_the_whole_set(base_model, new_texts, tmp_path):
+    from retain.core import retention
+
+    report = _update(base_model, new_texts[:20], tmp_path, "fine_tuning.strategy=naive", "fine_tuning.epochs=8",
+                     "full_training.learning_rate=0.01", "validators=[finite,retention]",
+                     "validation.eval_budget=0")
+    epochs = report["early_stopping"]["epochs"]
+    assert len(epochs) < 8 and all(e["retention_items"] == 8 for e in epochs)  # stopped before the last
+    # The kept epoch was judged on 8 items: the gate scored the saved weights on all 24.
+    assert report["metrics"]["retention_items"] == 24
+    store = ModelStore(base_model)
+    cfg = load_config(None, TINY)
+    texts = retention.load(store, "0001", cfg.validation.eval_max_items, cfg.seed).texts[:24]
+    saved = float(score_texts(load_version(store, report["version"]).lm, texts, 64).mean())
+    assert report["metrics"]["retention_loss_after"] == pytest.approx(saved, rel=1e-6)
+
+
+def test_the_drift_reference_on_a_part_pairs_each_text_with_its_own_loss():
+    from retain.core.drift import Baseline
+
+    ref = Baseline("0001", 2.5, 2.75, ["a", "b", "c", "d"], 64, [1.0, 2.0, 3.0, 4.0])
+    part = ref.subset(2, prefer={"c"})
+    assert part.texts == ["a", "c"] and part.losses == [1.0, 3.0]
+    assert part.loss == 2.0 and part.before == pytest.approx(2.2)  # the same recorded rise, +10%
+    assert ref.subset(4, set()) is ref
+    unpaired = Baseline("0001", 2.5, None, ["a", "b", "c"], 64, None)
+    assert unpaired.subset(1, set()) is unpaired  # no per-text losses: the whole reference

@@ -104,6 +104,28 @@ def test_budget_bounds_the_retention_items_an_update_scores(base_model, new_text
     assert large["metrics"]["retention_items"] == 24  # the whole pool: the base's held-out items
 
 
+def test_the_budget_is_shared_by_every_scoring_pass(base_model, new_texts, tmp_path):
+    """Early stopping scores the retention items after each epoch: with it on, a budget buys
+    a third of the items over 3 epochs that it buys with one scoring pass."""
+    data = str(write_jsonl(tmp_path / "a.jsonl", new_texts[:15]))
+    scored = {}
+    for stopping in ("true", "false"):
+        report = Engine(load_config(None, [*TINY, "validation.eval_min_items=1", "validation.eval_budget=0.05",
+                                           "fine_tuning.epochs=3",
+                                           f"fine_tuning.early_stopping.enabled={stopping}"])).update(
+            [data], base_model, check=True)
+        scored[stopping] = report["metrics"]["retention_items"]
+    assert 1 <= scored["true"] < scored["false"] < 24, scored
+    assert scored["true"] <= scored["false"] / 3 + 1, scored
+
+
+def test_scoring_batches_are_small_on_a_cpu_and_large_on_an_accelerator():
+    from retain.core.evaluation import score_tokens
+
+    assert score_tokens(torch.device("cpu")) == 1024 and score_tokens("cpu") == 1024
+    assert score_tokens(torch.device("cuda", 0)) == score_tokens("cuda:0") == 8192
+
+
 def test_update_reuses_the_parents_stored_retention_losses(base_model, new_texts, tmp_path):
     cfg = load_config(None, TINY)
     store = ModelStore(base_model)

@@ -207,6 +207,7 @@ def trial_spec(run, engine, recipe: space.Recipe, number: int, limit: float, scr
         "parent": run.parent, "device": engine.device_name, "threads": max(1, torch.get_num_threads() // jobs),
         "items": [item_to_json(it) for it in run.items], "holdout": [item_to_json(it) for it in run.holdout],
         "counts": dict(run.counts), "retention_texts": list(run.retention_texts), "new_texts": list(run.new_texts),
+        "judged_items": run.judged_items,
         "before": {"retention": scores(run.before.retention), "new": scores(run.before.new)},
         "evaluate_seconds": run.timings.get("evaluate_before", 0.0), "limit_seconds": limit,
         "scratch": str(scratch), "plugins": plugin_modules(engine.pm),

@@ -60,6 +60,7 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     run.holdout = [Item(**d) for d in spec["holdout"]]
     run.counts = dict(spec["counts"])
     run.retention_texts, run.new_texts = list(spec["retention_texts"]), list(spec["new_texts"])
+    run.judged_items = spec.get("judged_items")  # early stopping's part, as the update's own
     before = spec["before"]
     run.before = Scores(*(torch.tensor(before[k], dtype=torch.float64) if before[k] is not None else None
                           for k in ("retention", "new")))
