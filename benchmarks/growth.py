@@ -34,6 +34,7 @@ import json
 import os
 import platform
 import random
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -294,7 +295,7 @@ def main() -> None:
     print(md)
     (args.work / "results.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
     if args.write:
-        cmd = "python benchmarks/growth.py " + " ".join(sys.argv[1:])
+        cmd = "python benchmarks/growth.py " + shlex.join(sys.argv[1:])
         text = (f"{SECTION}\n\nCommand: `{cmd}` ({(time.perf_counter() - started) / 60:.0f} min on "
                 f"{os.cpu_count()} CPU cores, Python {platform.python_version()}).\n\n"
                 + __doc__.split("\n\n", 2)[2].strip() + "\n\n" + md)

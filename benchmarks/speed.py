@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import random
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -523,7 +524,7 @@ def main() -> None:
     print(md)
     (work / "results.json").write_text(json.dumps(results, indent=1, default=str), encoding="utf-8")
     if args.write:
-        cmd = "python benchmarks/speed.py " + " ".join(sys.argv[1:])
+        cmd = "python benchmarks/speed.py " + shlex.join(sys.argv[1:])
         where = (torch.cuda.get_device_name() if args.device == "cuda" else
                  f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), "
                  f"{args.threads} torch thread(s)")
