@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 # logits of one, tokens x vocabulary floats, bound it; out of memory halves it). A CPU does
 # not: at 88M parameters on 2 cores, 16 held-out texts scored in batches of 8,192 tokens took
 # 5.0 s, of 1,024 tokens 2.5 s (padding to the batch's longest row, attention over its width);
-# BENCHMARKS.md, "Scoring batches on a CPU".
+# BENCHMARKS.md, the "Scoring batches" table at every size.
 SCORE_TOKENS = {"cpu": 1024}
 SCORE_TOKENS_ACCELERATOR = 8192
 # The fewest retention items early stopping scores after an epoch but the last, whatever the budget.
