@@ -44,6 +44,9 @@ INDEX = ".index.json"  # in versions/: each version's summary, a cache of fields
 ROOT_KINDS = ("full_training", "import")  # versions that start a lineage: a model made, not updated
 
 
+SUMMARY_FIELDS = frozenset({"parent", "kind", "status", "pruned", "builds_on", "counts", "states"})
+
+
 def summarize(manifest: dict) -> dict:
     """A manifest's ``ModelStore.summary``."""
     entry, counts = manifest.get("model"), manifest.get("counts")
@@ -493,8 +496,9 @@ class ModelStore:
         except (OSError, ValueError):  # none yet, or unreadable: it is only a cache
             return self._index
         if isinstance(data, dict) and data.get("format") == FORMAT and isinstance(data.get("versions"), dict):
-            self._index = {k: v for k, v in data["versions"].items()
-                           if isinstance(v, list) and len(v) == 3 and isinstance(v[2], dict)}
+            self._index = {k: v for k, v in data["versions"].items()  # an entry missing a field: read again
+                           if isinstance(v, list) and len(v) == 3 and isinstance(v[2], dict)
+                           and SUMMARY_FIELDS <= v[2].keys()}
         return self._index
 
     def save_index(self) -> None:

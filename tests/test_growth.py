@@ -132,6 +132,11 @@ def test_the_index_is_a_cache_the_manifests_overrule(_one_update, tmp_path):
     manifest = json.loads(path.read_text(encoding="utf-8"))
     path.write_text(json.dumps({**manifest, "status": "rejected"}), encoding="utf-8")
     assert ModelStore(model).summary("0004")["status"] == "rejected"
+    # An entry missing a field (another retain's index) is read again from the manifest.
+    data = json.loads(index.read_text(encoding="utf-8"))
+    del data["versions"]["0003"][2]["states"]
+    index.write_text(json.dumps(data), encoding="utf-8")
+    assert ModelStore(model).summary("0003")["states"] == store.summary("0003")["states"]
     # A broken index is ignored (and written anew by the next writer), never an error.
     index.write_text("{not json", encoding="utf-8")
     fresh = ModelStore(model)
