@@ -308,12 +308,13 @@ def scoring_runs(model: Path, args) -> dict:
     lm = fresh(model, args.device)
     device = resolve_device(args.device)
     precision = resolve_precision("auto", device)
-    rows = lm.encode(texts, min(512, lm.context))
-    score_texts(lm, texts[:2], 512, device, precision=precision)  # the first call's one-off setup
+    max_len = min(512, lm.context)
+    rows = lm.encode(texts, max_len)
+    score_texts(lm, texts[:2], max_len, device, precision=precision)  # the first call's one-off setup
 
     def timed(n: int) -> float:
         started = time.perf_counter()
-        score_texts(lm, texts, min(512, lm.context), device, batch_tokens=n, precision=precision)
+        score_texts(lm, texts, max_len, device, batch_tokens=n, precision=precision)
         _sync(args.device)
         return time.perf_counter() - started
 

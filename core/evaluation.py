@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 # not: at 88M parameters on 2 cores, 16 held-out texts scored in batches of 8,192 tokens took
 # 5.0 s, of 1,024 tokens 2.5 s (padding to the batch's longest row, attention over its width);
 # BENCHMARKS.md, the "Scoring batches" table at every size.
-SCORE_TOKENS = {"cpu": 1024}
+SCORE_TOKENS_CPU = 1024
 SCORE_TOKENS_ACCELERATOR = 8192
 # The fewest retention items early stopping scores after an epoch but the last, whatever the budget.
 EPOCH_MIN_ITEMS = 8
@@ -36,7 +36,8 @@ EPOCH_MIN_ITEMS = 8
 
 def score_tokens(device) -> int:
     """Tokens per scoring batch on ``device``."""
-    return SCORE_TOKENS.get(getattr(device, "type", str(device)), SCORE_TOKENS_ACCELERATOR)
+    kind = getattr(device, "type", None) or str(device).split(":")[0]
+    return SCORE_TOKENS_CPU if kind == "cpu" else SCORE_TOKENS_ACCELERATOR
 
 
 def score_texts(lm: "LanguageModel", texts: list[str], max_len: int, device=None,
@@ -110,7 +111,7 @@ class Scores:
     also: dict[str, float] = field(default_factory=dict)  # other texts scored in the same pass
     stored: bool = False  # the retention losses were read from the version, not scored
     drift: "torch.Tensor | None" = None  # the last full training's held-out items (updates)
-    reference: Any = None  # the drift reference ``drift`` was scored on, when a part of the run's
+    reference: "drift.Baseline | None" = None  # what ``drift`` was scored on, when a part of the run's
 
     @staticmethod
     def mean(t) -> float | None:

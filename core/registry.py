@@ -28,7 +28,7 @@ from typing import Any
 from . import interrupts
 from .errors import ModelError
 from .retention import RETENTION
-from .store import MANIFEST, ModelStore, atomic_write_text, now_iso, summarize
+from .store import MANIFEST, ModelStore, atomic_write_text, now_iso
 
 
 def normalize_version(name: str) -> str:
@@ -108,7 +108,7 @@ def rollback(store: ModelStore, target: str | None = None, wait: float = 0.0) ->
             raise ModelError(f"version {target} was pruned ({m['pruned'].get('at')}): its weights are gone")
         for rel in m.get("files", {}):
             store.verified_path(target, rel, m)  # refuses a truncated or modified file
-        base = summarize(m)["builds_on"]
+        base = store.summary(target)["builds_on"]
         if base is not None:  # adapter weights alone: the full weights they apply to must be there
             bm = store.manifest(base)
             if "pruned" in bm:

@@ -470,7 +470,7 @@ class ModelStore:
 
     def summary(self, version: str) -> dict:
         """What walks over many versions read of a version's manifest: ``parent``, ``kind``,
-        ``status``, ``pruned`` (bool), ``builds_on`` (the version its adapter weights apply to)
+        ``status``, ``pruned`` (bool), ``builds_on`` (the version its adapter weights apply to),
         ``counts`` (trained, holdout, tokens, bytes) and ``states`` (the strategies whose state it
         keeps, ``strategy/<name>.*``). From the index while the manifest's
         (mtime, size) are those it was summarized at; else from the manifest (checked)."""

@@ -110,11 +110,7 @@ def build_strategies(registry, config, base=None) -> list[Strategy]:
 
 def latest_state(files, chain: list[str], name: str) -> dict[str, Any]:
     """The state strategy ``name`` saved in the newest version of ``chain`` that kept one."""
-    tensors_rel, json_rel = state_files(name)
     for version in chain:  # a strategy that keeps no state (rewarm) walks it all: summaries
-        if version == files.version:
-            if files.has(tensors_rel) or files.has(json_rel):
-                return read_state(files, name)
-        elif name in files.store.summary(version)["states"]:
-            return read_state(files.of(version), name)
+        if name in files.store.summary(version)["states"]:
+            return read_state(files if version == files.version else files.of(version), name)
     return {}

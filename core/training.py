@@ -328,7 +328,7 @@ def fit(module: torch.nn.Module, rows: Rows, settings: TrainSettings, *, device:
     return loop.epoch_losses
 
 
-def train(run: Run, pm, judge: Callable[[], tuple] | None = None) -> None:
+def train(run: Run, pm, judge: Callable[[bool], tuple] | None = None) -> None:
     """Train ``run.lm`` on ``run.rows`` with the run's strategies; fills ``run.epoch_losses``.
 
     ``judge(last)``, when given (updates with ``fine_tuning.early_stopping``), scores and

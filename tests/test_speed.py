@@ -119,11 +119,27 @@ def test_the_budget_is_shared_by_every_scoring_pass(base_model, new_texts, tmp_p
     assert scored["true"] <= scored["false"] / 3 + 1, scored
 
 
-def test_scoring_batches_are_small_on_a_cpu_and_large_on_an_accelerator():
+def test_scoring_batches_are_small_on_a_cpu_and_large_on_an_accelerator(base_model, old_texts):
     from retain.core.evaluation import score_tokens
 
-    assert score_tokens(torch.device("cpu")) == 1024 and score_tokens("cpu") == 1024
+    assert score_tokens(torch.device("cpu")) == score_tokens("cpu") == 1024
     assert score_tokens(torch.device("cuda", 0)) == score_tokens("cuda:0") == 8192
+    # By default a CPU scores in batches of at most 1,024 tokens: the same losses as one large
+    # batch, in more forward passes, none wider than the bound.
+    lm = load_version(ModelStore(base_model)).lm
+    texts = old_texts[:20]  # about 4,000 tokens: more than one CPU batch, less than one large batch
+    seen = []
+    hook = lm.module.register_forward_hook(lambda m, args, out: seen.append(args[0].numel()))
+    try:
+        default = score_texts(lm, texts, 64)
+        by_default = list(seen)
+        seen.clear()
+        large = score_texts(lm, texts, 64, batch_tokens=8192)
+    finally:
+        hook.remove()
+    assert sum(by_default) > 1024 and len(seen) == 1 and len(by_default) > 1
+    assert max(by_default) <= 1024
+    assert torch.allclose(default, large, rtol=1e-5)
 
 
 def test_update_reuses_the_parents_stored_retention_losses(base_model, new_texts, tmp_path):
