@@ -68,6 +68,15 @@ class OutOfMemory(RetainError):
     kind = "out_of_memory"
 
 
+class StorageError(RetainError):
+    """The model directory's disk refused a write or a read: full (ENOSPC), over quota
+    (EDQUOT), read-only (EROFS) or failing (EIO). Whatever was being written was undone or left
+    for ``recover``; the current model is unchanged."""
+
+    exit_code = 12
+    kind = "storage"
+
+
 class Interrupted(RetainError):
     """Ctrl-C (SIGINT): the run stopped; what it left is what a kill leaves, tidied."""
 
@@ -89,6 +98,8 @@ EXIT_CODES = {
     UpdateRejected.exit_code: "update rejected by the quality gate (current model kept); "
                               "also `retain validate` when a validator fails",
     OutOfMemory.exit_code: "out of memory even at batch size 1",
+    StorageError.exit_code: "the disk refused a write (full, over quota, read-only) or failed; "
+                            "the current model is unchanged",
     Interrupted.exit_code: "interrupted (Ctrl-C); the current model is unchanged",
 }
 
