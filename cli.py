@@ -365,7 +365,8 @@ def update(
     quiet: bool = QuietOpt,
     dry_run: bool = typer.Option(False, "--dry-run", help="Say what the update would learn (items read, "
                                  "rejected, duplicates, held out) without loading the model's weights, "
-                                 "training or writing anything; takes about a second."),
+                                 "training or writing anything; takes about a second. With --auto: "
+                                 "also what the search would cover."),
     check: bool = typer.Option(False, "--check", help="Train and validate, but save nothing at all (no "
                                "version, no ledger rows, no rejects lines); exits 10 if the gate would "
                                "reject."),
@@ -417,13 +418,13 @@ def update(
 
         on_trial = listeners[0].show_trial if listeners else None
         executor = None
-        if ray is not None:  # each trial a Ray task; a local Ray gets tune.jobs CPUs (the trials at once)
+        if ray is not None and not dry_run:  # each trial a Ray task; a local Ray gets tune.jobs CPUs
             from retain.raytasks import RayExecutor
 
             executor = RayExecutor(ray, num_cpus=max(1, cfg.tune.jobs))
         try:
-            report = auto_update(engine, data, model, budget=budget, dry_run=dry_run or check, wait_lock=wait,
-                                 advise=advise, on_trial=on_trial, executor=executor)
+            report = auto_update(engine, data, model, budget=budget, dry_run=dry_run, check=check,
+                                 wait_lock=wait, advise=advise, on_trial=on_trial, executor=executor)
         finally:
             if executor is not None:
                 executor.shutdown()

@@ -17,7 +17,7 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from retain.core.advice import epoch_line
+from retain.core.advice import epoch_line, fmt_number
 from retain.core.hookspecs import hookimpl
 from retain.core.wording import plural
 
@@ -309,9 +309,30 @@ class ConsoleRenderer:
         if search.get("winner") is not None:
             self.say(f"  winner (*): trial {search['winner']}, {search['describe']}")
 
+    def show_search_plan(self, search: dict) -> None:
+        """``retain update --auto --dry-run``: what the search would cover, nothing trained."""
+        about = "" if search["estimated_trials"] is None else f"about {search['estimated_trials']} of "
+        self.say(f"[bold]6. Search (--auto)[/]: would run {about}at most {search['max_trials']} trials within "
+                 f"{search['budget_seconds']:.1f}s of training ({search['budget']:g} of full training "
+                 f"{search['full_training']}'s {search['full_training_seconds']:.1f}s)")
+        space = search["space"]
+        low, high = space["learning_rate"]
+        self.say(f"  searching: {', '.join(space['strategies'])}; lr {fmt_number(low)} to {fmt_number(high)}; "
+                 f"{space['epochs'][0]} to {space['epochs'][1]} epochs; replay shares "
+                 f"{', '.join(f'{s:g}' for s in space['replay_shares'])}")
+
+        def took(seconds: float | None) -> str:
+            return "" if seconds is None else f": about {seconds:.1f}s"
+
+        for number, trial in enumerate(search["prior"]):
+            self.say(f"  trial {number} (prior): {trial['describe']}{took(trial['estimated_seconds'])}")
+        self.say(f"  then the sampler's recipes{took(search['sampled_estimated_seconds'])} on average")
+
     def show_save(self, run, info: dict[str, Any]) -> None:
-        if run.search:
+        if run.search and run.search["trials"]:
             self.show_search(run.search)
+        elif run.search and "prior" in run.search:
+            self.show_search_plan(run.search)
         if info["status"] == "dry_run":
             self.say(f"[bold]Dry run[/]: an update would fine-tune on {info['train']} items "
                      f"({info['held_out']} held out); nothing was trained or written "

@@ -122,7 +122,7 @@ class Engine:
                 if not writes:
                     store.ledger.close()
             if dry_run or (check and run.trained):
-                report = self._not_saved(run, "dry_run" if dry_run else "check")
+                report = self.not_saved(run, "dry_run" if dry_run else "check")
             elif not run.trained:
                 report = run.report()
             else:
@@ -359,8 +359,9 @@ class Engine:
         run.timings[name] = time.perf_counter() - started
         self.pm.hook.step_finished(run=run, step=name, info=info, seconds=run.timings[name])
 
-    def _not_saved(self, run: Run, status: str) -> dict:
-        """The report of a dry run or a check: what would have been saved, nothing written."""
+    def not_saved(self, run: Run, status: str) -> dict:
+        """The report of a dry run or a check: what would have been saved, nothing written
+        (``--auto --dry-run`` and ``--auto --check`` end here too)."""
         report = {**run.report(), "status": status, "version": None}
         if status == "check":
             report["gate"] = "accepted" if run.accepted else "rejected"

@@ -145,3 +145,58 @@ def test_a_second_auto_update_builds_on_the_first(base_model, new_texts, tmp_pat
     assert set(first["texts"]) - set(json.loads((base_model / "versions" / "0001" / "strategy"
                                                   / "replay.json").read_text())["texts"])
     assert set(buffer["texts"]) & (set(first["texts"]) & set(new_texts[:20]))
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_auto_dry_run_trains_nothing_and_says_what_the_search_would_cover(base_model, new_texts, tmp_path,
+                                                                            monkeypatch):
+    # It crashed after training every trial (KeyError: 'train' in the renderer), exit 1.
+    import retain.tune.search as search_module
+
+    def no_trials(*args, **kwargs):
+        raise AssertionError("--auto --dry-run started a trial")
+
+    monkeypatch.setattr(search_module, "default_executor", no_trials)
+    monkeypatch.setattr(Engine, "train_and_judge", no_trials)
+    before = _files(base_model)
+    data = write_jsonl(tmp_path / "new.jsonl", new_texts[:40])
+    sets = [f"--set={o}" for o in [*TINY, "fine_tuning.strategy=rewarm,replay", "tune.max_trials=5"]]
+    result = CliRunner().invoke(app, ["update", "--model", str(base_model), "--data", str(data), "--auto",
+                                      "--dry-run", "--budget", "0.5", "--json", *sets])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["status"] == "dry_run" and report["version"] is None and report["epoch_losses"] == []
+    search = report["search"]
+    assert search["trials"] == [] and search["budget_seconds"] == pytest.approx(
+        0.5 * ModelStore(base_model).manifest("0001")["timings"]["train"])
+    # What the search would cover: the space, the prior's recipes in order, how many trials fit.
+    space = search["space"]
+    assert space["strategies"] == ["rewarm", "low_lr", "rewarm+ewc"] and space["epochs"] == [1, 4]
+    assert space["replay_shares"] == [0.0, 0.25, 0.5] and space["learning_rate"] == [3e-5, 3e-3]
+    first = search["prior"][0]
+    assert first["recipe"]["strategy"] == "rewarm" and first["recipe"]["replay_share"] == 0.5
+    assert all(p["estimated_seconds"] > 0 for p in search["prior"])
+    assert 1 <= search["estimated_trials"] <= 5
+    assert "would run about" in result.stderr and "trial 0 (prior): rewarm+replay" in result.stderr
+    assert "Dry run" in result.stderr and "nothing was trained or written" in result.stderr
+    assert _files(base_model) == before
+
+
+def test_auto_check_searches_and_writes_nothing(base_model, new_texts, tmp_path):
+    # It crashed after the search (KeyError: 'train' in the renderer), exit 1.
+    before = _files(base_model)
+    data = write_jsonl(tmp_path / "new.jsonl", new_texts[:20])
+    sets = [f"--set={o}" for o in [*TINY, "fine_tuning.strategy=rewarm,replay", "tune.max_trials=1"]]
+    result = CliRunner().invoke(app, ["update", "--model", str(base_model), "--data", str(data), "--auto",
+                                      "--check", "--budget", "5", "--json", *sets])
+    assert result.exit_code in (0, 10), result.output
+    report = json.loads(result.stdout)
+    assert report["status"] == "check" and report["version"] is None
+    assert len(report["search"]["trials"]) == 1 and report["search"]["winner"] == 0
+    gate = "accepted" if report["search"]["trials"][0]["accepted"] else "rejected"
+    assert report["gate"] == gate and result.exit_code == (0 if gate == "accepted" else 10)
+    assert "skipped (--check)" in result.stderr and "trial 0: rewarm+replay" in result.stderr
+    assert _files(base_model) == before

@@ -26,12 +26,18 @@ rejected update (exit 10).
 The trials run on an executor (``concurrent.futures.Executor``: ``submit(fn,
 spec)`` returning a future); the default is a pool of fresh processes, one per
 trial. Trial input and output are plain data, so another executor (Ray) fits.
+
+``--dry-run`` trains nothing: the data is read as ``retain update --dry-run``
+reads it, and the plan says what the search would cover (``plan_search``).
+``--check`` runs the search and saves nothing: the winner is reported as
+``retain update --check`` reports its candidate.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import shutil
 import tempfile
 from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Executor, wait
@@ -77,10 +83,14 @@ def budget_seconds(store: ModelStore, fraction: float) -> tuple[float, str]:
 
 
 def auto_update(engine, data: list[str], model_dir: str | Path, *, budget: float | None = None,
-                items=None, executor: Executor | None = None, dry_run: bool = False, wait_lock: float = 0.0,
-                advise: bool = False, on_trial: Callable[[dict, dict], None] | None = None) -> dict:
+                items=None, executor: Executor | None = None, dry_run: bool = False, check: bool = False,
+                wait_lock: float = 0.0, advise: bool = False,
+                on_trial: Callable[[dict, dict], None] | None = None) -> dict:
     """One ``retain update --auto``; returns the update's report (``report["search"]``: the trials).
 
+    ``dry_run`` trains nothing: what the update would learn and what the search would cover
+    (``plan_search``). ``check`` searches and writes nothing: the winner is judged, not saved
+    (``UpdateRejected``, exit 10, if the gate would reject it).
     ``executor``: where trials run (default: ``default_executor(tune.jobs)``, shut down after).
     ``on_trial(result, search)``: called as each trial ends (the CLI prints a line).
     """
@@ -91,6 +101,8 @@ def auto_update(engine, data: list[str], model_dir: str | Path, *, budget: float
         import optuna  # noqa: F401
     except ImportError:
         raise ConfigError("--auto searches with Optuna, which is not installed: pip install 'retain[auto]'") from None
+    if dry_run and check:
+        raise ConfigError("--dry-run trains nothing, --check trains and validates: pick one")
     config = engine.config
     fraction = config.tune.budget if budget is None else budget
     if not 0 < fraction:
@@ -98,27 +110,90 @@ def auto_update(engine, data: list[str], model_dir: str | Path, *, budget: float
     store = ModelStore(model_dir)
     store.current()
     seconds, root = budget_seconds(store, fraction)
-    with engine.listening(), (contextlib.nullcontext() if dry_run else store.lock(wait=wait_lock)):
-        if not dry_run:
+    search = {"budget": fraction, "budget_seconds": seconds, "full_training": root,
+              "full_training_seconds": seconds / fraction}
+    if dry_run:
+        return plan_search(engine, store, data, items, search, advise)
+    with engine.listening(), (contextlib.nullcontext() if check else store.lock(wait=wait_lock)):
+        if not check:
             engine.recover(store)
-        run = engine.start(FINE_TUNING, store, store.current(), dry_run=dry_run)
+        run = engine.start(FINE_TUNING, store, store.current(), dry_run=check)  # Run.dry_run: write nothing
         with engine.strategies_registered(run):
             engine.ingest(run, store, data, items)
             if run.items:
                 engine.tokenize(run)
                 engine.evaluate_before(run, store)
-        if dry_run:
+        if check:
             store.ledger.close()
         if not run.items:
             report = run.report()
         else:
-            search = {"budget": fraction, "budget_seconds": seconds, "full_training": root,
-                      "full_training_seconds": seconds / fraction}
             results = run_search(run, engine, search, executor, on_trial)
-            report = commit_winner(run, engine, store, search, results, dry_run)
+            report = commit_winner(run, engine, store, search, results, check)
         if advise:
             engine.advise(run, store, report)
     return raise_if_rejected(report, store)
+
+
+def plan_search(engine, store: ModelStore, data: list[str], items, search: dict, advise: bool) -> dict:
+    """``--auto --dry-run``: what the update would learn (``Engine.plan``: no weights loaded,
+    nothing trained or written) and what the search would cover: its space, the prior's recipes
+    with their estimated training time, and about how many trials fit the budget."""
+    with engine.listening(), contextlib.closing(store.ledger):
+        try:
+            run = engine.plan(data, store, items=items)
+        finally:
+            store.ledger.close()
+        search["trials"] = []
+        if run.items:
+            search.update(search_plan(engine.config, store, run.items, search))
+        run.search = search
+        report = engine.not_saved(run, "dry_run")
+        if advise:
+            engine.advise(run, store, report)
+    return report
+
+
+def search_plan(config: Config, store: ModelStore, items: list, search: dict) -> dict:
+    """The space, the prior's recipes in the order they run, and the estimated trials: a
+    trial's training time is its bytes x epochs (with its replayed share) at the full
+    training's measured seconds per byte and epoch; ``None`` where that was not recorded."""
+    tune = config.tune
+    mixes, shares = space.choices(config)
+    manifest = store.manifest(search["full_training"])
+    size, epochs = manifest.get("counts", {}).get("bytes"), len(manifest.get("epoch_losses") or [])
+    rate = search["full_training_seconds"] / (size * epochs) if size and epochs else None
+    new_bytes = sum(len(item.text.encode("utf-8")) for item in items)
+
+    def estimate(epochs: float, replay_factor: float) -> float | None:
+        return None if rate is None else rate * new_bytes * epochs * replay_factor
+
+    prior = [{"recipe": r.to_json(), "describe": r.describe(),
+              "estimated_seconds": estimate(r.epochs, 1 / (1 - r.replay_share))} for r in space.prior(config)]
+    mean_epochs = (1 + tune.max_epochs) / 2  # the sampler's recipes, on average
+    sampled = estimate(mean_epochs, sum(1 / (1 - s) for s in shares) / len(shares))
+    plan = {"space": {"strategies": mixes, "learning_rate": [tune.min_learning_rate, tune.max_learning_rate],
+                      "epochs": [1, tune.max_epochs], "replay_shares": shares},
+            "prior": prior, "sampled_estimated_seconds": sampled, "max_trials": tune.max_trials,
+            "jobs": tune.jobs, "estimated_trials": None}
+    if rate is not None:
+        queue = [(p["estimated_seconds"], p["recipe"]["epochs"]) for p in prior]
+        plan["estimated_trials"] = trials_that_fit(queue, (sampled, mean_epochs), search["budget_seconds"],
+                                                   tune.max_trials)
+    return plan
+
+
+def trials_that_fit(prior: list[tuple[float, float]], sampled: tuple[float, float], budget: float,
+                    max_trials: int) -> int:
+    """How many trials ``run_search`` would start, one at a time, if each took its estimated
+    (seconds, epochs): each is cut at its time limit, none starts without an epoch's time left."""
+    left, ran = budget, []
+    for seconds, epochs in itertools.islice(itertools.chain(prior, itertools.repeat(sampled)), max_trials):
+        if not startable(left, ran):
+            break
+        ran.append({"seconds": seconds, "epoch_losses": [None] * max(1, round(epochs))})  # as startable reads it
+        left -= min(seconds, SAFETY * left)
+    return len(ran)
 
 
 def run_search(run, engine, search: dict, executor: Executor | None, on_trial) -> list[dict]:
@@ -275,8 +350,9 @@ def winner(results: list[dict]) -> dict | None:
     return min(ran, key=lambda r: (not r["accepted"], objective(r)))
 
 
-def commit_winner(run, engine, store: ModelStore, search: dict, results: list[dict], dry_run: bool) -> dict:
-    """The winning candidate, saved through ``core/commit.py`` like any update's."""
+def commit_winner(run, engine, store: ModelStore, search: dict, results: list[dict], check: bool) -> dict:
+    """The winning candidate, saved through ``core/commit.py`` like any update's (``check``: judged,
+    not saved, as ``retain update --check`` reports a candidate)."""
     from retain.core.errors import UpdateRejected
 
     best = winner(results)
@@ -290,11 +366,8 @@ def commit_winner(run, engine, store: ModelStore, search: dict, results: list[di
         search["describe"] = space.Recipe(**best["recipe"]).describe()
         candidate = candidate_run(run, engine, best, search)
         announce_verdicts(engine, candidate)
-        if dry_run:
-            info = {"status": "dry_run", "version": None, "accepted": candidate.accepted}
-            engine.pm.hook.step_started(run=candidate, step="save")
-            engine.pm.hook.step_finished(run=candidate, step="save", info=info, seconds=0.0)
-            return {**candidate.report(), "status": "dry_run", "gate": "accepted" if candidate.accepted else "rejected"}
+        if check:
+            return engine.not_saved(candidate, "check")
         return engine.commit(candidate, store)
     finally:
         shutil.rmtree(search.pop("scratch"), ignore_errors=True)
