@@ -39,6 +39,26 @@ def _sigint_as_from_a_terminal() -> None:
 _sigint_as_from_a_terminal()
 
 
+def _no_module_named_after_the_checkout() -> None:
+    # The checkout's root is the package (an __init__.py): pytest imports it as the module its
+    # folder is named after ("retain" is already imported, as installed). A checkout in a folder
+    # named like an installed module (`packaging`, `ray`) would take that module's place in
+    # sys.modules for the rest of the session; importing the installed one first keeps it.
+    import importlib
+    import importlib.util
+    import sys
+
+    checkout = Path(__file__).resolve().parents[1]
+    if not checkout.name.isidentifier() or checkout.name in sys.modules:
+        return
+    spec = importlib.util.find_spec(checkout.name)
+    if spec is not None and checkout not in Path(spec.origin or checkout).resolve().parents:
+        importlib.import_module(checkout.name)
+
+
+_no_module_named_after_the_checkout()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _one_torch_thread():
     # Tiny models: on a busy 2-core machine a second intra-op thread costs far more than
