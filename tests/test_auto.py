@@ -15,7 +15,7 @@ from retain.core.errors import UpdateRejected
 from retain.core.pluginmanager import make_plugin_manager
 from retain.core.store import ModelStore
 from retain.tune import auto_update, default_executor
-from retain.tune.search import winner
+from retain.tune.search import trials_that_fit, winner
 from retain.tune.trial import run_trial
 
 from conftest import TINY, write_jsonl
@@ -183,6 +183,14 @@ def test_auto_dry_run_trains_nothing_and_says_what_the_search_would_cover(base_m
     assert "would run about" in result.stderr and "trial 0 (prior): rewarm+replay" in result.stderr
     assert "Dry run" in result.stderr and "nothing was trained or written" in result.stderr
     assert _files(base_model) == before
+
+
+def test_the_dry_runs_trial_count_follows_the_searchs_own_rules():
+    # 2.5s of budget, trials of 1s (2 epochs): two whole ones, a third cut at its time limit
+    # (0.9 of the 0.5s left), then less than an epoch (0.5s) is left: no fourth.
+    assert trials_that_fit([(1.0, 2), (1.0, 2)], (1.0, 2), budget=2.5, max_trials=12) == 3
+    assert trials_that_fit([(1.0, 2)], (1.0, 2), budget=100.0, max_trials=4) == 4  # tune.max_trials
+    assert trials_that_fit([(50.0, 2)], (1.0, 2), budget=2.0, max_trials=12) == 1  # the first always starts
 
 
 def test_auto_check_searches_and_writes_nothing(base_model, new_texts, tmp_path):
