@@ -20,7 +20,7 @@ from retain.tune.trial import run_trial
 
 from conftest import TINY, write_jsonl
 
-pytest.importorskip("optuna")
+pytest.importorskip("optuna", reason="--auto needs Optuna, in the test extra: pip install '.[test]'")
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 

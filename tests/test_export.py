@@ -60,7 +60,7 @@ def test_the_builtin_gpt_exports_as_gpt2_with_the_same_logits(base_model, tmp_pa
 
 
 def test_export_merges_lora_adapters(base_model, new_texts, tmp_path):
-    pytest.importorskip("peft")
+    pytest.importorskip("peft", reason="the lora strategy needs the optional extra: pip install '.[hf]'")
     data = write_jsonl(tmp_path / "n.jsonl", new_texts[:20])
     report = Engine(load_config(None, [*TINY, "fine_tuning.strategy=[lora]", "validators=[finite]",
                                        "options.lora.learning_rate=0.01"])).update([str(data)], base_model)

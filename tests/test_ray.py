@@ -29,7 +29,7 @@ def test_compare_ray_without_ray_says_what_to_install(no_ray):
 
 
 def test_auto_ray_without_ray_says_what_to_install(no_ray, base_model, tmp_path, new_texts):
-    pytest.importorskip("optuna")
+    pytest.importorskip("optuna", reason="--auto needs Optuna, in the test extra: pip install '.[test]'")
     data = write_jsonl(tmp_path / "new.jsonl", new_texts[:10])
     result = CliRunner().invoke(app, ["update", "--model", str(base_model), "--data", str(data), "--auto",
                                       "--ray", *[f"--set={o}" for o in TINY]])
@@ -45,7 +45,7 @@ def test_ray_without_auto_is_a_usage_error(base_model, tmp_path):
 
 
 def test_local_ray_compare_gives_the_table_of_two_worker_processes():
-    pytest.importorskip("ray")
+    pytest.importorskip("ray", reason="Ray is the optional extra: pip install '.[ray]'")
     import torch
 
     req = dict(strategies="naive,low_lr", scenario="split-digits", setting="task", epochs=1, seed=7)
@@ -69,8 +69,8 @@ def test_local_ray_compare_gives_the_table_of_two_worker_processes():
 
 
 def test_auto_ray_runs_its_trials_as_ray_tasks(base_model, new_texts, tmp_path):
-    pytest.importorskip("optuna")
-    pytest.importorskip("ray")
+    pytest.importorskip("optuna", reason="--auto needs Optuna, in the test extra: pip install '.[test]'")
+    pytest.importorskip("ray", reason="Ray is the optional extra: pip install '.[ray]'")
     data = write_jsonl(tmp_path / "new.jsonl", new_texts[:30])
     sets = [f"--set={o}" for o in [*TINY, "fine_tuning.strategy=rewarm", "tune.max_trials=2", "tune.jobs=2"]]
     result = CliRunner().invoke(app, ["update", "--model", str(base_model), "--data", str(data), "--auto",
