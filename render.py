@@ -312,7 +312,8 @@ class ConsoleRenderer:
     def show_search_plan(self, search: dict) -> None:
         """``retain update --auto --dry-run``: what the search would cover, nothing trained."""
         about = "" if search["estimated_trials"] is None else f"about {search['estimated_trials']} of "
-        self.say(f"[bold]6. Search (--auto)[/]: would run {about}at most {search['max_trials']} trials within "
+        trials = plural(search["max_trials"], "trial")
+        self.say(f"[bold]6. Search (--auto)[/]: would run {about}at most {trials} within "
                  f"{search['budget_seconds']:.1f}s of training ({search['budget']:g} of full training "
                  f"{search['full_training']}'s {search['full_training_seconds']:.1f}s)")
         space = search["space"]
