@@ -3,7 +3,8 @@
 The checkout's root is the package ``retain`` itself: its subpackages are found by setup.py,
 and the wheel is built here from a copy of the checkout (a build leaves build/ and an
 egg-info behind) and read. The suite runs in pytest's importlib mode (pyproject.toml):
-nothing beside the checkout may be imported in place of an installed package.
+nothing beside the checkout may be imported in place of an installed package. Every
+package the code or the suite imports is declared, so a fresh clone's install has it.
 """
 
 from __future__ import annotations
@@ -117,3 +118,37 @@ def test_a_folder_beside_the_checkout_does_not_change_what_the_suite_imports(tmp
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider",
                           "tests/test_probe_imports.py"], cwd=checkout, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+
+
+def _declared() -> set[str]:
+    """Every distribution pyproject.toml declares: dependencies and every extra."""
+    import re
+
+    tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Python 3.11+")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    specs = [*project["dependencies"], *(s for extra in project["optional-dependencies"].values() for s in extra)]
+    return {re.split(r"[\s<>=!~;\[]", spec, maxsplit=1)[0].lower().replace("_", "-") for spec in specs}
+
+
+def test_every_package_the_code_or_the_suite_imports_is_declared():
+    # numpy and qpsolvers were imported directly and came only through avalanche-lib's
+    # dependencies. (quadprog is imported by qpsolvers, not by name: the gem tests catch it.)
+    import ast
+    import importlib.metadata
+
+    owners = importlib.metadata.packages_distributions()
+    files = [p for folder in _package_folders().values() for p in folder.glob("*.py")]
+    files += sorted((ROOT / "tests").glob("*.py"))
+    imported = set()
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    declared = _declared() | {"retain"}
+    # A module no installed distribution provides is the standard library's, the suite's own
+    # (conftest, a test's example plugin) or an optional extra's that is not installed here.
+    undeclared = {name: owners[name] for name in sorted(imported - set(sys.stdlib_module_names))
+                  if name in owners and not {d.lower().replace("_", "-") for d in owners[name]} & declared}
+    assert not undeclared, f"imported but not declared in pyproject.toml: {undeclared}"
