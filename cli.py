@@ -176,6 +176,17 @@ def _error_line(message: str) -> None:
     make_console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
 
 
+def _warning_lines(notes: List[str]) -> None:
+    """What a registry command's ``recover`` did (a lost ledger rebuilt, a prune finished):
+    one yellow line each on stderr."""
+    from rich.markup import escape
+
+    from retain.render import make_console
+
+    for note in notes:
+        make_console(stderr=True).print(f"[yellow]warning:[/] {escape(note)}", soft_wrap=True)
+
+
 def _emit_json(obj: dict) -> None:
     typer.echo(json.dumps(obj, default=str))
 
@@ -795,9 +806,15 @@ def rollback(
     from retain.core.registry import rollback as switch
     from retain.core.store import ModelStore
 
-    before, after = switch(ModelStore(model), version, wait=wait)
+    switched = switch(ModelStore(model), version, wait=wait)
+    before, after = switched.previous, switched.current
+    _warning_lines(switched.notes)
     if json_out:
-        _emit_json({"previous": before, "current": after})
+        _emit_json({"previous": before, "current": after,
+                    **({"repaired": switched.repaired} if switched.repaired else {})})
+    elif switched.repaired:
+        typer.echo(f"repaired CURRENT ({switched.repaired.split('; make an accepted')[0]}): "
+                   f"version {after} is current")
     elif before == after:
         typer.echo(f"version {after} is already current")
     else:
@@ -871,6 +888,7 @@ def prune(
 
     plan = prune_versions(ModelStore(model), keep, dry_run=dry_run, wait=wait,
                           keep_full_trainings=keep_full_trainings)
+    _warning_lines(plan.notes)
     if json_out:
         _emit_json({**plan.to_json(), "dry_run": dry_run})
         return
