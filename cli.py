@@ -721,6 +721,7 @@ def _pending_items(data: List[str], store, cfg) -> tuple[int, Optional[dict]]:
     items, _ = collect(data, registry, cfg)
     items, _ = preprocess(items, registry, cfg)
     # The same view of the ledger the engine gives dedupers (minhash needs more than a lookup).
+    store.check_ledger(store.chain())
     items, _ = dedupe(items, build_dedupers(registry, cfg), KnownItems(store.ledger, store.chain()))
     if not items:
         return 0, None

@@ -168,6 +168,7 @@ def validate_version(engine: Any, store: ModelStore, version: str | None, data: 
     items, pre_rejects = preprocess(items, registry, cfg)
     if not items:
         raise SourceError("no usable items in --data to validate with")
+    store.check_ledger(store.chain(version))
     seen = store.ledger.find([it.hash for it in items], store.chain(version))
     store.ledger.close()
     kept = retention.load(store, parent, cfg.validation.eval_max_items, cfg.seed)

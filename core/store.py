@@ -345,7 +345,8 @@ class VersionWriter:
         interrupts.release(self.on_interrupt)
         _fsync_dir(self.store.versions_dir)
         fault_point("renamed")  # test-only: a finished version that never becomes current
-        self.store.ledger.commit_version(self.name)  # killed before this: recover() does it
+        if self.store.ledger.path.exists():  # a version with ledger rows (not a search's candidate)
+            self.store.ledger.commit_version(self.name)  # killed before this: recover() does it
         return final
 
     def _share_with_parent(self, files: dict[str, str]) -> list[str]:
@@ -878,6 +879,19 @@ class ModelStore:
             notes.append("the near-duplicate index is not rebuilt: minhash finds near-duplicates of "
                          "the items learned from now on")
         return notes
+
+    def check_ledger(self, chain: list[str]) -> None:
+        """Refuse to look items up in a ledger that lost the rows of ``chain`` (deleted or emptied,
+        and not rebuilt yet: a reading command rebuilds nothing): every item would look new."""
+        path = self.ledger.path
+        states = self.ledger.states() if path.exists() and path.stat().st_size else {}
+        lost = [v for v in sorted(chain) if v not in states
+                and any(self.summary(v)["counts"].get(k) for k in ("trained", "holdout"))]
+        if lost:
+            raise ModelError(f"{path} has no record of what version{'s' if len(lost) > 1 else ''} "
+                             f"{', '.join(lost)} learned (deleted or emptied?): the next writing command "
+                             "(retain update, prune or rollback) rebuilds it from the versions' records; "
+                             "until then what is new cannot be told")
 
     def _ledger_tables(self) -> list[str]:
         return [name for (name,) in self.ledger.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")

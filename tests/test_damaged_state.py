@@ -227,6 +227,17 @@ def test_a_lost_ledger_is_rebuilt_from_the_versions_records(tmp_path, loss):
     assert ModelStore(model).ledger.find([_rows("0003")[1][0]], chain) == {_rows("0003")[1][0]: ("0003", "train")}
 
 
+def test_a_reading_command_refuses_a_lost_ledger_and_writes_nothing(tmp_path):
+    model = _model(tmp_path / "model")
+    (model / "ledger.sqlite").unlink()
+    data = write_jsonl(tmp_path / "d.jsonl", ["an item the chain may have learned"])
+    for args in (["update", "--data", data, "--dry-run"], ["status", "--data", data]):
+        result = _cli(args[0], "--model", model, *args[1:])
+        assert result.exit_code == 5, (args, result.output)
+        assert "has no record of what versions 0001, 0003, 0004 learned" in result.output, result.output
+    assert not list(model.glob("ledger.sqlite*"))
+
+
 def test_a_lost_ledger_without_records_is_refused(tmp_path):
     model = _model(tmp_path / "model")
     # a version saved before versions kept their record
