@@ -176,7 +176,7 @@ def _error_line(message: str) -> None:
     make_console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
 
 
-def _warning_lines(notes: List[str]) -> None:
+def _warning_lines(notes) -> None:
     """What a registry command's ``recover`` did (a lost ledger rebuilt, a prune finished):
     one yellow line each on stderr."""
     from rich.markup import escape

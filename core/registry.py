@@ -91,7 +91,7 @@ class Switched(NamedTuple):
     previous: str | None
     current: str
     repaired: str | None = None
-    notes: list[str] = []
+    notes: tuple[str, ...] = ()
 
 
 def rollback(store: ModelStore, target: str | None = None, wait: float = 0.0) -> Switched:
@@ -120,7 +120,7 @@ def rollback(store: ModelStore, target: str | None = None, wait: float = 0.0) ->
         if target != current:
             store.set_current(target)
             interrupts.set_outcome(f"the rollback had finished: version {target} is current (was {current})")
-        return Switched(current, target, broken, notes)
+        return Switched(current, target, broken, tuple(notes))
 
 
 def _check_rollback_target(store: ModelStore, target: str) -> None:

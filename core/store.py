@@ -3,10 +3,14 @@
     my-model/
       CURRENT             name of the current version, replaced atomically
       versions/0001/      manifest.json, model.safetensors, tokenizer.json,
-                          holdout.jsonl, strategy/*.safetensors|json
+                          holdout.jsonl, strategy/*.safetensors|json, ledger.jsonl.gz
+                          (the version's own ledger rows: a lost ledger is rebuilt from them)
       versions/.index.json  each version's summary (parent, kind, status, counts): a cache
                           of its manifest, checked against the manifest's mtime and size
-      ledger.sqlite       every item a version learned (or held out): hash, version, role
+                          (never what a deletion is decided by)
+      versions/.prune-intent.json  while a prune runs: what recover() finishes
+      ledger.sqlite       every item a version learned (or held out): hash, version, role;
+                          and per version, pending (before its rename) or committed
       rejects.jsonl       inputs that could not be used, with reasons
       .lock               one writer at a time
 
@@ -14,6 +18,7 @@ A version is written to ``versions/.tmp-*`` and renamed into place; it becomes
 the model only when CURRENT names it. What a model "knows" is defined by the
 chain CURRENT -> parent -> ..., so ledger rows of a version that never became
 current (crash, rejection, rollback) simply do not count: no flag to keep in sync.
+Rows are deleted only when their version is known to be gone (``Ledger``).
 """
 
 from __future__ import annotations

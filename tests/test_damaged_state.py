@@ -176,11 +176,15 @@ def test_an_old_ledger_is_migrated_and_only_unfinished_rows_are_dropped(tmp_path
 
 # --- a prune killed half way is finished by recover --------------------------------------------
 
-def _killed_prune(model: Path, fault: str) -> None:
+def _killed(model: Path, fault: str, *command: str) -> None:
     env = {**os.environ, "RETAIN_FAULT_AT": fault}
-    done = subprocess.run([sys.executable, "-m", "retain", "prune", "--model", str(model), "--keep", "1"],
+    done = subprocess.run([sys.executable, "-m", "retain", *command, "--model", str(model)],
                           env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == -9, done.stderr
+
+
+def _killed_prune(model: Path, fault: str) -> None:
+    _killed(model, fault, "prune", "--keep", "1")
 
 
 def test_a_prune_killed_between_a_stub_and_its_files_is_finished_by_recover(tmp_path):
@@ -208,6 +212,15 @@ def test_a_prune_killed_while_deleting_a_version_is_finished_by_recover(tmp_path
     assert "recovered from an interrupted prune: deleted version 0002" in notes
     assert not list((model / "versions").glob(".tmp-*"))
     assert _learned(model, ["0002"]) == {}
+
+
+def test_a_rollback_killed_before_current_moves_leaves_the_model_as_it_was(tmp_path):
+    model = _model(tmp_path / "model")
+    _killed(model, "replace-CURRENT", "rollback")
+    assert ModelStore(model).current() == "0004" and list(model.glob(".CURRENT.tmp-*"))
+    result = _cli("rollback", "--model", model)
+    assert result.exit_code == 0 and "0004 -> 0003" in result.output
+    assert not list(model.glob(".CURRENT.tmp-*"))
 
 
 # --- a lost ledger is rebuilt, never empty ------------------------------------------------------
