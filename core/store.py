@@ -541,7 +541,7 @@ class ModelStore:
         try:
             st = os.stat(path)
         except (FileNotFoundError, NotADirectoryError):
-            raise ModelError(f"version {version}: {MANIFEST} is missing") from None
+            raise self._missing(version) from None
         key = (st.st_mtime_ns, st.st_size, st.st_ino)
         cached = self._manifests.get(version)
         if cached is not None and cached[0] == key:
@@ -550,6 +550,12 @@ class ModelStore:
         self._manifests[version] = (key, data)
         self._parents[version] = data.get("parent")
         return data
+
+    def _missing(self, version: str) -> ModelError:
+        if not (self.versions_dir / version).is_dir():
+            return ModelError(f"version {version} is missing: {self.versions_dir / version} is absent (moved aside? "
+                              "a volume not mounted?)")
+        return ModelError(f"version {version}: {MANIFEST} is missing")
 
     def summary(self, version: str) -> dict:
         """What walks over many versions read of a version's manifest: ``parent``, ``kind``,
@@ -561,7 +567,7 @@ class ModelStore:
         try:
             st = os.stat(path)
         except (FileNotFoundError, NotADirectoryError):
-            raise ModelError(f"version {version}: {MANIFEST} is missing") from None
+            raise self._missing(version) from None
         index = self._index if self._index is not None else self._load_index()
         entry = index.get(version)
         if entry is not None and entry[0] == st.st_mtime_ns and entry[1] == st.st_size:
@@ -624,7 +630,7 @@ class ModelStore:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
         except FileNotFoundError:
-            raise ModelError(f"version {version}: {MANIFEST} is missing") from None
+            raise self._missing(version) from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ModelError(f"version {version}: {MANIFEST} is not valid JSON ({exc})") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
@@ -813,6 +819,8 @@ class ModelStore:
         except (OSError, ValueError, AttributeError):
             stubs = []
         for version in stubs:
+            for tmp in (self.versions_dir / version).glob(f".{MANIFEST}.tmp-*"):  # killed mid-rewrite
+                tmp.unlink()
             try:
                 removed = self.manifest(version).get("pruned", {}).get("removed", [])
             except ModelError:
@@ -852,7 +860,7 @@ class ModelStore:
     def _rebuild_ledger(self, versions: list[str]) -> list[str]:
         """Rows of ``versions`` from their ``LEDGER_RECORD``; a version of CURRENT's chain that
         learned items and has no record is an error: its items would be learned again."""
-        rebuilt, lacking = [], []
+        rebuilt, lacking, near = [], [], False
         for version in versions:
             try:
                 manifest = self.manifest(version)
@@ -862,6 +870,7 @@ class ModelStore:
             if LEDGER_RECORD in manifest.get("files", {}):
                 self.ledger.add(version, self.read_ledger_record(version, manifest))
                 rebuilt.append(version)
+                near |= "minhash" in ((manifest.get("config") or {}).get("dedupers") or [])
             elif counts.get("trained") or counts.get("holdout"):
                 lacking.append(version)
                 continue
@@ -880,9 +889,9 @@ class ModelStore:
         notes = [f"{self.ledger.path.name} had no record of what version{'s' if len(rebuilt) > 1 else ''} "
                  f"{', '.join(rebuilt)} learned (deleted or emptied?): rebuilt from "
                  f"{'their' if len(rebuilt) > 1 else 'its'} {LEDGER_RECORD}"] if rebuilt else []
-        if rebuilt and any(t != "items" for t in self._ledger_tables()):
-            notes.append("the near-duplicate index is not rebuilt: minhash finds near-duplicates of "
-                         "the items learned from now on")
+        if near:  # the index holds signatures of the texts, which no version keeps
+            notes.append("the near-duplicate (minhash) index is not rebuilt: exact duplicates of what those "
+                         "versions learned are still skipped, near-duplicates only of what is learned from now on")
         return notes
 
     def check_ledger(self, chain: list[str]) -> None:
@@ -897,10 +906,6 @@ class ModelStore:
                              f"{', '.join(lost)} learned (deleted or emptied?): the next writing command "
                              "(retain update, prune or rollback) rebuilds it from the versions' records; "
                              "until then what is new cannot be told")
-
-    def _ledger_tables(self) -> list[str]:
-        return [name for (name,) in self.ledger.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-                if name != "row_versions"]
 
     def read_ledger_record(self, version: str, manifest: dict | None = None) -> list[tuple[str, str, str, str]]:
         """A version's ``LEDGER_RECORD`` rows (hash, role, source, origin), checked."""

@@ -201,6 +201,19 @@ def test_a_prune_killed_between_a_stub_and_its_files_is_finished_by_recover(tmp_
     assert ModelStore(model).versions() == ["0001", "0003", "0004"]
 
 
+def test_a_prune_killed_while_rewriting_a_stub_manifest_leaves_the_version_whole(tmp_path):
+    model = _model(tmp_path / "model")
+    before = (model / "versions/0001" / MANIFEST).read_bytes()
+    _killed_prune(model, "replace-manifest.json")
+    assert list((model / "versions/0001").glob(".manifest.json.tmp-*"))
+    store = ModelStore(model)
+    with store.lock():
+        store.recover()
+    assert (model / "versions/0001" / MANIFEST).read_bytes() == before and (model / "versions/0001" / WEIGHTS).exists()
+    assert not list((model / "versions").rglob(".*tmp*")) and not (model / "versions" / PRUNE_INTENT).exists()
+    assert _cli("rollback", "--model", model, "1").exit_code == 0  # whole, every checksum holds
+
+
 def test_a_prune_killed_while_deleting_a_version_is_finished_by_recover(tmp_path):
     model = _model(tmp_path / "model")
     _killed_prune(model, "pruned-renamed")
