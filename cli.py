@@ -695,9 +695,11 @@ def status(
     store = ModelStore(model)
     current = store.current()
     pending, text = _pending_items(data, store, cfg) if data else (0, None)
+    damaged = store.damaged_shared_files(current)  # one damaged hard link breaks several versions
+    _warning_lines(damaged)
     assessment = assess(store, cfg, pending_items=pending, device=_device(device), pending_text=text)
     if json_out:
-        _emit_json(assessment.to_json())
+        _emit_json({**assessment.to_json(), **({"damaged_files": damaged} if damaged else {})})
         return
     from retain.render import print_assessment  # rich: only for the table
 

@@ -686,6 +686,23 @@ class ModelStore:
                              f"(truncated or modified){self._sharing(version, rel, path)}; refusing to load it")
         return path
 
+    def damaged_shared_files(self, version: str) -> list[str]:
+        """The checksum errors of ``version``'s files that are hard links shared with other
+        versions (one damaged file breaks them all): cheap to check (small files, mostly),
+        so ``retain status`` checks them; a file of the version's own is checked on load."""
+        manifest = self.manifest(version)
+        errors = []
+        for rel in manifest.get("files", {}):
+            path = self.versions_dir / version / rel
+            try:
+                if path.stat().st_nlink > 1:
+                    self.verified_path(version, rel, manifest)
+            except OSError:
+                continue  # missing: reported on load
+            except ModelError as exc:
+                errors.append(str(exc))
+        return errors
+
     def _sharing(self, version: str, rel: str, path: Path) -> str:
         """A damaged file that is one file on disk, hard-linked into several versions
         (``_share_with_parent``): which versions it breaks, said once."""

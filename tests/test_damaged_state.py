@@ -322,3 +322,6 @@ def test_a_damaged_shared_file_is_reported_as_one_file_with_the_versions_it_brea
     assert "one file on disk, shared by hard link by 4 versions (0001, 0002, 0003, 0004)" in str(exc.value)
     result = _cli("rollback", "--model", model, "3")
     assert result.exit_code == 5 and "shared by hard link by 4 versions" in result.output
+    status = _cli("status", "--model", model, *SETS)  # the advice alone would not load the tokenizer
+    assert "warning: version 0004: tokenizer.json does not match its checksum" in status.output
+    assert "shared by hard link by 4 versions" in status.output
