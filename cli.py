@@ -176,15 +176,14 @@ def _error_line(message: str) -> None:
     make_console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
 
 
-def _warning_lines(notes) -> None:
-    """What a registry command's ``recover`` did (a lost ledger rebuilt, a prune finished):
-    one yellow line each on stderr."""
+def _warning_line(message: str) -> None:
+    """A registry command's warning (what its ``recover`` did, a damaged shared file): one
+    yellow line on stderr."""
     from rich.markup import escape
 
     from retain.render import make_console
 
-    for note in notes:
-        make_console(stderr=True).print(f"[yellow]warning:[/] {escape(note)}", soft_wrap=True)
+    make_console(stderr=True).print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
 
 
 def _emit_json(obj: dict) -> None:
@@ -696,7 +695,8 @@ def status(
     current = store.current()
     pending, text = _pending_items(data, store, cfg) if data else (0, None)
     damaged = store.damaged_shared_files(current)  # one damaged hard link breaks several versions
-    _warning_lines(damaged)
+    for line in damaged:
+        _warning_line(line)
     assessment = assess(store, cfg, pending_items=pending, device=_device(device), pending_text=text)
     if json_out:
         _emit_json({**assessment.to_json(), **({"damaged_files": damaged} if damaged else {})})
@@ -809,9 +809,8 @@ def rollback(
     from retain.core.registry import rollback as switch
     from retain.core.store import ModelStore
 
-    switched = switch(ModelStore(model), version, wait=wait)
+    switched = switch(ModelStore(model), version, wait=wait, warn=_warning_line)
     before, after = switched.previous, switched.current
-    _warning_lines(switched.notes)
     if json_out:
         _emit_json({"previous": before, "current": after,
                     **({"repaired": switched.repaired} if switched.repaired else {})})
@@ -890,8 +889,7 @@ def prune(
     from retain.core.store import ModelStore
 
     plan = prune_versions(ModelStore(model), keep, dry_run=dry_run, wait=wait,
-                          keep_full_trainings=keep_full_trainings)
-    _warning_lines(plan.notes)
+                          keep_full_trainings=keep_full_trainings, warn=_warning_line)
     if json_out:
         _emit_json({**plan.to_json(), "dry_run": dry_run})
         return

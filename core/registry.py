@@ -24,7 +24,7 @@ import json
 import os
 import shutil
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 from . import interrupts
 from .errors import ModelError
@@ -86,22 +86,23 @@ def _learning_rate(store: ModelStore, version: str, manifest: dict) -> float | N
 
 class Switched(NamedTuple):
     """What ``rollback`` did: ``previous`` is None when CURRENT was unusable, and
-    ``repaired`` then says what was wrong with it; ``notes``: what ``recover`` did first."""
+    ``repaired`` then says what was wrong with it."""
 
     previous: str | None
     current: str
     repaired: str | None = None
-    notes: tuple[str, ...] = ()
 
 
-def rollback(store: ModelStore, target: str | None = None, wait: float = 0.0) -> Switched:
+def rollback(store: ModelStore, target: str | None = None, wait: float = 0.0,
+             warn: Callable[[str], None] | None = None) -> Switched:
     """Make ``target`` (default: the parent of current) current, atomically, under the lock.
 
     Only accepted, unpruned versions whose files match their checksums qualify. A CURRENT
     that is unreadable or names a rejected, incomplete or missing version is repaired by
-    naming ``target``; the checks read the manifests, never the index (a cache)."""
+    naming ``target``; the checks read the manifests, never the index (a cache). ``warn``
+    hears what ``recover`` did first (a lost ledger rebuilt, a prune finished)."""
     with store.lock(wait=wait), contextlib.closing(store.ledger):
-        notes = store.recover()
+        _recover(store, warn)
         try:
             current, broken = store.current(), None
         except ModelError as exc:
@@ -120,7 +121,14 @@ def rollback(store: ModelStore, target: str | None = None, wait: float = 0.0) ->
         if target != current:
             store.set_current(target)
             interrupts.set_outcome(f"the rollback had finished: version {target} is current (was {current})")
-        return Switched(current, target, broken, tuple(notes))
+        return Switched(current, target, broken)
+
+
+def _recover(store: ModelStore, warn: Callable[[str], None] | None) -> None:
+    """``store.recover``, each note told at once: a later error does not hide what was done."""
+    for note in store.recover():
+        if warn is not None:
+            warn(note)
 
 
 def _check_rollback_target(store: ModelStore, target: str) -> None:
@@ -221,7 +229,6 @@ class PrunePlan:
     keep: list[str] = field(default_factory=list)     # whole
     stub: list[str] = field(default_factory=list)     # weights and strategy state removed
     delete: list[str] = field(default_factory=list)   # gone, ledger rows too
-    notes: list[str] = field(default_factory=list)    # what recover() did first: warnings
 
     def to_json(self) -> dict:
         return {"keep": self.keep, "stub": self.stub, "delete": self.delete}
@@ -279,15 +286,14 @@ def _plan(store: ModelStore, summaries: dict[str, dict], current: str, keep_last
 
 
 def prune(store: ModelStore, keep_last: int, dry_run: bool = False, wait: float = 0.0,
-          keep_full_trainings: bool = False) -> PrunePlan:
+          keep_full_trainings: bool = False, warn: Callable[[str], None] | None = None) -> PrunePlan:
     """Apply ``plan_prune`` under the lock (``retain prune``). A dry run reads only: no lock
-    taken, nothing recovered, the ledger not opened."""
+    taken, nothing recovered, the ledger not opened. ``warn``: as ``rollback``'s."""
     if dry_run:
         return plan_prune(store, keep_last, keep_full_trainings)
     with store.lock(wait=wait), contextlib.closing(store.ledger):
-        notes = store.recover()
+        _recover(store, warn)
         plan = plan_prune(store, keep_last, keep_full_trainings)
-        plan.notes = notes
         with interrupts.shielded():  # a Ctrl-C acts once the prune is done: no half-removed version
             apply_prune(store, plan)
             store.save_index()

@@ -246,8 +246,8 @@ def test_a_lost_ledger_is_rebuilt_from_the_versions_records(tmp_path, loss):
         (model / "ledger.sqlite").unlink()
     else:
         (model / "ledger.sqlite").write_bytes(b"")
-    result = _cli("rollback", "--model", model, "0003")
-    assert result.exit_code == 0, result.output
+    result = _cli("rollback", "--model", model, "0002")  # refused, but only after recover rebuilt the ledger
+    assert result.exit_code == 5 and "rejected by the quality gate" in result.output, result.output
     assert "had no record of what versions 0001, 0002, 0003, 0004 learned" in result.output
     assert _learned(model, chain) == {"train": 9, "holdout": 3}
     assert ModelStore(model).ledger.find([_rows("0003")[1][0]], chain) == {_rows("0003")[1][0]: ("0003", "train")}
