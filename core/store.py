@@ -494,28 +494,28 @@ class ModelStore:
                                  f"train one with: retain train --model {self.root} --data ...")
             raise ModelError(f"no model in {self.root}; train one first with: "
                              f"retain train --model {self.root} --data ...")
-        repair = self._repair_hint()
         try:
             name = path.read_text(encoding="utf-8").strip()
         except UnicodeDecodeError:
-            raise ModelError(f"{path} is not text (damaged?){repair}") from None
+            raise self._broken_current("is not text (damaged?)") from None
         if not name:
-            raise ModelError(f"{path} is empty{repair}")
+            raise self._broken_current("is empty")
         if "/" in name or name.startswith(".") or not name.isprintable():
-            raise ModelError(f"{path} holds {name[:40]!r}, which is not a version name{repair}")
+            raise self._broken_current(f"holds {name[:40]!r}, which is not a version name")
         if not (self.versions_dir / name).is_dir():
-            raise ModelError(f"{path} names version '{name}', which does not exist{repair}")
+            raise self._broken_current(f"names version '{name}', which does not exist")
         try:
             status = self.manifest(name).get("status")
         except ModelError as exc:
-            raise ModelError(f"{path} names version '{name}', which is not a complete version ({exc}){repair}") from None
+            raise self._broken_current(f"names version '{name}', which is not a complete version ({exc})") from None
         if status != "accepted":
             was = "was rejected by the quality gate" if status == "rejected" else f"is {status!r}, not accepted"
-            raise ModelError(f"{path} names version '{name}', which {was}{repair}")
+            raise self._broken_current(f"names version '{name}', which {was}")
         return name
 
-    def _repair_hint(self) -> str:
-        """How to repair CURRENT, naming the newest accepted version (a hint: from the index)."""
+    def _broken_current(self, what: str) -> ModelError:
+        """CURRENT cannot be used: what is wrong, and the repair, naming the newest accepted
+        version (a hint: from the index)."""
         newest = None
         for version in reversed(self.versions()):
             try:
@@ -524,8 +524,9 @@ class ModelStore:
                     break
             except ModelError:
                 continue
-        return (f"; make an accepted version current with: retain rollback --model {self.root} "
-                f"{newest or 'VERSION'}" + (f" (the newest accepted version is {newest})" if newest else ""))
+        return ModelError(f"{self.root / 'CURRENT'} {what}; make an accepted version current with: retain rollback "
+                          f"--model {self.root} {newest or 'VERSION'}"
+                          + (f" (the newest accepted version is {newest})" if newest else ""))
 
     def versions(self) -> list[str]:
         try:  # scandir: the entry's type comes with the listing, no stat per version
@@ -842,7 +843,8 @@ class ModelStore:
                 removed = self.manifest(version).get("pruned", {}).get("removed", [])
             except ModelError:
                 continue
-            left = [rel for rel in removed if (self.versions_dir / version / rel).exists()]
+            left = [rel for rel in removed if ".." not in rel.split("/") and not rel.startswith("/")
+                    and (self.versions_dir / version / rel).exists()]
             for rel in left:
                 (self.versions_dir / version / rel).unlink()
                 with contextlib.suppress(OSError):  # strategy/, emptied: as prune leaves a stub
