@@ -155,6 +155,17 @@ def test_prune_dry_run_writes_nothing_even_with_a_version_folder_absent(tmp_path
     assert ModelStore(model).chain("0005") == ["0005", "0004", "0003", "0001"]
 
 
+def test_prune_with_a_version_of_the_current_chain_absent_is_a_clear_error_and_deletes_nothing(tmp_path):
+    model = _model(tmp_path / "model")
+    os.rename(model / "versions/0003", tmp_path / "aside")
+    for args in (["--dry-run"], []):
+        result = _cli("prune", "--model", model, "--keep", "1", *args)
+        assert result.exit_code == 5 and "version 0003 is missing" in result.output, result.output
+        assert "moved aside? a volume not mounted?" in result.output
+    assert ModelStore(model).versions() == ["0001", "0002", "0004"]
+    assert _learned(model, ["0003"]) == {"train": 3, "holdout": 1}
+
+
 def test_an_old_ledger_is_migrated_and_only_unfinished_rows_are_dropped(tmp_path):
     import sqlite3
 
