@@ -351,7 +351,10 @@ class VersionWriter:
         _fsync_dir(self.store.versions_dir)
         fault_point("renamed")  # test-only: a finished version that never becomes current
         if self.store.ledger.path.exists():  # a version with ledger rows (not a search's candidate)
-            self.store.ledger.commit_version(self.name)  # killed before this: recover() does it
+            # Killed before this, or refused by a full disk: the version is in place all the
+            # same, and recover() marks it.
+            with contextlib.suppress(sqlite3.OperationalError):
+                self.store.ledger.commit_version(self.name)
         return final
 
     def _share_with_parent(self, files: dict[str, str]) -> list[str]:

@@ -185,6 +185,22 @@ def test_an_old_ledger_is_migrated_and_only_unfinished_rows_are_dropped(tmp_path
     store.ledger.close()
 
 
+def test_a_version_whose_ledger_mark_failed_is_marked_by_recover(tmp_path, monkeypatch):
+    import sqlite3
+
+    from retain.core.store import Ledger
+
+    model = _model(tmp_path / "model")
+    store = ModelStore(model)
+    with monkeypatch.context() as m:  # the disk refuses the mark after the rename
+        m.setattr(Ledger, "commit_version", lambda self, v: (_ for _ in ()).throw(sqlite3.OperationalError("disk full")))
+        assert _version(store, "0004", "fine_tuning", "accepted") == "0005"
+    assert store.ledger.states()["0005"] == "pending" and store.current() == "0005"
+    store.recover()  # the folder is there: the rename happened
+    assert store.ledger.states()["0005"] == "committed"
+    store.ledger.close()
+
+
 # --- a prune killed half way is finished by recover --------------------------------------------
 
 def _killed(model: Path, fault: str, *command: str) -> None:
