@@ -176,6 +176,16 @@ def _error_line(message: str) -> None:
     make_console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
 
 
+def _warning_line(message: str) -> None:
+    """A registry command's warning (what its ``recover`` did, a damaged shared file): one
+    yellow line on stderr."""
+    from rich.markup import escape
+
+    from retain.render import make_console
+
+    make_console(stderr=True).print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
+
+
 def _emit_json(obj: dict) -> None:
     typer.echo(json.dumps(obj, default=str))
 
@@ -685,9 +695,12 @@ def status(
     store = ModelStore(model)
     current = store.current()
     pending, text = _pending_items(data, store, cfg) if data else (0, None)
+    damaged = store.damaged_shared_files(current)  # one damaged hard link breaks several versions
+    for line in damaged:
+        _warning_line(line)
     assessment = assess(store, cfg, pending_items=pending, device=_device(device), pending_text=text)
     if json_out:
-        _emit_json(assessment.to_json())
+        _emit_json({**assessment.to_json(), **({"damaged_files": damaged} if damaged else {})})
         return
     from retain.render import print_assessment  # rich: only for the table
 
@@ -711,6 +724,7 @@ def _pending_items(data: List[str], store, cfg) -> tuple[int, Optional[dict]]:
     items, _ = collect(data, registry, cfg)
     items, _ = preprocess(items, registry, cfg)
     # The same view of the ledger the engine gives dedupers (minhash needs more than a lookup).
+    store.check_ledger(store.chain())
     items, _ = dedupe(items, build_dedupers(registry, cfg), KnownItems(store.ledger, store.chain()))
     if not items:
         return 0, None
@@ -796,9 +810,14 @@ def rollback(
     from retain.core.registry import rollback as switch
     from retain.core.store import ModelStore
 
-    before, after = switch(ModelStore(model), version, wait=wait)
+    switched = switch(ModelStore(model), version, wait=wait, warn=_warning_line)
+    before, after = switched.previous, switched.current
     if json_out:
-        _emit_json({"previous": before, "current": after})
+        _emit_json({"previous": before, "current": after,
+                    **({"repaired": switched.repaired} if switched.repaired else {})})
+    elif switched.repaired:
+        typer.echo(f"repaired CURRENT ({switched.repaired.split('; make an accepted')[0]}): "
+                   f"version {after} is current")
     elif before == after:
         typer.echo(f"version {after} is already current")
     else:
@@ -871,7 +890,7 @@ def prune(
     from retain.core.store import ModelStore
 
     plan = prune_versions(ModelStore(model), keep, dry_run=dry_run, wait=wait,
-                          keep_full_trainings=keep_full_trainings)
+                          keep_full_trainings=keep_full_trainings, warn=_warning_line)
     if json_out:
         _emit_json({**plan.to_json(), "dry_run": dry_run})
         return

@@ -122,7 +122,7 @@ class ModelTrainer:
                                  f"({self.path}) or into a new one")
             shutil.copytree(self.path, target, ignore=shutil.ignore_patterns(".lock"), dirs_exist_ok=True)
         with engine.listening(), store.lock():
-            store.recover()
+            engine.recover(store)  # its notes are warnings (a lost ledger rebuilt, a prune finished)
             if store.current() != self.loaded.version:
                 raise ModelError(f"{target} moved to version {store.current()} since this model "
                                  f"was loaded ({self.loaded.version}); load it again")

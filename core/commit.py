@@ -45,9 +45,11 @@ def commit(run: Run, store: ModelStore, dedupers: list[tuple[str, Any]], replace
         report["timings"] = dict(run.timings)
         report["replaces"] = replaces
         writer.write_json("report.json", report)
+        rows = ([(it.hash, "train", it.source, it.origin) for it in run.items]
+                + [(it.hash, "holdout", it.source, it.origin) for it in run.holdout])
+        writer.write_ledger_record(rows)  # the version's own copy: a lost ledger is rebuilt from it
         # Ledger rows first: they count only once CURRENT's chain includes this version.
-        store.ledger.add(writer.name, [(it.hash, "train", it.source, it.origin) for it in run.items]
-                         + [(it.hash, "holdout", it.source, it.origin) for it in run.holdout])
+        store.ledger.add(writer.name, rows)
         final_manifest = {**manifest(run, report, entry, status), "retention": kept.manifest_entry(),
                           "holdout_scored": scoring(run) if held else None}
     except BaseException:

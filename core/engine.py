@@ -374,9 +374,10 @@ class Engine:
         self.pm.hook.warning_raised(run=run, message=message)
 
     def recover(self, store: ModelStore) -> None:
-        """Tidy up after an interrupted run (call with the lock held); each note is a warning."""
+        """Tidy up after an interrupted run, rebuild a lost ledger (call with the lock held);
+        each note is a warning."""
         for note in store.recover():
-            self._warn(None, f"recovered from an interrupted run: {note}")
+            self._warn(None, note)
 
     def advise(self, run: Run, store: ModelStore, report: dict) -> None:
         """Fine-tune or fully retrain? ``report["retrain"]`` and ``advice_given``."""

@@ -183,6 +183,7 @@ def dedupe_step(run, dedupers: list[tuple[str, Any]], store) -> dict:
     from .known import HOLDOUT, KnownItems
 
     chain = store.chain(run.parent) if run.parent else []
+    store.check_ledger(chain)  # a lost ledger is never read as "nothing learned yet"
     run.items, run.skipped = dedupe(run.items, dedupers, KnownItems(store.ledger, chain))
     contaminating = sum(s.get("kind") == HOLDOUT for s in run.skipped)
     run.counts.update(duplicates=len(run.skipped), contaminating=contaminating, new=len(run.items))

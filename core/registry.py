@@ -19,16 +19,17 @@ keeps any other file too, e.g. a deduper's index that its chain may read.)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 from . import interrupts
 from .errors import ModelError
 from .retention import RETENTION
-from .store import MANIFEST, ModelStore, atomic_write_text, now_iso
+from .store import MANIFEST, PRUNE_INTENT, PRUNED_PREFIX, ModelStore, atomic_write_text, fault_point, now_iso, summarize
 
 
 def normalize_version(name: str) -> str:
@@ -83,15 +84,31 @@ def _learning_rate(store: ModelStore, version: str, manifest: dict) -> float | N
 
 # --- rollback ----------------------------------------------------------------------------
 
-def rollback(store: ModelStore, target: str | None = None, wait: float = 0.0) -> tuple[str, str]:
+class Switched(NamedTuple):
+    """What ``rollback`` did: ``previous`` is None when CURRENT was unusable, and
+    ``repaired`` then says what was wrong with it."""
+
+    previous: str | None
+    current: str
+    repaired: str | None = None
+
+
+def rollback(store: ModelStore, target: str | None = None, wait: float = 0.0,
+             warn: Callable[[str], None] | None = None) -> Switched:
     """Make ``target`` (default: the parent of current) current, atomically, under the lock.
 
-    Only accepted, unpruned versions whose files match their checksums qualify.
-    Returns (previous current, new current).
-    """
-    with store.lock(wait=wait):
-        store.recover()
-        current = store.current()
+    Only accepted, unpruned versions whose files match their checksums qualify. A CURRENT
+    that is unreadable or names a rejected, incomplete or missing version is repaired by
+    naming ``target``; the checks read the manifests, never the index (a cache). ``warn``
+    hears what ``recover`` did first (a lost ledger rebuilt, a prune finished)."""
+    with store.lock(wait=wait), contextlib.closing(store.ledger):
+        _recover(store, warn)
+        try:
+            current, broken = store.current(), None
+        except ModelError as exc:
+            if target is None or not store.versions():
+                raise
+            current, broken = None, str(exc)
         if target is None:
             target = store.manifest(current).get("parent")
             if target is None:
@@ -100,25 +117,36 @@ def rollback(store: ModelStore, target: str | None = None, wait: float = 0.0) ->
         target = normalize_version(target)
         if target not in store.versions():
             raise ModelError(f"no version {target} in {store.root} (versions: {', '.join(store.versions())})")
-        m = store.manifest(target)
-        if m.get("status") != "accepted":
-            raise ModelError(f"version {target} was {m.get('status')} by the quality gate; only accepted "
-                             "versions can become current")
-        if "pruned" in m:
-            raise ModelError(f"version {target} was pruned ({m['pruned'].get('at')}): its weights are gone")
-        for rel in m.get("files", {}):
-            store.verified_path(target, rel, m)  # refuses a truncated or modified file
-        base = store.summary(target)["builds_on"]
-        if base is not None:  # adapter weights alone: the full weights they apply to must be there
-            bm = store.manifest(base)
-            if "pruned" in bm:
-                raise ModelError(f"version {target} builds on version {base}, whose weights were pruned")
-            for rel in bm.get("files", {}):
-                store.verified_path(base, rel, bm)
+        _check_rollback_target(store, target)
         if target != current:
             store.set_current(target)
             interrupts.set_outcome(f"the rollback had finished: version {target} is current (was {current})")
-        return current, target
+        return Switched(current, target, broken)
+
+
+def _recover(store: ModelStore, warn: Callable[[str], None] | None) -> None:
+    """``store.recover``, each note told at once: a later error does not hide what was done."""
+    for note in store.recover():
+        if warn is not None:
+            warn(note)
+
+
+def _check_rollback_target(store: ModelStore, target: str) -> None:
+    m = store.manifest(target)
+    if m.get("status") != "accepted":
+        raise ModelError(f"version {target} was {m.get('status')} by the quality gate; only accepted "
+                         "versions can become current")
+    if "pruned" in m:
+        raise ModelError(f"version {target} was pruned ({m['pruned'].get('at')}): its weights are gone")
+    for rel in m.get("files", {}):
+        store.verified_path(target, rel, m)  # refuses a truncated or modified file
+    base = summarize(m)["builds_on"]
+    if base is not None:  # adapter weights alone: the full weights they apply to must be there
+        bm = store.manifest(base)
+        if "pruned" in bm:
+            raise ModelError(f"version {target} builds on version {base}, whose weights were pruned")
+        for rel in bm.get("files", {}):
+            store.verified_path(base, rel, bm)
 
 
 # --- validation on demand ------------------------------------------------------------------
@@ -148,6 +176,7 @@ def validate_version(engine: Any, store: ModelStore, version: str | None, data: 
     items, pre_rejects = preprocess(items, registry, cfg)
     if not items:
         raise SourceError("no usable items in --data to validate with")
+    store.check_ledger(store.chain(version))
     seen = store.ledger.find([it.hash for it in items], store.chain(version))
     store.ledger.close()
     kept = retention.load(store, parent, cfg.validation.eval_max_items, cfg.seed)
@@ -207,11 +236,28 @@ class PrunePlan:
 
 def plan_prune(store: ModelStore, keep_last: int, keep_full_trainings: bool = False) -> PrunePlan:
     """``keep_full_trainings``: every accepted full training stays whole too (a retrain's
-    starting point, and the drift baseline of its updates)."""
+    starting point, and the drift baseline of its updates).
+
+    The plan is made from the versions' summaries (the index, a cache), then checked against
+    the manifests: the versions it keeps and stubs (what decides a stub: statuses, kinds, the
+    keep window), and when it deletes anything every version (the parent links decide what a
+    kept chain needs). Any disagreement and the plan is made again from the manifests alone:
+    a damaged index never deletes what the current chain needs."""
     if keep_last < 1:
         raise ModelError("--keep must be at least 1")
     current = store.current()
-    summaries = {v: store.summary(v) for v in store.versions()}
+    versions = store.versions()
+    plan = _plan(store, {v: store.summary(v) for v in versions}, current, keep_last, keep_full_trainings)
+    checked = versions if plan.delete else plan.keep + plan.stub
+    if any(store.summary(v) != store.summary_from_manifest(v) for v in checked):
+        store.forget_chains()  # the walks remembered from the index may be wrong too
+        plan = _plan(store, {v: store.summary_from_manifest(v) for v in versions}, current, keep_last,
+                     keep_full_trainings)
+    return plan
+
+
+def _plan(store: ModelStore, summaries: dict[str, dict], current: str, keep_last: int,
+          keep_full_trainings: bool) -> PrunePlan:
     accepted = [v for v, m in summaries.items() if m["status"] == "accepted" and not m["pruned"]]
     keep = set(accepted[-keep_last:]) | {current}
     if keep_full_trainings:
@@ -224,7 +270,7 @@ def plan_prune(store: ModelStore, keep_last: int, keep_full_trainings: bool = Fa
         name: str | None = v
         while name and name not in needed:
             needed.add(name)
-            name = (summaries.get(name) or store.summary(name))["parent"]
+            name = (summaries.get(name) or store.summary_from_manifest(name))["parent"]
     newest_accepted = max(accepted) if accepted else ""
     streak = {v for v, m in summaries.items() if m["status"] == "rejected" and v > newest_accepted}
     plan = PrunePlan()
@@ -240,17 +286,19 @@ def plan_prune(store: ModelStore, keep_last: int, keep_full_trainings: bool = Fa
 
 
 def prune(store: ModelStore, keep_last: int, dry_run: bool = False, wait: float = 0.0,
-          keep_full_trainings: bool = False) -> PrunePlan:
-    """Apply ``plan_prune`` under the lock (``retain prune``)."""
-    with store.lock(wait=wait):
-        store.recover()
+          keep_full_trainings: bool = False, warn: Callable[[str], None] | None = None) -> PrunePlan:
+    """Apply ``plan_prune`` under the lock (``retain prune``). A dry run reads only: no lock
+    taken, nothing recovered, the ledger not opened. ``warn``: as ``rollback``'s."""
+    if dry_run:
+        return plan_prune(store, keep_last, keep_full_trainings)
+    with store.lock(wait=wait), contextlib.closing(store.ledger):
+        _recover(store, warn)
         plan = plan_prune(store, keep_last, keep_full_trainings)
-        if not dry_run:
-            with interrupts.shielded():  # a Ctrl-C acts once the prune is done: no half-removed version
-                apply_prune(store, plan)
-                store.save_index()
-                interrupts.set_outcome(f"the prune had finished ({len(plan.stub)} stubbed, "
-                                       f"{len(plan.delete)} deleted); the current model is unchanged")
+        with interrupts.shielded():  # a Ctrl-C acts once the prune is done: no half-removed version
+            apply_prune(store, plan)
+            store.save_index()
+            interrupts.set_outcome(f"the prune had finished ({len(plan.stub)} stubbed, "
+                                   f"{len(plan.delete)} deleted); the current model is unchanged")
         return plan
 
 
@@ -266,19 +314,26 @@ def auto_prune(store: ModelStore, config) -> PrunePlan | None:
 
 
 def apply_prune(store: ModelStore, plan: PrunePlan) -> None:
-    """Each step is crash-safe: a stub's manifest is rewritten (atomically) before its
-    files go; a deleted version is first renamed to a ``.tmp-`` name, which ``recover``
-    finishes removing if we die half way. The caller holds the lock."""
+    """Resumable: the plan is written down first (``PRUNE_INTENT``); a stub's manifest is
+    rewritten (atomically) before its files go, and ``recover`` removes the files a stub's
+    manifest no longer lists; a deleted version is first renamed to a ``.tmp-pruned-`` name,
+    and ``recover`` finishes deleting it, its ledger rows included. A version's ledger rows
+    go only here, with the version. The caller holds the lock."""
+    if not plan.stub and not plan.delete:
+        return
+    intent = store.versions_dir / PRUNE_INTENT
+    atomic_write_text(intent, json.dumps({"stub": plan.stub, "delete": plan.delete}))
     for v in plan.stub:
         _strip(store, v)
     if plan.delete:
         store.forget_chains()  # a walk remembered through a deleted version would outlive it
     for v in plan.delete:
-        doomed = store.versions_dir / f".tmp-pruned-{v}-{os.getpid()}"
+        doomed = store.versions_dir / f"{PRUNED_PREFIX}{v}-{os.getpid()}"
         os.rename(store.versions_dir / v, doomed)
+        fault_point("pruned-renamed")  # test-only: killed before its rows and files go
+        store.ledger.forget([v])
         shutil.rmtree(doomed)
-    if plan.delete:
-        store.ledger.forget_versions_except(store.versions())
+    intent.unlink()
 
 
 def _strip(store: ModelStore, version: str) -> None:
@@ -289,6 +344,7 @@ def _strip(store: ModelStore, version: str) -> None:
     m["files"] = {rel: digest for rel, digest in files.items() if not _heavy(rel)}
     m["pruned"] = {"at": now_iso(), "removed": removed}
     atomic_write_text(path, json.dumps(m, indent=2, sort_keys=True))
+    fault_point("stubbed")  # test-only: killed between the manifest and the files
     for rel in removed:
         (store.versions_dir / version / rel).unlink(missing_ok=True)
     strategy_dir = store.versions_dir / version / "strategy"

@@ -3,10 +3,14 @@
     my-model/
       CURRENT             name of the current version, replaced atomically
       versions/0001/      manifest.json, model.safetensors, tokenizer.json,
-                          holdout.jsonl, strategy/*.safetensors|json
+                          holdout.jsonl, strategy/*.safetensors|json, ledger.jsonl.gz
+                          (the version's own ledger rows: a lost ledger is rebuilt from them)
       versions/.index.json  each version's summary (parent, kind, status, counts): a cache
                           of its manifest, checked against the manifest's mtime and size
-      ledger.sqlite       every item a version learned (or held out): hash, version, role
+                          (never what a deletion is decided by)
+      versions/.prune-intent.json  while a prune runs: what recover() finishes
+      ledger.sqlite       every item a version learned (or held out): hash, version, role;
+                          and per version, pending (before its rename) or committed
       rejects.jsonl       inputs that could not be used, with reasons
       .lock               one writer at a time
 
@@ -14,6 +18,7 @@ A version is written to ``versions/.tmp-*`` and renamed into place; it becomes
 the model only when CURRENT names it. What a model "knows" is defined by the
 chain CURRENT -> parent -> ..., so ledger rows of a version that never became
 current (crash, rejection, rollback) simply do not count: no flag to keep in sync.
+Rows are deleted only when their version is known to be gone (``Ledger``).
 """
 
 from __future__ import annotations
@@ -41,6 +46,9 @@ TOKENIZER = "tokenizer.json"
 MANIFEST = "manifest.json"
 HOLDOUT = "holdout.jsonl"
 INDEX = ".index.json"  # in versions/: each version's summary, a cache of fields of its manifest
+PRUNE_INTENT = ".prune-intent.json"  # in versions/ while a prune runs: what recover() finishes
+PRUNED_PREFIX = ".tmp-pruned-"  # a version prune is deleting: .tmp-pruned-<version>-<pid>
+LEDGER_RECORD = "ledger.jsonl.gz"  # in each version: its ledger rows, to rebuild a lost ledger from
 ROOT_KINDS = ("full_training", "import")  # versions that start a lineage: a model made, not updated
 
 
@@ -140,7 +148,13 @@ def _drop_partial_last_line(path: Path) -> bool:
 
 
 class Ledger:
-    """Every item a version trained on or held out, in SQLite (scales past memory)."""
+    """Every item a version trained on or held out, in SQLite (scales past memory).
+
+    ``row_versions`` says, per version with rows in any table, whether it is ``pending``
+    (its rows were written before its folder was renamed into place) or ``committed`` (the
+    rename happened). Only a pending version whose folder is absent is known never to have
+    existed; a committed version's rows go only when prune deletes that version itself, so a
+    folder that is merely absent (moved aside, a volume not mounted) loses nothing."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -158,13 +172,26 @@ class Ledger:
                 "CREATE TABLE IF NOT EXISTS items (hash TEXT NOT NULL, version TEXT NOT NULL,"
                 " role TEXT NOT NULL, source TEXT, origin TEXT, PRIMARY KEY (hash, version))"
             )
-            # Which versions have rows in any table, so recover() finds orphans without a scan.
-            fresh = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'row_versions'").fetchone() is None
-            db.execute("CREATE TABLE IF NOT EXISTS row_versions (version TEXT PRIMARY KEY)")
-            if fresh:  # a ledger from before this table: one scan, once
-                db.execute("INSERT OR IGNORE INTO row_versions SELECT DISTINCT version FROM items")
+            self._migrate(db)
             db.commit()
         return self._db
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        """Bring a ledger of an older retain up to ``row_versions (version, state)``."""
+        columns = [col[1] for col in db.execute("PRAGMA table_info(row_versions)")]
+        if not columns:  # a ledger from before the table: one scan, once
+            db.execute("CREATE TABLE row_versions (version TEXT PRIMARY KEY, state TEXT NOT NULL)")
+            db.execute("INSERT OR IGNORE INTO row_versions SELECT DISTINCT version, 'pending' FROM items")
+        elif "state" not in columns:
+            db.execute("ALTER TABLE row_versions ADD COLUMN state TEXT NOT NULL DEFAULT 'pending'")
+        else:
+            return
+        # Which of them were renamed into place is not recorded: a folder there now says so; the
+        # others count as pending, as every version without a folder did before.
+        versions = self.path.parent / "versions"
+        for (version,) in db.execute("SELECT version FROM row_versions").fetchall():
+            if (versions / version).is_dir():
+                db.execute("UPDATE row_versions SET state = 'committed' WHERE version = ?", (version,))
 
     def close(self) -> None:
         interrupts.release(self._on_interrupt)
@@ -199,9 +226,20 @@ class Ledger:
         fault_point("ledger-committed")  # test-only
 
     def mark_version(self, version: str) -> None:
-        """Record that ``version`` has rows. Any table with a ``version`` column in this
-        database calls it in the same transaction as its rows, so recover() can drop them."""
-        self.db.execute("INSERT OR IGNORE INTO row_versions (version) VALUES (?)", (version,))
+        """Record that ``version`` has rows (pending until its folder is in place). Any table
+        with a ``version`` column in this database calls it in the same transaction as its
+        rows, so recover() can drop them."""
+        self.db.execute("INSERT OR IGNORE INTO row_versions (version, state) VALUES (?, 'pending')", (version,))
+
+    def commit_version(self, version: str) -> None:
+        """``version``'s folder is in place: its rows go only with the version itself (prune)."""
+        with self.db:
+            self.db.execute("INSERT INTO row_versions (version, state) VALUES (?, 'committed') ON CONFLICT"
+                            "(version) DO UPDATE SET state = 'committed'", (version,))
+
+    def states(self) -> dict[str, str]:
+        """{version: "pending" | "committed"} for every version the ledger has a record of."""
+        return dict(self.db.execute("SELECT version, state FROM row_versions"))
 
     def find(self, hashes: list[str], chain: list[str]) -> dict[str, tuple[str, str]]:
         """{hash: (version, role)} for the hashes learned or held out by a version in ``chain``."""
@@ -223,22 +261,26 @@ class Ledger:
         return dict(self.db.execute(q, chain).fetchall())
 
     def forget_versions_except(self, keep: list[str]) -> int:
-        """Drop rows of versions that no longer exist (a crash before the rename), in every
+        """Drop rows of pending versions not in ``keep`` (a crash before the rename), in every
         table with a ``version`` column. Returns the ledger (items) rows dropped."""
         kept = set(keep)
-        orphans = [v for (v,) in self.db.execute("SELECT version FROM row_versions") if v not in kept]
-        if not orphans:
+        return self.forget([v for v, state in self.states().items() if state == "pending" and v not in kept])
+
+    def forget(self, versions: list[str]) -> int:
+        """Drop every row of ``versions`` (gone for good: pruned, or never in place), in every
+        table with a ``version`` column. Returns the ledger (items) rows dropped."""
+        if not versions:
             return 0  # the usual case: no table is scanned
         tables = [name for (name,) in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
                   if name != "row_versions"
                   and any(col[1] == "version" for col in self.db.execute(f'PRAGMA table_info("{name}")'))]
         dropped = 0
-        marks = ",".join("?" * len(orphans))
+        marks = ",".join("?" * len(versions))
         with self.db:
             for name in tables:
-                n = self.db.execute(f'DELETE FROM "{name}" WHERE version IN ({marks})', orphans).rowcount
+                n = self.db.execute(f'DELETE FROM "{name}" WHERE version IN ({marks})', versions).rowcount
                 dropped += n if name == "items" else 0
-            self.db.execute(f"DELETE FROM row_versions WHERE version IN ({marks})", orphans)
+            self.db.execute(f"DELETE FROM row_versions WHERE version IN ({marks})", versions)
         return dropped
 
 
@@ -257,6 +299,15 @@ class VersionWriter:
 
     def write_text(self, rel: str, text: str) -> None:
         self._path(rel).write_text(text, encoding="utf-8")
+
+    def write_ledger_record(self, rows: list[tuple[str, str, str, str]]) -> None:
+        """The version's own copy of its ledger rows (``LEDGER_RECORD``): what a lost ledger is
+        rebuilt from. gzip without a timestamp: the same rows give the same bytes."""
+        import gzip
+
+        text = "".join(json.dumps(list(row), ensure_ascii=False) + "\n" for row in rows)
+        with open(self._path(LEDGER_RECORD), "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:
+            f.write(text.encode("utf-8", errors="backslashreplace"))
 
     def write_tensors(self, rel: str, tensors: dict, metadata: dict[str, str] | None = None) -> None:
         from safetensors.torch import save_file
@@ -299,6 +350,11 @@ class VersionWriter:
         interrupts.release(self.on_interrupt)
         _fsync_dir(self.store.versions_dir)
         fault_point("renamed")  # test-only: a finished version that never becomes current
+        if self.store.ledger.path.exists():  # a version with ledger rows (not a search's candidate)
+            # Killed before this, or refused by a full disk: the version is in place all the
+            # same, and recover() marks it.
+            with contextlib.suppress(sqlite3.OperationalError):
+                self.store.ledger.commit_version(self.name)
         return final
 
     def _share_with_parent(self, files: dict[str, str]) -> list[str]:
@@ -330,8 +386,10 @@ class VersionWriter:
         """Remove the unfinished version and any rows already written for it."""
         interrupts.release(self.on_interrupt)
         shutil.rmtree(self.tmp, ignore_errors=True)
-        if not (self.store.versions_dir / self.name).exists() and self.store.ledger.path.exists():
-            self.store.ledger.forget_versions_except(self.store.versions())
+        ledger = self.store.ledger
+        if not (self.store.versions_dir / self.name).exists() and ledger.path.exists() \
+                and ledger.states().get(self.name) == "pending":
+            ledger.forget([self.name])
 
 
 class VersionFiles:
@@ -439,10 +497,39 @@ class ModelStore:
                                  f"train one with: retain train --model {self.root} --data ...")
             raise ModelError(f"no model in {self.root}; train one first with: "
                              f"retain train --model {self.root} --data ...")
-        name = path.read_text(encoding="utf-8").strip()
+        try:
+            name = path.read_text(encoding="utf-8").strip()
+        except UnicodeDecodeError:
+            raise self._broken_current("is not text (damaged?)") from None
+        if not name:
+            raise self._broken_current("is empty")
+        if "/" in name or name.startswith(".") or not name.isprintable():
+            raise self._broken_current(f"holds {name[:40]!r}, which is not a version name")
         if not (self.versions_dir / name).is_dir():
-            raise ModelError(f"{self.root}/CURRENT names version '{name}', which does not exist")
+            raise self._broken_current(f"names version '{name}', which does not exist")
+        try:
+            status = self.manifest(name).get("status")
+        except ModelError as exc:
+            raise self._broken_current(f"names version '{name}', which is not a complete version ({exc})") from None
+        if status != "accepted":
+            was = "was rejected by the quality gate" if status == "rejected" else f"is {status!r}, not accepted"
+            raise self._broken_current(f"names version '{name}', which {was}")
         return name
+
+    def _broken_current(self, what: str) -> ModelError:
+        """CURRENT cannot be used: what is wrong, and the repair, naming the newest accepted
+        version (a hint: from the index)."""
+        newest = None
+        for version in reversed(self.versions()):
+            try:
+                if self.summary(version)["status"] == "accepted" and not self.summary(version)["pruned"]:
+                    newest = version
+                    break
+            except ModelError:
+                continue
+        return ModelError(f"{self.root / 'CURRENT'} {what}; make an accepted version current with: retain rollback "
+                          f"--model {self.root} {newest or 'VERSION'}"
+                          + (f" (the newest accepted version is {newest})" if newest else ""))
 
     def versions(self) -> list[str]:
         try:  # scandir: the entry's type comes with the listing, no stat per version
@@ -458,7 +545,7 @@ class ModelStore:
         try:
             st = os.stat(path)
         except (FileNotFoundError, NotADirectoryError):
-            raise ModelError(f"version {version}: {MANIFEST} is missing") from None
+            raise self._missing(version) from None
         key = (st.st_mtime_ns, st.st_size, st.st_ino)
         cached = self._manifests.get(version)
         if cached is not None and cached[0] == key:
@@ -467,6 +554,12 @@ class ModelStore:
         self._manifests[version] = (key, data)
         self._parents[version] = data.get("parent")
         return data
+
+    def _missing(self, version: str) -> ModelError:
+        if not (self.versions_dir / version).is_dir():
+            return ModelError(f"version {version} is missing: {self.versions_dir / version} is absent (moved aside? "
+                              "a volume not mounted?)")
+        return ModelError(f"version {version}: {MANIFEST} is missing")
 
     def summary(self, version: str) -> dict:
         """What walks over many versions read of a version's manifest: ``parent``, ``kind``,
@@ -478,7 +571,7 @@ class ModelStore:
         try:
             st = os.stat(path)
         except (FileNotFoundError, NotADirectoryError):
-            raise ModelError(f"version {version}: {MANIFEST} is missing") from None
+            raise self._missing(version) from None
         index = self._index if self._index is not None else self._load_index()
         entry = index.get(version)
         if entry is not None and entry[0] == st.st_mtime_ns and entry[1] == st.st_size:
@@ -486,6 +579,18 @@ class ModelStore:
         summary = summarize(self.manifest(version))
         index[version] = [st.st_mtime_ns, st.st_size, summary]
         self._index_changed = True
+        return summary
+
+    def summary_from_manifest(self, version: str) -> dict:
+        """``summary`` read from the manifest itself, never the index: what a step that deletes
+        decides by. An index entry that disagrees is corrected (the next ``save_index`` writes it)."""
+        summary = summarize(self.manifest(version))
+        index = self._index if self._index is not None else self._load_index()
+        entry = index.get(version)
+        if entry is not None and entry[2] != summary:
+            st = os.stat(self.versions_dir / version / MANIFEST)
+            index[version] = [st.st_mtime_ns, st.st_size, summary]
+            self._index_changed = True
         return summary
 
     def _load_index(self) -> dict[str, list]:
@@ -529,7 +634,7 @@ class ModelStore:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
         except FileNotFoundError:
-            raise ModelError(f"version {version}: {MANIFEST} is missing") from None
+            raise self._missing(version) from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ModelError(f"version {version}: {MANIFEST} is not valid JSON ({exc})") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
@@ -582,8 +687,46 @@ class ModelStore:
             raise ModelError(f"version {version}: {rel} is listed in the manifest but missing")
         if sha256_file(path) != expected:
             raise ModelError(f"version {version}: {rel} does not match its checksum "
-                             "(truncated or modified); refusing to load it")
+                             f"(truncated or modified){self._sharing(version, rel, path)}; refusing to load it")
         return path
+
+    def damaged_shared_files(self, version: str) -> list[str]:
+        """The checksum errors of ``version``'s files that are hard links shared with other
+        versions (one damaged file breaks them all): cheap to check (small files, mostly),
+        so ``retain status`` checks them; a file of the version's own is checked on load."""
+        manifest = self.manifest(version)
+        errors = []
+        for rel in manifest.get("files", {}):
+            path = self.versions_dir / version / rel
+            try:
+                if path.stat().st_nlink > 1:
+                    self.verified_path(version, rel, manifest)
+            except OSError:
+                continue  # missing: reported on load
+            except ModelError as exc:
+                errors.append(str(exc))
+        return errors
+
+    def _sharing(self, version: str, rel: str, path: Path) -> str:
+        """A damaged file that is one file on disk, hard-linked into several versions
+        (``_share_with_parent``): which versions it breaks, said once."""
+        st = path.stat()
+        if st.st_nlink < 2:
+            return ""
+        sharing = []
+        for other in self.versions():
+            try:
+                o = (self.versions_dir / other / rel).stat()
+            except OSError:
+                continue
+            if (o.st_ino, o.st_dev) == (st.st_ino, st.st_dev):
+                sharing.append(other)
+        if len(sharing) < 2:
+            return ""
+        names = ", ".join(sharing) if len(sharing) <= 6 else f"{', '.join(sharing[:3])}, ..., {sharing[-1]}"
+        return (f"; it is one file on disk, shared by hard link by {len(sharing)} versions ({names}): "
+                f"each of them fails this check, and none is usable until {rel} is restored "
+                "(from a backup, or a copy of the same version)")
 
     def read_tensors(self, version: str, rel: str, manifest: dict | None = None) -> dict:
         from safetensors import SafetensorError
@@ -624,7 +767,10 @@ class ModelStore:
 
     # --- writing -----------------------------------------------------------
     def next_version_name(self) -> str:
-        nums = [int(v) for v in self.versions() if v.isdigit()]
+        names = self.versions()
+        if self.ledger.path.exists():  # a saved version whose folder is absent keeps its name
+            names += list(self.ledger.states())
+        nums = [int(v) for v in names if v.isdigit()]
         return f"{(max(nums) if nums else 0) + 1:04d}"
 
     def begin_version(self, parent: str | None = None) -> VersionWriter:
@@ -660,24 +806,142 @@ class ModelStore:
         return path
 
     def recover(self) -> list[str]:
-        """Clean up after a process that died mid-update. Call with the lock held."""
+        """Clean up after a process that died mid-update, mid-prune or mid-rollback, and
+        rebuild a lost ledger; returns one warning per thing done. Call with the lock held."""
         notes = []
         if self.versions_dir.is_dir():
+            notes += self._finish_prune()
             for p in self.versions_dir.iterdir():
                 if p.name.startswith(".tmp-index-"):  # the index's write, cut short: a cache
                     p.unlink(missing_ok=True)
                 elif p.name.startswith(".tmp-"):
                     shutil.rmtree(p, ignore_errors=True)
-                    notes.append(f"removed unfinished version {p.name}")
+                    notes.append(f"recovered from an interrupted run: removed unfinished version {p.name}")
         for p in self.root.glob(".CURRENT.tmp-*"):  # killed before the atomic replace
             p.unlink(missing_ok=True)
         if _drop_partial_last_line(self.root / "rejects.jsonl"):
-            notes.append("removed a half-written last line of rejects.jsonl")
-        if self.ledger.path.exists():
-            dropped = self.ledger.forget_versions_except(self.versions())
-            if dropped:
-                notes.append(f"dropped {dropped} ledger rows of unfinished versions")
+            notes.append("recovered from an interrupted run: removed a half-written last line of rejects.jsonl")
+        if self.versions() or self.ledger.path.exists():
+            notes += self._settle_ledger()
         return notes
+
+    def _finish_prune(self) -> list[str]:
+        """A prune killed half way: the versions it was deleting go, rows included, and the
+        stubs whose manifest it had rewritten lose the files their manifest no longer lists."""
+        notes = []
+        for p in self.versions_dir.glob(PRUNED_PREFIX + "*"):
+            version = p.name[len(PRUNED_PREFIX):].rsplit("-", 1)[0]
+            self.ledger.forget([version])
+            shutil.rmtree(p, ignore_errors=True)
+            notes.append(f"recovered from an interrupted prune: deleted version {version}")
+        intent = self.versions_dir / PRUNE_INTENT
+        try:
+            stubs = json.loads(intent.read_text(encoding="utf-8")).get("stub", [])
+        except (OSError, ValueError, AttributeError):
+            stubs = []
+        for version in stubs:
+            for tmp in (self.versions_dir / version).glob(f".{MANIFEST}.tmp-*"):  # killed mid-rewrite
+                tmp.unlink()
+            try:
+                removed = self.manifest(version).get("pruned", {}).get("removed", [])
+            except ModelError:
+                continue
+            left = [rel for rel in removed if ".." not in rel.split("/") and not rel.startswith("/")
+                    and (self.versions_dir / version / rel).exists()]
+            for rel in left:
+                (self.versions_dir / version / rel).unlink()
+                with contextlib.suppress(OSError):  # strategy/, emptied: as prune leaves a stub
+                    (self.versions_dir / version / rel).parent.rmdir()
+            if left:
+                notes.append(f"recovered from an interrupted prune: removed {len(left)} files of stub {version}")
+        intent.unlink(missing_ok=True)
+        return notes
+
+    def _settle_ledger(self) -> list[str]:
+        """Rows of a version never renamed into place are dropped; a version renamed but not yet
+        marked is marked; versions the ledger has no record of (a deleted or emptied ledger)
+        are rebuilt from their own records. A saved version whose folder is absent keeps its rows."""
+        notes = []
+        present, states = self.versions(), self.ledger.states()
+        dropped = self.ledger.forget_versions_except(present)
+        if dropped:
+            notes.append(f"recovered from an interrupted run: dropped {dropped} ledger rows of unfinished versions")
+        for version in present:
+            if states.get(version) == "pending":  # killed between the rename and the mark
+                self.ledger.commit_version(version)
+        missing = sorted(v for v, state in states.items() if state == "committed" and v not in set(present))
+        if missing:
+            notes.append(f"version{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+                         f"{'are' if len(missing) > 1 else 'is'} missing from {self.versions_dir} (moved aside? "
+                         "a volume not mounted?): the ledger keeps what it learned, and its name is not reused")
+        unrecorded = [v for v in present if v not in states]
+        if unrecorded:
+            notes += self._rebuild_ledger(unrecorded)
+        return notes
+
+    def _rebuild_ledger(self, versions: list[str]) -> list[str]:
+        """Rows of ``versions`` from their ``LEDGER_RECORD``; a version of CURRENT's chain that
+        learned items and has no record is an error: its items would be learned again."""
+        rebuilt, lacking, near = [], [], False
+        for version in versions:
+            try:
+                manifest = self.manifest(version)
+            except ModelError:
+                continue  # a broken version is reported where it is used
+            counts = manifest.get("counts") if isinstance(manifest.get("counts"), dict) else {}
+            if LEDGER_RECORD in manifest.get("files", {}):
+                self.ledger.add(version, self.read_ledger_record(version, manifest))
+                rebuilt.append(version)
+                near |= "minhash" in ((manifest.get("config") or {}).get("dedupers") or [])
+            elif counts.get("trained") or counts.get("holdout"):
+                lacking.append(version)
+                continue
+            self.ledger.commit_version(version)
+        try:
+            chain = set(self.chain()) if lacking else set()
+        except ModelError:  # no usable CURRENT: the command says so; rollback repairs it
+            chain = set()
+        needed = [v for v in lacking if v in chain]
+        if needed:
+            raise ModelError(f"{self.ledger.path} has no record of what version{'s' if len(needed) > 1 else ''} "
+                             f"{', '.join(needed)} of the current model learned (deleted, emptied or replaced?), "
+                             f"and {'they were' if len(needed) > 1 else 'it was'} saved before versions kept "
+                             f"their own record ({LEDGER_RECORD}): restore ledger.sqlite from a backup, or "
+                             "retrain (retain train); refusing to treat those items as new")
+        notes = [f"{self.ledger.path.name} had no record of what version{'s' if len(rebuilt) > 1 else ''} "
+                 f"{', '.join(rebuilt)} learned (deleted or emptied?): rebuilt from "
+                 f"{'their' if len(rebuilt) > 1 else 'its'} {LEDGER_RECORD}"] if rebuilt else []
+        if near:  # the index holds signatures of the texts, which no version keeps
+            notes.append("the near-duplicate (minhash) index is not rebuilt: exact duplicates of what those "
+                         "versions learned are still skipped, near-duplicates only of what is learned from now on")
+        return notes
+
+    def check_ledger(self, chain: list[str]) -> None:
+        """Refuse to look items up in a ledger that lost the rows of ``chain`` (deleted or emptied,
+        and not rebuilt yet: a reading command rebuilds nothing): every item would look new."""
+        path = self.ledger.path
+        states = self.ledger.states() if path.exists() and path.stat().st_size else {}
+        lost = [v for v in sorted(chain) if v not in states
+                and any(self.summary(v)["counts"].get(k) for k in ("trained", "holdout"))]
+        if lost:
+            raise ModelError(f"{path} has no record of what version{'s' if len(lost) > 1 else ''} "
+                             f"{', '.join(lost)} learned (deleted or emptied?): the next writing command "
+                             "(retain update, prune or rollback) rebuilds it from the versions' records; "
+                             "until then what is new cannot be told")
+
+    def read_ledger_record(self, version: str, manifest: dict | None = None) -> list[tuple[str, str, str, str]]:
+        """A version's ``LEDGER_RECORD`` rows (hash, role, source, origin), checked."""
+        import gzip
+
+        path = self.verified_path(version, LEDGER_RECORD, manifest)
+        try:
+            with gzip.open(path, "rt", encoding="utf-8") as f:
+                rows = [tuple(json.loads(line)) for line in f if line.strip()]
+        except (OSError, EOFError, UnicodeDecodeError, ValueError) as exc:
+            raise ModelError(f"version {version}: {LEDGER_RECORD} is not valid ({exc})") from None
+        if not all(len(r) == 4 and all(isinstance(x, str) or x is None for x in r) for r in rows):
+            raise ModelError(f"version {version}: {LEDGER_RECORD} holds a row that is not (hash, role, source, origin)")
+        return rows
 
     @contextlib.contextmanager
     def lock(self, wait: float = 0.0) -> Iterator[None]:
