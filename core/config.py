@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, UsageError
 
 
 @dataclass
@@ -314,11 +314,11 @@ def _check_tune(tune: TuneConfig, prefix: str) -> None:
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``"fine_tuning.epochs=2"`` -> (["fine_tuning", "epochs"], 2); values are YAML."""
     if "=" not in text:
-        raise ConfigError(f"--set expects KEY=VALUE, got {text!r}")
+        raise UsageError(f"--set expects KEY=VALUE, got {text!r}")
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key:
-        raise ConfigError(f"--set expects KEY=VALUE, got {text!r}")
+        raise UsageError(f"--set expects KEY=VALUE, got {text!r}")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:

@@ -197,6 +197,11 @@ def test_usage_errors_exit_2_with_a_json_object(base_model):
     assert r.exit_code == 2 and _json_error(r)["kind"] == "usage"
     r = runner.invoke(app, ["prune", "--model", str(base_model), "--keep", "0"])
     assert r.exit_code == 2 and r.stdout == ""  # no JSON unless asked
+    # A mistake in the command line found after parsing is a usage error too, not the config's 3.
+    r = runner.invoke(app, ["config", "--set", "fine_tuning.epochs", "--json"])
+    assert r.exit_code == 2, r.output
+    err = _json_error(r)
+    assert err["kind"] == "usage" and "--set expects KEY=VALUE, got 'fine_tuning.epochs'" in err["message"]
 
 
 def test_history_of_a_missing_model_exits_5(tmp_path):
