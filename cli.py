@@ -855,20 +855,26 @@ def prune(
     keep: int = typer.Option(..., "--keep", min=1, help="How many of the newest accepted versions to keep "
                              "whole (at least 1)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show what would go; change nothing."),
-    keep_full_trainings: bool = typer.Option(False, "--keep-full-trainings",
-                                             help="Keep every accepted full training whole too."),
+    keep_full_trainings: Optional[bool] = typer.Option(
+        None, "--keep-full-trainings/--no-keep-full-trainings",
+        help="Keep every accepted full training whole too (default: the config's prune.keep_full_trainings, on)."),
+    config: Optional[Path] = ConfigOpt,
     wait: float = typer.Option(0.0, "--wait", help="Seconds to wait for another writer to finish."),
     json_out: bool = json_option("the plan (versions kept whole, kept as stubs, deleted) and dry_run"),
 ):
-    """Keep the last N accepted versions (and current); stub or delete the rest.
+    """Keep the last N accepted versions of the current chain (and current); stub or delete the rest.
 
-    The last N accepted versions and current stay whole. Their ancestors, and the streak of
+    The last N accepted versions along the current chain (what `retain rollback` walks back to;
+    a branch a rollback abandoned does not count) and current stay whole. Their ancestors, and the streak of
     rejected versions after the newest accepted one, stay as stubs without weights: the ledger
     (dedupe), the retention items and the drift baseline need them. The rest is deleted.
     Config `prune.keep_last` (and `prune.keep_full_trainings`) applies this after every update."""
+    from retain.core.config import load_config
     from retain.core.registry import prune as prune_versions
     from retain.core.store import ModelStore
 
+    if keep_full_trainings is None:
+        keep_full_trainings = load_config(config).prune.keep_full_trainings
     plan = prune_versions(ModelStore(model), keep, dry_run=dry_run, wait=wait,
                           keep_full_trainings=keep_full_trainings)
     if json_out:

@@ -206,14 +206,17 @@ class PrunePlan:
 
 
 def plan_prune(store: ModelStore, keep_last: int, keep_full_trainings: bool = False) -> PrunePlan:
-    """``keep_full_trainings``: every accepted full training stays whole too (a retrain's
+    """The last ``keep_last`` accepted versions of the current chain stay whole: what a plain
+    ``rollback`` walks back to (a branch a rollback abandoned does not count, however new).
+    ``keep_full_trainings``: every accepted full training stays whole too (a retrain's
     starting point, and the drift baseline of its updates)."""
     if keep_last < 1:
         raise ModelError("--keep must be at least 1")
     current = store.current()
     summaries = {v: store.summary(v) for v in store.versions()}
     accepted = [v for v, m in summaries.items() if m["status"] == "accepted" and not m["pruned"]]
-    keep = set(accepted[-keep_last:]) | {current}
+    on_chain = [v for v in store.chain(current) if v in summaries and v in accepted]
+    keep = set(on_chain[:keep_last]) | {current}
     if keep_full_trainings:
         keep |= {v for v in accepted if summaries[v]["kind"] == "full_training"}
     keep |= {b for v in list(keep) if (b := summaries[v]["builds_on"]) is not None and b in summaries}
