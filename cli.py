@@ -232,11 +232,12 @@ def _load(config: Optional[Path], sets: List[str], block: str, lr: Optional[floa
           epochs: Optional[int], batch_size: Optional[int], strategy: Optional[str] = None):
     from retain.core.config import load_config
 
+    from retain.core.strategy import UPDATE_LEARNING_RATE_KEYS
+
     overrides = list(sets)
-    if lr is not None:
-        overrides.append(f"{block}.learning_rate={lr}")
-        if block == "fine_tuning":  # the update's learning rate, also where rewarm peaks
-            overrides.append(f"options.rewarm.peak_lr={lr}")
+    if lr is not None:  # an update's rate is every strategy's: the one asked for is the one used
+        keys = UPDATE_LEARNING_RATE_KEYS if block == "fine_tuning" else (f"{block}.learning_rate",)
+        overrides += [f"{key}={lr}" for key in keys]
     if epochs is not None:
         overrides.append(f"{block}.epochs={epochs}")
     if batch_size is not None:
@@ -357,7 +358,7 @@ def train(
 def update(
     data: List[str] = DataOpt, model: Path = ModelOpt, config: Optional[Path] = ConfigOpt,
     set_: List[str] = typer.Option([], "--set", help="Override a config value (repeatable)."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="the update's learning rate: fine_tuning.learning_rate and rewarm's peak (options.rewarm.peak_lr)"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="the update's learning rate, whatever the strategies: fine_tuning.learning_rate, rewarm's peak and naive's and lora's rates"),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="fine_tuning.epochs"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="fine_tuning.batch_size"),
     strategy: Optional[str] = typer.Option(None, "--strategy", help="e.g. low_lr or replay,ewc"),

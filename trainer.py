@@ -29,6 +29,7 @@ from retain.core.ingest import python_items
 from retain.core.models import LoadedVersion, load_version
 from retain.core.run import FINE_TUNING, Run
 from retain.core.store import ModelStore
+from retain.core.strategy import UPDATE_LEARNING_RATE_KEYS
 
 
 class ModelTrainer:
@@ -93,8 +94,8 @@ class ModelTrainer:
             raise ModelError("this trainer holds an unsaved fine-tune: call save_model() first")
         if isinstance(strategy, str):
             strategy = [s.strip() for s in strategy.split(",") if s.strip()]
-        config = with_values(self.config, {"fine_tuning.epochs": epochs, "fine_tuning.learning_rate": lr,
-                                           "options.rewarm.peak_lr": lr, "fine_tuning.strategy": strategy})
+        rates = dict.fromkeys(UPDATE_LEARNING_RATE_KEYS, lr)  # every strategy's: the rate asked for is used
+        config = with_values(self.config, {"fine_tuning.epochs": epochs, **rates, "fine_tuning.strategy": strategy})
         engine = self._engine(config) if config != self.config else self.engine
         items, rejects = python_items(_as_items(new_data))
         self._check_rejects(rejects)

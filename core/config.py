@@ -59,7 +59,8 @@ class FineTuningConfig:
     """The design document's FINE_TUNING block: an update on new data only."""
 
     # low_lr's rate (the design document's 1e-4); rewarm's peak is options.rewarm.peak_lr, naive's
-    # the full training's. --lr and ModelTrainer.fine_tune(lr=) set this and rewarm's peak.
+    # the full training's, lora's options.lora.learning_rate. --lr and ModelTrainer.fine_tune(lr=)
+    # set this and each of those (core/strategy.py, UPDATE_LEARNING_RATE_KEYS).
     learning_rate: float = 0.0001
     epochs: int = 3
     batch_size: int = 8

@@ -50,3 +50,4 @@ class Evidence:
     drift_baseline: float | None = None
     drift_after: float | None = None
     drift_version: str | None = None  # which version the drift is measured from
+    kept_epoch: int | None = None     # updates with early stopping: the epoch kept, of settings.epochs

@@ -159,12 +159,12 @@ class Learning:
         summary = f"{what}' loss {before:.4f} -> {after:.4f} ({percent(-drop, -self.options.min_drop)})"
         if math.isfinite(after) and drop >= self.options.min_drop:
             return Verdict("pass", summary, numbers)
+        remedy = advice.raise_lr(ev.settings, ev.kept_epoch)
         if n and n < self.options.min_items:
             return Verdict("warn", f"{summary}; only {plural(n, 'held-out item')}, too few to gate on", numbers,
-                           remedy=advice.raise_lr(ev.settings))
+                           remedy=remedy)
         return Verdict("fail", f"{summary}: must fall by at least {percent(self.options.min_drop, signed=False)}",
-                       numbers,
-                       remedy=advice.raise_lr(ev.settings))
+                       numbers, remedy=remedy)
 
 
 def _count(items) -> int:
