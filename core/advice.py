@@ -42,6 +42,11 @@ def lower_lr(settings: Any) -> str:
     return step
 
 
+def full_retrain() -> str:
+    return (f"{QUALITY_DEGRADES}: the old domain drifted since the last full training; retrain from scratch "
+            "on all data (retain train --model DIR --data ...)")
+
+
 def raise_lr(settings: Any, kept_epoch: int | None = None) -> str:
     """``kept_epoch``: the epoch early stopping kept; before the last, more epochs would not help."""
     if settings is None:

@@ -257,6 +257,7 @@ def candidate_evidence(run, after: Scores) -> tuple[dict[str, Any], Evidence]:
         numbers.update(ref.numbers(Scores.mean(after.drift)))
     ev = evidence(run.kind, run.lm, run.settings, before, after, run.epoch_losses, run.timings, numbers)
     ev.kept_epoch = (run.early_stopping or {}).get("best_epoch")  # None until training ended
+    ev.retrain_drift = run.config.retrain.max_retention_drift
     return numbers, ev
 
 

@@ -163,6 +163,7 @@ def validate_version(engine: Any, store: ModelStore, version: str | None, data: 
     settings = _settings(store, version, manifest, TrainSettings)
     ev = evidence("fine_tuning", cand.lm, settings, before, after, list(manifest.get("epoch_losses", [])),
                   dict(manifest.get("timings", {})), numbers)
+    ev.retrain_drift = cfg.retrain.max_retention_drift
     verdicts, steps = judge(registry, cfg, ev)
     return {"version": version, "parent": parent, "metrics": numbers,
             "verdicts": [v.to_json() for v in verdicts], "next_steps": steps,
