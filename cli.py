@@ -264,9 +264,10 @@ DataOpt = typer.Option(..., "--data", "-d", help="Input: a file, a folder, or NA
 ModelOpt = typer.Option(..., "--model", "-m", help="Model directory.")
 
 
-def json_option(prints: str):
-    """``--json``, saying what this command prints; every command's errors add the same object."""
-    return typer.Option(False, "--json", help=f"Print {prints} as one JSON object on stdout (human lines go "
+def json_option(prints: str, shape: str = "object"):
+    """``--json``, saying what this command prints (``shape``: one JSON "object", or an "array"
+    for the commands that list things); every command's errors print the same error object."""
+    return typer.Option(False, "--json", help=f"Print {prints} as one JSON {shape} on stdout (human lines go "
                         "to stderr). On failure: {\"error\": {\"code\", \"kind\", \"message\"}}.")
 
 
@@ -520,7 +521,7 @@ def demo(
 
 @app.command()
 @handle_errors
-def plugins(json_out: bool = json_option("the list of plugins (name, package, hooks, provides)")):
+def plugins(json_out: bool = json_option("the list of plugins (name, package, hooks, provides)", "array")):
     """List every registered plugin, its package and the hooks it implements."""
     from retain.core.pluginmanager import default_plugin_manager, describe_plugins
 
@@ -543,7 +544,7 @@ def plugins(json_out: bool = json_option("the list of plugins (name, package, ho
 @app.command()
 @handle_errors
 def strategies(json_out: bool = json_option("the list of strategies (name, description, option defaults, "
-                                            "plugin)")):
+                                            "plugin)", "array")):
     """List the anti-forgetting strategies with their options and defaults."""
     from retain.core.pluginmanager import Registry, default_plugin_manager
 
@@ -724,7 +725,7 @@ def _pending_items(data: List[str], store, cfg) -> tuple[int, Optional[dict]]:
 @handle_errors
 def history(model: Path = ModelOpt,
             json_out: bool = json_option("the list of versions (parent, kind, status, items learned, "
-                                         "losses, verdicts, dates)")):
+                                         "losses, verdicts, dates)", "array")):
     """Every version: parent, date, kind, items learned, losses, accepted or rejected.
 
     * marks the current version."""
@@ -764,9 +765,11 @@ def history(model: Path = ModelOpt,
         if r["pruned"]:
             status += " [dim](pruned)[/]"
         kind = {"full_training": "full", "fine_tuning": "update", "import": "import"}.get(r["kind"], r["kind"] or "")
+        imported = r["kind"] == "import"  # learned nothing, at no rate: its base data was only recorded
         table.add_row(("*" if r["current"] else "") + r["version"], r["parent"] or "-", kind, status,
                       f"{r['learning_rate']:g}" if r["learning_rate"] is not None else "-",
-                      str(r["items_learned"]), _recipe(r), loss(m["retention_loss_before"], m["retention_loss_after"]),
+                      "-" if imported else str(r["items_learned"]),
+                      "-" if imported else _recipe(r), loss(m["retention_loss_before"], m["retention_loss_after"]),
                       loss(m["new_loss_before"], m["new_loss_after"]),
                       (r["created_at"] or "")[:16].replace("T", " "))
     _console(False).print(table)
@@ -774,9 +777,11 @@ def history(model: Path = ModelOpt,
 
 def _recipe(row: dict) -> str:
     """The strategies a version trained with; for --auto, the recipe that won its search."""
+    from retain.core.wording import plural
+
     search = row.get("search")
     if search:
-        return f"auto ({search['trials']} trials): {search['describe']}"
+        return f"auto ({plural(search['trials'], 'trial')}): {search['describe']}"
     return ",".join(row.get("strategies") or []) or "-"
 
 

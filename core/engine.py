@@ -233,6 +233,10 @@ class Engine:
 
         run.config = copy.deepcopy(run.config)  # the family records in it what it imported
         run.lm, run.origin = import_source(self.registry, run.config, source)
+        wanted, context = run.config.fine_tuning.max_seq_length, run.lm.context
+        if wanted > context:  # the model's own context: its updates clamp to it without a word
+            self._warn(run, f"fine_tuning.max_seq_length {wanted} exceeds the imported model's context {context}: "
+                            f"its updates use {context} (said once, here)")
         return {"version": None, "source": str(source), "family": run.origin["family"],
                 "parameters": count_parameters(run.lm)}
 

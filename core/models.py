@@ -181,6 +181,24 @@ def configure_strategies(run, warn) -> None:
                                             f"{run.config.full_training.learning_rate:g}")
 
 
+def _say_context(run, max_seq_length: int, warn) -> None:
+    """A max_seq_length above the model's context is clamped to it. Said where the user can act:
+    a model trained here (a full retrain changes its context), or once at an import (whose
+    context is the model's own: its updates clamp quietly; the import said so)."""
+    from .run import FINE_TUNING, IMPORT
+
+    context = run.lm.context
+    if run.kind == IMPORT or max_seq_length <= context:  # an import says it once (Engine._import)
+        return
+    if run.kind == FINE_TUNING and run.base is not None:
+        store = run.base.reader.store
+        root = store.lineage_root(store.chain(run.base.version))
+        if root is not None and store.summary(root)["kind"] == "import":
+            return
+    warn(f"max_seq_length {max_seq_length} exceeds the model's context {context}; "
+         f"using {context} (a full retrain changes the context)")
+
+
 def prepare_model(run, registry: Registry, warn) -> dict:
     """5. Tokenize: the model to train (a new one for a full training, the imported one for an
     import), its settings and the training rows of ``run.items``. ``warn(message)`` reports
@@ -201,9 +219,7 @@ def prepare_model(run, registry: Registry, warn) -> dict:
     elif run.kind == FINE_TUNING:
         run.lm = run.base.lm
     seq_len = min(block.max_seq_length, run.lm.context)
-    if seq_len < block.max_seq_length and run.kind != IMPORT:
-        warn(f"max_seq_length {block.max_seq_length} exceeds the model's context {run.lm.context}; "
-             f"using {run.lm.context} (a full retrain changes the context)")
+    _say_context(run, block.max_seq_length, warn)
     run.rows = run.lm.encode([it.text for it in run.items], seq_len)
     # Tokens per byte of what is learned, under this tokenizer: the vocabulary-drift check's input.
     run.counts.update(tokens=content_tokens(run.rows, len(run.items)),

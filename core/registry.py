@@ -53,16 +53,19 @@ def history(store: ModelStore) -> list[dict]:
             continue
         counts, metrics = m.get("counts", {}), m.get("metrics", {})
         verdicts = m.get("verdicts", [])
+        # An import learned nothing: its pass over base data only recorded the strategies' state.
+        imported = m.get("kind") == "import"
         rows.append({
             "version": version, "parent": m.get("parent"), "created_at": m.get("created_at"),
             "kind": m.get("kind"), "status": m.get("status"), "current": version == current,
             "in_current_chain": version in chain, "pruned": "pruned" in m,
-            "items_learned": counts.get("trained", 0), "items_held_out": counts.get("holdout", 0),
+            "items_learned": 0 if imported else counts.get("trained", 0), "items_held_out": counts.get("holdout", 0),
+            "items_recorded": counts.get("trained", 0) if imported else 0,
             "metrics": {k: metrics.get(k) for k in ("retention_loss_before", "retention_loss_after",
                                                     "new_loss_before", "new_loss_after")},
             "failed": [v["validator"] for v in verdicts if v.get("status") == "fail"],
             "warned": [v["validator"] for v in verdicts if v.get("status") == "warn"],
-            "learning_rate": _learning_rate(store, version, m),
+            "learning_rate": None if imported else _learning_rate(store, version, m),
             "strategies": m.get("strategies", []),
             # retain update --auto: which recipe won, out of how many trials, in what budget
             "search": m.get("search"),

@@ -100,7 +100,11 @@ class Retention:
         change = (after - before) / before if before else float("inf")
         share = worse / n if n else 0.0
         numbers = {"loss_before": before, "loss_after": after, "relative_change": change,
-                   "items": n, "items_worse": worse, "share_worse": share}
+                   "items": n, "items_worse": worse, "share_worse": share,
+                   # the thresholds the changes are compared with (the report prints them alike)
+                   "max_increase": o.max_increase, "warn_increase": o.warn_increase, "max_drift": o.max_drift}
+        if ev.retrain_drift is not None:
+            numbers["retrain_drift"] = ev.retrain_drift
         summary = (f"old items' loss {before:.4f} -> {after:.4f} "
                    f"({percent(change, o.max_increase, o.warn_increase)}), "
                    f"{worse}/{n} items worse by >{percent(o.item_increase, signed=False)}")
@@ -164,7 +168,8 @@ class Learning:
         if before is None or after is None:
             return Verdict("warn", f"no {what}: learning not measured (too few new items to hold any out)")
         drop = (before - after) / before if before else 0.0
-        numbers = {"loss_before": before, "loss_after": after, "relative_drop": drop, "items": n}
+        numbers = {"loss_before": before, "loss_after": after, "relative_drop": drop, "items": n,
+                   "min_drop": self.options.min_drop}
         summary = f"{what}' loss {before:.4f} -> {after:.4f} ({percent(-drop, -self.options.min_drop)})"
         if math.isfinite(after) and drop >= self.options.min_drop:
             return Verdict("pass", summary, numbers)

@@ -300,6 +300,11 @@ def test_each_commands_json_help_says_what_it_prints():
     assert "list of plugins" in helps["plugins"] and "list of versions" in helps["history"]
     assert "assessment" in helps["status"] and "configuration" in helps["config"]
     assert len(set(helps.values()) - {helps["train"]}) == len(helps) - 2  # train and update share one
+    # The shape the help names is the shape printed: the listing commands print an array.
+    for name in ("plugins", "strategies", "history"):
+        assert "as one JSON array" in helps[name], helps[name]
+    assert all("as one JSON object" in helps[n] for n in helps if n not in ("plugins", "strategies", "history"))
+    assert isinstance(json.loads(runner.invoke(app, ["plugins", "--json"]).stdout), list)
 
 
 def test_the_design_documents_recipe_is_named_so():
