@@ -139,7 +139,9 @@ class ConsoleRenderer:
     # --- events ------------------------------------------------------------------------------
     @hookimpl
     def warning_raised(self, run, message):
-        self.say(f"[yellow]warning:[/] {message}")
+        from rich.markup import escape
+
+        self.say(f"[yellow]warning:[/] {escape(message)}")  # its brackets are text (dedupers=[exact,...])
 
     @hookimpl
     def step_started(self, run, step):

@@ -248,6 +248,9 @@ class Engine:
             info.update(ingest.preprocess_step(run, self.registry, store))
         with self._step(run, "dedupe") as info:
             info.update(ingest.dedupe_step(run, self.dedupers, store))
+        for name, deduper in self.dedupers:  # what a deduper could not see (minhash turned on late)
+            for message in getattr(deduper, "warnings", None) or []:
+                self._warn(run, f"deduper '{name}': {message}")
         with self._step(run, "holdout") as info:
             info.update(ingest.holdout_step(run))
 
