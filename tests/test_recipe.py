@@ -295,3 +295,14 @@ def test_the_step_line_says_where_the_rate_came_from_and_ewc_without_importances
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout.strip().splitlines()[-1])["settings"]["learning_rate"] == 0.01
     assert "lr 0.01 (options.naive.learning_rate)" in r.stderr
+
+
+def test_the_auto_search_reads_and_sets_every_strategys_own_rate():
+    from retain.tune.space import Recipe, configured
+
+    from conftest import lr
+
+    for strategy in ("naive", "lora", "rewarm", "low_lr"):
+        assert configured(load_config(None, [*TINY, *lr(0.02), f"fine_tuning.strategy=[{strategy}]"])).learning_rate == 0.02
+    config = load_config(None, [*TINY, *Recipe("naive", 0.03, 2, 0.0).overrides()])
+    assert config.options["naive"]["learning_rate"] == 0.03 and config.options["lora"]["learning_rate"] == 0.03
