@@ -226,6 +226,10 @@ class Engine:
                     run.tokenizer_from = self._tokenizer_to_keep(store).lm
                 info.update(version=run.parent, parameters=count_parameters(base.lm) if base else None)
             run.strategies = build_strategies(self.registry, run.config, run.base)
+        wanted = run.config.fine_tuning.max_seq_length
+        if kind == IMPORT and wanted > run.lm.context:  # the model's own: its updates clamp to it quietly
+            self._warn(run, f"fine_tuning.max_seq_length {wanted} exceeds the imported model's context "
+                            f"{run.lm.context}: its updates use {run.lm.context} (said once, here)")
         return run
 
     def _import(self, run: Run, source: Path) -> dict:
@@ -233,10 +237,6 @@ class Engine:
 
         run.config = copy.deepcopy(run.config)  # the family records in it what it imported
         run.lm, run.origin = import_source(self.registry, run.config, source)
-        wanted, context = run.config.fine_tuning.max_seq_length, run.lm.context
-        if wanted > context:  # the model's own context: its updates clamp to it without a word
-            self._warn(run, f"fine_tuning.max_seq_length {wanted} exceeds the imported model's context {context}: "
-                            f"its updates use {context} (said once, here)")
         return {"version": None, "source": str(source), "family": run.origin["family"],
                 "parameters": count_parameters(run.lm)}
 
