@@ -242,11 +242,12 @@ def _load(config: Optional[Path], sets: List[str], block: str, lr: Optional[floa
           epochs: Optional[int], batch_size: Optional[int], strategy: Optional[str] = None):
     from retain.core.config import load_config
 
+    from retain.core.strategy import UPDATE_LEARNING_RATE_KEYS
+
     overrides = list(sets)
-    if lr is not None:
-        overrides.append(f"{block}.learning_rate={lr}")
-        if block == "fine_tuning":  # the update's learning rate, also where rewarm peaks
-            overrides.append(f"options.rewarm.peak_lr={lr}")
+    if lr is not None:  # an update's rate is every strategy's: the one asked for is the one used
+        keys = UPDATE_LEARNING_RATE_KEYS if block == "fine_tuning" else (f"{block}.learning_rate",)
+        overrides += [f"{key}={lr}" for key in keys]
     if epochs is not None:
         overrides.append(f"{block}.epochs={epochs}")
     if batch_size is not None:
@@ -273,9 +274,10 @@ DataOpt = typer.Option(..., "--data", "-d", help="Input: a file, a folder, or NA
 ModelOpt = typer.Option(..., "--model", "-m", help="Model directory.")
 
 
-def json_option(prints: str):
-    """``--json``, saying what this command prints; every command's errors add the same object."""
-    return typer.Option(False, "--json", help=f"Print {prints} as one JSON object on stdout (human lines go "
+def json_option(prints: str, shape: str = "object"):
+    """``--json``, saying what this command prints (``shape``: one JSON "object", or an "array"
+    for the commands that list things); every command's errors print the same error object."""
+    return typer.Option(False, "--json", help=f"Print {prints} as one JSON {shape} on stdout (human lines go "
                         "to stderr). On failure: {\"error\": {\"code\", \"kind\", \"message\"}}.")
 
 
@@ -367,7 +369,7 @@ def train(
 def update(
     data: List[str] = DataOpt, model: Path = ModelOpt, config: Optional[Path] = ConfigOpt,
     set_: List[str] = typer.Option([], "--set", help="Override a config value (repeatable)."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="the update's learning rate: fine_tuning.learning_rate and rewarm's peak (options.rewarm.peak_lr)"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="the update's learning rate, whatever the strategies: fine_tuning.learning_rate, rewarm's peak and naive's and lora's rates"),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="fine_tuning.epochs"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="fine_tuning.batch_size"),
     strategy: Optional[str] = typer.Option(None, "--strategy", help="e.g. low_lr or replay,ewc"),
@@ -530,7 +532,7 @@ def demo(
 
 @app.command()
 @handle_errors
-def plugins(json_out: bool = json_option("the list of plugins (name, package, hooks, provides)")):
+def plugins(json_out: bool = json_option("the list of plugins (name, package, hooks, provides)", "array")):
     """List every registered plugin, its package and the hooks it implements."""
     from retain.core.pluginmanager import default_plugin_manager, describe_plugins
 
@@ -553,7 +555,7 @@ def plugins(json_out: bool = json_option("the list of plugins (name, package, ho
 @app.command()
 @handle_errors
 def strategies(json_out: bool = json_option("the list of strategies (name, description, option defaults, "
-                                            "plugin)")):
+                                            "plugin)", "array")):
     """List the anti-forgetting strategies with their options and defaults."""
     from retain.core.pluginmanager import Registry, default_plugin_manager
 
@@ -738,7 +740,7 @@ def _pending_items(data: List[str], store, cfg) -> tuple[int, Optional[dict]]:
 @handle_errors
 def history(model: Path = ModelOpt,
             json_out: bool = json_option("the list of versions (parent, kind, status, items learned, "
-                                         "losses, verdicts, dates)")):
+                                         "losses, verdicts, dates)", "array")):
     """Every version: parent, date, kind, items learned, losses, accepted or rejected.
 
     * marks the current version."""
@@ -778,9 +780,11 @@ def history(model: Path = ModelOpt,
         if r["pruned"]:
             status += " [dim](pruned)[/]"
         kind = {"full_training": "full", "fine_tuning": "update", "import": "import"}.get(r["kind"], r["kind"] or "")
+        imported = r["kind"] == "import"  # learned nothing, at no rate: its base data was only recorded
         table.add_row(("*" if r["current"] else "") + r["version"], r["parent"] or "-", kind, status,
                       f"{r['learning_rate']:g}" if r["learning_rate"] is not None else "-",
-                      str(r["items_learned"]), _recipe(r), loss(m["retention_loss_before"], m["retention_loss_after"]),
+                      "-" if imported else str(r["items_learned"]),
+                      "-" if imported else _recipe(r), loss(m["retention_loss_before"], m["retention_loss_after"]),
                       loss(m["new_loss_before"], m["new_loss_after"]),
                       (r["created_at"] or "")[:16].replace("T", " "))
     _console(False).print(table)
@@ -788,9 +792,11 @@ def history(model: Path = ModelOpt,
 
 def _recipe(row: dict) -> str:
     """The strategies a version trained with; for --auto, the recipe that won its search."""
+    from retain.core.wording import plural
+
     search = row.get("search")
     if search:
-        return f"auto ({search['trials']} trials): {search['describe']}"
+        return f"auto ({plural(search['trials'], 'trial')}): {search['describe']}"
     return ",".join(row.get("strategies") or []) or "-"
 
 
@@ -875,20 +881,26 @@ def prune(
     keep: int = typer.Option(..., "--keep", min=1, help="How many of the newest accepted versions to keep "
                              "whole (at least 1)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show what would go; change nothing."),
-    keep_full_trainings: bool = typer.Option(False, "--keep-full-trainings",
-                                             help="Keep every accepted full training whole too."),
+    keep_full_trainings: Optional[bool] = typer.Option(
+        None, "--keep-full-trainings/--no-keep-full-trainings",
+        help="Keep every accepted full training whole too (default: the config's prune.keep_full_trainings, on)."),
+    config: Optional[Path] = ConfigOpt,
     wait: float = typer.Option(0.0, "--wait", help="Seconds to wait for another writer to finish."),
     json_out: bool = json_option("the plan (versions kept whole, kept as stubs, deleted) and dry_run"),
 ):
-    """Keep the last N accepted versions (and current); stub or delete the rest.
+    """Keep the last N accepted versions of the current chain (and current); stub or delete the rest.
 
-    The last N accepted versions and current stay whole. Their ancestors, and the streak of
+    The last N accepted versions along the current chain (what `retain rollback` walks back to;
+    a branch a rollback abandoned does not count) and current stay whole. Their ancestors, and the streak of
     rejected versions after the newest accepted one, stay as stubs without weights: the ledger
     (dedupe), the retention items and the drift baseline need them. The rest is deleted.
     Config `prune.keep_last` (and `prune.keep_full_trainings`) applies this after every update."""
+    from retain.core.config import load_config
     from retain.core.registry import prune as prune_versions
     from retain.core.store import ModelStore
 
+    if keep_full_trainings is None:
+        keep_full_trainings = load_config(config).prune.keep_full_trainings
     plan = prune_versions(ModelStore(model), keep, dry_run=dry_run, wait=wait,
                           keep_full_trainings=keep_full_trainings, warn=_warning_line)
     if json_out:

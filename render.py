@@ -19,7 +19,7 @@ from rich.text import Text
 
 from retain.core.advice import epoch_line, fmt_number
 from retain.core.hookspecs import hookimpl
-from retain.core.wording import plural
+from retain.core.wording import percent, plural
 
 UNLIMITED = 100_000  # the width of a console that is not a terminal: no line is ever wrapped
 
@@ -99,10 +99,18 @@ class WholeTable:
             yield Text.assemble(_text(t.caption), style="dim")
 
 
-def delta(before: float | None, after: float | None) -> str:
+def delta(before: float | None, after: float | None, *thresholds: float) -> str:
+    """`` (+1.7%)``: the relative change, with the digits that tell it from each threshold a
+    verdict compares it with (the line and the verdict below it never disagree)."""
     if before is None or after is None or before == 0:
         return ""
-    return f" ({100 * (after - before) / before:+.1f}%)"
+    return f" ({percent((after - before) / before, *thresholds)})"
+
+
+def thresholds(verdicts: list[dict], validator: str, *keys: str, sign: float = 1.0) -> list[float]:
+    """The thresholds ``validator``'s verdict compared a change with (from its numbers)."""
+    numbers = next((v.get("numbers") or {} for v in verdicts if v["validator"] == validator), {})
+    return [sign * numbers[k] for k in keys if isinstance(numbers.get(k), (int, float))]
 
 
 def fmt(value: float | None) -> str:
@@ -131,7 +139,9 @@ class ConsoleRenderer:
     # --- events ------------------------------------------------------------------------------
     @hookimpl
     def warning_raised(self, run, message):
-        self.say(f"[yellow]warning:[/] {message}")
+        from rich.markup import escape
+
+        self.say(f"[yellow]warning:[/] {escape(message)}")  # its brackets are text (dedupers=[exact,...])
 
     @hookimpl
     def step_started(self, run, step):
@@ -144,7 +154,9 @@ class ConsoleRenderer:
             return
         label = "Full training" if run.full else "Fine-tune"
         how = "from scratch" if run.full else (", ".join(x.name for x in run.strategies) or "no strategy")
-        self.say(f"[bold]6. {label}[/] ({how}): {plural(s.epochs, 'epoch')}, lr {s.learning_rate:g}, "
+        source = getattr(s, "learning_rate_from", "")  # a search trial's settings may not say
+        source = f" ({source})" if source and not run.full else ""
+        self.say(f"[bold]6. {label}[/] ({how}): {plural(s.epochs, 'epoch')}, lr {s.learning_rate:g}{source}, "
                  f"batch {s.batch_size}")
         self.previous = None
 
@@ -213,7 +225,8 @@ class ConsoleRenderer:
                      f"({info['parameters'] / 1e6:.2f}M parameters)")
 
     def show_collect(self, run, info: dict[str, Any]) -> None:
-        msg = f"[bold]2. Collect new data[/]: {plural(info['items'], 'item')}"
+        what = "base data (--data)" if run.kind == "import" else "new data"
+        msg = f"[bold]2. Collect {what}[/]: {plural(info['items'], 'item')}"
         if info["rejected"]:
             where = f"see {info['rejects_file']}" if info["rejects_file"] else "not written: dry run"
             msg += f" ({info['rejected']} rejected, {where})"
@@ -229,7 +242,9 @@ class ConsoleRenderer:
         self.say(f"[bold]4. Skip duplicates[/]: {info['duplicates']}{held} ({plural(info['items'], 'item')} left)")
 
     def show_holdout(self, run, info: dict[str, Any]) -> None:
-        if info["train"] == 0:
+        if info["train"] == 0 and run.kind == "import":  # steps 5-6 record base data: there is none
+            self.say("  no base data: nothing to record (retention is measured once updates hold items out)")
+        elif info["train"] == 0:
             self.say("[green]Nothing new to learn[/]: the model is unchanged.")
 
     def show_tokenize(self, run, info: dict[str, Any]) -> None:
@@ -259,15 +274,18 @@ class ConsoleRenderer:
         if run.full:
             self.say(f"  held-out base items ({m['retention_items']}): loss {fmt(rb)} (random init) -> {fmt(ra)}")
         else:
+            verdicts = info["verdicts"]
+            step = thresholds(verdicts, "retention", "max_increase", "warn_increase")
             self.say(f"  retention, previously learned held-out items ({m['retention_items']}): "
-                     f"loss {fmt(rb)} -> {fmt(ra)}{delta(rb, ra)}")
+                     f"loss {fmt(rb)} -> {fmt(ra)}{delta(rb, ra, *step)}")
             if m.get("drift_loss_after") is not None:
                 base, db, da = m["drift_loss_baseline"], m["drift_loss_before"], m["drift_loss_after"]
-                was = f"{fmt(db)}{delta(base, db)} before this update, " if db is not None else ""
+                limits = thresholds(verdicts, "retention", "max_drift", "retrain_drift")
+                was = f"{fmt(db)}{delta(base, db, *limits)} before this update, " if db is not None else ""
                 self.say(f"  cumulative, since full training {m['drift_since']} ({m['drift_items']} of its "
-                         f"held-out items): loss {fmt(base)} then; {was}{fmt(da)}{delta(base, da)} now")
+                         f"held-out items): loss {fmt(base)} then; {was}{fmt(da)}{delta(base, da, *limits)} now")
             self.say(f"  learning, held-out new items ({m['new_holdout_items']}): "
-                     f"loss {fmt(nb)} -> {fmt(na)}{delta(nb, na)}")
+                     f"loss {fmt(nb)} -> {fmt(na)}{delta(nb, na, *thresholds(verdicts, 'learning', 'min_drop', sign=-1))}")
         for v in info["verdicts"]:
             self.say(f"  [{self.STATUS_COLOR[v['status']]}]{v['status']}[/] {v['validator']}: {v['reason']}")
         for step in info["next_steps"]:
@@ -293,7 +311,7 @@ class ConsoleRenderer:
         from rich import box
         from rich.table import Table
 
-        table = Table(title=f"--auto: {len(search['trials'])} trials, {search['spent_seconds']:.1f}s of "
+        table = Table(title=f"--auto: {plural(len(search['trials']), 'trial')}, {search['spent_seconds']:.1f}s of "
                       f"{search['budget_seconds']:.1f}s", box=box.SIMPLE_HEAD)
         for col in ("trial", "recipe", "epochs", "new loss", "old", "since full", "gate", "seconds"):
             table.add_column(col)
@@ -341,6 +359,9 @@ class ConsoleRenderer:
         elif info["status"] == "check":
             verdict = "accept" if info["accepted"] else "[red]reject[/]"
             self.say(f"[bold]8. Save[/]: skipped (--check); the gate would {verdict} this update")
+        elif info["status"] == "accepted" and run.kind == "import":
+            self.say("[bold]7. Validate[/]: no gate for an import (the gate compares a model with its parent)")
+            self.say(f"[bold]8. Save[/]: the imported model is version {info['version']}, now current")
         elif info["status"] == "accepted":
             self.say(f"[bold]8. Save[/]: version {info['version']} is now current")
         else:

@@ -5,11 +5,11 @@
     trainer = ModelTrainer('config.yaml')
     trainer.load_model('models/my-model')
     trainer.fine_tune(new_data, epochs=3, lr=0.0001)
-    trainer.save_model('models/my-model')
+    trainer.save_model('models/my-model')   # or trainer.discard(): nothing written
 
 A thin layer over the engine: ``fine_tune`` runs every step but the save and
 returns the report with the gate's verdict (``report["gate"]``), ``save_model`` the
-save. It checks what the command line checks: ``epochs``, ``lr`` and ``strategy``
+save, ``discard`` drops the fine-tune and reloads the version it started from. It checks what the command line checks: ``epochs``, ``lr`` and ``strategy``
 are config values (a ``ConfigError`` for ``lr=nan`` or ``epochs=-1``) and hold for
 that call only; a path that is not a model is a ``ModelError``. With ``verbose``
 the CLI's renderer prints the steps.
@@ -29,6 +29,7 @@ from retain.core.ingest import python_items
 from retain.core.models import LoadedVersion, load_version
 from retain.core.run import FINE_TUNING, Run
 from retain.core.store import ModelStore
+from retain.core.strategy import UPDATE_LEARNING_RATE_KEYS
 
 
 class ModelTrainer:
@@ -93,8 +94,8 @@ class ModelTrainer:
             raise ModelError("this trainer holds an unsaved fine-tune: call save_model() first")
         if isinstance(strategy, str):
             strategy = [s.strip() for s in strategy.split(",") if s.strip()]
-        config = with_values(self.config, {"fine_tuning.epochs": epochs, "fine_tuning.learning_rate": lr,
-                                           "options.rewarm.peak_lr": lr, "fine_tuning.strategy": strategy})
+        rates = dict.fromkeys(UPDATE_LEARNING_RATE_KEYS, lr)  # every strategy's: the rate asked for is used
+        config = with_values(self.config, {"fine_tuning.epochs": epochs, **rates, "fine_tuning.strategy": strategy})
         engine = self._engine(config) if config != self.config else self.engine
         items, rejects = python_items(_as_items(new_data))
         self._check_rejects(rejects)
@@ -135,6 +136,16 @@ class ModelTrainer:
         raise_if_rejected(report, store)
         self.load_model(target)
         return report["version"]
+
+    def discard(self) -> "ModelTrainer":
+        """Drop the fine-tune ``fine_tune`` produced, writing nothing (not even the rejected
+        version ``save_model`` would keep): the trainer holds the version it had loaded again,
+        as it is on disk (training changed the loaded model's weights in place)."""
+        if self.pending is None or self.loaded is None or self.path is None:
+            raise ModelError("nothing to discard: fine_tune() has not produced a new model")
+        self.pending, self.pending_engine = None, None
+        self.loaded = load_version(ModelStore(self.path), self.loaded.version, registry=self.engine.registry)
+        return self
 
     @staticmethod
     def _check_rejects(rejects) -> None:

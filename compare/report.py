@@ -70,6 +70,9 @@ def table(results: dict):
     for r in rows(results):
         if not r["supported"]:
             caption += f"\nn/a {r['strategy']}: {r['note']}"
+    for note in results.get("notes") or []:
+        if "nothing new to learn" in note:  # numbers that measure no training: under the table too
+            caption += f"\nnote: {note}"
     t = Table(title=title, caption=caption)
     cols = _columns(results)
     t.add_column("strategy", no_wrap=True)

@@ -218,10 +218,28 @@ def run_compare(req: CompareRequest, *, console=None) -> dict:
             token = interrupts.on_interrupt(lambda: [p.kill() for p in list((pool._processes or {}).values())])
             _run_all(pool, args, results, say)
             interrupts.release(token)
+    learned_before = nothing_new_notes(stream, results)
+    for note in learned_before:
+        say(f"[yellow]note:[/] {note}")
     summary = summarize(req, stream, config, req.strategies, results, time.perf_counter() - started)
     summary["ray_startup_seconds"] = ray_startup
-    summary["notes"] = notes
+    summary["notes"] = notes + learned_before
     return summary
+
+
+def nothing_new_notes(stream, results: dict[str, dict]) -> list[str]:
+    """The experiences some strategy learned nothing from: the base model had already learned
+    every item of them (its ledger skipped them all), so their FWT and the rows after them
+    measure no training at all, only a model left as it was."""
+    notes = []
+    for i, exp in enumerate(stream.experiences[1:]):
+        idle = [label for label, r in results.items()
+                if i < len(r.get("stages") or []) and r["stages"][i].get("status") == "nothing_new"]
+        if idle:
+            notes.append(f"experience '{exp.name}': nothing new to learn for {', '.join(idle)}: the base model "
+                         "had already learned every item of it, so nothing was trained on it (its FWT is "
+                         "+0.000 by construction); compare on data the base has not learned")
+    return notes
 
 
 def _run_all(executor, args: list[tuple], results: dict[str, dict], say) -> None:

@@ -42,12 +42,22 @@ def lower_lr(settings: Any) -> str:
     return step
 
 
-def raise_lr(settings: Any) -> str:
+def full_retrain() -> str:
+    return (f"{QUALITY_DEGRADES}: the old domain drifted since the last full training; retrain from scratch "
+            "on all data (retain train --model DIR --data ...)")
+
+
+def raise_lr(settings: Any, kept_epoch: int | None = None) -> str:
+    """``kept_epoch``: the epoch early stopping kept; before the last, more epochs would not help."""
     if settings is None:
         return f"{DOES_NOT_LEARN}: raise the learning rate or add an epoch"
     lr, epochs = settings.learning_rate, settings.epochs
-    return (f"{DOES_NOT_LEARN}: raise the learning rate, {fmt_number(lr)} -> {fmt_number(2 * lr)} "
-            f"(--lr {fmt_number(2 * lr)}), or add an epoch, {epochs} -> {epochs + 1} (--epochs {epochs + 1})")
+    step = (f"{DOES_NOT_LEARN}: raise the learning rate, {fmt_number(lr)} -> {fmt_number(2 * lr)} "
+            f"(--lr {fmt_number(2 * lr)})")
+    if kept_epoch is not None and kept_epoch < epochs:
+        return step + (f"; not more epochs: early stopping kept epoch {kept_epoch} of {epochs}, "
+                       "the later ones did not learn more")
+    return step + f", or add an epoch, {epochs} -> {epochs + 1} (--epochs {epochs + 1})"
 
 
 def fewer_epochs(settings: Any, train_seconds: float | None = None) -> str:

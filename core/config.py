@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, UsageError
 
 
 @dataclass
@@ -59,7 +59,8 @@ class FineTuningConfig:
     """The design document's FINE_TUNING block: an update on new data only."""
 
     # low_lr's rate (the design document's 1e-4); rewarm's peak is options.rewarm.peak_lr, naive's
-    # the full training's. --lr and ModelTrainer.fine_tune(lr=) set this and rewarm's peak.
+    # the full training's, lora's options.lora.learning_rate. --lr and ModelTrainer.fine_tune(lr=)
+    # set this and each of those (core/strategy.py, UPDATE_LEARNING_RATE_KEYS).
     learning_rate: float = 0.0001
     epochs: int = 3
     batch_size: int = 8
@@ -314,11 +315,11 @@ def _check_tune(tune: TuneConfig, prefix: str) -> None:
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``"fine_tuning.epochs=2"`` -> (["fine_tuning", "epochs"], 2); values are YAML."""
     if "=" not in text:
-        raise ConfigError(f"--set expects KEY=VALUE, got {text!r}")
+        raise UsageError(f"--set expects KEY=VALUE, got {text!r}")
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key:
-        raise ConfigError(f"--set expects KEY=VALUE, got {text!r}")
+        raise UsageError(f"--set expects KEY=VALUE, got {text!r}")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:

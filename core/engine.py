@@ -226,6 +226,10 @@ class Engine:
                     run.tokenizer_from = self._tokenizer_to_keep(store).lm
                 info.update(version=run.parent, parameters=count_parameters(base.lm) if base else None)
             run.strategies = build_strategies(self.registry, run.config, run.base)
+        wanted = run.config.fine_tuning.max_seq_length
+        if kind == IMPORT and wanted > run.lm.context:  # the model's own: its updates clamp to it quietly
+            self._warn(run, f"fine_tuning.max_seq_length {wanted} exceeds the imported model's context "
+                            f"{run.lm.context}: its updates use {run.lm.context} (said once, here)")
         return run
 
     def _import(self, run: Run, source: Path) -> dict:
@@ -244,6 +248,9 @@ class Engine:
             info.update(ingest.preprocess_step(run, self.registry, store))
         with self._step(run, "dedupe") as info:
             info.update(ingest.dedupe_step(run, self.dedupers, store))
+        for name, deduper in self.dedupers:  # what a deduper could not see (minhash turned on late)
+            for message in getattr(deduper, "warnings", None) or []:
+                self._warn(run, f"deduper '{name}': {message}")
         with self._step(run, "holdout") as info:
             info.update(ingest.holdout_step(run))
 

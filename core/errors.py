@@ -12,6 +12,14 @@ class RetainError(Exception):
     kind = "internal"  # the "kind" of the --json error object
 
 
+class UsageError(RetainError):
+    """The command line itself is wrong (a ``--set`` without ``=``, an ``--out`` that is not
+    empty): what click reports for a bad option, from code that runs after parsing."""
+
+    exit_code = 2  # click's exit code for a command-line usage error
+    kind = "usage"
+
+
 class ConfigError(RetainError):
     """The configuration is invalid (unknown key, wrong type, bad value)."""
 
@@ -84,7 +92,7 @@ class Interrupted(RetainError):
     kind = "interrupted"
 
 
-USAGE = 2  # click's exit code for a command-line usage error
+USAGE = UsageError.exit_code
 
 EXIT_CODES = {
     0: "success",

@@ -255,8 +255,10 @@ def candidate_evidence(run, after: Scores) -> tuple[dict[str, Any], Evidence]:
     ref = after.reference or run.drift
     if ref is not None:
         numbers.update(ref.numbers(Scores.mean(after.drift)))
-    return numbers, evidence(run.kind, run.lm, run.settings, before, after, run.epoch_losses, run.timings,
-                             numbers)
+    ev = evidence(run.kind, run.lm, run.settings, before, after, run.epoch_losses, run.timings, numbers)
+    ev.kept_epoch = (run.early_stopping or {}).get("best_epoch")  # None until training ended
+    ev.retrain_drift = run.config.retrain.max_retention_drift
+    return numbers, ev
 
 
 def measure_after(run, store: ModelStore | None = None) -> Evidence:

@@ -16,7 +16,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .errors import ConfigError, ModelError
+from .errors import ConfigError, ModelError, UsageError
 from .models import family, load_version, model_entry
 from .pluginmanager import Registry
 from .registry import normalize_version
@@ -31,7 +31,7 @@ def export_version(store: ModelStore, version: str | None, fmt: str, out: Path, 
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"--out {out} exists and is not empty; export into a new directory")
+        raise UsageError(f"--out {out} exists and is not empty; export into a new directory")
     version = normalize_version(version) if version else store.current()
     manifest = store.manifest(version)
     if manifest.get("status") != "accepted":

@@ -166,6 +166,39 @@ def trainable_parameters(lm: LanguageModel) -> int:
     return sum(p.numel() for p in lm.module.parameters() if p.requires_grad)
 
 
+def configure_strategies(run, warn) -> None:
+    """An update's strategies set its rate and schedule, and say what they cannot do this time;
+    the settings name where the rate came from."""
+    for strategy in run.strategies:
+        strategy.configure(run.settings, run)
+        for message in strategy.warnings(run):
+            warn(f"{strategy.name}: {message}")
+    names = [s.name for s in run.strategies]
+    if run.settings.learning_rate_from == "fine_tuning.learning_rate" and not {"rewarm", "low_lr"} & set(names):
+        # e.g. --strategy replay,ewc: the default recipe's re-warm is gone with rewarm
+        run.settings.learning_rate_from += (f": no strategy of {', '.join(names) or 'this recipe'} sets a rate of "
+                                            f"its own; rewarm, the default recipe's, would peak at "
+                                            f"{run.config.full_training.learning_rate:g}")
+
+
+def _say_context(run, max_seq_length: int, warn) -> None:
+    """A max_seq_length above the model's context is clamped to it. Said where the user can act:
+    a model trained here (a full retrain changes its context), or once at an import (whose
+    context is the model's own: its updates clamp quietly; the import said so)."""
+    from .run import FINE_TUNING, IMPORT
+
+    context = run.lm.context
+    if run.kind == IMPORT or max_seq_length <= context:  # an import says it once (Engine._import)
+        return
+    if run.kind == FINE_TUNING and run.base is not None:
+        store = run.base.reader.store
+        root = store.lineage_root(store.chain(run.base.version))
+        if root is not None and store.summary(root)["kind"] == "import":
+            return
+    warn(f"max_seq_length {max_seq_length} exceeds the model's context {context}; "
+         f"using {context} (a full retrain changes the context)")
+
+
 def prepare_model(run, registry: Registry, warn) -> dict:
     """5. Tokenize: the model to train (a new one for a full training, the imported one for an
     import), its settings and the training rows of ``run.items``. ``warn(message)`` reports
@@ -186,9 +219,7 @@ def prepare_model(run, registry: Registry, warn) -> dict:
     elif run.kind == FINE_TUNING:
         run.lm = run.base.lm
     seq_len = min(block.max_seq_length, run.lm.context)
-    if seq_len < block.max_seq_length and run.kind != IMPORT:
-        warn(f"max_seq_length {block.max_seq_length} exceeds the model's context {run.lm.context}; "
-             f"using {run.lm.context} (a full retrain changes the context)")
+    _say_context(run, block.max_seq_length, warn)
     run.rows = run.lm.encode([it.text for it in run.items], seq_len)
     # Tokens per byte of what is learned, under this tokenizer: the vocabulary-drift check's input.
     run.counts.update(tokens=content_tokens(run.rows, len(run.items)),
@@ -197,11 +228,12 @@ def prepare_model(run, registry: Registry, warn) -> dict:
         run.lm.module.to(run.device)
     # An import's pass over the base data changes no weight: the strategies only record it.
     epochs = 0 if run.kind == IMPORT else block.epochs
+    block_name = "fine_tuning" if run.kind == FINE_TUNING else "full_training"
     run.settings = TrainSettings(block.learning_rate, epochs, block.batch_size, seq_len,
-                                 max_seconds=getattr(block, "max_seconds", 0.0))
+                                 max_seconds=getattr(block, "max_seconds", 0.0),
+                                 learning_rate_from=f"{block_name}.learning_rate")
     if run.kind == FINE_TUNING:  # a full training (or import) is the strategies' first experience:
-        for strategy in run.strategies:  # they record, not steer
-            strategy.configure(run.settings, run)
+        configure_strategies(run, warn)  # they record, not steer
     run.parameters = {"total": count_parameters(run.lm), "trainable": trainable_parameters(run.lm)}
     return {"items": len(run.items), "sequences": len(run.rows), "tokens": run.rows.tokens,
             "held_out": len(run.holdout), "trainable_parameters": run.parameters["trainable"]}

@@ -286,6 +286,22 @@ class NearDuplicateIndex:
             (prefix, prefix + "g", version)).fetchone()
         return None if row is None else (row[0], row[1], row[2] or "")
 
+    def unindexed(self, chain: list[str]) -> dict[str, int]:
+        """``{version: ledger items}`` of the versions of ``chain`` whose items are in the ledger
+        but not in this index (learned before minhash was on): near-copies of them go unseen."""
+        if not chain:
+            return {}
+        db, marks = self.ledger.db, ",".join("?" * len(chain))
+        counts = dict(db.execute(f"SELECT version, COUNT(*) FROM items WHERE version IN ({marks}) "
+                                 "GROUP BY version", chain).fetchall())
+        indexed: set[str] = set()
+        for table in ("minhash_signatures", "minhash_bands"):  # bands alone: an index of before signatures
+            rest = [v for v in counts if v not in indexed]
+            if rest and self._has_table(table):
+                q = f"SELECT DISTINCT version FROM {table} WHERE version IN ({','.join('?' * len(rest))})"
+                indexed |= {v for (v,) in db.execute(q, rest)}
+        return {v: n for v, n in counts.items() if v not in indexed}
+
     def count(self, version: str, table: str = "minhash_bands") -> int:
         """Band (or signature) rows of ``version`` (a full scan: for tests and diagnostics)."""
         if table not in ("minhash_bands", "minhash_signatures") or not self._has_table(table):

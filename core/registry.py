@@ -54,16 +54,19 @@ def history(store: ModelStore) -> list[dict]:
             continue
         counts, metrics = m.get("counts", {}), m.get("metrics", {})
         verdicts = m.get("verdicts", [])
+        # An import learned nothing: its pass over base data only recorded the strategies' state.
+        imported = m.get("kind") == "import"
         rows.append({
             "version": version, "parent": m.get("parent"), "created_at": m.get("created_at"),
             "kind": m.get("kind"), "status": m.get("status"), "current": version == current,
             "in_current_chain": version in chain, "pruned": "pruned" in m,
-            "items_learned": counts.get("trained", 0), "items_held_out": counts.get("holdout", 0),
+            "items_learned": 0 if imported else counts.get("trained", 0), "items_held_out": counts.get("holdout", 0),
+            "items_recorded": counts.get("trained", 0) if imported else 0,
             "metrics": {k: metrics.get(k) for k in ("retention_loss_before", "retention_loss_after",
                                                     "new_loss_before", "new_loss_after")},
             "failed": [v["validator"] for v in verdicts if v.get("status") == "fail"],
             "warned": [v["validator"] for v in verdicts if v.get("status") == "warn"],
-            "learning_rate": _learning_rate(store, version, m),
+            "learning_rate": None if imported else _learning_rate(store, version, m),
             "strategies": m.get("strategies", []),
             # retain update --auto: which recipe won, out of how many trials, in what budget
             "search": m.get("search"),
@@ -192,6 +195,7 @@ def validate_version(engine: Any, store: ModelStore, version: str | None, data: 
     settings = _settings(store, version, manifest, TrainSettings)
     ev = evidence("fine_tuning", cand.lm, settings, before, after, list(manifest.get("epoch_losses", [])),
                   dict(manifest.get("timings", {})), numbers)
+    ev.retrain_drift = cfg.retrain.max_retention_drift
     verdicts, steps = judge(registry, cfg, ev)
     return {"version": version, "parent": parent, "metrics": numbers,
             "verdicts": [v.to_json() for v in verdicts], "next_steps": steps,
@@ -235,7 +239,9 @@ class PrunePlan:
 
 
 def plan_prune(store: ModelStore, keep_last: int, keep_full_trainings: bool = False) -> PrunePlan:
-    """``keep_full_trainings``: every accepted full training stays whole too (a retrain's
+    """The last ``keep_last`` accepted versions of the current chain stay whole: what a plain
+    ``rollback`` walks back to (a branch a rollback abandoned does not count, however new).
+    ``keep_full_trainings``: every accepted full training stays whole too (a retrain's
     starting point, and the drift baseline of its updates).
 
     The plan is made from the versions' summaries (the index, a cache), then checked against
@@ -259,7 +265,12 @@ def plan_prune(store: ModelStore, keep_last: int, keep_full_trainings: bool = Fa
 def _plan(store: ModelStore, summaries: dict[str, dict], current: str, keep_last: int,
           keep_full_trainings: bool) -> PrunePlan:
     accepted = [v for v, m in summaries.items() if m["status"] == "accepted" and not m["pruned"]]
-    keep = set(accepted[-keep_last:]) | {current}
+    on_chain, name = [], current  # walked on these summaries: the replan must not read the index
+    while name in summaries and name not in on_chain:
+        on_chain.append(name)
+        name = summaries[name]["parent"]
+    on_chain = [v for v in on_chain if v in accepted]
+    keep = set(on_chain[:keep_last]) | {current}
     if keep_full_trainings:
         keep |= {v for v in accepted if summaries[v]["kind"] == "full_training"}
     keep |= {b for v in list(keep) if (b := summaries[v]["builds_on"]) is not None and b in summaries}

@@ -24,6 +24,16 @@ class TrainSettings:
     warmup_fraction: float = 0.0  # warm-up over this share of the run's steps (when warmup_steps is 0)
     min_lr_ratio: float = 0.1     # where cosine ends, as a fraction of the peak
     max_seconds: float = 0.0      # stop training after this many seconds (0: no limit)
+    # Which setting the rate came from (the step line and the report say so): a strategy that
+    # sets its own rate names its option; otherwise the block's learning_rate.
+    learning_rate_from: str = ""
+
+
+# The config keys an update's explicit learning rate (``retain update --lr``,
+# ``ModelTrainer.fine_tune(lr=)``) sets: low_lr's rate and every built-in strategy's own rate,
+# so the rate asked for is the rate trained at whatever the recipe.
+UPDATE_LEARNING_RATE_KEYS = ("fine_tuning.learning_rate", "options.rewarm.peak_lr", "options.naive.learning_rate",
+                             "options.lora.learning_rate")
 
 
 class Strategy:
@@ -44,6 +54,11 @@ class Strategy:
 
     def configure(self, settings: TrainSettings, run: Any) -> None:
         """Adjust learning rate, epochs, schedule before training starts."""
+
+    def warnings(self, run: Any) -> list[str]:
+        """What the user should know before this update trains (after ``configure``): e.g. state
+        the base never recorded, so the strategy cannot do its part this time."""
+        return []
 
     def avalanche_plugins(self, run: Any) -> list:
         """avalanche-lib plugins to add to the training template."""

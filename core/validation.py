@@ -50,3 +50,7 @@ class Evidence:
     drift_baseline: float | None = None
     drift_after: float | None = None
     drift_version: str | None = None  # which version the drift is measured from
+    kept_epoch: int | None = None     # updates with early stopping: the epoch kept, of settings.epochs
+    # The cumulative drift above which ``retain status`` recommends a full retrain (the config's
+    # retrain.max_retention_drift): a candidate the gate accepts past it says so.
+    retrain_drift: float | None = None

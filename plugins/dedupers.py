@@ -14,6 +14,7 @@ from retain.core.errors import ConfigError
 from retain.core.hookspecs import hookimpl
 from retain.core.items import Item
 from retain.core.known import BATCH, HOLDOUT, LEARNED, Duplicate, describe_match
+from retain.core.wording import plural
 
 
 def _origins(known, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
@@ -83,6 +84,7 @@ class MinhashDeduper:
         self.options = options
         self._spec = None
         self.stats: dict[str, float] = {}  # of the last check against learned items (see NearDuplicateIndex)
+        self.warnings: list[str] = []      # of the last check: what it could not see (the run prints them)
 
     @property
     def spec(self):
@@ -106,11 +108,12 @@ class MinhashDeduper:
     def _learned(self, items: list[Item], sigs: list, known) -> dict[int, str]:
         from retain.core.nearindex import NearDuplicateIndex
 
-        self.stats = {}
+        self.stats, self.warnings = {}, []
         ledger, chain = getattr(known, "ledger", None), getattr(known, "chain", None)
         if ledger is None or not chain or not ledger.path.exists():
             return {}
         index = NearDuplicateIndex(ledger, self.spec)
+        self.warnings = unindexed_warning(index.unindexed(chain))
         dupes: dict[int, str] = {}
         matches = index.matches([it.text for it in items], chain, sigs, threshold=self.options.threshold)
         self.stats = index.stats
@@ -158,6 +161,18 @@ class MinhashDeduper:
         from retain.core.nearindex import NearDuplicateIndex
 
         NearDuplicateIndex(writer.store.ledger, self.spec).remember(version, [(it.hash, it.text) for it in items])
+
+
+def unindexed_warning(unindexed: dict[str, int]) -> list[str]:
+    """What minhash cannot see when it was turned on after some versions learned their items."""
+    if not unindexed:
+        return []
+    versions = sorted(unindexed)
+    return [f"{plural(sum(unindexed.values()), 'item')} learned or held out by version"
+            f"{'s' if len(versions) > 1 else ''} {', '.join(versions)}, before minhash was on, are not in its "
+            "index: only exact copies of them are caught, not near-duplicates (their texts are not kept, so "
+            "they cannot be indexed now). To catch near-copies of everything learned, retrain with minhash "
+            "on from the start: retain train --set 'dedupers=[exact,minhash]' --data ALL ..."]
 
 
 @hookimpl

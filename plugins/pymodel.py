@@ -44,7 +44,9 @@ def load_factory(spec: str) -> Callable[..., torch.nn.Module]:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name != module_name.split(".")[0] or os.getcwd() in sys.path:
-            raise ConfigError(f"config key 'model.factory': cannot import {module_name} ({exc})") from None
+            raise ConfigError(f"config key 'model.factory': cannot import {module_name} ({exc}); the module must be "
+                              "importable wherever retain runs, every time a version loads: installed (pip install "
+                              "-e .), on PYTHONPATH, or in the current directory") from None
         sys.path.append(os.getcwd())  # a console script's sys.path lacks the directory it runs in
         return load_factory(spec)
     factory = getattr(module, attr, None)

@@ -100,36 +100,49 @@ class Retention:
         change = (after - before) / before if before else float("inf")
         share = worse / n if n else 0.0
         numbers = {"loss_before": before, "loss_after": after, "relative_change": change,
-                   "items": n, "items_worse": worse, "share_worse": share}
+                   "items": n, "items_worse": worse, "share_worse": share,
+                   # the thresholds the changes are compared with (the report prints them alike)
+                   "max_increase": o.max_increase, "warn_increase": o.warn_increase, "max_drift": o.max_drift}
+        if ev.retrain_drift is not None:
+            numbers["retrain_drift"] = ev.retrain_drift
         summary = (f"old items' loss {before:.4f} -> {after:.4f} "
                    f"({percent(change, o.max_increase, o.warn_increase)}), "
                    f"{worse}/{n} items worse by >{percent(o.item_increase, signed=False)}")
-        drift = self._drift(ev, numbers)
+        drift = self._drift(ev, numbers, o.max_drift)
         if drift is not None:
             summary += f"; {drift}"
         if not math.isfinite(after) or change > o.max_increase:
             return Verdict("fail", f"{summary}: forgetting above {percent(o.max_increase, signed=False)} in this "
                            "step", numbers, remedy=advice.lower_lr(ev.settings))
-        if numbers.get("drift", -math.inf) > o.max_drift:
+        if numbers.get("drift", -math.inf) > o.max_drift:  # (the retrain advice's threshold is below: warn)
             return Verdict("fail", f"{summary}: forgetting above {percent(o.max_drift, signed=False)} since the "
                            "full training, however small each step", numbers, remedy=advice.lower_lr(ev.settings))
         if share > o.max_items_worse:
             return Verdict("fail", f"{summary}: more than {percent(o.max_items_worse, signed=False)} of old "
                            "items made worse (an average gain must not hide them)", numbers,
                            remedy=advice.lower_lr(ev.settings))
+        retrain = ev.retrain_drift
+        if retrain is not None and numbers.get("drift", -math.inf) > retrain:
+            # Accepted, but past the drift at which `retain status` recommends a full retrain:
+            # the report says so here, not only in the advice that follows it.
+            return Verdict("warn", f"{summary}: accepted (the gate rejects above {percent(o.max_drift, signed=False)}), "
+                           f"but above retrain.max_retention_drift {percent(retrain, signed=False)}: "
+                           "`retain status` now recommends a full retrain", numbers,
+                           remedy=advice.full_retrain())
         if change > o.warn_increase:
             return Verdict("warn", summary, numbers, remedy=advice.lower_lr(ev.settings))
         return Verdict("pass", summary, numbers)
 
     @staticmethod
-    def _drift(ev: Evidence, numbers: dict) -> str | None:
+    def _drift(ev: Evidence, numbers: dict, limit: float) -> str | None:
         """The cumulative part of the summary; fills ``numbers`` (None: not measured)."""
         base, now = ev.drift_baseline, ev.drift_after
         if base is None or now is None or not base:
             return None
         drift = (now - base) / base if math.isfinite(now) else math.inf
         numbers.update(drift_baseline=base, drift_loss=now, drift=drift, drift_since=ev.drift_version)
-        return f"since full training {ev.drift_version}: {base:.4f} -> {now:.4f} ({percent(drift)})"
+        limits = [x for x in (limit, ev.retrain_drift) if x is not None]  # digits enough to tell them apart
+        return f"since full training {ev.drift_version}: {base:.4f} -> {now:.4f} ({percent(drift, *limits)})"
 
 
 @dataclass
@@ -155,16 +168,17 @@ class Learning:
         if before is None or after is None:
             return Verdict("warn", f"no {what}: learning not measured (too few new items to hold any out)")
         drop = (before - after) / before if before else 0.0
-        numbers = {"loss_before": before, "loss_after": after, "relative_drop": drop, "items": n}
+        numbers = {"loss_before": before, "loss_after": after, "relative_drop": drop, "items": n,
+                   "min_drop": self.options.min_drop}
         summary = f"{what}' loss {before:.4f} -> {after:.4f} ({percent(-drop, -self.options.min_drop)})"
         if math.isfinite(after) and drop >= self.options.min_drop:
             return Verdict("pass", summary, numbers)
+        remedy = advice.raise_lr(ev.settings, ev.kept_epoch)
         if n and n < self.options.min_items:
             return Verdict("warn", f"{summary}; only {plural(n, 'held-out item')}, too few to gate on", numbers,
-                           remedy=advice.raise_lr(ev.settings))
+                           remedy=remedy)
         return Verdict("fail", f"{summary}: must fall by at least {percent(self.options.min_drop, signed=False)}",
-                       numbers,
-                       remedy=advice.raise_lr(ev.settings))
+                       numbers, remedy=remedy)
 
 
 def _count(items) -> int:

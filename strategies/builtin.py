@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from retain.core.errors import ConfigError
 from retain.core.hookspecs import hookimpl
 from retain.core.strategy import Strategy, TrainSettings
 from retain.strategies.lora import Lora, LoraOptions
@@ -23,7 +24,11 @@ from retain.strategies.rewarm import Rewarm, RewarmOptions
 
 @dataclass
 class NaiveOptions:
-    """No options: the learning rate is full_training.learning_rate."""
+    learning_rate: float = 0.0  # 0: full_training.learning_rate (--lr sets it)
+
+    def __post_init__(self):
+        if self.learning_rate < 0:
+            raise ConfigError(f"config key 'options.naive.learning_rate': must be >= 0, got {self.learning_rate!r}")
 
 
 class Naive(Strategy):
@@ -32,10 +37,15 @@ class Naive(Strategy):
     name = "naive"
 
     def __init__(self, options: NaiveOptions | None = None):
-        self.options = options
+        self.options = options or NaiveOptions()
 
     def configure(self, settings: TrainSettings, run) -> None:
-        settings.learning_rate = run.config.full_training.learning_rate
+        if self.options.learning_rate:
+            settings.learning_rate, settings.learning_rate_from = self.options.learning_rate, \
+                "options.naive.learning_rate"
+        else:
+            settings.learning_rate = run.config.full_training.learning_rate
+            settings.learning_rate_from = "full_training.learning_rate, naive's rate"
 
 
 @dataclass

@@ -28,7 +28,7 @@ class LoraOptions:
     dropout: float = 0.0       # on the adapters' input
     targets: list[str] = field(default_factory=list)  # module names; empty: every linear layer but the output head
     learning_rate: float = 0.001  # adapters start at zero and are few: LoRA's usual rate is above full
-                                  # fine-tuning's (0 keeps fine_tuning.learning_rate)
+                                  # fine-tuning's (0 keeps fine_tuning.learning_rate; --lr sets it)
 
     def __post_init__(self):
         if self.rank < 1:
@@ -58,3 +58,4 @@ class Lora(Strategy):
         run.lm = attach(run.lm, run.base, self.options)
         if self.options.learning_rate:
             settings.learning_rate = self.options.learning_rate
+            settings.learning_rate_from = "options.lora.learning_rate"

@@ -37,6 +37,13 @@ def only(names: set[str] | None, tensors: dict) -> dict:
     return tensors if names is None else {k: v for k, v in tensors.items() if k in names}
 
 
+def no_importances(name: str) -> list[str]:
+    """The warning of an importance-based strategy whose base recorded none."""
+    return [f"the base version recorded no {name} importances (it was trained or updated without {name}): "
+            f"this update is not held by {name}'s penalty, it only records importances for the next one "
+            f"(`retain train --strategy replay,{name}` records them from the base data)"]
+
+
 def _check(name: str, key: str, value: float, low: float, low_ok: bool = True, high: float | None = None):
     bad = value < low if low_ok else value <= low
     if bad or (high is not None and value > high):
@@ -68,6 +75,9 @@ class Ewc(Strategy):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.importances = unprefixed("importance", state)
+
+    def warnings(self, run) -> list[str]:
+        return [] if self.importances else no_importances(self.name)
 
     def avalanche_plugins(self, run) -> list:
         from retain.strategies.adapters import OnlineEWC
@@ -109,6 +119,9 @@ class Si(Strategy):
         self.importance = unprefixed("importance", state)
         self.cum_trajectory = unprefixed("cum_trajectory", state)
 
+    def warnings(self, run) -> list[str]:
+        return [] if self.importance else no_importances(self.name)
+
     def avalanche_plugins(self, run) -> list:
         from retain.strategies.adapters import PersistentSI
 
@@ -146,6 +159,9 @@ class Mas(Strategy):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.importance = unprefixed("importance", state)
+
+    def warnings(self, run) -> list[str]:
+        return [] if self.importance else no_importances(self.name)
 
     def avalanche_plugins(self, run) -> list:
         from retain.strategies.adapters import PersistentMAS

@@ -47,6 +47,8 @@ class Rewarm(Strategy):
     def configure(self, settings: TrainSettings, run) -> None:
         o = self.options
         settings.learning_rate = o.peak_lr or run.config.full_training.learning_rate
+        settings.learning_rate_from = ("options.rewarm.peak_lr" if o.peak_lr else
+                                       "full_training.learning_rate, rewarm's peak")
         settings.schedule = "cosine"
         settings.warmup_steps = 0
         settings.warmup_fraction = o.warmup

@@ -23,8 +23,10 @@ TINY = [
 
 
 def lr(value) -> list[str]:
-    """The overrides ``retain update --lr VALUE`` makes: low_lr's rate and rewarm's peak."""
-    return [f"fine_tuning.learning_rate={value}", f"options.rewarm.peak_lr={value}"]
+    """The overrides ``retain update --lr VALUE`` makes: low_lr's rate and every strategy's own."""
+    from retain.core.strategy import UPDATE_LEARNING_RATE_KEYS
+
+    return [f"{key}={value}" for key in UPDATE_LEARNING_RATE_KEYS]
 
 
 def _sigint_as_from_a_terminal() -> None:

@@ -197,6 +197,11 @@ def test_usage_errors_exit_2_with_a_json_object(base_model):
     assert r.exit_code == 2 and _json_error(r)["kind"] == "usage"
     r = runner.invoke(app, ["prune", "--model", str(base_model), "--keep", "0"])
     assert r.exit_code == 2 and r.stdout == ""  # no JSON unless asked
+    # A mistake in the command line found after parsing is a usage error too, not the config's 3.
+    r = runner.invoke(app, ["config", "--set", "fine_tuning.epochs", "--json"])
+    assert r.exit_code == 2, r.output
+    err = _json_error(r)
+    assert err["kind"] == "usage" and "--set expects KEY=VALUE, got 'fine_tuning.epochs'" in err["message"]
 
 
 def test_history_of_a_missing_model_exits_5(tmp_path):
@@ -295,6 +300,11 @@ def test_each_commands_json_help_says_what_it_prints():
     assert "list of plugins" in helps["plugins"] and "list of versions" in helps["history"]
     assert "assessment" in helps["status"] and "configuration" in helps["config"]
     assert len(set(helps.values()) - {helps["train"]}) == len(helps) - 2  # train and update share one
+    # The shape the help names is the shape printed: the listing commands print an array.
+    for name in ("plugins", "strategies", "history"):
+        assert "as one JSON array" in helps[name], helps[name]
+    assert all("as one JSON object" in helps[n] for n in helps if n not in ("plugins", "strategies", "history"))
+    assert isinstance(json.loads(runner.invoke(app, ["plugins", "--json"]).stdout), list)
 
 
 def test_the_design_documents_recipe_is_named_so():

@@ -316,3 +316,24 @@ def test_split_digits_ewc_and_replay_match_avalanche_exactly():
     assert res["results"]["naive+replay"]["R"] == replay
     assert res["results"]["naive+replay"]["final_old"] > 0.3  # replay keeps old classes alive
     assert res["results"]["lwf"]["supported"] is False  # its distillation is written for token batches
+
+
+def test_compare_says_when_the_base_already_learned_an_experience(base_model, old_texts, new_texts, tmp_path):
+    from retain.core.config import load_config
+    from retain.core.engine import Engine
+
+    from conftest import TINY
+
+    learned = write_jsonl(tmp_path / "learned.jsonl", new_texts[:12])
+    Engine(load_config(None, [*TINY, "validators=[finite]"])).update([str(learned)], base_model)
+    fresh = write_jsonl(tmp_path / "fresh.jsonl", new_texts[12:24])
+    result = CliRunner(env={"COLUMNS": "300"}).invoke(app, [
+        "compare", "--strategies", "low_lr", "--model", str(base_model), "--data", str(learned),
+        "--data", str(fresh), "--epochs", "1", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "note: experience 'learned': nothing new to learn for low_lr: the base model had already learned" in said
+    assert "'fresh'" not in said.split("nothing new to learn")[0][-60:]  # only the learned experience
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [s["status"] for s in res["results"]["low_lr"]["stages"]] == ["nothing_new", "accepted"]
+    assert any("experience 'learned': nothing new" in n for n in res["notes"])

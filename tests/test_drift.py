@@ -101,6 +101,27 @@ def test_retention_reports_the_step_and_the_cumulative_numbers():
     assert within.status == "warn" and "(+2.5%)" in within.reason
 
 
+def test_the_gate_never_accepts_silently_what_the_retrain_advice_condemns():
+    # One story: below retrain.max_retention_drift (4%) fine; above it accepted with a warning that
+    # says `retain status` now recommends a full retrain; above the gate's max_drift (5%) rejected.
+    config = load_config(None)
+    retention = Registry.of(make_plugin_manager()).build("validators", "retention", config)
+    limit, gate = config.retrain.max_retention_drift, config.options["retention"]["max_drift"]
+    assert limit < gate
+    drifted = _evidence(retention_after=4.0, retention_items_after=torch.full((10,), 4.0, dtype=torch.float64),
+                        drift_baseline=4.0, drift_after=4.0 * (1 + 0.045), drift_version="0001", retrain_drift=limit)
+    verdict = retention.validate(drifted)
+    assert verdict.status == "warn", verdict.reason
+    assert "(+4.5%)" in verdict.reason and "above retrain.max_retention_drift 4.0%" in verdict.reason
+    assert "`retain status` now recommends a full retrain" in verdict.reason
+    assert verdict.remedy.startswith("quality degrades:") and "retain train" in verdict.remedy
+    # Just below it: a pass (and a rise that rounds to the threshold shows the digits that tell them apart).
+    below = retention.validate(_evidence(retention_after=4.0, retention_items_after=torch.full((10,), 4.0,
+                                         dtype=torch.float64), drift_baseline=4.0, drift_after=4.0 * 1.0399,
+                                         drift_version="0001", retrain_drift=limit))
+    assert below.status == "pass" and "(+3.99%)" in below.reason
+
+
 # --- vocabulary drift ------------------------------------------------------------------------------
 
 VOCAB = [o for o in TINY if not o.startswith("model.vocab_size")] + ["model.vocab_size=1024"]

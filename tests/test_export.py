@@ -79,5 +79,5 @@ def test_export_refuses_a_nonempty_out_and_leaves_it_alone(base_model, tmp_path)
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     result = CliRunner().invoke(app, ["export", "--model", str(base_model), "--out", str(out)])
-    assert result.exit_code == 3 and "not empty" in result.output
+    assert result.exit_code == 2 and "not empty" in result.output  # a usage error, not the config's
     assert [p.name for p in out.iterdir()] == ["keep.txt"]

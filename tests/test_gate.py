@@ -99,6 +99,11 @@ def test_learning_needs_new_loss_to_fall_and_gives_the_raise_remedy():
     assert verdict.status == "fail"
     assert verdict.remedy == ("doesn't learn new: raise the learning rate, 1e-4 -> 2e-4 (--lr 2e-4), "
                               "or add an epoch, 3 -> 4 (--epochs 4)")
+    # Early stopping kept epoch 2 of 3: the third did not learn more, a fourth would not either.
+    stopped = learning.validate(_evidence(new_before=4.0, new_after=3.999, extra={"new_holdout_items": 8},
+                                          kept_epoch=2))
+    assert stopped.remedy == ("doesn't learn new: raise the learning rate, 1e-4 -> 2e-4 (--lr 2e-4); not more "
+                              "epochs: early stopping kept epoch 2 of 3, the later ones did not learn more")
     few = _evidence(new_before=4.0, new_after=3.999, extra={"new_holdout_items": 2})
     assert learning.validate(few).status == "warn"  # two items are noise, not a verdict
     assert learning.validate(_evidence(new_before=4.0, new_after=3.9,
@@ -203,9 +208,10 @@ def test_rejected_and_user_error_exit_codes_differ(base_model, tmp_path):
     user_errors = [c for c in vars(errors).values()
                    if isinstance(c, type) and issubclass(c, errors.RetainError) and c is not errors.RetainError]
     codes = [c.exit_code for c in user_errors]
-    # Every user-facing error has its own code, none of the generic ones (success, bug, usage).
+    # Every user-facing error has its own code, none of the generic ones (success, bug); a usage
+    # mistake found after parsing is click's usage code.
     assert len(set(codes)) == len(codes), {c.__name__: c.exit_code for c in user_errors}
-    assert not set(codes) & {0, 1, 2}
+    assert not set(codes) & {0, 1} and errors.UsageError.exit_code == errors.USAGE == 2
     # The gate's rejection is exactly 10, as documented for cron jobs.
     assert UpdateRejected in user_errors and UpdateRejected.exit_code == 10
     # Documented: EXIT_CODES (what --help prints) lists exactly these codes and the generic ones,
@@ -230,8 +236,12 @@ def test_learning_rate_too_low_is_rejected_with_raise_remedy(base_model, new_tex
     report = err.value.report
     failed = [v["validator"] for v in report["verdicts"] if v["status"] == "fail"]
     assert failed == ["learning"]
-    assert report["next_steps"][0]["step"] == ("doesn't learn new: raise the learning rate, 1e-9 -> 2e-9 "
-                                               "(--lr 2e-9), or add an epoch, 2 -> 3 (--epochs 3)")
+    step = report["next_steps"][0]["step"]
+    assert step.startswith("doesn't learn new: raise the learning rate, 1e-9 -> 2e-9 (--lr 2e-9)")
+    # Another epoch is advised only when early stopping kept the last one.
+    kept = report["early_stopping"]["best_epoch"]
+    assert step.endswith(", or add an epoch, 2 -> 3 (--epochs 3)" if kept == 2 else
+                         f"; not more epochs: early stopping kept epoch {kept} of 2, the later ones did not learn more")
     assert ModelStore(base_model).current() == "0001"
 
 

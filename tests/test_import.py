@@ -187,3 +187,46 @@ def test_a_version_too_big_to_load_exits_11_with_the_remedy(base_model, new_text
     text = " ".join(out.output.split())
     assert "out of memory loading version 0001" in text and "d_model 1048576" in text
     assert "free memory" in text and "Traceback" not in out.output
+
+
+def test_an_import_reads_as_an_import_in_its_output_and_history(exported_files, tmp_path, old_texts, new_texts):
+    _, pth, tok = exported_files
+    runner = CliRunner(env={"COLUMNS": "200"})
+    common = ["--tokenizer", str(tok), "--set", "model.n_head=2", "--set", "fine_tuning.max_seq_length=512"]
+    bare = runner.invoke(app, ["import", str(pth), "--model", str(tmp_path / "bare"), *common])
+    assert bare.exit_code == 0, bare.output
+    said = " ".join(bare.output.split())
+    # Not "Nothing new to learn: the model is unchanged." then a save, skipping step 7.
+    assert "Nothing new to learn" not in said and "no base data: nothing to record" in said
+    assert "7. Validate: no gate for an import" in said and "8. Save: the imported model is version 0001" in said
+    # The context is the model's own (64): said once, at the import ...
+    assert "fine_tuning.max_seq_length 512 exceeds the imported model's context 64" in said
+    with_data = runner.invoke(app, ["import", str(pth), "--model", str(tmp_path / "m"), *common,
+                                    "--data", str(write_jsonl(tmp_path / "base.jsonl", old_texts[:60]))])
+    assert with_data.exit_code == 0, with_data.output
+    # ... and not again at each update, which uses it
+    sets = [a for o in [*TINY, "fine_tuning.max_seq_length=512", "validators=[finite]"] for a in ("--set", o)]
+    update = runner.invoke(app, ["update", "-m", str(tmp_path / "m"), "-d",
+                                 str(write_jsonl(tmp_path / "n.jsonl", new_texts[:20])), *sets])
+    assert update.exit_code == 0, update.output
+    assert "exceeds" not in update.output
+    # An import learned nothing, at no rate: its pass over the base data only recorded state.
+    rows = json.loads(runner.invoke(app, ["history", "-m", str(tmp_path / "m"), "--json"]).stdout)
+    assert (rows[0]["kind"], rows[0]["items_learned"], rows[0]["learning_rate"]) == ("import", 0, None)
+    assert rows[0]["items_recorded"] > 0 and rows[1]["items_learned"] > 0
+    table = runner.invoke(app, ["history", "-m", str(tmp_path / "m")]).output
+    line = next(x for x in table.splitlines() if x.split()[:1] == ["0001"]).split()
+    assert line[:7] == ["0001", "-", "import", "accepted", "-", "-", "-"], line  # lr, learned, recipe
+
+
+def test_a_python_factory_that_cannot_be_imported_says_where_it_must_be(tmp_path, monkeypatch):
+    from retain.core.errors import ConfigError
+    from retain.plugins.pymodel import load_factory
+
+    monkeypatch.chdir(tmp_path)  # not there either
+    monkeypatch.setattr(sys, "path", list(sys.path))  # (it adds the current directory to look there)
+    with pytest.raises(ConfigError) as err:
+        load_factory("nosuch_usermodel_xyz:build")
+    message = str(err.value)
+    assert "cannot import nosuch_usermodel_xyz" in message
+    assert "PYTHONPATH" in message and "current directory" in message and "pip install -e ." in message

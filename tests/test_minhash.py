@@ -226,3 +226,30 @@ def test_an_index_without_stored_signatures_counts_its_candidates_unverified(tmp
 def test_bad_minhash_options_are_config_errors(bad):
     with pytest.raises(ConfigError, match="options.minhash"):
         Registry(make_plugin_manager()).check_config(load_config(None, [*MINHASH, bad]))
+
+
+def test_minhash_turned_on_after_some_updates_says_what_it_cannot_see(base_model, long_texts, old_texts, tmp_path):
+    from typer.testing import CliRunner
+
+    from retain.cli import app
+
+    sets = [a for o in MINHASH for a in ("--set", o)]
+    pending = str(write_jsonl(tmp_path / "p.jsonl", long_texts[20:30]))
+
+    def dry_run(model) -> str:
+        r = CliRunner().invoke(app, ["update", "--dry-run", "-m", str(model), "-d", pending, *sets])
+        assert r.exit_code == 0, r.output
+        return " ".join(r.output.split())
+
+    # The base learned its items with the exact deduper only: minhash cannot see them, and says so.
+    said = dry_run(base_model)
+    assert "deduper 'minhash':" in said and "by version 0001, before minhash was on, are not in its index" in said
+    assert "retain train --set 'dedupers=[exact,minhash]'" in said
+    # An update with minhash on indexes its own items: only the base is named.
+    Engine(load_config(None, MINHASH)).update([str(write_jsonl(tmp_path / "a.jsonl", long_texts[:20]))], base_model)
+    warning = dry_run(base_model).split("deduper 'minhash':")[1].split("To catch")[0]
+    assert "by version 0001, before" in warning and "0002" not in warning
+    # On from the start: nothing to say.
+    model = tmp_path / "from-start"
+    Engine(load_config(None, MINHASH)).train([str(write_jsonl(tmp_path / "old.jsonl", old_texts[:80]))], model)
+    assert "minhash" not in dry_run(model)

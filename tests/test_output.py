@@ -160,6 +160,13 @@ def test_percent_never_rounds_across_a_threshold(fraction, thresholds, shown):
     assert plural(1, "epoch") == "1 epoch" and plural(2, "entry", "entries") == "2 entries"
 
 
+def test_an_auto_recipe_of_one_trial_says_1_trial():
+    from retain.cli import _recipe
+
+    assert _recipe({"search": {"trials": 1, "describe": "rewarm, lr 1e-3"}}) == "auto (1 trial): rewarm, lr 1e-3"
+    assert _recipe({"search": {"trials": 3, "describe": "x"}}).startswith("auto (3 trials)")
+
+
 def test_a_failing_verdict_does_not_contradict_itself():
     from retain.plugins.validators import Learning, LearningOptions, LossTrend, LossTrendOptions
 
@@ -169,6 +176,31 @@ def test_a_failing_verdict_does_not_contradict_itself():
     assert "7.4335 -> 7.4267 (-0.09%): must fall by at least 0.1%" in v.reason, v.reason
     flat = LossTrend(LossTrendOptions()).validate(Evidence("fine_tuning", [5.050, 5.052], None, None, None, None))
     assert flat.status == "pass" and "fell" not in flat.reason and "flat" in flat.reason, flat.reason
+
+
+def test_the_validate_lines_show_a_change_as_the_verdict_below_them_does(capsys):
+    from io import StringIO
+
+    from rich.console import Console
+
+    from retain.core.pluginmanager import Registry, make_plugin_manager
+    from retain.core.config import load_config
+    from retain.render import ConsoleRenderer
+
+    # Held-out new items fell 0.05%, against a 0.1% threshold: the line must not read "-0.1%".
+    ev = Evidence("fine_tuning", [5.0, 4.9], None, None, 7.4335, 7.4298, extra={"new_holdout_items": 7})
+    verdict = Registry.of(make_plugin_manager()).build("validators", "learning", load_config(None)).validate(ev)
+    assert "(-0.05%): must fall by at least 0.1%" in verdict.reason, verdict.reason
+    out = StringIO()
+    renderer = ConsoleRenderer(Console(file=out, width=200, color_system=None), progress=False)
+    metrics = {"retention_loss_before": 4.0, "retention_loss_after": 4.0, "new_loss_before": 7.4335,
+               "new_loss_after": 7.4298, "retention_items": 10, "new_holdout_items": 7}
+    renderer.show_validate(SimpleNamespace(full=False), {
+        "metrics": metrics, "next_steps": [],
+        "verdicts": [{**verdict.to_json(), "validator": "learning"}]})
+    text = out.getvalue()
+    assert "learning, held-out new items (7): loss 7.4335 -> 7.4298 (-0.05%)\n" in text, text
+    assert "(-0.0%)" not in text and "(-0.1%)" not in text, text
 
 
 def test_status_and_history_count_learned_items_alike(base_model, new_texts, tmp_path):

@@ -244,3 +244,65 @@ def test_the_drift_reference_on_a_part_pairs_each_text_with_its_own_loss():
     assert ref.subset(4, set()) is ref
     unpaired = Baseline("0001", 2.5, None, ["a", "b", "c"], 64, None)
     assert unpaired.subset(1, set()) is unpaired  # no per-text losses: the whole reference
+
+
+# --- the learning rate asked for is the one used ----------------------------------------------------
+
+class _Run:
+    """What a strategy's configure and warnings read of a run (no model: lora's attach is stubbed)."""
+
+    def __init__(self, config):
+        self.config, self.lm, self.base, self.strategies = config, None, None, []
+
+
+@pytest.mark.parametrize("strategy", ["naive", "low_lr", "rewarm", "lora", "replay,ewc", "naive,replay"])
+def test_an_explicit_update_rate_is_the_rate_of_every_strategy(strategy, monkeypatch):
+    from retain.cli import _load
+    from retain.core.models import configure_strategies
+    from retain.core.pluginmanager import Registry
+    from retain.strategies import lora_adapters
+
+    monkeypatch.setattr(lora_adapters, "attach", lambda lm, base, options: lm)
+    config = _load(None, TINY, "fine_tuning", 0.01, None, None, strategy)  # retain update --lr 1e-2
+    registry = Registry.of(make_plugin_manager())
+    run = _Run(config)
+    run.strategies = [registry.build("strategies", name, config) for name in config.fine_tuning.strategy]
+    run.settings = TrainSettings(config.fine_tuning.learning_rate, 3, 8, 64, learning_rate_from="fine_tuning.learning_rate")
+    configure_strategies(run, lambda message: None)
+    assert run.settings.learning_rate == 0.01, run.settings.learning_rate_from
+
+
+def test_the_step_line_says_where_the_rate_came_from_and_ewc_without_importances_warns(base_model, new_texts,
+                                                                                        tmp_path):
+    from typer.testing import CliRunner
+
+    from retain.cli import app
+
+    data = write_jsonl(tmp_path / "new.jsonl", new_texts[:20])
+    sets = [a for o in [*TINY, "fine_tuning.epochs=1", "validators=[finite]"] for a in ("--set", o)]
+    r = CliRunner().invoke(app, ["update", "-d", str(data), "-m", str(base_model), "--strategy", "replay,ewc",
+                                 "--json", *sets])
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.stdout.strip().splitlines()[-1])
+    # Without rewarm the update trains at low_lr's rate, and says so rather than dropping the re-warm silently.
+    assert report["settings"]["learning_rate"] == 1e-4
+    assert "lr 0.0001 (fine_tuning.learning_rate: no strategy of replay, ewc sets a rate of its own; rewarm" in r.stderr
+    # The base was trained without ewc: nothing holds the weights this time, and the update says so.
+    assert "ewc: the base version recorded no ewc importances" in r.stderr
+    # Naive at an explicit rate trains at it (it took full_training.learning_rate, 1e-3, whatever --lr said).
+    r = CliRunner().invoke(app, ["update", "-d", str(write_jsonl(tmp_path / "more.jsonl", new_texts[20:40])),
+                                 "-m", str(base_model), "--strategy", "naive", "--lr", "1e-2", "--json", *sets])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout.strip().splitlines()[-1])["settings"]["learning_rate"] == 0.01
+    assert "lr 0.01 (options.naive.learning_rate)" in r.stderr
+
+
+def test_the_auto_search_reads_and_sets_every_strategys_own_rate():
+    from retain.tune.space import Recipe, configured
+
+    from conftest import lr
+
+    for strategy in ("naive", "lora", "rewarm", "low_lr"):
+        assert configured(load_config(None, [*TINY, *lr(0.02), f"fine_tuning.strategy=[{strategy}]"])).learning_rate == 0.02
+    config = load_config(None, [*TINY, *Recipe("naive", 0.03, 2, 0.0).overrides()])
+    assert config.options["naive"]["learning_rate"] == 0.03 and config.options["lora"]["learning_rate"] == 0.03

@@ -144,11 +144,11 @@ def test_prune_keeps_what_the_chain_needs(history_model, old_texts, new_texts, t
     report = _update(model, write_jsonl(tmp_path / "c.jsonl", new_texts[45:57]))
     assert report["version"] == "0004" and store.chain() == ["0004", "0001"]
 
-    preview = _json("prune", "--model", model, "--keep", "1", "--dry-run")
+    preview = _json("prune", "--model", model, "--keep", "1", "--dry-run", "--no-keep-full-trainings")
     assert (preview["keep"], preview["stub"], preview["delete"]) == (["0004"], ["0001"], ["0002", "0003"])
     assert store.versions() == ["0001", "0002", "0003", "0004"]
 
-    assert _cli("prune", "--model", model, "--keep", "1").exit_code == 0
+    assert _cli("prune", "--model", model, "--keep", "1", "--no-keep-full-trainings").exit_code == 0
     assert store.versions() == ["0001", "0004"]
     stub = model / "versions/0001"
     assert not (stub / WEIGHTS).exists() and (stub / HOLDOUT).exists()
@@ -164,6 +164,25 @@ def test_prune_keeps_what_the_chain_needs(history_model, old_texts, new_texts, t
     refused = _cli("rollback", "--model", model, "0001")
     assert refused.exit_code == 5 and "pruned" in refused.output
     assert [r["pruned"] for r in _json("history", "--model", model)] == [True, False]
+
+
+def test_prune_counts_the_current_chain_not_a_branch_a_rollback_abandoned(base_model, new_texts, tmp_path):
+    store = ModelStore(base_model)
+    for i in range(2):
+        assert _update(base_model, write_jsonl(tmp_path / f"{i}.jsonl", new_texts[15 * i:15 * i + 15]),
+                       "validators=[finite]")["status"] == "accepted"
+    assert _cli("rollback", "--model", base_model).exit_code == 0  # 0003 abandoned, 0002 current
+    report = _update(base_model, write_jsonl(tmp_path / "2.jsonl", new_texts[30:45]), "validators=[finite]")
+    assert report["version"] == "0004" and store.chain() == ["0004", "0002", "0001"]
+    # The last 2 accepted versions of the current chain are 0004 and 0002 (not 0003, off the chain);
+    # the full training stays whole as the config's prune.keep_full_trainings says.
+    plan = _json("prune", "--model", base_model, "--keep", "2")
+    assert (plan["keep"], plan["stub"], plan["delete"]) == (["0001", "0002", "0004"], [], ["0003"])
+    rolled = _cli("rollback", "--model", base_model)  # back to 0004's parent: it was kept whole
+    assert rolled.exit_code == 0 and store.current() == "0002", rolled.output
+    # --no-keep-full-trainings says otherwise: the full training becomes a stub.
+    plan = _json("prune", "--model", base_model, "--keep", "1", "--no-keep-full-trainings")
+    assert (plan["keep"], plan["stub"]) == (["0002"], ["0001"])
 
 
 def test_keep_policy_prunes_after_each_update_and_identical_files_are_shared(base_model, new_texts, tmp_path):

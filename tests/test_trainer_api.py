@@ -100,3 +100,30 @@ def test_a_path_that_is_not_a_model_raises_model_error(tmp_path):
     for path in (weights, empty, tmp_path / "missing"):
         with pytest.raises(ModelError):
             trainer.load_model(path)
+
+
+def test_discard_drops_a_rejected_candidate_without_writing_and_restores_the_loaded_weights(base_model,
+                                                                                              new_texts):
+    import torch
+
+    trainer = ModelTrainer(load_config(None, [*TINY, "options.learning.min_drop=0.99"]), verbose=False)
+    trainer.load_model(base_model)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    def files():  # (the ledger's -wal/-shm: SQLite's, while the trainer holds the ledger open)
+        return sorted(str(p.relative_to(base_model)) for p in base_model.rglob("*")
+                      if not p.name.endswith(("-wal", "-shm")))
+
+    written = files()
+    assert trainer.fine_tune(new_texts[:20])["gate"] == "rejected"
+    trained = trainer.model.state_dict()
+    assert any(not torch.equal(before[k], trained[k]) for k in before)  # training changed them in memory
+    assert trainer.discard() is trainer
+    after = trainer.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the loaded version again
+    assert files() == written  # nothing written
+    assert ModelStore(base_model).versions() == ["0001"]
+    with pytest.raises(ModelError, match="nothing to save"):
+        trainer.save_model()
+    with pytest.raises(ModelError, match="nothing to discard"):
+        trainer.discard()
+    assert trainer.fine_tune(new_texts[20:40])["gate"] == "rejected"  # and it can fine-tune again

@@ -20,6 +20,7 @@ from typing import Any
 
 from retain.core.advice import fmt_number
 from retain.core.config import Config, TuneConfig
+from retain.core.strategy import UPDATE_LEARNING_RATE_KEYS
 
 REPLAY = "replay"
 PEAK_SETTERS = ("rewarm", "naive")  # strategies that set the learning rate themselves
@@ -39,7 +40,7 @@ class Recipe:
     def overrides(self) -> list[str]:
         """Config overrides (``--set``) that make an update run this recipe."""
         out = [f"fine_tuning.strategy=[{','.join(self.strategies())}]", f"fine_tuning.epochs={self.epochs}",
-               f"fine_tuning.learning_rate={self.learning_rate!r}", f"options.rewarm.peak_lr={self.learning_rate!r}"]
+               *(f"{key}={self.learning_rate!r}" for key in UPDATE_LEARNING_RATE_KEYS)]  # every strategy's rate
         if self.replay_share > 0:
             out.append(f"options.replay.share={self.replay_share!r}")
         return out
@@ -60,7 +61,12 @@ def configured(config: Config) -> Recipe:
     if "rewarm" in names:
         lr = float(options.get("rewarm", {}).get("peak_lr") or 0) or config.full_training.learning_rate
     elif "naive" in names:
-        lr = config.full_training.learning_rate
+        lr = float(options.get("naive", {}).get("learning_rate") or 0) or config.full_training.learning_rate
+    elif "lora" in names:
+        from retain.strategies.lora import LoraOptions
+
+        lr = float(options.get("lora", {}).get("learning_rate", LoraOptions.learning_rate) or 0) or \
+            config.fine_tuning.learning_rate
     else:
         lr = config.fine_tuning.learning_rate
     share = float(options.get(REPLAY, {}).get("share", 0.5)) if REPLAY in names else 0.0
