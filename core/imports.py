@@ -114,6 +114,6 @@ def import_source(registry: Registry, config: Config, source: Path) -> tuple[Lan
         raise ConfigError(f"the '{name}' model family cannot import models (it has no import_model)")
     config.model.family = name
     with memory_for(f"importing {source}"):
-        lm = fam.import_model(source, tensors, config)
+        lm = registry.check_model(name, fam.import_model(source, tensors, config))
     origin = {"path": str(source.resolve()), "sha256": digest(source), "format": kind, "family": name}
     return lm, origin
