@@ -57,7 +57,7 @@ class Deduper(Protocol):
 
     def find_duplicates(self, items: list["Item"], known: "KnownItems") -> dict[int, str]:
         """``{index in items: reason}`` for each duplicate. A reason may be a
-        ``retain.core.known.Duplicate`` saying which item it repeats."""
+        ``Duplicate`` saying which item it repeats."""
         ...
 
 
@@ -103,11 +103,11 @@ class LanguageModel(Protocol):
 
     def encode(self, texts: list[str], max_len: int) -> "Rows":
         """Training/scoring rows of at most ``max_len`` positions. A long text is split
-        into several rows (``retain.core.lm.rows_from_ids`` does it), never cut."""
+        into several rows (``rows_from_ids`` does it), never cut."""
         ...
 
     def token_losses(self, logits: "torch.Tensor", targets: "torch.Tensor") -> "torch.Tensor":
-        """Per-position loss ``[batch, time]``, 0 at padding (``retain.core.lm.token_losses``)."""
+        """Per-position loss ``[batch, time]``, 0 at padding (``token_losses`` computes it)."""
         ...
 
     def generate(self, prompts: list[str], *, max_new_tokens: int, temperature: float,

@@ -283,7 +283,7 @@ def verdicts_given(run, verdicts, next_steps):
 @hookspec
 def advice_given(run, assessment):
     """After ``retain update``: whether to keep fine-tuning or fully retrain
-    (``retain.core.retrain.Assessment``: its ``checks`` and ``summary``)."""
+    (an ``Assessment``: its ``checks`` and ``summary``)."""
 
 
 @hookspec

@@ -211,6 +211,24 @@ def test_the_docs_list_each_protocol_as_contracts_declares_it():
         assert methods == declared, f"docs/plugins.md's {name} differs from core/contracts.py"
 
 
+def test_the_docs_list_the_strategy_methods_strategy_has():
+    from retain.core.strategy import Strategy
+
+    text = (ROOT / "docs" / "plugins.md").read_text(encoding="utf-8")
+    section = text[text.index("### Strategy"):text.index("### Model family")]
+    assert re.findall(r"^\| `(\w+)\(", section, re.M) == ["load_state_dict", "configure", "avalanche_plugins",
+                                                           "state_dict"]
+    assert set(contracts.methods(Strategy)) == {"load_state_dict", "configure", "avalanche_plugins", "state_dict"}
+
+
+def test_the_plugin_docs_point_at_no_internal_module():
+    # Authors import from retain.plugin; the built-ins are named only as examples to read.
+    for text in ((ROOT / "docs" / "plugins.md").read_text(encoding="utf-8"), inspect.getdoc(hookspecs),
+                 *(inspect.getdoc(f) for f in vars(hookspecs).values() if hasattr(f, "retain_spec")),
+                 *(inspect.getdoc(c) or "" for c in vars(contracts).values() if isinstance(c, type))):
+        assert "retain.core" not in text, text[:80]
+
+
 def test_renew_is_part_of_the_written_contract():
     assert contracts.methods(contracts.RenewsModels) == ["renew"]
     assert "renew" in inspect.getdoc(hookspecs.register_models)
