@@ -189,7 +189,8 @@ def test_every_builtin_plugin_meets_its_contract():
 # --- written once: the docs, the hookspecs and the contracts agree -------------------------------
 
 def _doc_protocols() -> dict[str, dict[str, list[str]]]:
-    """{protocol: {method: [parameters]}} from the ``class X(Protocol):`` blocks of docs/plugins.md."""
+    """{protocol: {method: [parameters], attribute: "attribute"}} from the ``class X(Protocol):``
+    blocks of docs/plugins.md."""
     text = (ROOT / "docs" / "plugins.md").read_text(encoding="utf-8")
     out: dict[str, dict[str, list[str]]] = {}
     for block in re.findall(r"```python\n(.*?)```", text, re.S):
@@ -199,6 +200,7 @@ def _doc_protocols() -> dict[str, dict[str, list[str]]]:
             if isinstance(node, ast.ClassDef):
                 out[node.name] = {f.name: [a.arg for a in (*f.args.args, *f.args.kwonlyargs)][1:]
                                   for f in node.body if isinstance(f, ast.FunctionDef)}
+                out[node.name].update({f.target.id: "attribute" for f in node.body if isinstance(f, ast.AnnAssign)})
     return out
 
 
@@ -208,6 +210,7 @@ def test_the_docs_list_each_protocol_as_contracts_declares_it():
     for name, methods in documented.items():
         contract = getattr(contracts, name)
         declared = {m: list(inspect.signature(getattr(contract, m)).parameters)[1:] for m in contracts.methods(contract)}
+        declared.update({a: "attribute" for a in contracts.attributes(contract)})
         assert methods == declared, f"docs/plugins.md's {name} differs from core/contracts.py"
 
 
