@@ -257,6 +257,29 @@ def test_the_hookspecs_name_every_run_kind_and_step():
 
 # --- a model family from examples/, installed as a user would -----------------------------------
 
+def _install(package: Path, tmp_path: Path) -> dict:
+    """``pip install`` a copy of ``package`` into a folder of its own; the environment that sees it."""
+    source = tmp_path / "src"
+    shutil.copytree(package, source)  # build outside the repo: no build/ or egg-info left behind
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--no-index", "--no-compile", "--target", str(target), str(source)], check=True)
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), os.environ.get("PYTHONPATH", "")])}
+
+
+def test_an_installed_family_missing_a_method_is_refused_naming_it(tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(BIGRAM, broken)
+    module = broken / "retain_bigram_family" / "__init__.py"
+    module.write_text(module.read_text(encoding="utf-8").replace("def load(", "def lode("), encoding="utf-8")
+    env = _install(broken, tmp_path)
+    run = subprocess.run([sys.executable, "-m", "retain.cli", "plugins"], env=env, capture_output=True, text=True)
+    assert run.returncode == 6, run.stderr
+    assert ("plugin 'bigram' registered model family 'bigram', but its factory's class BigramFamily has no "
+            "load (required by retain.plugin.ModelFamily)") in run.stderr
+    assert "Traceback" not in run.stderr
+
+
 def test_installed_example_family_trains_and_updates(tmp_path, old_texts, new_texts, tiny_overrides):
     """pip install examples/retain-bigram-family, then `retain train --set model.family=bigram`
     and `retain update`: the family is found through its entry point, really trains, and the
@@ -265,12 +288,7 @@ def test_installed_example_family_trains_and_updates(tmp_path, old_texts, new_te
 
     from conftest import write_jsonl
 
-    source = tmp_path / "src"
-    shutil.copytree(BIGRAM, source)  # build outside the repo: no build/ or egg-info left behind
-    target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--no-index", "--no-compile", "--target", str(target), str(source)], check=True)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), os.environ.get("PYTHONPATH", "")])}
+    env = _install(BIGRAM, tmp_path)
     retain = [sys.executable, "-m", "retain.cli"]
 
     listing = subprocess.run([*retain, "plugins", "--json"], env=env, capture_output=True, text=True, check=True)
