@@ -4,6 +4,10 @@ Importing ``retain`` costs nothing: each name below loads its module on first us
 (``ModelTrainer`` the engine, torch and avalanche-lib only when a model is trained
 or evaluated), so the command line starts fast and handles Ctrl-C from its first
 instruction (``retain/launch.py``).
+
+Plugin authors import from ``retain.plugin``: every name a plugin uses, in one module.
+The plugin names here (``Item``, ``hookimpl``, ...) are the same objects, kept for the
+plugins written before it.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ _WHERE = {
     "Strategy": "retain.core.strategy", "TrainSettings": "retain.core.strategy",
     "Verdict": "retain.core.validation", "Evidence": "retain.core.validation",
     **{name: "retain.core.errors" for name in ("RetainError", "ConfigError", "SourceError", "ModelError",
-                                               "PluginError", "LockedError", "UpdateRejected", "Interrupted")},
+                                               "PluginError", "LockedError", "UpdateRejected", "Interrupted",
+                                               "StorageError")},
 }
 __all__ = list(_WHERE)
 

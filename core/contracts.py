@@ -1,14 +1,24 @@
 """What the objects plugins hand to retain must provide: one typed protocol per kind.
 
-A factory registered through a ``register_*`` hook (``core/hookspecs.py``)
-returns one of these. They are structural (``typing.Protocol``): no base class
-to inherit, only these methods, except strategies, which extend
-``retain.Strategy`` (its defaults do nothing). ``docs/plugins.md`` is the
-reference, with examples and the order in which a run calls them.
+This module is where each contract is written, once. A factory registered
+through a ``register_*`` hook (``core/hookspecs.py``) returns one of these;
+plugin authors import them from ``retain.plugin``. They are structural
+(``typing.Protocol``): no base class to inherit, only these methods, except
+strategies, which extend ``retain.plugin.Strategy`` (its defaults do nothing).
+An optional method is a protocol of its own (``RenewsModels``, ...): retain
+asks ``isinstance(obj, RenewsModels)`` (or ``hasattr``) before calling it.
+
+``missing`` is how registration checks them (``core/pluginmanager.py``): a
+factory that is a class (or a function annotated with the class it returns)
+is checked when its plugin registers; the object a factory returns is checked
+again when it is first built, with its data attributes. ``docs/plugins.md`` is
+the reference, with examples and the order in which a run calls them.
 """
 
 from __future__ import annotations
 
+import typing
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Protocol, runtime_checkable
 
 if TYPE_CHECKING:  # only for annotations: importing this module imports no torch
@@ -43,14 +53,23 @@ class Preprocessor(Protocol):
 
 @runtime_checkable
 class Deduper(Protocol):
-    """What counts as already seen (``register_dedupers``).
-
-    May also define ``remember(items, version, writer)`` to keep an index of
-    its own for the new version (see the hookspec)."""
+    """What counts as already seen (``register_dedupers``). Optional: ``RemembersItems``."""
 
     def find_duplicates(self, items: list["Item"], known: "KnownItems") -> dict[int, str]:
         """``{index in items: reason}`` for each duplicate. A reason may be a
-        ``retain.core.known.Duplicate`` saying which item it repeats."""
+        ``Duplicate`` saying which item it repeats."""
+        ...
+
+
+@runtime_checkable
+class RemembersItems(Protocol):
+    """A deduper's optional index of its own, kept with each version."""
+
+    def remember(self, items: list["Item"], version: str, writer: "VersionWriter") -> None:
+        """Called while ``version`` is written, with the items it trains on and holds out.
+        Tag rows with ``version`` and call ``writer.store.ledger.mark_version(version)`` in the
+        same transaction: they count once the version is in CURRENT's chain, and are dropped
+        if it is never finished. Never pickle."""
         ...
 
 
@@ -84,11 +103,11 @@ class LanguageModel(Protocol):
 
     def encode(self, texts: list[str], max_len: int) -> "Rows":
         """Training/scoring rows of at most ``max_len`` positions. A long text is split
-        into several rows (``retain.core.lm.rows_from_ids`` does it), never cut."""
+        into several rows (``rows_from_ids`` does it), never cut."""
         ...
 
     def token_losses(self, logits: "torch.Tensor", targets: "torch.Tensor") -> "torch.Tensor":
-        """Per-position loss ``[batch, time]``, 0 at padding (``retain.core.lm.token_losses``)."""
+        """Per-position loss ``[batch, time]``, 0 at padding (``token_losses`` computes it)."""
         ...
 
     def generate(self, prompts: list[str], *, max_new_tokens: int, temperature: float,
@@ -118,23 +137,22 @@ class ModelFamily(Protocol):
     through ``files.of(version)`` and ``files.model(version)``, to another
     version's: a version that stores only a delta (the ``lora`` strategy's
     adapter weights) names in its entry the version it ``builds_on``, which is
-    loaded first (``retain.plugins.models.loads_adapters`` does it).
+    loaded first (decorate ``load`` with ``retain.plugin.loads_adapters``).
 
-    Two optional methods, looked up with ``hasattr``:
-
-    ``import_model(source: Path, tensors: dict | None, config) -> LanguageModel``
-        ``retain import``: a directory (``tensors`` None) or a weights file
-        already read safely (``torch.load(weights_only=True)`` or safetensors).
-        May record in ``config`` what it imported (the version keeps it).
-    ``export(lm, out: Path, format: str) -> None``
-        ``retain export``: write ``lm`` into the empty folder ``out``
-        (``"hf"``: what transformers' ``from_pretrained`` loads).
+    Optional, each a protocol below: ``RenewsModels`` (``full_training.tokenizer:
+    keep``), ``ImportsModels`` (``retain import``), ``ExportsModels`` (``retain export``).
+    Annotate what ``create`` and ``load`` return with your ``LanguageModel`` class and it
+    is checked when the family registers, not only when a model is first made.
     """
 
     def create(self, config: "Config", texts: list[str], context: int) -> LanguageModel:
+        """A full training's model: random weights, a tokenizer fitted to ``texts`` if the
+        family trains one; rows of at most ``context`` tokens."""
         ...
 
     def load(self, files: "VersionFiles", entry: dict[str, Any]) -> LanguageModel:
+        """A saved version back, from its verified ``files`` and the manifest's ``model``
+        ``entry`` (what ``LanguageModel.save`` returned)."""
         ...
 
     def architecture_from_config(self, config: "Config") -> dict[str, Any] | None:
@@ -142,3 +160,87 @@ class ModelFamily(Protocol):
         ``LanguageModel.architecture()``'s keys; empty or None if it asks for nothing
         (then the model's own manifest says, and there is no advice on it)."""
         ...
+
+
+@runtime_checkable
+class RenewsModels(Protocol):
+    """A family that can start a full training from an existing model's tokenizer."""
+
+    def renew(self, config: "Config", keep: LanguageModel, context: int) -> LanguageModel:
+        """Random weights and ``keep``'s tokenizer (``full_training.tokenizer: keep``); a
+        family without ``renew`` makes that setting a config error."""
+        ...
+
+
+@runtime_checkable
+class ImportsModels(Protocol):
+    """A family ``retain import`` can bring a model in with."""
+
+    def import_model(self, source: Path, tensors: dict | None, config: "Config") -> LanguageModel:
+        """``source`` is a directory (``tensors`` None) or a weights file whose tensors retain
+        already read safely (``torch.load(weights_only=True)`` or safetensors). May record
+        in ``config`` what it imported: the version keeps it, so a retrain rebuilds it."""
+        ...
+
+
+@runtime_checkable
+class ExportsModels(Protocol):
+    """A family ``retain export`` can write out."""
+
+    def export(self, lm: LanguageModel, out: Path, format: str) -> None:
+        """Write ``lm`` into the empty folder ``out`` (``"hf"``: what transformers'
+        ``from_pretrained`` loads)."""
+        ...
+
+
+@runtime_checkable
+class Scenario(Protocol):
+    """A stream of experiences ``retain compare --scenario NAME`` runs strategies on
+    (``register_scenarios``). Optional: a static ``preload()``, imports done before the clock starts."""
+
+    def build(self, request: Any, registry: Any) -> tuple[Any, "Config"]:
+        """The stream (``name``, ``experiences``, ``metric``, ``higher_is_better``,
+        ``fingerprints()``, ``describe()``) and the config, built once in the parent process;
+        the stream must pickle (workers receive it)."""
+        ...
+
+    def run(self, names: list[str], stream: Any, config: "Config", seed: int, scratch: Path) -> dict:
+        """One strategy composition over the whole stream, in a worker: ``{"supported": True,
+        "R": R, "initial": b, "stages": [...], "train_seconds": s}`` with ``R[i][j]`` the metric
+        on experience ``j`` after training through ``i``, or ``{"supported": False, "reason": ...}``."""
+        ...
+
+
+# --- checking a plugin against its contract ---------------------------------------------------
+
+def methods(contract: type) -> list[str]:
+    """The methods ``contract`` requires, in the order it declares them."""
+    return [name for name, value in vars(contract).items()
+            if callable(value) and (not name.startswith("_") or name == "__call__")]
+
+
+def attributes(contract: type) -> list[str]:
+    """The data attributes ``contract`` requires (its annotated names)."""
+    return [name for name in vars(contract).get("__annotations__", {}) if not name.startswith("_")]
+
+
+def missing(contract: type, target: Any) -> list[str]:
+    """What ``target`` lacks of ``contract``: a class is checked for the methods, an instance
+    for the methods and the data attributes (set in ``__init__``, a class cannot show them)."""
+    if isinstance(target, type):  # defined by the class or a base, not by ``type`` or ``object``
+        return [name for name in methods(contract)
+                if not (any(name in vars(k) for k in target.__mro__[:-1]) and callable(getattr(target, name)))]
+    absent = [name for name in methods(contract) if not callable(getattr(target, name, None))]
+    return absent + [name for name in attributes(contract) if not hasattr(target, name)]
+
+
+def produced_class(factory: Any) -> type | None:
+    """The class ``factory`` makes: itself if it is a class, else what its return annotation
+    names (None when it has none, or it cannot be resolved: then only the object is checked)."""
+    if isinstance(factory, type):
+        return factory
+    try:
+        made = typing.get_type_hints(factory).get("return")
+    except Exception:  # a forward reference to what the module imports lazily: unknowable now
+        return None
+    return made if isinstance(made, type) else None

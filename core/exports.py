@@ -16,6 +16,7 @@ import os
 import shutil
 from pathlib import Path
 
+from .contracts import ExportsModels
 from .errors import ConfigError, ModelError, UsageError
 from .models import family, load_version, model_entry
 from .pluginmanager import Registry
@@ -39,7 +40,7 @@ def export_version(store: ModelStore, version: str | None, fmt: str, out: Path, 
                          "accepted version")
     entry = model_entry(manifest)
     fam = family(registry, entry["family"])
-    if not hasattr(fam, "export"):
+    if not isinstance(fam, ExportsModels):
         raise ModelError(f"version {version} is a '{entry['family']}' model, and that family cannot export "
                          f"(it has no export): its architecture is code retain does not know")
     lm = load_version(store, version, registry=registry).lm

@@ -1,4 +1,6 @@
-"""Every hook a retain plugin can implement. Each docstring is the plugin author's contract.
+"""Every hook a retain plugin can implement. Each docstring is the plugin author's contract
+for the hook; what the objects a factory returns must provide is written once, as the
+protocols of ``core/contracts.py`` (all of it importable from ``retain.plugin``).
 
 A plugin is a module (or object) with functions marked ``@hookimpl``, exposed
 through the ``retain`` entry-point group in its package metadata::
@@ -14,7 +16,7 @@ reference: the objects, the order of a run, examples.
 **Registration hooks** receive a ``register`` callable, so one plugin can add
 several things::
 
-    from retain import hookimpl
+    from retain.plugin import hookimpl
 
     @hookimpl
     def register_sources(register):
@@ -31,16 +33,21 @@ several things::
 - ``extra``: only the keywords a kind defines (sources: ``suffixes``); any
   other keyword is an error naming the plugin, never silently ignored.
 
-The objects factories return are described by the protocols in
-``retain.core.contracts`` (``Source``, ``Preprocessor``, ``Deduper``,
-``Validator``, ``ModelFamily``/``LanguageModel``) and by ``retain.Strategy``.
+The objects factories return are described by the protocols ``Source``,
+``Preprocessor``, ``Deduper``, ``Validator``, ``ModelFamily``/``LanguageModel``,
+``Scenario`` and by the ``Strategy`` base class. Once every plugin has
+registered, each registration is checked against its protocol: a factory
+that is a class missing a required method is a ``PluginError`` naming the
+plugin and the method (a factory function is checked on what it returns,
+when it is first built).
 
-**Run hooks** receive a ``run`` (``retain.core.run.Run``): the config, the
+**Run hooks** receive a ``run`` (``retain.plugin.Run``): the config, the
 model directory, the version it starts from (``run.parent``, None for a full
-training), ``run.kind`` (``"full_training"`` or ``"fine_tuning"``), the items
+training), ``run.kind`` (``"full_training"``, ``"fine_tuning"`` or ``"import"``:
+``FULL_TRAINING``, ``FINE_TUNING``, ``IMPORT``), the items
 it trains on (``run.items``), the model (``run.lm``, a ``LanguageModel``;
 ``run.model`` is its ``torch.nn.Module``), ``run.settings`` and the counts so
-far. In a run they fire in this order::
+far. In a run they fire in this order (``STEPS`` lists the steps)::
 
     step_started/step_finished("load")        model loaded (update) or none (training)
     step_started/step_finished("collect")     sources read
@@ -72,30 +79,32 @@ import pluggy
 hookspec = pluggy.HookspecMarker("retain")
 hookimpl = pluggy.HookimplMarker("retain")
 
+# The steps a run announces (``step_started``/``step_finished``), in order.
+STEPS = ("load", "collect", "preprocess", "dedupe", "holdout", "tokenize", "evaluate_before", "import",
+         "train", "validate", "save")
+
 
 # --- registration ------------------------------------------------------------------------
 
 @hookspec
 def register_sources(register):
-    """Add data sources: where new items come from (``retain.core.contracts.Source``).
+    """Add data sources: where new items come from. The factory returns a ``Source``.
 
     ``register(name, factory, options=..., description=..., suffixes=(...))``.
-    The factory returns an object with ``read(location: str)`` that yields
-    ``retain.Item`` for each usable record and ``retain.Reject`` (with a reason
-    and the file/line) for each unusable one; never drop a record silently.
-    ``suffixes`` lets ``--data notes.db`` (and the files of a ``--data``
+    ``read(location)`` yields an ``Item`` for each usable record and a ``Reject``
+    (with a reason and the file/line) for each unusable one; never drop a record
+    silently. ``suffixes`` lets ``--data notes.db`` (and the files of a ``--data``
     folder) pick your source by file extension; ``--data NAME:LOCATION``
-    always picks it by name. Raise ``retain.SourceError`` when the location
+    always picks it by name. Raise ``SourceError`` when the location
     itself cannot be read.
     """
 
 
 @hookspec
 def register_preprocessors(register):
-    """Add preprocessors: per-item cleaning (``retain.core.contracts.Preprocessor``).
+    """Add preprocessors: per-item cleaning. The factory returns a ``Preprocessor``.
 
-    The factory returns a callable ``process(item) -> Item | Reject``: return
-    ``item.with_text(new_text)`` to change it, the item unchanged to keep it,
+    Called with each item: return ``item.with_text(new_text)`` to change it, the item unchanged to keep it,
     or ``Reject.of(item, "reason")`` to drop it with a reason that lands in the
     rejects file. Preprocessors run in the order of ``config.preprocessors``,
     right after the sources and *before* deduplication: what is compared, and
@@ -105,24 +114,19 @@ def register_preprocessors(register):
 
 @hookspec
 def register_dedupers(register):
-    """Add dedupers: what counts as "already seen" (``retain.core.contracts.Deduper``).
+    """Add dedupers: what counts as "already seen". The factory returns a ``Deduper``.
 
-    The factory returns an object with
-    ``find_duplicates(items, known) -> dict[int, str]``, mapping the index of
-    each duplicate in ``items`` to a reason (e.g. which earlier item it
-    matches). ``items`` are preprocessed. ``known(hashes) -> {hash: (version,
-    role)}`` looks hashes up in the model's ledger (items the current model
-    learned or holds out; role ``"holdout"`` marks validation/retention items,
-    which must never be trained on); ``known.ledger`` and ``known.chain`` give
-    a deduper with an index of its own the ledger database and the versions
-    that count. A reason may be a ``retain.core.known.Duplicate`` (a string
-    that also says which item matched); the report counts matches of kind
-    ``"holdout"`` as ``contaminating``. An optional
-    ``remember(items, version, writer)`` lets a deduper persist an index for
-    the new version (``writer.store.ledger``): tag rows with ``version`` and
-    call ``ledger.mark_version(version)`` in the same transaction, so they
-    count only once the version is in CURRENT's chain and are dropped if it is
-    never finished. Dedupers run in the order of ``config.dedupers``.
+    ``find_duplicates(items, known)`` maps the index of each duplicate in
+    ``items`` (preprocessed) to a reason (e.g. which earlier item it matches).
+    ``known(hashes) -> {hash: (version, role)}`` looks hashes up in the model's
+    ledger (items the current model learned or holds out; role ``"holdout"``
+    marks validation/retention items, which must never be trained on);
+    ``known.ledger`` and ``known.chain`` give a deduper with an index of its own
+    the ledger database and the versions that count. A reason may be a
+    ``Duplicate`` (a string that also says which item matched); the report
+    counts matches of kind ``"holdout"`` as ``contaminating``. A deduper that is
+    also ``RemembersItems`` persists an index for each new version. Dedupers run
+    in the order of ``config.dedupers``.
     """
 
 
@@ -130,7 +134,7 @@ def register_dedupers(register):
 def register_strategies(register):
     """Add anti-forgetting strategies, chosen with ``fine_tuning.strategy``.
 
-    The factory returns a ``retain.Strategy`` subclass instance, built afresh
+    The factory returns a ``Strategy`` (subclass) instance, built afresh
     for every run. During the run the strategy object is itself registered as
     a plugin (from the start of the run until after ``update_finished``), so
     it may implement ``training_penalty`` and the run hooks with
@@ -150,23 +154,19 @@ def register_strategies(register):
 
 @hookspec
 def register_validators(register):
-    """Add validators: checks that decide whether a candidate model is good enough
-    (``retain.core.contracts.Validator``).
+    """Add validators: checks that decide whether a candidate model is good enough.
+    The factory returns a ``Validator``.
 
-    The factory returns an object with ``validate(evidence) -> Verdict``, where
-    ``evidence`` (``retain.Evidence``) holds the before/after losses on retention
-    and new held-out items (means and per-item tensors), epoch losses, the
-    candidate model (a ``LanguageModel``: ``evidence.model.module`` is the
-    torch module, ``evidence.model.generate(...)`` samples text), the run's
-    ``settings`` (learning rate, epochs, batch size) and ``timings``, and
-    ``Verdict`` is ``retain.Verdict(status="pass"|"warn"|"fail", reason=...,
-    numbers={...}, remedy=...)``. Any ``fail`` rejects the candidate: it is
-    kept as a rejected version, CURRENT stays, and ``retain update`` exits 10.
-    ``remedy`` is the next step for the report; ``retain.core.advice`` builds
-    the design document's remedies with this run's numbers
-    (``lower_lr(evidence.settings)``, ...). Thresholds belong in the options
-    dataclass. Validators run in the order of ``config.validators``;
-    ``examples/perplexity-ceiling`` is a complete one.
+    ``validate(evidence)`` judges an ``Evidence`` (the before/after losses on
+    retention and new held-out items, means and per-item tensors, epoch losses,
+    the candidate ``LanguageModel``, the run's ``settings`` and ``timings``) and
+    returns a ``Verdict(status="pass"|"warn"|"fail", reason=..., numbers={...},
+    remedy=...)``. Any ``fail`` rejects the candidate: it is kept as a rejected
+    version, CURRENT stays, and ``retain update`` exits 10. ``remedy`` is the next
+    step for the report; ``lower_lr(evidence.settings)``, ``raise_lr``,
+    ``fewer_epochs`` build the design document's remedies with this run's numbers.
+    Thresholds belong in the options dataclass. Validators run in the order of
+    ``config.validators``; ``examples/perplexity-ceiling`` is a complete one.
 
     Early stopping also asks every validator after each epoch of an update, with
     the evidence so far; a validator whose check costs like a pass of training
@@ -177,27 +177,20 @@ def register_validators(register):
 
 @hookspec
 def register_models(register):
-    """Add model families: kinds of model retain can train, load and save
-    (``retain.core.contracts.ModelFamily``), chosen with ``model.family``.
+    """Add model families: kinds of model retain can train, load and save, chosen
+    with ``model.family``. The factory returns a ``ModelFamily``.
 
-    The factory returns an object with ``create(config, texts, context)``
-    (a full training's random init, fitting a tokenizer to ``texts`` if the
-    family trains one), ``load(files, entry)`` (a saved version back, from its
-    checksum-verified files and its manifest's ``model`` entry) and
-    ``architecture_from_config(config)`` (only what the config asks for
-    explicitly, ``config.asks(key)``: the rest comes from the model's
-    manifest). Both return a ``LanguageModel``: the torch module, ``encode``
-    (texts to rows), ``token_losses``, ``generate``, ``architecture()`` and
-    ``save(writer)``. Weights are written and read as safetensors only.
-
-    Optional: ``import_model(source, tensors, config)`` for ``retain import``
-    (a directory, or a weights file whose tensors retain read safely with
-    ``torch.load(weights_only=True)``; it may record in ``config`` what it
-    imported) and ``export(lm, out, format)`` for ``retain export`` (``"hf"``:
-    a directory ``from_pretrained`` loads). Decorate ``load`` with
-    ``retain.plugins.models.loads_adapters`` to load the ``lora`` strategy's
-    adapter-only versions (entry ``adapter`` and ``builds_on``). The built-in
-    ``gpt``, ``hf`` and ``python`` families (``retain.plugins.models``) are
+    ``create`` (a full training's random init), ``load`` (a saved version back,
+    from its checksum-verified files and its manifest's ``model`` entry) and
+    ``architecture_from_config`` are required, and return a ``LanguageModel``:
+    the torch module, ``encode``, ``token_losses``, ``generate``,
+    ``architecture()`` and ``save(writer)``. Weights are written and read as
+    safetensors only. Optional: ``renew`` (``RenewsModels``, for
+    ``full_training.tokenizer: keep``), ``import_model`` (``ImportsModels``, for
+    ``retain import``), ``export`` (``ExportsModels``, for ``retain export``).
+    Decorate ``load`` with ``loads_adapters`` to load the ``lora`` strategy's
+    adapter-only versions. The built-in ``gpt``, ``hf`` and ``python`` families
+    (``retain.plugins.models``) and ``examples/retain-bigram-family`` are
     complete examples.
     """
 
@@ -205,16 +198,12 @@ def register_models(register):
 @hookspec
 def register_scenarios(register):
     """Add ``retain compare`` scenarios (``--scenario NAME``): streams of experiences on
-    which strategies are compared.
+    which strategies are compared. The factory returns a ``Scenario``.
 
-    The factory returns an object with ``build(request, registry)`` returning a
-    stream (``experiences``, ``name``, ``metric``, ``higher_is_better``,
-    ``fingerprints()``, ``describe()``) and ``run(names, stream, config, seed,
-    scratch)`` returning one strategy's results: ``{"supported": True, "R":
-    [[metric of experience j after training through i]], "initial": [...],
-    "stages": [...], "train_seconds": s}`` or ``{"supported": False,
-    "reason": ...}``. ``run`` executes in a worker process; the stream must be
-    picklable. See ``retain.compare.digits`` for a complete one.
+    ``build(request, registry)`` makes the stream once, in the parent process;
+    ``run(names, stream, config, seed, scratch)`` runs one strategy composition
+    over it in a worker process, so the stream must be picklable. See
+    ``retain.compare.digits`` for a complete one.
     """
 
 
@@ -249,8 +238,9 @@ def update_finished(run, report):
 def step_started(run, step):
     """A step of the run begins: ``"load"``, ``"collect"``, ``"preprocess"``, ``"dedupe"``,
     ``"holdout"``, ``"tokenize"``, ``"evaluate_before"``, ``"import"``, ``"train"``,
-    ``"validate"``, ``"save"``. A dry run has only load (the manifest), collect,
-    preprocess, dedupe, holdout and save."""
+    ``"validate"``, ``"save"`` (``STEPS``). A dry run has only load (the manifest), collect,
+    preprocess, dedupe, holdout and save; an import (``run.kind == "import"``) has no
+    validate, and without base data goes from load to save."""
 
 
 @hookspec
@@ -293,7 +283,7 @@ def verdicts_given(run, verdicts, next_steps):
 @hookspec
 def advice_given(run, assessment):
     """After ``retain update``: whether to keep fine-tuning or fully retrain
-    (``retain.core.retrain.Assessment``: its ``checks`` and ``summary``)."""
+    (an ``Assessment``: its ``checks`` and ``summary``)."""
 
 
 @hookspec

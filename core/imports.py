@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config
-from .contracts import LanguageModel
+from .contracts import ImportsModels, LanguageModel
 from .errors import ConfigError, ModelError
 from .pluginmanager import Registry
 from .retry import memory_for
@@ -110,10 +110,10 @@ def import_source(registry: Registry, config: Config, source: Path) -> tuple[Lan
         raise ModelError(f"cannot tell what {source} is: import a transformers directory, a state dict "
                          f"({', '.join(STATE_DICT_SUFFIXES)}) or a .safetensors file")
     fam = registry.build("models", name, None)
-    if not hasattr(fam, "import_model"):
+    if not isinstance(fam, ImportsModels):
         raise ConfigError(f"the '{name}' model family cannot import models (it has no import_model)")
     config.model.family = name
     with memory_for(f"importing {source}"):
-        lm = fam.import_model(source, tensors, config)
+        lm = registry.check_model(name, fam.import_model(source, tensors, config))
     origin = {"path": str(source.resolve()), "sha256": digest(source), "format": kind, "family": name}
     return lm, origin

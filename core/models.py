@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import Config, adopt_model
-from .contracts import LanguageModel, ModelFamily
+from .contracts import LanguageModel, ModelFamily, RenewsModels
 from .errors import ConfigError, ModelError
 from .pluginmanager import Registry, default_plugin_manager
 from .retry import memory_for
@@ -110,7 +110,7 @@ def load_version(store: ModelStore, version: str | None = None, device=None,
     reader = VersionFiles(store, version, manifest,
                           loader=lambda other: load_version(ancestors or store, other, registry=registry).lm)
     with memory_for(f"loading version {version} ({_size(entry)})"):
-        lm = family(registry, entry["family"]).load(reader, entry)
+        lm = registry.check_model(entry["family"], family(registry, entry["family"]).load(reader, entry))
         if device is not None:
             lm.module.to(device)
     return LoadedVersion(version, manifest, lm, reader)
@@ -125,7 +125,8 @@ def _size(entry: dict) -> str:
 def create_model(registry: Registry, config: Config, texts: list[str], context: int) -> LanguageModel:
     """A full training's new model: random init, tokenizer fitted to ``texts`` where the family has one."""
     with memory_for(f"creating the '{config.model.family}' model"):
-        return family(registry, config.model.family).create(config, texts, context)
+        lm = family(registry, config.model.family).create(config, texts, context)
+    return registry.check_model(config.model.family, lm)
 
 
 def model_config(store: ModelStore, config: Config, version: str | None = None) -> Config:
@@ -146,10 +147,10 @@ def renew_model(registry: Registry, config: Config, keep: LanguageModel, context
     if config.model.family != keep.family:
         raise ConfigError(f"config key 'full_training.tokenizer' is 'keep', but the current model is a "
                           f"'{keep.family}' model and the config asks for '{config.model.family}'")
-    if not hasattr(fam, "renew"):
+    if not isinstance(fam, RenewsModels):
         raise ConfigError(f"config key 'full_training.tokenizer': the '{config.model.family}' family cannot "
                           "keep a tokenizer (it has no renew method); use 'new'")
-    return fam.renew(config, keep, context)
+    return registry.check_model(config.model.family, fam.renew(config, keep, context))
 
 
 def content_tokens(rows, texts: int) -> int:

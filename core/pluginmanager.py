@@ -1,4 +1,12 @@
-"""The pluggy plugin manager and the registry of what plugins register."""
+"""The pluggy plugin manager and the registry of what plugins register.
+
+Every registration is checked against its kind's contract (``core/contracts.py``) once all
+plugins have registered: a factory that is a class, or a function annotated with the class
+it returns, must have every method of the protocol (a model family's ``create`` and ``load``,
+when annotated, must make a class with every method of ``LanguageModel``). A factory that
+cannot be seen through (a lambda) is checked on the object it returns, when first built.
+Either way the ``PluginError`` names the plugin and what is missing, before any call fails.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +16,10 @@ from typing import Any, Callable
 
 import pluggy
 
-from . import hookspecs
+from . import contracts, hookspecs
 from .config import Config, plugin_options
 from .errors import ConfigError, PluginError
+from .strategy import Strategy
 
 KINDS = ("sources", "preprocessors", "dedupers", "strategies", "validators", "models", "scenarios")
 _SINGULAR = {"sources": "source", "preprocessors": "preprocessor", "dedupers": "deduper",
@@ -18,6 +27,13 @@ _SINGULAR = {"sources": "source", "preprocessors": "preprocessor", "dedupers": "
              "scenarios": "scenario"}
 # The keywords beyond name/factory/options/description each kind understands.
 EXTRA_KEYWORDS = {"sources": {"suffixes"}}
+# What the object each kind's factory returns must provide.
+CONTRACTS: dict[str, type] = {
+    "sources": contracts.Source, "preprocessors": contracts.Preprocessor, "dedupers": contracts.Deduper,
+    "strategies": Strategy, "validators": contracts.Validator, "models": contracts.ModelFamily,
+    "scenarios": contracts.Scenario}
+# The family methods that make a LanguageModel (a return annotation on them is checked too).
+MAKES_MODELS = ("create", "load", "renew", "import_model")
 
 
 @dataclass
@@ -65,6 +81,27 @@ class Registry:
             for impl in hook.get_hookimpls():
                 plugin_name = pm.get_name(impl.plugin) or repr(impl.plugin)
                 impl.function(register=self._registrar(kind, plugin_name))
+        for table in self.by_kind.values():  # once all registered: a name taken twice is said first
+            for reg in table.values():
+                self._check_factory(reg)
+
+    def _check_factory(self, reg: Registration) -> None:
+        made = contracts.produced_class(reg.factory)
+        if made is None:
+            return
+        _refuse(reg, f"its factory's class {made.__name__}", contracts.missing(CONTRACTS[reg.kind], made),
+                CONTRACTS[reg.kind])
+        for method in MAKES_MODELS if reg.kind == "models" else ():
+            model = contracts.produced_class(getattr(made, method)) if hasattr(made, method) else None
+            if model is not None:
+                _refuse(reg, f"{made.__name__}.{method} makes {model.__name__}, which",
+                        contracts.missing(contracts.LanguageModel, model), contracts.LanguageModel)
+
+    def check_model(self, family: str, lm: Any) -> Any:
+        """``lm``, the model ``family`` made, if it has what a ``LanguageModel`` must (PluginError)."""
+        _refuse(self.get("models", family), f"the model it made ({type(lm).__name__})",
+                contracts.missing(contracts.LanguageModel, lm), contracts.LanguageModel)
+        return lm
 
     def _registrar(self, kind: str, plugin_name: str):
         def register(name: str, factory: Callable, *, options: type | None = None,
@@ -130,7 +167,15 @@ class Registry:
                 obj.name = name
             except AttributeError:
                 pass
+        _refuse(reg, f"what its factory built ({type(obj).__name__})", contracts.missing(CONTRACTS[kind], obj),
+                CONTRACTS[kind])
         return obj
+
+
+def _refuse(reg: Registration, what: str, absent: list[str], contract: type) -> None:
+    if absent:
+        raise PluginError(f"plugin '{reg.plugin}' registered {_SINGULAR[reg.kind]} '{reg.name}', but {what} "
+                          f"has no {', '.join(absent)} (required by retain.plugin.{contract.__name__})")
 
 
 _DEFAULT: pluggy.PluginManager | None = None

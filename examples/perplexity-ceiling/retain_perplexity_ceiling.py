@@ -17,8 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from retain import Evidence, Verdict, hookimpl
-from retain.core.advice import lower_lr
+from retain.plugin import Evidence, Verdict, hookimpl, lower_lr
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from retain import Strategy, hookimpl
+from retain.plugin import Strategy, hookimpl
 
 
 @dataclass

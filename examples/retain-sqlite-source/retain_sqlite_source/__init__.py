@@ -7,7 +7,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from retain import Item, Reject, SourceError, hookimpl
+from retain.plugin import Item, Reject, SourceError, hookimpl
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 

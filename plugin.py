@@ -1,0 +1,78 @@
+"""Everything a retain plugin uses, from one module: ``from retain.plugin import ...``.
+
+``docs/plugins.md`` is the guide; what each object must provide is written once, in
+the protocols below (``retain.core.contracts``), and checked when a plugin registers.
+
+- Registering: ``hookimpl`` marks a plugin's hooks (``core/hookspecs.py``);
+  ``STEPS`` are the steps a run announces, ``FULL_TRAINING``, ``FINE_TUNING`` and
+  ``IMPORT`` the values of ``run.kind``.
+- What a factory returns: ``Source``, ``Preprocessor``, ``Deduper`` (optionally
+  ``RemembersItems``), ``Validator``, ``ModelFamily`` (optionally ``RenewsModels``,
+  ``ImportsModels``, ``ExportsModels``) making a ``LanguageModel``, ``Scenario``,
+  and ``Strategy``, the base class strategies extend.
+- What hooks and methods receive: ``Item``, ``Reject``, ``KnownItems``,
+  ``Duplicate``, ``Evidence``, ``Verdict``, ``TrainSettings``, ``Config``,
+  ``Run``, ``Assessment``, ``VersionFiles``, ``VersionWriter``.
+- For a model family: ``Rows``, ``Sample``, ``rows_from_ids``, ``token_losses``,
+  ``IGNORE_INDEX`` (these load torch, on first use), ``loads_adapters``.
+- Errors a user can fix: ``ConfigError`` (exit 3), ``SourceError`` (4),
+  ``ModelError`` (5), ``StorageError`` (12); ``PluginError`` (6) is what retain
+  makes of anything else a plugin raises.
+- Helpers: ``lower_lr``, ``raise_lr``, ``fewer_epochs`` (a verdict's remedy),
+  ``plural``, ``percent`` (wording), ``on_interrupt``, ``release``, ``shielded`` (Ctrl-C).
+
+Importing it imports no torch: a plugin's registering module stays as light as
+``retain plugins`` needs it to be.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from .core.advice import fewer_epochs, lower_lr, raise_lr
+from .core.config import Config
+from .core.contracts import (Deduper, ExportsModels, ImportsModels, LanguageModel, ModelFamily, Preprocessor,
+                             RemembersItems, RenewsModels, Scenario, Source, Validator)
+from .core.errors import ConfigError, ModelError, PluginError, RetainError, SourceError, StorageError
+from .core.hookspecs import STEPS, hookimpl
+from .core.interrupts import on_interrupt, release, shielded
+from .core.items import Item, Reject
+from .core.known import Duplicate, KnownItems
+from .core.retrain import Assessment
+from .core.run import FINE_TUNING, FULL_TRAINING, IMPORT, Run
+from .core.store import VersionFiles, VersionWriter
+from .core.strategy import Strategy, TrainSettings
+from .core.validation import Evidence, Verdict
+from .core.wording import percent, plural
+from .plugins.models import loads_adapters
+
+if TYPE_CHECKING:
+    from .core.lm import IGNORE_INDEX, Rows, Sample, rows_from_ids, token_losses
+
+# Names whose module imports torch: loaded when first asked for.
+_TORCH = {name: "retain.core.lm" for name in ("IGNORE_INDEX", "Rows", "Sample", "rows_from_ids", "token_losses")}
+
+__all__ = [
+    "hookimpl", "STEPS", "FULL_TRAINING", "FINE_TUNING", "IMPORT",
+    "Source", "Preprocessor", "Deduper", "RemembersItems", "Validator", "ModelFamily", "RenewsModels",
+    "ImportsModels", "ExportsModels", "LanguageModel", "Scenario", "Strategy",
+    "Item", "Reject", "KnownItems", "Duplicate", "Evidence", "Verdict", "TrainSettings", "Config", "Run",
+    "Assessment", "VersionFiles", "VersionWriter",
+    *_TORCH, "loads_adapters",
+    "RetainError", "ConfigError", "SourceError", "ModelError", "StorageError", "PluginError",
+    "lower_lr", "raise_lr", "fewer_epochs", "plural", "percent", "on_interrupt", "release", "shielded",
+]
+
+
+def __getattr__(name: str):
+    module = _TORCH.get(name)
+    if module is None:
+        raise AttributeError(f"module 'retain.plugin' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
