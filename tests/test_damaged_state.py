@@ -91,11 +91,11 @@ def _damage_index(model: Path, version: str, **fields) -> None:
 
 DAMAGES = {
     # 0004's parent said to be 0001: 0003 would look unneeded, and be deleted
-    "wrong parent": ("0004", {"parent": "0001"}, []),
+    "wrong parent": ("0004", {"parent": "0001"}, ["--no-keep-full-trainings"]),
     # the full training said to be an update: --keep-full-trainings would stub it
     "wrong kind": ("0001", {"kind": "fine_tuning"}, ["--keep-full-trainings"]),
     # an entry of another state (a rejected root): 0001 would look unneeded, and be deleted
-    "stale entry": ("0003", {"status": "rejected", "parent": None}, []),
+    "stale entry": ("0003", {"status": "rejected", "parent": None}, ["--no-keep-full-trainings"]),
 }
 
 
@@ -115,7 +115,7 @@ def test_prune_decides_from_the_manifests_not_a_damaged_index(tmp_path, damage):
     assert store.versions() == ["0001", "0003", "0004"]
     assert store.chain() == ["0004", "0003", "0001"]
     assert _learned(model, ["0004", "0003", "0001"]) == {"train": 9, "holdout": 3}
-    if flags:  # the full training stays whole
+    if "--keep-full-trainings" in flags:  # the full training stays whole
         assert (model / "versions/0001" / WEIGHTS).exists() and "pruned" not in store.manifest("0001")
     # the index was corrected from the manifests
     assert ModelStore(model).summary(version) == ModelStore(model).summary_from_manifest(version)
@@ -135,7 +135,7 @@ def test_prune_dry_run_writes_nothing_even_with_a_version_folder_absent(tmp_path
     before = _snapshot(model)
     assert not (model / "ledger.sqlite-wal").exists()
 
-    for args in (["--keep", "1", "--dry-run"], ["--keep", "1", "--dry-run", "--json"]):
+    for args in (["--keep", "1", "--dry-run", "--no-keep-full-trainings"], ["--keep", "1", "--dry-run", "--json", "--no-keep-full-trainings"]):
         result = _cli("prune", "--model", model, *args)
         assert result.exit_code == 0, result.output
     assert _snapshot(model) == before  # ledger.sqlite byte for byte, no -wal, no .lock, no index
@@ -145,14 +145,14 @@ def test_prune_dry_run_writes_nothing_even_with_a_version_folder_absent(tmp_path
     rolled = _cli("rollback", "--model", model, "0003")
     assert rolled.exit_code == 0 and "0005 is missing" in rolled.output
     assert _learned(model, ["0005"]) == {"train": 3, "holdout": 1}
-    pruned = _cli("prune", "--model", model, "--keep", "1")
+    pruned = _cli("prune", "--model", model, "--keep", "1", "--no-keep-full-trainings")
     assert pruned.exit_code == 0 and "0005 is missing" in pruned.output
     assert _learned(model, ["0005"]) == {"train": 3, "holdout": 1}
     assert _learned(model, ["0002"]) == {}  # a version prune deleted itself: its rows go
     assert ModelStore(model).next_version_name() == "0006"  # the absent version's name is not reused
 
-    os.rename(aside, model / "versions/0005")
-    assert ModelStore(model).chain("0005") == ["0005", "0004", "0003", "0001"]
+    os.rename(aside, model / "versions/0005")  # back, with its rows: its branch (0004) was abandoned
+    assert "0005" in ModelStore(model).versions() and _learned(model, ["0005"]) == {"train": 3, "holdout": 1}
 
 
 def test_prune_with_a_version_of_the_current_chain_absent_is_a_clear_error_and_deletes_nothing(tmp_path):
@@ -211,7 +211,7 @@ def _killed(model: Path, fault: str, *command: str) -> None:
 
 
 def _killed_prune(model: Path, fault: str) -> None:
-    _killed(model, fault, "prune", "--keep", "1")
+    _killed(model, fault, "prune", "--keep", "1", "--no-keep-full-trainings")
 
 
 def test_a_prune_killed_between_a_stub_and_its_files_is_finished_by_recover(tmp_path):
@@ -221,7 +221,7 @@ def test_a_prune_killed_between_a_stub_and_its_files_is_finished_by_recover(tmp_
     assert "pruned" in json.loads((stub / MANIFEST).read_text()) and (stub / WEIGHTS).exists()
     assert (model / "versions" / PRUNE_INTENT).exists()
 
-    result = _cli("prune", "--model", model, "--keep", "1")  # any writing command recovers first
+    result = _cli("prune", "--model", model, "--keep", "1", "--no-keep-full-trainings")  # any writing command recovers first
     assert result.exit_code == 0 and "interrupted prune" in result.output, result.output
     assert not (stub / WEIGHTS).exists() and not (stub / "strategy").exists()
     assert (stub / TOKENIZER).exists() and not (model / "versions" / PRUNE_INTENT).exists()
