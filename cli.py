@@ -487,7 +487,7 @@ def export(
     from retain.core.pluginmanager import Registry, default_plugin_manager
     from retain.core.store import ModelStore
 
-    result = export_version(ModelStore(model), version, fmt, out, Registry.of(default_plugin_manager()))
+    result = export_version(ModelStore(model, read_only=True), version, fmt, out, Registry.of(default_plugin_manager()))
     if json_out:
         _emit_json(result)
     else:
@@ -681,7 +681,7 @@ def status(
     from retain.core.store import ModelStore
 
     cfg = _load(config, set_, "fine_tuning", None, None, None)
-    store = ModelStore(model)
+    store = ModelStore(model, read_only=True)
     current = store.current()
     pending, text = _pending_items(data, store, cfg) if data else (0, None)
     assessment = assess(store, cfg, pending_items=pending, device=_device(device), pending_text=text)
@@ -730,7 +730,7 @@ def history(model: Path = ModelOpt,
     from retain.core.registry import history as version_history
     from retain.core.store import ModelStore
 
-    rows = version_history(ModelStore(model))
+    rows = version_history(ModelStore(model, read_only=True))
     if json_out:
         _emit_json(rows)
         return
@@ -826,7 +826,7 @@ def validate(
     from retain.core.store import ModelStore
 
     cfg = _load(config, set_, "fine_tuning", None, None, None)
-    result = validate_version(Engine(cfg, device=_device(device)), ModelStore(model), version, data)
+    result = validate_version(Engine(cfg, device=_device(device)), ModelStore(model, read_only=True), version, data)
     if not json_out:
         console = _console(False)
         m = result["metrics"]

@@ -73,7 +73,7 @@ class Engine:
                              "into a new or empty directory, or pass --force to train into this one")
         if distributed.launched():
             return self.run_distributed(FULL_TRAINING, data, store, items=items)
-        with self.listening(), store.lock(), contextlib.closing(store.ledger):
+        with store.undone_if_failed(), self.listening(), store.lock(), contextlib.closing(store.ledger):
             self.recover(store)
             replaces = store.current() if store.exists() else None  # a retrain starts a new lineage
             run = self.prepare(FULL_TRAINING, data, store, None, items=items)
@@ -86,7 +86,7 @@ class Engine:
         through the same steps and commit as a training. With base ``data`` (or ``items``) its
         held-out items are the retention set and the strategies record their state from it."""
         store = ModelStore(model_dir)
-        with self.listening(), store.lock():
+        with store.undone_if_failed(), self.listening(), store.lock(), contextlib.closing(store.ledger):
             self.recover(store)
             replaces = store.current() if store.exists() else None  # an import starts a new lineage
             run = self.prepare(IMPORT, list(data), store, None, items=items, source=Path(source))
@@ -100,13 +100,13 @@ class Engine:
         nothing more: no model loaded, nothing trained, nothing written (``plan``).
         ``check``: train and validate, write nothing; rejected by the gate raises as usual.
         ``advise`` ends with the full-retrain assessment (``advice_given``, report["retrain"])."""
-        store = ModelStore(model_dir)
+        writes = not (dry_run or check)
+        store = ModelStore(model_dir, read_only=not writes)  # a read-only mount serves a dry run or a check
         store.current()  # a clear error before anything else if there is no model
         if distributed.launched():
             if dry_run or check:
                 raise ConfigError("--dry-run and --check run in one process: drop --nproc (or torchrun)")
             return self.run_distributed(FINE_TUNING, data, store, items=items, wait=wait, advise=advise)
-        writes = not (dry_run or check)
         # The ledger is closed when the run ends (a dry run's or check's before the advice):
         # no -wal/-shm left behind, even by a process that ends without tearing down.
         with self.listening(), (store.lock(wait=wait) if writes else contextlib.nullcontext()), \

@@ -36,12 +36,18 @@ def normalize_version(name: str) -> str:
     return f"{int(name):04d}" if name.isdigit() else name
 
 
+def require_model(store: ModelStore) -> None:
+    """A directory holding neither CURRENT nor a version is not a model: its ModelError (and how
+    to train one), before a writing command takes the lock, which would create ``.lock`` there."""
+    if not store.exists() and not store.versions():
+        store.current()
+
+
 # --- history ---------------------------------------------------------------------------
 
 def history(store: ModelStore) -> list[dict]:
     """One row per version, oldest first: what happened, what it learned, what the gate said."""
-    if not store.exists() and not store.versions():
-        store.current()  # no model here: its ModelError says so (and how to train one)
+    require_model(store)
     current = store.current() if store.exists() else None
     chain = set(store.chain(current)) if current else set()
     rows = []
@@ -89,6 +95,7 @@ def rollback(store: ModelStore, target: str | None = None, wait: float = 0.0) ->
     Only accepted, unpruned versions whose files match their checksums qualify.
     Returns (previous current, new current).
     """
+    require_model(store)
     with store.lock(wait=wait):
         store.recover()
         current = store.current()
@@ -242,6 +249,7 @@ def plan_prune(store: ModelStore, keep_last: int, keep_full_trainings: bool = Fa
 def prune(store: ModelStore, keep_last: int, dry_run: bool = False, wait: float = 0.0,
           keep_full_trainings: bool = False) -> PrunePlan:
     """Apply ``plan_prune`` under the lock (``retain prune``)."""
+    require_model(store)
     with store.lock(wait=wait):
         store.recover()
         plan = plan_prune(store, keep_last, keep_full_trainings)

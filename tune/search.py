@@ -95,7 +95,7 @@ def auto_update(engine, data: list[str], model_dir: str | Path, *, budget: float
     fraction = config.tune.budget if budget is None else budget
     if not 0 < fraction:
         raise ConfigError(f"--budget must be > 0 (a share of the full training's time), got {fraction}")
-    store = ModelStore(model_dir)
+    store = ModelStore(model_dir, read_only=dry_run)  # a dry run writes nothing
     store.current()
     seconds, root = budget_seconds(store, fraction)
     with engine.listening(), (contextlib.nullcontext() if dry_run else store.lock(wait=wait_lock)):
