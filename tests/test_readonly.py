@@ -178,3 +178,20 @@ def test_a_failed_import_into_a_model_keeps_everything(base_model, tmp_path):
     assert r.exit_code == 5, r.output
     assert sorted(p.name for p in base_model.iterdir()) == before
     assert (base_model / "CURRENT").read_text().strip() == "0001"
+
+
+def test_a_ledger_the_disk_cannot_read_is_not_blamed_on_the_deduper(base_model, new_texts, tmp_path, monkeypatch):
+    import sqlite3
+
+    from retain.core.store import Ledger
+
+    def disk_error(self, hashes, chain):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(Ledger, "find", disk_error)
+    data = str(write_jsonl(tmp_path / "new.jsonl", new_texts[:20]))
+    r = runner.invoke(app, ["update", "-d", data, "-m", str(base_model), "--dry-run", "--json", *_sets()])
+    assert r.exit_code == 12, r.output
+    message = json.loads(r.stdout)["error"]["message"]
+    assert message == f"cannot read the ledger {base_model / 'ledger.sqlite'}: disk I/O error"
+    assert "deduper" not in r.output
