@@ -26,7 +26,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
-from . import distributed, evaluation, gate, ingest, interrupts
+from . import distributed, evaluation, gate, ingest, interrupts, workload
 from .commit import commit
 from .errors import ConfigError, ModelError, RetainError
 from .gate import raise_if_rejected
@@ -252,7 +252,7 @@ class Engine:
         A run whose starting scores are already known (``run.before``, a search's trials)
         skips ``evaluate_before``. ``preload``: the training stack's import, started earlier."""
         preload = preload or Preload()
-        self.tokenize(run)
+        self.tokenize(run, store)
         writer = distributed.is_writer()  # several processes: rank 0 alone scores and judges
         if run.before is None and writer:
             self.evaluate_before(run, store)
@@ -281,10 +281,16 @@ class Engine:
             info.update(metrics=run.metrics, verdicts=[v.to_json() for v in run.verdicts],
                         next_steps=run.next_steps)
 
-    def tokenize(self, run: Run) -> None:
-        """5. Tokenize: the model to train, its rows, the strategies' settings (``core/models.py``)."""
+    def tokenize(self, run: Run, store: ModelStore | None = None) -> None:
+        """5. Tokenize: the model to train, its rows, the strategies' settings (``core/models.py``);
+        with ``store``, items over ``max_item_tokens`` go to its rejects (``core/workload.py``)."""
+        warn = functools.partial(self._warn, run)
         with self._step(run, "tokenize") as info:
-            info.update(prepare_model(run, self.registry, lambda m: self._warn(run, m)))
+            info.update(prepare_model(run, self.registry, warn))
+            if store is not None:
+                info.update(workload.cap_item_tokens(run, store, warn))
+        if store is not None:
+            workload.announce(run, store, warn)  # before the work: its size, if far beyond the usual
 
     def evaluate_before(self, run: Run, store: ModelStore) -> None:
         """The starting model's held-out losses (``core/evaluation.py``)."""
