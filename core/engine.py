@@ -182,6 +182,7 @@ class Engine:
             store.manifest(run.parent)  # checked: a broken current version is an error here too
             info.update(version=run.parent, parameters=None)
         self.ingest(run, store, data, items)
+        workload.announce_plan(run, store, functools.partial(self._warn, run))  # its size, estimated
         run.timings["total"] = time.perf_counter() - started
         return run
 

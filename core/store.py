@@ -761,12 +761,24 @@ class ModelStore:
             raise
 
     def _remove_created(self, before: set[str], made: list[Path]) -> None:
+        """Only while holding the lock again: a writer that came since (or the one whose lock
+        made this command fail) keeps everything."""
+        try:
+            fd = os.open(self.root / ".lock", os.O_RDWR)
+        except OSError:
+            return  # never got as far as the lock: nothing was created
         with contextlib.suppress(OSError):  # best effort: the command's own error is the one to tell
-            for name in set(os.listdir(self.root)) - before if self.root.is_dir() else ():
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return
+            for name in sorted(set(os.listdir(self.root)) - before, key=lambda n: n == ".lock"):
                 if name in OWN_FILES and (self.root / name).is_dir():
                     shutil.rmtree(self.root / name)
                 elif name in OWN_FILES:
-                    (self.root / name).unlink()
+                    (self.root / name).unlink()  # .lock last, still held
+        os.close(fd)
+        with contextlib.suppress(OSError):
             for folder in made:  # the model directory first, then the parents made for it
                 folder.rmdir()
 

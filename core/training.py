@@ -368,7 +368,7 @@ def train(run: Run, pm, judge: Callable[[bool], tuple] | None = None) -> None:
         block = "fine_tuning" if run.kind == FINE_TUNING else "full_training"
         kept = "the best judged epoch is kept" if judge is not None else "the weights trained until then are kept"
         pm.hook.warning_raised(run=run, message=f"training stopped at its time limit ({block}.max_seconds "
-                               f"{settings.max_seconds:g} s) after step {step} of {steps} of epoch {epoch} of "
+                               f"{settings.max_seconds:g} s) after step {step:,} of {steps:,} of epoch {epoch} of "
                                f"{settings.epochs}; {kept}")
 
     def stopper(loop: EngineLoop) -> SupervisedPlugin:

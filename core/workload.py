@@ -137,5 +137,34 @@ def announce(run: Run, store: ModelStore, warn: Callable[[str], None]) -> dict:
              f"no time limit: set {name}.max_seconds to bound it, or stop it with Ctrl-C (nothing is saved)")
     warn(f"this run is {tokens / usual[0]:,.0f}x the model's usual size: {plural(len(run.items), 'item')}, "
          f"{tokens:,} tokens -> {len(run.rows):,} sequences x {plural(s.epochs, 'epoch')} = {steps:,} steps "
-         f"at batch size {s.batch_size} (usual: {usual[1]}); {limit}")
+         f"at batch size {s.batch_size}, before any replayed rows (usual: {usual[1]}); {limit}")
     return {"usual_tokens": usual[0], "times_usual": round(tokens / usual[0], 1)}
+
+
+def announce_plan(run: Run, store: ModelStore, warn: Callable[[str], None]) -> dict:
+    """What a dry run can say without tokenizing (it loads no tokenizer): each item's tokens
+    estimated from its bytes, at the tokens per byte of the full training (or import) that
+    made the model; the items the cap would reject, and the size against the usual."""
+    chain = store.chain(run.parent)
+    root = store.lineage_root(chain)
+    counts = store.summary(root)["counts"] if root else {}
+    if not counts.get("tokens") or not counts.get("bytes"):
+        return {}
+    per_byte = counts["tokens"] / counts["bytes"]
+    name = block_name(run)
+    cap = getattr(run.config, name).max_item_tokens
+    sizes = [(round(len(it.text.encode("utf-8")) * per_byte), it) for it in (*run.items, *run.holdout)]
+    over = [(n, it) for n, it in sizes if cap and n > cap]
+    if over:
+        largest, where = max((n, it.origin) for n, it in over)
+        warn(f"about {plural(len(over), 'item')} over {name}.max_item_tokens ({cap:,} tokens) would go to "
+             f"rejects.jsonl: the largest has about {largest:,} tokens ({where}), estimated from its bytes")
+    tokens = sum(n for n, _ in sizes if not (cap and n > cap))
+    usual = usual_tokens(run, store)
+    if usual is None or tokens < max(MIN_ANNOUNCED, FAR_BEYOND * usual[0]):
+        return {"estimated_tokens": tokens}
+    warn(f"this update is about {tokens / usual[0]:,.0f}x the model's usual size: {plural(len(sizes), 'item')}, "
+         f"about {tokens:,} tokens, estimated at the model's {per_byte:.2f} tokens per byte (usual: {usual[1]}); "
+         + (f"{name}.max_seconds ({run.config.fine_tuning.max_seconds:g} s) would bound the training"
+            if run.config.fine_tuning.max_seconds else f"no time limit: set {name}.max_seconds to bound it"))
+    return {"estimated_tokens": tokens, "usual_tokens": usual[0]}

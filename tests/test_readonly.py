@@ -195,3 +195,15 @@ def test_a_ledger_the_disk_cannot_read_is_not_blamed_on_the_deduper(base_model, 
     message = json.loads(r.stdout)["error"]["message"]
     assert message == f"cannot read the ledger {base_model / 'ledger.sqlite'}: disk I/O error"
     assert "deduper" not in r.output
+
+
+def test_a_first_training_refused_by_the_lock_removes_nothing_of_the_writer(tmp_path, new_texts):
+    from retain.core.store import ModelStore
+
+    data = str(write_jsonl(tmp_path / "new.jsonl", new_texts[:20]))
+    writer = ModelStore(tmp_path / "model")
+    with writer.lock():  # another process making the model: its directory, its lock
+        (tmp_path / "model" / "versions").mkdir()
+        r = runner.invoke(app, ["train", "-d", data, "-m", str(tmp_path / "model"), *_sets()])
+        assert r.exit_code == 7, r.output
+        assert sorted(p.name for p in (tmp_path / "model").iterdir()) == [".lock", "versions"]
