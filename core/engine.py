@@ -287,6 +287,8 @@ class Engine:
         with ``store``, items over ``max_item_tokens`` go to its rejects (``core/workload.py``)."""
         warn = functools.partial(self._warn, run)
         with self._step(run, "tokenize") as info:
+            if store is not None:  # a record of millions of tokens is not encoded whole to find out
+                workload.cap_long_items(run, store, warn)
             info.update(prepare_model(run, self.registry, warn))
             if store is not None:
                 info.update(workload.cap_item_tokens(run, store, warn))

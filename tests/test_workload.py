@@ -131,3 +131,18 @@ def test_texts_encoded_in_chunks_make_the_same_rows(_base_model, new_texts, monk
     assert len(whole) > len(texts)  # long texts split into several rows
     for a, b in ((whole.x, chunked.x), (whole.y, chunked.y), (whole.owner, chunked.owner)):
         assert a.equal(b)
+
+
+def test_a_full_training_rejects_an_item_over_its_cap_with_its_exact_size(old_texts, tmp_path):
+    huge = " ".join(f"line {i} of a log pasted into one record" for i in range(300))
+    data = write_jsonl(tmp_path / "old.jsonl", old_texts[:100] + [huge])
+    r = runner.invoke(app, ["train", "-d", str(data), "-m", str(tmp_path / "m"), "--json",
+                            *_sets(["full_training.max_item_tokens=1000"])])
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.stdout)
+    assert report["counts"]["trained"] + report["counts"]["holdout"] == 99  # 100, one a duplicate
+    rejects = [json.loads(line) for line in (tmp_path / "m" / "rejects.jsonl").read_text().splitlines()]
+    assert [r["line"] for r in rejects] == [101]
+    tokens = int(rejects[0]["reason"].split(" tokens")[0].replace(",", ""))  # counted exactly
+    assert tokens > 1000
+    assert rejects[0]["reason"].endswith("over full_training.max_item_tokens (1,000): split the record, or raise the cap")

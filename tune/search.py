@@ -105,7 +105,7 @@ def auto_update(engine, data: list[str], model_dir: str | Path, *, budget: float
         with engine.strategies_registered(run):
             engine.ingest(run, store, data, items)
             if run.items:
-                engine.tokenize(run)
+                engine.tokenize(run, store)  # the per-item cap, before the trials get the items
                 engine.evaluate_before(run, store)
         if dry_run:
             store.ledger.close()
