@@ -711,6 +711,7 @@ def _pending_items(data: List[str], store, cfg) -> tuple[int, Optional[dict]]:
     items, _ = preprocess(items, registry, cfg)
     # The same view of the ledger the engine gives dedupers (minhash needs more than a lookup).
     items, _ = dedupe(items, build_dedupers(registry, cfg), KnownItems(store.ledger, store.chain()))
+    store.ledger.close()  # read: no -wal or -shm left behind, whatever ends the process
     if not items:
         return 0, None
     from retain.core.models import load_version

@@ -207,3 +207,23 @@ def test_a_first_training_refused_by_the_lock_removes_nothing_of_the_writer(tmp_
         r = runner.invoke(app, ["train", "-d", data, "-m", str(tmp_path / "model"), *_sets()])
         assert r.exit_code == 7, r.output
         assert sorted(p.name for p in (tmp_path / "model").iterdir()) == [".lock", "versions"]
+
+
+def test_reading_commands_leave_a_writable_ledger_byte_identical(base_model, new_texts, old_texts, tmp_path):
+    """The read-only view is used on a writable directory too: no schema written, no row, no
+    -wal or -shm left behind. (A ledger from before the row_versions table stays without it.)"""
+    import sqlite3
+
+    ledger = base_model / "ledger.sqlite"
+    db = sqlite3.connect(ledger)
+    db.execute("DROP TABLE row_versions")
+    db.commit()
+    db.close()
+    before = ledger.read_bytes()
+    data = str(write_jsonl(tmp_path / "new.jsonl", new_texts[:10] + old_texts[:3]))
+    for args in (["update", "-d", data, "--dry-run", *_sets()], ["update", "-d", data, "--check", *_sets()],
+                 ["status", "-d", data], ["validate", "-d", data, "--version", "0001"]):
+        r = runner.invoke(app, [*args, "-m", str(base_model)])
+        assert r.exit_code in (0, 5), r.output  # validate 0001: no parent (after reading)
+        assert ledger.read_bytes() == before, args
+        assert sorted(p.name for p in base_model.glob("ledger.sqlite*")) == ["ledger.sqlite"], args
