@@ -21,12 +21,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from retain.core.config import ModelConfig
-from retain.core.lm import Rows, Sample, rows_from_ids, token_losses
+from retain.core.lm import ENCODE_CHUNK, Rows, Sample, rows_from_ids, token_losses
 from retain.core.store import TOKENIZER, WEIGHTS
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
-ENCODE_CHUNK = 1024  # texts tokenized at once (``GptModel.encode``)
 
 
 def train_tokenizer(texts, vocab_size: int):
@@ -211,8 +210,7 @@ class GptModel:
 
     def encode(self, texts: list[str], max_len: int) -> Rows:
         # Each text is EOS + tokens + EOS: the model learns where texts start and end. In chunks,
-        # kept as 4-byte ids: a tokenizer's Encoding holds far more than its ids (offsets, tokens
-        # as strings), and 100,000 of them at once took 0.7 GB.
+        # kept as 4-byte ids (``ENCODE_CHUNK``).
         texts, ids = list(texts), []
         for start in range(0, len(texts), ENCODE_CHUNK):
             ids += [array("i", [self.eos_id, *enc.ids, self.eos_id])
