@@ -500,7 +500,7 @@ def export(
     from retain.core.pluginmanager import Registry, default_plugin_manager
     from retain.core.store import ModelStore
 
-    result = export_version(ModelStore(model), version, fmt, out, Registry.of(default_plugin_manager()))
+    result = export_version(ModelStore(model, read_only=True), version, fmt, out, Registry.of(default_plugin_manager()))
     if json_out:
         _emit_json(result)
     else:
@@ -694,7 +694,7 @@ def status(
     from retain.core.store import ModelStore
 
     cfg = _load(config, set_, "fine_tuning", None, None, None)
-    store = ModelStore(model)
+    store = ModelStore(model, read_only=True)
     current = store.current()
     pending, text = _pending_items(data, store, cfg) if data else (0, None)
     damaged = store.damaged_shared_files(current)  # one damaged hard link breaks several versions
@@ -728,6 +728,7 @@ def _pending_items(data: List[str], store, cfg) -> tuple[int, Optional[dict]]:
     # The same view of the ledger the engine gives dedupers (minhash needs more than a lookup).
     store.check_ledger(store.chain())
     items, _ = dedupe(items, build_dedupers(registry, cfg), KnownItems(store.ledger, store.chain()))
+    store.ledger.close()  # read: no -wal or -shm left behind, whatever ends the process
     if not items:
         return 0, None
     from retain.core.models import load_version
@@ -747,7 +748,7 @@ def history(model: Path = ModelOpt,
     from retain.core.registry import history as version_history
     from retain.core.store import ModelStore
 
-    rows = version_history(ModelStore(model))
+    rows = version_history(ModelStore(model, read_only=True))
     if json_out:
         _emit_json(rows)
         return
@@ -852,7 +853,7 @@ def validate(
     from retain.core.store import ModelStore
 
     cfg = _load(config, set_, "fine_tuning", None, None, None)
-    result = validate_version(Engine(cfg, device=_device(device)), ModelStore(model), version, data)
+    result = validate_version(Engine(cfg, device=_device(device)), ModelStore(model, read_only=True), version, data)
     if not json_out:
         console = _console(False)
         m = result["metrics"]

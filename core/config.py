@@ -70,6 +70,7 @@ class FineTuningConfig:
     strategy: list[str] = field(default_factory=lambda: ["rewarm", "replay"])
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     max_seconds: float = 0.0   # stop training after this many seconds, keeping the best epoch (0: no limit)
+    max_item_tokens: int = 1_000_000  # an item with more tokens is rejected, not trained on (0: no cap)
 
 
 @dataclass
@@ -86,6 +87,8 @@ class FullTrainingConfig:
     # strategies whose state the full training records for later updates, beside
     # fine_tuning.strategy (replay: a buffer of base items, so replay works from the first update)
     record: list[str] = field(default_factory=lambda: ["replay"])
+    max_seconds: float = 0.0   # stop training after this many seconds, keeping that state (0: no limit)
+    max_item_tokens: int = 1_000_000  # an item with more tokens is rejected, not trained on (0: no cap)
 
 
 @dataclass
@@ -187,6 +190,9 @@ _POSITIVE = {
     "retrain.max_token_drift", "fine_tuning.early_stopping.patience", "tune.budget", "tune.max_trials",
     "tune.jobs", "tune.min_learning_rate", "tune.max_learning_rate", "tune.max_epochs",
 }
+_NOT_NEGATIVE = {"validation.retention_max", "validation.holdout_max", "validation.eval_budget", "prune.keep_last",
+                 "fine_tuning.max_seconds", "full_training.max_seconds", "fine_tuning.max_item_tokens",
+                 "full_training.max_item_tokens"}
 _FRACTIONS = {"validation.retention_fraction", "validation.holdout_fraction", "model.dropout",
               "fine_tuning.early_stopping.min_delta"}
 
@@ -282,8 +288,7 @@ def build_dataclass(cls: type, data: dict | None, prefix: str = "") -> Any:
             raise ConfigError(f"config key '{full}': must be > 0, got {value!r}")
         if full in _FRACTIONS and not 0 <= kwargs[key] < 1:
             raise ConfigError(f"config key '{full}': must be in [0, 1), got {value!r}")
-        if full in ("validation.retention_max", "validation.holdout_max", "validation.eval_budget",
-                    "prune.keep_last") and kwargs[key] < 0:
+        if full in _NOT_NEGATIVE and kwargs[key] < 0:
             raise ConfigError(f"config key '{full}': must be >= 0, got {value!r}")
     obj = cls(**kwargs)
     if cls is FineTuningConfig:

@@ -26,7 +26,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
-from . import distributed, evaluation, gate, ingest, interrupts
+from . import distributed, evaluation, gate, ingest, interrupts, workload
 from .commit import commit
 from .errors import ConfigError, ModelError, RetainError
 from .gate import raise_if_rejected
@@ -73,7 +73,7 @@ class Engine:
                              "into a new or empty directory, or pass --force to train into this one")
         if distributed.launched():
             return self.run_distributed(FULL_TRAINING, data, store, items=items)
-        with self.listening(), store.lock(), contextlib.closing(store.ledger):
+        with store.undone_if_failed(), self.listening(), store.lock(), contextlib.closing(store.ledger):
             self.recover(store)
             replaces = store.current() if store.exists() else None  # a retrain starts a new lineage
             run = self.prepare(FULL_TRAINING, data, store, None, items=items)
@@ -86,7 +86,7 @@ class Engine:
         through the same steps and commit as a training. With base ``data`` (or ``items``) its
         held-out items are the retention set and the strategies record their state from it."""
         store = ModelStore(model_dir)
-        with self.listening(), store.lock():
+        with store.undone_if_failed(), self.listening(), store.lock(), contextlib.closing(store.ledger):
             self.recover(store)
             replaces = store.current() if store.exists() else None  # an import starts a new lineage
             run = self.prepare(IMPORT, list(data), store, None, items=items, source=Path(source))
@@ -100,13 +100,13 @@ class Engine:
         nothing more: no model loaded, nothing trained, nothing written (``plan``).
         ``check``: train and validate, write nothing; rejected by the gate raises as usual.
         ``advise`` ends with the full-retrain assessment (``advice_given``, report["retrain"])."""
-        store = ModelStore(model_dir)
+        writes = not (dry_run or check)
+        store = ModelStore(model_dir, read_only=not writes)  # a read-only mount serves a dry run or a check
         store.current()  # a clear error before anything else if there is no model
         if distributed.launched():
             if dry_run or check:
                 raise ConfigError("--dry-run and --check run in one process: drop --nproc (or torchrun)")
             return self.run_distributed(FINE_TUNING, data, store, items=items, wait=wait, advise=advise)
-        writes = not (dry_run or check)
         # The ledger is closed when the run ends (a dry run's or check's before the advice):
         # no -wal/-shm left behind, even by a process that ends without tearing down.
         with self.listening(), (store.lock(wait=wait) if writes else contextlib.nullcontext()), \
@@ -182,6 +182,7 @@ class Engine:
             store.manifest(run.parent)  # checked: a broken current version is an error here too
             info.update(version=run.parent, parameters=None)
         self.ingest(run, store, data, items)
+        workload.announce_plan(run, store, functools.partial(self._warn, run))  # its size, estimated
         run.timings["total"] = time.perf_counter() - started
         return run
 
@@ -259,7 +260,7 @@ class Engine:
         A run whose starting scores are already known (``run.before``, a search's trials)
         skips ``evaluate_before``. ``preload``: the training stack's import, started earlier."""
         preload = preload or Preload()
-        self.tokenize(run)
+        self.tokenize(run, store)
         writer = distributed.is_writer()  # several processes: rank 0 alone scores and judges
         if run.before is None and writer:
             self.evaluate_before(run, store)
@@ -288,10 +289,18 @@ class Engine:
             info.update(metrics=run.metrics, verdicts=[v.to_json() for v in run.verdicts],
                         next_steps=run.next_steps)
 
-    def tokenize(self, run: Run) -> None:
-        """5. Tokenize: the model to train, its rows, the strategies' settings (``core/models.py``)."""
+    def tokenize(self, run: Run, store: ModelStore | None = None) -> None:
+        """5. Tokenize: the model to train, its rows, the strategies' settings (``core/models.py``);
+        with ``store``, items over ``max_item_tokens`` go to its rejects (``core/workload.py``)."""
+        warn = functools.partial(self._warn, run)
         with self._step(run, "tokenize") as info:
-            info.update(prepare_model(run, self.registry, lambda m: self._warn(run, m)))
+            if store is not None:  # a record of millions of tokens is not encoded whole to find out
+                workload.cap_long_items(run, store, warn)
+            info.update(prepare_model(run, self.registry, warn))
+            if store is not None:
+                info.update(workload.cap_item_tokens(run, store, warn))
+        if store is not None:
+            workload.announce(run, store, warn)  # before the work: its size, if far beyond the usual
 
     def evaluate_before(self, run: Run, store: ModelStore) -> None:
         """The starting model's held-out losses (``core/evaluation.py``)."""

@@ -12,11 +12,12 @@ keeps, so an item that cleaning changes is still recognised on the next run.
 from __future__ import annotations
 
 import random
+import sqlite3
 from pathlib import Path
 from typing import Any, Iterable
 
 from .config import Config
-from .errors import PluginError, SourceError
+from .errors import ModelError, PluginError, SourceError, StorageError
 from .items import Item, Reject
 from .pluginmanager import Registry
 
@@ -118,12 +119,23 @@ def dedupe(items: list[Item], dedupers: list[tuple[str, Any]], known) -> tuple[l
     for name, deduper in dedupers:
         try:
             dupes = deduper.find_duplicates(items, known)
+        except sqlite3.Error as exc:  # the ledger's database, not the plugin, failed
+            raise _ledger_error(known, exc) from exc
         except Exception as exc:
             raise PluginError(f"deduper '{name}' failed: {type(exc).__name__}: {exc}") from exc
         skipped += [{"deduper": name, "origin": items[i].origin, "reason": str(reason),
                      **getattr(reason, "details", {})} for i, reason in sorted(dupes.items())]
         items = [it for i, it in enumerate(items) if i not in dupes]
     return items, skipped
+
+
+def _ledger_error(known, exc: sqlite3.Error) -> ModelError | StorageError:
+    """A ledger SQLite cannot open or read is the disk's fault (StorageError); one it reads
+    as damaged ("not a database", "malformed") is the model directory's (ModelError)."""
+    path = getattr(getattr(known, "ledger", None), "path", "the ledger")
+    if isinstance(exc, sqlite3.OperationalError):
+        return StorageError(f"cannot read the ledger {path}: {exc}")
+    return ModelError(f"the ledger {path} is damaged: {exc}")
 
 
 def split_holdout(items: list[Item], fraction: float, cap: int, seed: int) -> tuple[list[Item], list[Item]]:

@@ -37,12 +37,18 @@ def normalize_version(name: str) -> str:
     return f"{int(name):04d}" if name.isdigit() else name
 
 
+def require_model(store: ModelStore) -> None:
+    """A directory holding neither CURRENT nor a version is not a model: its ModelError (and how
+    to train one), before a writing command takes the lock, which would create ``.lock`` there."""
+    if not store.exists() and not store.versions():
+        store.current()
+
+
 # --- history ---------------------------------------------------------------------------
 
 def history(store: ModelStore) -> list[dict]:
     """One row per version, oldest first: what happened, what it learned, what the gate said."""
-    if not store.exists() and not store.versions():
-        store.current()  # no model here: its ModelError says so (and how to train one)
+    require_model(store)
     current = store.current() if store.exists() else None
     chain = set(store.chain(current)) if current else set()
     rows = []
@@ -104,6 +110,7 @@ def rollback(store: ModelStore, target: str | None = None, wait: float = 0.0,
     that is unreadable or names a rejected, incomplete or missing version is repaired by
     naming ``target``; the checks read the manifests, never the index (a cache). ``warn``
     hears what ``recover`` did first (a lost ledger rebuilt, a prune finished)."""
+    require_model(store)
     with store.lock(wait=wait), contextlib.closing(store.ledger):
         _recover(store, warn)
         try:
@@ -302,6 +309,7 @@ def prune(store: ModelStore, keep_last: int, dry_run: bool = False, wait: float 
     taken, nothing recovered, the ledger not opened. ``warn``: as ``rollback``'s."""
     if dry_run:
         return plan_prune(store, keep_last, keep_full_trainings)
+    require_model(store)
     with store.lock(wait=wait), contextlib.closing(store.ledger):
         _recover(store, warn)
         plan = plan_prune(store, keep_last, keep_full_trainings)

@@ -24,6 +24,7 @@ Rows are deleted only when their version is known to be gone (``Ledger``).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -38,7 +39,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from . import interrupts
-from .errors import LockedError, ModelError
+from .errors import LockedError, ModelError, StorageError
 
 FORMAT = 1
 WEIGHTS = "model.safetensors"
@@ -147,6 +148,38 @@ def _drop_partial_last_line(path: Path) -> bool:
         return False
 
 
+def writable(folder: Path) -> bool:
+    """Whether this process may create files in ``folder`` (False on a read-only mount, even as root)."""
+    return os.access(folder, os.W_OK)
+
+
+# A disk that refuses a write, in words ("cannot write to DIR: <reason>").
+REFUSED_WRITE = {errno.EROFS: "it is on a read-only file system", errno.EACCES: "permission denied",
+                 errno.EPERM: "permission denied", errno.ENOSPC: "no space left on its device",
+                 errno.EDQUOT: "disk quota exceeded", errno.EIO: "input/output error"}
+
+
+def refused_write(root: Path, exc: OSError) -> StorageError | None:
+    """The StorageError of a command that changes ``root`` and cannot write there; None for
+    another OSError (a bug, or a path that is not a directory: the caller's to report)."""
+    reason = REFUSED_WRITE.get(exc.errno)
+    if reason is None:
+        return None
+    return StorageError(f"cannot write to {root}: {reason}. This command changes the model directory; "
+                        "status, history, validate, export and update --dry-run or --check only read it")
+
+
+LEDGER_TABLES = ("CREATE TABLE IF NOT EXISTS items (hash TEXT NOT NULL, version TEXT NOT NULL,"
+                 " role TEXT NOT NULL, source TEXT, origin TEXT, PRIMARY KEY (hash, version))")
+
+
+def _no_rows() -> sqlite3.Connection:
+    """A ledger that knows nothing, in memory."""
+    db = sqlite3.connect(":memory:")
+    db.execute(LEDGER_TABLES)
+    return db
+
+
 class Ledger:
     """Every item a version trained on or held out, in SQLite (scales past memory).
 
@@ -154,27 +187,37 @@ class Ledger:
     (its rows were written before its folder was renamed into place) or ``committed`` (the
     rename happened). Only a pending version whose folder is absent is known never to have
     existed; a committed version's rows go only when prune deletes that version itself, so a
-    folder that is merely absent (moved aside, a volume not mounted) loses nothing."""
+    folder that is merely absent (moved aside, a volume not mounted) loses nothing.
 
-    def __init__(self, path: Path):
+    ``read_only``: a reading command's view (update --dry-run and --check, status, validate):
+    it writes nothing, not even the schema, and reads a ledger on a read-only mount too."""
+
+    def __init__(self, path: Path, read_only: bool = False):
         self.path = path
+        self.read_only = read_only
         self._db: sqlite3.Connection | None = None
         self._on_interrupt: int | None = None
 
     @property
     def db(self) -> sqlite3.Connection:
         if self._db is None:
-            db = sqlite3.connect(self.path)
-            self._db = db
+            self._db = self._open_read_only() if self.read_only else sqlite3.connect(self.path)
             self._on_interrupt = interrupts.on_interrupt(self.close_now)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS items (hash TEXT NOT NULL, version TEXT NOT NULL,"
-                " role TEXT NOT NULL, source TEXT, origin TEXT, PRIMARY KEY (hash, version))"
-            )
-            self._migrate(db)
-            db.commit()
+            if not self.read_only:
+                self._create_tables(self._db)
         return self._db
+
+    def _create_tables(self, db: sqlite3.Connection) -> None:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as exc:  # "unable to open database file", say why
+            if writable(self.path.parent):
+                raise
+            self.close()
+            raise StorageError(f"cannot write to {self.path}: {self.path.parent} is read-only ({exc})") from None
+        db.execute(LEDGER_TABLES)
+        self._migrate(db)
+        db.commit()
 
     def _migrate(self, db: sqlite3.Connection) -> None:
         """Bring a ledger of an older retain up to ``row_versions (version, state)``."""
@@ -192,6 +235,28 @@ class Ledger:
         for (version,) in db.execute("SELECT version FROM row_versions").fetchall():
             if (versions / version).is_dir():
                 db.execute("UPDATE row_versions SET state = 'committed' WHERE version = ?", (version,))
+
+    def _open_read_only(self) -> sqlite3.Connection:
+        """A connection that cannot write. Where the folder is writable, an ordinary one with
+        query_only set: closing it removes the -wal and -shm files as a writer's does (a mode=ro
+        connection leaves them behind). On a read-only mount SQLite reads a WAL database only
+        with its -shm file there, or as immutable, which is what a read-only mount is."""
+        if not self.path.is_file():
+            return _no_rows()  # nothing learned here yet; a reading command creates no file
+        if writable(self.path.parent):
+            db = sqlite3.connect(self.path)
+            db.execute("PRAGMA query_only=ON")
+        else:
+            uri = self.path.resolve().as_uri()
+            try:
+                db = sqlite3.connect(f"{uri}?mode=ro", uri=True)
+                db.execute("SELECT 1 FROM sqlite_master").fetchone()
+            except sqlite3.OperationalError:  # no -shm beside it, and none can be made
+                db = sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True)
+        if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'items'").fetchone() is None:
+            db.close()  # an empty file: a writer would create the tables, a reader sees no rows
+            return _no_rows()
+        return db
 
     def close(self) -> None:
         interrupts.release(self._on_interrupt)
@@ -238,8 +303,16 @@ class Ledger:
                             "(version) DO UPDATE SET state = 'committed'", (version,))
 
     def states(self) -> dict[str, str]:
-        """{version: "pending" | "committed"} for every version the ledger has a record of."""
-        return dict(self.db.execute("SELECT version, state FROM row_versions"))
+        """{version: "pending" | "committed"} for every version the ledger has a record of.
+        A read-only view of an older ledger (not migrated: a reader writes nothing) is read as
+        the migration would make it."""
+        columns = [col[1] for col in self.db.execute("PRAGMA table_info(row_versions)")]
+        if "state" in columns:
+            return dict(self.db.execute("SELECT version, state FROM row_versions"))
+        source = "row_versions" if columns else "items"
+        versions = self.path.parent / "versions"
+        return {v: "committed" if (versions / v).is_dir() else "pending"
+                for (v,) in self.db.execute(f"SELECT DISTINCT version FROM {source}")}
 
     def find(self, hashes: list[str], chain: list[str]) -> dict[str, tuple[str, str]]:
         """{hash: (version, role)} for the hashes learned or held out by a version in ``chain``."""
@@ -460,12 +533,13 @@ OWN_FILES = {"CURRENT", "versions", "ledger.sqlite", "ledger.sqlite-wal", "ledge
 
 
 class ModelStore:
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, read_only: bool = False):
+        """``read_only``: for a reading command, its ledger opened read-only (``Ledger``)."""
         self.root = Path(root)
         if self.root.exists() and not self.root.is_dir():
             raise ModelError(f"{self.root} is a file, not a model directory")
         self.versions_dir = self.root / "versions"
-        self.ledger = Ledger(self.root / "ledger.sqlite")
+        self.ledger = Ledger(self.root / "ledger.sqlite", read_only)
         # A year of daily versions is a chain 365 long, and an update asks for it (and for its
         # manifests) from many steps: each manifest is parsed once per store, a plain os.stat
         # says whether it changed since, and each parent link is read once (see ``chain``).
@@ -944,10 +1018,55 @@ class ModelStore:
         return rows
 
     @contextlib.contextmanager
+    def undone_if_failed(self) -> Iterator[None]:
+        """Around a command that may make this directory a model (train, import): if it fails
+        before a version is in place, what it created goes (``.lock``, the ledger, ``versions/``,
+        ``rejects.jsonl``, the directory and the parents it made), so the disk is as before."""
+        made = [p for p in (self.root, *self.root.parents) if not p.exists()]
+        before = set(os.listdir(self.root)) if self.root.is_dir() else set()
+        try:
+            yield
+        except Exception:
+            if not self.versions():
+                self.ledger.close()
+                self._remove_created(before, made)
+            raise
+
+    def _remove_created(self, before: set[str], made: list[Path]) -> None:
+        """Only while holding the lock again: a writer that came since (or the one whose lock
+        made this command fail) keeps everything."""
+        try:
+            fd = os.open(self.root / ".lock", os.O_RDWR)
+        except OSError:
+            return  # never got as far as the lock: nothing was created
+        with contextlib.suppress(OSError):  # best effort: the command's own error is the one to tell
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return
+            for name in sorted(set(os.listdir(self.root)) - before, key=lambda n: n == ".lock"):
+                if name in OWN_FILES and (self.root / name).is_dir():
+                    shutil.rmtree(self.root / name)
+                elif name in OWN_FILES:
+                    (self.root / name).unlink()  # .lock last, still held
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            for folder in made:  # the model directory first, then the parents made for it
+                folder.rmdir()
+
+    @contextlib.contextmanager
     def lock(self, wait: float = 0.0) -> Iterator[None]:
-        """One writer at a time. Waits up to ``wait`` seconds, then raises LockedError."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        """One writer at a time. Waits up to ``wait`` seconds, then raises LockedError.
+        The first write of every writing command: a directory it cannot write to is a
+        StorageError here, before any work."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            error = refused_write(self.root, exc)
+            if error is None:
+                raise
+            raise error from None
         deadline = time.monotonic() + wait
         try:
             while True:

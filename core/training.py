@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from . import distributed, evaluation
 from .lm import IGNORE_INDEX, Rows, autocast, lm_loss, token_losses
 from .retry import retry_halving_batch
-from .run import Run
+from .run import FINE_TUNING, Run
 from .store import fault_point
 from .strategy import TrainSettings
 
@@ -204,9 +204,11 @@ class EngineLoop(SupervisedPlugin):
 
     def __init__(self, settings: TrainSettings, criterion: RecordingCriterion,
                  penalty: Callable[..., torch.Tensor | None], on_step: Callable[[int, int, int, float], None],
-                 on_epoch: Callable[[int, float], None], started: float | None = None):
+                 on_epoch: Callable[[int, float], None], started: float | None = None,
+                 on_time_up: Callable[[int, int, int], None] | None = None):
         super().__init__()
         self.settings, self.criterion = settings, criterion
+        self.on_time_up = on_time_up  # (epoch, step, steps per epoch): where max_seconds stopped it
         self.penalty, self.on_step, self.on_epoch = penalty, on_step, on_epoch
         self.epoch_losses: list[float] = []
         self.scheduler = None
@@ -279,6 +281,8 @@ class EngineLoop(SupervisedPlugin):
             # The next step would likely end past the limit: stop here (this epoch ends short).
             self.out_of_time = True
             strategy.stop_training()
+            if self.on_time_up is not None:
+                self.on_time_up(len(self.epoch_losses) + 1, self.count, self.steps_per_epoch)
             return
         self.fitting = fitting
 
@@ -291,20 +295,22 @@ class EngineLoop(SupervisedPlugin):
 def fit(module: torch.nn.Module, rows: Rows, settings: TrainSettings, *, device: torch.device, pad_id: int,
         plugins: list, penalty: Callable[..., torch.Tensor | None], on_step: Callable[[int, int, int, float], None],
         on_epoch: Callable[[int, float], None], continuing: bool, started: float | None = None,
-        stopper: Callable[[EngineLoop], SupervisedPlugin] | None = None, precision: str = "fp32") -> list[float]:
+        stopper: Callable[[EngineLoop], SupervisedPlugin] | None = None, precision: str = "fp32",
+        on_time_up: Callable[[int, int, int], None] | None = None) -> list[float]:
     """Train ``module`` on ``rows`` for ``settings.epochs``; return the mean task loss per epoch.
 
     ``penalty(model, inputs, targets, logits)`` returns the summed extra loss
     terms or None. ``continuing``: this is not the model's first experience.
     ``started``: when the clock of ``settings.max_seconds`` started (default: now).
     ``stopper(loop)``: a plugin run after the loop at each epoch's end (early stopping).
+    ``on_time_up(epoch, step, steps)``: called where ``settings.max_seconds`` stops the training.
     """
     x, y = pad_to(rows.x, rows.y, settings.max_seq_length, pad_id)
     experience = benchmark_from_datasets(train=[make_dataset(x, y)]).train_stream[0]
     criterion = RecordingCriterion()
     optimizer = torch.optim.AdamW(module.parameters(), lr=settings.learning_rate,
                                   weight_decay=settings.weight_decay)
-    loop = EngineLoop(settings, criterion, penalty, on_step, on_epoch, started)
+    loop = EngineLoop(settings, criterion, penalty, on_step, on_epoch, started, on_time_up)
     after = [stopper(loop)] if stopper is not None else []
     if distributed.current() is not None:
         # avalanche-lib lists every plugin not marked as made for distributed training; here the
@@ -358,6 +364,13 @@ def train(run: Run, pm, judge: Callable[[bool], tuple] | None = None) -> None:
     def on_epoch(epoch: int, loss: float) -> None:
         pm.hook.epoch_ended(run=run, epoch=epoch, loss=loss)
 
+    def on_time_up(epoch: int, step: int, steps: int) -> None:
+        block = "fine_tuning" if run.kind == FINE_TUNING else "full_training"
+        kept = "the best judged epoch is kept" if judge is not None else "the weights trained until then are kept"
+        pm.hook.warning_raised(run=run, message=f"training stopped at its time limit ({block}.max_seconds "
+                               f"{settings.max_seconds:g} s) after step {step:,} of {steps:,} of epoch {epoch} of "
+                               f"{settings.epochs}; {kept}")
+
     def stopper(loop: EngineLoop) -> SupervisedPlugin:
         from .early_stopping import EarlyStopping, Tracker
 
@@ -378,7 +391,8 @@ def train(run: Run, pm, judge: Callable[[bool], tuple] | None = None) -> None:
         plugins = [p for s in run.strategies for p in s.avalanche_plugins(run)]
         return fit(run.model, run.rows, settings, device=run.device, pad_id=run.lm.pad_id, plugins=plugins,
                    penalty=penalty, on_step=on_step, on_epoch=on_epoch, continuing=run.parent is not None,
-                   started=started, stopper=stopper if judge is not None else None, precision=run.precision)
+                   started=started, stopper=stopper if judge is not None else None, precision=run.precision,
+                   on_time_up=on_time_up)
 
     def on_oom(failed: int, retry: int, error: str) -> None:
         run.oom_retries.append({"batch_size": failed, "retry_batch_size": retry, "error": error})

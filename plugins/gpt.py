@@ -12,6 +12,7 @@ which is most of the training time on a CPU.
 from __future__ import annotations
 
 import math
+from array import array
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -20,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from retain.core.config import ModelConfig
-from retain.core.lm import Rows, Sample, rows_from_ids, token_losses
+from retain.core.lm import ENCODE_CHUNK, Rows, Sample, rows_from_ids, token_losses
 from retain.core.store import TOKENIZER, WEIGHTS
 
 EOS = "<|endoftext|>"
@@ -208,8 +209,12 @@ class GptModel:
         self.pad_id = tokenizer.token_to_id(PAD)
 
     def encode(self, texts: list[str], max_len: int) -> Rows:
-        # Each text is EOS + tokens + EOS: the model learns where texts start and end.
-        ids = [[self.eos_id, *enc.ids, self.eos_id] for enc in self.tokenizer.encode_batch(list(texts))]
+        # Each text is EOS + tokens + EOS: the model learns where texts start and end. In chunks,
+        # kept as 4-byte ids (``ENCODE_CHUNK``).
+        texts, ids = list(texts), []
+        for start in range(0, len(texts), ENCODE_CHUNK):
+            ids += [array("i", [self.eos_id, *enc.ids, self.eos_id])
+                    for enc in self.tokenizer.encode_batch(texts[start:start + ENCODE_CHUNK])]
         return rows_from_ids(ids, max_len, self.pad_id)
 
     def token_losses(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

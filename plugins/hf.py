@@ -14,6 +14,7 @@ Also here: the built-in ``gpt`` mapped onto transformers' GPT-2 (``retain export
 from __future__ import annotations
 
 import os
+from array import array
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: never the network
 
@@ -23,7 +24,7 @@ from typing import Any  # noqa: E402
 import torch  # noqa: E402
 
 from retain.core.errors import ConfigError, ModelError  # noqa: E402
-from retain.core.lm import Rows, Sample, rows_from_ids, token_losses  # noqa: E402
+from retain.core.lm import ENCODE_CHUNK, Rows, Sample, rows_from_ids, token_losses  # noqa: E402
 
 try:
     import transformers
@@ -94,8 +95,11 @@ class HfModel:
         return self._start(ids) + ([self.eos_id] if self.eos_id is not None else [])
 
     def encode(self, texts: list[str], max_len: int) -> Rows:
-        ids = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-        return rows_from_ids([self._wrap(list(x)) for x in ids], max_len, self.pad_id)
+        texts, ids = list(texts), []
+        for start in range(0, len(texts), ENCODE_CHUNK):  # in chunks, as 4-byte ids (ENCODE_CHUNK)
+            batch = self.tokenizer(texts[start:start + ENCODE_CHUNK], add_special_tokens=False)["input_ids"]
+            ids += [array("i", self._wrap(list(x))) for x in batch]
+        return rows_from_ids(ids, max_len, self.pad_id)
 
     def token_losses(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return token_losses(logits, targets)

@@ -107,7 +107,7 @@ def auto_update(engine, data: list[str], model_dir: str | Path, *, budget: float
     fraction = config.tune.budget if budget is None else budget
     if not 0 < fraction:
         raise ConfigError(f"--budget must be > 0 (a share of the full training's time), got {fraction}")
-    store = ModelStore(model_dir)
+    store = ModelStore(model_dir, read_only=dry_run)  # a dry run writes nothing
     store.current()
     seconds, root = budget_seconds(store, fraction)
     search = {"budget": fraction, "budget_seconds": seconds, "full_training": root,
@@ -121,7 +121,7 @@ def auto_update(engine, data: list[str], model_dir: str | Path, *, budget: float
         with engine.strategies_registered(run):
             engine.ingest(run, store, data, items)
             if run.items:
-                engine.tokenize(run)
+                engine.tokenize(run, store)  # the per-item cap, before the trials get the items
                 engine.evaluate_before(run, store)
         if check:
             store.ledger.close()
