@@ -11,7 +11,6 @@ as written, Ctrl-C (``retain/launch.py``).
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import functools
 import inspect
@@ -90,11 +89,11 @@ class RetainGroup(TyperGroup):
 
     def main(self, args=None, *rest, **kwargs):
         argv = _ray_address(sys.argv[1:] if args is None else list(args))
-        _ARGV[:] = argv  # --nproc runs the same command line again, under torchrun
+        self.argv = argv  # --nproc runs the same command line again, under torchrun
         self.json_mode = "--json" in argv[:argv.index("--")] if "--" in argv else "--json" in argv
         command = next((a for a in argv if not a.startswith("-")), None)
         if command not in (None, "train", "update"):
-            from retain.core.distributed import launched
+            from retain.core.world import launched
 
             if launched():  # every rank would run it, and write
                 message = f"'retain {command}' runs in one process: only train and update run under torchrun"
@@ -121,8 +120,6 @@ class RetainGroup(TyperGroup):
                 _emit_json(error_object(getattr(exc, "exit_code", USAGE), "usage", exc.format_message()))
             raise
 
-
-_ARGV: list[str] = []
 
 app = typer.Typer(
     name="retain",
@@ -264,9 +261,9 @@ def _emit(report, json_mode: bool) -> None:
 
 def _other_rank() -> bool:
     """One of several torchrun processes, but not rank 0: rank 0 alone prints the run."""
-    from retain.core.distributed import env_rank
+    from retain.core.world import launched_rank
 
-    return env_rank() != 0
+    return launched_rank() != 0
 
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config (default: the embedded config.yaml).")
@@ -290,54 +287,29 @@ NprocOpt = typer.Option(None, "--nproc", min=1, help="Train in N processes (PyTo
                         "alone writes. Same as `torchrun --nproc-per-node N -m retain ...`. See docs/scale-out.md.")
 
 
-def _under_torchrun(nproc: Optional[int], device: Optional[str], cfg_device: str, json_mode: bool) -> bool:
-    """``--nproc N``: run this command line again in N processes under torchrun and exit as its
-    rank 0 did. False (run here) without --nproc, with --nproc 1, or inside torchrun already."""
-    from retain.core import distributed
+def _under_torchrun(ctx: typer.Context, nproc: Optional[int], device: Optional[str], cfg_device: str,
+                    model: Path) -> None:
+    """``--nproc N``: this command line again in N processes under torchrun (``retain/launch.py``);
+    exits as the run did. Returns (run here) without --nproc, with --nproc 1, or inside torchrun."""
+    from retain.launch import under_torchrun
 
-    if nproc is None or nproc == 1 or distributed.launched():
-        return False
-    name = device or cfg_device
-    if name == "auto":
-        from retain.core.models import resolve_device
+    argv = getattr(ctx.find_root().command, "argv", [])  # as RetainGroup.main read it
+    code = under_torchrun(nproc, argv, device or cfg_device, model)
+    if code is not None:
+        raise typer.Exit(code)
 
-        name = resolve_device(name).type
-    missing = distributed.missing_backend(name.split(":")[0])
-    if missing:
-        raise typer.BadParameter(f"cannot train in {nproc} processes: {missing}", param_hint="--nproc")
-    argv, skip = [], False
-    for arg in _ARGV:  # the same command line, less --nproc
-        if skip:
-            skip = False
-        elif arg == "--nproc":
-            skip = True
-        elif not arg.startswith("--nproc="):
-            argv.append(arg)
-    import subprocess
-    import tempfile
 
-    with tempfile.TemporaryDirectory(prefix="retain-nproc-") as tmp:
-        exit_file = Path(tmp) / "exit_code"
-        env = {**os.environ, "RETAIN_EXIT_FILE": str(exit_file)}
-        # torchrun would set 1 thread per process, and warn: share the cores out instead.
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-               "-m", "retain", *argv]
-        rc = subprocess.run(cmd, env=env).returncode
-        code, saved = exit_file.read_text().split() if exit_file.exists() else (None, "-")
-    if code is None or (rc != 0 and code in ("0", "1")):  # a crash or a kill, not an outcome the ranks agreed on
-        from retain.core.distributed import RankFailed
+def _world(device: Optional[str], cfg_device: str):
+    """The processes this run spans: torchrun's, joined, or this one alone (``core/world.py``)."""
+    from retain.core.world import join
 
-        raise RankFailed(f"a process of the {nproc}-process run failed (torchrun exited {rc}; its errors are above)"
-                         + (f", after rank 0 saved version {saved}" if saved != "-" else
-                            ": nothing was committed, the current model is unchanged"))
-    raise typer.Exit(int(code))
+    return join(device or cfg_device)
 
 
 @app.command()
 @handle_errors
 def train(
-    data: List[str] = DataOpt, model: Path = ModelOpt, config: Optional[Path] = ConfigOpt,
+    ctx: typer.Context, data: List[str] = DataOpt, model: Path = ModelOpt, config: Optional[Path] = ConfigOpt,
     set_: List[str] = typer.Option([], "--set", help="Override a config value (repeatable)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="full_training.learning_rate"),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="full_training.epochs"),
@@ -358,16 +330,16 @@ def train(
     from retain.core.engine import Engine
 
     cfg = _load(config, set_, "full_training", lr, epochs, batch_size, strategy)
-    if _under_torchrun(nproc, device, cfg.device, json_out):
-        return
-    engine = Engine(cfg, listeners=_listeners(json_out, quiet), device=_device(device), strict=strict)
+    _under_torchrun(ctx, nproc, device, cfg.device, model)
+    engine = Engine(cfg, listeners=_listeners(json_out, quiet), device=_device(device), strict=strict,
+                    world=_world(device, cfg.device))
     _emit(engine.train(data, model, force=force), json_out)
 
 
 @app.command()
 @handle_errors
 def update(
-    data: List[str] = DataOpt, model: Path = ModelOpt, config: Optional[Path] = ConfigOpt,
+    ctx: typer.Context, data: List[str] = DataOpt, model: Path = ModelOpt, config: Optional[Path] = ConfigOpt,
     set_: List[str] = typer.Option([], "--set", help="Override a config value (repeatable)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="the update's learning rate, whatever the strategies: fine_tuning.learning_rate, rewarm's peak and naive's and lora's rates"),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="fine_tuning.epochs"),
@@ -411,17 +383,17 @@ def update(
         from retain.raytasks import require_ray
 
         require_ray()
-    from retain.core.distributed import launched
+    from retain.core.world import launched
 
     if (nproc not in (None, 1) or launched()) and (dry_run or check or auto):
         what = "--dry-run trains nothing" if dry_run else "--check runs in one process" if check else \
             "--auto runs its trials in processes of their own (tune.jobs, --ray)"
         raise typer.BadParameter(f"{what}: drop --nproc (or torchrun)", param_hint="--nproc")
     cfg = _load(config, set_, "fine_tuning", lr, epochs, batch_size, strategy)
-    if _under_torchrun(nproc, device, cfg.device, json_out):
-        return
+    _under_torchrun(ctx, nproc, device, cfg.device, model)
     listeners = _listeners(json_out, quiet)
-    engine = Engine(cfg, listeners=listeners, device=_device(device), strict=strict)
+    engine = Engine(cfg, listeners=listeners, device=_device(device), strict=strict,
+                    world=_world(device, cfg.device))
     # The retrain advice ends the update; under --quiet nobody reads it (unless --json).
     # A rejection (exit 10) prints its report too, with the error object: handle_errors.
     advise = json_out or not quiet
@@ -913,60 +885,12 @@ def prune(
     typer.echo(f"{verb}delete: {', '.join(plan.delete) or '-'}")
 
 
-_EXIT_CODE = [0]
-
-
 def main() -> None:
-    from retain.launch import install, quiet_library_warnings
+    from retain.launch import Ending, install, quiet_library_warnings
 
     install()  # already done by the console script; here for `python -m retain.cli`
     quiet_library_warnings()
-    # Registered first, so it runs after every other atexit handler (see _skip_teardown).
-    atexit.register(_skip_teardown)
-    try:
-        app()
-    except SystemExit as exc:
-        _EXIT_CODE[0] = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        if _tell_launcher():
-            raise SystemExit(0) from None
-        raise
-    except BaseException:
-        _EXIT_CODE[0] = 1
-        _tell_launcher()
-        raise
-
-
-def _tell_launcher() -> bool:
-    """Under ``--nproc``: rank 0's exit code goes to the launching process, which exits with it
-    (torchrun itself only says whether every rank exited 0). True when this process may then
-    exit 0: an outcome every rank agreed on (a rejection, a lock held elsewhere), not a crash,
-    which must still fail torchrun so that it ends the other ranks."""
-    path = os.environ.get("RETAIN_EXIT_FILE")
-    if not path:
-        return False
-    if os.environ.get("RANK") == "0":
-        from retain.core.distributed import SAVED
-
-        Path(path).write_text(f"{_EXIT_CODE[0]} {SAVED[0] or '-'}")
-    if _EXIT_CODE[0] not in (0, 1):
-        _EXIT_CODE[0] = 0
-        return True
-    return False
-
-
-def _skip_teardown() -> None:
-    """A command that trained has imported some 5,000 modules (torch, avalanche-lib and what
-    they import); the interpreter's teardown of them, after the work is done, saved and
-    printed, takes seconds (4-5 s measured on 2 loaded cores, more than a whole update of a
-    small model). Every atexit handler has run by now: flush and end the process here."""
-    if "retain.core.training" not in sys.modules:
-        return  # a light command: its teardown is quick
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:
-            pass
-    os._exit(_EXIT_CODE[0])
+    Ending().run(app)
 
 
 if __name__ == "__main__":

@@ -1,17 +1,24 @@
-"""Where the ``retain`` command starts: Ctrl-C is handled from its first instruction.
+"""Where the ``retain`` command starts and how its process ends.
 
-The console script and ``python -m retain`` enter here, not in ``cli.py``: importing
-the command line (typer, rich) and then torch takes time, and an interrupt at any
-moment of it must end the run as cleanly as one during training
-(``core/interrupts.py``): "interrupted: ..." on stderr, under ``--json`` also the
-error object on stdout, exit 130.
+Ctrl-C is handled from the first instruction: the console script and ``python -m retain``
+enter here, not in ``cli.py``, because importing the command line (typer, rich) and then
+torch takes time, and an interrupt at any moment of it must end the run as cleanly as one
+during training (``core/interrupts.py``): "interrupted: ..." on stderr, under ``--json``
+also the error object on stdout, exit 130.
+
+``--nproc N`` starts the same command line again in N processes under torchrun
+(``under_torchrun``), each one rank of the run's ``World`` (``core/world.py``). torchrun
+itself only says whether every rank exited 0: rank 0 tells the launching process its exit
+code through a file (``Ending``), and the launcher exits with it (``outcome``).
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import sys
+from pathlib import Path
 
 
 def _report(message: str) -> None:
@@ -66,6 +73,129 @@ def main() -> None:
     from retain.cli import main as cli_main
 
     cli_main()
+
+
+# --- several processes: --nproc N, under torchrun ---------------------------------------------
+EXIT_FILE = "RETAIN_EXIT_FILE"  # set by the launcher: where rank 0 writes its exit code
+
+
+def under_torchrun(nproc: int | None, argv: list[str], device: str, model: str | Path) -> int | None:
+    """``--nproc N``: the command line ``argv`` run again (less ``--nproc``) in N processes under
+    torchrun; the exit code of the run (``outcome``). None (run here) without --nproc, with
+    --nproc 1, or inside torchrun already. ``device``: the configured one; ``model``: the
+    model directory, to say what a failed run saved."""
+    from retain.core import world
+
+    if nproc is None or nproc == 1 or world.launched():
+        return None
+    if device == "auto":
+        from retain.core.models import resolve_device
+
+        device = resolve_device(device).type
+    missing = world.missing_backend(device.split(":")[0])
+    if missing:
+        import typer
+
+        raise typer.BadParameter(f"cannot train in {nproc} processes: {missing}", param_hint="--nproc")
+    relaunched, skip = [], False
+    for arg in argv:  # the same command line, less --nproc
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            relaunched.append(arg)
+    import subprocess
+    import tempfile
+
+    before = _versions(model)
+    with tempfile.TemporaryDirectory(prefix="retain-nproc-") as tmp:
+        exit_file = Path(tmp) / "exit_code"
+        env = {**os.environ, EXIT_FILE: str(exit_file)}
+        # torchrun would set 1 thread per process, and warn: share the cores out instead.
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "retain", *relaunched]
+        rc = subprocess.run(cmd, env=env).returncode
+        told = int(exit_file.read_text()) if exit_file.exists() else None
+    saved = [v for v in _versions(model) if v not in before]
+    return outcome(nproc, rc, told, saved[-1] if saved else None)
+
+
+def outcome(nproc: int, rc: int, told: int | None, saved: str | None) -> int:
+    """The exit code of a run of ``nproc`` processes: the one rank 0 ``told`` when the ranks
+    agreed on it (a rejection, a lock held elsewhere: they exit 0, torchrun ``rc`` 0). A crash
+    or a kill (torchrun failed, and rank 0 said 0 or 1, or nothing) is ``RankFailed``, saying
+    whether rank 0 had ``saved`` a version (the model directory says; a killed rank 0 cannot)."""
+    if told is None or (rc != 0 and told in (0, 1)):
+        from retain.core.world import RankFailed
+
+        raise RankFailed(f"a process of the {nproc}-process run failed (torchrun exited {rc}; its errors are above)"
+                         + (f", after rank 0 saved version {saved}" if saved else
+                            ": nothing was committed, the current model is unchanged"))
+    return told
+
+
+def _versions(model: str | Path) -> list[str]:
+    from retain.core.errors import RetainError
+    from retain.core.store import ModelStore
+
+    try:
+        return ModelStore(model).versions()
+    except (RetainError, OSError):  # not a model directory: nothing to tell apart
+        return []
+
+
+class Ending:
+    """How this process ends: the command's exit code, told to the ``--nproc`` launcher when
+    there is one, then the end of the process without the interpreter's teardown."""
+
+    def __init__(self) -> None:
+        self.code = 0
+
+    def run(self, app) -> None:
+        """Run the command line ``app`` (click's standalone mode: it exits) in this process."""
+        atexit.register(self.skip_teardown)  # registered first: runs after every other handler
+        try:
+            app()
+        except SystemExit as exc:
+            self.code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            if self.tell_launcher():
+                raise SystemExit(0) from None
+            raise
+        except BaseException:
+            self.code = 1
+            self.tell_launcher()
+            raise
+
+    def tell_launcher(self) -> bool:
+        """Under ``--nproc``: rank 0's exit code goes to the launching process, which exits with
+        it. True when this process may then exit 0: an outcome every rank agreed on (a
+        rejection, a lock held elsewhere), not a crash, which must still fail torchrun so that
+        it ends the other ranks."""
+        path = os.environ.get(EXIT_FILE)
+        if not path:
+            return False
+        if os.environ.get("RANK") == "0":
+            Path(path).write_text(str(self.code))
+        if self.code not in (0, 1):
+            self.code = 0
+            return True
+        return False
+
+    def skip_teardown(self) -> None:
+        """A command that trained has imported some 5,000 modules (torch, avalanche-lib and what
+        they import); the interpreter's teardown of them, after the work is done, saved and
+        printed, takes seconds (4-5 s measured on 2 loaded cores, more than a whole update of a
+        small model). Every atexit handler has run by now: flush and end the process here."""
+        if "retain.core.training" not in sys.modules:
+            return  # a light command: its teardown is quick
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        os._exit(self.code)
 
 
 if __name__ == "__main__":

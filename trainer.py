@@ -30,14 +30,18 @@ from retain.core.models import LoadedVersion, load_version
 from retain.core.run import FINE_TUNING, Run
 from retain.core.store import ModelStore
 from retain.core.strategy import UPDATE_LEARNING_RATE_KEYS
+from retain.core.world import World, join
 
 
 class ModelTrainer:
     def __init__(self, config: str | Path | Config | None = None, *, device: str | None = None,
-                 verbose: bool = True, overrides: list[str] | None = None, pm=None):
+                 verbose: bool = True, overrides: list[str] | None = None, pm=None, world: World | None = None):
         """``config``: a YAML path (``retain config > config.yaml`` writes the defaults to start
-        from), a ``Config``, or None for the embedded defaults."""
+        from), a ``Config``, or None for the embedded defaults. ``world``: the processes the
+        runs span (``core/world.py``); by default this one, or the ranks of torchrun when it
+        started this program (their process group is joined here)."""
         self.config = config if isinstance(config, Config) else load_config(config, overrides)
+        self.world = world if world is not None else join(device or self.config.device)
         self.listeners = []
         if verbose:
             from retain.render import ConsoleRenderer
@@ -51,7 +55,7 @@ class ModelTrainer:
         self.last_report: dict | None = None
 
     def _engine(self, config: Config) -> Engine:
-        return Engine(config, pm=self.pm, device=self.device, listeners=self.listeners)
+        return Engine(config, pm=self.pm, device=self.device, listeners=self.listeners, world=self.world)
 
     @property
     def model(self):

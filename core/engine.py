@@ -26,7 +26,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
-from . import distributed, evaluation, gate, ingest, interrupts, workload
+from . import evaluation, gate, ingest, interrupts, workload
 from .commit import commit
 from .errors import ConfigError, ModelError, RetainError
 from .gate import raise_if_rejected
@@ -42,18 +42,21 @@ from .run import FINE_TUNING, FULL_TRAINING, IMPORT, Run
 from .store import ModelStore
 from .strategy import build_strategies
 from .wording import plural
+from .world import SOLO, World
 
 
 class Engine:
     def __init__(self, config: Config, *, pm=None, listeners: tuple | list = (), device: str | None = None,
-                 strict: bool = False):
-        """``listeners``: objects with event hookimpls (a renderer), registered while a run lasts."""
+                 strict: bool = False, world: World = SOLO):
+        """``listeners``: objects with event hookimpls (a renderer), registered while a run lasts.
+        ``world``: the processes the run spans (``core/world.py``), made where the run starts."""
         self.config = config
         self.pm = pm or default_plugin_manager()
         self.registry = Registry.of(self.pm)
         self.registry.check_config(config)  # unknown plugin names and options fail here, early
         self.listeners = list(listeners)
-        self.device_name = device or config.device
+        self.world = world
+        self.device_name = world.device or device or config.device  # a rank's own GPU
         self.strict = strict
 
     @functools.cached_property
@@ -65,13 +68,13 @@ class Engine:
               force: bool = False) -> dict:
         """Full training from a random init on all data; saves the next version (0001 in a new dir).
         A directory holding files of its own and no model is refused unless ``force``."""
-        store = ModelStore(model_dir)
+        store = ModelStore(model_dir, read_only=not self.world.is_writer)  # rank 0 alone writes
         foreign = [] if force or store.exists() else store.foreign_entries()
         if foreign:
             raise ModelError(f"{store.root} is not empty and holds no retain model ({plural(len(foreign), 'entry', 'entries')}"
                              f": {', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); train "
                              "into a new or empty directory, or pass --force to train into this one")
-        if distributed.launched():
+        if self.world.distributed:
             return self.run_distributed(FULL_TRAINING, data, store, items=items)
         with store.undone_if_failed(), self.listening(), store.lock(), contextlib.closing(store.ledger):
             self.recover(store)
@@ -101,9 +104,10 @@ class Engine:
         ``check``: train and validate, write nothing; rejected by the gate raises as usual.
         ``advise`` ends with the full-retrain assessment (``advice_given``, report["retrain"])."""
         writes = not (dry_run or check)
-        store = ModelStore(model_dir, read_only=not writes)  # a read-only mount serves a dry run or a check
+        # A read-only mount serves a dry run or a check; rank 0 alone writes (``core/world.py``).
+        store = ModelStore(model_dir, read_only=not writes or not self.world.is_writer)
         store.current()  # a clear error before anything else if there is no model
-        if distributed.launched():
+        if self.world.distributed:
             if dry_run or check:
                 raise ConfigError("--dry-run and --check run in one process: drop --nproc (or torchrun)")
             return self.run_distributed(FINE_TUNING, data, store, items=items, wait=wait, advise=advise)
@@ -133,36 +137,34 @@ class Engine:
 
     def run_distributed(self, kind: str, data: list[str], store: ModelStore, *, items: list[Item] | None = None,
                     wait: float = 0.0, advise: bool = False) -> dict:
-        """``train`` or ``update`` as one of several torchrun processes (``core/distributed.py``).
+        """``train`` or ``update`` as one of several torchrun processes (``core/world.py``).
 
         Every rank runs the cycle on the same data; rank 0 holds the lock from start to end,
         validates, and alone saves, after all ranks have finished training: a rank that died
         fails that meeting and nothing is committed. The lock goes with rank 0's process."""
-        world = distributed.start(resolve_device(self.device_name))
-        self.device_name = str(distributed.device_for(world, resolve_device(self.device_name)))
+        world = self.world
         with self.listening(), self._writer_lock(world, store, wait), contextlib.closing(store.ledger):
-            if world.writer:
+            if world.is_writer:
                 self.recover(store)
             world.barrier("reading the model directory")  # rank 0 has tidied up after a crash
             replaces = store.current() if kind == FULL_TRAINING and store.exists() else None
             base = store.current() if kind == FINE_TUNING else None
             run = self.prepare(kind, data, store, base, items=items)
             world.barrier("the save")
-            report = self.commit(run, store, replaces=replaces) if world.writer else run.report()
-            distributed.SAVED[0] = report["version"]
+            report = self.commit(run, store, replaces=replaces) if world.is_writer else run.report()
             # The others wait for the save, and end as rank 0 does.
             report.update(world.broadcast({"version": report["version"], "status": report["status"]}))
-            if advise and world.writer:
+            if advise and world.is_writer:
                 self.advise(run, store, report)
         return raise_if_rejected(report, store)
 
     @contextlib.contextmanager
-    def _writer_lock(self, world: "distributed.World", store: ModelStore, wait: float) -> Iterator[None]:
+    def _writer_lock(self, world: World, store: ModelStore, wait: float) -> Iterator[None]:
         """Rank 0 takes the model directory's lock for the whole run; if it cannot, every rank
         ends with its error."""
         with contextlib.ExitStack() as stack:
             error = None
-            if world.writer:
+            if world.is_writer:
                 try:
                     stack.enter_context(store.lock(wait=wait))
                 except RetainError as exc:
@@ -261,7 +263,7 @@ class Engine:
         skips ``evaluate_before``. ``preload``: the training stack's import, started earlier."""
         preload = preload or Preload()
         self.tokenize(run, store)
-        writer = distributed.is_writer()  # several processes: rank 0 alone scores and judges
+        writer = self.world.is_writer  # several processes: rank 0 alone scores and judges
         if run.before is None and writer:
             self.evaluate_before(run, store)
         if run.kind != IMPORT or run.strategies:  # an import trains nothing: strategies record only
@@ -271,7 +273,8 @@ class Engine:
                             overlapped=not preload.already_loaded)
             with self._step(run, "train") as info:
                 stopping = run.kind == FINE_TUNING and self.config.fine_tuning.early_stopping.enabled
-                training.train(run, self.pm, judge=functools.partial(self._judge_epoch, run) if stopping else None)
+                training.train(run, self.pm, judge=functools.partial(self._judge_epoch, run) if stopping else None,
+                               world=self.world)
                 info.update(epoch_losses=run.epoch_losses, oom_retries=run.oom_retries,
                             early_stopping=run.early_stopping)
         if run.kind == IMPORT:  # no gate: there is no parent to judge the imported model against
@@ -281,10 +284,9 @@ class Engine:
             if writer:
                 evidence = evaluation.measure_after(run, store)
                 run.verdicts, run.next_steps = gate.judge(self.registry, self.config, evidence, run.oom_retries)
-            world = distributed.current()
-            if world is not None:  # the verdicts of rank 0's gate, on every rank
-                run.verdicts, run.next_steps, run.metrics = world.broadcast((run.verdicts, run.next_steps,
-                                                                             run.metrics))
+            # the verdicts of rank 0's gate, on every rank
+            run.verdicts, run.next_steps, run.metrics = self.world.broadcast((run.verdicts, run.next_steps,
+                                                                              run.metrics))
             self.pm.hook.verdicts_given(run=run, verdicts=run.verdicts, next_steps=run.next_steps)
             info.update(metrics=run.metrics, verdicts=[v.to_json() for v in run.verdicts],
                         next_steps=run.next_steps)

@@ -534,8 +534,10 @@ OWN_FILES = {"CURRENT", "versions", "ledger.sqlite", "ledger.sqlite-wal", "ledge
 
 class ModelStore:
     def __init__(self, root: str | Path, read_only: bool = False):
-        """``read_only``: for a reading command, its ledger opened read-only (``Ledger``)."""
+        """``read_only``: for a reading command, or a rank of several processes other than rank 0
+        (``core/world.py``): its ledger opened read-only (``Ledger``), no rejects written."""
         self.root = Path(root)
+        self.read_only = read_only
         if self.root.exists() and not self.root.is_dir():
             raise ModelError(f"{self.root} is a file, not a model directory")
         self.versions_dir = self.root / "versions"
@@ -865,9 +867,7 @@ class ModelStore:
 
     def append_rejects(self, rejects: list, run_id: str) -> Path:
         path = self.root / "rejects.jsonl"
-        from .distributed import is_writer
-
-        if rejects and is_writer():  # several processes: rank 0 writes them, once
+        if rejects and not self.read_only:  # several processes: rank 0 writes them, once
             self.root.mkdir(parents=True, exist_ok=True)
             # backslashreplace: a plugin's reject holding a lone surrogate still writes valid JSON;
             # shielded: an interrupt leaves no half-written line

@@ -24,12 +24,13 @@ from avalanche.core import SupervisedPlugin
 from avalanche.training.templates import SupervisedTemplate
 from torch.utils.data import DataLoader, TensorDataset
 
-from . import distributed, evaluation
+from . import evaluation
 from .lm import IGNORE_INDEX, Rows, autocast, lm_loss, token_losses
 from .retry import retry_halving_batch
 from .run import FINE_TUNING, Run
 from .store import fault_point
 from .strategy import TrainSettings
+from .world import SOLO, ShardedBatches, World
 
 
 def make_dataset(x: torch.Tensor, y: torch.Tensor) -> AvalancheDataset:
@@ -122,14 +123,14 @@ class LMTemplate(SupervisedTemplate):
 
     lengths: list[int] | None = None
     precision: str = "fp32"
+    world: World = SOLO  # the processes training together (``core/world.py``)
     ddp = None  # several processes: the model wrapped in DistributedDataParallel
 
     def forward(self):
         # bf16 autocast around the forward only: the loss is taken in fp32 (RecordingCriterion)
         # and the backward runs outside autocast, as torch recommends.
         with autocast(self.device, self.precision):
-            world = distributed.current()
-            if world is None:
+            if not self.world.distributed:
                 return super().forward()
             if self.ddp is None:
                 # Built on the first step, once the template has the model on its device. Only
@@ -160,9 +161,8 @@ class LMTemplate(SupervisedTemplate):
         args = self._obtain_common_dataloader_parameters(batch_size=self.train_mb_size, shuffle=True)
         for key in ("batch_size", "shuffle", "drop_last", "sampler"):
             args.pop(key, None)
-        world = distributed.current()
-        if world is not None:  # every rank draws the same batches, and trains on its share of each
-            batch_sampler = distributed.ShardedBatches(batch_sampler, world)
+        if self.world.distributed:  # every rank draws the same batches, and trains on its share of each
+            batch_sampler = ShardedBatches(batch_sampler, self.world)
         return DataLoader(data, batch_sampler=batch_sampler, **args)
 
 
@@ -177,12 +177,13 @@ class RecordingCriterion:
     weights after an update with each rank's own mean, 5.4e-7 this way).
     ``last`` is the loss of the whole batch on every rank."""
 
-    def __init__(self) -> None:
+    def __init__(self, world: World = SOLO) -> None:
+        self.world = world
         self.last: torch.Tensor | None = None
 
     def __call__(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        world = distributed.current()
-        if world is None:
+        world = self.world
+        if not world.distributed:
             loss = lm_loss(logits.float(), targets)
             self.last = loss.detach()
             return loss
@@ -205,9 +206,9 @@ class EngineLoop(SupervisedPlugin):
     def __init__(self, settings: TrainSettings, criterion: RecordingCriterion,
                  penalty: Callable[..., torch.Tensor | None], on_step: Callable[[int, int, int, float], None],
                  on_epoch: Callable[[int, float], None], started: float | None = None,
-                 on_time_up: Callable[[int, int, int], None] | None = None):
+                 on_time_up: Callable[[int, int, int], None] | None = None, world: World = SOLO):
         super().__init__()
-        self.settings, self.criterion = settings, criterion
+        self.settings, self.criterion, self.world = settings, criterion, world
         self.on_time_up = on_time_up  # (epoch, step, steps per epoch): where max_seconds stopped it
         self.penalty, self.on_step, self.on_epoch = penalty, on_step, on_epoch
         self.epoch_losses: list[float] = []
@@ -274,9 +275,7 @@ class EngineLoop(SupervisedPlugin):
         # squeezed into them, so a run cut short by its limit still ends its decay.
         per_step = 1.2 * (self.step_seconds / self.steps + self.epoch_end_seconds / self.steps_per_epoch)
         fitting = min(self.planned, self.steps + 1 + int(max(left, 0) / per_step))
-        world = distributed.current()
-        if world is not None:  # rank 0's clock decides for all: they step and schedule together
-            left, fitting = world.broadcast((left, fitting))
+        left, fitting = self.world.broadcast((left, fitting))  # rank 0's clock decides for all ranks
         if left < 0:
             # The next step would likely end past the limit: stop here (this epoch ends short).
             self.out_of_time = True
@@ -296,7 +295,7 @@ def fit(module: torch.nn.Module, rows: Rows, settings: TrainSettings, *, device:
         plugins: list, penalty: Callable[..., torch.Tensor | None], on_step: Callable[[int, int, int, float], None],
         on_epoch: Callable[[int, float], None], continuing: bool, started: float | None = None,
         stopper: Callable[[EngineLoop], SupervisedPlugin] | None = None, precision: str = "fp32",
-        on_time_up: Callable[[int, int, int], None] | None = None) -> list[float]:
+        on_time_up: Callable[[int, int, int], None] | None = None, world: World = SOLO) -> list[float]:
     """Train ``module`` on ``rows`` for ``settings.epochs``; return the mean task loss per epoch.
 
     ``penalty(model, inputs, targets, logits)`` returns the summed extra loss
@@ -304,17 +303,18 @@ def fit(module: torch.nn.Module, rows: Rows, settings: TrainSettings, *, device:
     ``started``: when the clock of ``settings.max_seconds`` started (default: now).
     ``stopper(loop)``: a plugin run after the loop at each epoch's end (early stopping).
     ``on_time_up(epoch, step, steps)``: called where ``settings.max_seconds`` stops the training.
+    ``world``: the processes training together, each on its share of every batch.
     """
     x, y = pad_to(rows.x, rows.y, settings.max_seq_length, pad_id)
     experience = benchmark_from_datasets(train=[make_dataset(x, y)]).train_stream[0]
-    criterion = RecordingCriterion()
+    criterion = RecordingCriterion(world)
     optimizer = torch.optim.AdamW(module.parameters(), lr=settings.learning_rate,
                                   weight_decay=settings.weight_decay)
-    loop = EngineLoop(settings, criterion, penalty, on_step, on_epoch, started, on_time_up)
+    loop = EngineLoop(settings, criterion, penalty, on_step, on_epoch, started, on_time_up, world)
     after = [stopper(loop)] if stopper is not None else []
-    if distributed.current() is not None:
+    if world.distributed:
         # avalanche-lib lists every plugin not marked as made for distributed training; here the
-        # engine (core/distributed.py) shares what each rank must agree on, for all of them.
+        # engine (core/world.py) shares what each rank must agree on, for all of them.
         for plugin in [*plugins, loop, *after]:
             plugin.supports_distributed = True
     with warnings.catch_warnings():
@@ -326,6 +326,7 @@ def fit(module: torch.nn.Module, rows: Rows, settings: TrainSettings, *, device:
                               plugins=[*plugins, loop, *after], evaluator=None)
         template.lengths = (y != IGNORE_INDEX).sum(1).tolist()
         template.precision = precision
+        template.world = world
         if continuing:
             # Each update is a fresh template, but not the model's first experience: say so, or
             # avalanche plugins that skip the first one (EWC, MAS, GEM) ignore restored state.
@@ -334,7 +335,7 @@ def fit(module: torch.nn.Module, rows: Rows, settings: TrainSettings, *, device:
     return loop.epoch_losses
 
 
-def train(run: Run, pm, judge: Callable[[bool], tuple] | None = None) -> None:
+def train(run: Run, pm, judge: Callable[[bool], tuple] | None = None, world: World = SOLO) -> None:
     """Train ``run.lm`` on ``run.rows`` with the run's strategies; fills ``run.epoch_losses``.
 
     ``judge(last)``, when given (updates with ``fine_tuning.early_stopping``), scores and
@@ -343,12 +344,12 @@ def train(run: Run, pm, judge: Callable[[bool], tuple] | None = None) -> None:
 
     Out of memory: the weights are restored and the run retries with half the
     batch size, down to 1 (``core/retry.py``); each retry is in ``run.oom_retries``.
+    ``world``: the processes training together (``core/world.py``).
     """
     settings = run.settings
     started = time.perf_counter()
     trackers: list = []  # early stopping's record, one per attempt (out-of-memory retries)
-    world = distributed.current()
-    if judge is not None and world is not None:
+    if judge is not None:
         judge = world.on_writer(judge)  # validators run once, on rank 0; every rank stops alike
     judges: list = []    # early stopping itself, one per attempt: its seconds
 
@@ -392,7 +393,7 @@ def train(run: Run, pm, judge: Callable[[bool], tuple] | None = None) -> None:
         return fit(run.model, run.rows, settings, device=run.device, pad_id=run.lm.pad_id, plugins=plugins,
                    penalty=penalty, on_step=on_step, on_epoch=on_epoch, continuing=run.parent is not None,
                    started=started, stopper=stopper if judge is not None else None, precision=run.precision,
-                   on_time_up=on_time_up)
+                   on_time_up=on_time_up, world=world)
 
     def on_oom(failed: int, retry: int, error: str) -> None:
         run.oom_retries.append({"batch_size": failed, "retry_batch_size": retry, "error": error})

@@ -24,7 +24,7 @@ from avalanche.training.regularization import LearningWithoutForgetting
 from avalanche.training.storage_policy import ExemplarsBuffer, ReservoirSamplingBuffer
 from avalanche.training.utils import ParamData, copy_params_dict
 
-from retain.core import distributed
+from retain.core.world import world_of
 from retain.core.lm import IGNORE_INDEX
 from retain.core.training import LengthBatches, make_dataset, pad_to
 
@@ -105,8 +105,8 @@ class TextReservoir(ExemplarsBuffer):
         if texts:
             self.reservoir.update_from_dataset(AvalancheDataset([list(texts)]))
             self._rows = None
-            world = distributed.current()
-            if world is not None:  # several processes: rank 0's draw is every rank's buffer
+            world = world_of(agent)
+            if world.distributed:  # several processes: rank 0's draw is every rank's buffer
                 kept, keys = world.broadcast((self.texts, self.keys.cpu()))
                 self.reservoir.buffer = AvalancheDataset([list(kept)])
                 self.reservoir._buffer_weights = keys
@@ -215,7 +215,7 @@ class OnlineEWC(EWCPlugin):
     def after_training_exp(self, strategy, **kwargs):
         super().after_training_exp(strategy, **kwargs)
         if self.importances:  # several processes: the same importances on every rank
-            distributed.average_(p.data for p in self.importances[max(self.importances)].values())
+            world_of(strategy).average_(p.data for p in self.importances[max(self.importances)].values())
 
     def latest_importances(self) -> Tensors:
         if not self.importances:
@@ -292,7 +292,7 @@ class PersistentMAS(MASPlugin):
         else:
             super().after_training_exp(strategy, **kwargs)
         # several processes: the same importances on every rank
-        distributed.average_(p.data for p in self.importance.values())
+        world_of(strategy).average_(p.data for p in self.importance.values())
 
     def state(self) -> Tensors:
         return {k: v.data.detach().cpu().clone() for k, v in (self.importance or {}).items()}

@@ -117,7 +117,7 @@ def test_nproc_with_a_one_process_mode_is_a_usage_error(base_model, new_data, fl
 
 
 def test_sharded_batches_split_every_batch_between_the_ranks():
-    from retain.core.distributed import ShardedBatches, World
+    from retain.core.world import ShardedBatches, World
 
     batches = [[0, 1, 2, 3, 4], [5]]
     shards = [list(ShardedBatches(batches, World(rank, 2, rank, "gloo"))) for rank in (0, 1)]

@@ -40,6 +40,7 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     from retain.core.items import Item
     from retain.core.run import FINE_TUNING
     from retain.core.store import ModelStore
+    from retain.core.world import SOLO
 
     preload()
     started = time.perf_counter()
@@ -52,7 +53,7 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
         from retain.core.pluginmanager import make_plugin_manager
 
         pm = make_plugin_manager(extra_plugins=[importlib.import_module(name) for name in spec["plugins"]])
-    engine = Engine(config, pm=pm, device=spec["device"])
+    engine = Engine(config, pm=pm, device=spec["device"], world=SOLO)  # a trial is one process
     store = ModelStore(spec["model_dir"])
     # A dry run: the trial writes nothing to the model directory (the search owns its lock).
     run = engine.start(FINE_TUNING, store, spec["parent"], dry_run=True)
