@@ -112,3 +112,83 @@ def test_commands_that_train_nothing_import_no_avalanche(base_model, new_texts, 
                          capture_output=True, text=True, check=True).stdout.splitlines()
     assert out == ["history []", "status []", "rollback []", "rollback []", "prune []", "update []",
                    "validate ['torch']"]
+
+
+# Module state a function changes at run time, by module: what it is for. Everything else a run
+# needs is passed to it (the processes it spans are a ``World``, core/world.py, made where the
+# run starts). A signal handler's state is the process's: one handler per process, each rank
+# of a distributed run its own; the default plugin manager is a cache of what is installed.
+RUN_TIME_MODULE_STATE = {
+    "core/interrupts.py": {"_outcome", "_pending", "_report", "_shield_depth", "_tidy"},
+    "core/pluginmanager.py": {"_DEFAULT"},
+}
+# Removed by issue 22: the distributed run's state, now the World's and the launcher's.
+REMOVED_GLOBALS = {"_ARGV", "_EXIT_CODE", "SAVED", "_WORLD"}
+_MUTATORS = {"append", "extend", "insert", "pop", "popitem", "clear", "update", "setdefault", "add", "discard",
+             "remove"}
+
+
+def run_time_state(path: Path) -> set[str]:
+    """Module-level names of ``path`` that its functions rebind (``global``) or change in place
+    (``X[k] = ...``, ``X.append(...)``), and ``module.NAME`` of modules it changes the same way."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    names = {t.id for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
+             for t in (node.targets if isinstance(node, ast.Assign) else [node.target]) if isinstance(t, ast.Name)}
+    modules = {alias.asname or alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+               and (node.level or (node.module or "").startswith("retain")) for alias in node.names}  # retain's own
+    found = set()
+
+    def changed(target) -> None:
+        while isinstance(target, ast.Subscript):
+            target = target.value
+        if isinstance(target, ast.Name) and target.id in names:
+            found.add(target.id)
+        elif isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) and target.value.id in modules:
+            found.add(f"{target.value.id}.{target.attr}")
+
+    for func in ast.walk(tree):
+        if not isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for node in ast.walk(func):
+            if isinstance(node, ast.Global):
+                found.update(node.names)
+            elif isinstance(node, (ast.Assign, ast.AugAssign)):
+                for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                    if isinstance(target, (ast.Subscript, ast.Attribute)):
+                        changed(target)
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in _MUTATORS:
+                changed(node.func.value)
+    return found
+
+
+def module_state(root: Path) -> dict[str, set[str]]:
+    out = {}
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root)
+        if rel.parts[0] in ("tests", "benchmarks", "examples", "build"):
+            continue
+        state = run_time_state(path)
+        if state:
+            out[rel.as_posix()] = state
+    return out
+
+
+def test_no_run_state_in_module_globals():
+    assert module_state(ROOT) == RUN_TIME_MODULE_STATE
+    defined = {f"{path.relative_to(ROOT)}: {t.id}" for path in ROOT.rglob("*.py") if "tests" not in path.parts
+               for node in ast.parse(path.read_text(encoding="utf-8")).body
+               if isinstance(node, (ast.Assign, ast.AnnAssign))
+               for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
+               if isinstance(t, ast.Name) and t.id in REMOVED_GLOBALS}
+    assert defined == set()
+
+
+def test_the_module_state_check_sees_a_global_box(tmp_path):
+    # The check itself must be able to fail: the globals issue 22 removed, in the shapes they had.
+    (tmp_path / "cli.py").write_text("_ARGV = []\n_EXIT_CODE = [0]\n\ndef main(argv):\n    _ARGV[:] = argv\n"
+                                     "    _EXIT_CODE[0] = 1\n")
+    (tmp_path / "engine.py").write_text("from . import distributed\n\ndef run(report):\n"
+                                        "    distributed.SAVED[0] = report['version']\n")
+    (tmp_path / "world.py").write_text("_WORLD = None\n\ndef start():\n    global _WORLD\n    _WORLD = 1\n")
+    assert module_state(tmp_path) == {"cli.py": {"_ARGV", "_EXIT_CODE"}, "engine.py": {"distributed.SAVED"},
+                                      "world.py": {"_WORLD"}}

@@ -134,3 +134,63 @@ def test_under_torchrun_only_train_and_update_run(base_model, new_data, monkeypa
     assert history.exit_code == 2 and "only train and update run under torchrun" in history.output
     auto = CliRunner().invoke(app, ["update", "--data", str(new_data), "--model", str(base_model), "--auto"])
     assert auto.exit_code == 2 and "--auto" in auto.output
+
+
+def test_the_trivial_world_is_one_writer_whose_collectives_change_nothing(monkeypatch):
+    import dataclasses
+
+    import torch
+    import torch.distributed as dist
+
+    from retain.core.errors import LockedError
+    from retain.core.world import SOLO, join, world_of
+
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    assert join("cpu") is SOLO  # not started by torchrun: one process, no process group joined
+    assert (SOLO.rank, SOLO.size, SOLO.is_writer, SOLO.distributed) == (0, 1, True, False)
+    box = {"verdicts": [1]}
+    assert SOLO.broadcast(box) is box
+    t = torch.tensor([1.0, 3.0])
+    assert SOLO.all_reduce_(t, average=True) is t and t.tolist() == [1.0, 3.0]
+    SOLO.average_([t])
+    assert t.tolist() == [1.0, 3.0]
+    SOLO.barrier("the save")
+    assert SOLO.on_writer(len)([1, 2]) == 2
+    SOLO.agree(None)
+    with pytest.raises(LockedError):
+        SOLO.agree(LockedError("held elsewhere"))
+    assert not dist.is_available() or not dist.is_initialized()  # none of it needed a process group
+    assert world_of(object()) is SOLO  # a template that is not retain's trains alone
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        SOLO.rank = 1
+
+
+def test_a_rank_other_than_0_writes_no_rejects(tmp_path):
+    from retain.core.items import Item, Reject
+
+    rejects = [Reject.of(Item("x", "s"), "too long")]
+    ModelStore(tmp_path / "m", read_only=True).append_rejects(rejects, "run")  # how rank 1 opens it
+    assert not (tmp_path / "m" / "rejects.jsonl").exists()
+    ModelStore(tmp_path / "m").append_rejects(rejects, "run")
+    assert len((tmp_path / "m" / "rejects.jsonl").read_text().splitlines()) == 1
+
+
+def test_rank_0_hands_its_exit_code_to_the_launcher(tmp_path, monkeypatch):
+    from retain.core.world import RankFailed
+    from retain.launch import EXIT_FILE, Ending, outcome
+
+    handoff = tmp_path / "exit_code"
+    monkeypatch.setenv(EXIT_FILE, str(handoff))
+    for rank, code, told, exits_0 in [("0", 10, "10", True), ("1", 10, "10", True), ("0", 1, "1", False)]:
+        monkeypatch.setenv("RANK", rank)
+        ending = Ending()
+        ending.code = code
+        assert ending.tell_launcher() is exits_0  # an agreed outcome: torchrun must not end the others
+        assert handoff.read_text() == told  # rank 0's alone (rank 1 found rank 0's 10 there)
+    assert outcome(2, 0, 10, None) == 10  # a rejection: every rank agreed, exit 10
+    assert outcome(2, 0, 0, "0002") == 0
+    with pytest.raises(RankFailed, match="after rank 0 saved version 0002"):
+        outcome(2, 1, 1, "0002")  # rank 1 died after the save
+    with pytest.raises(RankFailed, match="nothing was committed"):
+        outcome(2, -9, None, None)  # rank 0 killed: it said nothing
