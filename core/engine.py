@@ -26,7 +26,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
-from . import distributed, evaluation, gate, ingest, interrupts
+from . import distributed, evaluation, gate, ingest, interrupts, precision
 from .commit import commit
 from .errors import ConfigError, ModelError, RetainError
 from .gate import raise_if_rejected
@@ -285,6 +285,17 @@ class Engine:
         """5. Tokenize: the model to train, its rows, the strategies' settings (``core/models.py``)."""
         with self._step(run, "tokenize") as info:
             info.update(prepare_model(run, self.registry, lambda m: self._warn(run, m)))
+        self.choose_precision(run)
+
+    def choose_precision(self, run: Run) -> None:
+        """``precision: auto`` decided on this model and a batch of its rows, measured where a
+        rule cannot tell (``core/precision.py``); several processes use rank 0's choice."""
+        with self._step(run, "precision") as info:
+            world = distributed.current()
+            choose = precision.choose_for_run if world is None else world.on_writer(precision.choose_for_run)
+            choice = choose(run)
+            run.precision, run.precision_choice = choice.chose, choice.to_json()
+            info.update(run.precision_choice)
 
     def evaluate_before(self, run: Run, store: ModelStore) -> None:
         """The starting model's held-out losses (``core/evaluation.py``)."""
