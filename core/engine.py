@@ -289,12 +289,14 @@ class Engine:
 
     def choose_precision(self, run: Run) -> None:
         """``precision: auto`` decided on this model and a batch of its rows, measured where a
-        rule cannot tell (``core/precision.py``); several processes use rank 0's choice."""
+        rule cannot tell (``core/precision.py``); several processes use rank 0's choice, a
+        search's trials their search's (given in ``run.precision_choice``: it scored before)."""
         with self._step(run, "precision") as info:
-            world = distributed.current()
-            choose = precision.choose_for_run if world is None else world.on_writer(precision.choose_for_run)
-            choice = choose(run)
-            run.precision, run.precision_choice = choice.chose, choice.to_json()
+            if run.precision_choice is None:
+                world = distributed.current()
+                choose = precision.choose_for_run if world is None else world.on_writer(precision.choose_for_run)
+                run.precision_choice = choose(run).to_json()
+            run.precision = run.precision_choice["chose"]
             info.update(run.precision_choice)
 
     def evaluate_before(self, run: Run, store: ModelStore) -> None:

@@ -225,3 +225,30 @@ def test_validate_scores_a_version_in_the_precision_its_update_chose(base_model,
     monkeypatch.setattr(evaluation, "measure", lambda *a, **k: used.append(a[5]) or measure(*a, **k))
     validate_version(engine, ModelStore(base_model), version, [str(write_jsonl(tmp_path / "b.jsonl", new_texts[20:30]))])
     assert used == ["bf16", "bf16"]
+
+
+def test_a_search_measures_once_and_its_trials_train_in_its_choice(base_model, new_texts, tmp_path, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    pytest.importorskip("optuna")
+    from retain.tune import auto_update
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(precision, "write_cache", lambda *a: None)  # nothing cached: a trial could only measure
+    steps = FakeSteps(2.0, 1.0)
+    monkeypatch.setattr(precision, "_timed_step", lambda module, batch, device: steps)
+    specs = []
+
+    class InProcess(ThreadPoolExecutor):  # trials in this process, where the injected timing holds
+        def submit(self, fn, spec):
+            specs.append(spec)
+            return super().submit(fn, spec)
+
+    engine = Engine(load_config(None, [*TINY, "precision=auto", "fine_tuning.strategy=rewarm,replay",
+                                       "tune.max_trials=2"]))
+    report = auto_update(engine, [str(write_jsonl(tmp_path / "new.jsonl", new_texts[:40]))], base_model,
+                         budget=50.0, executor=InProcess(1))
+    assert len(steps.calls) == 2 * (1 + precision.ROUNDS)  # the search's own run, once
+    assert specs and all(s["precision"] == report["precision"] for s in specs)
+    assert report["precision"]["chose"] == "bf16"
