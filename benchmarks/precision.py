@@ -81,7 +81,7 @@ def measure_size(size: str, args, base: list[str], new: list[str]) -> dict:
         choices.append({**choice.to_json(), "probe_seconds": probe, "cached_seconds": cached})
         return {**train(choice.chose), "chose": choice.chose}
 
-    results = alternate(args.runs, {"fp32": lambda: train("fp32"), "bf16": lambda: train("bf16"), "auto": auto})
+    results = alternate(args.size_runs.get(size, args.runs), {"fp32": lambda: train("fp32"), "bf16": lambda: train("bf16"), "auto": auto})
     steps = len(some) // 8 + (len(some) % 8 > 0)
     out = {"size": size, "parameters": sum(p.numel() for p in lm.module.parameters()), "rows": len(some),
            "steps": steps, "tokens": some.tokens, "choices": choices, **results}
@@ -122,17 +122,17 @@ def say(text: str) -> None:
 # --- the tables ----------------------------------------------------------------------------------
 
 def tables(results: list[dict], demo: list[dict], args) -> str:
-    md = ["**Training** (retain's loop, batches of 8 rows; tokens/s, medians of "
-          f"{args.runs}, fp32 / bf16 / auto alternating; auto's probe with an empty cache, then training "
+    md = ["**Training** (retain's loop, batches of 8 rows; tokens/s, medians of the rounds, "
+          "fp32 / bf16 / auto alternating; auto's probe with an empty cache, then training "
           "in its choice):", "",
-          "| model | parameters | measured over | fp32 tokens/s | bf16 tokens/s | bf16 / fp32 | auto chose "
-          "| auto tokens/s | auto / fp32 | probe's bf16 / fp32 | probe s | cached s |", "|" + "---|" * 12]
+          "| model | parameters | measured over | rounds | fp32 tokens/s | bf16 tokens/s | bf16 / fp32 | auto chose "
+          "| auto tokens/s | auto / fp32 | probe's bf16 / fp32 | probe s | cached s |", "|" + "---|" * 13]
     for r in results:
         f32, b16, aut = (median_rate(r[k]) for k in ("fp32", "bf16", "auto"))
         chose = [c["chose"] for c in r["choices"]]
         picked = ", ".join(f"{c} x{chose.count(c)}" for c in sorted(set(chose)))
         probe_ratio = statistics.median(c["speedup"] for c in r["choices"])
-        md.append(f"| {r['size']} | {r['parameters'] / 1e6:.1f}M | {r['steps']} steps ({r['tokens']:,} tokens) "
+        md.append(f"| {r['size']} | {r['parameters'] / 1e6:.1f}M | {r['steps']} steps ({r['tokens']:,} tokens) | {len(r['fp32'])} "
                   f"| {f32:,.0f} | {b16:,.0f} | {b16 / f32:.2f} | {picked} | {aut:,.0f} | {aut / f32:.2f} "
                   f"| {probe_ratio:.2f} | {_med(c['probe_seconds'] for c in r['choices']):.2f} "
                   f"| {_med(c['cached_seconds'] for c in r['choices']):.3f} |")
@@ -155,6 +155,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="0.7M,20M,88M", help=f"model sizes, from {', '.join(SIZES)}")
     ap.add_argument("--runs", type=int, default=3, help="alternating rounds of fp32 / bf16 / auto")
+    ap.add_argument("--size-runs", default="", help="SIZE=RUNS,...: more rounds where they are cheap "
+                    "(small models: a busy machine's noise is largest against a short run)")
     ap.add_argument("--steps", default="20M=5,88M=3", help="SIZE=STEPS,...: train this many batches "
                     "(a seeded sample of the rows) instead of one epoch of all of them")
     ap.add_argument("--base-items", type=int, default=150, help="texts the tokenizer is trained on")
@@ -175,6 +177,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     args.threads = torch.get_num_threads()
     args.steps = {k: int(v) for k, v in (p.split("=") for p in args.steps.split(",") if p)}
+    args.size_runs = {k: int(v) for k, v in (p.split("=") for p in args.size_runs.split(",") if p)}
     unknown = [s for s in args.sizes.split(",") if s not in SIZES]
     if unknown:
         sys.exit(f"unknown size(s) {unknown}; known: {', '.join(SIZES)}")

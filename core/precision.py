@@ -25,7 +25,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-ROUNDS = 3           # timed steps of each precision, alternating (after one untimed step of each)
+ROUNDS = 3           # timed steps of each precision, alternating (after one untimed step of each) ...
+MAX_ROUNDS = 15      # ... and more while they fit in PROBE_SECONDS: cheap where steps are short,
+PROBE_SECONDS = 3.0  # where a busy machine's noise is largest against a step
 MARGIN = 1.05        # bf16 is kept only when its median step is at least this much faster
 # The CPU flags that decide how fast bf16 and fp32 matrix products run: part of the cache key.
 FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
@@ -39,7 +41,7 @@ class Choice:
     asked: str                         # the config's "auto", "fp32" or "bf16"
     chose: str                         # "fp32" or "bf16"
     why: str                           # one sentence
-    speedup: float | None = None       # bf16 step time / fp32 step time, inverted: >1 is bf16 faster
+    speedup: float | None = None       # fp32 step time / bf16 step time, median of the rounds: >1 is bf16 faster
     batch: list[int] | None = None     # the measured batch: rows x tokens
     cached: str | None = None          # when a cached measurement was made (UTC date), else None
     seconds: float = 0.0               # what deciding cost this run (0 from the cache)
@@ -77,20 +79,20 @@ def measured_choice(module, batch, device, *, time_steps: Callable | None = None
     rows, width = (int(n) for n in batch[0].shape)
     entry = read_cache(cache).get(key)
     if entry is not None:
-        return _choice(entry["fp32"], entry["bf16"], [rows, width], cached=entry["measured"])
+        return _choice(entry["speedup"], [rows, width], cached=entry["measured"])
     started = time.perf_counter()
     times = measure(module, batch, device, time_steps)
-    fp32, bf16 = statistics.median(times["fp32"]), statistics.median(times["bf16"])
-    entry = {"fp32": fp32, "bf16": bf16, "batch": [rows, width],
-             "measured": time.strftime("%Y-%m-%d", time.gmtime())}
+    # Each round's two steps ran back to back: their ratio is what the machine's load changes least.
+    speedup = statistics.median(f / b if b > 0 else 0.0 for f, b in zip(times["fp32"], times["bf16"]))
+    entry = {"speedup": speedup, "fp32": statistics.median(times["fp32"]), "bf16": statistics.median(times["bf16"]),
+             "rounds": len(times["fp32"]), "batch": [rows, width], "measured": time.strftime("%Y-%m-%d", time.gmtime())}
     write_cache(cache, key, entry)
-    choice = _choice(fp32, bf16, [rows, width])
+    choice = _choice(speedup, [rows, width])
     choice.seconds = time.perf_counter() - started
     return choice
 
 
-def _choice(fp32: float, bf16: float, batch: list[int], cached: str | None = None) -> Choice:
-    speedup = fp32 / bf16 if bf16 > 0 else 0.0
+def _choice(speedup: float, batch: list[int], cached: str | None = None) -> Choice:
     chose = "bf16" if speedup >= MARGIN else "fp32"
     how = f"{speedup:.2f}x faster" if speedup >= 1 else f"{1 / speedup:.2f}x slower" if speedup else "unmeasurable"
     when = f", cached {cached}" if cached else ""
@@ -121,8 +123,9 @@ def probe_batch(rows, batch_size: int):
 
 def measure(module, batch, device, time_steps: Callable | None = None) -> dict[str, list[float]]:
     """Seconds per training step (forward and backward) in fp32 and in bf16 autocast: one untimed
-    step of each, then ``ROUNDS`` alternating. Weights, gradients, buffers, mode and the RNG are
-    left as they were."""
+    step of each, then ``ROUNDS`` rounds of one step of each, and more up to ``MAX_ROUNDS`` while
+    the rounds took less than ``PROBE_SECONDS``. Weights, gradients, buffers, mode and the RNG
+    are left as they were."""
     import torch
 
     step = time_steps or _timed_step(module, batch, device)
@@ -131,9 +134,11 @@ def measure(module, batch, device, time_steps: Callable | None = None) -> dict[s
         module.train()
         for precision in times:   # the first step of each builds its kernels: not timed
             step(precision)
-        for _ in range(ROUNDS):
+        spent = 0.0
+        while len(times["fp32"]) < ROUNDS or (len(times["fp32"]) < MAX_ROUNDS and spent < PROBE_SECONDS):
             for precision in times:
                 times[precision].append(step(precision))
+                spent += times[precision][-1]
     return times
 
 
@@ -235,7 +240,7 @@ def read_cache(path: Path) -> dict[str, dict]:
 
 def _valid(entry: Any) -> bool:
     return (isinstance(entry, dict) and isinstance(entry.get("measured"), str)
-            and all(isinstance(entry.get(k), (int, float)) and entry[k] > 0 for k in ("fp32", "bf16")))
+            and isinstance(entry.get("speedup"), (int, float)) and entry["speedup"] >= 0)
 
 
 def write_cache(path: Path, key: str, entry: dict) -> None:
