@@ -81,7 +81,16 @@ def measured_choice(module, batch, device, *, time_steps: Callable | None = None
     if entry is not None:
         return _choice(entry["speedup"], [rows, width], cached=entry["measured"])
     started = time.perf_counter()
-    times = measure(module, batch, device, time_steps)
+    try:
+        times = measure(module, batch, device, time_steps)
+    except Exception as exc:
+        from .retry import first_line, is_out_of_memory
+
+        if not is_out_of_memory(exc):
+            raise
+        # Training halves its batch when memory runs out (core/retry.py); the probe just stops.
+        return Choice("auto", "fp32", f"the probe ran out of memory at {rows}x{width} tokens ({first_line(exc)}): "
+                      "fp32, unmeasured", batch=[rows, width], seconds=time.perf_counter() - started)
     # Each round's two steps ran back to back: their ratio is what the machine's load changes least.
     speedup = statistics.median(f / b if b > 0 else 0.0 for f, b in zip(times["fp32"], times["bf16"]))
     entry = {"speedup": speedup, "fp32": statistics.median(times["fp32"]), "bf16": statistics.median(times["bf16"]),

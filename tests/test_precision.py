@@ -259,3 +259,18 @@ def test_a_search_measures_once_and_its_trials_train_in_its_choice(base_model, n
     assert len(steps.calls) == 2 * (1 + precision.ROUNDS)  # the search's own run, once
     assert specs and all(s["precision"] == report["precision"] for s in specs)
     assert report["precision"]["chose"] == "bf16"
+
+
+def test_a_probe_out_of_memory_keeps_fp32_uncached_and_other_errors_are_raised(tmp_path):
+    def oom(which):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes")
+
+    cache = tmp_path / "precision.json"
+    choice = precision.measured_choice(TinyLM(), batch(), CPU, time_steps=oom, cache=cache)
+    assert choice.chose == "fp32" and "ran out of memory at 4x20 tokens" in choice.why and not cache.exists()
+
+    def broken(which):
+        raise ValueError("a bug")
+
+    with pytest.raises(ValueError):
+        precision.measured_choice(TinyLM(), batch(), CPU, time_steps=broken, cache=cache)
