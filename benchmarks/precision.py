@@ -122,7 +122,7 @@ def say(text: str) -> None:
 # --- the tables ----------------------------------------------------------------------------------
 
 def tables(results: list[dict], demo: list[dict], args) -> str:
-    md = ["**Training** (retain's loop, batches of 8 rows; tokens/s, medians of the rounds, "
+    md = [] if not results else ["**Training** (retain's loop, batches of 8 rows; tokens/s, medians of the rounds, "
           "fp32 / bf16 / auto alternating; auto's probe with an empty cache, then training "
           "in its choice):", "",
           "| model | parameters | measured over | rounds | fp32 tokens/s | bf16 tokens/s | bf16 / fp32 | auto chose "
@@ -178,14 +178,15 @@ def main() -> None:
     args.threads = torch.get_num_threads()
     args.steps = {k: int(v) for k, v in (p.split("=") for p in args.steps.split(",") if p)}
     args.size_runs = {k: int(v) for k, v in (p.split("=") for p in args.size_runs.split(",") if p)}
-    unknown = [s for s in args.sizes.split(",") if s not in SIZES]
+    sizes = [s for s in args.sizes.split(",") if s]  # none: only the demo
+    unknown = [s for s in sizes if s not in SIZES]
     if unknown:
         sys.exit(f"unknown size(s) {unknown}; known: {', '.join(SIZES)}")
     base, new, source = corpora(args.tiny, args.base_items, args.new_items, args.data)
     args.work.mkdir(parents=True, exist_ok=True)
     started, load_before = time.perf_counter(), os.getloadavg()
     began = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    results = [measure_size(size, args, base, new) for size in args.sizes.split(",")]
+    results = [measure_size(size, args, base, new) for size in sizes]
     demo = demo_runs(args.demo_runs, args.work)
     md = tables(results, demo, args)
     print(md)

@@ -79,7 +79,8 @@ def measured_choice(module, batch, device, *, time_steps: Callable | None = None
     rows, width = (int(n) for n in batch[0].shape)
     entry = read_cache(cache).get(key)
     if entry is not None:
-        return _choice(entry["speedup"], [rows, width], cached=entry["measured"])
+        measured = entry.get("batch")  # the batch of the same bucket it was measured on
+        return _choice(entry["speedup"], measured if _pair(measured) else [rows, width], cached=entry["measured"])
     started = time.perf_counter()
     try:
         times = measure(module, batch, device, time_steps)
@@ -250,6 +251,10 @@ def read_cache(path: Path) -> dict[str, dict]:
 def _valid(entry: Any) -> bool:
     return (isinstance(entry, dict) and isinstance(entry.get("measured"), str)
             and isinstance(entry.get("speedup"), (int, float)) and entry["speedup"] >= 0)
+
+
+def _pair(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 2 and all(isinstance(n, int) for n in value)
 
 
 def write_cache(path: Path, key: str, entry: dict) -> None:

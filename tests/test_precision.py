@@ -89,7 +89,8 @@ def test_the_cache_answers_for_the_same_machine_and_shape_and_only_for_it(tmp_pa
     assert (first.chose, again.chose) == ("bf16", "bf16") and again.cached and f"cached {again.cached}" in again.why
     assert again.seconds == 0.0
     # Rows of another width in the same power-of-two bucket: the same answer, not measured.
-    assert precision.measured_choice(module, batch(4, 30), CPU, time_steps=never, cache=cache).cached
+    near = precision.measured_choice(module, batch(4, 30), CPU, time_steps=never, cache=cache)
+    assert near.cached and near.batch == [4, 20] and "training steps of 4x20 tokens" in near.why  # as measured
     # Another architecture, another batch bucket, another thread count: each measured anew.
     other = FakeSteps(1.0, 2.0)
     assert precision.measured_choice(TinyLM(dim=32), batch(), CPU, time_steps=other, cache=cache).chose == "fp32"
