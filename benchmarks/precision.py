@@ -59,6 +59,8 @@ def measure_size(size: str, args, base: list[str], new: list[str]) -> dict:
 
     lm, rows = model_and_rows(size, base, new, args.seq_len)
     some = first_steps(rows, args.steps.get(size))
+    if size in args.probe_only:
+        return probe_only(size, lm, some)
     start = copy.deepcopy(lm.module.state_dict())
     cpu = torch.device("cpu")
     choices: list[dict] = []
@@ -87,6 +89,37 @@ def measure_size(size: str, args, base: list[str], new: list[str]) -> dict:
            "steps": steps, "tokens": some.tokens, "choices": choices, **results}
     say(f"[{size}] " + ", ".join(f"{k} {median_rate(v):.0f} tok/s" for k, v in results.items())
         + f"; auto chose {[c['chose'] for c in choices]}, probe {[round(c['probe_seconds'], 1) for c in choices]} s")
+    return out
+
+
+def probe_only(size: str, lm, rows) -> dict:
+    """Where a training run per round costs too much (88M on a busy machine): auto's probe alone,
+    which is itself alternating fp32 / bf16 steps (forward and backward, no optimizer step); its
+    step times give each precision's tokens/s, its choice auto's."""
+    import torch
+
+    from retain.core import precision
+
+    batch = precision.probe_batch(rows, 8)
+    real = precision._timed_step(lm.module, batch, torch.device("cpu"))
+    steps: dict[str, list[float]] = {"fp32": [], "bf16": []}
+
+    def step(which: str) -> float:
+        steps[which].append(real(which))
+        return steps[which][-1]
+
+    with tempfile.TemporaryDirectory(prefix="retain-precision-bench-") as tmp:
+        began = time.perf_counter()
+        choice = precision.measured_choice(lm.module, batch, torch.device("cpu"), time_steps=step,
+                                           cache=Path(tmp) / "precision.json")
+        probe = time.perf_counter() - began
+    tokens = int((batch[1] != -100).sum())
+    timed = {k: [{"seconds": t, "tokens": tokens} for t in v[1:]] for k, v in steps.items()}  # [0]: untimed
+    out = {"size": size, "parameters": sum(p.numel() for p in lm.module.parameters()), "rows": len(batch[0]),
+           "steps": 1, "tokens": tokens, "probe_only": list(batch[0].shape), **timed, "auto": timed[choice.chose],
+           "choices": [{**choice.to_json(), "probe_seconds": probe, "cached_seconds": 0.0}]}
+    say(f"[{size}] probe only: fp32 {median_rate(timed['fp32']):.0f} tok/s, bf16 {median_rate(timed['bf16']):.0f} "
+        f"tok/s; auto chose {choice.chose} ({choice.why}), probe {probe:.1f} s")
     return out
 
 
@@ -132,7 +165,9 @@ def tables(results: list[dict], demo: list[dict], args) -> str:
         chose = [c["chose"] for c in r["choices"]]
         picked = ", ".join(f"{c} x{chose.count(c)}" for c in sorted(set(chose)))
         probe_ratio = statistics.median(c["speedup"] for c in r["choices"])
-        md.append(f"| {r['size']} | {r['parameters'] / 1e6:.1f}M | {r['steps']} steps ({r['tokens']:,} tokens) | {len(r['fp32'])} "
+        over = (f"the probe alone: forward+backward of {r['probe_only'][0]}x{r['probe_only'][1]}" if "probe_only" in r
+                else f"{r['steps']} steps ({r['tokens']:,} tokens)")
+        md.append(f"| {r['size']} | {r['parameters'] / 1e6:.1f}M | {over} | {len(r['fp32'])} "
                   f"| {f32:,.0f} | {b16:,.0f} | {b16 / f32:.2f} | {picked} | {aut:,.0f} | {aut / f32:.2f} "
                   f"| {probe_ratio:.2f} | {_med(c['probe_seconds'] for c in r['choices']):.2f} "
                   f"| {_med(c['cached_seconds'] for c in r['choices']):.3f} |")
@@ -155,6 +190,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="0.7M,20M,88M", help=f"model sizes, from {', '.join(SIZES)}")
     ap.add_argument("--runs", type=int, default=3, help="alternating rounds of fp32 / bf16 / auto")
+    ap.add_argument("--probe-only", default="", help="SIZES: measure these by auto's probe alone (its own "
+                    "alternating fp32/bf16 steps), no training runs: for sizes too slow to train each round")
     ap.add_argument("--size-runs", default="", help="SIZE=RUNS,...: more rounds where they are cheap "
                     "(small models: a busy machine's noise is largest against a short run)")
     ap.add_argument("--steps", default="20M=5,88M=3", help="SIZE=STEPS,...: train this many batches "
@@ -177,6 +214,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     args.threads = torch.get_num_threads()
     args.steps = {k: int(v) for k, v in (p.split("=") for p in args.steps.split(",") if p)}
+    args.probe_only = [s for s in args.probe_only.split(",") if s]
     args.size_runs = {k: int(v) for k, v in (p.split("=") for p in args.size_runs.split(",") if p)}
     sizes = [s for s in args.sizes.split(",") if s]  # none: only the demo
     unknown = [s for s in sizes if s not in SIZES]
@@ -186,7 +224,10 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     started, load_before = time.perf_counter(), os.getloadavg()
     began = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    results = [measure_size(size, args, base, new) for size in sizes]
+    results = []
+    for size in sizes:  # each size's numbers kept as it ends: a long run stopped keeps the rest
+        results.append(measure_size(size, args, base, new))
+        (args.work / "precision-results.json").write_text(json.dumps(results, indent=1, default=str), encoding="utf-8")
     demo = demo_runs(args.demo_runs, args.work)
     md = tables(results, demo, args)
     print(md)
