@@ -166,7 +166,7 @@ def tables(results: list[dict], demo: list[dict], args) -> str:
         picked = ", ".join(f"{c} x{chose.count(c)}" for c in sorted(set(chose)))
         probe_ratio = statistics.median(c["speedup"] for c in r["choices"])
         over = (f"the probe alone: forward+backward of {r['probe_only'][0]}x{r['probe_only'][1]}" if "probe_only" in r
-                else f"{r['steps']} steps ({r['tokens']:,} tokens)")
+                else f"{r['steps']} step{'s' * (r['steps'] != 1)} ({r['tokens']:,} tokens)")
         md.append(f"| {r['size']} | {r['parameters'] / 1e6:.1f}M | {over} | {len(r['fp32'])} "
                   f"| {f32:,.0f} | {b16:,.0f} | {b16 / f32:.2f} | {picked} | {aut:,.0f} | {aut / f32:.2f} "
                   f"| {probe_ratio:.2f} | {_med(c['probe_seconds'] for c in r['choices']):.2f} "
