@@ -275,3 +275,17 @@ def test_a_probe_out_of_memory_keeps_fp32_uncached_and_other_errors_are_raised(t
 
     with pytest.raises(ValueError):
         precision.measured_choice(TinyLM(), batch(), CPU, time_steps=broken, cache=cache)
+
+
+def test_the_probe_runs_the_real_model_on_a_real_batch_and_leaves_it_as_it_was(base_model, new_texts):
+    from retain.core.models import load_version
+
+    lm = load_version(ModelStore(base_model)).lm
+    rows = lm.encode(new_texts[:12], 64)
+    weights = {k: v.clone() for k, v in lm.module.state_dict().items()}
+    x, y = precision.probe_batch(rows, 8)
+    assert x.shape[0] == 8 and x.shape[1] == int((y != -100).sum(1).max())
+    times = precision.measure(lm.module, (x, y), CPU)
+    assert len(times["fp32"]) == len(times["bf16"]) >= precision.ROUNDS
+    assert all(torch.equal(lm.module.state_dict()[k], v) for k, v in weights.items())
+    assert all(p.grad is None for p in lm.module.parameters())
