@@ -256,6 +256,11 @@ class ConsoleRenderer:
             self.say(f"  trainable: {info['trainable_parameters']:,} of {total:,} parameters "
                      f"({100 * info['trainable_parameters'] / total:.2f}%)")
 
+    def show_precision(self, run, info: dict[str, Any]) -> None:
+        if info.get("asked") == "auto":  # an explicit precision is used as asked: nothing to say
+            took = f"; {info['seconds']:.1f}s to measure" if info.get("seconds") else ""
+            self.say(f"  precision: {info['chose']} ({info['why']}{took})")
+
     def show_train(self, run, info: dict[str, Any]) -> None:
         stop = info.get("early_stopping")
         if not stop or not stop["epochs"]:

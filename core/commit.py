@@ -81,6 +81,7 @@ def manifest(run: Run, report: dict, entry: dict, status: str) -> dict:
         "verdicts": report["verdicts"], "strategies": report["strategies"], "timings": report["timings"],
         "data_hash": data_hash(run.items), "run": run.id, "replaces": report.get("replaces"),
         "settings": report.get("settings"), "precision": run.precision,
+        "precision_choice": run.precision_choice,
         **({"source": run.origin} if run.origin else {}),
         "search": search_summary(report.get("search")),
     }

@@ -26,7 +26,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
-from . import evaluation, gate, ingest, interrupts, workload
+from . import evaluation, gate, ingest, interrupts, precision, workload
 from .commit import commit
 from .errors import ConfigError, ModelError, RetainError
 from .gate import raise_if_rejected
@@ -303,6 +303,17 @@ class Engine:
                 info.update(workload.cap_item_tokens(run, store, warn))
         if store is not None:
             workload.announce(run, store, warn)  # before the work: its size, if far beyond the usual
+        self.choose_precision(run)
+
+    def choose_precision(self, run: Run) -> None:
+        """``precision: auto`` decided on this model and a batch of its rows, measured where a
+        rule cannot tell (``core/precision.py``); several processes use rank 0's choice, a
+        search's trials their search's (given in ``run.precision_choice``: it scored before)."""
+        with self._step(run, "precision") as info:
+            if run.precision_choice is None:
+                run.precision_choice = self.world.on_writer(precision.choose_for_run)(run).to_json()
+            run.precision = run.precision_choice["chose"]
+            info.update(run.precision_choice)
 
     def evaluate_before(self, run: Run, store: ModelStore) -> None:
         """The starting model's held-out losses (``core/evaluation.py``)."""

@@ -49,10 +49,11 @@ def resolve_device(name: str | None):
 
 
 def resolve_precision(name: str, device) -> str:
-    """"fp32" or "bf16" for ``config.precision`` on ``device``: auto is bf16 on a CUDA device
-    with bf16 support and on a CPU with native bf16 instructions (AVX512-BF16 or AMX), fp32
-    elsewhere (BENCHMARKS.md: bf16 autocast on a CPU without them is several times slower,
-    with them it is faster at 20M parameters and up, the loss the same)."""
+    """"fp32" or "bf16" for ``config.precision`` on ``device``, by rule, where nothing can be
+    measured: auto is bf16 on a CUDA device with bf16 support and on a CPU with native bf16
+    instructions (AVX512-BF16 or AMX), fp32 elsewhere. A run that trains decides auto on a CPU
+    by measuring its own model instead (``core/precision.py``): the flags alone do not tell
+    whether bf16 is faster there (issue 21: on one CPU, the 0.7M demo 2.2x slower, 88M 1.87x faster)."""
     import torch
 
     if name != "auto":

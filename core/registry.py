@@ -194,7 +194,9 @@ def validate_version(engine: Any, store: ModelStore, version: str | None, data: 
     k = scored if isinstance(scored, int) else len(kept.items)
     old, new = kept.texts[:k], [it.text for it in items]
     seq_len = min(cfg.fine_tuning.max_seq_length, cand.lm.context)
-    precision = resolve_precision(cfg.precision, device)
+    # Scored as the update scored (auto was measured then, on its model), else by rule.
+    recorded = manifest.get("precision") if cfg.precision == "auto" else None
+    precision = recorded if recorded in ("fp32", "bf16") else resolve_precision(cfg.precision, device)
     before = measure(base.lm, old, new, seq_len, device, precision,
                      kept.losses(scoring_key(seq_len, precision, device))[:k])
     after = measure(cand.lm, old, new, seq_len, device, precision)

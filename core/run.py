@@ -38,6 +38,7 @@ class Run:
     parent: str | None                 # the version it starts from; None for a full training
     device: Any = None                 # torch.device the model trains on
     precision: str = "fp32"            # "fp32" or "bf16" (autocast), resolved from config.precision
+    precision_choice: dict[str, Any] | None = None  # asked, chose, why (core/precision.py), once tokenized
     dry_run: bool = False              # write nothing at all
     base: "LoadedVersion | None" = None  # the loaded parent version (updates)
     origin: dict[str, Any] | None = None  # an import: where the model came from (path, sha256, format)
@@ -118,5 +119,6 @@ class Run:
             "source": self.origin,
             "early_stopping": self.early_stopping,
             "search": self.search,
+            "precision": self.precision_choice,
             "version": None, "status": None if self.trained else "nothing_new",
         }

@@ -64,3 +64,16 @@ def test_growth_benchmark_tiny_run_writes_its_section(tmp_path):
     again = _run("growth.py", tmp_path, "--compare-only")
     assert again.count("## A year of daily versions (issue 13)") == 1 and "--compare-only" in again
     assert [r[0] for r in _table(again, "| versions | update s")[2:]] == ["3", "8"]
+
+
+def test_precision_benchmark_tiny_run_writes_its_section(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "precision.py"), "--tiny", "--work", str(tmp_path),
+                          "--write", str(tmp_path / "BENCHMARKS.md")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    md = (tmp_path / "BENCHMARKS.md").read_text(encoding="utf-8")
+    assert md.count("## precision: auto, measured (issue 21)") == 1
+    assert "Command: `python benchmarks/precision.py --tiny" in md and "load average" in md
+    rows = _table(md, "| model | parameters | measured over | rounds | fp32 tokens/s")
+    assert len(rows) == 3 and rows[2][0] == "tiny" and len(rows[2]) == len(rows[0]) == 13
+    assert re.fullmatch(r"(fp32|bf16) x1", rows[2][7])  # what auto chose
+    assert all(re.fullmatch(r"[\d.,]+", cell) for cell in rows[2][3:7] + rows[2][8:])

@@ -286,6 +286,7 @@ def trial_spec(run, engine, recipe: space.Recipe, number: int, limit: float, scr
         "before": {"retention": scores(run.before.retention), "new": scores(run.before.new)},
         "evaluate_seconds": run.timings.get("evaluate_before", 0.0), "limit_seconds": limit,
         "scratch": str(scratch), "plugins": plugin_modules(engine.pm),
+        "precision": run.precision_choice,  # "before" was scored in it: the trial trains and scores alike
     }
 
 
@@ -403,7 +404,7 @@ def candidate_run(run, engine, result: dict, search: dict):
     loaded = load_version(ModelStore(result["candidate"]), "0001", device=run.device, registry=engine.registry,
                           ancestors=ModelStore(run.model_dir))
     out = Run(run.id, run.kind, config, run.model_dir, parent=run.parent, device=run.device, base=run.base,
-              precision=run.precision)
+              precision=run.precision, precision_choice=run.precision_choice)
     out.lm = loaded.lm
     out.strategies = [engine.registry.build("strategies", name, config) for name in config.fine_tuning.strategy]
     for strategy in out.strategies:

@@ -67,6 +67,7 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
                           for k in ("retention", "new")))
     run.drift = _drift(store, spec["parent"], config, run.retention_texts)
     run.timings["evaluate_before"] = spec["evaluate_seconds"]  # the parent's: the same texts were scored
+    run.precision_choice = spec.get("precision")  # ... in the search's precision, not measured again here
     with engine.strategies_registered(run):
         engine.train_and_judge(run, store)
     candidate = save_candidate(run, spec["scratch"])
