@@ -80,7 +80,9 @@ LINE = re.compile(r"^(\d+)\s+(\w+)\((.*)$")
 # --- the children: a command, under strace from its first syscall --------------------------
 
 def _child(argv: list[str], log: str, go: str) -> None:
-    """In the forked child: wait until the test says strace is attached, then `retain ARGV`."""
+    """In the forked child: say it is ready (its start-up's syscalls are over, so strace counts
+    the same calls in every run), wait until the test says strace is attached, then `retain ARGV`."""
+    os.close(os.open(go + ".ready", os.O_WRONLY | os.O_CREAT, 0o644))
     while not os.path.exists(go):  # stat and nanosleep: syscalls strace does not count
         time.sleep(0.002)
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -104,10 +106,15 @@ def run_command(ctx, argv: list[str], work: Path, strace: list[str] | None) -> t
     work.mkdir(parents=True, exist_ok=True)
     log, go, traced = work / "out.log", work / "go", work / "strace.txt"
     go.unlink(missing_ok=True)
+    Path(f"{go}.ready").unlink(missing_ok=True)
     proc = ctx.Process(target=_child, args=(argv, str(log), str(go)))
     proc.start()
     tracer = None
     if strace is not None:
+        deadline = time.monotonic() + 120
+        while not Path(f"{go}.ready").exists():
+            assert time.monotonic() < deadline and proc.is_alive(), "the child did not start"
+            time.sleep(0.002)
         tracer = subprocess.Popen([STRACE, "-f", "-qq", "-y", "-o", str(traced), *strace, "-p", str(proc.pid)],
                                   stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
@@ -247,7 +254,7 @@ def trial(ctx, sc: Scenario, cls: str, point: Point, work: Path, next_data: Path
     where = f"{sc.name} {cls} at {point.syscall}#{point.when} ({point.what[:90]}): exit {code}"
     tally.log.append(where)
     # an injected error is marked so; a kill shows as the call that never returned
-    landed = [ln for ln in traced.splitlines() if "INJECTED" in ln or ln.endswith(" = ?")]
+    landed = [ln for ln in traced.splitlines() if "INJECTED" in ln or ln.endswith((" = ?", "<unfinished ...>"))]
     if not any(str(model) in ln for ln in landed):
         tally.missed[(sc.name, cls)] += 1
     allowed = {0, 12} | ({-9} if cls == "SIGKILL" else set())
