@@ -82,7 +82,7 @@ def version_bytes(run: Run) -> int:
     margin for the manifest, the report and the ledger's rows. Strategy state comes on top."""
     weights = sum(p.numel() * p.element_size() for p in run.lm.module.parameters() if p.requires_grad)
     held = sum(len(it.text.encode("utf-8", "surrogatepass")) for it in run.holdout)
-    return weights + 2 * held + 256 * (len(run.items) + len(run.holdout)) + (1 << 20)
+    return weights + 2 * held + 256 * (len(run.items) + len(run.holdout)) + (64 << 10)
 
 
 def manifest(run: Run, report: dict, entry: dict, status: str) -> dict:

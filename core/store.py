@@ -11,7 +11,9 @@
       .lock               one writer at a time
 
 A version is written to ``versions/.tmp-*`` and renamed into place; it becomes
-the model only when CURRENT names it. What a model "knows" is defined by the
+the model only when CURRENT names it. A disk that refuses a write (full, read-only,
+failing) is a ``StorageError`` wherever it happens under the lock (``storage_error``),
+and what was half-written is removed, or left for ``recover`` (docs/reliability.md). What a model "knows" is defined by the
 chain CURRENT -> parent -> ..., so ledger rows of a version that never became
 current (crash, rejection, rollback) simply do not count: no flag to keep in sync.
 """
@@ -176,9 +178,12 @@ def storage_error(exc: BaseException, root: Path | None = None) -> StorageError 
         path = root / "ledger.sqlite"
     path = Path(path) if path is not None else root
     disk = f"the disk of {root}" if root is not None else "the disk"
-    writing = f" (writing {path})" if path is not None and path != root else ""
-    room = f", {human_bytes(free_bytes(root))} available" if code == errno.ENOSPC and root is not None else ""
-    return StorageError(f"{disk} {what}{writing}{room}: {remedy}, then run the command again")
+    where = f" ({path})" if path is not None and path != root else ""
+    room = ""
+    if code == errno.ENOSPC and root is not None:
+        with contextlib.suppress(OSError):
+            room = f", {human_bytes(free_bytes(root))} available"
+    return StorageError(f"{disk} {what}{where}{room}: {remedy}, then run the command again")
 
 
 def free_bytes(path: Path) -> int:

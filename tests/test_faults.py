@@ -202,6 +202,11 @@ def check_model(model: Path, accepted_before: set[str], may_delete: set[str], fr
     from retain.core.store import ModelStore
 
     store = ModelStore(model)
+    if (model / "CURRENT").exists():  # before recover too: what a reader sees at once
+        m = store.manifest(store.current())
+        assert m["status"] == "accepted", f"CURRENT names a {m['status']} version"
+        for rel in m["files"]:
+            store.verified_path(store.current(), rel, m)
     if model.exists():
         with store.lock():
             store.recover()
@@ -415,7 +420,7 @@ def test_a_disk_refusing_is_one_storage_error_whoever_reports_it(tmp_path):
         error = storage_error(exc, tmp_path)
         assert error is not None and error.exit_code == 12 and error.kind == "storage", exc
         assert str(error).startswith(f"the disk of {tmp_path} ") and "then run the command again" in str(error)
-    assert "is full (writing" in str(storage_error(refusals[0], tmp_path))
+    assert f"is full ({tmp_path / 'versions' / 'x'})" in str(storage_error(refusals[0], tmp_path))
     for other in [OSError(errno.ENOENT, "No such file"), ValueError("code: 28 apples"), KeyError("x"),
                   sqlite3.OperationalError("no such table: items")]:
         assert storage_error(other, tmp_path) is None, other
