@@ -177,8 +177,9 @@ def storage_error(exc: BaseException, root: Path | None = None) -> StorageError 
     if path is None and isinstance(exc, sqlite3.Error) and root is not None:
         path = root / "ledger.sqlite"
     path = Path(path) if path is not None else root
-    disk = f"the disk of {root}" if root is not None else "the disk"
-    where = f" ({path})" if path is not None and path != root else ""
+    inside = root is not None and path is not None and (path == root or root in path.parents)
+    disk = f"the disk of {root}" if inside or path is None else f"the disk of {path}"  # data, say
+    where = f" ({path})" if inside and path != root else ""
     room = ""
     if code == errno.ENOSPC and root is not None:
         with contextlib.suppress(OSError):

@@ -21,7 +21,8 @@ The commands run in children forked from a forkserver that imported the training
 once, and strace attaches to each child before it starts (``strace -p``): a trial costs the
 command, not the imports. By default each (command, fault class) gets a deterministic sample
 of its candidate syscalls (the CURRENT write always among them); ``RETAIN_FAULT_SWEEP=full``
-tries every one (long: see docs/reliability.md), ``RETAIN_FAULT_SWEEP=N`` takes N per class.
+tries every one, and EIO at each too (long: see docs/reliability.md), ``RETAIN_FAULT_SWEEP=N``
+takes N per class.
 ``RETAIN_FAULT_REPORT=path`` writes the trials per class and their outcomes as JSON.
 Linux and root only (ptrace and mount); skipped elsewhere, and without strace.
 """
@@ -38,7 +39,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +71,8 @@ WRITES = ["write", "pwrite64", "writev", "fsync", "fdatasync", "ftruncate", "fal
 REMOVES = ["unlink", "unlinkat", "rmdir"]
 CLASSES = {"ENOSPC": WRITES, "EROFS": WRITES + REMOVES,
            "SIGKILL": ["rename", "renameat", "renameat2"] + REMOVES}
+if SWEEP == "full":  # a failing disk: the same path as ENOSPC, so the default sample spares it
+    CLASSES["EIO"] = WRITES + REMOVES
 SAMPLE = {"update": 3, "train": 2, "import": 2, "prune": 3, "rollback": 3}  # per class, by default
 # How often the next update is tried after a trial (costly): the last trial of each command, and
 # in a full sweep every 7th too.
@@ -421,6 +424,8 @@ def test_a_disk_refusing_is_one_storage_error_whoever_reports_it(tmp_path):
         assert error is not None and error.exit_code == 12 and error.kind == "storage", exc
         assert str(error).startswith(f"the disk of {tmp_path} ") and "then run the command again" in str(error)
     assert f"is full ({tmp_path / 'versions' / 'x'})" in str(storage_error(refusals[0], tmp_path))
+    elsewhere = storage_error(OSError(errno.EIO, "Input/output error", "/data/day.jsonl"), tmp_path)
+    assert str(elsewhere).startswith("the disk of /data/day.jsonl failed (I/O error): check the disk")
     for other in [OSError(errno.ENOENT, "No such file"), ValueError("code: 28 apples"), KeyError("x"),
                   sqlite3.OperationalError("no such table: items")]:
         assert storage_error(other, tmp_path) is None, other
