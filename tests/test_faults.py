@@ -96,18 +96,24 @@ def _child(argv: list[str], log: str, go: str) -> None:
     torch.set_num_threads(1)
     from retain.cli import app
 
+    code = 0
     try:
         app(argv, prog_name="retain")
     except SystemExit as exc:
         sys.stdout.flush()
-        os._exit(exc.code if isinstance(exc.code, int) else 1)
-    os._exit(0)
+        code = exc.code if isinstance(exc.code, int) else 1
+    # Said in a file too: the forkserver, which reports a child's exit, very rarely loses it (255)
+    # when strace traced the child; a killed child writes nothing.
+    fd = os.open(log + ".code", os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(fd, str(code).encode())
+    os._exit(code)
 
 
 def run_command(ctx, argv: list[str], work: Path, strace: list[str] | None) -> tuple[int, str, str]:
     """(exit code, output, strace's log) of ``retain ARGV`` in a forked child, traced if asked."""
     work.mkdir(parents=True, exist_ok=True)
     log, go, traced = work / "out.log", work / "go", work / "strace.txt"
+    Path(f"{log}.code").unlink(missing_ok=True)
     go.unlink(missing_ok=True)
     Path(f"{go}.ready").unlink(missing_ok=True)
     proc = ctx.Process(target=_child, args=(argv, str(log), str(go)))
@@ -132,7 +138,9 @@ def run_command(ctx, argv: list[str], work: Path, strace: list[str] | None) -> t
     if tracer is not None:
         tracer.wait(30)
     out = log.read_text(errors="replace") if log.exists() else ""
-    return proc.exitcode, out, traced.read_text(errors="replace") if strace is not None else ""
+    said = Path(f"{log}.code")
+    code = int(said.read_text()) if said.exists() and said.read_text() else proc.exitcode
+    return code, out, traced.read_text(errors="replace") if strace is not None else ""
 
 
 # --- where the faults go -----------------------------------------------------------------
