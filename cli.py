@@ -221,13 +221,17 @@ def handle_errors(func):
             raise
         except Exception as exc:
             from retain.core.retry import out_of_memory_error
+            from retain.core.store import storage_error
 
             oom = out_of_memory_error(exc, "") if isinstance(exc, (RuntimeError, MemoryError)) else None
-            if oom is not None:  # out of memory anywhere: exit 11 and the remedy, not a traceback
-                _error_line(str(oom))
+            # Out of memory anywhere (exit 11), or a disk refusing a write outside a model
+            # directory's lock, which maps its own (exit 12): the remedy, not a traceback.
+            known = oom if oom is not None else storage_error(exc)
+            if known is not None:
+                _error_line(str(known))
                 if json_mode:
-                    _emit_json(error_object(oom.exit_code, oom.kind, str(oom)))
-                raise typer.Exit(oom.exit_code) from None
+                    _emit_json(error_object(known.exit_code, known.kind, str(known)))
+                raise typer.Exit(known.exit_code) from None
             if json_mode:
                 _emit_json(error_object(1, "internal", f"{type(exc).__name__}: {exc}"))
             raise

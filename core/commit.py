@@ -28,6 +28,7 @@ def commit(run: Run, store: ModelStore, dedupers: list[tuple[str, Any]], replace
     started = time.perf_counter()
     report = run.report()
     status = "accepted" if run.accepted else "rejected"
+    store.check_free_space(version_bytes(run), "the new version")
     writer = store.begin_version(parent=run.parent)
     try:
         entry = run.lm.save(writer)
@@ -63,7 +64,11 @@ def commit(run: Run, store: ModelStore, dedupers: list[tuple[str, Any]], replace
             writer.abandon()
             raise
         if status == "accepted":
-            store.set_current(writer.name)
+            try:
+                store.set_current(writer.name)
+            except BaseException:  # CURRENT could not move (a full disk): the version goes too
+                writer.withdraw()
+                raise
             interrupts.set_outcome(f"the run had finished: version {writer.name} is current"
                                    + (f" (retain rollback returns to {run.parent})" if run.parent else ""))
         else:
@@ -71,6 +76,15 @@ def commit(run: Run, store: ModelStore, dedupers: list[tuple[str, Any]], replace
                                    f"{interrupts.UNCHANGED}")
     report.update(version=writer.name, status=status)
     return report
+
+
+def version_bytes(run: Run) -> int:
+    """What the version will take on disk, at least: the weights training changed (frozen
+    ones may be shared with the parent, or not saved at all), the held-out items, and a
+    margin for the manifest, the report and the ledger's rows. Strategy state comes on top."""
+    weights = sum(p.numel() * p.element_size() for p in run.lm.module.parameters() if p.requires_grad)
+    held = sum(len(it.text.encode("utf-8", "surrogatepass")) for it in run.holdout)
+    return weights + 2 * held + 256 * (len(run.items) + len(run.holdout)) + (64 << 10)
 
 
 def manifest(run: Run, report: dict, entry: dict, status: str) -> dict:

@@ -89,7 +89,7 @@ class Engine:
         through the same steps and commit as a training. With base ``data`` (or ``items``) its
         held-out items are the retention set and the strategies record their state from it."""
         store = ModelStore(model_dir)
-        with store.undone_if_failed(), self.listening(), store.lock(), contextlib.closing(store.ledger):
+        with store.undone_if_failed(), self.listening(), store.lock(), contextlib.closing(store.ledger):  # no -wal/-shm left
             self.recover(store)
             replaces = store.current() if store.exists() else None  # an import starts a new lineage
             run = self.prepare(IMPORT, list(data), store, None, items=items, source=Path(source))

@@ -15,7 +15,9 @@
       .lock               one writer at a time
 
 A version is written to ``versions/.tmp-*`` and renamed into place; it becomes
-the model only when CURRENT names it. What a model "knows" is defined by the
+the model only when CURRENT names it. A disk that refuses a write (full, read-only,
+failing) is a ``StorageError`` wherever it happens under the lock (``storage_error``),
+and what was half-written is removed, or left for ``recover`` (docs/reliability.md). What a model "knows" is defined by the
 chain CURRENT -> parent -> ..., so ledger rows of a version that never became
 current (crash, rejection, rollback) simply do not count: no flag to keep in sync.
 Rows are deleted only when their version is known to be gone (``Ledger``).
@@ -29,6 +31,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -103,13 +106,107 @@ def _fsync_dir(path: Path) -> None:
 def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with interrupts.shielded():  # Ctrl-C acts after the replace: no .tmp file left behind
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        fault_point(f"replace-{path.name}")  # test-only
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            fault_point(f"replace-{path.name}")  # test-only
+            os.replace(tmp, path)
+        except BaseException:  # a full disk, say: the old file stays, and no .tmp beside it
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise
         _fsync_dir(path.parent)
+
+
+# --- a disk that refuses: one error of its own (StorageError, exit 12), never a traceback ---
+
+STORAGE_ERRNOS = {  # errno: (what happened, the remedy)
+    errno.ENOSPC: ("is full", "free space on it (or move the model directory to a larger disk)"),
+    errno.EDQUOT: ("is over your quota", "free space within your quota (or raise it)"),
+    errno.EROFS: ("is read-only", "remount it read-write, or work on a copy on a writable disk"),
+    errno.EIO: ("failed (I/O error)", "check the disk (dmesg, smartctl) and restore from a copy if it is failing"),
+    0: ("refused to create or open a file", "check that it has free space and that the directory is writable"),
+}
+_SQLITE_ERRNOS = {"SQLITE_FULL": errno.ENOSPC, "SQLITE_READONLY": errno.EROFS, "SQLITE_IOERR": errno.EIO}
+_SQLITE_MESSAGES = {"database or disk is full": errno.ENOSPC, "readonly database": errno.EROFS,
+                    "disk I/O error": errno.EIO}
+_OS_MESSAGES = {"no space left on device": errno.ENOSPC, "disk quota exceeded": errno.EDQUOT,
+                "read-only file system": errno.EROFS, "input/output error": errno.EIO}
+
+
+def storage_errno(exc: BaseException, where: Path | None = None) -> int | None:
+    """The errno of STORAGE_ERRNOS that ``exc`` reports, whoever raised it: an OSError, SQLite
+    (which names no errno: its result code; for "unable to open", the state of the disk of
+    ``where``, else 0: a file it could not create), or a library that words it (safetensors:
+    "os error 28", "Os { code: 28"; "No space left on device")."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return exc.errno if exc.errno in STORAGE_ERRNOS else None
+    if isinstance(exc, sqlite3.Error):
+        name = (getattr(exc, "sqlite_errorname", "") or "").split("_")[:2]
+        code = _SQLITE_ERRNOS.get("_".join(name))
+        code = code or next((c for m, c in _SQLITE_MESSAGES.items() if m in str(exc)), None)
+        if code is None and "unable to open" in str(exc):  # SQLite keeps the errno to itself
+            code = (_disk_state(where) if where is not None else None) or 0
+        return code
+    text = str(exc)
+    numbered = re.search(r"(?:os error |Os \{ code: )(\d+)", text)
+    if numbered and int(numbered.group(1)) in STORAGE_ERRNOS and int(numbered.group(1)):
+        return int(numbered.group(1))
+    return next((c for m, c in _OS_MESSAGES.items() if m in text.lower()), None)
+
+
+def _disk_state(where: Path) -> int | None:
+    """EROFS or ENOSPC when the disk holding ``where`` is read-only or full now, else None."""
+    with contextlib.suppress(OSError):
+        st = os.statvfs(_existing(where))
+        if st.f_flag & os.ST_RDONLY:
+            return errno.EROFS
+        if st.f_bavail == 0 or st.f_favail == 0:
+            return errno.ENOSPC
+    return None
+
+
+def _existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def storage_error(exc: BaseException, root: Path | None = None) -> StorageError | None:
+    """``exc`` as a StorageError (one line: the disk, what it did, the remedy), or None when
+    it is not a disk refusing. ``root``: the model directory being written."""
+    code = storage_errno(exc, root)
+    if code is None:
+        return None
+    what, remedy = STORAGE_ERRNOS[code]
+    path = getattr(exc, "filename", None) if isinstance(exc, OSError) else None
+    if path is None and isinstance(exc, sqlite3.Error) and root is not None:
+        path = root / "ledger.sqlite"
+    path = Path(path) if path is not None else root
+    inside = root is not None and path is not None and (path == root or root in path.parents)
+    disk = f"the disk of {root}" if inside or path is None else f"the disk of {path}"  # data, say
+    where = f" ({path})" if inside and path != root else ""
+    room = ""
+    if code == errno.ENOSPC and root is not None:
+        with contextlib.suppress(OSError):
+            room = f", {human_bytes(free_bytes(root))} available"
+    return StorageError(f"{disk} {what}{where}{room}: {remedy}, then run the command again")
+
+
+def free_bytes(path: Path) -> int:
+    """Bytes an unprivileged writer may still use on the disk holding ``path``."""
+    st = os.statvfs(_existing(path))
+    return st.f_bavail * st.f_frsize
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            break
+        n /= 1024
+    return f"{n:,.0f} bytes" if unit == "bytes" else f"{n:,.1f} {unit}"
 
 
 def check_safetensors_header(path: Path, what: str) -> None:
@@ -456,13 +553,33 @@ class VersionWriter:
         return shared
 
     def abandon(self) -> None:
-        """Remove the unfinished version and any rows already written for it."""
+        """Remove the unfinished version and any rows already written for it (best effort:
+        rows of a version that is not there never count, and ``recover`` drops them)."""
         interrupts.release(self.on_interrupt)
         shutil.rmtree(self.tmp, ignore_errors=True)
         ledger = self.store.ledger
-        if not (self.store.versions_dir / self.name).exists() and ledger.path.exists() \
-                and ledger.states().get(self.name) == "pending":
-            ledger.forget([self.name])
+        if not (self.store.versions_dir / self.name).exists() and ledger.path.exists():
+            with contextlib.suppress(sqlite3.Error, OSError):  # the disk that failed the save
+                if ledger.states().get(self.name) == "pending":
+                    ledger.forget([self.name])
+
+    def withdraw(self) -> None:
+        """Remove the finished version when CURRENT could not be moved to it (a full disk):
+        an accepted version CURRENT never named would be a sibling nobody chose, and the next
+        run must build on CURRENT's version under this name. It goes by a ``.tmp-`` name, so
+        ``recover`` finishes the removal if this is cut short; if even the rename is refused
+        it stays, as a kill there leaves it (a version no chain includes)."""
+        if self.store.current_name() == self.name:  # the pointer moved; its folder's fsync failed
+            return
+        doomed = self.store.versions_dir / f".tmp-{self.name}-{os.getpid()}-withdrawn"
+        try:
+            os.rename(self.store.versions_dir / self.name, doomed)
+        except OSError:
+            return
+        shutil.rmtree(doomed, ignore_errors=True)
+        self.abandon()
+        with contextlib.suppress(sqlite3.Error, OSError):  # known gone, though marked committed
+            self.store.ledger.forget([self.name])
 
 
 class VersionFiles:
@@ -565,9 +682,21 @@ class ModelStore:
         return sorted(p.name for p in self.root.iterdir() if p.name not in OWN_FILES
                       and not p.name.startswith(".CURRENT.tmp-"))
 
+    def current_name(self) -> str | None:
+        """What CURRENT holds, unchecked; None when it cannot be read."""
+        try:
+            return (self.root / "CURRENT").read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            return None
+
     def current(self) -> str:
         path = self.root / "CURRENT"
         if not path.is_file():
+            unpointed = self.unpointed_first_version()
+            if unpointed is not None:
+                raise ModelError(f"{self.root}: version {unpointed} is complete but was never made current "
+                                 "(its run was cut short); any writing command completes it, e.g. "
+                                 f"retain rollback --model {self.root} {unpointed}")
             if self.root.exists() and any(self.root.iterdir()):
                 raise ModelError(f"{self.root} holds no current model (no CURRENT file); "
                                  f"train one with: retain train --model {self.root} --data ...")
@@ -891,8 +1020,15 @@ class ModelStore:
                 elif p.name.startswith(".tmp-"):
                     shutil.rmtree(p, ignore_errors=True)
                     notes.append(f"recovered from an interrupted run: removed unfinished version {p.name}")
+            for p in self.versions_dir.glob(f"*/.{MANIFEST}.tmp-*"):  # a stub's manifest, cut short
+                p.unlink(missing_ok=True)
         for p in self.root.glob(".CURRENT.tmp-*"):  # killed before the atomic replace
             p.unlink(missing_ok=True)
+        unpointed = self.unpointed_first_version()
+        if unpointed is not None:  # killed between its rename and CURRENT: finish the job
+            atomic_write_text(self.root / "CURRENT", unpointed + "\n")
+            notes.append(f"recovered from an interrupted run: made version {unpointed} current "
+                         "(its run ended before CURRENT was written)")
         if _drop_partial_last_line(self.root / "rejects.jsonl"):
             notes.append("recovered from an interrupted run: removed a half-written last line of rejects.jsonl")
         if self.versions() or self.ledger.path.exists():
@@ -1054,12 +1190,53 @@ class ModelStore:
             for folder in made:  # the model directory first, then the parents made for it
                 folder.rmdir()
 
+    def unpointed_first_version(self) -> str | None:
+        """A version a train or import finished writing into a directory without CURRENT, and
+        was killed before CURRENT named it: the newest version, accepted, the start of its
+        lineage, every file matching its checksum. None otherwise (the usual case: CURRENT is there)."""
+        if (self.root / "CURRENT").exists() or not self.versions():
+            return None
+        newest = self.versions()[-1]
+        try:
+            m = self.manifest(newest)
+            if m.get("status") != "accepted" or m.get("kind") not in ROOT_KINDS or m.get("parent") is not None:
+                return None
+            for rel in m["files"]:
+                self.verified_path(newest, rel, m)
+        except (ModelError, OSError):
+            return None
+        return newest
+
+    def check_free_space(self, needed: int, what: str) -> None:
+        """Refuse before writing anything a save the disk cannot hold (``needed`` bytes)."""
+        free = free_bytes(self.root)
+        if free < needed:
+            raise StorageError(f"the disk of {self.root} has {human_bytes(free)} available, and {what} "
+                               f"needs at least {human_bytes(needed)}: free space on it (or move the model "
+                               "directory to a larger disk), then run the command again")
+
     @contextlib.contextmanager
     def lock(self, wait: float = 0.0) -> Iterator[None]:
         """One writer at a time. Waits up to ``wait`` seconds, then raises LockedError.
-        The first write of every writing command: a directory it cannot write to is a
-        StorageError here, before any work."""
+        Whatever the disk refuses while it is held (a write, the ledger's, the lock's own)
+        leaves as a StorageError naming the disk and the remedy (``storage_error``)."""
+        with self._storage_errors():
+            with self._flock(wait):
+                yield
+
+    @contextlib.contextmanager
+    def _storage_errors(self) -> Iterator[None]:
         try:
+            yield
+        except Exception as exc:
+            error = storage_error(exc, self.root)
+            if error is None:
+                raise
+            raise error from exc
+
+    @contextlib.contextmanager
+    def _flock(self, wait: float) -> Iterator[None]:
+        try:  # the first write of every writing command: a read-only directory is refused here
             self.root.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
