@@ -250,20 +250,21 @@ def writable(folder: Path) -> bool:
     return os.access(folder, os.W_OK)
 
 
-# A disk that refuses a write, in words ("cannot write to DIR: <reason>").
-REFUSED_WRITE = {errno.EROFS: "it is on a read-only file system", errno.EACCES: "permission denied",
-                 errno.EPERM: "permission denied", errno.ENOSPC: "no space left on its device",
-                 errno.EDQUOT: "disk quota exceeded", errno.EIO: "input/output error"}
+READS_ONLY = ("this command changes the model directory; status, history, validate, export and "
+              "update --dry-run or --check only read it")
 
 
 def refused_write(root: Path, exc: OSError) -> StorageError | None:
-    """The StorageError of a command that changes ``root`` and cannot write there; None for
-    another OSError (a bug, or a path that is not a directory: the caller's to report)."""
-    reason = REFUSED_WRITE.get(exc.errno)
-    if reason is None:
-        return None
-    return StorageError(f"cannot write to {root}: {reason}. This command changes the model directory; "
-                        "status, history, validate, export and update --dry-run or --check only read it")
+    """The StorageError of a writing command whose first write in ``root`` (the lock) is
+    refused: the disk's reason (``storage_error``), and for a directory it may not write to, which
+    commands still work there. None for another OSError (a bug, or a path that is not a directory)."""
+    error = storage_error(exc, root)
+    if error is None and exc.errno in (errno.EACCES, errno.EPERM):
+        error = StorageError(f"the disk of {root} refused a write (permission denied): run as a user who may "
+                             "write there, or work on a copy")
+    if error is not None and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        error = StorageError(f"{error}; {READS_ONLY}")
+    return error
 
 
 LEDGER_TABLES = ("CREATE TABLE IF NOT EXISTS items (hash TEXT NOT NULL, version TEXT NOT NULL,"
@@ -1228,6 +1229,8 @@ class ModelStore:
     def _storage_errors(self) -> Iterator[None]:
         try:
             yield
+        except StorageError:
+            raise  # said already, in its own words (the lock's: a read-only directory)
         except Exception as exc:
             error = storage_error(exc, self.root)
             if error is None:

@@ -118,7 +118,7 @@ def test_writing_commands_refuse_a_read_only_model_before_any_work(read_only_mod
     assert r.exit_code == StorageError.exit_code == 12, r.output
     error = json.loads(r.stdout)["error"]
     assert error["kind"] == "storage"
-    assert error["message"].startswith(f"cannot write to {model}: it is on a read-only file system")
+    assert error["message"].startswith(f"the disk of {model} is read-only") and "only read it" in error["message"]
     assert "Load model" not in r.output and "Collect" not in r.output  # refused before any step
     assert "Traceback" not in r.output
 
@@ -128,7 +128,7 @@ def test_a_new_model_directory_on_a_read_only_mount_is_a_storage_error(read_only
     target = read_only_model.parent / "new-model"
     r = runner.invoke(app, ["train", "-d", data, "-m", str(target), *_sets()])
     assert r.exit_code == 12, r.output
-    assert f"cannot write to {target}: it is on a read-only file system" in r.output
+    assert f"the disk of {target} is read-only" in r.output
     assert not target.exists()
 
 
