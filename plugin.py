@@ -19,7 +19,8 @@ the protocols below (``retain.core.contracts``), and checked when a plugin regis
   ``ModelError`` (5), ``StorageError`` (12); ``PluginError`` (6) is what retain
   makes of anything else a plugin raises.
 - Helpers: ``lower_lr``, ``raise_lr``, ``fewer_epochs`` (a verdict's remedy),
-  ``plural``, ``percent`` (wording), ``on_interrupt``, ``release``, ``shielded`` (Ctrl-C).
+  ``UPDATE_LEARNING_RATE_KEYS`` (the options `--lr` sets), ``plural``, ``percent`` (wording),
+  ``on_interrupt``, ``release``, ``shielded`` (Ctrl-C).
 
 Importing it imports no torch: a plugin's registering module stays as light as
 ``retain plugins`` needs it to be.
@@ -42,7 +43,7 @@ from .core.known import Duplicate, KnownItems
 from .core.retrain import Assessment
 from .core.run import FINE_TUNING, FULL_TRAINING, IMPORT, Run
 from .core.store import VersionFiles, VersionWriter
-from .core.strategy import Strategy, TrainSettings
+from .core.strategy import UPDATE_LEARNING_RATE_KEYS, Strategy, TrainSettings
 from .core.validation import Evidence, Verdict
 from .core.wording import percent, plural
 from .plugins.models import loads_adapters
@@ -61,7 +62,7 @@ __all__ = [
     "Assessment", "VersionFiles", "VersionWriter",
     *_TORCH, "loads_adapters",
     "RetainError", "ConfigError", "SourceError", "ModelError", "StorageError", "PluginError",
-    "lower_lr", "raise_lr", "fewer_epochs", "plural", "percent", "on_interrupt", "release", "shielded",
+    "lower_lr", "raise_lr", "fewer_epochs", "UPDATE_LEARNING_RATE_KEYS", "plural", "percent", "on_interrupt", "release", "shielded",
 ]
 
 

@@ -53,6 +53,7 @@ far. In a run they fire in this order (``STEPS`` lists the steps)::
     step_started/step_finished("collect")     sources read
     step_*("preprocess"), step_*("dedupe"), step_*("holdout")
     step_*("tokenize")                        model created (training) and rows built
+    step_*("precision")                       precision: auto decided (measured, cached or by rule)
     step_*("evaluate_before")                 held-out losses of the starting model
     step_*("import")                          the rest of the training stack's import
     step_started("train")
@@ -80,8 +81,8 @@ hookspec = pluggy.HookspecMarker("retain")
 hookimpl = pluggy.HookimplMarker("retain")
 
 # The steps a run announces (``step_started``/``step_finished``), in order.
-STEPS = ("load", "collect", "preprocess", "dedupe", "holdout", "tokenize", "evaluate_before", "import",
-         "train", "validate", "save")
+STEPS = ("load", "collect", "preprocess", "dedupe", "holdout", "tokenize", "precision", "evaluate_before",
+         "import", "train", "validate", "save")
 
 
 # --- registration ------------------------------------------------------------------------
@@ -237,7 +238,7 @@ def update_finished(run, report):
 @hookspec
 def step_started(run, step):
     """A step of the run begins: ``"load"``, ``"collect"``, ``"preprocess"``, ``"dedupe"``,
-    ``"holdout"``, ``"tokenize"``, ``"evaluate_before"``, ``"import"``, ``"train"``,
+    ``"holdout"``, ``"tokenize"``, ``"precision"``, ``"evaluate_before"``, ``"import"``, ``"train"``,
     ``"validate"``, ``"save"`` (``STEPS``). A dry run has only load (the manifest), collect,
     preprocess, dedupe, holdout and save; an import (``run.kind == "import"``) has no
     validate, and without base data goes from load to save."""
@@ -253,6 +254,7 @@ def step_finished(run, step, info, seconds):
     - dedupe: ``duplicates``, ``contaminating``, ``items`` (left)
     - holdout: ``train``, ``held_out`` (``train`` 0: nothing new to learn, the run ends)
     - tokenize: ``items``, ``sequences``, ``tokens``, ``held_out``
+    - precision: ``asked``, ``chose``, ``why``, ``speedup``, ``batch``, ``cached``, ``seconds``
     - evaluate_before: ``retention_items`` (scored), ``new_items``, ``retention_stored`` (of
       them, read from the parent version instead of scored); an update also ``retention_pool``
     - import: ``module``, ``import_seconds`` (the whole import, in its background thread),
