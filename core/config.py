@@ -119,7 +119,7 @@ class FineTuningConfig(Block):
     # retrain"): re-warm to the full training's peak, re-decay, and replay old tokens.
     strategy: Names = ["rewarm", "replay"]
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
-    max_seconds: Number = Field(0.0, ge=0)   # stop training after this many seconds, keeping the best epoch (0: no limit)
+    max_seconds: Number = Field(0.0, ge=0)  # stop training after this many seconds, keeping the best epoch (0: none)
     max_item_tokens: int = Field(1_000_000, ge=0)  # an item with more tokens is rejected, not trained on (0: no cap)
 
     @field_validator("strategy")
@@ -156,7 +156,8 @@ class ValidationConfig(Block):
     retention_max: int = Field(200, ge=0)
     holdout_fraction: Number = Field(0.1, ge=0, lt=1)
     holdout_max: int = Field(100, ge=0)
-    eval_max_items: int = Field(256, gt=0)  # the retention pool kept with each version: a uniform sample of every held-out item
+    # the retention pool kept with each version: a uniform sample of every held-out item
+    eval_max_items: int = Field(256, gt=0)
     eval_min_items: int = Field(32, gt=0)   # an update scores at least this many of the pool (all, if fewer) ...
     eval_budget: Number = Field(0.1, ge=0)  # ... then more while scoring costs at most this share of training
 
