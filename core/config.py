@@ -268,6 +268,7 @@ def build(cls: type, data: Any, prefix: str = "") -> Any:
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise ConfigError(f"config key '{prefix or '<root>'}': expected a mapping, got {data!r}")
+    data = _string_keys(data, cls)
     try:
         if isinstance(cls, type) and issubclass(cls, BaseModel):
             return cls.model_validate(data)
@@ -277,6 +278,19 @@ def build(cls: type, data: Any, prefix: str = "") -> Any:
         first = min(exc.errors(), key=lambda e: order.get(".".join(str(p) for p in e["loc"] if isinstance(p, str)),
                                                           len(order)))
         raise ConfigError(_message(first, cls, prefix)) from None
+
+
+def _string_keys(value: Any, tp: Any) -> Any:
+    """YAML's ``1: x`` is the key "1" of a block (unknown, named as written) or of a ``dict[str, ...]``;
+    the values of an ``Any`` (a factory's arguments) stay as written."""
+    if not isinstance(value, dict):
+        return value
+    fields = _fields(tp)
+    if fields:
+        return {str(k): _string_keys(v, fields.get(str(k), (None,))[0]) for k, v in value.items()}
+    if typing.get_origin(tp) is dict:
+        return {str(k): _string_keys(v, typing.get_args(tp)[1]) for k, v in value.items()}
+    return value
 
 
 @functools.cache

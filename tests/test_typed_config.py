@@ -100,3 +100,15 @@ def test_a_third_party_options_dataclass_is_checked_the_same_way():
 def test_a_plugin_without_options_refuses_them():
     with pytest.raises(ConfigError, match="plugin 'exact' takes no options"):
         plugin_options(load_config(None, ["options.exact.x=1"]), "exact", None)
+
+
+def test_a_number_as_a_key_is_named_as_written(tmp_path, registry):
+    path = tmp_path / "config.yaml"
+    path.write_text("model: {2: 3}\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'model.2' \(known keys: d_model, "):
+        load_config(path)
+    path.write_text("options: {jsonl: {3: x}}\nmodel: {factory_args: {layers: {1: 64}}}\n")
+    config = load_config(path)
+    assert config.model.factory_args == {"layers": {1: 64}}  # a factory's arguments stay as written
+    with pytest.raises(ConfigError, match=r"unknown config key 'options.jsonl.3' \(known keys: field, "):
+        registry.check_config(config)
