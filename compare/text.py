@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from retain.core.config import Config, apply_override, build_dataclass, load_config, parse_override
+from retain.core.config import Config, apply_override, build, load_config, parse_override
 from retain.core.errors import ConfigError, SourceError
 from retain.core.items import Item
 
@@ -169,7 +169,7 @@ def scenario_config(request, base: dict | None, extra: list[str]) -> Config:
     for item in overrides:
         key, value = parse_override(item)
         apply_override(data, key, value)
-    return build_dataclass(Config, data)
+    return build(Config, data)
 
 
 def clean_items(specs: list[str], registry, config: Config) -> tuple[list[Item], int]:

@@ -1,7 +1,10 @@
 """Typed configuration, loaded from YAML and overridable from the command line.
 
-Every block is a dataclass; ``load_config`` checks each key and type against
-them, so a typo or a wrong type is one ``ConfigError`` naming the key.
+Every block is a pydantic model whose fields carry their own constraints (``Field(gt=0)``
+beside the field). Unknown keys are forbidden and types strict (a bool is not an int, "3" is
+not a number); ``load_config`` turns pydantic's errors into one ``ConfigError`` naming the
+dotted key, with "did you mean" for a typo. Plugin options (dataclasses, constraints in
+``Annotated[..., Field(...)]``) are checked the same way by ``plugin_options``.
 """
 
 from __future__ import annotations
@@ -9,21 +12,64 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import functools
 import math
 import re
 import typing
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError,
+                      field_validator, model_validator)
+from typing_extensions import NotRequired, TypedDict
 
 from .errors import ConfigError, UsageError
 
+_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
-@dataclass
-class ModelConfig:
+
+def _number(value: Any) -> Any:
+    """A float from an int too, and from YAML 1.1's ``1e-4`` (no dot: read as a string); an int
+    beyond float range becomes inf, which the finite check refuses."""
+    if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+        return float(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except OverflowError:
+            return math.inf
+    return value
+
+
+def _names(value: Any) -> Any:
+    """"replay,ewc" on the command line means ["replay", "ewc"]."""
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return value
+
+
+Number = Annotated[float, BeforeValidator(_number)]
+Names = Annotated[list[str], BeforeValidator(_names)]
+
+# Strict types, no unknown keys, no NaN or infinity.
+_STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+class Invalid(ValueError):
+    """Raised by a check across fields: ``key`` (a field of the block checked) is the one named."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
+class Block(BaseModel):
+    model_config = _STRICT
+
+
+class ModelConfig(Block):
     """Which model family (``retain plugins`` lists them) and what it builds: the size of the
     built-in ``gpt`` (its context length is full_training.max_seq_length), the local directory
     of an ``hf`` model, the factory of a ``python`` one.
@@ -33,139 +79,174 @@ class ModelConfig:
     (``model_config`` in ``core/models.py``)."""
 
     family: str = "gpt"
-    n_layer: int = 2
-    n_head: int = 4
-    d_model: int = 128
-    vocab_size: int = 2048
-    dropout: float = 0.0
+    n_layer: int = Field(2, gt=0)
+    n_head: int = Field(4, gt=0)
+    d_model: int = Field(128, gt=0)
+    vocab_size: int = Field(2048, gt=0)
+    dropout: Number = Field(0.0, ge=0, lt=1)
     path: str = ""        # hf: a local transformers directory (config.json, tokenizer files)
     factory: str = ""     # python: "package.module:function" returning an nn.Module (ids -> logits)
-    factory_args: dict[str, Any] = field(default_factory=dict)  # python: the factory's keyword arguments
+    factory_args: dict[str, Any] = {}  # python: the factory's keyword arguments
     tokenizer: str = ""   # python, and .pth/.safetensors imports: a tokenizers JSON file or an HF tokenizer dir
 
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> ModelConfig:
+        if self.d_model % self.n_head:
+            raise Invalid("d_model", f"{self.d_model} must be divisible by n_head={self.n_head}")
+        return self
 
-@dataclass
-class EarlyStoppingConfig:
+
+class EarlyStoppingConfig(Block):
     """An update judges its candidate after every epoch, stops when the held-out new items stop
     improving or a validator's threshold is crossed, and keeps the best epoch."""
 
     enabled: bool = True
-    patience: int = 1          # epochs without improvement of the held-out new items
-    min_delta: float = 0.001   # what counts as an improvement (relative: 0.1%)
+    patience: int = Field(1, gt=0)            # epochs without improvement of the held-out new items
+    min_delta: Number = Field(0.001, ge=0, lt=1)  # what counts as an improvement (relative: 0.1%)
 
 
-@dataclass
-class FineTuningConfig:
+class FineTuningConfig(Block):
     """The design document's FINE_TUNING block: an update on new data only."""
 
     # low_lr's rate (the design document's 1e-4); rewarm's peak is options.rewarm.peak_lr, naive's
     # the full training's, lora's options.lora.learning_rate. --lr and ModelTrainer.fine_tune(lr=)
     # set this and each of those (core/strategy.py, UPDATE_LEARNING_RATE_KEYS).
-    learning_rate: float = 0.0001
-    epochs: int = 3
-    batch_size: int = 8
-    max_seq_length: int = 512
+    learning_rate: Number = Field(0.0001, gt=0)
+    epochs: int = Field(3, gt=0)
+    batch_size: int = Field(8, gt=0)
+    max_seq_length: int = Field(512, gt=0)
     # The default was chosen by measurement (BENCHMARKS.md, "Update recipes against a full
     # retrain"): re-warm to the full training's peak, re-decay, and replay old tokens.
-    strategy: list[str] = field(default_factory=lambda: ["rewarm", "replay"])
-    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
-    max_seconds: float = 0.0   # stop training after this many seconds, keeping the best epoch (0: no limit)
-    max_item_tokens: int = 1_000_000  # an item with more tokens is rejected, not trained on (0: no cap)
+    strategy: Names = ["rewarm", "replay"]
+    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+    max_seconds: Number = Field(0.0, ge=0)  # stop training after this many seconds, keeping the best epoch (0: none)
+    max_item_tokens: int = Field(1_000_000, ge=0)  # an item with more tokens is rejected, not trained on (0: no cap)
+
+    @field_validator("strategy")
+    @classmethod
+    def _each_strategy_once(cls, strategy: list[str]) -> list[str]:
+        repeated = sorted({n for n in strategy if strategy.count(n) > 1})
+        if repeated:
+            raise ValueError(f"names {', '.join(repeated)} more than once ({','.join(strategy)}); "
+                             "list each strategy once")
+        return strategy
 
 
-@dataclass
-class FullTrainingConfig:
+class FullTrainingConfig(Block):
     """Training from scratch on all data (``retain train``)."""
 
-    learning_rate: float = 0.001
-    epochs: int = 10
-    batch_size: int = 8
-    max_seq_length: int = 512
+    learning_rate: Number = Field(0.001, gt=0)
+    epochs: int = Field(10, gt=0)
+    batch_size: int = Field(8, gt=0)
+    max_seq_length: int = Field(512, gt=0)
     init: Literal["random"] = "random"
     # new: train a tokenizer on the data (families that have one); keep: the current model's
     tokenizer: Literal["new", "keep"] = "new"
     # strategies whose state the full training records for later updates, beside
     # fine_tuning.strategy (replay: a buffer of base items, so replay works from the first update)
-    record: list[str] = field(default_factory=lambda: ["replay"])
-    max_seconds: float = 0.0   # stop training after this many seconds, keeping that state (0: no limit)
-    max_item_tokens: int = 1_000_000  # an item with more tokens is rejected, not trained on (0: no cap)
+    record: Names = ["replay"]
+    max_seconds: Number = Field(0.0, ge=0)   # stop training after this many seconds, keeping that state (0: no limit)
+    max_item_tokens: int = Field(1_000_000, ge=0)  # an item with more tokens is rejected, not trained on (0: no cap)
 
 
-@dataclass
-class ValidationConfig:
+class ValidationConfig(Block):
     """What is kept aside to measure retention (old items) and learning (new items)."""
 
-    retention_fraction: float = 0.05
-    retention_max: int = 200
-    holdout_fraction: float = 0.1
-    holdout_max: int = 100
-    eval_max_items: int = 256   # the retention pool kept with each version: a uniform sample of every held-out item
-    eval_min_items: int = 32    # an update scores at least this many of the pool (all, if fewer) ...
-    eval_budget: float = 0.1    # ... then more while scoring costs at most this share of training
+    retention_fraction: Number = Field(0.05, ge=0, lt=1)
+    retention_max: int = Field(200, ge=0)
+    holdout_fraction: Number = Field(0.1, ge=0, lt=1)
+    holdout_max: int = Field(100, ge=0)
+    # the retention pool kept with each version: a uniform sample of every held-out item
+    eval_max_items: int = Field(256, gt=0)
+    eval_min_items: int = Field(32, gt=0)   # an update scores at least this many of the pool (all, if fewer) ...
+    eval_budget: Number = Field(0.1, ge=0)  # ... then more while scoring costs at most this share of training
 
 
-@dataclass
-class RetrainConfig:
+class RetrainConfig(Block):
     """When ``retain status`` recommends a full retrain over another fine-tune (the design document's
     "Full retrain when": major data changes, architecture changes, quality degradation)."""
 
-    max_new_items: int = 1000          # items learned since the last full training (+ pending)
-    max_retention_drift: float = 0.04  # held-out base loss up >4% since the last full training
-    max_rejected_in_row: int = 3       # the gate rejected this many updates in a row
-    max_token_drift: float = 0.15      # new data needs >15% more tokens per byte than the base data
+    max_new_items: int = Field(1000, gt=0)             # items learned since the last full training (+ pending)
+    max_retention_drift: Number = Field(0.04, gt=0)    # held-out base loss up >4% since the last full training
+    max_rejected_in_row: int = Field(3, gt=0)          # the gate rejected this many updates in a row
+    max_token_drift: Number = Field(0.15, gt=0)        # new data needs >15% more tokens per byte than the base data
 
 
-@dataclass
-class TuneConfig:
+class TuneConfig(Block):
     """``retain update --auto``: a budgeted search over the update's recipe (``retain.tune``)."""
 
-    budget: float = 0.1        # share of the last full training's measured training time
-    max_trials: int = 12
-    jobs: int = 1              # trials at once, each in its own process
+    budget: Number = Field(0.1, gt=0)   # share of the last full training's measured training time
+    max_trials: int = Field(12, gt=0)
+    jobs: int = Field(1, gt=0)          # trials at once, each in its own process
     # the strategy mixes tried ("+" composes); replay is added by the replay share searched
-    strategies: list[str] = field(default_factory=lambda: ["rewarm", "low_lr", "rewarm+ewc"])
-    min_learning_rate: float = 0.00003
-    max_learning_rate: float = 0.003
-    max_epochs: int = 4
-    replay_shares: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5])
+    strategies: Names = ["rewarm", "low_lr", "rewarm+ewc"]
+    min_learning_rate: Number = Field(0.00003, gt=0)
+    max_learning_rate: Number = Field(0.003, gt=0)
+    max_epochs: int = Field(4, gt=0)
+    replay_shares: list[Number] = [0.0, 0.25, 0.5]
+
+    @field_validator("strategies")
+    @classmethod
+    def _some_strategy(cls, strategies: list[str]) -> list[str]:
+        if not strategies:
+            raise ValueError("name at least one strategy mix to try")
+        return strategies
+
+    @field_validator("replay_shares")
+    @classmethod
+    def _shares_are_fractions(cls, shares: list[float]) -> list[float]:
+        if not shares or any(not 0 <= x < 1 for x in shares):
+            raise ValueError(f"each share must be in [0, 1), got {shares}")
+        return shares
+
+    @model_validator(mode="after")
+    def _learning_rates_in_order(self) -> TuneConfig:
+        if self.min_learning_rate > self.max_learning_rate:
+            raise Invalid("min_learning_rate", f"{self.min_learning_rate} is above "
+                          f"max_learning_rate {self.max_learning_rate}")
+        return self
 
 
-@dataclass
-class PruneConfig:
+class PruneConfig(Block):
     """The keep policy, applied after every saved version (``retain prune`` applies it by hand):
     the last ``keep_last`` accepted versions stay whole, older ones become stubs (no weights)
     or go. 0 keeps everything."""
 
-    keep_last: int = 0
+    keep_last: int = Field(0, ge=0)
     keep_full_trainings: bool = True   # every accepted full training stays whole too
 
 
-@dataclass
-class Config:
+class Config(Block):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # bf16 autocast for training and scoring. auto: bf16 on a CUDA device that supports it and
     # on a CPU with native bf16 (AVX512-BF16, AMX), fp32 on other CPUs, where bf16 is emulated
     # and several times slower (BENCHMARKS.md).
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    model: ModelConfig = field(default_factory=ModelConfig)
-    fine_tuning: FineTuningConfig = field(default_factory=FineTuningConfig)
-    full_training: FullTrainingConfig = field(default_factory=FullTrainingConfig)
-    validation: ValidationConfig = field(default_factory=ValidationConfig)
-    dedupers: list[str] = field(default_factory=lambda: ["exact"])
-    preprocessors: list[str] = field(default_factory=lambda: ["clean"])
-    validators: list[str] = field(default_factory=lambda: [
-        "finite", "loss_trend", "retention", "learning", "generation", "duration"])
-    retrain: RetrainConfig = field(default_factory=RetrainConfig)
-    prune: PruneConfig = field(default_factory=PruneConfig)
-    tune: TuneConfig = field(default_factory=TuneConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    fine_tuning: FineTuningConfig = Field(default_factory=FineTuningConfig)
+    full_training: FullTrainingConfig = Field(default_factory=FullTrainingConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    dedupers: Names = ["exact"]
+    preprocessors: Names = ["clean"]
+    validators: Names = ["finite", "loss_trend", "retention", "learning", "generation", "duration"]
+    retrain: RetrainConfig = Field(default_factory=RetrainConfig)
+    prune: PruneConfig = Field(default_factory=PruneConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
     # Options of each plugin, by the name it registered (sources, strategies, ...).
     # Checked against that plugin's own options dataclass when it is built.
-    options: dict[str, dict] = field(default_factory=dict)
+    options: dict[str, dict] = {}
     # Not a config key: the dotted keys the user's config file and --set gave ("model.n_layer"),
     # set by ``load_config`` and never saved. None (a Config built in code): every key counts.
-    asked: frozenset[str] | None = field(default=None, repr=False, compare=False,
-                                         metadata={"internal": True})
+    _asked: frozenset[str] | None = PrivateAttr(default=None)
+
+    @property
+    def asked(self) -> frozenset[str] | None:
+        return self._asked
+
+    @asked.setter
+    def asked(self, keys: frozenset[str] | None) -> None:
+        self._asked = keys
 
     def asks(self, key: str) -> bool:
         """Did the user set ``key`` (or a block holding it) explicitly, rather than take the default?"""
@@ -175,29 +256,142 @@ class Config:
         return any(".".join(parts[:i]) in self.asked for i in range(1, len(parts) + 1))
 
     def to_dict(self) -> dict:
-        out = dataclasses.asdict(self)
-        out.pop("asked")
+        return self.model_dump()
+
+    def __eq__(self, other: object) -> bool:  # the same settings, whoever asked for them
+        return isinstance(other, Config) and self.to_dict() == other.to_dict()
+
+
+def build(cls: type, data: Any, prefix: str = "") -> Any:
+    """``cls`` (a config block, or a plugin's options dataclass) from the mapping ``data``, checked:
+    the first problem, in the order of ``data``'s keys, is one ``ConfigError`` naming its key."""
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"config key '{prefix or '<root>'}': expected a mapping, got {data!r}")
+    data = _string_keys(data, cls)
+    try:
+        if isinstance(cls, type) and issubclass(cls, BaseModel):
+            return cls.model_validate(data)
+        return cls(**_options_adapter(cls).validate_python(data))
+    except ValidationError as exc:
+        order = {key: i for i, key in enumerate(dotted_keys(data))}
+        first = min(exc.errors(), key=lambda e: order.get(".".join(str(p) for p in e["loc"] if isinstance(p, str)),
+                                                          len(order)))
+        raise ConfigError(_message(first, cls, prefix)) from None
+
+
+def _string_keys(value: Any, tp: Any) -> Any:
+    """YAML's ``1: x`` is the key "1" of a block (unknown, named as written) or of a ``dict[str, ...]``;
+    the values of an ``Any`` (a factory's arguments) stay as written."""
+    if not isinstance(value, dict):
+        return value
+    fields = _fields(tp)
+    if fields:
+        return {str(k): _string_keys(v, fields.get(str(k), (None,))[0]) for k, v in value.items()}
+    if typing.get_origin(tp) is dict:
+        return {str(k): _string_keys(v, typing.get_args(tp)[1]) for k, v in value.items()}
+    return value
+
+
+@functools.cache
+def _options_adapter(cls: type) -> TypeAdapter:
+    """A validator of the keyword arguments of the dataclass ``cls``: its fields' annotations,
+    floats and string lists read as config blocks read them, no other key."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    fields = {f.name: NotRequired[_as_config_reads(hints[f.name])]
+              if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+              else _as_config_reads(hints[f.name])
+              for f in dataclasses.fields(cls) if f.init}
+    arguments = TypedDict(cls.__name__, fields)  # type: ignore[operator]
+    arguments.__pydantic_config__ = _STRICT  # type: ignore[attr-defined]
+    return TypeAdapter(arguments)
+
+
+def _as_config_reads(tp: Any) -> Any:
+    """``float`` -> ``Number``, ``list[str]`` -> ``Names`` (inside ``Annotated`` and lists too)."""
+    if typing.get_origin(tp) is Annotated:
+        inner, *meta = typing.get_args(tp)
+        return Annotated[(_as_config_reads(inner), *meta)]
+    if tp is float:
+        return Number
+    if tp == list[str]:
+        return Names
+    if typing.get_origin(tp) is list:
+        return list[_as_config_reads(typing.get_args(tp)[0])]  # type: ignore[misc]
+    return tp
+
+
+def _message(error: dict, root: type, prefix: str) -> str:
+    loc, kind, value = error["loc"], error["type"], error["input"]
+    key = prefix
+    for part in loc:
+        key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
+    if kind == "extra_forbidden":
+        names = sorted(_fields(_annotation_at(root, loc[:-1])))
+        close = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.75)
+        hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(names)})"
+        return f"unknown config key '{key}'{hint}"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        field = _fields(_annotation_at(root, loc[:-1])).get(loc[-1])
+        bounds = _bounds(field[1] if field else [], error.get("ctx", {}))
+        return f"config key '{key}': must be {bounds}, got {value!r}"
+    if kind == "finite_number":
+        return f"config key '{key}': must be a finite number, got {value!r}"
+    if kind == "value_error":
+        cause = error["ctx"]["error"]
+        if isinstance(cause, Invalid):
+            key = f"{key}.{cause.key}" if key else cause.key
+        return f"config key '{key}': {cause}"
+    if kind == "missing":
+        return f"config key '{key}' is required"
+    expected = _annotation_at(root, loc)
+    what = _type_name(expected) if expected is not None else kind
+    return f"config key '{key}': expected {what}, got {type(value).__name__} {value!r}"
+
+
+def _fields(tp: Any) -> dict[str, tuple[Any, list]]:
+    """The fields of a config block or dataclass: name -> (annotation, constraints)."""
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return {name: (f.annotation, f.metadata) for name, f in tp.model_fields.items()}
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        out = {}
+        for name, hint in typing.get_type_hints(tp, include_extras=True).items():
+            inner, *meta = typing.get_args(hint) if typing.get_origin(hint) is Annotated else (hint,)
+            out[name] = (inner, [m for item in meta for m in getattr(item, "metadata", [item])])
         return out
+    return {}
 
 
-_POSITIVE = {
-    "model.n_layer", "model.n_head", "model.d_model", "model.vocab_size",
-    "fine_tuning.learning_rate", "fine_tuning.epochs", "fine_tuning.batch_size",
-    "fine_tuning.max_seq_length", "full_training.learning_rate", "full_training.epochs",
-    "full_training.batch_size", "full_training.max_seq_length", "validation.eval_max_items",
-    "validation.eval_min_items",
-    "retrain.max_new_items", "retrain.max_retention_drift", "retrain.max_rejected_in_row",
-    "retrain.max_token_drift", "fine_tuning.early_stopping.patience", "tune.budget", "tune.max_trials",
-    "tune.jobs", "tune.min_learning_rate", "tune.max_learning_rate", "tune.max_epochs",
-}
-_NOT_NEGATIVE = {"validation.retention_max", "validation.holdout_max", "validation.eval_budget", "prune.keep_last",
-                 "fine_tuning.max_seconds", "full_training.max_seconds", "fine_tuning.max_item_tokens",
-                 "full_training.max_item_tokens"}
-_FRACTIONS = {"validation.retention_fraction", "validation.holdout_fraction", "model.dropout",
-              "fine_tuning.early_stopping.min_delta"}
+def _annotation_at(root: type, loc: tuple) -> Any:
+    """The annotation of the value at ``loc`` (a path of keys and indexes) below ``root``."""
+    tp = root
+    for part in loc:
+        origin = typing.get_origin(tp)
+        if origin is list and isinstance(part, int):
+            tp = typing.get_args(tp)[0]
+        elif origin is dict:
+            tp = typing.get_args(tp)[1]
+        elif part in _fields(tp):
+            tp = _fields(tp)[part][0]
+        else:
+            return None
+        if typing.get_origin(tp) is Annotated:
+            tp = typing.get_args(tp)[0]
+    return tp
 
 
-_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+def _bounds(constraints: list, ctx: dict) -> str:
+    """"> 0", ">= 1", "in [0, 1)": every bound of a field, as the user reads it."""
+    limits = dict(ctx)
+    for item in constraints:
+        limits.update({k: getattr(item, k) for k in ("gt", "ge", "lt", "le") if getattr(item, k, None) is not None})
+    low = ("(", limits["gt"]) if "gt" in limits else ("[", limits["ge"]) if "ge" in limits else None
+    high = (limits["lt"], ")") if "lt" in limits else (limits["le"], "]") if "le" in limits else None
+    if low and high:
+        return f"in {low[0]}{low[1]:g}, {high[0]:g}{high[1]}"
+    if low:
+        return f"{'>' if low[0] == '(' else '>='} {low[1]:g}"
+    return f"{'<' if high[1] == ')' else '<='} {high[0]:g}"
 
 
 def _type_name(tp: Any) -> str:
@@ -207,114 +401,6 @@ def _type_name(tp: Any) -> str:
     if origin is not None:
         return str(tp).replace("typing.", "")
     return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; return it (ints widen to float)."""
-    origin = typing.get_origin(tp)
-    bad = ConfigError(
-        f"config key '{key}': expected {_type_name(tp)}, got {type(value).__name__} {value!r}"
-    )
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise bad
-        return build_dataclass(tp, value, key)
-    if origin is Literal:
-        if value not in typing.get_args(tp):
-            raise bad
-        return value
-    if origin is list:
-        (item_tp,) = typing.get_args(tp)
-        if isinstance(value, str) and item_tp is str:
-            # "replay,ewc" on the command line means ["replay", "ewc"].
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list):
-            raise bad
-        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise bad
-        _, val_tp = typing.get_args(tp)
-        return {str(k): _coerce(v, val_tp, f"{key}.{k}") for k, v in value.items()}
-    if tp is dict:
-        if not isinstance(value, dict):
-            raise bad
-        return dict(value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise bad
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad
-        return value
-    if tp is float:
-        if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
-            value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad
-        try:
-            number = float(value)
-        except OverflowError:  # an int beyond float range
-            number = math.inf
-        if not math.isfinite(number):
-            raise ConfigError(f"config key '{key}': must be a finite number, got {value!r}")
-        return number
-    if tp is str:
-        if not isinstance(value, str):
-            raise bad
-        return value
-    if tp is Any:
-        return value
-    raise TypeError(f"unsupported config annotation {tp!r} for {key}")
-
-
-def build_dataclass(cls: type, data: dict | None, prefix: str = "") -> Any:
-    """Build ``cls`` from ``data``, refusing unknown keys and wrong types."""
-    data = data or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config key '{prefix or '<root>'}': expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
-    kwargs = {}
-    for key, value in data.items():
-        full = f"{prefix}.{key}" if prefix else str(key)
-        if key not in names:
-            close = difflib.get_close_matches(str(key), sorted(names), n=1, cutoff=0.75)
-            hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(sorted(names))})"
-            raise ConfigError(f"unknown config key '{full}'{hint}")
-        kwargs[key] = _coerce(value, hints[key], full)
-        if full in _POSITIVE and kwargs[key] <= 0:
-            raise ConfigError(f"config key '{full}': must be > 0, got {value!r}")
-        if full in _FRACTIONS and not 0 <= kwargs[key] < 1:
-            raise ConfigError(f"config key '{full}': must be in [0, 1), got {value!r}")
-        if full in _NOT_NEGATIVE and kwargs[key] < 0:
-            raise ConfigError(f"config key '{full}': must be >= 0, got {value!r}")
-    obj = cls(**kwargs)
-    if cls is FineTuningConfig:
-        repeated = sorted({n for n in obj.strategy if obj.strategy.count(n) > 1})
-        if repeated:
-            raise ConfigError(f"config key '{prefix}.strategy': names {', '.join(repeated)} more than once "
-                              f"({','.join(obj.strategy)}); list each strategy once")
-    if cls is TuneConfig:
-        _check_tune(obj, prefix)
-    if cls is ModelConfig and obj.d_model % obj.n_head:
-        raise ConfigError(
-            f"config key '{prefix}.d_model': {obj.d_model} must be divisible by n_head={obj.n_head}"
-        )
-    return obj
-
-
-def _check_tune(tune: TuneConfig, prefix: str) -> None:
-    if tune.min_learning_rate > tune.max_learning_rate:
-        raise ConfigError(f"config key '{prefix}.min_learning_rate': {tune.min_learning_rate} is above "
-                          f"max_learning_rate {tune.max_learning_rate}")
-    if not tune.strategies:
-        raise ConfigError(f"config key '{prefix}.strategies': name at least one strategy mix to try")
-    bad = [x for x in tune.replay_shares if not 0 <= x < 1]
-    if bad or not tune.replay_shares:
-        raise ConfigError(f"config key '{prefix}.replay_shares': each share must be in [0, 1), "
-                          f"got {tune.replay_shares}")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -379,7 +465,7 @@ def config_from_dict(data: dict, overrides: list[str] | None = None, asked: set[
         key, value = parse_override(item)
         apply_override(data, key, value)
         asked.add(".".join(key))
-    config = build_dataclass(Config, data)
+    config = build(Config, data)
     config.asked = frozenset(asked)
     return config
 
@@ -396,7 +482,7 @@ def dotted_keys(data: dict, prefix: str = "") -> list[str]:
 
 
 # What fixes the model: every model.* key, and the context the built-in gpt is created with.
-MODEL_KEYS = tuple(f"model.{f.name}" for f in dataclasses.fields(ModelConfig)) + ("full_training.max_seq_length",)
+MODEL_KEYS = tuple(f"model.{name}" for name in ModelConfig.model_fields) + ("full_training.max_seq_length",)
 
 
 def adopt_model(config: Config, stored: dict | None) -> Config:
@@ -406,7 +492,7 @@ def adopt_model(config: Config, stored: dict | None) -> Config:
     if not isinstance(stored, dict):
         return config
     try:
-        made = build_dataclass(Config, stored)
+        made = build(Config, stored)
     except ConfigError:
         return config
     out = copy.deepcopy(config)
@@ -414,7 +500,7 @@ def adopt_model(config: Config, stored: dict | None) -> Config:
         if not config.asks(key):
             block, name = key.split(".")
             setattr(getattr(out, block), name, copy.deepcopy(getattr(getattr(made, block), name)))
-    out.model = build_dataclass(ModelConfig, dataclasses.asdict(out.model), "model")  # checks the mix
+    out.model = build(ModelConfig, out.model.model_dump(), "model")  # checks the mix
     return out
 
 
@@ -425,7 +511,7 @@ def with_values(config: Config, values: dict[str, Any]) -> Config:
     for key, value in values.items():
         if value is not None:
             apply_override(data, key.split("."), value)
-    out = build_dataclass(Config, data)
+    out = build(Config, data)
     if config.asked is not None:  # what the user asked for stays asked, plus these keys
         out.asked = config.asked | {k for k, v in values.items() if v is not None}
     return out
@@ -438,4 +524,4 @@ def plugin_options(config: Config, name: str, options_cls: type | None) -> Any:
         if raw:
             raise ConfigError(f"config key 'options.{name}': plugin '{name}' takes no options")
         return None
-    return build_dataclass(options_cls, raw, f"options.{name}")
+    return build(options_cls, raw, f"options.{name}")

@@ -119,7 +119,7 @@ def _architecture(store: ModelStore, config: Config, current: str, root: str | N
     (its file's keys, --set): the rest comes from the model's manifest. Compared in the family's
     own terms with what made the model (the last full training's config: a tokenizer trained
     on a small corpus can end below the vocabulary size asked for)."""
-    from .config import build_dataclass
+    from .config import build
     from .models import family, model_entry
 
     entry = model_entry(store.manifest(current))
@@ -133,7 +133,7 @@ def _architecture(store: ModelStore, config: Config, current: str, root: str | N
                      "model, architecture and tokenizer from its manifest", {}, "architecture unchanged")
     root_config = store.manifest(root).get("config") if root else None
     try:
-        asked = fam.architecture_from_config(build_dataclass(Config, root_config)) if root_config else None
+        asked = fam.architecture_from_config(build(Config, root_config)) if root_config else None
     except RetainError:  # a config of an older retain: compare with the weights' architecture
         asked = None
     have = {k: (asked or entry.get("architecture", {})).get(k) for k in wanted}

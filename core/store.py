@@ -43,11 +43,10 @@ from typing import Any, Callable, Iterable, Iterator
 
 from . import interrupts
 from .errors import LockedError, ModelError, StorageError
+from .manifest import FORMAT, MANIFEST, Manifest, read_manifest
 
-FORMAT = 1
 WEIGHTS = "model.safetensors"
 TOKENIZER = "tokenizer.json"
-MANIFEST = "manifest.json"
 HOLDOUT = "holdout.jsonl"
 INDEX = ".index.json"  # in versions/: each version's summary, a cache of fields of its manifest
 PRUNE_INTENT = ".prune-intent.json"  # in versions/ while a prune runs: what recover() finishes
@@ -61,13 +60,11 @@ SUMMARY_FIELDS = frozenset({"parent", "kind", "status", "pruned", "builds_on", "
 
 def summarize(manifest: dict) -> dict:
     """A manifest's ``ModelStore.summary``."""
-    entry, counts = manifest.get("model"), manifest.get("counts")
-    builds_on = entry.get("builds_on") if isinstance(entry, dict) else None
-    counts = counts if isinstance(counts, dict) else {}
-    states = {f.split("/", 1)[1].rsplit(".", 1)[0] for f in manifest.get("files", {}) if f.startswith("strategy/")}
-    return {"parent": manifest.get("parent"), "kind": manifest.get("kind"), "status": manifest.get("status"),
-            "pruned": "pruned" in manifest, "builds_on": builds_on if isinstance(builds_on, str) else None,
-            "counts": {k: counts[k] for k in ("trained", "holdout", "tokens", "bytes") if k in counts},
+    m = Manifest.model_validate(manifest)
+    states = {f.split("/", 1)[1].rsplit(".", 1)[0] for f in m.files if f.startswith("strategy/")}
+    return {"parent": m.parent, "kind": m.kind, "status": m.status, "pruned": "pruned" in m.model_fields_set,
+            "builds_on": m.builds_on,
+            "counts": {k: m.counts[k] for k in ("trained", "holdout", "tokens", "bytes") if k in m.counts},
             "states": sorted(states)}
 
 
@@ -509,9 +506,11 @@ class VersionWriter:
         manifest = {**manifest, "format": FORMAT, "version": self.name, "files": files}
         if shared:
             manifest["shared_with_parent"] = shared
+        text = json.dumps(manifest, indent=2, sort_keys=True)
+        read_manifest(json.loads(text), self.name)  # what every reader accepts: a writer's mistake fails here
         manifest_path = self.tmp / MANIFEST
         with open(manifest_path, "w", encoding="utf-8") as f:
-            json.dump(manifest, f, indent=2, sort_keys=True)
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         _fsync_dir(self.tmp)
@@ -843,15 +842,7 @@ class ModelStore:
             raise self._missing(version) from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ModelError(f"version {version}: {MANIFEST} is not valid JSON ({exc})") from None
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise ModelError(f"version {version}: unknown manifest format")
-        files, parent = data.get("files"), data.get("parent")
-        if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str)
-                                                  for k, v in files.items()):
-            raise ModelError(f"version {version}: {MANIFEST} has no valid file checksums")
-        if parent is not None and not (isinstance(parent, str) and parent and "/" not in parent
-                                       and not parent.startswith(".")):
-            raise ModelError(f"version {version}: {MANIFEST} names an invalid parent {parent!r}")
+        read_manifest(data, version)  # checked: a manifest that does not fit is a ModelError naming the field
         return data
 
     def lineage_root(self, chain: list[str]) -> str | None:

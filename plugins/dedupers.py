@@ -8,9 +8,10 @@ kind ``holdout``: such an item is never trained on, so the gate's numbers stay c
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
-from retain.core.errors import ConfigError
+from pydantic import Field
+
 from retain.core.hookspecs import hookimpl
 from retain.core.items import Item
 from retain.core.known import BATCH, HOLDOUT, LEARNED, Duplicate, describe_match
@@ -52,21 +53,13 @@ class MinhashOptions:
     # Every LSH candidate is checked against it; the estimate from num_perm values has a
     # standard deviation of sqrt(J(1-J)/num_perm) (0.035 at 0.8 with 128), so a pair exactly
     # at the threshold is caught about half the time, one 0.05 above it ~94% of the time.
-    threshold: float = 0.8
-    num_perm: int = 128      # MinHash permutations: more is a sharper threshold, and slower
+    threshold: Annotated[float, Field(gt=0, lt=1)] = 0.8
+    num_perm: Annotated[int, Field(ge=16, le=512)] = 128  # MinHash permutations: more is sharper, and slower
     # Character 5-grams: robust to small edits in paragraph-sized items, where
     # one changed word already removes ~3 of ~25 word 3-grams.
     shingle: Literal["char", "word"] = "char"
-    shingle_size: int = 5    # characters (or words) per shingle
+    shingle_size: Annotated[int, Field(ge=1)] = 5  # characters (or words) per shingle
     seed: int = 1
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.threshold < 1.0:
-            raise ConfigError(f"config key 'options.minhash.threshold': must be in (0, 1), got {self.threshold}")
-        if not 16 <= self.num_perm <= 512:
-            raise ConfigError(f"config key 'options.minhash.num_perm': must be in [16, 512], got {self.num_perm}")
-        if self.shingle_size < 1:
-            raise ConfigError(f"config key 'options.minhash.shingle_size': must be >= 1, got {self.shingle_size}")
 
 
 class MinhashDeduper:

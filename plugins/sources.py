@@ -14,9 +14,11 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Annotated, Iterator, Literal
 
-from retain.core.errors import ConfigError, SourceError
+from pydantic import AfterValidator, Field
+
+from retain.core.errors import SourceError
 from retain.core.hookspecs import hookimpl
 from retain.core.items import Item, Reject
 
@@ -72,18 +74,10 @@ def _printable(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")[:_EXCERPT]
 
 
-def _check_limit(source: str, limit: int) -> None:
-    if limit <= 0:
-        raise ConfigError(f"config key 'options.{source}.max_record_bytes': must be > 0, got {limit}")
-
-
 @dataclass
 class JsonlOptions:
     field: str = "text"
-    max_record_bytes: int = MAX_RECORD_BYTES  # a longer line is rejected unread
-
-    def __post_init__(self) -> None:
-        _check_limit("jsonl", self.max_record_bytes)
+    max_record_bytes: Annotated[int, Field(gt=0)] = MAX_RECORD_BYTES  # a longer line is rejected unread
 
 
 class JsonlSource:
@@ -138,10 +132,7 @@ class JsonlSource:
 @dataclass
 class TextOptions:
     split: Literal["paragraph", "file", "line"] = "paragraph"
-    max_record_bytes: int = MAX_RECORD_BYTES  # a longer line, paragraph or file is rejected
-
-    def __post_init__(self) -> None:
-        _check_limit("text", self.max_record_bytes)
+    max_record_bytes: Annotated[int, Field(gt=0)] = MAX_RECORD_BYTES  # a longer line, paragraph or file is rejected
 
 
 class TextSource:
@@ -237,17 +228,18 @@ def _decode(raw: bytes) -> tuple[str | None, str | None]:
 _DELIMITERS = {".tsv": "\t"}
 
 
+def _one_character_or_auto(delimiter: str) -> str:
+    if delimiter != "auto" and len(delimiter) != 1:
+        raise ValueError(f"must be one character or 'auto', got {delimiter!r}")
+    return delimiter
+
+
 @dataclass
 class CsvOptions:
     column: str = "text"
-    delimiter: str = "auto"  # one character for every file; "auto": tab for .tsv, comma otherwise
-    max_record_bytes: int = MAX_RECORD_BYTES  # a longer line is rejected unread
-
-    def __post_init__(self) -> None:
-        _check_limit("csv", self.max_record_bytes)
-        if self.delimiter != "auto" and len(self.delimiter) != 1:
-            raise ConfigError(f"config key 'options.csv.delimiter': must be one character or 'auto', "
-                              f"got {self.delimiter!r}")
+    delimiter: Annotated[str, AfterValidator(_one_character_or_auto)] = "auto"  # one character for every file;
+                                                                                # "auto": tab for .tsv, comma otherwise
+    max_record_bytes: Annotated[int, Field(gt=0)] = MAX_RECORD_BYTES  # a longer line is rejected unread
 
 
 class CsvSource:

@@ -9,9 +9,10 @@ updates; ``lora`` trains adapters only (peft). Compose them:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
-from retain.core.errors import ConfigError
+from pydantic import Field
+
 from retain.core.hookspecs import hookimpl
 from retain.core.strategy import Strategy, TrainSettings
 from retain.strategies.lora import Lora, LoraOptions
@@ -24,11 +25,7 @@ from retain.strategies.rewarm import Rewarm, RewarmOptions
 
 @dataclass
 class NaiveOptions:
-    learning_rate: float = 0.0  # 0: full_training.learning_rate (--lr sets it)
-
-    def __post_init__(self):
-        if self.learning_rate < 0:
-            raise ConfigError(f"config key 'options.naive.learning_rate': must be >= 0, got {self.learning_rate!r}")
+    learning_rate: Annotated[float, Field(ge=0)] = 0.0  # 0: full_training.learning_rate (--lr sets it)
 
 
 class Naive(Strategy):

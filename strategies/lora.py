@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass, field
+from typing import Annotated
+
+from pydantic import Field
 
 from retain.core.errors import ConfigError
 from retain.core.strategy import Strategy, TrainSettings
@@ -23,22 +26,13 @@ from retain.core.strategy import Strategy, TrainSettings
 
 @dataclass
 class LoraOptions:
-    rank: int = 8              # r: the adapters' inner dimension
-    alpha: float = 16.0        # scaling numerator: the update is (alpha / rank) * B @ A
-    dropout: float = 0.0       # on the adapters' input
+    rank: Annotated[int, Field(ge=1)] = 8                 # r: the adapters' inner dimension
+    alpha: Annotated[float, Field(gt=0)] = 16.0           # scaling numerator: the update is (alpha / rank) * B @ A
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0    # on the adapters' input
     targets: list[str] = field(default_factory=list)  # module names; empty: every linear layer but the output head
-    learning_rate: float = 0.001  # adapters start at zero and are few: LoRA's usual rate is above full
-                                  # fine-tuning's (0 keeps fine_tuning.learning_rate; --lr sets it)
-
-    def __post_init__(self):
-        if self.rank < 1:
-            raise ConfigError(f"config key 'options.lora.rank': must be >= 1, got {self.rank!r}")
-        if self.alpha <= 0:
-            raise ConfigError(f"config key 'options.lora.alpha': must be > 0, got {self.alpha!r}")
-        if not 0 <= self.dropout < 1:
-            raise ConfigError(f"config key 'options.lora.dropout': must be in [0, 1), got {self.dropout!r}")
-        if self.learning_rate < 0:
-            raise ConfigError(f"config key 'options.lora.learning_rate': must be >= 0, got {self.learning_rate!r}")
+    learning_rate: Annotated[float, Field(ge=0)] = 0.001  # adapters start at zero and are few: LoRA's usual rate is
+                                                          # above full fine-tuning's (0 keeps fine_tuning.learning_rate;
+                                                          # --lr sets it)
 
 
 class Lora(Strategy):

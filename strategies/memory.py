@@ -8,7 +8,9 @@ loss on those memories does not rise.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field
 
 from retain.core.errors import ConfigError, PluginError
 from retain.core.strategy import Strategy
@@ -26,21 +28,13 @@ def memories_from(state: dict[str, Any]) -> list:
     return [(state[f"x/{i}"], state[f"y/{i}"]) for i in range(count)]
 
 
-def _positive(name: str, **values: int) -> None:
-    for key, value in values.items():
-        if value < 1:
-            raise ConfigError(f"config key 'options.{name}.{key}': must be >= 1, got {value!r}")
-
-
 @dataclass
 class AgemOptions:
-    patterns_per_update: int = 64  # sequences of each update kept in memory
-    sample_size: int = 16           # memory sequences per reference gradient
-    max_memories: int = 8           # updates remembered: the base model's and the latest ones
+    patterns_per_update: Annotated[int, Field(ge=1)] = 64  # sequences of each update kept in memory
+    sample_size: Annotated[int, Field(ge=1)] = 16           # memory sequences per reference gradient
+    max_memories: Annotated[int, Field(ge=1)] = 8           # updates remembered: the base model's and the latest ones
 
     def __post_init__(self):
-        _positive("agem", patterns_per_update=self.patterns_per_update, sample_size=self.sample_size,
-                  max_memories=self.max_memories)
         if self.max_memories > self.sample_size:
             raise ConfigError("config key 'options.agem.max_memories': must be <= sample_size "
                               f"({self.sample_size}), each memory gives at least one sequence per sample")
@@ -79,15 +73,9 @@ class Agem(_RememberingStrategy):
 
 @dataclass
 class GemOptions:
-    patterns_per_update: int = 16  # sequences of each update kept in memory
-    memory_strength: float = 0.5   # GEM's gamma: margin that favours backward transfer
-    max_memories: int = 4          # updates remembered (one constraint each): base + latest
-
-    def __post_init__(self):
-        _positive("gem", patterns_per_update=self.patterns_per_update, max_memories=self.max_memories)
-        if self.memory_strength < 0:
-            raise ConfigError("config key 'options.gem.memory_strength': must be >= 0, "
-                              f"got {self.memory_strength!r}")
+    patterns_per_update: Annotated[int, Field(ge=1)] = 16  # sequences of each update kept in memory
+    memory_strength: Annotated[float, Field(ge=0)] = 0.5   # GEM's gamma: margin that favours backward transfer
+    max_memories: Annotated[int, Field(ge=1)] = 4          # updates remembered (one constraint each): base + latest
 
 
 class Gem(_RememberingStrategy):

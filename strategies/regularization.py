@@ -10,9 +10,10 @@ and its importances would be as large as the model.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from retain.core.errors import ConfigError
+from pydantic import Field
+
 from retain.core.strategy import Strategy
 
 
@@ -44,22 +45,12 @@ def no_importances(name: str) -> list[str]:
             f"(`retain train --strategy replay,{name}` records them from the base data)"]
 
 
-def _check(name: str, key: str, value: float, low: float, low_ok: bool = True, high: float | None = None):
-    bad = value < low if low_ok else value <= low
-    if bad or (high is not None and value > high):
-        rng = f"{'>=' if low_ok else '>'} {low:g}" + (f" and <= {high:g}" if high is not None else "")
-        raise ConfigError(f"config key 'options.{name}.{key}': must be {rng}, got {value!r}")
-
-
 @dataclass
 class EwcOptions:
-    ewc_lambda: float = 100000.0  # weight of the penalty (the Fisher of an LM's weights is tiny;
-                                  # tuned on benchmarks/forgetting.py, see BENCHMARKS.md)
-    decay: float = 1.0           # online EWC's gamma: past importances are scaled by it each update
-
-    def __post_init__(self):
-        _check("ewc", "ewc_lambda", self.ewc_lambda, 0.0)
-        _check("ewc", "decay", self.decay, 0.0, high=1.0)
+    # weight of the penalty (the Fisher of an LM's weights is tiny; tuned on benchmarks/forgetting.py,
+    # see BENCHMARKS.md)
+    ewc_lambda: Annotated[float, Field(ge=0)] = 100000.0
+    decay: Annotated[float, Field(ge=0, le=1)] = 1.0  # online EWC's gamma: past importances are scaled by it each update
 
 
 class Ewc(Strategy):
@@ -94,13 +85,10 @@ class Ewc(Strategy):
 
 @dataclass
 class SiOptions:
-    si_lambda: float = 1000.0  # weight of the penalty (avalanche clips importances at 1e-3, so it
-                               # is large; tuned on benchmarks/forgetting.py, see BENCHMARKS.md)
-    eps: float = 1e-7        # damping of the path-integral importance
-
-    def __post_init__(self):
-        _check("si", "si_lambda", self.si_lambda, 0.0)
-        _check("si", "eps", self.eps, 0.0, low_ok=False)
+    # weight of the penalty (avalanche clips importances at 1e-3, so it is large; tuned on
+    # benchmarks/forgetting.py, see BENCHMARKS.md)
+    si_lambda: Annotated[float, Field(ge=0)] = 1000.0
+    eps: Annotated[float, Field(gt=0)] = 1e-7          # damping of the path-integral importance
 
 
 class Si(Strategy):
@@ -138,12 +126,8 @@ class Si(Strategy):
 
 @dataclass
 class MasOptions:
-    mas_lambda: float = 1.0  # weight of the penalty
-    alpha: float = 0.5       # share of the past importances kept when this update's are merged in
-
-    def __post_init__(self):
-        _check("mas", "mas_lambda", self.mas_lambda, 0.0)
-        _check("mas", "alpha", self.alpha, 0.0, high=1.0)
+    mas_lambda: Annotated[float, Field(ge=0)] = 1.0     # weight of the penalty
+    alpha: Annotated[float, Field(ge=0, le=1)] = 0.5  # share of the past importances kept when this update's merge in
 
 
 class Mas(Strategy):
@@ -178,13 +162,9 @@ class Mas(Strategy):
 
 @dataclass
 class LwfOptions:
-    alpha: float = 5.0        # weight of the distillation term (avalanche's 1.0 barely helped
-                              # on benchmarks/forgetting.py)
-    temperature: float = 2.0  # softmax temperature of teacher and student
-
-    def __post_init__(self):
-        _check("lwf", "alpha", self.alpha, 0.0)
-        _check("lwf", "temperature", self.temperature, 0.0, low_ok=False)
+    alpha: Annotated[float, Field(ge=0)] = 5.0        # weight of the distillation term (avalanche's 1.0 barely helped
+                                                      # on benchmarks/forgetting.py)
+    temperature: Annotated[float, Field(gt=0)] = 2.0  # softmax temperature of teacher and student
 
 
 class Lwf(Strategy):

@@ -13,22 +13,19 @@ The full training records a buffer of base items by default
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from retain.core.errors import ConfigError, ModelError
+from pydantic import Field
+
+from retain.core.errors import ModelError
 from retain.core.strategy import Strategy
 
 
 @dataclass
 class ReplayOptions:
-    buffer_size: int = 500   # past items kept in the model directory (texts)
-    share: float = 0.5       # share of each epoch's tokens replayed from past items (0.5: 1 old : 1 new)
-
-    def __post_init__(self):
-        if self.buffer_size < 1:
-            raise ConfigError(f"config key 'options.replay.buffer_size': must be >= 1, got {self.buffer_size}")
-        if not 0 <= self.share < 1:
-            raise ConfigError(f"config key 'options.replay.share': must be in [0, 1), got {self.share}")
+    buffer_size: Annotated[int, Field(ge=1)] = 500       # past items kept in the model directory (texts)
+    share: Annotated[float, Field(ge=0, lt=1)] = 0.5     # share of each epoch's tokens replayed from past items
+                                                         # (0.5: 1 old : 1 new)
 
     @property
     def per_new(self) -> float:

@@ -16,24 +16,18 @@ in bounds.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
-from retain.core.errors import ConfigError
+from pydantic import Field
+
 from retain.core.strategy import Strategy, TrainSettings
 
 
 @dataclass
 class RewarmOptions:
-    peak_lr: float = 0.0   # the peak learning rate; 0: full_training.learning_rate
-    warmup: float = 0.1    # share of the update's steps spent warming up from 0
-    floor: float = 0.1     # where the cosine decay ends, as a share of the peak
-
-    def __post_init__(self):
-        if self.peak_lr < 0:
-            raise ConfigError(f"config key 'options.rewarm.peak_lr': must be >= 0, got {self.peak_lr}")
-        for key in ("warmup", "floor"):
-            if not 0 <= getattr(self, key) <= 1:
-                raise ConfigError(f"config key 'options.rewarm.{key}': must be in [0, 1], "
-                                  f"got {getattr(self, key)}")
+    peak_lr: Annotated[float, Field(ge=0)] = 0.0        # the peak learning rate; 0: full_training.learning_rate
+    warmup: Annotated[float, Field(ge=0, le=1)] = 0.1   # share of the update's steps spent warming up from 0
+    floor: Annotated[float, Field(ge=0, le=1)] = 0.1    # where the cosine decay ends, as a share of the peak
 
 
 class Rewarm(Strategy):

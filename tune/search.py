@@ -44,7 +44,7 @@ from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Executor, wait
 from pathlib import Path
 from typing import Any, Callable
 
-from retain.core.config import Config, apply_override, build_dataclass, parse_override
+from retain.core.config import Config, apply_override, build, parse_override
 from retain.core.errors import ConfigError, RetainError
 from retain.core.store import ModelStore
 
@@ -271,7 +271,7 @@ def trial_spec(run, engine, recipe: space.Recipe, number: int, limit: float, scr
     for text in [*recipe.overrides(), f"fine_tuning.max_seconds={limit!r}"]:
         key, value = parse_override(text)
         apply_override(data, key, value)
-    build_dataclass(Config, data)  # a recipe that does not make a valid config fails here, not in a worker
+    build(Config, data)  # a recipe that does not make a valid config fails here, not in a worker
 
     def scores(t):
         return None if t is None else t.tolist()
@@ -397,7 +397,7 @@ def candidate_run(run, engine, result: dict, search: dict):
     for text in space.Recipe(**result["recipe"]).overrides():
         key, value = parse_override(text)
         apply_override(data, key, value)
-    config = build_dataclass(Config, data)  # the winner's recipe, without the trial's time limit
+    config = build(Config, data)  # the winner's recipe, without the trial's time limit
     # The candidate is version 0001 of the trial's scratch directory, whose manifest names the
     # parent in the model directory: its weights build on versions there (LoRA), and its strategy
     # state is its own (the trial saved every strategy's), so no chain is walked in the scratch.

@@ -34,7 +34,7 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     """Train and judge one candidate; see ``search.trial_spec`` for ``spec``'s keys."""
     import torch
 
-    from retain.core.config import Config, build_dataclass
+    from retain.core.config import Config, build
     from retain.core.engine import Engine
     from retain.core.evaluation import Scores
     from retain.core.items import Item
@@ -45,7 +45,7 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     preload()
     started = time.perf_counter()
     torch.set_num_threads(spec["threads"])
-    config = build_dataclass(Config, spec["config"])
+    config = build(Config, spec["config"])
     pm = None
     if spec.get("plugins"):
         import importlib
