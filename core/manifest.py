@@ -56,6 +56,7 @@ class Manifest(BaseModel):
     model: dict[str, Any] | None = None    # the model family's entry (before families: architecture only)
     settings: dict[str, Any] | None = None  # the TrainSettings the run trained with
     precision: str | None = None
+    precision_choice: dict[str, Any] | None = None  # precision: auto's choice (asked, chose, why, ...)
     source: dict[str, Any] | None = None    # an import's origin
     search: dict[str, Any] | None = None    # --auto: the winning recipe
     retention: dict[str, Any] | None = None  # the retention pool kept with the version
