@@ -745,7 +745,7 @@ def history(model: Path = ModelOpt,
     """Every version: parent, date, kind, items learned, losses, accepted or rejected.
 
     * marks the current version."""
-    from retain.core.registry import history as version_history
+    from retain.core.versions import history as version_history
     from retain.core.store import ModelStore
 
     rows = version_history(ModelStore(model, read_only=True))
@@ -814,7 +814,7 @@ def rollback(
 
     One atomic switch of CURRENT, under the lock, after checking the version's checksums.
     Nothing is deleted."""
-    from retain.core.registry import rollback as switch
+    from retain.core.versions import rollback as switch
     from retain.core.store import ModelStore
 
     switched = switch(ModelStore(model), version, wait=wait, warn=_warning_line)
@@ -849,7 +849,7 @@ def validate(
     validator fails."""
     from retain.core.engine import Engine
     from retain.core.errors import UpdateRejected
-    from retain.core.registry import validate_version
+    from retain.core.versions import validate_version
     from retain.core.store import ModelStore
 
     cfg = _load(config, set_, "fine_tuning", None, None, None)
@@ -897,12 +897,12 @@ def prune(
     (dedupe), the retention items and the drift baseline need them. The rest is deleted.
     Config `prune.keep_last` (and `prune.keep_full_trainings`) applies this after every update."""
     from retain.core.config import load_config
-    from retain.core.registry import prune as prune_versions
+    from retain.core.versions import prune as prune_versions
     from retain.core.store import ModelStore
 
     if keep_full_trainings is None:
         keep_full_trainings = load_config(config).prune.keep_full_trainings
-    plan = prune_versions(ModelStore(model), keep, dry_run=dry_run, wait=wait,
+    plan = prune_versions(ModelStore(model), keep, writes=not dry_run, wait=wait,
                           keep_full_trainings=keep_full_trainings, warn=_warning_line)
     if json_out:
         _emit_json({**plan.to_json(), "dry_run": dry_run})

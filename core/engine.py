@@ -37,7 +37,7 @@ from .models import (LoadedVersion, count_parameters, load_version, model_config
 from .plugin_errors import reports_plugin_errors
 from .preload import Preload
 from .pluginmanager import Registry, default_plugin_manager
-from .registry import auto_prune
+from .versions import auto_prune
 from .run import FINE_TUNING, FULL_TRAINING, IMPORT, Run
 from .store import ModelStore
 from .strategy import build_strategies
@@ -117,7 +117,7 @@ class Engine:
                 if dry_run:
                     run = self.plan(data, store, items=items)
                 else:
-                    run = self.prepare(FINE_TUNING, data, store, store.current(), items=items, dry_run=check)
+                    run = self.prepare(FINE_TUNING, data, store, store.current(), items=items, writes=not check)
             finally:
                 if not writes:
                     store.ledger.close()
@@ -176,7 +176,7 @@ class Engine:
         """``retain update --dry-run``: load (the manifest only), collect, preprocess, dedupe and
         hold out, as an update would. Loads no weights, imports no torch, trains nothing."""
         run = Run(uuid.uuid4().hex[:12], FINE_TUNING, self.config, store.root, parent=store.current(),
-                  dry_run=True)
+                  writes=False)
         started = time.perf_counter()
         with self._step(run, "load") as info:
             store.manifest(run.parent)  # checked: a broken current version is an error here too
@@ -188,12 +188,12 @@ class Engine:
 
     @reports_plugin_errors
     def prepare(self, kind: str, data: list[str], store: ModelStore, base: str | LoadedVersion | None,
-                items: list[Item] | None = None, dry_run: bool = False, source: Path | None = None) -> Run:
+                items: list[Item] | None = None, writes: bool = True, source: Path | None = None) -> Run:
         """Every step but the save: a ``Run`` holding the trained candidate and the gate's verdicts."""
         interrupts.set_outcome(None)  # until this run saves, an interrupt leaves the model as it was
         started = time.perf_counter()
         preload = Preload()  # avalanche-lib: its import overlaps loading and reading the data
-        run = self.start(kind, store, base, dry_run=dry_run, source=source)
+        run = self.start(kind, store, base, writes=writes, source=source)
         with self.strategies_registered(run):
             self.ingest(run, store, data, items)
             if run.items:
@@ -202,7 +202,7 @@ class Engine:
         return run
 
     def start(self, kind: str, store: ModelStore, base: str | LoadedVersion | None, *,
-              dry_run: bool = False, source: Path | None = None) -> Run:
+              writes: bool = True, source: Path | None = None) -> Run:
         """1. Load: a new ``Run`` from ``base`` (a version name, a loaded version, or None for
         a full training; ``source`` for an import), with its strategies and their state; seeds set."""
         import torch
@@ -212,7 +212,7 @@ class Engine:
         cfg = self.config if kind == IMPORT else model_config(store, self.config,
                                                               base.version if isinstance(base, LoadedVersion) else base)
         device = resolve_device(self.device_name)
-        run = Run(uuid.uuid4().hex[:12], kind, cfg, store.root, parent=None, dry_run=dry_run,
+        run = Run(uuid.uuid4().hex[:12], kind, cfg, store.root, parent=None, writes=writes,
                   device=device, precision=resolve_precision(cfg.precision, device))
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
@@ -400,10 +400,10 @@ class Engine:
         from .errors import RetainError
         from .retrain import assess
 
-        # In a dry run nothing was saved: count what this update would have added.
+        # Nothing was saved (a dry run, a check): count what this update would have added.
         counts = report.get("counts", {})
-        pending = counts.get("new", 0) if run.dry_run else 0
-        text = {k: counts.get(k, 0) for k in ("tokens", "bytes")} if run.dry_run else None
+        pending = counts.get("new", 0) if not run.writes else 0
+        text = {k: counts.get(k, 0) for k in ("tokens", "bytes")} if not run.writes else None
         try:
             assessment = assess(store, self.config, pending_items=pending, device=self.device_name,
                                 registry=self.registry, pending_text=text)

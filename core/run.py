@@ -38,7 +38,7 @@ class Run:
     parent: str | None                 # the version it starts from; None for a full training
     device: Any = None                 # torch.device the model trains on
     precision: str = "fp32"            # "fp32" or "bf16" (autocast), resolved from config.precision
-    dry_run: bool = False              # write nothing at all
+    writes: bool = True                # False: write nothing at all (a plan, a check, a search's trial)
     base: "LoadedVersion | None" = None  # the loaded parent version (updates)
     origin: dict[str, Any] | None = None  # an import: where the model came from (path, sha256, format)
     tokenizer_from: "LanguageModel | None" = None  # full training with tokenizer: keep: the model before

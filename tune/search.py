@@ -117,7 +117,7 @@ def auto_update(engine, data: list[str], model_dir: str | Path, *, budget: float
     with engine.listening(), (contextlib.nullcontext() if check else store.lock(wait=wait_lock)):
         if not check:
             engine.recover(store)
-        run = engine.start(FINE_TUNING, store, store.current(), dry_run=check)  # Run.dry_run: write nothing
+        run = engine.start(FINE_TUNING, store, store.current(), writes=not check)
         with engine.strategies_registered(run):
             engine.ingest(run, store, data, items)
             if run.items:

@@ -54,8 +54,8 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
         pm = make_plugin_manager(extra_plugins=[importlib.import_module(name) for name in spec["plugins"]])
     engine = Engine(config, pm=pm, device=spec["device"])
     store = ModelStore(spec["model_dir"])
-    # A dry run: the trial writes nothing to the model directory (the search owns its lock).
-    run = engine.start(FINE_TUNING, store, spec["parent"], dry_run=True)
+    # The trial writes nothing to the model directory (the search owns its lock).
+    run = engine.start(FINE_TUNING, store, spec["parent"], writes=False)
     run.items = [Item(**d) for d in spec["items"]]
     run.holdout = [Item(**d) for d in spec["holdout"]]
     run.counts = dict(spec["counts"])
