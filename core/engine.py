@@ -271,7 +271,7 @@ class Engine:
                             overlapped=not preload.already_loaded)
             with self._step(run, "train") as info:
                 stopping = run.kind == FINE_TUNING and self.config.fine_tuning.early_stopping.enabled
-                training.train(run, self.pm, judge=functools.partial(self._judge_epoch, run) if stopping else None)
+                training.train(run, self.pm, registry=self.registry if stopping else None)
                 info.update(epoch_losses=run.epoch_losses, oom_retries=run.oom_retries,
                             early_stopping=run.early_stopping)
         if run.kind == IMPORT:  # no gate: there is no parent to judge the imported model against
@@ -285,7 +285,7 @@ class Engine:
             if world is not None:  # the verdicts of rank 0's gate, on every rank
                 run.verdicts, run.next_steps, run.metrics = world.broadcast((run.verdicts, run.next_steps,
                                                                              run.metrics))
-            self.pm.hook.verdicts_given(run=run, verdicts=run.verdicts, next_steps=run.next_steps)
+            self.pm.hook.verdicts_given(run=run.view(), verdicts=run.verdicts, next_steps=run.next_steps)
             info.update(metrics=run.metrics, verdicts=[v.to_json() for v in run.verdicts],
                         next_steps=run.next_steps)
 
@@ -306,13 +306,6 @@ class Engine:
         """The starting model's held-out losses (``core/evaluation.py``)."""
         with self._step(run, "evaluate_before") as info:
             info.update(evaluation.measure_before(run, store))
-
-    def _judge_epoch(self, run: Run, last: bool) -> tuple:
-        """Early stopping's look at the model after an epoch: its scores and the gate's verdicts;
-        after an epoch but the ``last``, on the part of the retention set the budget buys."""
-        scores = evaluation.score_candidate(run, None if last else run.judged_items)  # None: all
-        _, evidence = evaluation.candidate_evidence(run, scores)
-        return scores, gate.run_validators(self.registry, self.config, evidence, each_epoch=True)
 
     def _tokenizer_to_keep(self, store: ModelStore) -> LoadedVersion:
         from .errors import ConfigError
@@ -337,7 +330,7 @@ class Engine:
                 info.update(version=report["version"], status=report["status"], current=store.current(),
                             pruned=report.get("pruned"))
             try:
-                self.pm.hook.update_finished(run=run, report=report)
+                self.pm.hook.update_finished(run=run.view(), report=report)
             except Exception as exc:  # the version is saved: a listener failing cannot undo that
                 self._warn(run, f"a plugin failed in update_finished ({type(exc).__name__}: {exc}); "
                            f"version {report['version']} is saved as {report['status']}")
@@ -368,12 +361,21 @@ class Engine:
 
     @contextlib.contextmanager
     def _step(self, run: Run, name: str) -> Iterator[dict]:
-        self.pm.hook.step_started(run=run, step=name)
+        self.pm.hook.step_started(run=run.view(), step=name)
         started = time.perf_counter()
         info: dict[str, Any] = {}
         yield info
         run.timings[name] = time.perf_counter() - started
-        self.pm.hook.step_finished(run=run, step=name, info=info, seconds=run.timings[name])
+        self.pm.hook.step_finished(run=run.view(), step=name, info=info, seconds=run.timings[name])
+
+    def announce_verdicts(self, run: Run) -> None:
+        """A ``validate`` step run elsewhere (a search's trial judged its candidate in its own
+        process, where nobody listens), told to the listeners as an update tells its own."""
+        self.pm.hook.step_started(run=run.view(), step="validate")
+        self.pm.hook.verdicts_given(run=run.view(), verdicts=run.verdicts, next_steps=run.next_steps)
+        self.pm.hook.step_finished(run=run.view(), step="validate", seconds=run.timings.get("validate", 0.0),
+                                   info={"metrics": run.metrics, "verdicts": [v.to_json() for v in run.verdicts],
+                                         "next_steps": run.next_steps})
 
     def not_saved(self, run: Run, status: str) -> dict:
         """The report of a dry run or a check: what would have been saved, nothing written
@@ -387,7 +389,7 @@ class Engine:
         return report
 
     def _warn(self, run: Run | None, message: str) -> None:
-        self.pm.hook.warning_raised(run=run, message=message)
+        self.pm.hook.warning_raised(run=run.view() if run is not None else None, message=message)
 
     def recover(self, store: ModelStore) -> None:
         """Tidy up after an interrupted run, rebuild a lost ledger (call with the lock held);
@@ -412,4 +414,4 @@ class Engine:
             self._warn(run, f"could not assess full retrain vs fine-tune: {exc}")
             return
         report["retrain"] = assessment.to_json()
-        self.pm.hook.advice_given(run=run, assessment=assessment)
+        self.pm.hook.advice_given(run=run.view(), assessment=assessment)

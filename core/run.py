@@ -2,7 +2,9 @@
 
 Each step (``core/ingest.py``, ``core/models.py``, ``core/evaluation.py``,
 ``core/training.py``, ``core/gate.py``, ``core/commit.py``) reads what the steps
-before it filled in and adds its own part. Hooks receive the same object.
+before it filled in and adds its own part. Hooks and strategies receive a
+read-only view of it (``RunView``): a plugin changes the run by returning what it
+changes (``Strategy.configure`` a wrapped model, ``Strategy.counts`` its counts).
 """
 
 from __future__ import annotations
@@ -103,6 +105,10 @@ class Run:
         """There is a model to save: trained on items, or imported (with or without base data)."""
         return self.lm is not None and (bool(self.items) or self.kind == IMPORT)
 
+    def view(self) -> "RunView":
+        """What hooks and strategies see: this run, read-only."""
+        return RunView(self)
+
     def report(self) -> dict[str, Any]:
         """What ``retain update --json`` prints and ``report.json`` keeps."""
         from dataclasses import asdict
@@ -120,3 +126,26 @@ class Run:
             "search": self.search,
             "version": None, "status": None if self.trained else "nothing_new",
         }
+
+
+class RunView:
+    """A run as plugins see it: every attribute reads through to the run, none can be set.
+    A plugin that changes the run returns what it changes; the engine puts it in place."""
+
+    __slots__ = ("_run",)
+
+    def __init__(self, run: Run):
+        object.__setattr__(self, "_run", run)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(object.__getattribute__(self, "_run"), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"the run is read-only to plugins (run.{name}): return what you change "
+                             "(Strategy.configure returns the model it wraps, Strategy.counts its counts)")
+
+    def __delattr__(self, name: str) -> None:
+        self.__setattr__(name, None)
+
+    def __repr__(self) -> str:
+        return f"RunView({object.__getattribute__(self, '_run').id})"

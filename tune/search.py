@@ -365,23 +365,12 @@ def commit_winner(run, engine, store: ModelStore, search: dict, results: list[di
         search["recipe"] = best["recipe"]
         search["describe"] = space.Recipe(**best["recipe"]).describe()
         candidate = candidate_run(run, engine, best, search)
-        announce_verdicts(engine, candidate)
+        engine.announce_verdicts(candidate)
         if check:
             return engine.not_saved(candidate, "check")
         return engine.commit(candidate, store)
     finally:
         shutil.rmtree(search.pop("scratch"), ignore_errors=True)
-
-
-def announce_verdicts(engine, run) -> None:
-    """The winner's ``validate`` step, told to the listeners as ``retain update`` tells it
-    (the trial judged it in its own process, where nobody listens)."""
-    hook = engine.pm.hook
-    hook.step_started(run=run, step="validate")
-    hook.verdicts_given(run=run, verdicts=run.verdicts, next_steps=run.next_steps)
-    hook.step_finished(run=run, step="validate", seconds=run.timings.get("validate", 0.0),
-                       info={"metrics": run.metrics, "verdicts": [v.to_json() for v in run.verdicts],
-                             "next_steps": run.next_steps})
 
 
 def candidate_run(run, engine, result: dict, search: dict):
