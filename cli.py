@@ -716,25 +716,21 @@ def status(
 
 
 def _pending_items(data: List[str], store, cfg) -> tuple[int, Optional[dict]]:
-    """How many items of ``data`` an update would learn (collected, deduped against the
-    ledger, preprocessed), and their tokens and bytes under the current tokenizer. Reads only."""
-    from retain.core.ingest import build_dedupers, collect, dedupe, preprocess
-    from retain.core.known import KnownItems
-    from retain.core.pluginmanager import Registry, default_plugin_manager
+    """How many items of ``data`` an update would learn (collected, preprocessed, deduped against
+    the ledger), and their tokens and bytes under the current tokenizer: the cycle's plan, as
+    ``update --dry-run`` runs it (``Engine.plan``). Reads only."""
+    from retain.core.engine import Engine
 
-    registry = Registry.of(default_plugin_manager())
-    items, _ = collect(data, registry, cfg)
-    items, _ = preprocess(items, registry, cfg)
-    # The same view of the ledger the engine gives dedupers (minhash needs more than a lookup).
-    store.check_ledger(store.chain())
-    items, _ = dedupe(items, build_dedupers(registry, cfg), KnownItems(store.ledger, store.chain()))
-    store.ledger.close()  # read: no -wal or -shm left behind, whatever ends the process
+    engine = Engine(cfg)  # no listeners: the plan's steps and warnings are not printed here
+    with contextlib.closing(store.ledger):  # read: no -wal or -shm left behind, whatever ends the process
+        run = engine.plan(data, store)
+    items = [*run.items, *run.holdout]  # what it would learn: the hold-out is split off later
     if not items:
         return 0, None
     from retain.core.models import load_version
     from retain.core.vocabulary import measure_texts
 
-    return len(items), measure_texts(load_version(store, registry=registry).lm, [it.text for it in items])
+    return len(items), measure_texts(load_version(store, registry=engine.registry).lm, [it.text for it in items])
 
 
 @app.command()
