@@ -105,6 +105,18 @@ class Run:
         """There is a model to save: trained on items, or imported (with or without base data)."""
         return self.lm is not None and (bool(self.items) or self.kind == IMPORT)
 
+    def measured(self) -> "Measured":
+        """What the steps up to ``evaluate_before`` established, as a stage result."""
+        return Measured(tuple(self.items), tuple(self.holdout), dict(self.counts), tuple(self.retention_texts),
+                        tuple(self.new_texts), self.judged_items, self.before)
+
+    def take(self, measured: "Measured") -> None:
+        """Go on from ``measured``: the steps up to ``evaluate_before`` ran elsewhere (a search
+        measured once; each of its trials trains and is judged from there)."""
+        self.items, self.holdout, self.counts = list(measured.items), list(measured.holdout), dict(measured.counts)
+        self.retention_texts, self.new_texts = list(measured.retention_texts), list(measured.new_texts)
+        self.judged_items, self.before = measured.judged_items, measured.before
+
     def view(self) -> "RunView":
         """What hooks and strategies see: this run, read-only."""
         return RunView(self)
@@ -149,3 +161,46 @@ class RunView:
 
     def __repr__(self) -> str:
         return f"RunView({object.__getattribute__(self, '_run').id})"
+
+
+@dataclass(frozen=True)
+class Measured:
+    """The stage result of ingest and ``evaluate_before``: the items to train on and those held
+    out, the counts, the texts a candidate is judged on (``judged_items``: early stopping's part
+    of the retention set) and the starting model's losses on them. A search's trial receives
+    it as JSON (``to_json``/``from_json``) and trains and is judged from it alone."""
+
+    items: tuple[Item, ...]
+    holdout: tuple[Item, ...]
+    counts: dict[str, int]
+    retention_texts: tuple[str, ...]
+    new_texts: tuple[str, ...]
+    judged_items: int | None
+    before: "Scores | None"
+
+    def to_json(self) -> dict[str, Any]:
+        def items(its):
+            return [{"text": it.text, "source": it.source, "file": it.file, "line": it.line, "meta": it.meta}
+                    for it in its]
+
+        def losses(t):
+            return None if t is None else t.tolist()
+        before = None if self.before is None else {"retention": losses(self.before.retention),
+                                                   "new": losses(self.before.new)}
+        return {"items": items(self.items), "holdout": items(self.holdout), "counts": dict(self.counts),
+                "retention_texts": list(self.retention_texts), "new_texts": list(self.new_texts),
+                "judged_items": self.judged_items, "before": before}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Measured":
+        before = data["before"]
+        if before is not None:
+            import torch
+
+            from .evaluation import Scores
+
+            before = Scores(*(torch.tensor(before[k], dtype=torch.float64) if before[k] is not None else None
+                              for k in ("retention", "new")))
+        return cls(tuple(Item(**d) for d in data["items"]), tuple(Item(**d) for d in data["holdout"]),
+                   dict(data["counts"]), tuple(data["retention_texts"]), tuple(data["new_texts"]),
+                   data.get("judged_items"), before)

@@ -49,7 +49,7 @@ from retain.core.errors import ConfigError, RetainError
 from retain.core.store import ModelStore
 
 from . import space
-from .trial import item_to_json, run_trial
+from .trial import run_trial
 
 SAFETY = 0.9         # a trial's time limit is this share of what is left: room for a slow last step
 FAILED_PENALTY = 10.0  # nats added to a rejected trial's objective: the sampler learns to avoid it
@@ -273,17 +273,11 @@ def trial_spec(run, engine, recipe: space.Recipe, number: int, limit: float, scr
         apply_override(data, key, value)
     build_dataclass(Config, data)  # a recipe that does not make a valid config fails here, not in a worker
 
-    def scores(t):
-        return None if t is None else t.tolist()
-
     jobs = max(1, engine.config.tune.jobs)
     return {
         "number": number, "recipe": recipe.to_json(), "config": data, "model_dir": str(run.model_dir),
         "parent": run.parent, "device": engine.device_name, "threads": max(1, torch.get_num_threads() // jobs),
-        "items": [item_to_json(it) for it in run.items], "holdout": [item_to_json(it) for it in run.holdout],
-        "counts": dict(run.counts), "retention_texts": list(run.retention_texts), "new_texts": list(run.new_texts),
-        "judged_items": run.judged_items,
-        "before": {"retention": scores(run.before.retention), "new": scores(run.before.new)},
+        **run.measured().to_json(),  # the stage result the trial goes on from (Measured)
         "evaluate_seconds": run.timings.get("evaluate_before", 0.0), "limit_seconds": limit,
         "scratch": str(scratch), "plugins": plugin_modules(engine.pm),
     }
