@@ -692,25 +692,21 @@ def status(
 
 
 def _pending_items(data: List[str], store, cfg) -> tuple[int, Optional[dict]]:
-    """How many items of ``data`` an update would learn (collected, deduped against the
-    ledger, preprocessed), and their tokens and bytes under the current tokenizer. Reads only."""
-    from retain.core.ingest import build_dedupers, collect, dedupe, preprocess
-    from retain.core.known import KnownItems
-    from retain.core.pluginmanager import Registry, default_plugin_manager
+    """How many items of ``data`` an update would learn (collected, preprocessed, deduped against
+    the ledger), and their tokens and bytes under the current tokenizer: the cycle's plan, as
+    ``update --dry-run`` runs it (``Engine.plan``). Reads only."""
+    from retain.core.engine import Engine
 
-    registry = Registry.of(default_plugin_manager())
-    items, _ = collect(data, registry, cfg)
-    items, _ = preprocess(items, registry, cfg)
-    # The same view of the ledger the engine gives dedupers (minhash needs more than a lookup).
-    store.check_ledger(store.chain())
-    items, _ = dedupe(items, build_dedupers(registry, cfg), KnownItems(store.ledger, store.chain()))
-    store.ledger.close()  # read: no -wal or -shm left behind, whatever ends the process
+    engine = Engine(cfg)  # no listeners: the plan's steps and warnings are not printed here
+    with contextlib.closing(store.ledger):  # read: no -wal or -shm left behind, whatever ends the process
+        run = engine.plan(data, store)
+    items = [*run.items, *run.holdout]  # what it would learn: the hold-out is split off later
     if not items:
         return 0, None
     from retain.core.models import load_version
     from retain.core.vocabulary import measure_texts
 
-    return len(items), measure_texts(load_version(store, registry=registry).lm, [it.text for it in items])
+    return len(items), measure_texts(load_version(store, registry=engine.registry).lm, [it.text for it in items])
 
 
 @app.command()
@@ -721,7 +717,7 @@ def history(model: Path = ModelOpt,
     """Every version: parent, date, kind, items learned, losses, accepted or rejected.
 
     * marks the current version."""
-    from retain.core.registry import history as version_history
+    from retain.core.versions import history as version_history
     from retain.core.store import ModelStore
 
     rows = version_history(ModelStore(model, read_only=True))
@@ -790,7 +786,7 @@ def rollback(
 
     One atomic switch of CURRENT, under the lock, after checking the version's checksums.
     Nothing is deleted."""
-    from retain.core.registry import rollback as switch
+    from retain.core.versions import rollback as switch
     from retain.core.store import ModelStore
 
     switched = switch(ModelStore(model), version, wait=wait, warn=_warning_line)
@@ -825,7 +821,7 @@ def validate(
     validator fails."""
     from retain.core.engine import Engine
     from retain.core.errors import UpdateRejected
-    from retain.core.registry import validate_version
+    from retain.core.versions import validate_version
     from retain.core.store import ModelStore
 
     cfg = _load(config, set_, "fine_tuning", None, None, None)
@@ -873,12 +869,12 @@ def prune(
     (dedupe), the retention items and the drift baseline need them. The rest is deleted.
     Config `prune.keep_last` (and `prune.keep_full_trainings`) applies this after every update."""
     from retain.core.config import load_config
-    from retain.core.registry import prune as prune_versions
+    from retain.core.versions import prune as prune_versions
     from retain.core.store import ModelStore
 
     if keep_full_trainings is None:
         keep_full_trainings = load_config(config).prune.keep_full_trainings
-    plan = prune_versions(ModelStore(model), keep, dry_run=dry_run, wait=wait,
+    plan = prune_versions(ModelStore(model), keep, writes=not dry_run, wait=wait,
                           keep_full_trainings=keep_full_trainings, warn=_warning_line)
     if json_out:
         _emit_json({**plan.to_json(), "dry_run": dry_run})

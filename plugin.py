@@ -12,7 +12,8 @@ the protocols below (``retain.core.contracts``), and checked when a plugin regis
   and ``Strategy``, the base class strategies extend.
 - What hooks and methods receive: ``Item``, ``Reject``, ``KnownItems``,
   ``Duplicate``, ``Evidence``, ``Verdict``, ``TrainSettings``, ``Config``,
-  ``Run``, ``Assessment``, ``VersionFiles``, ``VersionWriter``.
+  ``Run`` (as a read-only ``RunView``), ``Assessment``, ``VersionFiles``, ``VersionWriter``;
+  ``UPDATE_LEARNING_RATE_KEYS``: the options ``--lr`` sets.
 - For a model family: ``Rows``, ``Sample``, ``rows_from_ids``, ``token_losses``,
   ``IGNORE_INDEX`` (these load torch, on first use), ``loads_adapters``.
 - Errors a user can fix: ``ConfigError`` (exit 3), ``SourceError`` (4),
@@ -41,7 +42,7 @@ from .core.interrupts import on_interrupt, release, shielded
 from .core.items import Item, Reject
 from .core.known import Duplicate, KnownItems
 from .core.retrain import Assessment
-from .core.run import FINE_TUNING, FULL_TRAINING, IMPORT, Run
+from .core.run import FINE_TUNING, FULL_TRAINING, IMPORT, Run, RunView
 from .core.store import VersionFiles, VersionWriter
 from .core.strategy import UPDATE_LEARNING_RATE_KEYS, Strategy, TrainSettings
 from .core.validation import Evidence, Verdict
@@ -58,7 +59,8 @@ __all__ = [
     "hookimpl", "STEPS", "FULL_TRAINING", "FINE_TUNING", "IMPORT",
     "Source", "Preprocessor", "Deduper", "RemembersItems", "Validator", "ModelFamily", "RenewsModels",
     "ImportsModels", "ExportsModels", "LanguageModel", "Scenario", "Strategy",
-    "Item", "Reject", "KnownItems", "Duplicate", "Evidence", "Verdict", "TrainSettings", "Config", "Run",
+    "Item", "Reject", "KnownItems", "Duplicate", "Evidence", "Verdict", "TrainSettings", "Config", "Run", "RunView",
+    "UPDATE_LEARNING_RATE_KEYS",
     "Assessment", "VersionFiles", "VersionWriter",
     *_TORCH, "loads_adapters",
     "RetainError", "ConfigError", "SourceError", "ModelError", "StorageError", "PluginError",

@@ -15,17 +15,13 @@ those the gate accepts (among all epochs when none is accepted). Training stops
 Its weights are put back before the strategies' end-of-training work (EWC's
 importances, ...), so what is saved is what was judged best; the gate reuses its
 scores unless a strategy changed the weights after that. ``Tracker`` is the
-decision alone (no torch); ``EarlyStopping`` the avalanche-lib plugin around it.
+decision alone (no torch); the epoch loop that asks it is ``core/training.py``'s ``epochs``.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
-
-import torch
-from avalanche.core import SupervisedPlugin
+from typing import Any
 
 from .wording import plural
 
@@ -88,53 +84,3 @@ class Tracker:
     def to_json(self) -> dict[str, Any]:
         return {"epochs": [asdict(e) for e in self.epochs], "best_epoch": self.best.epoch if self.best else None,
                 "stopped": self.stopped}
-
-
-class EarlyStopping(SupervisedPlugin):
-    """Judges the candidate after each epoch; stops and restores the best epoch's weights.
-
-    ``judge(last)`` scores the model as it is now and returns ``(scores, verdicts)``;
-    ``last``: no epoch follows (the schedule's last, or out of time), whose scores the gate
-    reuses: the whole retention set. After the others it may score a part (the budget).
-    Placed after the engine's loop in the plugin list, so the epoch's training
-    loss is recorded when it judges; it restores weights at the end of the last
-    epoch, so the strategies' ``after_training_exp`` sees the kept weights.
-    """
-
-    def __init__(self, tracker: Tracker, judge: Callable[[], tuple[Any, list]], loop, epochs: int,
-                 on_best: Callable[[Any], None]):
-        super().__init__()
-        self.tracker, self.judge, self.loop, self.epochs, self.on_best = tracker, judge, loop, epochs, on_best
-        self.snapshot: dict[str, torch.Tensor] | None = None
-        self.seconds: list[float] = []  # each epoch's judgment: measuring, inside training's time
-
-    def after_training_epoch(self, strategy, **kw):
-        started = time.perf_counter()
-        number = len(self.loop.epoch_losses)
-        scores, verdicts = self.judge(number >= self.epochs or self.loop.out_of_time)
-        failed = [v.validator for v in verdicts if v.status == "fail"]
-        epoch = Epoch(number, _mean(scores.new), _mean(scores.retention), not failed, failed,
-                      self.loop.epoch_losses[-1], None if scores.retention is None else len(scores.retention))
-        if self.tracker.see(epoch):
-            self.snapshot = {k: v.detach().to("cpu", copy=True) for k, v in strategy.model.state_dict().items()}
-            self.on_best(scores)
-        self.seconds.append(time.perf_counter() - started)
-        self.loop.epoch_end_seconds = max(self.loop.epoch_end_seconds if number > 1 else 0.0, self.seconds[-1])
-        last = bool(self.tracker.stopped) or number >= self.epochs or self.loop.out_of_time
-        if last and self.tracker.best is not epoch and self.snapshot is not None:
-            strategy.model.load_state_dict(self.snapshot)
-        if self.tracker.stopped:
-            strategy.stop_training()
-
-    def after_training_exp(self, strategy, **kw):
-        # Last in the plugin list: if a strategy changed the weights after the kept epoch was
-        # judged, its scores are not the candidate's; the gate scores the candidate again.
-        if self.snapshot is None:
-            return
-        now = strategy.model.state_dict()
-        if any(not torch.equal(now[k].detach().cpu(), v) for k, v in self.snapshot.items()):
-            self.on_best(None)
-
-
-def _mean(t) -> float | None:
-    return None if t is None else float(t.mean())

@@ -37,7 +37,7 @@ from .models import (LoadedVersion, count_parameters, load_version, model_config
 from .plugin_errors import reports_plugin_errors
 from .preload import Preload
 from .pluginmanager import Registry, default_plugin_manager
-from .registry import auto_prune
+from .versions import auto_prune
 from .run import FINE_TUNING, FULL_TRAINING, IMPORT, Run
 from .store import ModelStore
 from .strategy import build_strategies
@@ -121,7 +121,7 @@ class Engine:
                 if dry_run:
                     run = self.plan(data, store, items=items)
                 else:
-                    run = self.prepare(FINE_TUNING, data, store, store.current(), items=items, dry_run=check)
+                    run = self.prepare(FINE_TUNING, data, store, store.current(), items=items, writes=not check)
             finally:
                 if not writes:
                     store.ledger.close()
@@ -178,7 +178,7 @@ class Engine:
         """``retain update --dry-run``: load (the manifest only), collect, preprocess, dedupe and
         hold out, as an update would. Loads no weights, imports no torch, trains nothing."""
         run = Run(uuid.uuid4().hex[:12], FINE_TUNING, self.config, store.root, parent=store.current(),
-                  dry_run=True)
+                  writes=False)
         started = time.perf_counter()
         with self._step(run, "load") as info:
             store.manifest(run.parent)  # checked: a broken current version is an error here too
@@ -190,12 +190,12 @@ class Engine:
 
     @reports_plugin_errors
     def prepare(self, kind: str, data: list[str], store: ModelStore, base: str | LoadedVersion | None,
-                items: list[Item] | None = None, dry_run: bool = False, source: Path | None = None) -> Run:
+                items: list[Item] | None = None, writes: bool = True, source: Path | None = None) -> Run:
         """Every step but the save: a ``Run`` holding the trained candidate and the gate's verdicts."""
         interrupts.set_outcome(None)  # until this run saves, an interrupt leaves the model as it was
         started = time.perf_counter()
         preload = Preload()  # avalanche-lib: its import overlaps loading and reading the data
-        run = self.start(kind, store, base, dry_run=dry_run, source=source)
+        run = self.start(kind, store, base, writes=writes, source=source)
         with self.strategies_registered(run):
             self.ingest(run, store, data, items)
             if run.items:
@@ -204,7 +204,7 @@ class Engine:
         return run
 
     def start(self, kind: str, store: ModelStore, base: str | LoadedVersion | None, *,
-              dry_run: bool = False, source: Path | None = None) -> Run:
+              writes: bool = True, source: Path | None = None) -> Run:
         """1. Load: a new ``Run`` from ``base`` (a version name, a loaded version, or None for
         a full training; ``source`` for an import), with its strategies and their state; seeds set."""
         import torch
@@ -214,7 +214,7 @@ class Engine:
         cfg = self.config if kind == IMPORT else model_config(store, self.config,
                                                               base.version if isinstance(base, LoadedVersion) else base)
         device = resolve_device(self.device_name)
-        run = Run(uuid.uuid4().hex[:12], kind, cfg, store.root, parent=None, dry_run=dry_run,
+        run = Run(uuid.uuid4().hex[:12], kind, cfg, store.root, parent=None, writes=writes,
                   device=device, precision=resolve_precision(cfg.precision, device))
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
@@ -273,8 +273,7 @@ class Engine:
                             overlapped=not preload.already_loaded)
             with self._step(run, "train") as info:
                 stopping = run.kind == FINE_TUNING and self.config.fine_tuning.early_stopping.enabled
-                training.train(run, self.pm, judge=functools.partial(self._judge_epoch, run) if stopping else None,
-                               world=self.world)
+                training.train(run, self.pm, registry=self.registry if stopping else None, world=self.world)
                 info.update(epoch_losses=run.epoch_losses, oom_retries=run.oom_retries,
                             early_stopping=run.early_stopping)
         if run.kind == IMPORT:  # no gate: there is no parent to judge the imported model against
@@ -287,7 +286,7 @@ class Engine:
             # the verdicts of rank 0's gate, on every rank
             run.verdicts, run.next_steps, run.metrics = self.world.broadcast((run.verdicts, run.next_steps,
                                                                               run.metrics))
-            self.pm.hook.verdicts_given(run=run, verdicts=run.verdicts, next_steps=run.next_steps)
+            self.pm.hook.verdicts_given(run=run.view(), verdicts=run.verdicts, next_steps=run.next_steps)
             info.update(metrics=run.metrics, verdicts=[v.to_json() for v in run.verdicts],
                         next_steps=run.next_steps)
 
@@ -320,13 +319,6 @@ class Engine:
         with self._step(run, "evaluate_before") as info:
             info.update(evaluation.measure_before(run, store))
 
-    def _judge_epoch(self, run: Run, last: bool) -> tuple:
-        """Early stopping's look at the model after an epoch: its scores and the gate's verdicts;
-        after an epoch but the ``last``, on the part of the retention set the budget buys."""
-        scores = evaluation.score_candidate(run, None if last else run.judged_items)  # None: all
-        _, evidence = evaluation.candidate_evidence(run, scores)
-        return scores, gate.run_validators(self.registry, self.config, evidence, each_epoch=True)
-
     def _tokenizer_to_keep(self, store: ModelStore) -> LoadedVersion:
         from .errors import ConfigError
 
@@ -350,7 +342,7 @@ class Engine:
                 info.update(version=report["version"], status=report["status"], current=store.current(),
                             pruned=report.get("pruned"))
             try:
-                self.pm.hook.update_finished(run=run, report=report)
+                self.pm.hook.update_finished(run=run.view(), report=report)
             except Exception as exc:  # the version is saved: a listener failing cannot undo that
                 self._warn(run, f"a plugin failed in update_finished ({type(exc).__name__}: {exc}); "
                            f"version {report['version']} is saved as {report['status']}")
@@ -381,12 +373,21 @@ class Engine:
 
     @contextlib.contextmanager
     def _step(self, run: Run, name: str) -> Iterator[dict]:
-        self.pm.hook.step_started(run=run, step=name)
+        self.pm.hook.step_started(run=run.view(), step=name)
         started = time.perf_counter()
         info: dict[str, Any] = {}
         yield info
         run.timings[name] = time.perf_counter() - started
-        self.pm.hook.step_finished(run=run, step=name, info=info, seconds=run.timings[name])
+        self.pm.hook.step_finished(run=run.view(), step=name, info=info, seconds=run.timings[name])
+
+    def announce_verdicts(self, run: Run) -> None:
+        """A ``validate`` step run elsewhere (a search's trial judged its candidate in its own
+        process, where nobody listens), told to the listeners as an update tells its own."""
+        self.pm.hook.step_started(run=run.view(), step="validate")
+        self.pm.hook.verdicts_given(run=run.view(), verdicts=run.verdicts, next_steps=run.next_steps)
+        self.pm.hook.step_finished(run=run.view(), step="validate", seconds=run.timings.get("validate", 0.0),
+                                   info={"metrics": run.metrics, "verdicts": [v.to_json() for v in run.verdicts],
+                                         "next_steps": run.next_steps})
 
     def not_saved(self, run: Run, status: str) -> dict:
         """The report of a dry run or a check: what would have been saved, nothing written
@@ -400,7 +401,7 @@ class Engine:
         return report
 
     def _warn(self, run: Run | None, message: str) -> None:
-        self.pm.hook.warning_raised(run=run, message=message)
+        self.pm.hook.warning_raised(run=run.view() if run is not None else None, message=message)
 
     def recover(self, store: ModelStore) -> None:
         """Tidy up after an interrupted run, rebuild a lost ledger (call with the lock held);
@@ -413,10 +414,10 @@ class Engine:
         from .errors import RetainError
         from .retrain import assess
 
-        # In a dry run nothing was saved: count what this update would have added.
+        # Nothing was saved (a dry run, a check): count what this update would have added.
         counts = report.get("counts", {})
-        pending = counts.get("new", 0) if run.dry_run else 0
-        text = {k: counts.get(k, 0) for k in ("tokens", "bytes")} if run.dry_run else None
+        pending = counts.get("new", 0) if not run.writes else 0
+        text = {k: counts.get(k, 0) for k in ("tokens", "bytes")} if not run.writes else None
         try:
             assessment = assess(store, self.config, pending_items=pending, device=self.device_name,
                                 registry=self.registry, pending_text=text)
@@ -425,4 +426,4 @@ class Engine:
             self._warn(run, f"could not assess full retrain vs fine-tune: {exc}")
             return
         report["retrain"] = assessment.to_json()
-        self.pm.hook.advice_given(run=run, assessment=assessment)
+        self.pm.hook.advice_given(run=run.view(), assessment=assessment)

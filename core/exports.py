@@ -20,7 +20,7 @@ from .contracts import ExportsModels
 from .errors import ConfigError, ModelError, UsageError
 from .models import family, load_version, model_entry
 from .pluginmanager import Registry
-from .registry import normalize_version
+from .versions import normalize_version
 from .store import ModelStore, now_iso
 
 FORMATS = ("hf",)

@@ -15,6 +15,17 @@ from .pluginmanager import Registry
 from .validation import Evidence, Verdict
 
 
+def judge_epoch(registry: Registry, config: Config, run, last: bool) -> tuple:
+    """Early stopping's look at the model after an epoch: its scores and the verdicts of the
+    validators that judge every epoch; after an epoch but the ``last``, on the part of the
+    retention set the budget buys (``run.judged_items``)."""
+    from . import evaluation
+
+    scores = evaluation.score_candidate(run, None if last else run.judged_items)  # None: all
+    _, evidence = evaluation.candidate_evidence(run, scores)
+    return scores, run_validators(registry, config, evidence, each_epoch=True)
+
+
 def run_validators(registry: Registry, config: Config, evidence: Evidence,
                    each_epoch: bool = False) -> list[Verdict]:
     """The verdicts of ``config.validators``, in order, each with its ``seconds``; a validator

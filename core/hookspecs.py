@@ -47,7 +47,7 @@ training), ``run.kind`` (``"full_training"``, ``"fine_tuning"`` or ``"import"``:
 ``FULL_TRAINING``, ``FINE_TUNING``, ``IMPORT``), the items
 it trains on (``run.items``), the model (``run.lm``, a ``LanguageModel``;
 ``run.model`` is its ``torch.nn.Module``), ``run.settings`` and the counts so
-far. In a run they fire in this order (``STEPS`` lists the steps)::
+far. It is a read-only view (``RunView``): setting an attribute raises. In a run they fire in this order (``STEPS`` lists the steps)::
 
     step_started/step_finished("load")        model loaded (update) or none (training)
     step_started/step_finished("collect")     sources read

@@ -171,7 +171,7 @@ def collect_step(run, registry: Registry, store, data: list[str], items: list[It
         run.items, run.rejects = list(items), []
     else:
         run.items, run.rejects = collect(data, registry, run.config)
-    path = store.append_rejects(run.rejects, run.id) if run.rejects and not run.dry_run else None
+    path = store.append_rejects(run.rejects, run.id) if run.rejects and run.writes else None
     run.counts.update(collected=len(run.items), rejected=len(run.rejects))
     if run.rejects and strict:
         first = run.rejects[0]
@@ -183,7 +183,7 @@ def collect_step(run, registry: Registry, store, data: list[str], items: list[It
 def preprocess_step(run, registry: Registry, store) -> dict:
     """3. Preprocess: the configured cleaners, in order."""
     run.items, rejects = preprocess(run.items, registry, run.config)
-    if rejects and not run.dry_run:
+    if rejects and run.writes:
         store.append_rejects(rejects, run.id)
     run.rejects += rejects
     run.counts.update(rejected=len(run.rejects), preprocessed=len(run.items))

@@ -171,9 +171,14 @@ def trainable_parameters(lm: LanguageModel) -> int:
 def configure_strategies(run, warn) -> None:
     """An update's strategies set its rate and schedule, and say what they cannot do this time;
     the settings name where the rate came from."""
+    from .run import RunView
+
+    view = RunView(run)  # read-only: what a strategy changes, it returns
     for strategy in run.strategies:
-        strategy.configure(run.settings, run)
-        for message in strategy.warnings(run):
+        lm = strategy.configure(run.settings, view)
+        if lm is not None:  # it wraps the model (lora's adapters): the run trains that one
+            run.lm = lm
+        for message in strategy.warnings(view):
             warn(f"{strategy.name}: {message}")
     names = [s.name for s in run.strategies]
     if run.settings.learning_rate_from == "fine_tuning.learning_rate" and not {"rewarm", "low_lr"} & set(names):

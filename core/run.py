@@ -2,7 +2,9 @@
 
 Each step (``core/ingest.py``, ``core/models.py``, ``core/evaluation.py``,
 ``core/training.py``, ``core/gate.py``, ``core/commit.py``) reads what the steps
-before it filled in and adds its own part. Hooks receive the same object.
+before it filled in and adds its own part. Hooks and strategies receive a
+read-only view of it (``RunView``): a plugin changes the run by returning what it
+changes (``Strategy.configure`` a wrapped model, ``Strategy.counts`` its counts).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ class Run:
     device: Any = None                 # torch.device the model trains on
     precision: str = "fp32"            # "fp32" or "bf16" (autocast), resolved from config.precision
     precision_choice: dict[str, Any] | None = None  # asked, chose, why (core/precision.py), once tokenized
-    dry_run: bool = False              # write nothing at all
+    writes: bool = True                # False: write nothing at all (a plan, a check, a search's trial)
     base: "LoadedVersion | None" = None  # the loaded parent version (updates)
     origin: dict[str, Any] | None = None  # an import: where the model came from (path, sha256, format)
     tokenizer_from: "LanguageModel | None" = None  # full training with tokenizer: keep: the model before
@@ -104,6 +106,22 @@ class Run:
         """There is a model to save: trained on items, or imported (with or without base data)."""
         return self.lm is not None and (bool(self.items) or self.kind == IMPORT)
 
+    def measured(self) -> "Measured":
+        """What the steps up to ``evaluate_before`` established, as a stage result."""
+        return Measured(tuple(self.items), tuple(self.holdout), dict(self.counts), tuple(self.retention_texts),
+                        tuple(self.new_texts), self.judged_items, self.before)
+
+    def take(self, measured: "Measured") -> None:
+        """Go on from ``measured``: the steps up to ``evaluate_before`` ran elsewhere (a search
+        measured once; each of its trials trains and is judged from there)."""
+        self.items, self.holdout, self.counts = list(measured.items), list(measured.holdout), dict(measured.counts)
+        self.retention_texts, self.new_texts = list(measured.retention_texts), list(measured.new_texts)
+        self.judged_items, self.before = measured.judged_items, measured.before
+
+    def view(self) -> "RunView":
+        """What hooks and strategies see: this run, read-only."""
+        return RunView(self)
+
     def report(self) -> dict[str, Any]:
         """What ``retain update --json`` prints and ``report.json`` keeps."""
         from dataclasses import asdict
@@ -122,3 +140,69 @@ class Run:
             "precision": self.precision_choice,
             "version": None, "status": None if self.trained else "nothing_new",
         }
+
+
+class RunView:
+    """A run as plugins see it: every attribute reads through to the run, none can be set.
+    A plugin that changes the run returns what it changes; the engine puts it in place."""
+
+    __slots__ = ("_run",)
+
+    def __init__(self, run: Run):
+        object.__setattr__(self, "_run", run)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(object.__getattribute__(self, "_run"), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"the run is read-only to plugins (run.{name}): return what you change "
+                             "(Strategy.configure returns the model it wraps, Strategy.counts its counts)")
+
+    def __delattr__(self, name: str) -> None:
+        self.__setattr__(name, None)
+
+    def __repr__(self) -> str:
+        return f"RunView({object.__getattribute__(self, '_run').id})"
+
+
+@dataclass(frozen=True)
+class Measured:
+    """The stage result of ingest and ``evaluate_before``: the items to train on and those held
+    out, the counts, the texts a candidate is judged on (``judged_items``: early stopping's part
+    of the retention set) and the starting model's losses on them. A search's trial receives
+    it as JSON (``to_json``/``from_json``) and trains and is judged from it alone."""
+
+    items: tuple[Item, ...]
+    holdout: tuple[Item, ...]
+    counts: dict[str, int]
+    retention_texts: tuple[str, ...]
+    new_texts: tuple[str, ...]
+    judged_items: int | None
+    before: "Scores | None"
+
+    def to_json(self) -> dict[str, Any]:
+        def items(its):
+            return [{"text": it.text, "source": it.source, "file": it.file, "line": it.line, "meta": it.meta}
+                    for it in its]
+
+        def losses(t):
+            return None if t is None else t.tolist()
+        before = None if self.before is None else {"retention": losses(self.before.retention),
+                                                   "new": losses(self.before.new)}
+        return {"items": items(self.items), "holdout": items(self.holdout), "counts": dict(self.counts),
+                "retention_texts": list(self.retention_texts), "new_texts": list(self.new_texts),
+                "judged_items": self.judged_items, "before": before}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Measured":
+        before = data["before"]
+        if before is not None:
+            import torch
+
+            from .evaluation import Scores
+
+            before = Scores(*(torch.tensor(before[k], dtype=torch.float64) if before[k] is not None else None
+                              for k in ("retention", "new")))
+        return cls(tuple(Item(**d) for d in data["items"]), tuple(Item(**d) for d in data["holdout"]),
+                   dict(data["counts"]), tuple(data["retention_texts"]), tuple(data["new_texts"]),
+                   data.get("judged_items"), before)

@@ -39,7 +39,8 @@ UPDATE_LEARNING_RATE_KEYS = ("fine_tuning.learning_rate", "options.rewarm.peak_l
 class Strategy:
     """Base class for anti-forgetting strategies. Override what you need.
 
-    During a run the strategy object is registered as a pluggy plugin, so it
+    The run it is given is a read-only view (``core/run.py``): what a strategy changes, it
+    returns. During a run the strategy object is registered as a pluggy plugin, so it
     can also implement hooks from ``retain.core.hookspecs`` (``training_penalty``,
     ``epoch_ended``, ...) with ``@hookimpl``-decorated methods.
 
@@ -52,8 +53,9 @@ class Strategy:
 
     name: str = ""
 
-    def configure(self, settings: TrainSettings, run: Any) -> None:
-        """Adjust learning rate, epochs, schedule before training starts."""
+    def configure(self, settings: TrainSettings, run: Any) -> Any:
+        """Adjust learning rate, epochs, schedule before training starts. ``run`` is read-only:
+        a strategy that wraps the model returns the wrapped one (``lora``), else None."""
 
     def warnings(self, run: Any) -> list[str]:
         """What the user should know before this update trains (after ``configure``): e.g. state
@@ -63,6 +65,10 @@ class Strategy:
     def avalanche_plugins(self, run: Any) -> list:
         """avalanche-lib plugins to add to the training template."""
         return []
+
+    def counts(self) -> dict[str, int]:
+        """After training: what it adds to the report's ``counts`` (``replay_tokens``)."""
+        return {}
 
     def state_dict(self) -> dict[str, Any]:
         """What the next update needs: tensors and JSON-able values. Saved with the version."""

@@ -12,16 +12,19 @@ a run trains.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import warnings
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
 
 import torch
 from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
 from avalanche.benchmarks.utils import AvalancheDataset, DataAttribute
 from avalanche.core import SupervisedPlugin
 from avalanche.training.templates import SupervisedTemplate
+from avalanche.training.templates.base import _experiences_parameter_as_iterable, _group_experiences_by_stream
 from torch.utils.data import DataLoader, TensorDataset
 
 from . import evaluation
@@ -149,6 +152,37 @@ class LMTemplate(SupervisedTemplate):
         if lengths is None or len(lengths) != len(data):  # a plugin changed the dataset
             lengths = [int((data[i][1] != IGNORE_INDEX).sum()) for i in range(len(data))]
         self.dataloader = self.loader(data, LengthBatches(lengths, self.train_mb_size, self.batch_seed()))
+
+    @contextlib.contextmanager
+    def training(self, experience) -> Iterator[None]:
+        """What avalanche's ``train(experience)`` does around the epochs (``BaseTemplate.train``),
+        so that the epochs are a loop of ours (``epochs``), each one ``train_epoch``."""
+        if not self._distributed_check:
+            self._check_distributed_training_compatibility()
+            self._distributed_check = True
+        self.is_training = True
+        self._stop_training = False
+        self.model.train()
+        self.model.to(self.device)
+        self._eval_streams = _group_experiences_by_stream([_experiences_parameter_as_iterable(experience)])
+        self._before_training()
+        self.experience = experience
+        self._before_training_exp()
+        yield
+        self._after_training_exp()
+        self._after_training()
+        self._train_cleanup()
+
+    def train_epoch(self) -> bool:
+        """One epoch, as avalanche's own loop runs it (``BaseSGDTemplate._train_exp``); False,
+        having trained nothing, once a plugin or the loop has stopped the training."""
+        self._before_training_epoch()
+        if self._stop_training:
+            self._stop_training = False
+            return False
+        self.training_epoch()
+        self._after_training_epoch()
+        return True
 
     @staticmethod
     def batch_seed() -> int:
@@ -294,15 +328,15 @@ class EngineLoop(SupervisedPlugin):
 def fit(module: torch.nn.Module, rows: Rows, settings: TrainSettings, *, device: torch.device, pad_id: int,
         plugins: list, penalty: Callable[..., torch.Tensor | None], on_step: Callable[[int, int, int, float], None],
         on_epoch: Callable[[int, float], None], continuing: bool, started: float | None = None,
-        stopper: Callable[[EngineLoop], SupervisedPlugin] | None = None, precision: str = "fp32",
-        on_time_up: Callable[[int, int, int], None] | None = None, world: World = SOLO) -> list[float]:
-    """Train ``module`` on ``rows`` for ``settings.epochs``; return the mean task loss per epoch.
+        judging: "Judging | None" = None, precision: str = "fp32",
+        on_time_up: Callable[[int, int, int], None] | None = None, world: World = SOLO) -> "Trained":
+    """Train ``module`` on ``rows`` for ``settings.epochs`` (``epochs``, the loop).
 
     ``penalty(model, inputs, targets, logits)`` returns the summed extra loss
     terms or None. ``continuing``: this is not the model's first experience.
     ``started``: when the clock of ``settings.max_seconds`` started (default: now).
-    ``stopper(loop)``: a plugin run after the loop at each epoch's end (early stopping).
-    ``on_time_up(epoch, step, steps)``: called where ``settings.max_seconds`` stops the training.
+    ``judging``: early stopping's look after each epoch. ``on_time_up(epoch, step, steps)``:
+    called where ``settings.max_seconds`` stops the training.
     ``world``: the processes training together, each on its share of every batch.
     """
     x, y = pad_to(rows.x, rows.y, settings.max_seq_length, pad_id)
@@ -311,11 +345,10 @@ def fit(module: torch.nn.Module, rows: Rows, settings: TrainSettings, *, device:
     optimizer = torch.optim.AdamW(module.parameters(), lr=settings.learning_rate,
                                   weight_decay=settings.weight_decay)
     loop = EngineLoop(settings, criterion, penalty, on_step, on_epoch, started, on_time_up, world)
-    after = [stopper(loop)] if stopper is not None else []
     if world.distributed:
         # avalanche-lib lists every plugin not marked as made for distributed training; here the
         # engine (core/world.py) shares what each rank must agree on, for all of them.
-        for plugin in [*plugins, loop, *after]:
+        for plugin in [*plugins, loop]:
             plugin.supports_distributed = True
     with warnings.catch_warnings():
         # avalanche warns about its own deprecations and about running without loggers
@@ -323,7 +356,7 @@ def fit(module: torch.nn.Module, rows: Rows, settings: TrainSettings, *, device:
         template = LMTemplate(model=module, optimizer=optimizer, criterion=criterion,
                               train_mb_size=settings.batch_size, train_epochs=settings.epochs,
                               eval_mb_size=settings.batch_size, device=device,
-                              plugins=[*plugins, loop, *after], evaluator=None)
+                              plugins=[*plugins, loop], evaluator=None)
         template.lengths = (y != IGNORE_INDEX).sum(1).tolist()
         template.precision = precision
         template.world = world
@@ -331,77 +364,156 @@ def fit(module: torch.nn.Module, rows: Rows, settings: TrainSettings, *, device:
             # Each update is a fresh template, but not the model's first experience: say so, or
             # avalanche plugins that skip the first one (EWC, MAS, GEM) ignore restored state.
             template.clock.train_exp_counter = 1
-        template.train(experience)
-    return loop.epoch_losses
+        return epochs(template, experience, loop, settings.epochs, judging)
 
 
-def train(run: Run, pm, judge: Callable[[bool], tuple] | None = None, world: World = SOLO) -> None:
+@dataclass(frozen=True)
+class Judging:
+    """Early stopping (``core/early_stopping.py``): ``judge(last)`` scores the model as it is now
+    and returns ``(scores, verdicts)``; ``last``: no epoch follows (the schedule's last, or out
+    of time), whose scores the gate reuses: the whole retention set. After the others it may
+    score a part (the budget). ``reserve``: the seconds kept for the first judgment before
+    ``max_seconds``; ``seconds``: each judgment's, appended (out-of-memory retries included)."""
+
+    judge: Callable[[bool], tuple]
+    patience: int
+    min_delta: float
+    reserve: float
+    seconds: list = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Trained:
+    """What the epochs did: each one's mean task loss; with early stopping, its record and the
+    kept epoch's scores (None where the gate must score the candidate again)."""
+
+    epoch_losses: list[float]
+    early_stopping: dict[str, Any] | None = None
+    kept_scores: Any = None
+
+
+def epochs(template: LMTemplate, experience, loop: EngineLoop, count: int, judging: Judging | None) -> Trained:
+    """The epoch loop: for each epoch, train it (avalanche's template and the strategies' plugins
+    do the steps), judge it, keep the best, stop. The best epoch's weights are put back before
+    the plugins' end of training (EWC's importances, ...), so what is saved is what was judged."""
+    from .early_stopping import Epoch, Tracker
+
+    tracker = Tracker(judging.patience, judging.min_delta) if judging is not None else None
+    snapshot, kept = None, None
+    if judging is not None:
+        loop.epoch_end_seconds = judging.reserve
+    with template.training(experience):
+        for number in range(1, count + 1):
+            if not template.train_epoch():  # stopped: out of time, or by early stopping
+                break
+            if judging is None:
+                continue
+            started = time.perf_counter()
+            last = number >= count or loop.out_of_time
+            scores, verdicts = judging.judge(last)
+            failed = [v.validator for v in verdicts if v.status == "fail"]
+            epoch = Epoch(number, _mean(scores.new), _mean(scores.retention), not failed, failed,
+                          loop.epoch_losses[-1], None if scores.retention is None else len(scores.retention))
+            if tracker.see(epoch):
+                snapshot, kept = _weights(template.model), scores
+            judging.seconds.append(time.perf_counter() - started)
+            loop.epoch_end_seconds = max(loop.epoch_end_seconds if number > 1 else 0.0, judging.seconds[-1])
+            if (tracker.stopped or last) and tracker.best is not epoch and snapshot is not None:
+                template.model.load_state_dict(snapshot)
+            if tracker.stopped:
+                template.stop_training()
+    # A plugin that changed the weights after the kept epoch was judged (its end of training):
+    # those scores are not the candidate's, and the gate scores the candidate again.
+    if snapshot is not None and _changed(template.model, snapshot):
+        kept = None
+    return Trained(loop.epoch_losses, tracker.to_json() if tracker is not None else None, kept)
+
+
+def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def _changed(model: torch.nn.Module, snapshot: dict[str, torch.Tensor]) -> bool:
+    now = model.state_dict()
+    return any(not torch.equal(now[k].detach().cpu(), v) for k, v in snapshot.items())
+
+
+def _mean(t) -> float | None:
+    return None if t is None else float(t.mean())
+
+
+def train(run: Run, pm, registry=None, world: World = SOLO) -> None:
     """Train ``run.lm`` on ``run.rows`` with the run's strategies; fills ``run.epoch_losses``.
 
-    ``judge(last)``, when given (updates with ``fine_tuning.early_stopping``), scores and
-    judges the model after every epoch: the update stops early and keeps its best
-    epoch (``core/early_stopping.py``); each epoch's record is ``run.early_stopping``.
+    With ``registry`` (updates with ``fine_tuning.early_stopping``) the gate's validators judge
+    the model after every epoch: the update stops early and keeps its best epoch
+    (``epochs``); each epoch's record is ``run.early_stopping``.
 
     Out of memory: the weights are restored and the run retries with half the
     batch size, down to 1 (``core/retry.py``); each retry is in ``run.oom_retries``.
     ``world``: the processes training together (``core/world.py``).
     """
-    settings = run.settings
+    settings, view = run.settings, run.view()
     started = time.perf_counter()
-    trackers: list = []  # early stopping's record, one per attempt (out-of-memory retries)
-    if judge is not None:
-        judge = world.on_writer(judge)  # validators run once, on rank 0; every rank stops alike
-    judges: list = []    # early stopping itself, one per attempt: its seconds
+    judging = _judging(run, registry, world) if registry is not None else None
+    retries: list[dict] = []
 
     def penalty(model, inputs, targets, logits):
-        terms = [t for t in pm.hook.training_penalty(run=run, model=model, inputs=inputs, targets=targets,
+        terms = [t for t in pm.hook.training_penalty(run=view, model=model, inputs=inputs, targets=targets,
                                                      logits=logits) if t is not None]
         return sum(terms) if terms else None
 
     def on_step(epoch: int, step: int, steps: int, loss: float) -> None:
-        pm.hook.training_progress(run=run, epoch=epoch, epochs=settings.epochs, step=step, steps=steps,
+        pm.hook.training_progress(run=view, epoch=epoch, epochs=settings.epochs, step=step, steps=steps,
                                   loss=loss)
 
     def on_epoch(epoch: int, loss: float) -> None:
-        pm.hook.epoch_ended(run=run, epoch=epoch, loss=loss)
+        pm.hook.epoch_ended(run=view, epoch=epoch, loss=loss)
 
     def on_time_up(epoch: int, step: int, steps: int) -> None:
         block = "fine_tuning" if run.kind == FINE_TUNING else "full_training"
-        kept = "the best judged epoch is kept" if judge is not None else "the weights trained until then are kept"
-        pm.hook.warning_raised(run=run, message=f"training stopped at its time limit ({block}.max_seconds "
+        kept = "the best judged epoch is kept" if judging is not None else "the weights trained until then are kept"
+        pm.hook.warning_raised(run=view, message=f"training stopped at its time limit ({block}.max_seconds "
                                f"{settings.max_seconds:g} s) after step {step:,} of {steps:,} of epoch {epoch} of "
                                f"{settings.epochs}; {kept}")
 
-    def stopper(loop: EngineLoop) -> SupervisedPlugin:
-        from .early_stopping import EarlyStopping, Tracker
-
-        stop = run.config.fine_tuning.early_stopping
-        trackers.append(Tracker(stop.patience, stop.min_delta))
-        # Each epoch's judgment is kept in the time reserved before max_seconds: until one is
-        # measured, 4x what scoring the same texts took before training (the gate also scores
-        # the drift items and samples text: measured 3.5x on the tests' tiny model).
-        loop.epoch_end_seconds = 4 * run.timings.get("evaluate_before", 0.0)
-
-        def keep(scores) -> None:  # the kept epoch's scores, if the gate can reuse them (all items)
-            run.after = None if scores is None or evaluation.part(run, scores) else scores
-        judges.append(EarlyStopping(trackers[-1], judge, loop, settings.epochs, keep))
-        return judges[-1]
-
-    def attempt() -> list[float]:
-        run.after = None
-        plugins = [p for s in run.strategies for p in s.avalanche_plugins(run)]
+    def attempt() -> Trained:
+        plugins = [p for s in run.strategies for p in s.avalanche_plugins(view)]
         return fit(run.model, run.rows, settings, device=run.device, pad_id=run.lm.pad_id, plugins=plugins,
                    penalty=penalty, on_step=on_step, on_epoch=on_epoch, continuing=run.parent is not None,
-                   started=started, stopper=stopper if judge is not None else None, precision=run.precision,
-                   on_time_up=on_time_up, world=world)
+                   started=started, judging=judging, precision=run.precision, on_time_up=on_time_up,
+                   world=world)
 
     def on_oom(failed: int, retry: int, error: str) -> None:
-        run.oom_retries.append({"batch_size": failed, "retry_batch_size": retry, "error": error})
-        pm.hook.warning_raised(run=run, message=f"out of memory at batch_size {failed} ({error}); weights "
+        retries.append({"batch_size": failed, "retry_batch_size": retry, "error": error})
+        pm.hook.warning_raised(run=view, message=f"out of memory at batch_size {failed} ({error}); weights "
                                f"restored, retrying with batch_size {retry}")
 
-    pm.hook.update_started(run=run)
-    run.epoch_losses = retry_halving_batch(attempt, run.model, settings, on_oom)
-    run.early_stopping = trackers[-1].to_json() if trackers else None
-    if judges:  # measuring after each epoch, part of "train": reported so validation's share is whole
-        run.timings["judge_epochs"] = sum(sum(j.seconds) for j in judges)
+    pm.hook.update_started(run=view)
+    run.after = None
+    try:
+        trained = retry_halving_batch(attempt, run.model, settings, on_oom)
+    finally:
+        run.oom_retries += retries
+    run.epoch_losses, run.early_stopping = trained.epoch_losses, trained.early_stopping
+    kept = trained.kept_scores  # the kept epoch's scores, if the gate can reuse them (all items)
+    run.after = None if kept is None or evaluation.part(run, kept) else kept
+    for strategy in run.strategies:  # what they counted while training (replay's tokens)
+        run.counts.update(strategy.counts())
+    if judging is not None:  # measuring after each epoch, part of "train": reported so validation's share is whole
+        run.timings["judge_epochs"] = sum(judging.seconds)
+
+
+def _judging(run: Run, registry, world: World) -> Judging:
+    """Early stopping's look after each epoch: the model's scores and the gate's verdicts
+    (``gate.judge_epoch``), run by rank 0 alone in several processes (every rank stops alike)."""
+    from .gate import judge_epoch
+
+    def judge(last: bool) -> tuple:
+        return judge_epoch(registry, run.config, run, last)
+    stop = run.config.fine_tuning.early_stopping
+    # Each epoch's judgment is kept in the time reserved before max_seconds: until one is
+    # measured, 4x what scoring the same texts took before training (the gate also scores
+    # the drift items and samples text: measured 3.5x on the tests' tiny model).
+    return Judging(world.on_writer(judge), stop.patience, stop.min_delta,
+                   4 * run.timings.get("evaluate_before", 0.0))

@@ -92,13 +92,13 @@ def _reject(run: Run, store: ModelStore, sizes: list[tuple[int, str, object]], c
     run.holdout = [it for it in run.holdout if id(it) not in dropped]
     rejects = [Reject.of(item, f"{said} tokens, over {name}.max_item_tokens ({cap:,}): split the record, "
                                "or raise the cap") for _, said, item in sizes]
-    if not run.dry_run:
+    if run.writes:
         store.append_rejects(rejects, run.id)
     run.rejects += rejects
     _, said, largest = max(sizes, key=lambda size: size[0])
     warn(f"{plural(len(sizes), 'item')} over {name}.max_item_tokens ({cap:,} tokens) not used: the largest "
          f"has {said} tokens ({largest.origin}); " + ("they would go to rejects.jsonl (nothing is written)"
-                                                      if run.dry_run else "listed in rejects.jsonl"))
+                                                      if not run.writes else "listed in rejects.jsonl"))
     if not run.items:
         raise SourceError(f"every item to train on is over {name}.max_item_tokens ({cap:,} tokens): "
                           "split the records, or raise the cap")

@@ -45,11 +45,12 @@ class Lora(Strategy):
             raise ConfigError("the lora strategy needs peft: pip install 'retain[hf]'")
         self.options = options
 
-    def configure(self, settings: TrainSettings, run) -> None:
+    def configure(self, settings: TrainSettings, run):
         # Updates only: a full training (or an import) trains, or keeps, every weight.
         from retain.strategies.lora_adapters import attach
 
-        run.lm = attach(run.lm, run.base, self.options)
+        lm = attach(run.lm, run.base, self.options)
         if self.options.learning_rate:
             settings.learning_rate = self.options.learning_rate
             settings.learning_rate_from = "options.lora.learning_rate"
+        return lm  # the model the update trains: the base with its adapters

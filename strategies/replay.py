@@ -43,6 +43,7 @@ class Replay(Strategy):
         self.texts: list[str] = []
         self.keys = None
         self.storage = None
+        self.replayed: int | None = None  # tokens replayed by this run's training (None: it replayed nothing)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         texts, keys = state.get("texts", []), state.get("keys")
@@ -63,11 +64,14 @@ class Replay(Strategy):
             return make_dataset(*pad_to(rows.x, rows.y, width, pad_id))
 
         def replayed(tokens: int) -> None:
-            run.counts["replay_tokens"] = run.counts.get("replay_tokens", 0) + tokens
+            self.replayed = (self.replayed or 0) + tokens
 
         self.storage = TextReservoir(self.options.buffer_size, lambda: [it.text for it in run.items],
                                      encode, self.texts, self.keys)
         return [TokenShareReplay(self.storage, self.options.share, replayed)]
+
+    def counts(self) -> dict[str, int]:
+        return {} if self.replayed is None else {"replay_tokens": self.replayed}
 
     def state_dict(self) -> dict[str, Any]:
         if self.storage is not None:

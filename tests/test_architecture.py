@@ -192,3 +192,111 @@ def test_the_module_state_check_sees_a_global_box(tmp_path):
     (tmp_path / "world.py").write_text("_WORLD = None\n\ndef start():\n    global _WORLD\n    _WORLD = 1\n")
     assert module_state(tmp_path) == {"cli.py": {"_ARGV", "_EXIT_CODE"}, "engine.py": {"distributed.SAVED"},
                                       "world.py": {"_WORLD"}}
+
+
+# --- the shape of the cycle: plugins return what they change; the engine alone announces steps ------
+
+MAX_FUNCTION_LINES = 60  # in core/: a function that does not fit on a screen does several things
+STEP_EVENTS = {"step_started", "step_finished"}
+ANNOUNCES_STEPS = {"core/engine.py"}  # the cycle: the only module that tells the renderer a step began
+
+
+def _modules(*packages: str) -> list[Path]:
+    return [p for package in packages for p in sorted((ROOT / package).rglob("*.py"))]
+
+
+def run_state_writes() -> list[str]:
+    """Every place a plugin or strategy module sets an attribute of a run (``run.x = ...``,
+    ``run.x += ...``, ``del run.x``, ``setattr(run, ...)``): a plugin returns what it changes."""
+    found = []
+    for path in _modules("plugins", "strategies"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+            targets = []
+            if isinstance(node, ast.Assign):
+                targets = [t for target in node.targets for t in ast.walk(target)]
+            elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+                targets = [node.target]
+            elif isinstance(node, ast.Delete):
+                targets = node.targets
+            for t in targets:
+                if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "run":
+                    found.append(f"{path.relative_to(ROOT)}:{t.lineno} sets run.{t.attr}")
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("setattr", "delattr")
+                    and node.args and isinstance(node.args[0], ast.Name) and node.args[0].id == "run"):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno} calls {node.func.id}(run, ...)")
+    return sorted(found)
+
+
+def step_announcements() -> list[str]:
+    """Every call of a step event (``hook.step_started(...)``) outside the cycle's module."""
+    found = []
+    for path in _modules("core", "plugins", "strategies", "tune", "compare"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in STEP_EVENTS
+                    and str(path.relative_to(ROOT)) not in ANNOUNCES_STEPS):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno} calls {node.func.attr}")
+    for name in ("cli.py", "trainer.py"):
+        path = ROOT / name
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in STEP_EVENTS:
+                found.append(f"{name}:{node.lineno} calls {node.func.attr}")
+    return sorted(found)
+
+
+def long_functions() -> list[str]:
+    return [f"{path.relative_to(ROOT)}:{node.lineno} {node.name} has {node.end_lineno - node.lineno + 1} lines"
+            for path in _modules("core")
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path)))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
+
+
+def test_no_plugin_or_strategy_sets_the_run_state():
+    assert run_state_writes() == []
+
+
+def test_only_the_cycle_announces_steps():
+    assert step_announcements() == []
+
+
+def test_no_function_in_core_is_longer_than_a_screen():
+    assert long_functions() == []
+
+
+def test_the_shape_checks_see_what_they_forbid(tmp_path, monkeypatch):
+    # Each check must be able to fail: a strategy writing the run (five spellings), a plugin
+    # announcing a step, and a long core function are all caught.
+    for package in ("core", "plugins", "strategies", "tune", "compare"):
+        (tmp_path / package).mkdir()
+    (tmp_path / "strategies" / "bad.py").write_text(
+        "def configure(settings, run):\n    run.lm = wrap(run.lm)\n    run.counts += 1\n"
+        "    setattr(run, 'after', None)\n    a, run.x = 1, 2\n    run.counts['k'] = 1\n")
+    (tmp_path / "plugins" / "loud.py").write_text("def f(pm, run):\n    pm.hook.step_started(run=run, step='x')\n")
+    (tmp_path / "core" / "long.py").write_text("def f():\n" + "    x = 1\n" * 61)
+    (tmp_path / "cli.py").write_text("")
+    (tmp_path / "trainer.py").write_text("")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    assert run_state_writes() == ["strategies/bad.py:2 sets run.lm", "strategies/bad.py:3 sets run.counts",
+                                  "strategies/bad.py:4 calls setattr(run, ...)", "strategies/bad.py:5 sets run.x",
+                                  "strategies/bad.py:6 sets run.counts"]
+    assert step_announcements() == ["plugins/loud.py:2 calls step_started"]
+    assert long_functions() == ["core/long.py:1 f has 62 lines"]
+
+
+def test_plugins_see_the_run_read_only():
+    # What hooks and strategies receive: every attribute reads through; setting one is refused
+    # with what to do instead.
+    from retain.core.config import Config
+    from retain.core.run import FINE_TUNING, Run
+
+    run = Run("r1", FINE_TUNING, Config(), Path("m"), parent="0001")
+    view = run.view()
+    assert (view.id, view.parent, view.full, view.counts is run.counts) == ("r1", "0001", False, True)
+    for attempt in (lambda: setattr(view, "lm", object()), lambda: delattr(view, "after")):
+        try:
+            attempt()
+        except AttributeError as exc:
+            assert "read-only" in str(exc) and "return what you change" in str(exc)
+        else:
+            raise AssertionError("a plugin set an attribute of the run")
+    assert run.lm is None

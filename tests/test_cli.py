@@ -232,9 +232,9 @@ def test_every_user_error_is_a_json_object_with_its_kind(base_model, tmp_path, m
         err = _json_error(r)
         assert (err["code"], err["kind"]) == (code, kind) and err["message"] in r.stderr, (args, err)
     # A bug is exit 1 with its traceback, and under --json the error object too.
-    from retain.core import registry
+    from retain.core import versions
 
-    monkeypatch.setattr(registry, "history", lambda store: 1 / 0)
+    monkeypatch.setattr(versions, "history", lambda store: 1 / 0)
     r = runner.invoke(app, ["history", "-m", str(base_model), "--json"])
     assert r.exit_code == 1 and isinstance(r.exception, ZeroDivisionError)
     assert _json_error(r) == {"code": 1, "kind": "internal", "message": "ZeroDivisionError: division by zero"}

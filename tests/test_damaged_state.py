@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from retain.cli import app
 from retain.core.errors import ModelError
-from retain.core.registry import plan_prune
+from retain.core.versions import plan_prune
 from retain.core.store import INDEX, LEDGER_RECORD, MANIFEST, PRUNE_INTENT, TOKENIZER, WEIGHTS, ModelStore
 
 from conftest import TINY, write_jsonl

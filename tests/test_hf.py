@@ -173,7 +173,7 @@ def test_generation_goes_through_the_models_generate_with_its_cache(_imported, m
 
 def test_lora_versions_roll_back_prune_and_check_their_checksums(imported, new_texts, tmp_path):
     from retain.core.errors import ModelError
-    from retain.core.registry import prune, rollback
+    from retain.core.versions import prune, rollback
 
     for i, strategy in enumerate(("lora", "lora")):
         engine(f"fine_tuning.strategy=[{strategy}]", "validators=[finite]").update(

@@ -200,13 +200,13 @@ def test_an_ignored_sigint_stays_ignored(tmp_path):
 def test_an_interrupt_in_a_command_that_reads_only(base_model, json_out):
     # Not only `update`: any command, here with the ledger open, says the same and exits 130.
     code = ("import os, signal, sys\nsys.argv = ['retain', 'history', '-m', sys.argv[1], *sys.argv[2:]]\n"
-            "from retain.core import registry\n"
-            "real = registry.history\n"
+            "from retain.core import versions\n"
+            "real = versions.history\n"
             "def history(store):\n"
             "    store.ledger.db.execute('SELECT 1').fetchone()\n"
             "    os.kill(os.getpid(), signal.SIGINT)\n"
             "    return real(store)\n"
-            "registry.history = history\n"
+            "versions.history = history\n"
             "from retain.launch import main\nmain()\n")
     r = subprocess.run([sys.executable, "-c", code, str(base_model), *(["--json"] if json_out else [])],
                        capture_output=True, text=True)

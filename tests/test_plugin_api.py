@@ -220,9 +220,9 @@ def test_the_docs_list_the_strategy_methods_strategy_has():
     text = (ROOT / "docs" / "plugins.md").read_text(encoding="utf-8")
     section = text[text.index("### Strategy"):text.index("### Model family")]
     assert re.findall(r"^\| `(\w+)\(", section, re.M) == ["load_state_dict", "configure", "warnings",
-                                                           "avalanche_plugins", "state_dict"]
+                                                           "avalanche_plugins", "counts", "state_dict"]
     assert set(contracts.methods(Strategy)) == {"load_state_dict", "configure", "warnings", "avalanche_plugins",
-                                                "state_dict"}
+                                                "counts", "state_dict"}
 
 
 def test_the_plugin_docs_point_at_no_internal_module():

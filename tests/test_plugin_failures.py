@@ -66,6 +66,8 @@ class Flaky:
     def epoch_ended(self, run, epoch, loss):
         if self.where == "epoch":
             raise RuntimeError("dashboard unreachable")
+        if self.where == "assign":  # hooks see the run read-only: a plugin returns what it changes
+            run.after = None
 
     @hookimpl
     def training_penalty(self, run, model, inputs, targets, logits):
@@ -94,6 +96,8 @@ def _state(model_dir) -> tuple:
     ("epoch", "plugin 'acme-flaky' failed during the run: RuntimeError: dashboard unreachable"),
     ("validate", "validator 'acme_gate' failed: ZeroDivisionError"),
     ("remember", "plugin 'acme-flaky' failed during the run: OSError: disk full"),
+    ("assign", r"plugin 'acme-flaky' failed during the run: AttributeError: the run is read-only to plugins "
+               r"\(run.after\)"),
 ])
 def test_failing_plugin_is_named_and_changes_nothing(where, named, base_model, new_texts, tmp_path):
     cfg = load_config(None, [*TINY, "fine_tuning.epochs=1", "preprocessors=[clean, acme_pre]",

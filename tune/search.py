@@ -49,7 +49,7 @@ from retain.core.errors import ConfigError, RetainError
 from retain.core.store import ModelStore
 
 from . import space
-from .trial import item_to_json, run_trial
+from .trial import run_trial
 
 SAFETY = 0.9         # a trial's time limit is this share of what is left: room for a slow last step
 FAILED_PENALTY = 10.0  # nats added to a rejected trial's objective: the sampler learns to avoid it
@@ -117,7 +117,7 @@ def auto_update(engine, data: list[str], model_dir: str | Path, *, budget: float
     with engine.listening(), (contextlib.nullcontext() if check else store.lock(wait=wait_lock)):
         if not check:
             engine.recover(store)
-        run = engine.start(FINE_TUNING, store, store.current(), dry_run=check)  # Run.dry_run: write nothing
+        run = engine.start(FINE_TUNING, store, store.current(), writes=not check)
         with engine.strategies_registered(run):
             engine.ingest(run, store, data, items)
             if run.items:
@@ -273,17 +273,11 @@ def trial_spec(run, engine, recipe: space.Recipe, number: int, limit: float, scr
         apply_override(data, key, value)
     build(Config, data)  # a recipe that does not make a valid config fails here, not in a worker
 
-    def scores(t):
-        return None if t is None else t.tolist()
-
     jobs = max(1, engine.config.tune.jobs)
     return {
         "number": number, "recipe": recipe.to_json(), "config": data, "model_dir": str(run.model_dir),
         "parent": run.parent, "device": engine.device_name, "threads": max(1, torch.get_num_threads() // jobs),
-        "items": [item_to_json(it) for it in run.items], "holdout": [item_to_json(it) for it in run.holdout],
-        "counts": dict(run.counts), "retention_texts": list(run.retention_texts), "new_texts": list(run.new_texts),
-        "judged_items": run.judged_items,
-        "before": {"retention": scores(run.before.retention), "new": scores(run.before.new)},
+        **run.measured().to_json(),  # the stage result the trial goes on from (Measured)
         "evaluate_seconds": run.timings.get("evaluate_before", 0.0), "limit_seconds": limit,
         "scratch": str(scratch), "plugins": plugin_modules(engine.pm),
         "precision": run.precision_choice,  # "before" was scored in it: the trial trains and scores alike
@@ -366,23 +360,12 @@ def commit_winner(run, engine, store: ModelStore, search: dict, results: list[di
         search["recipe"] = best["recipe"]
         search["describe"] = space.Recipe(**best["recipe"]).describe()
         candidate = candidate_run(run, engine, best, search)
-        announce_verdicts(engine, candidate)
+        engine.announce_verdicts(candidate)
         if check:
             return engine.not_saved(candidate, "check")
         return engine.commit(candidate, store)
     finally:
         shutil.rmtree(search.pop("scratch"), ignore_errors=True)
-
-
-def announce_verdicts(engine, run) -> None:
-    """The winner's ``validate`` step, told to the listeners as ``retain update`` tells it
-    (the trial judged it in its own process, where nobody listens)."""
-    hook = engine.pm.hook
-    hook.step_started(run=run, step="validate")
-    hook.verdicts_given(run=run, verdicts=run.verdicts, next_steps=run.next_steps)
-    hook.step_finished(run=run, step="validate", seconds=run.timings.get("validate", 0.0),
-                       info={"metrics": run.metrics, "verdicts": [v.to_json() for v in run.verdicts],
-                             "next_steps": run.next_steps})
 
 
 def candidate_run(run, engine, result: dict, search: dict):

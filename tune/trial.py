@@ -21,10 +21,6 @@ from dataclasses import asdict
 from typing import Any
 
 
-def item_to_json(item) -> dict[str, Any]:
-    return {"text": item.text, "source": item.source, "file": item.file, "line": item.line, "meta": item.meta}
-
-
 def preload() -> None:
     """What every trial imports (a pool's processes do it before the clock starts)."""
     import retain.core.training  # noqa: F401  (avalanche-lib: seconds to import)
@@ -36,9 +32,7 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
 
     from retain.core.config import Config, build
     from retain.core.engine import Engine
-    from retain.core.evaluation import Scores
-    from retain.core.items import Item
-    from retain.core.run import FINE_TUNING
+    from retain.core.run import FINE_TUNING, Measured
     from retain.core.store import ModelStore
     from retain.core.world import SOLO
 
@@ -55,16 +49,9 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
         pm = make_plugin_manager(extra_plugins=[importlib.import_module(name) for name in spec["plugins"]])
     engine = Engine(config, pm=pm, device=spec["device"], world=SOLO)  # a trial is one process
     store = ModelStore(spec["model_dir"])
-    # A dry run: the trial writes nothing to the model directory (the search owns its lock).
-    run = engine.start(FINE_TUNING, store, spec["parent"], dry_run=True)
-    run.items = [Item(**d) for d in spec["items"]]
-    run.holdout = [Item(**d) for d in spec["holdout"]]
-    run.counts = dict(spec["counts"])
-    run.retention_texts, run.new_texts = list(spec["retention_texts"]), list(spec["new_texts"])
-    run.judged_items = spec.get("judged_items")  # early stopping's part, as the update's own
-    before = spec["before"]
-    run.before = Scores(*(torch.tensor(before[k], dtype=torch.float64) if before[k] is not None else None
-                          for k in ("retention", "new")))
+    # The trial writes nothing to the model directory (the search owns its lock).
+    run = engine.start(FINE_TUNING, store, spec["parent"], writes=False)
+    run.take(Measured.from_json(spec))  # what the search's own steps 2-7 established
     run.drift = _drift(store, spec["parent"], config, run.retention_texts)
     run.timings["evaluate_before"] = spec["evaluate_seconds"]  # the parent's: the same texts were scored
     run.precision_choice = spec.get("precision")  # ... in the search's precision, not measured again here

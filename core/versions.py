@@ -1,4 +1,4 @@
-"""The registry of a model directory: history, rollback, validation on demand, prune.
+"""The versions of a model directory: history, rollback, validation on demand, prune.
 
 Versions are immutable once renamed into place (prune aside); what the model *is* is the
 chain CURRENT -> parent -> ... (see ``store``). So a rollback is only a new
@@ -305,11 +305,11 @@ def _plan(store: ModelStore, summaries: dict[str, dict], current: str, keep_last
     return plan
 
 
-def prune(store: ModelStore, keep_last: int, dry_run: bool = False, wait: float = 0.0,
+def prune(store: ModelStore, keep_last: int, writes: bool = True, wait: float = 0.0,
           keep_full_trainings: bool = False, warn: Callable[[str], None] | None = None) -> PrunePlan:
-    """Apply ``plan_prune`` under the lock (``retain prune``). A dry run reads only: no lock
-    taken, nothing recovered, the ledger not opened. ``warn``: as ``rollback``'s."""
-    if dry_run:
+    """Apply ``plan_prune`` under the lock (``retain prune``). Without ``writes`` (``--dry-run``)
+    it reads only: no lock taken, nothing recovered, the ledger not opened. ``warn``: as ``rollback``'s."""
+    if not writes:
         return plan_prune(store, keep_last, keep_full_trainings)
     require_model(store)
     with store.lock(wait=wait), contextlib.closing(store.ledger):

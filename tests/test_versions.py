@@ -1,4 +1,4 @@
-"""The registry (history, rollback, validate, prune) and when to retrain from scratch (status)."""
+"""The version store (history, rollback, validate, prune) and when to retrain from scratch (status)."""
 
 from __future__ import annotations
 
