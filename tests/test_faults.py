@@ -62,7 +62,7 @@ needs_mount = pytest.mark.skipif(not LINUX_ROOT, reason="mounting a small tmpfs 
 
 SWEEP = os.environ.get("RETAIN_FAULT_SWEEP", "sample")
 SETTINGS = [a for s in [*TINY, "fine_tuning.epochs=1", "full_training.epochs=1"] for a in ("--set", s)]
-PRELOAD = ["retain.cli", "retain.core.engine", "retain.core.training", "retain.core.registry",
+PRELOAD = ["retain.cli", "retain.core.engine", "retain.core.training", "retain.core.versions",
            "retain.core.imports", "retain.plugins.gpt", "retain.plugins.dedupers", "safetensors.torch",
            "avalanche.training.templates", "avalanche.benchmarks.scenarios.dataset_scenario"]
 # The syscalls a fault is injected into. Removing a file never needs space: ENOSPC spares them.

@@ -219,7 +219,7 @@ def test_the_cli_prints_the_choice_and_why(base_model, new_texts, tmp_path, monk
 
 def test_validate_scores_a_version_in_the_precision_its_update_chose(base_model, new_texts, tmp_path, monkeypatch):
     from retain.core import evaluation
-    from retain.core.registry import validate_version
+    from retain.core.versions import validate_version
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: True)
