@@ -849,6 +849,41 @@ def validate(
 
 @app.command()
 @handle_errors
+def generate(
+    prompts: List[str] = typer.Argument(..., metavar="PROMPT", help="Prompts to continue, one sample each."),
+    model: Path = ModelOpt,
+    version: Optional[str] = typer.Option(None, "--version", help="Version to sample (default: current). "
+                                          "A rejected version may be sampled (with a note); a pruned one has no weights."),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1, help="Tokens to generate per prompt "
+                                       "(fewer when the model's context is shorter)."),
+    temperature: float = typer.Option(0.8, "--temperature", min=0.0, help="Sampling temperature; 0 is greedy "
+                                      "(the most likely token each step, the same text whatever the seed)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives the same text."),
+    json_out: bool = json_option("the samples (version, status, seed, temperature, max_new_tokens, "
+                                 "samples: [{prompt, text}])"),
+    device: Optional[str] = DeviceOpt,
+):
+    """Sample text from a version: one continuation per prompt.
+
+    Works for every model family (adapter-only versions load the version they build on).
+    Reads only: no lock, nothing written, works on a read-only model directory."""
+    from retain.core.models import resolve_device
+    from retain.core.store import ModelStore
+    from retain.core.versions import sample_version
+
+    result = sample_version(ModelStore(model, read_only=True), version, prompts, max_new_tokens=max_new_tokens,
+                            temperature=temperature, seed=seed, device=resolve_device(_device(device)))
+    if result.get("note"):
+        _warning_line(result["note"])
+    if json_out:
+        _emit_json(result)
+        return
+    for i, sample in enumerate(result["samples"]):
+        typer.echo(("\n" if i else "") + sample["prompt"] + sample["text"])
+
+
+@app.command()
+@handle_errors
 def prune(
     model: Path = ModelOpt,
     keep: int = typer.Option(..., "--keep", min=1, help="How many of the newest accepted versions to keep "

@@ -1,4 +1,4 @@
-"""The versions of a model directory: history, rollback, validation on demand, prune.
+"""The versions of a model directory: history, rollback, validation and sampling on demand, prune.
 
 Versions are immutable once renamed into place (prune aside); what the model *is* is the
 chain CURRENT -> parent -> ... (see ``store``). So a rollback is only a new
@@ -233,6 +233,37 @@ def _settings(store: ModelStore, version: str, manifest: dict, cls) -> Any:
         return cls(block["learning_rate"], block["epochs"], block["batch_size"], block["max_seq_length"])
     except KeyError:
         return None
+
+
+# --- sampling on demand ---------------------------------------------------------------------
+
+def sample_version(store: ModelStore, version: str | None, prompts: list[str], *, max_new_tokens: int,
+                   temperature: float, seed: int, device: Any = None, registry: Any = None) -> dict:
+    """``retain generate``: one continuation per prompt from ``version`` (default: current),
+    through its family's ``LanguageModel.generate``. Reads only. A rejected version may be
+    sampled on purpose (to see what the gate refused): a ``note`` says so. A pruned one, or
+    one whose adapter weights build on a pruned version, is refused: its weights are gone."""
+    from .models import load_version
+
+    version = normalize_version(version) if version else store.current()
+    if version not in store.versions():
+        raise ModelError(f"no version {version} in {store.root} (versions: {', '.join(store.versions()) or 'none'})")
+    manifest = store.manifest(version)
+    if "pruned" in manifest:
+        raise ModelError(f"version {version} was pruned ({manifest['pruned'].get('at')}): its weights are gone; "
+                         "sample a version `retain history` shows unpruned")
+    base = summarize(manifest)["builds_on"]
+    if base is not None and "pruned" in store.manifest(base):
+        raise ModelError(f"version {version} builds on version {base}, whose weights were pruned")
+    note = None
+    if manifest.get("status") != "accepted":
+        note = f"version {version} was {manifest.get('status')} by the quality gate (sampled on purpose)"
+    lm = load_version(store, version, device, registry).lm
+    samples = lm.generate(list(prompts), max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    return {"version": version, "status": manifest.get("status"), "family": lm.family,
+            "seed": seed, "temperature": temperature, "max_new_tokens": max_new_tokens,
+            "samples": [{"prompt": s.prompt, "text": s.text} for s in samples],
+            **({"note": note} if note else {})}
 
 
 # --- prune ------------------------------------------------------------------------------------

@@ -89,7 +89,8 @@ def test_commands_that_read_the_registry_import_no_torch(tmp_path):
 
 def test_commands_that_train_nothing_import_no_avalanche(base_model, new_texts, tmp_path):
     # history, status, rollback, prune and `update --dry-run` read the model directory: no torch
-    # (an update stores what `status` needs); validate scores the model: torch, never avalanche.
+    # (an update stores what `status` needs); validate scores the model and generate samples it:
+    # torch, never avalanche.
     from retain.core.config import load_config
     from retain.core.engine import Engine
 
@@ -103,7 +104,8 @@ def test_commands_that_train_nothing_import_no_avalanche(base_model, new_texts, 
                 ["rollback", "--model", base_model, "0001"], ["rollback", "--model", base_model, "0002"],
                 ["prune", "--model", base_model, "--keep", "5"],
                 ["update", "--model", base_model, "--data", more, "--dry-run", *sets],
-                ["validate", "--model", base_model, "--data", more, *sets]]
+                ["validate", "--model", base_model, "--data", more, *sets],
+                ["generate", "--model", base_model, "--device", "cpu", "--max-new-tokens", "4", "The"]]
     code = ("import json, sys\nfrom typer.testing import CliRunner\nfrom retain.cli import app\n"
             "for args in json.loads(sys.argv[1]):\n"
             "    r = CliRunner().invoke(app, args)\n    assert r.exit_code == 0, (args, r.output)\n"
@@ -111,7 +113,7 @@ def test_commands_that_train_nothing_import_no_avalanche(base_model, new_texts, 
     out = subprocess.run([sys.executable, "-c", code, json.dumps([[str(a) for a in c] for c in commands])],
                          capture_output=True, text=True, check=True).stdout.splitlines()
     assert out == ["history []", "status []", "rollback []", "rollback []", "prune []", "update []",
-                   "validate ['torch']"]
+                   "validate ['torch']", "generate ['torch']"]
 
 
 # Module state a function changes at run time, by module: what it is for. Everything else a run
