@@ -122,3 +122,46 @@ def test_the_hf_family_and_its_lora_versions_generate(gpt2_dir, old_texts, new_t
         assert code == 0, r.output
         assert out["family"] == "hf" and out["version"] == version
         assert [s["text"] for s in out["samples"]] == greedy(store, version, PROMPTS, 8)
+
+
+FACTORY = '''
+import torch
+
+class Tiny(torch.nn.Module):
+    """A user's own model class (no KV cache): an embedding, a GRU, a head; ids -> logits."""
+
+    def __init__(self, vocab_size, d_model=16):
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab_size, d_model)
+        self.rnn = torch.nn.GRU(d_model, d_model, batch_first=True)
+        self.head = torch.nn.Linear(d_model, vocab_size)
+
+    def forward(self, ids):
+        return self.head(self.rnn(self.embed(ids))[0])
+'''
+
+
+def test_the_python_family_generates(tmp_path, monkeypatch, old_texts):
+    import torch
+
+    from retain.plugins.gpt import train_tokenizer
+
+    (tmp_path / "genmodel.py").write_text(FACTORY, encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import genmodel
+
+    tokenizer = train_tokenizer(old_texts, 300)
+    (tmp_path / "tok.json").write_text(tokenizer.to_str(), encoding="utf-8")
+    vocab = tokenizer.get_vocab_size()
+    torch.manual_seed(1)
+    torch.save(genmodel.Tiny(vocab).state_dict(), tmp_path / "model.pth")
+    overrides = [*TINY, "model.family=python", "model.factory=genmodel:Tiny", f"model.tokenizer={tmp_path / 'tok.json'}",
+                 f"model.factory_args={{vocab_size: {vocab}}}"]
+    Engine(load_config(None, overrides)).import_model(tmp_path / "model.pth", tmp_path / "m", [])
+    code, out, r = generate(tmp_path / "m", "--temperature", "0", "--max-new-tokens", "6", *PROMPTS)
+    assert code == 0, r.output
+    assert out["family"] == "python" and len(out["samples"]) == 2
+    assert [s["text"] for s in out["samples"]] == greedy(ModelStore(tmp_path / "m"), "0001", PROMPTS, 6)
+    assert any(s["text"] for s in out["samples"])
+    assert generate(tmp_path / "m", "--seed", "5", "--max-new-tokens", "6", *PROMPTS)[1] == \
+        generate(tmp_path / "m", "--seed", "5", "--max-new-tokens", "6", *PROMPTS)[1]
