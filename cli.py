@@ -852,8 +852,8 @@ def validate(
 def generate(
     prompts: List[str] = typer.Argument(..., metavar="PROMPT", help="Prompts to continue, one sample each."),
     model: Path = ModelOpt,
-    version: Optional[str] = typer.Option(None, "--version", help="Version to sample (default: current). "
-                                          "A rejected version may be sampled (with a note); a pruned one has no weights."),
+    version: Optional[str] = typer.Option(None, "--version", help="Version to sample (default: current). A "
+                                          "rejected version may be sampled (with a note); a pruned one has no weights."),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1, help="Tokens to generate per prompt "
                                        "(fewer when the model's context is shorter)."),
     temperature: float = typer.Option(0.8, "--temperature", min=0.0, help="Sampling temperature; 0 is greedy "
