@@ -702,7 +702,9 @@ def _pending_items(data: List[str], store, cfg) -> tuple[int, Optional[dict]]:
     ``update --dry-run`` runs it (``Engine.plan``). Reads only."""
     from retain.core.engine import Engine
 
-    engine = Engine(cfg)  # no listeners: the plan's steps and warnings are not printed here
+    # no listeners: the plan's steps and warnings are not printed here; data with no usable item
+    # is 0 pending items, as it always was (status reports, an update is what fails on it)
+    engine = Engine(cfg, allow_empty=True)
     with contextlib.closing(store.ledger):  # read: no -wal or -shm left behind, whatever ends the process
         run = engine.plan(data, store)
     items = [*run.items, *run.holdout]  # what it would learn: the hold-out is split off later

@@ -92,6 +92,16 @@ def test_allow_empty_makes_no_usable_item_exit_0(base_model, tmp_path, case):
     assert ModelStore(base_model).versions() == ["0001"]
 
 
+def test_a_dry_run_fails_as_the_update_would_and_status_only_counts(base_model, tmp_path):
+    data = _garbage(tmp_path / "export.jsonl")
+    r = runner.invoke(app, ["update", "-d", str(data), "-m", str(base_model), *SETS, "--dry-run"])
+    assert r.exit_code == 4 and "no usable item in 30 records" in " ".join(r.output.split()), r.output
+    assert _rejects(base_model) == []  # a dry run writes nothing, and says nothing is written
+    r = runner.invoke(app, ["status", "-m", str(base_model), "-d", str(data), *SETS, "--json"])
+    assert r.exit_code == 0, r.output  # status reports what an update would learn: nothing
+    assert "no usable item" not in r.output
+
+
 def test_only_duplicates_is_nothing_new_and_exit_0(base_model, tmp_path, old_texts):
     data = write_jsonl(tmp_path / "again.jsonl", old_texts[:40])  # all learned by version 0001
     r = runner.invoke(app, ["update", "-d", str(data), "-m", str(base_model), *SETS])
