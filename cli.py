@@ -285,6 +285,9 @@ def json_option(prints: str, shape: str = "object"):
 JsonOpt = json_option("the run's report (counts, epoch losses, metrics, verdicts, version, timings)")
 DeviceOpt = typer.Option(None, "--device", help="auto | cpu | cuda (default: config 'device').")
 StrictOpt = typer.Option(False, "--strict", help="Any rejected input record is fatal.")
+AllowEmptyOpt = typer.Option(False, "--allow-empty", help="--data with no usable item (every record rejected, "
+                             "or none at all) is a warning and exit 0, not exit 4: for pipelines where "
+                             "nothing today is normal.")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="Print nothing but errors (and --json).")
 NprocOpt = typer.Option(None, "--nproc", min=1, help="Train in N processes (PyTorch DistributedDataParallel "
                         "under torchrun: gloo on CPU, nccl on CUDA), each on its share of every batch; rank 0 "
@@ -325,7 +328,7 @@ def train(
     quiet: bool = QuietOpt,
     force: bool = typer.Option(False, "--force", help="Train into a directory that holds other files "
                                "(refused otherwise: it is probably not where the model should go)."),
-    nproc: Optional[int] = NprocOpt,
+    nproc: Optional[int] = NprocOpt, allow_empty: bool = AllowEmptyOpt,
 ):
     """Full training from scratch on all data (the full_training block).
 
@@ -336,7 +339,7 @@ def train(
     cfg = _load(config, set_, "full_training", lr, epochs, batch_size, strategy)
     _under_torchrun(ctx, nproc, device, cfg.device, model)
     engine = Engine(cfg, listeners=_listeners(json_out, quiet), device=_device(device), strict=strict,
-                    world=_world(device, cfg.device))
+                    world=_world(device, cfg.device), allow_empty=allow_empty)
     _emit(engine.train(data, model, force=force), json_out)
 
 
@@ -368,6 +371,7 @@ def update(
     ray: Optional[str] = typer.Option(None, "--ray", help="With --auto: run each trial as a Ray task, on the "
                                       "cluster at ADDRESS (ray://host:10001, or auto), or on a local Ray started "
                                       "here without one. Needs retain\\[ray].", metavar="[ADDRESS]"),
+    allow_empty: bool = AllowEmptyOpt,
 ):
     """One fine-tuning cycle on new data only: load, collect, dedupe, preprocess, tokenize,
     fine-tune, validate, save.
@@ -397,7 +401,7 @@ def update(
     _under_torchrun(ctx, nproc, device, cfg.device, model)
     listeners = _listeners(json_out, quiet)
     engine = Engine(cfg, listeners=listeners, device=_device(device), strict=strict,
-                    world=_world(device, cfg.device))
+                    world=_world(device, cfg.device), allow_empty=allow_empty)
     # The retrain advice ends the update; under --quiet nobody reads it (unless --json).
     # A rejection (exit 10) prints its report too, with the error object: handle_errors.
     advise = json_out or not quiet
@@ -444,7 +448,7 @@ def import_(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="full_training.batch_size of the pass "
                                              "over --data"),
     json_out: bool = json_option("the import's report (source, counts, metrics, version)"), device: Optional[str] = DeviceOpt, strict: bool = StrictOpt,
-    quiet: bool = QuietOpt,
+    quiet: bool = QuietOpt, allow_empty: bool = AllowEmptyOpt,
 ):
     """Bring an existing model in as the first version of a model directory.
 
@@ -456,7 +460,8 @@ def import_(
     extra = [f"model.{key}={value}" for key, value in (("family", family), ("factory", factory),
                                                       ("tokenizer", tokenizer)) if value is not None]
     cfg = _load(config, [*set_, *extra], "full_training", None, None, batch_size, strategy)
-    engine = Engine(cfg, listeners=_listeners(json_out, quiet), device=_device(device), strict=strict)
+    engine = Engine(cfg, listeners=_listeners(json_out, quiet), device=_device(device), strict=strict,
+                    allow_empty=allow_empty)
     _emit(engine.import_model(source, model, data), json_out)
 
 
@@ -697,7 +702,9 @@ def _pending_items(data: List[str], store, cfg) -> tuple[int, Optional[dict]]:
     ``update --dry-run`` runs it (``Engine.plan``). Reads only."""
     from retain.core.engine import Engine
 
-    engine = Engine(cfg)  # no listeners: the plan's steps and warnings are not printed here
+    # no listeners: the plan's steps and warnings are not printed here; data with no usable item
+    # is 0 pending items, as it always was (status reports, an update is what fails on it)
+    engine = Engine(cfg, allow_empty=True)
     with contextlib.closing(store.ledger):  # read: no -wal or -shm left behind, whatever ends the process
         run = engine.plan(data, store)
     items = [*run.items, *run.holdout]  # what it would learn: the hold-out is split off later
@@ -921,10 +928,11 @@ def prune(
 
 
 def main() -> None:
-    from retain.launch import Ending, install, quiet_library_warnings
+    from retain.launch import Ending, install, quiet_library_warnings, quiet_when_stdout_closes
 
     install()  # already done by the console script; here for `python -m retain.cli`
     quiet_library_warnings()
+    quiet_when_stdout_closes()
     Ending().run(app)
 
 

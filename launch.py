@@ -10,6 +10,10 @@ also the error object on stdout, exit 130.
 (``under_torchrun``), each one rank of the run's ``World`` (``core/world.py``). torchrun
 itself only says whether every rank exited 0: rank 0 tells the launching process its exit
 code through a file (``Ending``), and the launcher exits with it (``outcome``).
+
+A reader that goes away (``retain update ... | head -1``) ends the output, not the run
+(``OutputToClosedPipe``): the command finishes its work, saves what it saves, and exits
+with its own code, without a word about the pipe.
 """
 
 from __future__ import annotations
@@ -67,9 +71,51 @@ def quiet_library_warnings() -> None:
     warnings.filterwarnings("ignore", message="no QP solver found", module="qpsolvers")
 
 
+class OutputToClosedPipe:
+    """``sys.stdout``, where a closed pipe ends the output quietly instead of the run.
+
+    Python ignores SIGPIPE: a write to a pipe whose reader has gone raises BrokenPipeError
+    wherever it happens, in the middle of an update (which then stopped, exit 1, with its
+    traceback lost on the same closed stream). A tool killed by SIGPIPE (exit 141) would stop
+    there too; an update is work with a result, not a filter: it goes on. From the first
+    failed write on, stdout is /dev/null (the ``os.dup2`` Python's documentation recommends,
+    so the interpreter's own last flush is quiet too)."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._to_devnull()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._to_devnull()
+
+    def _to_devnull(self) -> None:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self._stream.fileno())
+        os.close(devnull)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+def quiet_when_stdout_closes() -> None:
+    """Install ``OutputToClosedPipe`` (once)."""
+    if sys.stdout is not None and not isinstance(sys.stdout, OutputToClosedPipe):
+        sys.stdout = OutputToClosedPipe(sys.stdout)
+
+
 def main() -> None:
     install()
     quiet_library_warnings()
+    quiet_when_stdout_closes()
     from retain.cli import main as cli_main
 
     cli_main()

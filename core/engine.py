@@ -28,7 +28,7 @@ from typing import Any, Iterator
 
 from . import evaluation, gate, ingest, interrupts, precision, workload
 from .commit import commit
-from .errors import ConfigError, ModelError, RetainError
+from .errors import ConfigError, ModelError, RetainError, SourceError
 from .gate import raise_if_rejected
 from .config import Config
 from .items import Item
@@ -47,9 +47,10 @@ from .world import SOLO, World
 
 class Engine:
     def __init__(self, config: Config, *, pm=None, listeners: tuple | list = (), device: str | None = None,
-                 strict: bool = False, world: World = SOLO):
+                 strict: bool = False, world: World = SOLO, allow_empty: bool = False):
         """``listeners``: objects with event hookimpls (a renderer), registered while a run lasts.
-        ``world``: the processes the run spans (``core/world.py``), made where the run starts."""
+        ``world``: the processes the run spans (``core/world.py``), made where the run starts.
+        ``allow_empty``: ``--data`` that gives no usable item is a warning, not a ``SourceError``."""
         self.config = config
         self.pm = pm or default_plugin_manager()
         self.registry = Registry.of(self.pm)
@@ -58,6 +59,7 @@ class Engine:
         self.world = world
         self.device_name = world.device or device or config.device  # a rank's own GPU
         self.strict = strict
+        self.allow_empty = allow_empty
 
     @functools.cached_property
     def dedupers(self) -> list[tuple[str, Any]]:
@@ -249,6 +251,8 @@ class Engine:
             info.update(ingest.collect_step(run, self.registry, store, data, items, self.strict))
         with self._step(run, "preprocess") as info:
             info.update(ingest.preprocess_step(run, self.registry, store))
+        if items is None and data and not run.items:
+            self._nothing_usable(run, store, data)
         with self._step(run, "dedupe") as info:
             info.update(ingest.dedupe_step(run, self.dedupers, store))
         for name, deduper in self.dedupers:  # what a deduper could not see (minhash turned on late)
@@ -256,6 +260,16 @@ class Engine:
                 self._warn(run, f"deduper '{name}': {message}")
         with self._step(run, "holdout") as info:
             info.update(ingest.holdout_step(run))
+
+    def _nothing_usable(self, run: Run, store: ModelStore, data: list[str]) -> None:
+        """Sources read, no item to use (every record rejected, or none at all): a broken export
+        a scheduler must see (exit 4), unlike data the model already knows (nothing new, exit 0)."""
+        # A model directory with no version is removed on failure, its rejects file with it.
+        kept = run.writes and run.rejects and store.versions()
+        problem = ingest.nothing_usable(run.rejects, data, store.root / "rejects.jsonl" if kept else None)
+        if not self.allow_empty:
+            raise SourceError(f"{problem}; --allow-empty where no data is normal")
+        self._warn(run, f"{problem} (--allow-empty)")
 
     def train_and_judge(self, run: Run, store: ModelStore, preload: Preload | None = None) -> None:
         """Tokenize, evaluate the starting model, train, validate: ``run`` holds the candidate.

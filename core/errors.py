@@ -28,7 +28,8 @@ class ConfigError(RetainError):
 
 
 class SourceError(RetainError):
-    """Input data cannot be read (missing file, unknown format, strict rejects)."""
+    """Input data cannot be read (missing file, unknown format, strict rejects), or was read
+    and gave no usable item (every record rejected, or none at all) without ``--allow-empty``."""
 
     exit_code = 4
     kind = "data"
@@ -99,7 +100,7 @@ EXIT_CODES = {
     1: "internal error (a bug: please report it with the traceback)",
     USAGE: "command-line usage error",
     ConfigError.exit_code: "invalid configuration",
-    SourceError.exit_code: "input data cannot be read",
+    SourceError.exit_code: "input data cannot be read, or holds no usable item (--allow-empty: exit 0)",
     ModelError.exit_code: "model missing or unloadable",
     PluginError.exit_code: "unknown or failing plugin",
     LockedError.exit_code: "model directory locked by another writer",

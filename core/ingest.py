@@ -12,7 +12,9 @@ keeps, so an item that cleaning changes is still recognised on the next run.
 from __future__ import annotations
 
 import random
+import re
 import sqlite3
+from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -106,6 +108,36 @@ def preprocess(items: list[Item], registry: Registry, config: Config) -> tuple[l
             (kept if isinstance(out, Item) else rejects).append(out)
         items = kept
     return items, rejects
+
+
+def nothing_usable(rejects: list[Reject], data: list[str], rejects_file: Path | None) -> str:
+    """Why sources that were read gave no item: the rejects summarized by kind and count, or
+    that they held no record at all. ``rejects_file``: where the details are, if they stay."""
+    if not rejects:
+        return f"no usable item: no records in --data {', '.join(data)}"
+    kinds = Counter(reject_kind(r.reason) for r in rejects).most_common()
+    shown = ", ".join(f'{n} "{kind}"' for kind, n in kinds[:4])
+    if len(kinds) > 4:
+        shown += f", {sum(n for _, n in kinds[4:])} of {len(kinds) - 4} other kinds"
+    first = rejects[0]
+    where = f"first: {first.file}:{first.line}" if first.line is not None else f"first: {first.file}"
+    details = f"; details: {rejects_file}" if rejects_file is not None else ""
+    records = "record" if len(rejects) == 1 else "records"
+    return f"no usable item in {len(rejects)} {records}: {shown} ({where}{details})"
+
+
+_LINE_PREFIX = re.compile(r"^line \d+: ")
+_PARENTHESIS = re.compile(r"\s*\([^)]*\)")
+_NUMBER = re.compile(r"(?<![\w-])\d[\d,]*")  # 1,024 and 7, not UTF-8's
+
+
+def reject_kind(reason: str) -> str:
+    """A reject's reason less what differs record to record (line numbers, sizes, the parser's
+    detail): "invalid JSON: Expecting value (column 1)" is "invalid JSON"."""
+    reason = _LINE_PREFIX.sub("", reason)
+    head, sep, _ = reason.partition(": ")
+    kind = head if sep and not any(c.isdigit() for c in head) else reason
+    return _NUMBER.sub("N", _PARENTHESIS.sub("", kind)).strip()
 
 
 def build_dedupers(registry: Registry, config: Config) -> list[tuple[str, Any]]:
