@@ -29,6 +29,12 @@ ROUNDS = 3           # timed steps of each precision, alternating (after one unt
 MAX_ROUNDS = 15      # ... and more while they fit in PROBE_SECONDS: cheap where steps are short,
 PROBE_SECONDS = 3.0  # where a busy machine's noise is largest against a step
 MARGIN = 1.05        # bf16 is kept only when its median step is at least this much faster
+# Below this many parameters a CPU run is fp32, unmeasured: the demo's 0.72M model's full training
+# took 62.0 s in bf16 against 50.5 s in fp32 on an AMD EPYC with avx512_bf16, while the forward and
+# backward probe measured bf16 1.1-1.3x faster (its cost is outside those passes), and issue 21
+# measured it 2.2x slower on a Xeon with AMX; at 20M and 88M bf16 trained 1.6x and 2.2x faster
+# (BENCHMARKS.md, "precision: auto, measured").
+MEASURED_FROM = 5_000_000
 # The CPU flags that decide how fast bf16 and fp32 matrix products run: part of the cache key.
 FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
 CACHE_VERSION = 1
@@ -66,6 +72,10 @@ def choose_for_run(run, time_steps: Callable | None = None, cache: Path | None =
     if not cpu_has_native_bf16():
         return Choice(asked, "fp32", "this CPU has no native bf16 (avx512_bf16, amx_bf16): emulated bf16 "
                       "is several times slower")
+    parameters = sum(p.numel() for p in run.model.parameters())
+    if parameters < MEASURED_FROM:
+        return Choice(asked, "fp32", f"{parameters / 1e6:.2f}M parameters, under {MEASURED_FROM / 1e6:g}M: small "
+                      "models trained slower in bf16 autocast on the CPUs measured (BENCHMARKS.md)")
     return measured_choice(run.model, probe_batch(run.rows, run.settings.batch_size), device,
                            time_steps=time_steps, cache=cache)
 

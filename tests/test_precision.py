@@ -180,11 +180,21 @@ def test_explicit_cuda_and_emulated_choices_are_not_measured(monkeypatch):
     assert precision.choose_for_run(run, time_steps=never).chose == "bf16"
 
 
+def test_a_small_model_on_a_cpu_with_native_bf16_is_fp32_unmeasured(monkeypatch):
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: True)
+    small = SimpleNamespace(config=SimpleNamespace(precision="auto"), device=CPU, model=torch.nn.Linear(1000, 720))
+    choice = precision.choose_for_run(small, time_steps=never)
+    assert choice.chose == "fp32" and choice.speedup is None and "0.72M parameters" in choice.why
+
+
 @pytest.mark.parametrize("fp32, bf16, chose", [(1.0, 0.4, "bf16"), (1.0, 3.0, "fp32")])
 def test_an_update_trains_in_what_was_measured_faster_and_says_why(base_model, new_texts, tmp_path, monkeypatch,
                                                                     fp32, bf16, chose):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(precision, "MEASURED_FROM", 0)  # the tiny model measured as a large one
     steps = FakeSteps(fp32, bf16)
     monkeypatch.setattr(precision, "_timed_step", lambda module, batch, device: steps)
     report = Engine(load_config(None, [*TINY, "precision=auto"])).update(
@@ -206,6 +216,7 @@ def test_the_cli_prints_the_choice_and_why(base_model, new_texts, tmp_path, monk
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(precision, "MEASURED_FROM", 0)  # the tiny model measured as a large one
     monkeypatch.setattr(precision, "_timed_step", lambda module, batch, device: FakeSteps(1.0, 0.5))
     sets = [a for o in [*TINY, "precision=auto"] for a in ("--set", o)]
     data = write_jsonl(tmp_path / "a.jsonl", new_texts[:12])
@@ -223,6 +234,7 @@ def test_validate_scores_a_version_in_the_precision_its_update_chose(base_model,
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(precision, "MEASURED_FROM", 0)  # the tiny model measured as a large one
     monkeypatch.setattr(precision, "_timed_step", lambda module, batch, device: FakeSteps(3.0, 1.0))
     engine = Engine(load_config(None, [*TINY, "precision=auto"]))
     data = [str(write_jsonl(tmp_path / "a.jsonl", new_texts[:12]))]
@@ -243,6 +255,7 @@ def test_a_search_measures_once_and_its_trials_train_in_its_choice(base_model, n
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(precision, "MEASURED_FROM", 0)  # the tiny model measured as a large one
     monkeypatch.setattr(precision, "write_cache", lambda *a: None)  # nothing cached: a trial could only measure
     steps = FakeSteps(2.0, 1.0)
     monkeypatch.setattr(precision, "_timed_step", lambda module, batch, device: steps)

@@ -274,6 +274,7 @@ def test_an_update_on_a_cpu_with_native_bf16_trains_and_scores_in_bf16(base_mode
     from retain.core import models, precision
 
     monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(precision, "MEASURED_FROM", 0)  # the tiny model measured as a large one
     # auto measures both on such a CPU (tests/test_precision.py): here bf16 measures faster
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(precision, "_timed_step", lambda module, batch, device: {"fp32": 2.0, "bf16": 1.0}.get)
