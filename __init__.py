@@ -29,13 +29,21 @@ _WHERE = {
 __all__ = list(_WHERE)
 
 
-def __getattr__(name: str):
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'retain' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+def _lazy_attributes(module: str, where: dict[str, str], namespace: dict):
+    """A module ``__getattr__`` that imports each name of ``where`` from its module when first
+    asked for (so ``retain --help`` and a plugin's registering module import no torch), then keeps
+    it in ``namespace``. The package root's and ``retain.plugin``'s."""
+    def __getattr__(name: str):
+        source = where.get(name)
+        if source is None:
+            raise AttributeError(f"module {module!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(source), name)
+        namespace[name] = value
+        return value
+    return __getattr__
+
+
+__getattr__ = _lazy_attributes("retain", _WHERE, globals())
 
 
 def __dir__() -> list[str]:

@@ -29,9 +29,9 @@ Importing it imports no torch: a plugin's registering module stays as light as
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
+from . import _lazy_attributes
 from .core.advice import fewer_epochs, lower_lr, raise_lr
 from .core.config import Config
 from .core.contracts import (Deduper, ExportsModels, ImportsModels, LanguageModel, ModelFamily, Preprocessor,
@@ -64,17 +64,11 @@ __all__ = [
     "Assessment", "VersionFiles", "VersionWriter",
     *_TORCH, "loads_adapters",
     "RetainError", "ConfigError", "SourceError", "ModelError", "StorageError", "PluginError",
-    "lower_lr", "raise_lr", "fewer_epochs", "UPDATE_LEARNING_RATE_KEYS", "plural", "percent", "on_interrupt", "release", "shielded",
+    "lower_lr", "raise_lr", "fewer_epochs", "plural", "percent", "on_interrupt", "release", "shielded",
 ]
 
 
-def __getattr__(name: str):
-    module = _TORCH.get(name)
-    if module is None:
-        raise AttributeError(f"module 'retain.plugin' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = _lazy_attributes("retain.plugin", _TORCH, globals())
 
 
 def __dir__() -> list[str]:

@@ -4,7 +4,9 @@ A CPU flag does not predict the speed: on one CPU with AVX512-BF16 and AMX, bf16
 ``retain demo`` (the 0.7M default model) 2.2x slower and an 88M model's training 1.87x faster;
 on another CPU the 0.7M model trained 1.23x faster in bf16 (issue 21, BENCHMARKS.md). So on a CPU with native bf16, an update measures a few
 training steps of both on its own model and a real batch of its rows, alternating, and keeps
-bf16 only when its median step is clearly faster. The answer is cached per machine and model
+bf16 only when its median step is clearly faster; below ``MEASURED_FROM`` parameters the
+probe proved unfaithful (a small model's whole loop lost in bf16 where its passes won), so such
+a model is fp32, unmeasured. The answer is cached per machine and model
 shape (``precision.json`` in the user's cache directory), so a model directory's daily updates
 measure once. Without native bf16 a CPU emulates it, several times slower: fp32, unmeasured.
 A CUDA device keeps its rule: bf16 where it is supported.
