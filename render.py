@@ -385,3 +385,94 @@ def print_assessment(console, assessment) -> None:
 
 def perplexity(loss: float) -> float:
     return math.exp(min(loss, 700.0))
+
+
+# --- the tables of the listing commands (plugins, strategies, history, validate) ------------------
+
+def plugins_table(rows: list[dict]) -> Table:
+    """``retain plugins``: each registered plugin, its package, hooks and what it provides."""
+    table = Table(title="retain plugins")
+    table.add_column("plugin", no_wrap=True)
+    table.add_column("package", no_wrap=True)
+    table.add_column("hooks", max_width=24)
+    table.add_column("provides", max_width=40)
+    for r in rows:
+        table.add_row(r["name"], r["package"], ", ".join(r["hooks"]), ", ".join(r["provides"]))
+    return table
+
+
+def strategies_table(rows: list[dict]) -> Table:
+    """``retain strategies``: name, description, option defaults."""
+    table = Table(title="strategies (fine_tuning.strategy, or --strategy a,b)")
+    table.add_column("name", no_wrap=True)
+    table.add_column("description", max_width=48)
+    table.add_column("options (defaults)", max_width=36)
+    for r in rows:
+        opts = ", ".join(f"{k}={v}" for k, v in r["options"].items()) or "-"
+        table.add_row(r["name"], r["description"], opts)
+    return table
+
+
+def recipe(row: dict) -> str:
+    """The strategies a version trained with; for --auto, the recipe that won its search."""
+    search = row.get("search")
+    if search:
+        return f"auto ({plural(search['trials'], 'trial')}): {search['describe']}"
+    return ",".join(row.get("strategies") or []) or "-"
+
+
+def history_table(rows: list[dict], title: str) -> Table:
+    """``retain history``: one row per version (``core/versions.history``), * on the current one."""
+    from rich import box
+
+    def loss(before, after):
+        return "-" if before is None or after is None else f"{before:.3f} → {after:.3f}"
+
+    table = Table(title=title, box=box.SIMPLE_HEAD)
+    for col in ("version", "parent", "kind"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("gate", min_width=10)
+    for col in ("lr", "learned"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("recipe", min_width=8)
+    for col in ("old items' loss", "new items' loss"):
+        table.add_column(col, min_width=7)
+    table.add_column("created (UTC)", min_width=10)
+    for r in rows:
+        if r["status"] == "unreadable":
+            table.add_row(r["version"], "", "", f"[red]unreadable[/] {r['error']}", "", "", "", "", "", "")
+            continue
+        m = r["metrics"]
+        status = {"accepted": "[green]accepted[/]", "rejected": "[red]rejected[/]"}.get(r["status"], r["status"])
+        if r["failed"]:
+            status += f": {', '.join(r['failed'])}"
+        elif r["warned"]:
+            status += f" (warn: {', '.join(r['warned'])})"
+        if r["pruned"]:
+            status += " [dim](pruned)[/]"
+        kind = {"full_training": "full", "fine_tuning": "update", "import": "import"}.get(r["kind"], r["kind"] or "")
+        imported = r["kind"] == "import"  # learned nothing, at no rate: its base data was only recorded
+        table.add_row(("*" if r["current"] else "") + r["version"], r["parent"] or "-", kind, status,
+                      f"{r['learning_rate']:g}" if r["learning_rate"] is not None else "-",
+                      "-" if imported else str(r["items_learned"]),
+                      "-" if imported else recipe(r), loss(m["retention_loss_before"], m["retention_loss_after"]),
+                      loss(m["new_loss_before"], m["new_loss_after"]),
+                      (r["created_at"] or "")[:16].replace("T", " "))
+    return table
+
+
+def print_validation(console, result: dict) -> None:
+    """``retain validate``: the version against its parent, each verdict, the next steps."""
+    m = result["metrics"]
+    console.print(f"version {result['version']} vs its parent {result['parent']}: old items "
+                  f"({m['retention_items']}) loss {m['retention_loss_before']:.4f} -> "
+                  f"{m['retention_loss_after']:.4f}; new items ({m['new_holdout_items']}) loss "
+                  f"{m['new_loss_before']:.4f} -> {m['new_loss_after']:.4f}", highlight=False)
+    if result["already_learned"]:
+        console.print(f"[yellow]warning:[/] {result['already_learned']} of the {result['items']} items "
+                      "were trained on or held out by this version's chain: not a fair held-out test")
+    for v in result["verdicts"]:
+        color = {"pass": "green", "warn": "yellow", "fail": "red"}[v["status"]]
+        console.print(f"  [{color}]{v['status']}[/] {v['validator']}: {v['reason']}", highlight=False)
+    for step in result["next_steps"]:
+        console.print(f"  [bold]next step[/]: {step['step']}", highlight=False)

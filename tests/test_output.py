@@ -161,7 +161,7 @@ def test_percent_never_rounds_across_a_threshold(fraction, thresholds, shown):
 
 
 def test_an_auto_recipe_of_one_trial_says_1_trial():
-    from retain.cli import _recipe
+    from retain.render import recipe as _recipe
 
     assert _recipe({"search": {"trials": 1, "describe": "rewarm, lr 1e-3"}}) == "auto (1 trial): rewarm, lr 1e-3"
     assert _recipe({"search": {"trials": 3, "describe": "x"}}).startswith("auto (3 trials)")

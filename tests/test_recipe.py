@@ -257,7 +257,7 @@ class _Run:
 
 @pytest.mark.parametrize("strategy", ["naive", "low_lr", "rewarm", "lora", "replay,ewc", "naive,replay"])
 def test_an_explicit_update_rate_is_the_rate_of_every_strategy(strategy, monkeypatch):
-    from retain.cli import _load
+    from retain.cli.common import _load
     from retain.core.models import configure_strategies
     from retain.core.pluginmanager import Registry
     from retain.strategies import lora_adapters
