@@ -289,6 +289,15 @@ AllowEmptyOpt = typer.Option(False, "--allow-empty", help="--data with no usable
                              "or none at all) is a warning and exit 0, not exit 4: for pipelines where "
                              "nothing today is normal.")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="Print nothing but errors (and --json).")
+TextFieldOpt = typer.Option(None, "--text-field", help="The field (or column) holding the text, for every "
+                            "source that has one: jsonl, csv, parquet, arrow, datasets, sql (default: text).")
+
+
+def _text_field(name: Optional[str]) -> List[str]:
+    """--text-field as the --set overrides of every built-in source's text field (JSON: always a string)."""
+    from retain.plugins.sources import TEXT_FIELD_OPTIONS
+
+    return [] if name is None else [f"options.{key}={json.dumps(name)}" for key in TEXT_FIELD_OPTIONS]
 NprocOpt = typer.Option(None, "--nproc", min=1, help="Train in N processes (PyTorch DistributedDataParallel "
                         "under torchrun: gloo on CPU, nccl on CUDA), each on its share of every batch; rank 0 "
                         "alone writes. Same as `torchrun --nproc-per-node N -m retain ...`. See docs/scale-out.md.")
@@ -328,7 +337,7 @@ def train(
     quiet: bool = QuietOpt,
     force: bool = typer.Option(False, "--force", help="Train into a directory that holds other files "
                                "(refused otherwise: it is probably not where the model should go)."),
-    nproc: Optional[int] = NprocOpt, allow_empty: bool = AllowEmptyOpt,
+    nproc: Optional[int] = NprocOpt, allow_empty: bool = AllowEmptyOpt, text_field: Optional[str] = TextFieldOpt,
 ):
     """Full training from scratch on all data (the full_training block).
 
@@ -336,7 +345,7 @@ def train(
     the old versions stay, `retain rollback` returns to them)."""
     from retain.core.engine import Engine
 
-    cfg = _load(config, set_, "full_training", lr, epochs, batch_size, strategy)
+    cfg = _load(config, [*set_, *_text_field(text_field)], "full_training", lr, epochs, batch_size, strategy)
     _under_torchrun(ctx, nproc, device, cfg.device, model)
     engine = Engine(cfg, listeners=_listeners(json_out, quiet), device=_device(device), strict=strict,
                     world=_world(device, cfg.device), allow_empty=allow_empty)
@@ -371,7 +380,7 @@ def update(
     ray: Optional[str] = typer.Option(None, "--ray", help="With --auto: run each trial as a Ray task, on the "
                                       "cluster at ADDRESS (ray://host:10001, or auto), or on a local Ray started "
                                       "here without one. Needs retain\\[ray].", metavar="[ADDRESS]"),
-    allow_empty: bool = AllowEmptyOpt,
+    allow_empty: bool = AllowEmptyOpt, text_field: Optional[str] = TextFieldOpt,
 ):
     """One fine-tuning cycle on new data only: load, collect, dedupe, preprocess, tokenize,
     fine-tune, validate, save.
@@ -397,7 +406,7 @@ def update(
         what = "--dry-run trains nothing" if dry_run else "--check runs in one process" if check else \
             "--auto runs its trials in processes of their own (tune.jobs, --ray)"
         raise typer.BadParameter(f"{what}: drop --nproc (or torchrun)", param_hint="--nproc")
-    cfg = _load(config, set_, "fine_tuning", lr, epochs, batch_size, strategy)
+    cfg = _load(config, [*set_, *_text_field(text_field)], "fine_tuning", lr, epochs, batch_size, strategy)
     _under_torchrun(ctx, nproc, device, cfg.device, model)
     listeners = _listeners(json_out, quiet)
     engine = Engine(cfg, listeners=listeners, device=_device(device), strict=strict,
@@ -448,7 +457,7 @@ def import_(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="full_training.batch_size of the pass "
                                              "over --data"),
     json_out: bool = json_option("the import's report (source, counts, metrics, version)"), device: Optional[str] = DeviceOpt, strict: bool = StrictOpt,
-    quiet: bool = QuietOpt, allow_empty: bool = AllowEmptyOpt,
+    quiet: bool = QuietOpt, allow_empty: bool = AllowEmptyOpt, text_field: Optional[str] = TextFieldOpt,
 ):
     """Bring an existing model in as the first version of a model directory.
 
@@ -459,7 +468,7 @@ def import_(
 
     extra = [f"model.{key}={value}" for key, value in (("family", family), ("factory", factory),
                                                       ("tokenizer", tokenizer)) if value is not None]
-    cfg = _load(config, [*set_, *extra], "full_training", None, None, batch_size, strategy)
+    cfg = _load(config, [*set_, *extra, *_text_field(text_field)], "full_training", None, None, batch_size, strategy)
     engine = Engine(cfg, listeners=_listeners(json_out, quiet), device=_device(device), strict=strict,
                     allow_empty=allow_empty)
     _emit(engine.import_model(source, model, data), json_out)
@@ -513,8 +522,10 @@ def demo(
 
 @app.command()
 @handle_errors
-def plugins(json_out: bool = json_option("the list of plugins (name, package, hooks, provides)", "array")):
-    """List every registered plugin, its package and the hooks it implements."""
+def plugins(json_out: bool = json_option("the list of plugins (name, package, hooks, provides, and for "
+                                         "sources whether each streams)", "array")):
+    """List every registered plugin, its package and the hooks it implements; a source that does not
+    stream (it holds a whole location in memory) is marked so."""
     from retain.core.pluginmanager import default_plugin_manager, describe_plugins
 
     rows = describe_plugins(default_plugin_manager())
@@ -529,7 +540,9 @@ def plugins(json_out: bool = json_option("the list of plugins (name, package, ho
     table.add_column("hooks", max_width=24)
     table.add_column("provides", max_width=40)
     for r in rows:
-        table.add_row(r["name"], r["package"], ", ".join(r["hooks"]), ", ".join(r["provides"]))
+        batch = [f"source:{name}" for name, streams in r.get("streams", {}).items() if not streams]
+        provides = [f"{p} (does not stream)" if p in batch else p for p in r["provides"]]
+        table.add_row(r["name"], r["package"], ", ".join(r["hooks"]), ", ".join(provides))
     _console(False).print(table)
 
 

@@ -91,8 +91,8 @@ class SqlSource:
         given = {key: url.query.get(key) for key in URL_OPTIONS}
         given = {key: value[-1] if isinstance(value, tuple) else value for key, value in given.items()}
         url = url.difference_update_query(URL_OPTIONS)
-        url = url.set(drivername=_DRIVERS.get(url.drivername, url.drivername))
         where = url.render_as_string(hide_password=True)
+        url = url.set(drivername=_DRIVERS.get(url.drivername, url.drivername))
         query = given["query"] or self.options.query
         table = given["table"] or self.options.table
         column = given["column"] or self.options.column

@@ -15,6 +15,7 @@ keeps what came before and rejects the rest. pyarrow and datasets are optional
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Iterable, Iterator
@@ -201,14 +202,17 @@ class DatasetsOptions(TableOptions):
 
 
 def _datasets():
-    """datasets, offline: retain never downloads (set before the import, which reads them, and after)."""
+    """datasets, offline: retain never downloads. The variables are read when the modules are
+    imported: set before, and in the modules if an earlier import read them already."""
     os.environ["HF_DATASETS_OFFLINE"] = os.environ["HF_HUB_OFFLINE"] = "1"
     try:
         import datasets
-        import huggingface_hub.constants
     except ImportError:
         raise SourceError("reading a Hugging Face dataset needs datasets: pip install 'retain[datasets]'") from None
-    datasets.config.HF_HUB_OFFLINE = huggingface_hub.constants.HF_HUB_OFFLINE = True
+    datasets.config.HF_HUB_OFFLINE = True
+    hub = sys.modules.get("huggingface_hub.constants")
+    if hub is not None:
+        hub.HF_HUB_OFFLINE = True
     return datasets
 
 
