@@ -76,11 +76,60 @@ def _open(path: Path):
                 yield stream
         elif magic == _ZSTD:
             zstandard = _zstandard(path)
-            with io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(
+            # zstandard ends a cut-short frame quietly; its headers say so (gzip raises EOFError itself).
+            reader = io.BufferedReader if _zstd_frames_end(raw) else _CutShort
+            with reader(zstandard.ZstdDecompressor().stream_reader(
                     raw, read_across_frames=True, closefd=False)) as stream:
                 yield stream
         else:
             yield raw
+
+
+def _zstd_frames_end(raw) -> bool:
+    """Whether every zstd frame of ``raw`` is whole: its frame and block headers are walked to
+    the end of the file (a seek per block, nothing decompressed); ``raw`` is left at 0."""
+    size, pos = raw.seek(0, io.SEEK_END), 0
+    try:
+        while pos < size:
+            raw.seek(pos)
+            head = raw.read(14)
+            magic = int.from_bytes(head[:4], "little")
+            if 0x184D2A50 <= magic <= 0x184D2A5F:  # a skippable frame: its length follows
+                pos += 8 + int.from_bytes(head[4:8], "little")
+                continue
+            if magic != 0xFD2FB528 or len(head) < 5:
+                return False
+            descriptor = head[4]
+            single = descriptor >> 5 & 1
+            pos += 5 + (not single) + (0, 1, 2, 4)[descriptor & 3] + (single, 2, 4, 8)[descriptor >> 6]
+            last = False
+            while not last:
+                raw.seek(pos)
+                block = int.from_bytes(raw.read(3), "little")
+                last, kind = block & 1, block >> 1 & 3
+                pos += 3 + (1 if kind == 1 else block >> 3)  # an RLE block stores one byte
+                if pos > size:
+                    return False
+            pos += 4 * (descriptor >> 2 & 1)  # the content checksum
+        return pos == size
+    finally:
+        raw.seek(0)
+
+
+class _CutShort(io.BufferedReader):
+    """A stream whose data ends before its end marker: reading past what it holds is EOFError."""
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = super().read(size)
+        if not data and size != 0:
+            raise EOFError("compressed data ended before its end marker")
+        return data
+
+    def readline(self, size: int | None = -1) -> bytes:
+        line = super().readline(size)
+        if not line and size != 0:
+            raise EOFError("compressed data ended before its end marker")
+        return line
 
 
 def _zstandard(path: Path):

@@ -121,6 +121,8 @@ class ParquetSource:
     def read(self, location: str) -> Iterator[Item | Reject]:
         pa = _pyarrow("Parquet")
         for path in _files(location):
+            if path.name.startswith("_") and path != Path(location):  # _SUCCESS, _metadata beside Spark's parts
+                continue
             yield from self._read_file(pa, path)
 
     def _read_file(self, pa, path: Path) -> Iterator[Item | Reject]:
@@ -241,12 +243,20 @@ class DatasetsSource:
             raise SourceError(f"datasets: cannot read {location}: {type(exc).__name__}: {exc}") from None
         for name, dataset in splits:
             where = f"{path}[{name}]" if name else str(path)
-            columns = dataset.column_names or []
-            if self.options.field not in columns:
+            columns = dataset.column_names  # None: a stream whose columns are known once read
+            if columns is not None and self.options.field not in columns:
                 yield self.records.missing(where, columns)
                 continue
-            batches = dataset.select_columns([self.options.field]).iter(batch_size=self.options.batch_size)
-            yield from self.records.of(where, (batch[self.options.field] for batch in batches))
+            if columns is not None:
+                dataset = dataset.select_columns([self.options.field])
+            batches = dataset.iter(batch_size=self.options.batch_size)
+            yield from self.records.of(where, (self._values(batch) for batch in batches))
+
+    def _values(self, batch: dict[str, list]) -> list[Any]:
+        """The field's values of a batch (nulls where a record of a schemaless stream lacks it)."""
+        if self.options.field in batch:
+            return batch[self.options.field]
+        return [None] * len(next(iter(batch.values()), []))
 
     def _saved(self, datasets, path: Path) -> list[tuple[str, Any]]:
         """save_to_disk's folder, memory-mapped (keep_in_memory stays False)."""

@@ -204,10 +204,11 @@ def test_compressed_text_and_csv_and_a_name_that_does_not_say_so(registry, tmp_p
     assert [i.text for i in items] == ["a whole file of text"]
 
 
-def test_a_compressed_file_cut_short_keeps_its_lines_and_rejects_the_rest(registry, tmp_path):
+@pytest.mark.parametrize("suffix", [".jsonl.gz", ".jsonl.zst"])
+def test_a_compressed_file_cut_short_keeps_its_lines_and_rejects_the_rest(registry, tmp_path, suffix):
     data = b"".join(b'{"text": "item %d"}\n' % i for i in range(20000))
-    packed = gzip.compress(data)
-    path = tmp_path / "cut.jsonl.gz"
+    packed = gzip.compress(data) if suffix.endswith(".gz") else _zstd(data)
+    path = tmp_path / f"cut{suffix}"
     path.write_bytes(packed[: len(packed) // 2])
     items, rejects = _read(registry, str(path))
     assert 1000 < len(items) < 20000 and items[0].text == "item 0"
