@@ -42,10 +42,15 @@ def source_for(spec: str, registry: Registry) -> tuple[str, str]:
         return by_suffix, spec
     if not path.exists():
         raise SourceError(f"data source not found: {spec}")
-    known = ", ".join(f"{r.name} ({' '.join(r.extra.get('suffixes', ())) or 'NAME:...'})"
+    known = ", ".join(f"{r.name} ({' '.join(_base_suffixes(r.extra.get('suffixes', ()))) or 'NAME:...'})"
                       for r in sources.values())
     raise SourceError(f"cannot tell the format of {spec}; prefix it with a source name "
                       f"(e.g. jsonl:{spec}). Sources: {known}")
+
+
+def _base_suffixes(suffixes) -> list[str]:
+    """The suffixes to show: ``.jsonl``, not also its compressed forms ``.jsonl.gz``, ``.jsonl.zst``."""
+    return [s for s in suffixes if not any(s != t and s.startswith(t) for t in suffixes)]
 
 
 def _suffix_source(name: str, sources: dict) -> str | None:
