@@ -24,7 +24,7 @@ from pydantic import Field
 
 from retain.core.errors import SourceError
 from retain.core.items import Item, Reject
-from retain.plugins.sources import MAX_RECORD_BYTES, _files, _too_big
+from retain.plugins.sources import _SURROGATE, MAX_RECORD_BYTES, _files, _printable, _too_big
 
 _EXCERPT = 200
 BATCH_SIZE = 1024
@@ -55,8 +55,8 @@ class _Records:
 
     def missing(self, where: str, columns: Iterable[str]) -> Reject:
         shown = ", ".join(list(columns)[:20]) or "none"
-        return Reject(f"no {self.what} '{self.field}' (columns: {shown}); set options.{self.source}.{self.what} "
-                      "or --text-field", self.source, where, None, "")
+        return Reject(f"no {self.what} '{self.field}' (columns: {shown}); set "
+                      f"options.{self.source}.{self.what} or --text-field", self.source, where, None, "")
 
     def of(self, where: str, batches: Iterable[list[Any]]) -> Iterator[Item | Reject]:
         """``batches`` of values; a batch that cannot be read ends the file with one reject."""
@@ -81,11 +81,17 @@ class _Records:
         if isinstance(value, str):
             if not value.strip():
                 return Reject(f"{self.what} '{self.field}' is empty", self.source, where, row, "")
+            if _SURROGATE.search(value):
+                return Reject(f"{self.what} '{self.field}' holds an unpaired surrogate (not valid Unicode)",
+                              self.source, where, row, _printable(value))
             if len(value) * 4 > self.limit and len(value.encode("utf-8", "surrogatepass")) > self.limit:
                 size = len(value.encode("utf-8", "surrogatepass"))
                 return Reject(_too_big("text", size, self.limit, self.source), self.source, where, row,
                               value[:_EXCERPT])
             return Item(value, self.source, where, row)
+        if isinstance(value, _Undecodable):
+            return Reject(f"{self.what} '{self.field}' is invalid UTF-8 at byte {value.at}", self.source, where,
+                          row, value[:_EXCERPT].decode("utf-8", "replace"))
         got = "null" if value is None else type(value).__name__
         return Reject(f"{self.what} '{self.field}' is {got}, expected a string", self.source, where, row,
                       repr(value)[:_EXCERPT])
@@ -100,13 +106,21 @@ def _strings(pa, column) -> list[Any]:
         return [_decoded(b) for b in raw]
 
 
+class _Undecodable(bytes):
+    """A string column's value that is not UTF-8 (a reject saying where)."""
+
+    at = 0
+
+
 def _decoded(value: bytes | None) -> Any:
     if value is None:
         return None
     try:
         return value.decode("utf-8")
-    except UnicodeDecodeError:
-        return value
+    except UnicodeDecodeError as exc:
+        bad = _Undecodable(value)
+        bad.at = exc.start
+        return bad
 
 
 class ParquetSource:

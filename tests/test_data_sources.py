@@ -94,6 +94,18 @@ def test_not_a_parquet_file_is_a_reject_and_pyarrow_missing_names_the_extra(regi
         _read(registry, str(bad))
 
 
+def test_invalid_utf8_in_a_string_column_rejects_that_record_only(registry, tmp_path):
+    pa = pytest.importorskip("pyarrow", reason=PARQUET)
+    import pyarrow.parquet as pq
+
+    # A string column is not checked for UTF-8 when written: a broken exporter can store Latin-1.
+    column = pa.array([b"good text", b"caf\xe9 latin-1", b"fine again"], type=pa.binary()).view(pa.string())
+    pq.write_table(pa.table({"text": column}), tmp_path / "d.parquet")
+    items, rejects = _read(registry, str(tmp_path / "d.parquet"))
+    assert _got(items, rejects) == ([("good text", 1), ("fine again", 3)],
+                                    [(2, "field 'text' is invalid UTF-8 at byte 3")])
+
+
 @pytest.mark.parametrize("kind", ["feather", "stream"])
 def test_arrow_files_and_streams_are_read_with_rejects(registry, tmp_path, kind):
     pa = pytest.importorskip("pyarrow", reason=PARQUET)
