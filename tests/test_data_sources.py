@@ -282,6 +282,10 @@ def postgres():
         pytest.skip("PostgreSQL is not installed (Debian: apt-get install postgresql; .ci/run installs it)")
     as_user: list[str] = []
     if os.geteuid() == 0:  # the server refuses to run as root
+        try:
+            pwd.getpwnam("nobody")
+        except KeyError:
+            pytest.skip("running as root without a 'nobody' user to start PostgreSQL as")
         if shutil.which("runuser") is None:
             pytest.skip("running as root without runuser: cannot start PostgreSQL as another user")
         as_user = ["runuser", "-u", "nobody", "--"]
