@@ -397,7 +397,9 @@ def plugins_table(rows: list[dict]) -> Table:
     table.add_column("hooks", max_width=24)
     table.add_column("provides", max_width=40)
     for r in rows:
-        table.add_row(r["name"], r["package"], ", ".join(r["hooks"]), ", ".join(r["provides"]))
+        batch = [f"source:{name}" for name, streams in r.get("streams", {}).items() if not streams]
+        provides = [f"{p} (does not stream)" if p in batch else p for p in r["provides"]]
+        table.add_row(r["name"], r["package"], ", ".join(r["hooks"]), ", ".join(provides))
     return table
 
 

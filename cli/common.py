@@ -287,6 +287,17 @@ AllowEmptyOpt = typer.Option(False, "--allow-empty", help="--data with no usable
                              "or none at all) is a warning and exit 0, not exit 4: for pipelines where "
                              "nothing today is normal.")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="Print nothing but errors (and --json).")
+TextFieldOpt = typer.Option(None, "--text-field", help="The field (or column) holding the text, for every "
+                            "source that has one: jsonl, csv, parquet, arrow, datasets, sql (default: text).")
+
+
+def _text_field(name: Optional[str]) -> List[str]:
+    """--text-field as the --set overrides of every built-in source's text field (JSON: always a string)."""
+    from retain.plugins.sources import TEXT_FIELD_OPTIONS
+
+    return [] if name is None else [f"options.{key}={json.dumps(name)}" for key in TEXT_FIELD_OPTIONS]
+
+
 NprocOpt = typer.Option(None, "--nproc", min=1, help="Train in N processes (PyTorch DistributedDataParallel "
                         "under torchrun: gloo on CPU, nccl on CUDA), each on its share of every batch; rank 0 "
                         "alone writes. Same as `torchrun --nproc-per-node N -m retain ...`. See docs/scale-out.md.")

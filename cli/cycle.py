@@ -8,7 +8,9 @@ from typing import List, Optional
 
 import typer
 
-from .common import app, handle_errors, _load, _console, _listeners, _emit, _emit_json, _under_torchrun, _world, _device, ConfigOpt, DataOpt, ModelOpt, json_option, JsonOpt, DeviceOpt, StrictOpt, AllowEmptyOpt, QuietOpt, NprocOpt
+from .common import (app, handle_errors, _load, _text_field, _console, _listeners, _emit, _emit_json,
+                     _under_torchrun, _world, _device, ConfigOpt, DataOpt, ModelOpt, json_option, JsonOpt,
+                     DeviceOpt, StrictOpt, TextFieldOpt, AllowEmptyOpt, QuietOpt, NprocOpt)
 
 
 @app.command()
@@ -26,7 +28,7 @@ def train(
     quiet: bool = QuietOpt,
     force: bool = typer.Option(False, "--force", help="Train into a directory that holds other files "
                                "(refused otherwise: it is probably not where the model should go)."),
-    nproc: Optional[int] = NprocOpt, allow_empty: bool = AllowEmptyOpt,
+    nproc: Optional[int] = NprocOpt, allow_empty: bool = AllowEmptyOpt, text_field: Optional[str] = TextFieldOpt,
 ):
     """Full training from scratch on all data (the full_training block).
 
@@ -34,7 +36,7 @@ def train(
     the old versions stay, `retain rollback` returns to them)."""
     from retain.core.engine import Engine
 
-    cfg = _load(config, set_, "full_training", lr, epochs, batch_size, strategy)
+    cfg = _load(config, [*set_, *_text_field(text_field)], "full_training", lr, epochs, batch_size, strategy)
     _under_torchrun(ctx, nproc, device, cfg.device, model)
     engine = Engine(cfg, listeners=_listeners(json_out, quiet), device=_device(device), strict=strict,
                     world=_world(device, cfg.device), allow_empty=allow_empty)
@@ -69,7 +71,7 @@ def update(
     ray: Optional[str] = typer.Option(None, "--ray", help="With --auto: run each trial as a Ray task, on the "
                                       "cluster at ADDRESS (ray://host:10001, or auto), or on a local Ray started "
                                       "here without one. Needs retain\\[ray].", metavar="[ADDRESS]"),
-    allow_empty: bool = AllowEmptyOpt,
+    allow_empty: bool = AllowEmptyOpt, text_field: Optional[str] = TextFieldOpt,
 ):
     """One fine-tuning cycle on new data only: load, collect, dedupe, preprocess, tokenize,
     fine-tune, validate, save.
@@ -95,7 +97,7 @@ def update(
         what = "--dry-run trains nothing" if dry_run else "--check runs in one process" if check else \
             "--auto runs its trials in processes of their own (tune.jobs, --ray)"
         raise typer.BadParameter(f"{what}: drop --nproc (or torchrun)", param_hint="--nproc")
-    cfg = _load(config, set_, "fine_tuning", lr, epochs, batch_size, strategy)
+    cfg = _load(config, [*set_, *_text_field(text_field)], "fine_tuning", lr, epochs, batch_size, strategy)
     _under_torchrun(ctx, nproc, device, cfg.device, model)
     listeners = _listeners(json_out, quiet)
     engine = Engine(cfg, listeners=listeners, device=_device(device), strict=strict,
@@ -146,7 +148,7 @@ def import_(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="full_training.batch_size of the pass "
                                              "over --data"),
     json_out: bool = json_option("the import's report (source, counts, metrics, version)"), device: Optional[str] = DeviceOpt, strict: bool = StrictOpt,
-    quiet: bool = QuietOpt, allow_empty: bool = AllowEmptyOpt,
+    quiet: bool = QuietOpt, allow_empty: bool = AllowEmptyOpt, text_field: Optional[str] = TextFieldOpt,
 ):
     """Bring an existing model in as the first version of a model directory.
 
@@ -157,7 +159,7 @@ def import_(
 
     extra = [f"model.{key}={value}" for key, value in (("family", family), ("factory", factory),
                                                       ("tokenizer", tokenizer)) if value is not None]
-    cfg = _load(config, [*set_, *extra], "full_training", None, None, batch_size, strategy)
+    cfg = _load(config, [*set_, *extra, *_text_field(text_field)], "full_training", None, None, batch_size, strategy)
     engine = Engine(cfg, listeners=_listeners(json_out, quiet), device=_device(device), strict=strict,
                     allow_empty=allow_empty)
     _emit(engine.import_model(source, model, data), json_out)

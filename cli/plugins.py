@@ -12,8 +12,10 @@ from .common import app, handle_errors, _console, _emit_json, ConfigOpt, json_op
 
 @app.command()
 @handle_errors
-def plugins(json_out: bool = json_option("the list of plugins (name, package, hooks, provides)", "array")):
-    """List every registered plugin, its package and the hooks it implements."""
+def plugins(json_out: bool = json_option("the list of plugins (name, package, hooks, provides, and for "
+                                         "sources whether each streams)", "array")):
+    """List every registered plugin, its package and the hooks it implements; a source that does not
+    stream (it holds a whole location in memory) is marked so."""
     from retain.core.pluginmanager import default_plugin_manager, describe_plugins
 
     rows = describe_plugins(default_plugin_manager())

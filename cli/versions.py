@@ -9,7 +9,8 @@ from typing import List, Optional
 
 import typer
 
-from .common import app, handle_errors, _load, _console, _emit, _emit_json, _warning_line, _device, ConfigOpt, ModelOpt, json_option, DeviceOpt
+from .common import (app, handle_errors, _load, _console, _emit, _emit_json, _warning_line, _device,
+                     ConfigOpt, ModelOpt, json_option, DeviceOpt)
 
 
 @app.command()

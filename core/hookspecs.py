@@ -30,7 +30,7 @@ several things::
   (a dataclass whose fields are the plugin's settings, filled from
   ``config.options[name]`` and type-checked), or ``factory(None)`` if it has none.
 - ``description``: one line for ``retain plugins`` / ``retain strategies``.
-- ``extra``: only the keywords a kind defines (sources: ``suffixes``); any
+- ``extra``: only the keywords a kind defines (sources: ``suffixes``, ``folder_markers``); any
   other keyword is an error naming the plugin, never silently ignored.
 
 The objects factories return are described by the protocols ``Source``,
@@ -95,9 +95,12 @@ def register_sources(register):
     ``read(location)`` yields an ``Item`` for each usable record and a ``Reject``
     (with a reason and the file/line) for each unusable one; never drop a record
     silently. ``suffixes`` lets ``--data notes.db`` (and the files of a ``--data``
-    folder) pick your source by file extension; ``--data NAME:LOCATION``
-    always picks it by name. Raise ``SourceError`` when the location
-    itself cannot be read.
+    folder) pick your source by file extension (the longest registered suffix wins);
+    ``folder_markers`` lets a folder holding one of those files be read whole by
+    your source; ``--data NAME:LOCATION`` always picks it by name. Raise
+    ``SourceError`` when the location itself cannot be read. Stream: yield records
+    as they are read, a bounded batch at a time; a source that cannot says so with
+    a class attribute ``streams = False`` (``retain plugins`` shows it).
     """
 
 

@@ -35,28 +35,57 @@ def source_for(spec: str, registry: Registry) -> tuple[str, str]:
             raise SourceError(f"unknown source '{name}' in --data {spec} (known: "
                               f"{', '.join(sorted(sources))}); `retain plugins` lists what is installed")
     path = Path(spec)
-    if path.is_dir():
-        return "", spec  # a folder: each file picks its own source (see ``collect``)
-    suffix = path.suffix.lower()
-    for reg in sources.values():
-        if suffix and suffix in reg.extra.get("suffixes", ()):
-            return reg.name, spec
+    if path.is_dir():  # a folder a source reads whole, or one whose files each pick their own
+        return _marked_by(path, sources) or "", spec
+    by_suffix = _suffix_source(path.name, sources)
+    if by_suffix:
+        return by_suffix, spec
     if not path.exists():
         raise SourceError(f"data source not found: {spec}")
-    known = ", ".join(f"{r.name} ({' '.join(r.extra.get('suffixes', ())) or 'NAME:...'})"
+    known = ", ".join(f"{r.name} ({' '.join(_base_suffixes(r.extra.get('suffixes', ()))) or 'NAME:...'})"
                       for r in sources.values())
     raise SourceError(f"cannot tell the format of {spec}; prefix it with a source name "
                       f"(e.g. jsonl:{spec}). Sources: {known}")
 
 
+def _base_suffixes(suffixes) -> list[str]:
+    """The suffixes to show: ``.jsonl``, not also its compressed forms ``.jsonl.gz``, ``.jsonl.zst``."""
+    return [s for s in suffixes if not any(s != t and s.startswith(t) for t in suffixes)]
+
+
+def _suffix_source(name: str, sources: dict) -> str | None:
+    """The source whose longest registered suffix ends ``name``: ``a.jsonl.gz`` is jsonl's."""
+    name = name.lower()
+    found = [(len(s), reg.name) for reg in sources.values() for s in reg.extra.get("suffixes", ())
+             if s and name.endswith(s.lower())]
+    return max(found)[1] if found else None
+
+
+def _marked_by(folder: Path, sources: dict) -> str | None:
+    """The source that reads ``folder`` whole: one of its ``folder_markers`` files is there
+    (a Hugging Face ``save_to_disk`` folder: ``dataset_info.json`` or ``dataset_dict.json``)."""
+    for reg in sources.values():
+        if any((folder / marker).is_file() for marker in reg.extra.get("folder_markers", ())):
+            return reg.name
+    return None
+
+
 def folder_files(folder: str, registry: Registry) -> list[tuple[str, str]]:
-    """(source, file) for every file of a folder: by suffix, plain text for the rest.
-    A folder of ``.jsonl`` files is read as JSON Lines, not as text."""
-    by_suffix = {s: reg.name for reg in registry.by_kind["sources"].values()
-                 for s in reg.extra.get("suffixes", ())}
-    files = sorted(p for p in Path(folder).rglob("*")
-                   if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
-    return [(by_suffix.get(p.suffix.lower(), "text"), str(p)) for p in files]
+    """(source, file) for every file of a folder: by suffix, plain text for the rest; a
+    subfolder a source reads whole (``_marked_by``) is one entry. A folder of ``.jsonl``
+    files is read as JSON Lines, not as text."""
+    sources = registry.by_kind["sources"]
+    found, marked = [], []
+    for path in sorted(Path(folder).rglob("*")):
+        if any(part.startswith(".") for part in path.relative_to(folder).parts) or \
+                any(m in path.parents for m, _ in marked):
+            continue
+        if path.is_dir() and (name := _marked_by(path, sources)):
+            marked.append((path, name))
+            found.append((name, str(path)))
+        elif path.is_file():
+            found.append((_suffix_source(path.name, sources) or "text", str(path)))
+    return found
 
 
 def collect(specs: list[str], registry: Registry, config: Config) -> tuple[list[Item], list[Reject]]:

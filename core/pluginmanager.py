@@ -26,7 +26,7 @@ _SINGULAR = {"sources": "source", "preprocessors": "preprocessor", "dedupers": "
              "strategies": "strategy", "validators": "validator", "models": "model family",
              "scenarios": "scenario"}
 # The keywords beyond name/factory/options/description each kind understands.
-EXTRA_KEYWORDS = {"sources": {"suffixes"}}
+EXTRA_KEYWORDS = {"sources": {"suffixes", "folder_markers"}}
 # What the object each kind's factory returns must provide.
 CONTRACTS: dict[str, type] = {
     "sources": contracts.Source, "preprocessors": contracts.Preprocessor, "dedupers": contracts.Deduper,
@@ -205,6 +205,13 @@ def make_plugin_manager(load_entrypoints: bool = True, extra_plugins: list | Non
     return pm
 
 
+def source_streams(reg: Registration) -> bool:
+    """Whether a source streams (reads in bounded pieces, as the contract asks): its ``streams``
+    attribute, True unless it says otherwise (``streams = False``: it holds a whole location)."""
+    made = contracts.produced_class(reg.factory)
+    return bool(getattr(made if made is not None else reg.factory, "streams", True))
+
+
 def describe_plugins(pm: pluggy.PluginManager) -> list[dict]:
     """Name, package, hooks and registrations of every plugin (for ``retain plugins``)."""
     dists = {id(p): d for p, d in pm.list_plugin_distinfo()}
@@ -217,5 +224,7 @@ def describe_plugins(pm: pluggy.PluginManager) -> list[dict]:
         hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
         provides = [f"{_SINGULAR[r.kind]}:{r.name}" for kind in KINDS
                     for r in registry.by_kind[kind].values() if r.plugin == name]
-        out.append({"name": name, "package": package, "hooks": hooks, "provides": provides})
+        streams = {r.name: source_streams(r) for r in registry.by_kind["sources"].values() if r.plugin == name}
+        out.append({"name": name, "package": package, "hooks": hooks, "provides": provides,
+                    **({"streams": streams} if streams else {})})
     return sorted(out, key=lambda d: (d["package"], d["name"]))

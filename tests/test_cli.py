@@ -215,7 +215,7 @@ def test_history_of_a_missing_model_exits_5(tmp_path):
 def test_unknown_source_names_the_known_ones(base_model):
     r = runner.invoke(app, ["update", "--data", "xml:file", "--model", str(base_model), "--json"])
     assert r.exit_code == SourceError.exit_code, r.output
-    assert "unknown source 'xml'" in r.stderr and "known: csv, jsonl, text" in r.stderr
+    assert "unknown source 'xml'" in r.stderr and "known: arrow, csv, datasets, jsonl, parquet, sql, text" in r.stderr
     error_line = r.stderr.strip().splitlines()[-1]
     assert _json_error(r) == {"code": 4, "kind": "data", "message": error_line[len("error: "):]}
 

@@ -59,7 +59,7 @@ def test_register_refuses_an_unknown_keyword():
             register("notes", object, suffix=(".notes",))
 
     with pytest.raises(PluginError, match=r"plugin '.*' registered source 'notes' with unknown keyword\(s\) "
-                                          r"suffix \(a source takes: description, options, suffixes\)"):
+                                          r"suffix \(a source takes: description, folder_markers, options, suffixes\)"):
         Registry(make_plugin_manager(extra_plugins=[Typo()]))
 
 
