@@ -720,7 +720,11 @@ def _pending_items(data: List[str], store, cfg) -> tuple[int, Optional[dict]]:
 @handle_errors
 def history(model: Path = ModelOpt,
             json_out: bool = json_option("the list of versions (parent, kind, status, items learned, "
-                                         "losses, verdicts, dates)", "array")):
+                                         "losses, verdicts, dates)", "array"),
+            plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw the versions into this file, "
+                                                ".png or .svg (by the extension): old- and new-domain held-out "
+                                                "loss, drift since the last full training, new items; rejections, "
+                                                "full trainings, rollbacks and the thresholds marked.")):
     """Every version: parent, date, kind, items learned, losses, accepted or rejected.
 
     * marks the current version."""
@@ -728,6 +732,10 @@ def history(model: Path = ModelOpt,
     from retain.core.store import ModelStore
 
     rows = version_history(ModelStore(model, read_only=True))
+    if plot is not None:  # retain/report/plots.py; an unknown extension is a usage error (exit 2)
+        from retain.report.plots import write_history_plot
+
+        write_history_plot(ModelStore(model, read_only=True), plot)
     if json_out:
         _emit_json(rows)
         return
