@@ -372,6 +372,8 @@ def update(
                                       "cluster at ADDRESS (ray://host:10001, or auto), or on a local Ray started "
                                       "here without one. Needs retain\\[ray].", metavar="[ADDRESS]"),
     allow_empty: bool = AllowEmptyOpt,
+    html_report: bool = typer.Option(False, "--report", help="Also write the update's page (retain report) "
+                                     "into the new version's folder: versions/V/report.html."),
 ):
     """One fine-tuning cycle on new data only: load, collect, dedupe, preprocess, tokenize,
     fine-tune, validate, save.
@@ -400,6 +402,10 @@ def update(
     cfg = _load(config, set_, "fine_tuning", lr, epochs, batch_size, strategy)
     _under_torchrun(ctx, nproc, device, cfg.device, model)
     listeners = _listeners(json_out, quiet)
+    if html_report:  # retain/report/page.py: written once the version is saved
+        from retain.report.page import PageWriter
+
+        listeners.append(PageWriter(listeners[0].say if listeners else None))
     engine = Engine(cfg, listeners=listeners, device=_device(device), strict=strict,
                     world=_world(device, cfg.device), allow_empty=allow_empty)
     # The retrain advice ends the update; under --quiet nobody reads it (unless --json).
@@ -786,6 +792,25 @@ def _recipe(row: dict) -> str:
     if search:
         return f"auto ({plural(search['trials'], 'trial')}): {search['describe']}"
     return ",".join(row.get("strategies") or []) or "-"
+
+
+@app.command()
+@handle_errors
+def report(
+    model: Path = ModelOpt,
+    version: Optional[str] = typer.Option(None, "--version", help="Version to report (default: current)."),
+    out: Path = typer.Option(..., "--out", "-o", help="The HTML file to write."),
+):
+    """One self-contained HTML page about a version's update (no network needed to view it).
+
+    The eight steps with their counts, the skipped duplicates and what they matched, the rejected
+    records with their reasons, each validator's verdict and numbers, losses before and after,
+    the gate's generation samples before and after, the loss per epoch, the retrain advice.
+    Reads only."""
+    from retain.core.store import ModelStore
+    from retain.report.page import write_page
+
+    typer.echo(f"wrote {write_page(ModelStore(model, read_only=True), version, out)}")
 
 
 @app.command()
