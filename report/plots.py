@@ -122,7 +122,7 @@ def history_figure(series: dict[str, Any], title: str = ""):
     _rejected(ax_loss, rejected, ("retention", "learning"))
     ax_loss.set_ylabel("held-out loss\n(lower is better)")
     _line(ax_drift, accepted, "drift", "tab:purple", "cumulative drift since the last full training", marker,
-          scale=100)
+          scale=100, break_at_roots=True)
     _rejected(ax_drift, rejected, ("drift",), scale=100)
     t = series["thresholds"]
     if t.get("max_drift") is not None:
@@ -132,7 +132,8 @@ def history_figure(series: dict[str, Any], title: str = ""):
                      label=f"retrain advised above {100 * t['retrain_drift']:g}%")
     ax_drift.axhline(0, color="0.6", linewidth=0.6)
     ax_drift.set_ylabel("old domain's loss\nsince full training (%)")
-    _line(ax_items, accepted, "new_items", "tab:brown", "new items since the last full training", None, step=True)
+    _line(ax_items, accepted, "new_items", "tab:brown", "new items since the last full training", None, step=True,
+          break_at_roots=True)
     ax_items.axhline(t["max_new_items"], color="tab:orange", linestyle="--", linewidth=1,
                      label=f"retrain advised above {t['max_new_items']:,} items")
     _rejection_streaks(ax_items, rows, t["max_rejected_in_row"])
@@ -147,14 +148,22 @@ def history_figure(series: dict[str, Any], title: str = ""):
 
     ax_items.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=16))
     if rows:
-        ax_items.set_xlim(rows[0]["x"] - 1, rows[-1]["x"] + 1)
+        right = max([rows[-1]["x"], *(r["x"] for r in series["rollbacks"])])
+        ax_items.set_xlim(rows[0]["x"] - 1, right + 1.5)  # room for the last rollback's name
     counted = f"{len(rows)} versions: {len(accepted)} accepted, {len(rejected)} rejected"
     fig.suptitle(f"{title}: {counted}" if title else counted)
     return fig
 
 
-def _line(ax, rows, key, color, label, marker, scale=1.0, step=False) -> None:
-    points = [(r["x"], scale * r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+def _line(ax, rows, key, color, label, marker, scale=1.0, step=False, break_at_roots=False) -> None:
+    """``break_at_roots``: a gap before each full training, whose numbers start over (a new reference)."""
+    points = []
+    for r in rows:
+        if not isinstance(r.get(key), (int, float)):
+            continue
+        if break_at_roots and r["kind"] in ROOT_KINDS and points:
+            points.append((r["x"] - 0.5, float("nan")))
+        points.append((r["x"], scale * r[key]))
     if not points:
         return
     xs, ys = zip(*points)
@@ -201,7 +210,7 @@ def _rollback_targets(ax, series) -> None:
         return
     for r in series["rollbacks"]:
         ax.annotate(f"to {r['to']}", (r["x"], 1), xycoords=("data", "axes fraction"), xytext=(2, -2),
-                    textcoords="offset points", rotation=90, va="top", ha="left", fontsize=7, color="tab:pink")
+                    textcoords="offset points", rotation=90, va="top", ha="left", fontsize=8, color="tab:pink")
 
 
 def epoch_figure(report: dict[str, Any]):
@@ -211,7 +220,7 @@ def epoch_figure(report: dict[str, Any]):
     if not losses:
         return None
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 3.4), layout="constrained")
+    fig, ax = plt.subplots(figsize=(9.5, 3.4), layout="constrained")
     epochs = list(range(1, len(losses) + 1))
     ax.plot(epochs, losses, marker="o", color="tab:gray", label="training loss (epoch mean)")
     stop = report.get("early_stopping") or {}
@@ -227,7 +236,7 @@ def epoch_figure(report: dict[str, Any]):
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.25)
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)  # off the lines
     return fig
 
 
@@ -272,5 +281,5 @@ def write_history_plot(store: ModelStore, path: Path) -> dict[str, Any]:
     returns the series drawn."""
     fmt = plot_format(path)  # before any work
     series = history_series(store)
-    write_atomic(path, figure_bytes(history_figure(series, str(store.root)), fmt))
+    write_atomic(path, figure_bytes(history_figure(series, store.root.name), fmt))
     return series
