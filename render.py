@@ -399,17 +399,16 @@ class ProgressLines:
     def step(self, epoch: int, epochs: int, step: int, steps: int, loss: float, tokens: int | None) -> None:
         now = self.clock()
         if epoch != self.epoch:  # a new epoch: its pace and mean start over
-            self.epoch, self.epoch_started, self.last, self.losses = epoch, now, now, []
-            self.tokens, self.tenth = 0, 0
+            self.epoch, self.epoch_started, self.last = epoch, now, now
+            self.loss_sum, self.tokens, self.tenth = 0.0, 0, 0
             if epoch == 1 or not hasattr(self, "started"):
                 self.started = now
             self.done_before = (epoch - 1) * steps  # steps of the epochs before, for the ETA
-        self.losses.append(loss)
-        if step > 1 or now > self.epoch_started:  # the first step's time is before the clock: not its tokens
-            self.tokens += tokens or 0
+        elif tokens:  # (not the first step's: it ran before the clock started)
+            self.tokens += tokens
+        self.loss_sum += loss
         tenth = 10 * step // steps
-        elapsed = now - self.epoch_started
-        long_epoch = elapsed * steps / step > self.every
+        long_epoch = (now - self.epoch_started) * steps / step > self.every
         due = now - self.last >= self.every or (tenth > self.tenth and long_epoch)
         self.tenth = tenth
         if not due or step == steps:  # the epoch's own line follows its last step
@@ -426,7 +425,7 @@ class ProgressLines:
         ends = f"epoch ends in {duration(epoch_left)}"
         if epoch < epochs:
             ends += f", training in {duration(training_left)}"
-        loss = sum(self.losses) / len(self.losses)
+        loss = self.loss_sum / step
         return (f"  epoch {epoch}/{epochs}, step {step:,}/{steps:,} ({100 * step / steps:.0f}%): "
                 f"loss {loss:.4f}{rate}; {ends}")
 

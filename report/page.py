@@ -312,20 +312,28 @@ class PageWriter:
     """``retain update --report``: once the version is saved (``update_finished``), its page
     goes into its folder as ``report.html``, written atomically beside the files the manifest
     lists (not one of them: the version was complete and checksummed before). A failure here
-    is the engine's warning, never a failed update."""
+    is a warning, never a failed update, and is caught here: an exception would also keep
+    the other listeners of ``update_finished`` (a tracker) from hearing the update."""
 
     def __init__(self, say=None):
-        self.say = say
+        self.say = say or (lambda line: None)
 
     @hookimpl
     def update_finished(self, run, report):
         version = report.get("version")
         if not version:  # nothing saved (nothing new, --check)
             return
+        from rich.markup import escape
+
         from .plots import write_atomic
 
         store = ModelStore(run.model_dir, read_only=True)
         path = store.versions_dir / version / PAGE
-        write_atomic(path, render(store, version).encode("utf-8"))
-        if self.say is not None:
-            self.say(f"  report: {path}")
+        try:
+            write_atomic(path, render(store, version).encode("utf-8"))
+        except Exception as exc:
+            problem = (f"{PAGE} not written ({type(exc).__name__}: {exc}); version {version} is saved as "
+                       f"{report.get('status')}")
+            self.say(f"[yellow]warning:[/] {escape(problem)}")
+            return
+        self.say(f"  report: {escape(str(path))}")

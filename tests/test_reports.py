@@ -234,3 +234,26 @@ def test_a_terminal_keeps_the_bar_and_no_lines():
     assert renderer.progress is not None and renderer.lines is None
     renderer.progress.stop()
     assert "epoch 1/1, step" not in out.getvalue()
+
+
+def test_update_report_of_a_rejected_update_and_a_page_that_fails(base_model, new_texts, tmp_path, monkeypatch):
+    data = write_jsonl(tmp_path / "new.jsonl", new_texts[:20])
+    r = runner.invoke(app, ["update", "-d", str(data), "-m", str(base_model), "--report", "--lr", "5", *_sets()])
+    assert r.exit_code == 10, r.output  # rejected: its page is beside it all the same
+    page = (base_model / "versions" / "0002" / "report.html").read_text(encoding="utf-8")
+    assert "badge rejected" in page and "<span class=fail>fail</span>" in page
+    assert (base_model / "CURRENT").read_text().strip() == "0001"
+
+    import retain.report.page as page_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the page could not be drawn")
+
+    monkeypatch.setattr(page_module, "render", broken)
+    r = runner.invoke(app, ["update", "-d", str(data), "-m", str(base_model), "--report", *_sets()])
+    assert r.exit_code == 0, r.output  # a page is never a failed update
+    assert "warning: report.html not written (RuntimeError: the page could not be drawn); version 0003 is " \
+        "saved as accepted" in r.output
+    assert (base_model / "CURRENT").read_text().strip() == "0003"
+    assert not (base_model / "versions" / "0003" / "report.html").exists()
+    assert not list((base_model / "versions" / "0003").glob(".report.html.*"))  # no half-written file
