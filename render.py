@@ -10,7 +10,9 @@ registered by the CLI for the length of a run (not under ``--quiet``; under
 from __future__ import annotations
 
 import math
-from typing import Any
+import os
+import time
+from typing import Any, Callable
 
 from rich.console import Console
 from rich.measure import Measurement
@@ -22,6 +24,7 @@ from retain.core.hookspecs import hookimpl
 from retain.core.wording import percent, plural
 
 UNLIMITED = 100_000  # the width of a console that is not a terminal: no line is ever wrapped
+PROGRESS_SECONDS = 30.0  # not on a terminal: a progress line at least this often (RETAIN_PROGRESS_SECONDS)
 
 
 class RetainConsole(Console):
@@ -122,12 +125,17 @@ class ConsoleRenderer:
 
     STATUS_COLOR = {"pass": "green", "warn": "yellow", "fail": "red"}
 
-    def __init__(self, console, progress: bool | None = None):
+    def __init__(self, console, progress: bool | None = None, log_every: float | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.console = console
         self.progress_enabled = console.is_terminal if progress is None else progress
         self.progress = None
         self.task = None
         self.previous: float | None = None
+        # Not on a terminal (a log file): plain progress lines instead of the bar (``ProgressLines``)
+        if log_every is None:
+            log_every = float(os.environ.get("RETAIN_PROGRESS_SECONDS") or PROGRESS_SECONDS)
+        self.lines = None if self.progress_enabled else ProgressLines(self.say, log_every, clock)
 
     @classmethod
     def for_terminal(cls, stderr: bool = False) -> "ConsoleRenderer":
@@ -173,8 +181,9 @@ class ConsoleRenderer:
         self.window: list[float] = []
 
     @hookimpl
-    def training_progress(self, run, epoch, epochs, step, steps, loss):
+    def training_progress(self, run, epoch, epochs, step, steps, loss, tokens):
         if not self.progress_enabled:
+            self.lines.step(epoch, epochs, step, steps, loss, tokens)
             return
         if self.progress is None:
             self._start_progress(epochs)
@@ -372,6 +381,63 @@ class ConsoleRenderer:
         else:
             self.say(f"[bold red]8. Save[/]: version {info['version']} kept as [red]rejected[/]; "
                      f"current stays {run.parent}")
+
+
+class ProgressLines:
+    """Training progress as plain lines, for a log file (stdout not a terminal: no bar).
+
+    A line at least every ``every`` seconds, and at every tenth of an epoch when the epoch
+    takes longer than ``every`` (projected from its pace): an epoch shorter than that gets
+    none, its epoch line comes soon enough. Each line says where the training is, the
+    epoch's mean loss so far, the tokens per second since the last line, and when the epoch
+    and the training (the epochs planned: early stopping may end it sooner) will end."""
+
+    def __init__(self, say: Callable[[str], None], every: float, clock: Callable[[], float] = time.monotonic):
+        self.say, self.every, self.clock = say, every, clock
+        self.epoch = None
+
+    def step(self, epoch: int, epochs: int, step: int, steps: int, loss: float, tokens: int | None) -> None:
+        now = self.clock()
+        if epoch != self.epoch:  # a new epoch: its pace and mean start over
+            self.epoch, self.epoch_started, self.last = epoch, now, now
+            self.loss_sum, self.tokens, self.tenth = 0.0, 0, 0
+            if epoch == 1 or not hasattr(self, "started"):
+                self.started = now
+            self.done_before = (epoch - 1) * steps  # steps of the epochs before, for the ETA
+        elif tokens:  # (not the first step's: it ran before the clock started)
+            self.tokens += tokens
+        self.loss_sum += loss
+        tenth = 10 * step // steps
+        long_epoch = (now - self.epoch_started) * steps / step > self.every
+        due = now - self.last >= self.every or (tenth > self.tenth and long_epoch)
+        self.tenth = tenth
+        if not due or step == steps:  # the epoch's own line follows its last step
+            return
+        self.say(self.line(epoch, epochs, step, steps, now))
+        self.last, self.tokens = now, 0
+
+    def line(self, epoch: int, epochs: int, step: int, steps: int, now: float) -> str:
+        since = max(now - self.last, 1e-9)
+        per_step = (now - self.started) / (self.done_before + step)  # the training's pace so far
+        epoch_left = (steps - step) * per_step
+        training_left = epoch_left + (epochs - epoch) * steps * per_step
+        rate = f", {self.tokens / since:,.0f} tokens/s" if self.tokens else ""
+        ends = f"epoch ends in {duration(epoch_left)}"
+        if epoch < epochs:
+            ends += f", training in {duration(training_left)}"
+        loss = self.loss_sum / step
+        return (f"  epoch {epoch}/{epochs}, step {step:,}/{steps:,} ({100 * step / steps:.0f}%): "
+                f"loss {loss:.4f}{rate}; {ends}")
+
+
+def duration(seconds: float) -> str:
+    """``45s``, ``3m05s``, ``2h07m``: an ETA, as precise as it is worth."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def print_assessment(console, assessment) -> None:

@@ -120,7 +120,7 @@ def retain_fit(lm, rows, epochs: int, device: str, precision: str = "fp32") -> d
     torch.manual_seed(0)
     started = time.perf_counter()
     fit(lm.module, rows, settings, device=resolve_device(device), pad_id=lm.pad_id, plugins=[],
-        penalty=lambda *a: None, on_step=lambda epoch, step, steps, loss: losses.append(loss),
+        penalty=lambda *a: None, on_step=lambda epoch, step, steps, loss, tokens: losses.append(loss),
         on_epoch=lambda e, loss: None, continuing=True, precision=precision)
     _sync(device)
     return {"seconds": time.perf_counter() - started, "tokens": rows.tokens * epochs, "loss": losses[-1]}

@@ -5,7 +5,7 @@ One module per command group, in the order ``retain --help`` lists them:
 - ``cycle.py``: train, update, import, export, demo (the update cycle and what goes in and out)
 - ``plugins.py``: plugins, strategies, config (what is installed, how it is configured)
 - ``compare.py``: compare (strategies side by side)
-- ``versions.py``: status, history, rollback, validate, generate, prune (the version store)
+- ``versions.py``: status, history, report, rollback, validate, generate, prune (the version store)
 
 ``common.py`` holds what every command shares (the app, ``handle_errors``, the options);
 tables and event rendering live in ``retain/render.py``; Ctrl-C and the process's ending in

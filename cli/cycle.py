@@ -72,6 +72,8 @@ def update(
                                       "cluster at ADDRESS (ray://host:10001, or auto), or on a local Ray started "
                                       "here without one. Needs retain\\[ray].", metavar="[ADDRESS]"),
     allow_empty: bool = AllowEmptyOpt, text_field: Optional[str] = TextFieldOpt,
+    html_report: bool = typer.Option(False, "--report", help="Also write the update's page (retain report) "
+                                     "into the new version's folder: versions/V/report.html."),
 ):
     """One fine-tuning cycle on new data only: load, collect, dedupe, preprocess, tokenize,
     fine-tune, validate, save.
@@ -100,6 +102,10 @@ def update(
     cfg = _load(config, [*set_, *_text_field(text_field)], "fine_tuning", lr, epochs, batch_size, strategy)
     _under_torchrun(ctx, nproc, device, cfg.device, model)
     listeners = _listeners(json_out, quiet)
+    if html_report:  # retain/report/page.py: written once the version is saved
+        from retain.report.page import PageWriter
+
+        listeners.append(PageWriter(listeners[0].say if listeners else None))
     engine = Engine(cfg, listeners=listeners, device=_device(device), strict=strict,
                     world=_world(device, cfg.device), allow_empty=allow_empty)
     # The retrain advice ends the update; under --quiet nobody reads it (unless --json).

@@ -80,7 +80,11 @@ def _pending_items(data: List[str], store, cfg) -> tuple[int, Optional[dict]]:
 @handle_errors
 def history(model: Path = ModelOpt,
             json_out: bool = json_option("the list of versions (parent, kind, status, items learned, "
-                                         "losses, verdicts, dates)", "array")):
+                                         "losses, verdicts, dates)", "array"),
+            plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw the versions into this file, "
+                                                ".png or .svg (by the extension): old- and new-domain held-out "
+                                                "loss, drift since the last full training, new items; rejections, "
+                                                "full trainings, rollbacks and the thresholds marked.")):
     """Every version: parent, date, kind, items learned, losses, accepted or rejected.
 
     * marks the current version."""
@@ -88,12 +92,35 @@ def history(model: Path = ModelOpt,
     from retain.core.store import ModelStore
 
     rows = version_history(ModelStore(model, read_only=True))
+    if plot is not None:  # retain/report/plots.py; an unknown extension is a usage error (exit 2)
+        from retain.report.plots import write_history_plot
+
+        write_history_plot(ModelStore(model, read_only=True), plot)
     if json_out:
         _emit_json(rows)
         return
     from retain.render import history_table
 
     _console(False).print(history_table(rows, f"{model}: versions (* current)"))
+
+
+@app.command()
+@handle_errors
+def report(
+    model: Path = ModelOpt,
+    version: Optional[str] = typer.Option(None, "--version", help="Version to report (default: current)."),
+    out: Path = typer.Option(..., "--out", "-o", help="The HTML file to write."),
+):
+    """One self-contained HTML page about a version's update (no network needed to view it).
+
+    The eight steps with their counts, the skipped duplicates and what they matched, the rejected
+    records with their reasons, each validator's verdict and numbers, losses before and after,
+    the gate's generation samples before and after, the loss per epoch, the retrain advice.
+    Reads only."""
+    from retain.core.store import ModelStore
+    from retain.report.page import write_page
+
+    typer.echo(f"wrote {write_page(ModelStore(model, read_only=True), version, out)}")
 
 
 @app.command()

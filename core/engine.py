@@ -297,6 +297,7 @@ class Engine:
             if writer:
                 evidence = evaluation.measure_after(run, store)
                 run.verdicts, run.next_steps = gate.judge(self.registry, self.config, evidence, run.oom_retries)
+                evaluation.sample_generation(run, self.registry, "after")
             # the verdicts of rank 0's gate, on every rank
             run.verdicts, run.next_steps, run.metrics = self.world.broadcast((run.verdicts, run.next_steps,
                                                                               run.metrics))
@@ -332,6 +333,8 @@ class Engine:
         """The starting model's held-out losses (``core/evaluation.py``)."""
         with self._step(run, "evaluate_before") as info:
             info.update(evaluation.measure_before(run, store))
+            if not run.new_lineage:  # a full training starts from random init: nothing to say
+                evaluation.sample_generation(run, self.registry, "before")
 
     def _tokenizer_to_keep(self, store: ModelStore) -> LoadedVersion:
         from .errors import ConfigError

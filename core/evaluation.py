@@ -272,6 +272,35 @@ def measure_after(run, store: ModelStore | None = None) -> Evidence:
     return ev
 
 
+# --- what the model says: the gate's prompts sampled before and after (retain report) ------------
+
+SAMPLES_KEPT = 20    # prompts recorded at most
+SAMPLE_CHARS = 500   # of each continuation
+
+
+def sample_generation(run, registry, when: str) -> None:
+    """The ``generation`` validator's prompts, sampled with its settings from the model as it
+    is now, into ``run.samples[when]``: "before" (the starting model), "after" (the candidate:
+    the samples the gate judged, same seed). Nothing when the gate does not sample. A failure
+    is recorded, never raised: the samples only inform (non-finite weights fail the gate)."""
+    if "generation" not in run.config.validators or run.lm is None:
+        return
+    options = getattr(registry.build("validators", "generation", run.config), "options", None)
+    prompts = [p for p in getattr(options, "prompts", None) or [] if isinstance(p, str)][:SAMPLES_KEPT]
+    if not prompts:
+        return
+    settings = {"max_new_tokens": getattr(options, "max_new_tokens", 32),
+                "temperature": getattr(options, "temperature", 0.8), "seed": getattr(options, "seed", 0)}
+    run.samples = run.samples or {"prompts": prompts, **settings}
+    try:
+        generated = run.lm.generate(prompts, **settings)
+    except Exception as exc:  # e.g. sampling from non-finite weights
+        run.samples[when] = None
+        run.samples[f"{when}_error"] = f"{type(exc).__name__}: {exc}"[:SAMPLE_CHARS]
+        return
+    run.samples[when] = [g.text[:SAMPLE_CHARS] for g in generated]
+
+
 def scoring_key(max_len: int, precision: str, device) -> dict[str, Any]:
     """How texts are scored: stored losses are reused only when scored the same way."""
     return {"max_len": max_len, "precision": precision, "device": getattr(device, "type", str(device))}

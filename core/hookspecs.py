@@ -271,8 +271,9 @@ def step_finished(run, step, info, seconds):
 
 
 @hookspec
-def training_progress(run, epoch, epochs, step, steps, loss):
-    """After each training batch: 1-based epoch and step, their totals, the batch's loss."""
+def training_progress(run, epoch, epochs, step, steps, loss, tokens):
+    """After each training batch: 1-based epoch and step, their totals, the batch's loss and
+    the tokens it trained on (target positions, on this process: a throughput to report)."""
 
 
 @hookspec

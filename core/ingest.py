@@ -23,6 +23,10 @@ from .errors import ModelError, PluginError, SourceError, StorageError
 from .items import Item, Reject
 from .pluginmanager import Registry
 
+# What a report keeps of a run's duplicates and rejects, whole: the first few (a bounded report.json)
+EXCERPTS_KEPT = 20
+EXCERPT_CHARS = 200
+
 
 def source_for(spec: str, registry: Registry) -> tuple[str, str]:
     """``NAME:LOCATION``, or a path whose suffix (or folder-ness) picks the source."""
@@ -184,10 +188,20 @@ def dedupe(items: list[Item], dedupers: list[tuple[str, Any]], known) -> tuple[l
             raise _ledger_error(known, exc) from exc
         except Exception as exc:
             raise PluginError(f"deduper '{name}' failed: {type(exc).__name__}: {exc}") from exc
-        skipped += [{"deduper": name, "origin": items[i].origin, "reason": str(reason),
-                     **getattr(reason, "details", {})} for i, reason in sorted(dupes.items())]
+        for i, reason in sorted(dupes.items()):
+            entry = {"deduper": name, "origin": items[i].origin, "reason": str(reason), **getattr(reason, "details", {})}
+            if len(skipped) < EXCERPTS_KEPT:  # the first ones say what was skipped (retain report)
+                entry["excerpt"] = items[i].text[:EXCERPT_CHARS]
+            skipped.append(entry)
         items = [it for i, it in enumerate(items) if i not in dupes]
     return items, skipped
+
+
+def rejects_summary(rejects: list[Reject]) -> dict[str, Any]:
+    """The report's record of a run's rejects: how many, by kind, and the first few whole."""
+    kinds = Counter(reject_kind(r.reason) for r in rejects).most_common()
+    return {"count": len(rejects), "kinds": [{"kind": k, "count": n} for k, n in kinds[:EXCERPTS_KEPT]],
+            "first": [r.to_json() for r in rejects[:EXCERPTS_KEPT]]}
 
 
 def _ledger_error(known, exc: sqlite3.Error) -> ModelError | StorageError:

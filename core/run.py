@@ -76,6 +76,7 @@ class Run:
     verdicts: list[Verdict] = field(default_factory=list)
     next_steps: list[dict] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)   # seconds per step
+    samples: dict[str, Any] | None = None  # the gate's prompts, sampled before and after (retain report)
 
     @property
     def full(self) -> bool:
@@ -126,9 +127,12 @@ class Run:
         """What ``retain update --json`` prints and ``report.json`` keeps."""
         from dataclasses import asdict
 
+        from .ingest import rejects_summary
+
         return {
             "run": self.id, "kind": self.kind, "model_dir": str(self.model_dir), "parent": self.parent,
-            "counts": dict(self.counts), "skipped": self.skipped[:1000],
+            "counts": dict(self.counts), "skipped": self.skipped[:1000], "rejects": rejects_summary(self.rejects),
+            "samples": self.samples,
             "epoch_losses": list(self.epoch_losses), "metrics": dict(self.metrics),
             "verdicts": [v.to_json() for v in self.verdicts], "next_steps": list(self.next_steps),
             "oom_retries": list(self.oom_retries), "timings": dict(self.timings),

@@ -238,7 +238,7 @@ class EngineLoop(SupervisedPlugin):
     """
 
     def __init__(self, settings: TrainSettings, criterion: RecordingCriterion,
-                 penalty: Callable[..., torch.Tensor | None], on_step: Callable[[int, int, int, float], None],
+                 penalty: Callable[..., torch.Tensor | None], on_step: Callable[[int, int, int, float, int], None],
                  on_epoch: Callable[[int, float], None], started: float | None = None,
                  on_time_up: Callable[[int, int, int], None] | None = None, world: World = SOLO):
         super().__init__()
@@ -294,7 +294,8 @@ class EngineLoop(SupervisedPlugin):
         loss = float(self.criterion.last)
         self.total += loss
         self.count += 1
-        self.on_step(len(self.epoch_losses) + 1, self.count, self.steps_per_epoch, loss)
+        tokens = int((strategy.mbatch[1] != IGNORE_INDEX).sum())  # this batch's trained positions
+        self.on_step(len(self.epoch_losses) + 1, self.count, self.steps_per_epoch, loss, tokens)
         now = time.perf_counter()
         took = now - self.step_started
         self.slowest_step = max(self.slowest_step, took)
@@ -326,7 +327,7 @@ class EngineLoop(SupervisedPlugin):
 
 
 def fit(module: torch.nn.Module, rows: Rows, settings: TrainSettings, *, device: torch.device, pad_id: int,
-        plugins: list, penalty: Callable[..., torch.Tensor | None], on_step: Callable[[int, int, int, float], None],
+        plugins: list, penalty: Callable[..., torch.Tensor | None], on_step: Callable[[int, int, int, float, int], None],
         on_epoch: Callable[[int, float], None], continuing: bool, started: float | None = None,
         judging: "Judging | None" = None, precision: str = "fp32",
         on_time_up: Callable[[int, int, int], None] | None = None, world: World = SOLO) -> "Trained":
@@ -463,9 +464,9 @@ def train(run: Run, pm, registry=None, world: World = SOLO) -> None:
                                                      logits=logits) if t is not None]
         return sum(terms) if terms else None
 
-    def on_step(epoch: int, step: int, steps: int, loss: float) -> None:
+    def on_step(epoch: int, step: int, steps: int, loss: float, tokens: int) -> None:
         pm.hook.training_progress(run=view, epoch=epoch, epochs=settings.epochs, step=step, steps=steps,
-                                  loss=loss)
+                                  loss=loss, tokens=tokens)
 
     def on_epoch(epoch: int, loss: float) -> None:
         pm.hook.epoch_ended(run=view, epoch=epoch, loss=loss)

@@ -135,12 +135,12 @@ def test_plurals_and_a_progress_bar_only_once_training_runs():
     renderer.show_tokenize(run, {"items": 1, "sequences": 1, "tokens": 1, "held_out": 1})
     renderer.step_started(run=run, step="train")
     assert renderer.progress is None  # nothing to show before the first step (imports may run)
-    renderer.training_progress(run=run, epoch=1, epochs=2, step=1, steps=4, loss=5.25)
+    renderer.training_progress(run=run, epoch=1, epochs=2, step=1, steps=4, loss=5.25, tokens=64)
     assert renderer.progress is not None
     renderer.progress.refresh()
     renderer.epoch_ended(run=run, epoch=1, loss=5.25)  # the bar starts over for epoch 2/2
     renderer.progress.refresh()
-    renderer.training_progress(run=run, epoch=2, epochs=2, step=1, steps=4, loss=5.0)
+    renderer.training_progress(run=run, epoch=2, epochs=2, step=1, steps=4, loss=5.0, tokens=64)
     renderer.epoch_ended(run=run, epoch=2, loss=5.0)
     assert renderer.progress is None  # the last epoch ended: the bar is gone
     text = plain(out.getvalue())
