@@ -289,6 +289,14 @@ AllowEmptyOpt = typer.Option(False, "--allow-empty", help="--data with no usable
                              "or none at all) is a warning and exit 0, not exit 4: for pipelines where "
                              "nothing today is normal.")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="Print nothing but errors (and --json).")
+LogToOpt = typer.Option(None, "--log-to", help="Report the run to these trackers: mlflow, tensorboard (the "
+                        "config's `loggers`; retain\\[mlflow], retain\\[tensorboard]). See docs/tracking.md.",
+                        metavar="LOGGERS")
+
+
+def _log_to(loggers: Optional[str]) -> List[str]:
+    """``--log-to a,b``: the config's ``loggers``, as ``--set loggers=a,b`` would set them."""
+    return [] if loggers is None else [f"loggers={loggers}"]
 NprocOpt = typer.Option(None, "--nproc", min=1, help="Train in N processes (PyTorch DistributedDataParallel "
                         "under torchrun: gloo on CPU, nccl on CUDA), each on its share of every batch; rank 0 "
                         "alone writes. Same as `torchrun --nproc-per-node N -m retain ...`. See docs/scale-out.md.")
@@ -328,7 +336,7 @@ def train(
     quiet: bool = QuietOpt,
     force: bool = typer.Option(False, "--force", help="Train into a directory that holds other files "
                                "(refused otherwise: it is probably not where the model should go)."),
-    nproc: Optional[int] = NprocOpt, allow_empty: bool = AllowEmptyOpt,
+    nproc: Optional[int] = NprocOpt, allow_empty: bool = AllowEmptyOpt, log_to: Optional[str] = LogToOpt,
 ):
     """Full training from scratch on all data (the full_training block).
 
@@ -336,7 +344,7 @@ def train(
     the old versions stay, `retain rollback` returns to them)."""
     from retain.core.engine import Engine
 
-    cfg = _load(config, set_, "full_training", lr, epochs, batch_size, strategy)
+    cfg = _load(config, [*set_, *_log_to(log_to)], "full_training", lr, epochs, batch_size, strategy)
     _under_torchrun(ctx, nproc, device, cfg.device, model)
     engine = Engine(cfg, listeners=_listeners(json_out, quiet), device=_device(device), strict=strict,
                     world=_world(device, cfg.device), allow_empty=allow_empty)
@@ -371,7 +379,7 @@ def update(
     ray: Optional[str] = typer.Option(None, "--ray", help="With --auto: run each trial as a Ray task, on the "
                                       "cluster at ADDRESS (ray://host:10001, or auto), or on a local Ray started "
                                       "here without one. Needs retain\\[ray].", metavar="[ADDRESS]"),
-    allow_empty: bool = AllowEmptyOpt,
+    allow_empty: bool = AllowEmptyOpt, log_to: Optional[str] = LogToOpt,
 ):
     """One fine-tuning cycle on new data only: load, collect, dedupe, preprocess, tokenize,
     fine-tune, validate, save.
@@ -397,7 +405,7 @@ def update(
         what = "--dry-run trains nothing" if dry_run else "--check runs in one process" if check else \
             "--auto runs its trials in processes of their own (tune.jobs, --ray)"
         raise typer.BadParameter(f"{what}: drop --nproc (or torchrun)", param_hint="--nproc")
-    cfg = _load(config, set_, "fine_tuning", lr, epochs, batch_size, strategy)
+    cfg = _load(config, [*set_, *_log_to(log_to)], "fine_tuning", lr, epochs, batch_size, strategy)
     _under_torchrun(ctx, nproc, device, cfg.device, model)
     listeners = _listeners(json_out, quiet)
     engine = Engine(cfg, listeners=listeners, device=_device(device), strict=strict,
@@ -448,7 +456,7 @@ def import_(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="full_training.batch_size of the pass "
                                              "over --data"),
     json_out: bool = json_option("the import's report (source, counts, metrics, version)"), device: Optional[str] = DeviceOpt, strict: bool = StrictOpt,
-    quiet: bool = QuietOpt, allow_empty: bool = AllowEmptyOpt,
+    quiet: bool = QuietOpt, allow_empty: bool = AllowEmptyOpt, log_to: Optional[str] = LogToOpt,
 ):
     """Bring an existing model in as the first version of a model directory.
 
@@ -459,7 +467,7 @@ def import_(
 
     extra = [f"model.{key}={value}" for key, value in (("family", family), ("factory", factory),
                                                       ("tokenizer", tokenizer)) if value is not None]
-    cfg = _load(config, [*set_, *extra], "full_training", None, None, batch_size, strategy)
+    cfg = _load(config, [*set_, *extra, *_log_to(log_to)], "full_training", None, None, batch_size, strategy)
     engine = Engine(cfg, listeners=_listeners(json_out, quiet), device=_device(device), strict=strict,
                     allow_empty=allow_empty)
     _emit(engine.import_model(source, model, data), json_out)
