@@ -76,10 +76,12 @@ def version_scalars(report: dict) -> dict[str, float]:
     return out
 
 
-def epoch_scalars(report: dict) -> list[tuple[str, float, int]]:
-    """The held-out losses early stopping measured after each epoch: ``(name, value, epoch)``
-    (``epoch/train_loss`` is logged live, as each epoch ends)."""
-    out = []
+def epoch_scalars(report: dict, train_loss_logged: bool = True) -> list[tuple[str, float, int]]:
+    """The held-out losses early stopping measured after each epoch: ``(name, value, epoch)``;
+    ``epoch/train_loss`` too unless it was logged live, as each epoch ended (a search's
+    trials train in processes of their own)."""
+    out = [] if train_loss_logged else [("epoch/train_loss", float(loss), epoch)
+                                        for epoch, loss in enumerate(report.get("epoch_losses") or [], 1)]
     for row in (report.get("early_stopping") or {}).get("epochs") or []:
         for key, name in EPOCH_NAMES.items():
             if _number(row.get(key)) is not None:

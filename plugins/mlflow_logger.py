@@ -41,7 +41,7 @@ class MlflowLogger:
         self.client: Any = None
         self.model_dir: Path | None = None
         self.run_id: str | None = None
-        self.params_logged = False
+        self.epochs_logged = False  # live, as each epoch ended (not when the training ran elsewhere: --auto)
 
     # --- where ------------------------------------------------------------------------------
     def _connect(self, model_dir: Path) -> Any:
@@ -79,10 +79,18 @@ class MlflowLogger:
 
     # --- the run --------------------------------------------------------------------------
     def _start(self, run: Any) -> None:
+        """The MLflow run of ``run``: the one it already has (``ModelTrainer.fine_tune`` trains,
+        ``save_model`` saves, each in a run of the engine's), else a new one."""
         if self.run_id is not None or not run.writes:
             return
         client = self._connect(run.model_dir)
-        created = client.create_run(self._experiment_id(), run_name=f"{run.kind} {run.id}",
+        experiment = self._experiment_id()
+        found = client.search_runs([experiment], f"tags.`retain.run` = '{run.id}'", max_results=1)
+        if found:
+            self.run_id = found[0].info.run_id
+            self.epochs_logged = bool(client.get_metric_history(self.run_id, "epoch/train_loss"))
+            return
+        created = client.create_run(experiment, run_name=f"{run.kind} {run.id}",
                                     tags={"retain.run": run.id, "retain.kind": run.kind,
                                           "retain.model_dir": str(self.model_dir)})
         self.run_id = created.info.run_id
@@ -93,6 +101,7 @@ class MlflowLogger:
     def epoch_ended(self, run, epoch, loss):
         if self.run_id is not None:
             self.client.log_metric(self.run_id, "epoch/train_loss", float(loss), step=int(epoch))
+            self.epochs_logged = True
 
     def update_finished(self, run, report):
         """The version is saved: its numbers, verdicts and report; the registry if accepted."""
@@ -104,7 +113,7 @@ class MlflowLogger:
         version, now = report.get("version"), _millis()
         step = version_step(version)
         metrics = [Metric(name, value, now, step) for name, value in version_scalars(report).items()]
-        metrics += [Metric(name, value, now, epoch) for name, value, epoch in epoch_scalars(report)]
+        metrics += [Metric(name, value, now, epoch) for name, value, epoch in epoch_scalars(report, self.epochs_logged)]
         self.client.log_batch(self.run_id, metrics=metrics,
                               params=[Param(k, v[:6000]) for k, v in params(report).items()],
                               tags=[RunTag(k, v) for k, v in tags(report).items()])

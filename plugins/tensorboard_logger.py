@@ -26,6 +26,7 @@ class TensorboardLogger:
     def __init__(self, options: TensorboardOptions):
         self.options = options
         self.run_writer: Any = None
+        self.epochs_logged = False  # live, as each epoch ended (not when the training ran elsewhere: --auto)
 
     def _root(self, model_dir: Path) -> Path:
         return Path(self.options.log_dir) if self.options.log_dir else Path(model_dir) / "tensorboard"
@@ -36,9 +37,14 @@ class TensorboardLogger:
         return SummaryWriter(log_dir=str(folder))
 
     def _run_writer(self, run: Any) -> Any:
+        """The writer of ``run``'s folder: the one it already has (``ModelTrainer.fine_tune``
+        trains, ``save_model`` saves, each in a run of the engine's), else a new one."""
         if self.run_writer is None and run.writes:
+            runs = self._root(run.model_dir) / "runs"
+            had = sorted(runs.glob(f"*-{run.kind}-{run.id}"))
             stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-            self.run_writer = self._writer(self._root(run.model_dir) / "runs" / f"{stamp}-{run.kind}-{run.id}")
+            self.epochs_logged = bool(had)
+            self.run_writer = self._writer(had[0] if had else runs / f"{stamp}-{run.kind}-{run.id}")
         return self.run_writer
 
     def update_started(self, run):
@@ -47,12 +53,13 @@ class TensorboardLogger:
     def epoch_ended(self, run, epoch, loss):
         if self.run_writer is not None:
             self.run_writer.add_scalar("epoch/train_loss", float(loss), int(epoch))
+            self.epochs_logged = True
 
     def update_finished(self, run, report):
         writer = self._run_writer(run)
         if writer is None:  # a run that writes nothing
             return
-        for name, value, epoch in epoch_scalars(report):
+        for name, value, epoch in epoch_scalars(report, self.epochs_logged):
             writer.add_scalar(name, value, epoch)
         step = version_step(report.get("version"))
         versions = self._writer(self._root(run.model_dir) / "versions")

@@ -248,3 +248,18 @@ def test_without_loggers_import_retain_imports_no_tracker_and_an_update_no_mlflo
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_python_api_logs_fine_tune_and_save_model_as_one_run(base_model, new_texts):
+    pytest.importorskip("mlflow", reason="the mlflow logger needs it: pip install 'retain[mlflow]'")
+    from retain import ModelTrainer
+
+    trainer = ModelTrainer(load_config(None, [*TINY, "loggers=[mlflow]"]))
+    trainer.load_model(base_model)
+    report = trainer.fine_tune(new_texts[:30])
+    assert trainer.save_model() == "0002"
+    client = _client(base_model)
+    (run,) = client.search_runs([client.get_experiment_by_name(str(base_model.resolve())).experiment_id])
+    assert run.data.tags["retain.version"] == "0002" and run.data.tags["retain.run"] == report["run"]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "epoch/train_loss")] == [1, 2]
+    assert client.get_model_version_by_alias(base_model.name, "champion").tags["retain.version"] == "0002"
