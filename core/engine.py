@@ -368,8 +368,9 @@ class Engine:
     def listening(self) -> Iterator[None]:
         """The listeners registered on the plugin manager while a run lasts, and the config's
         loggers (``core/loggers.py``: rank 0 alone reports; one that fails is a warning)."""
-        loggers = Loggers.of(self.registry, self.config if self.world.is_writer else self.config.model_copy(
-            update={"loggers": []}), self._warn)
+        loggers = Loggers({}, self._warn)
+        if self.world.is_writer:
+            loggers = Loggers.of(self.registry, self.config, self._warn)
         listeners = [*self.listeners, *([loggers] if loggers else [])]
         for listener in listeners:
             self.pm.register(listener)

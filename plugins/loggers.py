@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,24 +54,30 @@ def _number(value: Any) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
+def _key(*parts: str) -> str:
+    """A path-like name every tracker accepts (MLflow: letters, digits, ``_-./`` and spaces):
+    a plugin's own names (a validator's numbers) may hold anything."""
+    return "/".join(re.sub(r"[^\w\-. ]", "_", str(part)) for part in parts)
+
+
 def version_scalars(report: dict) -> dict[str, float]:
     """What a saved version is measured by, as ``{name: value}`` (step: ``version_step``)."""
     out: dict[str, float] = {}
     for key, value in (report.get("metrics") or {}).items():
-        name = METRIC_NAMES.get(key, f"metrics/{key}")
+        name = METRIC_NAMES.get(key, _key("metrics", key))
         if name is not None and _number(value) is not None:
             out[name] = _number(value)
     for verdict in report.get("verdicts") or []:
-        out[f"validator/{verdict['validator']}/status"] = STATUS_VALUES.get(verdict.get("status"), 0.0)
+        out[_key("validator", verdict["validator"], "status")] = STATUS_VALUES.get(verdict.get("status"), 0.0)
         for key, value in (verdict.get("numbers") or {}).items():
             if _number(value) is not None:
-                out[f"validator/{verdict['validator']}/{key}"] = _number(value)
+                out[_key("validator", verdict["validator"], key)] = _number(value)
     for key, value in (report.get("counts") or {}).items():
         if _number(value) is not None:
-            out[f"counts/{key}"] = _number(value)
+            out[_key("counts", key)] = _number(value)
     for step, seconds in (report.get("timings") or {}).items():
         if _number(seconds) is not None:
-            out[f"time/{step}"] = _number(seconds)
+            out[_key("time", step)] = _number(seconds)
     if report.get("status") in ("accepted", "rejected"):
         out["gate/accepted"] = 1.0 if report["status"] == "accepted" else 0.0
     return out
@@ -101,7 +108,7 @@ def params(report: dict) -> dict[str, str]:
                                                     "max_seq_length", "schedule", "warmup_fraction",
                                                     "warmup_steps", "weight_decay", "grad_clip")
                 if key in settings})
-    out.update({f"counts/{key}": value for key, value in (report.get("counts") or {}).items()})
+    out.update({_key("counts", key): value for key, value in (report.get("counts") or {}).items()})
     return {key: str(value) for key, value in out.items() if value is not None}
 
 
@@ -110,7 +117,7 @@ def tags(report: dict) -> dict[str, str]:
     out = {"retain.version": report.get("version"), "retain.status": report.get("status"),
            "retain.kind": report.get("kind"), "retain.parent": report.get("parent") or "-",
            "retain.run": report.get("run")}
-    out.update({f"verdict/{v['validator']}": v.get("status") for v in report.get("verdicts") or []})
+    out.update({_key("verdict", v["validator"]): v.get("status") for v in report.get("verdicts") or []})
     return {key: str(value) for key, value in out.items() if value is not None}
 
 

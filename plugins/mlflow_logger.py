@@ -31,6 +31,7 @@ from retain.plugins.loggers import (MlflowOptions, epoch_scalars, params, tags, 
 
 CHAMPION = "champion"
 VERSION_TAG = "retain.version"
+BATCH = 100
 
 
 class MlflowLogger:
@@ -114,9 +115,13 @@ class MlflowLogger:
         step = version_step(version)
         metrics = [Metric(name, value, now, step) for name, value in version_scalars(report).items()]
         metrics += [Metric(name, value, now, epoch) for name, value, epoch in epoch_scalars(report, self.epochs_logged)]
-        self.client.log_batch(self.run_id, metrics=metrics,
-                              params=[Param(k, v[:6000]) for k, v in params(report).items()],
-                              tags=[RunTag(k, v) for k, v in tags(report).items()])
+        entries = [*metrics, *(Param(k, v[:6000]) for k, v in params(report).items()),
+                   *(RunTag(k, v) for k, v in tags(report).items())]
+        for start in range(0, len(entries), BATCH):  # MLflow takes at most 100 params or tags a call
+            batch = entries[start:start + BATCH]
+            self.client.log_batch(self.run_id, metrics=[e for e in batch if isinstance(e, Metric)],
+                                  params=[e for e in batch if isinstance(e, Param)],
+                                  tags=[e for e in batch if isinstance(e, RunTag)])
         folder = self.model_dir / "versions" / version if version else None  # the store's layout
         for path in sorted(folder.iterdir()) if folder is not None and folder.is_dir() else []:
             if path.name == "report.json" or path.suffix in (".png", ".svg", ".html"):

@@ -263,3 +263,49 @@ def test_the_python_api_logs_fine_tune_and_save_model_as_one_run(base_model, new
     assert run.data.tags["retain.version"] == "0002" and run.data.tags["retain.run"] == report["run"]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "epoch/train_loss")] == [1, 2]
     assert client.get_model_version_by_alias(base_model.name, "champion").tags["retain.version"] == "0002"
+
+
+def test_an_import_and_a_rejected_update_each_have_a_run_and_only_the_import_a_model_version(
+        base_model, new_texts, tmp_path):
+    pytest.importorskip("mlflow", reason="the mlflow logger needs it: pip install 'retain[mlflow]'")
+    from retain.core.errors import UpdateRejected
+
+    model = tmp_path / "imported"
+    r = runner.invoke(app, ["import", str(base_model / "versions" / "0001" / "model.safetensors"), "--tokenizer",
+                            str(base_model / "versions" / "0001" / "tokenizer.json"), "--model", str(model),
+                            "--log-to", "mlflow", *_sets(TINY)])
+    assert r.exit_code == 0, r.output
+    data = write_jsonl(tmp_path / "new.jsonl", new_texts[:30])
+    rejecting = [*TINY, "loggers=[mlflow]", "options.learning.min_drop=0.9"]  # no update learns that much
+    with pytest.raises(UpdateRejected):
+        Engine(load_config(None, rejecting)).update([str(data)], model)
+    client = _client(model)
+    runs = client.search_runs([client.get_experiment_by_name(str(model.resolve())).experiment_id])
+    by_version = {run.data.tags["retain.version"]: run for run in runs}
+    assert by_version["0001"].data.tags["retain.kind"] == "import"
+    rejected = by_version["0002"]
+    assert rejected.data.tags["retain.status"] == "rejected" and rejected.data.tags["verdict/learning"] == "fail"
+    (point,) = client.get_metric_history(rejected.info.run_id, "gate/accepted")
+    assert (point.step, point.value) == (2, 0.0)
+    assert [mv.tags["retain.version"] for mv in client.search_model_versions(f"name = '{model.name}'")] == ["0001"]
+    assert client.get_model_version_by_alias(model.name, "champion").tags["retain.version"] == "0001"
+
+
+def test_the_metric_names_follow_one_scheme():
+    from retain.plugins.loggers import epoch_scalars, version_scalars, version_step
+
+    report = {"version": "0042", "status": "rejected", "epoch_losses": [3.0, 2.5],
+              "metrics": {"retention_loss_after": 4.1, "new_loss_after": float("nan"), "drift_since": "0001",
+                          "something_new": 7},
+              "verdicts": [{"validator": "my check", "status": "warn", "numbers": {"loss>1": 2, "why": "text"}}],
+              "counts": {"trained": 48}, "timings": {"train": 1.5},
+              "early_stopping": {"epochs": [{"epoch": 1, "new_loss": 4.0, "retention_loss": 4.2}]}}
+    assert version_step(report["version"]) == 42
+    assert version_scalars(report) == {
+        "retention/loss/after": 4.1, "metrics/something_new": 7.0,   # not a number (NaN, text): not logged
+        "validator/my check/status": 0.5, "validator/my check/loss_1": 2.0,
+        "counts/trained": 48.0, "time/train": 1.5, "gate/accepted": 0.0}
+    assert epoch_scalars(report) == [("epoch/learning/loss", 4.0, 1), ("epoch/retention/loss", 4.2, 1)]
+    # a search's winner trained in a trial's process: its epoch losses come from the report
+    assert epoch_scalars(report, train_loss_logged=False)[:2] == [("epoch/train_loss", 3.0, 1),
+                                                                  ("epoch/train_loss", 2.5, 2)]
