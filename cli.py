@@ -292,14 +292,14 @@ QuietOpt = typer.Option(False, "--quiet", "-q", help="Print nothing but errors (
 LogToOpt = typer.Option(None, "--log-to", help="Report the run to these trackers: mlflow, tensorboard (the "
                         "config's `loggers`; retain\\[mlflow], retain\\[tensorboard]). See docs/tracking.md.",
                         metavar="LOGGERS")
+NprocOpt = typer.Option(None, "--nproc", min=1, help="Train in N processes (PyTorch DistributedDataParallel "
+                        "under torchrun: gloo on CPU, nccl on CUDA), each on its share of every batch; rank 0 "
+                        "alone writes. Same as `torchrun --nproc-per-node N -m retain ...`. See docs/scale-out.md.")
 
 
 def _log_to(loggers: Optional[str]) -> List[str]:
     """``--log-to a,b``: the config's ``loggers``, as ``--set loggers=a,b`` would set them."""
     return [] if loggers is None else [f"loggers={loggers}"]
-NprocOpt = typer.Option(None, "--nproc", min=1, help="Train in N processes (PyTorch DistributedDataParallel "
-                        "under torchrun: gloo on CPU, nccl on CUDA), each on its share of every batch; rank 0 "
-                        "alone writes. Same as `torchrun --nproc-per-node N -m retain ...`. See docs/scale-out.md.")
 
 
 def _under_torchrun(ctx: typer.Context, nproc: Optional[int], device: Optional[str], cfg_device: str,
