@@ -9,7 +9,7 @@ the protocols below (``retain.core.contracts``), and checked when a plugin regis
 - What a factory returns: ``Source``, ``Preprocessor``, ``Deduper`` (optionally
   ``RemembersItems``), ``Validator``, ``ModelFamily`` (optionally ``RenewsModels``,
   ``ImportsModels``, ``ExportsModels``) making a ``LanguageModel``, ``Scenario``,
-  and ``Strategy``, the base class strategies extend.
+  ``Logger``, and ``Strategy``, the base class strategies extend.
 - What hooks and methods receive: ``Item``, ``Reject``, ``KnownItems``,
   ``Duplicate``, ``Evidence``, ``Verdict``, ``TrainSettings``, ``Config``,
   ``Run`` (as a read-only ``RunView``), ``Assessment``, ``VersionFiles``, ``VersionWriter``;
@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING
 from . import _lazy_attributes
 from .core.advice import fewer_epochs, lower_lr, raise_lr
 from .core.config import Config
-from .core.contracts import (Deduper, ExportsModels, ImportsModels, LanguageModel, ModelFamily, Preprocessor,
-                             RemembersItems, RenewsModels, Scenario, Source, Validator)
+from .core.contracts import (Deduper, ExportsModels, ImportsModels, LanguageModel, Logger, ModelFamily,
+                             Preprocessor, RemembersItems, RenewsModels, Scenario, Source, Validator)
 from .core.errors import ConfigError, ModelError, PluginError, RetainError, SourceError, StorageError
 from .core.hookspecs import STEPS, hookimpl
 from .core.interrupts import on_interrupt, release, shielded
@@ -58,7 +58,7 @@ _TORCH = {name: "retain.core.lm" for name in ("IGNORE_INDEX", "Rows", "Sample", 
 __all__ = [
     "hookimpl", "STEPS", "FULL_TRAINING", "FINE_TUNING", "IMPORT",
     "Source", "Preprocessor", "Deduper", "RemembersItems", "Validator", "ModelFamily", "RenewsModels",
-    "ImportsModels", "ExportsModels", "LanguageModel", "Scenario", "Strategy",
+    "ImportsModels", "ExportsModels", "LanguageModel", "Scenario", "Logger", "Strategy",
     "Item", "Reject", "KnownItems", "Duplicate", "Evidence", "Verdict", "TrainSettings", "Config", "Run", "RunView",
     "UPDATE_LEARNING_RATE_KEYS",
     "Assessment", "VersionFiles", "VersionWriter",

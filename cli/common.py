@@ -287,8 +287,16 @@ AllowEmptyOpt = typer.Option(False, "--allow-empty", help="--data with no usable
                              "or none at all) is a warning and exit 0, not exit 4: for pipelines where "
                              "nothing today is normal.")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="Print nothing but errors (and --json).")
+LogToOpt = typer.Option(None, "--log-to", help="Report the run to these trackers: mlflow, tensorboard (the "
+                        "config's `loggers`; retain\\[mlflow], retain\\[tensorboard]). See docs/tracking.md.",
+                        metavar="LOGGERS")
 TextFieldOpt = typer.Option(None, "--text-field", help="The field (or column) holding the text, for every "
                             "source that has one: jsonl, csv, parquet, arrow, datasets, sql (default: text).")
+
+
+def _log_to(loggers: Optional[str]) -> List[str]:
+    """``--log-to a,b``: the config's ``loggers``, as ``--set loggers=a,b`` would set them."""
+    return [] if loggers is None else [f"loggers={loggers}"]
 
 
 def _text_field(name: Optional[str]) -> List[str]:

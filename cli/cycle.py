@@ -8,9 +8,9 @@ from typing import List, Optional
 
 import typer
 
-from .common import (app, handle_errors, _load, _text_field, _console, _listeners, _emit, _emit_json,
+from .common import (app, handle_errors, _load, _text_field, _log_to, _console, _listeners, _emit, _emit_json,
                      _under_torchrun, _world, _device, ConfigOpt, DataOpt, ModelOpt, json_option, JsonOpt,
-                     DeviceOpt, StrictOpt, TextFieldOpt, AllowEmptyOpt, QuietOpt, NprocOpt)
+                     DeviceOpt, StrictOpt, TextFieldOpt, LogToOpt, AllowEmptyOpt, QuietOpt, NprocOpt)
 
 
 @app.command()
@@ -29,6 +29,7 @@ def train(
     force: bool = typer.Option(False, "--force", help="Train into a directory that holds other files "
                                "(refused otherwise: it is probably not where the model should go)."),
     nproc: Optional[int] = NprocOpt, allow_empty: bool = AllowEmptyOpt, text_field: Optional[str] = TextFieldOpt,
+    log_to: Optional[str] = LogToOpt,
 ):
     """Full training from scratch on all data (the full_training block).
 
@@ -36,7 +37,7 @@ def train(
     the old versions stay, `retain rollback` returns to them)."""
     from retain.core.engine import Engine
 
-    cfg = _load(config, [*set_, *_text_field(text_field)], "full_training", lr, epochs, batch_size, strategy)
+    cfg = _load(config, [*set_, *_text_field(text_field), *_log_to(log_to)], "full_training", lr, epochs, batch_size, strategy)
     _under_torchrun(ctx, nproc, device, cfg.device, model)
     engine = Engine(cfg, listeners=_listeners(json_out, quiet), device=_device(device), strict=strict,
                     world=_world(device, cfg.device), allow_empty=allow_empty)
@@ -71,7 +72,7 @@ def update(
     ray: Optional[str] = typer.Option(None, "--ray", help="With --auto: run each trial as a Ray task, on the "
                                       "cluster at ADDRESS (ray://host:10001, or auto), or on a local Ray started "
                                       "here without one. Needs retain\\[ray].", metavar="[ADDRESS]"),
-    allow_empty: bool = AllowEmptyOpt, text_field: Optional[str] = TextFieldOpt,
+    allow_empty: bool = AllowEmptyOpt, text_field: Optional[str] = TextFieldOpt, log_to: Optional[str] = LogToOpt,
     html_report: bool = typer.Option(False, "--report", help="Also write the update's page (retain report) "
                                      "into the new version's folder: versions/V/report.html."),
 ):
@@ -99,7 +100,7 @@ def update(
         what = "--dry-run trains nothing" if dry_run else "--check runs in one process" if check else \
             "--auto runs its trials in processes of their own (tune.jobs, --ray)"
         raise typer.BadParameter(f"{what}: drop --nproc (or torchrun)", param_hint="--nproc")
-    cfg = _load(config, [*set_, *_text_field(text_field)], "fine_tuning", lr, epochs, batch_size, strategy)
+    cfg = _load(config, [*set_, *_text_field(text_field), *_log_to(log_to)], "fine_tuning", lr, epochs, batch_size, strategy)
     _under_torchrun(ctx, nproc, device, cfg.device, model)
     listeners = _listeners(json_out, quiet)
     if html_report:  # retain/report/page.py: written once the version is saved
@@ -155,6 +156,7 @@ def import_(
                                              "over --data"),
     json_out: bool = json_option("the import's report (source, counts, metrics, version)"), device: Optional[str] = DeviceOpt, strict: bool = StrictOpt,
     quiet: bool = QuietOpt, allow_empty: bool = AllowEmptyOpt, text_field: Optional[str] = TextFieldOpt,
+    log_to: Optional[str] = LogToOpt,
 ):
     """Bring an existing model in as the first version of a model directory.
 
@@ -165,7 +167,7 @@ def import_(
 
     extra = [f"model.{key}={value}" for key, value in (("family", family), ("factory", factory),
                                                       ("tokenizer", tokenizer)) if value is not None]
-    cfg = _load(config, [*set_, *extra, *_text_field(text_field)], "full_training", None, None, batch_size, strategy)
+    cfg = _load(config, [*set_, *extra, *_text_field(text_field), *_log_to(log_to)], "full_training", None, None, batch_size, strategy)
     engine = Engine(cfg, listeners=_listeners(json_out, quiet), device=_device(device), strict=strict,
                     allow_empty=allow_empty)
     _emit(engine.import_model(source, model, data), json_out)

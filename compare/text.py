@@ -277,6 +277,7 @@ class TextScenario:
         if full:
             cfg.full_training.tokenizer = "keep" if names[0] == FULL_RETRAIN_KEEP else "new"
         cfg.validation.holdout_fraction = 0.0  # compare holds out its own test items, before the engine
+        cfg.loggers = []  # runs on a scratch copy, not the model's history: no tracker hears them
         if full:
             cfg.validation.retention_fraction = 0.0  # and base data's test items are already removed
         else:

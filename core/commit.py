@@ -45,6 +45,7 @@ def commit(run: Run, store: ModelStore, dedupers: list[tuple[str, Any]], replace
         run.timings["save"] = time.perf_counter() - started
         report["timings"] = dict(run.timings)
         report["replaces"] = replaces
+        report.update(version=writer.name, status=status)  # the file says which version it reports on
         writer.write_json("report.json", report)
         rows = ([(it.hash, "train", it.source, it.origin) for it in run.items]
                 + [(it.hash, "holdout", it.source, it.origin) for it in run.holdout])

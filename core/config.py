@@ -233,6 +233,9 @@ class Config(Block):
     retrain: RetrainConfig = Field(default_factory=RetrainConfig)
     prune: PruneConfig = Field(default_factory=PruneConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
+    # Trackers every writing run reports to (``register_loggers``: mlflow, tensorboard; --log-to).
+    # The names are checked against the installed loggers with the other plugin names.
+    loggers: Names = []
     # Options of each plugin, by the name it registered (sources, strategies, ...).
     # Checked against that plugin's own options dataclass when it is built.
     options: dict[str, dict] = {}
@@ -247,6 +250,14 @@ class Config(Block):
     @asked.setter
     def asked(self, keys: frozenset[str] | None) -> None:
         self._asked = keys
+
+    @field_validator("loggers")
+    @classmethod
+    def _each_logger_once(cls, loggers: list[str]) -> list[str]:
+        repeated = sorted({n for n in loggers if loggers.count(n) > 1})
+        if repeated:
+            raise ValueError(f"names {', '.join(repeated)} more than once; list each logger once")
+        return loggers
 
     def asks(self, key: str) -> bool:
         """Did the user set ``key`` (or a block holding it) explicitly, rather than take the default?"""

@@ -211,6 +211,19 @@ class Scenario(Protocol):
         ...
 
 
+@runtime_checkable
+class Logger(Protocol):
+    """A tracker a run reports to (``register_loggers``), chosen with ``loggers: [...]``. Besides
+    ``close``, it has a method named after each event hook it hears (``step_finished``,
+    ``epoch_ended``, ``update_finished``, ``rolled_back``, ...), taking any of that hook's
+    arguments by name."""
+
+    def close(self, error: BaseException | None) -> None:
+        """The run (or the rollback) is over: end what the logger opened. ``error`` is what
+        ended the command early, or None."""
+        ...
+
+
 # --- checking a plugin against its contract ---------------------------------------------------
 
 def methods(contract: type) -> list[str]:

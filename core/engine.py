@@ -32,6 +32,7 @@ from .errors import ConfigError, ModelError, RetainError, SourceError
 from .gate import raise_if_rejected
 from .config import Config
 from .items import Item
+from .loggers import Loggers
 from .models import (LoadedVersion, count_parameters, load_version, model_config, prepare_model,
                      resolve_device, resolve_precision)
 from .plugin_errors import reports_plugin_errors
@@ -368,13 +369,23 @@ class Engine:
     # --- helpers ------------------------------------------------------------------------------
     @contextlib.contextmanager
     def listening(self) -> Iterator[None]:
-        """The listeners registered on the plugin manager while a run lasts."""
-        for listener in self.listeners:
+        """The listeners registered on the plugin manager while a run lasts, and the config's
+        loggers (``core/loggers.py``: rank 0 alone reports; one that fails is a warning)."""
+        loggers = Loggers({}, self._warn)
+        if self.world.is_writer:
+            loggers = Loggers.of(self.registry, self.config, self._warn)
+        listeners = [*self.listeners, *([loggers] if loggers else [])]
+        for listener in listeners:
             self.pm.register(listener)
+        error = None
         try:
             yield
+        except BaseException as exc:
+            error = exc
+            raise
         finally:
-            for listener in self.listeners:
+            loggers.close(error)
+            for listener in listeners:
                 self.pm.unregister(listener)
 
     @contextlib.contextmanager

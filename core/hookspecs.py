@@ -67,10 +67,13 @@ far. It is a read-only view (``RunView``): setting an attribute raises. In a run
     update_finished                           after the version is saved
     advice_given                              `retain update`: fine-tune or fully retrain?
 
+Outside a run, ``rolled_back`` says that ``retain rollback`` moved CURRENT.
+
 Event hooks (``step_*``, ``training_progress``, ``epoch_ended``,
-``verdicts_given``, ``advice_given``, ``warning_raised``) only observe: the
-CLI's terminal output and ``--json`` are built from them, and so can a logger
-or a dashboard of yours. Their return values are ignored.
+``verdicts_given``, ``advice_given``, ``warning_raised``, ``rolled_back``) only
+observe: the CLI's terminal output and ``--json`` are built from them, and so are
+the trackers (``register_loggers``: ``mlflow``, ``tensorboard``). Their return
+values are ignored.
 """
 
 from __future__ import annotations
@@ -211,6 +214,22 @@ def register_scenarios(register):
     """
 
 
+@hookspec
+def register_loggers(register):
+    """Add loggers: trackers a run reports to, chosen with ``loggers: [...]`` in the config
+    (or ``--log-to a,b``). The factory returns a ``Logger``, built afresh for each run.
+
+    A logger hears the event hooks (``update_started``, ``step_finished``, ``epoch_ended``,
+    ``verdicts_given``, ``update_finished``, ``warning_raised``, ``rolled_back``, ...): it has a
+    method of the hook's name for each it wants, taking any of the hook's arguments by name
+    (``@hookimpl`` marks are allowed, not needed). ``close(error)`` ends its run: ``error`` is
+    the exception that ended the command, or None. A logger that raises is told once as a
+    warning and hears nothing more in that run: the version and its report are never
+    affected. The built-in ``mlflow`` and ``tensorboard`` (``retain.plugins.loggers``) are
+    complete examples; ``docs/tracking.md`` names the metrics they log.
+    """
+
+
 # --- training ------------------------------------------------------------------------------
 
 @hookspec
@@ -295,3 +314,13 @@ def advice_given(run, assessment):
 @hookspec
 def warning_raised(run, message):
     """Something the user should know that does not stop the run (``run`` may be None)."""
+
+
+@hookspec
+def rolled_back(model_dir, previous, current, repaired):
+    """``retain rollback`` made ``current`` the current version of ``model_dir`` (a ``Path``),
+    in place of ``previous`` (None when CURRENT was broken; ``repaired`` then says what was
+    wrong with it, else None). Called once CURRENT is on disk and the lock released, not
+    when the version asked for was already current. The loggers heard are those the config
+    of ``previous`` chose (else ``current``'s); an exception here is a warning: the rollback
+    has happened and stays."""

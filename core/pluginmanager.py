@@ -21,17 +21,17 @@ from .config import Config, plugin_options
 from .errors import ConfigError, PluginError
 from .strategy import Strategy
 
-KINDS = ("sources", "preprocessors", "dedupers", "strategies", "validators", "models", "scenarios")
+KINDS = ("sources", "preprocessors", "dedupers", "strategies", "validators", "models", "scenarios", "loggers")
 _SINGULAR = {"sources": "source", "preprocessors": "preprocessor", "dedupers": "deduper",
              "strategies": "strategy", "validators": "validator", "models": "model family",
-             "scenarios": "scenario"}
+             "scenarios": "scenario", "loggers": "logger"}
 # The keywords beyond name/factory/options/description each kind understands.
 EXTRA_KEYWORDS = {"sources": {"suffixes", "folder_markers"}}
 # What the object each kind's factory returns must provide.
 CONTRACTS: dict[str, type] = {
     "sources": contracts.Source, "preprocessors": contracts.Preprocessor, "dedupers": contracts.Deduper,
     "strategies": Strategy, "validators": contracts.Validator, "models": contracts.ModelFamily,
-    "scenarios": contracts.Scenario}
+    "scenarios": contracts.Scenario, "loggers": contracts.Logger}
 # The family methods that make a LanguageModel (a return annotation on them is checked too).
 MAKES_MODELS = ("create", "load", "renew", "import_model")
 
@@ -122,11 +122,13 @@ class Registry:
             table[name] = Registration(kind, name, factory, options, description, plugin_name, extra)
         return register
 
-    def get(self, kind: str, name: str) -> Registration:
+    def get(self, kind: str, name: str, key: str = "") -> Registration:
+        """``name``'s registration; ``key``: the config key that named it, for the error."""
         table = self.by_kind[kind]
         if name not in table:
             known = ", ".join(sorted(table)) or "none"
-            raise PluginError(f"unknown {_SINGULAR[kind]} '{name}' (known: {known}); "
+            where = f" in config key '{key}'" if key else ""
+            raise PluginError(f"unknown {_SINGULAR[kind]} '{name}'{where} (known: {known}); "
                               "`retain plugins` lists what is installed")
         return table[name]
 
@@ -138,6 +140,8 @@ class Registry:
                             ("strategies", config.full_training.record), ("models", [config.model.family])):
             for name in names:
                 self.get(kind, name)
+        for name in config.loggers:
+            self.get("loggers", name, key="loggers")
         for name in config.options:
             regs = [table[name] for table in self.by_kind.values() if name in table]
             if not regs:

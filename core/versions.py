@@ -103,13 +103,59 @@ class Switched(NamedTuple):
 
 
 def rollback(store: ModelStore, target: str | None = None, wait: float = 0.0,
-             warn: Callable[[str], None] | None = None) -> Switched:
+             warn: Callable[[str], None] | None = None, pm: Any = None) -> Switched:
     """Make ``target`` (default: the parent of current) current, atomically, under the lock.
 
     Only accepted, unpruned versions whose files match their checksums qualify. A CURRENT
     that is unreadable or names a rejected, incomplete or missing version is repaired by
     naming ``target``; the checks read the manifests, never the index (a cache). ``warn``
-    hears what ``recover`` did first (a lost ledger rebuilt, a prune finished)."""
+    hears what ``recover`` did first (a lost ledger rebuilt, a prune finished). Once the lock
+    is released, a switch is told to the plugins of ``pm`` (default: every installed one)
+    and to the loggers the model's config chose: the ``rolled_back`` event."""
+    switched = _switch(store, target, wait, warn)
+    if switched.previous != switched.current:
+        announce_rollback(store, switched, pm, warn)
+    return switched
+
+
+def announce_rollback(store: ModelStore, switched: Switched, pm: Any = None,
+                      warn: Callable[[str], None] | None = None) -> None:
+    """``rolled_back``, heard by the plugins and by the loggers of the config the previous
+    version was made with (the new current's when there was none). A listener failing is a
+    warning: the rollback is done."""
+    from .loggers import rollback_loggers
+    from .pluginmanager import Registry, default_plugin_manager
+
+    pm = pm or default_plugin_manager()
+
+    def told(run: Any, message: str) -> None:
+        if warn is not None:
+            warn(message)
+
+    stored = [_stored_config(store, v) for v in (switched.previous, switched.current) if v is not None]
+    loggers = rollback_loggers(Registry.of(pm), stored, told)
+    if loggers:
+        pm.register(loggers)
+    try:
+        pm.hook.rolled_back(model_dir=store.root, previous=switched.previous, current=switched.current,
+                            repaired=switched.repaired)
+    except Exception as exc:  # the switch is on disk: a listener cannot undo it
+        told(None, f"a plugin failed in rolled_back ({type(exc).__name__}: {exc}); version "
+                   f"{switched.current} is current")
+    finally:
+        loggers.close(None)
+        if loggers:
+            pm.unregister(loggers)
+
+
+def _stored_config(store: ModelStore, version: str) -> dict | None:
+    try:
+        return store.manifest(version).get("config")
+    except ModelError:
+        return None
+
+
+def _switch(store: ModelStore, target: str | None, wait: float, warn: Callable[[str], None] | None) -> Switched:
     require_model(store)
     with store.lock(wait=wait), contextlib.closing(store.ledger):
         _recover(store, warn)
