@@ -50,7 +50,9 @@ from .world import SOLO, World
 class Setup:
     """What every stage runs with: the config, the plugins, the processes the run spans
     (``core/world.py``), the device name asked for. ``strict``: a bad record fails the run;
-    ``allow_empty``: ``--data`` with no usable item is a warning, not a ``SourceError``."""
+    ``allow_empty``: ``--data`` with no usable item is a warning, not a ``SourceError``.
+    ``announces``: False for stages run where nobody follows a run (``retain validate``):
+    no step, no verdict is told to the listeners."""
 
     config: Config
     pm: Any
@@ -60,6 +62,7 @@ class Setup:
     strict: bool = False
     allow_empty: bool = False
     listeners: tuple = ()
+    announces: bool = True
 
     @functools.cached_property
     def dedupers(self) -> list[tuple[str, Any]]:
@@ -71,12 +74,14 @@ class Setup:
 @contextlib.contextmanager
 def step(setup: Setup, run: Run, name: str) -> Iterator[dict]:
     """A step of the cycle, told to the listeners; the caller fills in what it did (``info``)."""
-    setup.pm.hook.step_started(run=run.view(), step=name)
+    if setup.announces:
+        setup.pm.hook.step_started(run=run.view(), step=name)
     started = time.perf_counter()
     info: dict[str, Any] = {}
     yield info
     run.timings[name] = time.perf_counter() - started
-    setup.pm.hook.step_finished(run=run.view(), step=name, info=info, seconds=run.timings[name])
+    if setup.announces:
+        setup.pm.hook.step_finished(run=run.view(), step=name, info=info, seconds=run.timings[name])
 
 
 def warn(setup: Setup, run: Run | None, message: str) -> None:
@@ -185,12 +190,16 @@ class Ingested:
         return (*self.items, *self.holdout)
 
 
-def ingest(setup: Setup, run: Run, store: ModelStore, data: list[str], items: list[Item] | None) -> Ingested:
-    """Collect, preprocess, dedupe and hold out (``core/ingest.py``)."""
+def ingest(setup: Setup, run: Run, store: ModelStore, data: list[str], items: list[Item] | None, *,
+           all_usable: bool = False) -> Ingested:
+    """Collect, preprocess, dedupe and hold out (``core/ingest.py``). ``all_usable``: collect
+    and preprocess, no more: every usable item (``retain validate`` judges a version on them)."""
     with step(setup, run, "collect") as info:
         info.update(ingesting.collect_step(run, setup.registry, store, data, items, setup.strict))
     with step(setup, run, "preprocess") as info:
         info.update(ingesting.preprocess_step(run, setup.registry, store))
+    if all_usable:
+        return Ingested.of(run)
     if items is None and data and not run.items:
         _nothing_usable(setup, run, store, data)
     with step(setup, run, "dedupe") as info:
@@ -322,8 +331,9 @@ class Judged:
 
 
 def gate(setup: Setup, run: Run, store: ModelStore | None) -> Judged:
-    """The candidate scored (``evaluation.measure_after``) and judged by the validators
-    (``core/gate.py``); in several processes rank 0 judges and every rank gets its verdicts."""
+    """The candidate scored (``evaluation.measure_after``; scores already in ``run.after`` are
+    used) and judged by the validators (``core/gate.py``); in several processes rank 0 judges
+    and every rank gets its verdicts."""
     with step(setup, run, "validate") as info:
         if setup.world.is_writer:
             evidence = evaluation.measure_after(run, store)
@@ -331,7 +341,8 @@ def gate(setup: Setup, run: Run, store: ModelStore | None) -> Judged:
         run.verdicts, run.next_steps, run.metrics = setup.world.broadcast((run.verdicts, run.next_steps,
                                                                            run.metrics))
         judged = Judged(run.metrics, tuple(run.verdicts), run.next_steps)
-        setup.pm.hook.verdicts_given(run=run.view(), verdicts=run.verdicts, next_steps=run.next_steps)
+        if setup.announces:
+            setup.pm.hook.verdicts_given(run=run.view(), verdicts=run.verdicts, next_steps=run.next_steps)
         info.update(judged.to_json())
     return judged
 
