@@ -294,6 +294,18 @@ class Training:
     early_stopping: dict[str, Any] | None
     oom_retries: list[dict]
 
+    @classmethod
+    def of(cls, run: Run) -> "Training":
+        return cls(list(run.epoch_losses), run.early_stopping, list(run.oom_retries))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"epoch_losses": self.epoch_losses, "early_stopping": self.early_stopping,
+                "oom_retries": self.oom_retries}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Training":
+        return cls(list(data["epoch_losses"]), data["early_stopping"], list(data["oom_retries"]))
+
 
 def train(setup: Setup, run: Run, preload: Preload) -> Training:
     """The epoch loop (``core/training.py``), after what is left of its import (``preload``)."""
@@ -304,7 +316,7 @@ def train(setup: Setup, run: Run, preload: Preload) -> Training:
         stopping = run.kind == FINE_TUNING and setup.config.fine_tuning.early_stopping.enabled
         training.train(run, setup.pm, registry=setup.registry if stopping else None, world=setup.world)
         info.update(epoch_losses=run.epoch_losses, oom_retries=run.oom_retries, early_stopping=run.early_stopping)
-    return Training(list(run.epoch_losses), run.early_stopping, list(run.oom_retries))
+    return Training.of(run)
 
 
 # --- 6. gate ----------------------------------------------------------------------------------

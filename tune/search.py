@@ -377,9 +377,10 @@ def commit_winner(run, engine, store: ModelStore, search: dict, results: list[di
 
 def candidate_run(run, engine, result: dict, search: dict):
     """A ``Run`` holding the winning trial's candidate, ready for ``cycle.commit``: what the
-    search's stages found (``run``), the winner's weights and its stage results (``result``)."""
+    search's own stages found (``run``: its ingest and measure), the winner's weights and the
+    stage results its trial sent back (``result``: its training and the gate's decision)."""
     from retain.core import evaluation
-    from retain.core.cycle import Judged
+    from retain.core.cycle import Judged, Training
     from retain.core.models import load_version
     from retain.core.run import Run
     from retain.core.strategy import TrainSettings, latest_state
@@ -400,18 +401,17 @@ def candidate_run(run, engine, result: dict, search: dict):
     out.strategies = [engine.registry.build("strategies", name, config) for name in config.fine_tuning.strategy]
     for strategy in out.strategies:
         strategy.load_state_dict(latest_state(loaded.reader, [loaded.version], strategy.name))
-    out.items, out.holdout, out.rejects, out.skipped = run.items, run.holdout, run.rejects, run.skipped
-    out.counts = dict(result["counts"])
-    out.retention_texts, out.new_texts, out.before = run.retention_texts, run.new_texts, run.before
+    out.take(run.measured())  # the items, the hold-out, the judged texts, the starting losses
+    out.rejects, out.skipped = run.rejects, run.skipped
     out.retention, out.drift = run.retention, run.drift  # the pool and drift reference the trials used
-    out.settings = TrainSettings(**result["settings"])
+    out.counts, out.settings = dict(result["counts"]), TrainSettings(**result["settings"])
     # Per-item losses of the winner, which the version stores (its retention pool, its held-out
     # items' losses): the trial's process sent back only their means.
     out.after = evaluation.score_candidate(out)
-    out.epoch_losses, out.oom_retries = list(result["epoch_losses"]), list(result["oom_retries"])
-    judged = Judged.from_json(result)
+    training, judged = Training.from_json(result), Judged.from_json(result)
+    out.epoch_losses, out.oom_retries, out.early_stopping = (training.epoch_losses, training.oom_retries,
+                                                             training.early_stopping)
     out.metrics, out.verdicts, out.next_steps = judged.metrics, list(judged.verdicts), judged.next_steps
-    out.early_stopping = result["early_stopping"]
     out.timings = {**{k: v for k, v in run.timings.items() if k not in result["timings"]}, **result["timings"],
                    "search": search["spent_seconds"]}
     out.search = {k: v for k, v in search.items() if k != "scratch"}

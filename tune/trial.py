@@ -63,9 +63,8 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     return {
         "number": spec["number"], "recipe": spec["recipe"], "accepted": judged.accepted,
         "seconds": run.timings["train"], "wall_seconds": time.perf_counter() - started,
-        "limit_seconds": spec["limit_seconds"], **judged.to_json(),
-        "epoch_losses": run.epoch_losses, "settings": asdict(run.settings), "counts": run.counts,
-        "early_stopping": run.early_stopping, "oom_retries": run.oom_retries, "timings": run.timings,
+        "limit_seconds": spec["limit_seconds"], **judged.to_json(), **cycle.Training.of(run).to_json(),
+        "settings": asdict(run.settings), "counts": run.counts, "timings": run.timings,
         "candidate": candidate, "pid": os.getpid(),
     }
 
