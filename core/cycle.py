@@ -362,6 +362,8 @@ def gate(setup: Setup, run: Run, store: ModelStore | None) -> Judged:
 def announce_verdicts(setup: Setup, run: Run) -> None:
     """A gate run elsewhere (a search's trial judged its candidate in its own process, where
     nobody listens), told to the listeners as an update tells its own."""
+    if not setup.announces:
+        return
     setup.pm.hook.step_started(run=run.view(), step="validate")
     setup.pm.hook.verdicts_given(run=run.view(), verdicts=run.verdicts, next_steps=run.next_steps)
     setup.pm.hook.step_finished(run=run.view(), step="validate", seconds=run.timings.get("validate", 0.0),
