@@ -7,11 +7,12 @@
     trainer.fine_tune(new_data, epochs=3, lr=0.0001)
     trainer.save_model('models/my-model')   # or trainer.discard(): nothing written
 
-A thin layer over the engine: ``fine_tune`` runs every step but the save and
-returns the report with the gate's verdict (``report["gate"]``), ``save_model`` the
-save, ``discard`` drops the fine-tune and reloads the version it started from. It checks what the command line checks: ``epochs``, ``lr`` and ``strategy``
-are config values (a ``ConfigError`` for ``lr=nan`` or ``epochs=-1``) and hold for
-that call only; a path that is not a model is a ``ModelError``. With ``verbose``
+A thin layer over the cycle (``core/cycle.py``): ``fine_tune`` runs every stage but the
+commit (``cycle.candidate``) and returns the report with the gate's verdict
+(``report["gate"]``), ``save_model`` the commit, ``discard`` drops the fine-tune and
+reloads the version it started from. It checks what the command line checks: ``epochs``,
+``lr`` and ``strategy`` are config values (a ``ConfigError`` for ``lr=nan`` or ``epochs=-1``)
+and hold for that call only; a path that is not a model is a ``ModelError``. With ``verbose``
 the CLI's renderer prints the steps.
 """
 
@@ -21,6 +22,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterable
 
+from retain.core import cycle
 from retain.core.config import Config, load_config, with_values
 from retain.core.engine import Engine
 from retain.core.errors import ModelError, SourceError
@@ -103,8 +105,8 @@ class ModelTrainer:
         engine = self._engine(config) if config != self.config else self.engine
         items, rejects = python_items(_as_items(new_data))
         self._check_rejects(rejects)
-        with engine.listening():
-            run = engine.prepare(FINE_TUNING, [], ModelStore(self.path), self.loaded, items=items)
+        with cycle.listening(engine.setup):
+            run = cycle.candidate(engine.setup, FINE_TUNING, [], ModelStore(self.path), self.loaded, items=items)
         self.pending, self.pending_engine = (run, engine) if run.trained else (None, None)
         self.last_report = run.report()
         self.last_report["gate"] = ("accepted" if run.accepted else "rejected") if run.trained else None
@@ -126,14 +128,14 @@ class ModelTrainer:
                 raise ModelError(f"{target} is not empty; save into the loaded model directory "
                                  f"({self.path}) or into a new one")
             shutil.copytree(self.path, target, ignore=shutil.ignore_patterns(".lock"), dirs_exist_ok=True)
-        with engine.listening(), store.lock():
-            engine.recover(store)  # its notes are warnings (a lost ledger rebuilt, a prune finished)
+        with cycle.listening(engine.setup), store.lock():
+            cycle.recover(engine.setup, store)  # its notes are warnings (a lost ledger rebuilt, a prune finished)
             if store.current() != self.loaded.version:
                 raise ModelError(f"{target} moved to version {store.current()} since this model "
                                  f"was loaded ({self.loaded.version}); load it again")
             self.pending.model_dir = store.root
             try:
-                report = engine.commit(self.pending, store)
+                report = cycle.commit(engine.setup, self.pending, store)
             finally:
                 self.pending, self.pending_engine = None, None
         self.last_report = report

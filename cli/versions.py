@@ -59,21 +59,21 @@ def status(
 def _pending_items(data: List[str], store, cfg) -> tuple[int, Optional[dict]]:
     """How many items of ``data`` an update would learn (collected, preprocessed, deduped against
     the ledger), and their tokens and bytes under the current tokenizer: the cycle's plan, as
-    ``update --dry-run`` runs it (``Engine.plan``). Reads only."""
+    ``update --dry-run`` runs it (``cycle.plan``: load and ingest). Reads only."""
+    from retain.core import cycle
     from retain.core.engine import Engine
 
     # no listeners: the plan's steps and warnings are not printed here; data with no usable item
     # is 0 pending items, as it always was (status reports, an update is what fails on it)
-    engine = Engine(cfg, allow_empty=True)
+    setup = Engine(cfg, allow_empty=True).setup
     with contextlib.closing(store.ledger):  # read: no -wal or -shm left behind, whatever ends the process
-        run = engine.plan(data, store)
-    items = [*run.items, *run.holdout]  # what it would learn: the hold-out is split off later
+        items = cycle.Ingested.of(cycle.plan(setup, data, store)).learned  # the hold-out is split off later
     if not items:
         return 0, None
     from retain.core.models import load_version
     from retain.core.vocabulary import measure_texts
 
-    return len(items), measure_texts(load_version(store, registry=engine.registry).lm, [it.text for it in items])
+    return len(items), measure_texts(load_version(store, registry=setup.registry).lm, [it.text for it in items])
 
 
 @app.command()

@@ -195,7 +195,7 @@ def _say_context(run, max_seq_length: int, warn) -> None:
     from .run import FINE_TUNING, IMPORT
 
     context = run.lm.context
-    if run.kind == IMPORT or max_seq_length <= context:  # an import says it once (Engine._import)
+    if run.kind == IMPORT or max_seq_length <= context:  # an import says it once (cycle.load)
         return
     if run.kind == FINE_TUNING and run.base is not None:
         store = run.base.reader.store

@@ -1,6 +1,6 @@
 """Name the third-party plugin behind an exception that escapes an update.
 
-The engine wraps the steps it calls plugins for (sources, dedupers,
+The cycle wraps the steps it calls plugins for (sources, dedupers,
 preprocessors, validators) itself; hooks (``training_penalty``,
 ``epoch_ended``, ...) and optional methods such as ``remember`` run deep
 inside pluggy or avalanche-lib, so an exception from them is traced back
@@ -55,7 +55,8 @@ def blame(exc: BaseException, pm, registry=None) -> str | None:
 
 
 def reports_plugin_errors(method: Callable) -> Callable:
-    """Engine-method decorator: an exception raised by a plugin becomes a PluginError naming it."""
+    """Decorator of a cycle stage (``core/cycle.py``; its first argument has the plugin manager,
+    ``pm``, and the ``registry``): an exception raised by a plugin becomes a PluginError naming it."""
 
     @functools.wraps(method)
     def wrapper(self, *args: Any, **kwargs: Any):

@@ -1,8 +1,9 @@
-"""The run: one training or update, the state that flows through the engine's steps.
+"""The run: one training or update, the state that flows through the cycle's stages.
 
-Each step (``core/ingest.py``, ``core/models.py``, ``core/evaluation.py``,
-``core/training.py``, ``core/gate.py``, ``core/commit.py``) reads what the steps
-before it filled in and adds its own part. Hooks and strategies receive a
+Each stage (``core/cycle.py``, its work in ``core/ingest.py``, ``core/models.py``,
+``core/evaluation.py``, ``core/training.py``, ``core/gate.py``, ``core/commit.py``)
+reads what the stages before it filled in, adds its own part and returns its small typed
+result (``Measured``, below, is the one a search's trials receive). Hooks and strategies receive a
 read-only view of it (``RunView``): a plugin changes the run by returning what it
 changes (``Strategy.configure`` a wrapped model, ``Strategy.counts`` its counts).
 """
@@ -148,7 +149,7 @@ class Run:
 
 class RunView:
     """A run as plugins see it: every attribute reads through to the run, none can be set.
-    A plugin that changes the run returns what it changes; the engine puts it in place."""
+    A plugin that changes the run returns what it changes; the cycle puts it in place."""
 
     __slots__ = ("_run",)
 

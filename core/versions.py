@@ -209,54 +209,67 @@ def _check_rollback_target(store: ModelStore, target: str) -> None:
 
 def validate_version(engine: Any, store: ModelStore, version: str | None, data: list[str]) -> dict:
     """Run the configured validators on ``version`` (default: current) against its parent,
-    with the items of ``data`` as held-out new items. Reads only."""
+    with the items of ``data`` as held-out new items. Reads only.
+
+    The cycle's stages (``core/cycle.py``) with options: every usable item of ``data``
+    (``ingest``, neither deduped nor held out), both versions scored as the update scored,
+    and the ``gate``; nobody follows a validation, so no step is announced."""
+    import dataclasses
+    import uuid
+
+    from . import cycle
     from .errors import SourceError
-    from . import retention
-    from .evaluation import evidence, measure, metrics, scoring_key
-    from .gate import judge
-    from .ingest import collect, preprocess
     from .models import load_version, resolve_device, resolve_precision
+    from .run import FINE_TUNING, Run
     from .strategy import TrainSettings
 
-    cfg, registry = engine.config, engine.registry
+    setup = dataclasses.replace(engine.setup, announces=False)
     version = normalize_version(version) if version else store.current()
     manifest = store.manifest(version)
     parent = manifest.get("parent")
     if parent is None:
         raise ModelError(f"version {version} starts its lineage (a full training or an import): it has no parent to compare with; "
                          "validate one of its updates")
-    device = resolve_device(engine.device_name)
-    cand = load_version(store, version, device, registry)
-    base = load_version(store, parent, device, registry)
-    items, rejects = collect(data, registry, cfg)
-    items, pre_rejects = preprocess(items, registry, cfg)
+    device = resolve_device(setup.device_name)
+    cand = load_version(store, version, device, setup.registry)
+    base = load_version(store, parent, device, setup.registry)
+    # Scored as the update scored (auto was measured then, on its model), else by rule.
+    recorded = manifest.get("precision") if setup.config.precision == "auto" else None
+    precision = recorded if recorded in ("fp32", "bf16") else resolve_precision(setup.config.precision, device)
+    run = Run(uuid.uuid4().hex[:12], FINE_TUNING, setup.config, store.root, parent=parent, device=device,
+              precision=precision, writes=False, base=base)
+    run.lm, run.settings = cand.lm, _settings(store, version, manifest, TrainSettings)
+    items = list(cycle.ingest(setup, run, store, data, None, all_usable=True).items)
+    # What the gate's evidence says of the update: its epochs and timings, not this reading's.
+    run.epoch_losses, run.timings = list(manifest.get("epoch_losses", [])), dict(manifest.get("timings", {}))
     if not items:
         raise SourceError("no usable items in --data to validate with")
     store.check_ledger(store.chain(version))
     seen = store.ledger.find([it.hash for it in items], store.chain(version))
     store.ledger.close()
-    kept = retention.load(store, parent, cfg.validation.eval_max_items, cfg.seed)
+    _score_as_the_update(run, store, manifest, base, [it.text for it in items])
+    judged = cycle.gate(setup, run, None)
+    return {"version": version, "parent": parent, "metrics": judged.metrics,
+            "verdicts": [v.to_json() for v in judged.verdicts], "next_steps": judged.next_steps,
+            "passed": judged.accepted, "items": len(items), "rejected": len(run.rejects),
+            "already_learned": len(seen)}
+
+
+def _score_as_the_update(run, store: ModelStore, manifest: dict, base, new: list[str]) -> None:
+    """The parent's and the candidate's losses (``run.before``, ``run.after``) on the retention
+    items the update scored (else the parent's whole pool) and the ``new`` texts."""
+    from . import retention
+    from .evaluation import measure, scoring_key
+
+    cfg = run.config
+    kept = retention.load(store, run.parent, cfg.validation.eval_max_items, cfg.seed)
     scored = manifest.get("metrics", {}).get("retention_items")  # what the update scored, else the pool
     k = scored if isinstance(scored, int) else len(kept.items)
-    old, new = kept.texts[:k], [it.text for it in items]
-    seq_len = min(cfg.fine_tuning.max_seq_length, cand.lm.context)
-    # Scored as the update scored (auto was measured then, on its model), else by rule.
-    recorded = manifest.get("precision") if cfg.precision == "auto" else None
-    precision = recorded if recorded in ("fp32", "bf16") else resolve_precision(cfg.precision, device)
-    before = measure(base.lm, old, new, seq_len, device, precision,
-                     kept.losses(scoring_key(seq_len, precision, device))[:k])
-    after = measure(cand.lm, old, new, seq_len, device, precision)
-    numbers = metrics(before, after, len(old), len(new))
-    settings = _settings(store, version, manifest, TrainSettings)
-    ev = evidence("fine_tuning", cand.lm, settings, before, after, list(manifest.get("epoch_losses", [])),
-                  dict(manifest.get("timings", {})), numbers)
-    ev.retrain_drift = cfg.retrain.max_retention_drift
-    verdicts, steps = judge(registry, cfg, ev)
-    return {"version": version, "parent": parent, "metrics": numbers,
-            "verdicts": [v.to_json() for v in verdicts], "next_steps": steps,
-            "passed": not any(v.status == "fail" for v in verdicts),
-            "items": len(items), "rejected": len(rejects) + len(pre_rejects),
-            "already_learned": len(seen)}
+    run.retention_texts, run.new_texts = kept.texts[:k], new
+    seq_len = min(cfg.fine_tuning.max_seq_length, run.lm.context)
+    run.before = measure(base.lm, run.retention_texts, new, seq_len, run.device, run.precision,
+                         kept.losses(scoring_key(seq_len, run.precision, run.device))[:k])
+    run.after = measure(run.lm, run.retention_texts, new, seq_len, run.device, run.precision)
 
 
 def _settings(store: ModelStore, version: str, manifest: dict, cls) -> Any:

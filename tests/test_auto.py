@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from retain.cli import app
+from retain.core import cycle
 from retain.core.config import load_config
 from retain.core.engine import Engine
 from retain.core.errors import UpdateRejected
@@ -160,7 +161,7 @@ def test_auto_dry_run_trains_nothing_and_says_what_the_search_would_cover(base_m
         raise AssertionError("--auto --dry-run started a trial")
 
     monkeypatch.setattr(search_module, "default_executor", no_trials)
-    monkeypatch.setattr(Engine, "train_and_judge", no_trials)
+    monkeypatch.setattr(cycle, "train_and_judge", no_trials)
     before = _files(base_model)
     data = write_jsonl(tmp_path / "new.jsonl", new_texts[:40])
     sets = [f"--set={o}" for o in [*TINY, "fine_tuning.strategy=rewarm,replay", "tune.max_trials=5"]]

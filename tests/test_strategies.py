@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from retain import Strategy, hookimpl
+from retain.core import cycle
 from retain.core.config import load_config
 from retain.core.engine import Engine
 from retain.core.models import load_version
@@ -245,9 +246,9 @@ def test_ewc_importances_are_nonzero_accumulate_and_reload_bit_identical(tmp_pat
     store = ModelStore(tmp_path / "model")
     with store.lock():
         data = write_jsonl(tmp_path / "old.jsonl", old_texts[:80])
-        cand = engine.prepare("full_training", [str(data)], store, None)
+        cand = cycle.candidate(engine.setup, "full_training", [str(data)], store, None)
         computed = cand.strategies[0].plugin.latest_importances()
-        engine.commit(cand, store)
+        cycle.commit(engine.setup, cand, store)
     saved = {k.removeprefix("importance/"): v
              for k, v in store.read_tensors("0001", "strategy/ewc.safetensors").items()}
     model = load_version(store).model

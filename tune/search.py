@@ -94,6 +94,7 @@ def auto_update(engine, data: list[str], model_dir: str | Path, *, budget: float
     ``executor``: where trials run (default: ``default_executor(tune.jobs)``, shut down after).
     ``on_trial(result, search)``: called as each trial ends (the CLI prints a line).
     """
+    from retain.core import cycle
     from retain.core.gate import raise_if_rejected
     from retain.core.run import FINE_TUNING
 
@@ -114,15 +115,17 @@ def auto_update(engine, data: list[str], model_dir: str | Path, *, budget: float
               "full_training_seconds": seconds / fraction}
     if dry_run:
         return plan_search(engine, store, data, items, search, advise)
-    with engine.listening(), (contextlib.nullcontext() if check else store.lock(wait=wait_lock)):
+    # The cycle's stages up to measure, once; each trial goes on from their results.
+    setup = engine.setup
+    with cycle.listening(setup), (contextlib.nullcontext() if check else store.lock(wait=wait_lock)):
         if not check:
-            engine.recover(store)
-        run = engine.start(FINE_TUNING, store, store.current(), writes=not check)
-        with engine.strategies_registered(run):
-            engine.ingest(run, store, data, items)
+            cycle.recover(setup, store)
+        run = cycle.load(setup, FINE_TUNING, store, store.current(), writes=not check)
+        with cycle.strategies_registered(setup, run):
+            cycle.ingest(setup, run, store, data, items)
             if run.items:
-                engine.tokenize(run, store)  # the per-item cap, before the trials get the items
-                engine.evaluate_before(run, store)
+                cycle.prepare(setup, run, store)  # the per-item cap, before the trials get the items
+                cycle.measure(setup, run, store)
         if check:
             store.ledger.close()
         if not run.items:
@@ -131,26 +134,29 @@ def auto_update(engine, data: list[str], model_dir: str | Path, *, budget: float
             results = run_search(run, engine, search, executor, on_trial)
             report = commit_winner(run, engine, store, search, results, check)
         if advise:
-            engine.advise(run, store, report)
+            cycle.advise(setup, run, store, report)
     return raise_if_rejected(report, store)
 
 
 def plan_search(engine, store: ModelStore, data: list[str], items, search: dict, advise: bool) -> dict:
-    """``--auto --dry-run``: what the update would learn (``Engine.plan``: no weights loaded,
+    """``--auto --dry-run``: what the update would learn (``cycle.plan``: no weights loaded,
     nothing trained or written) and what the search would cover: its space, the prior's recipes
     with their estimated training time, and about how many trials fit the budget."""
-    with engine.listening(), contextlib.closing(store.ledger):
+    from retain.core import cycle
+
+    setup = engine.setup
+    with cycle.listening(setup), contextlib.closing(store.ledger):
         try:
-            run = engine.plan(data, store, items=items)
+            run = cycle.plan(setup, data, store, items)
         finally:
             store.ledger.close()
         search["trials"] = []
         if run.items:
             search.update(search_plan(engine.config, store, run.items, search))
         run.search = search
-        report = engine.not_saved(run, "dry_run")
+        report = cycle.not_saved(setup, run, "dry_run")
         if advise:
-            engine.advise(run, store, report)
+            cycle.advise(setup, run, store, report)
     return report
 
 
@@ -348,6 +354,7 @@ def winner(results: list[dict]) -> dict | None:
 def commit_winner(run, engine, store: ModelStore, search: dict, results: list[dict], check: bool) -> dict:
     """The winning candidate, saved through ``core/commit.py`` like any update's (``check``: judged,
     not saved, as ``retain update --check`` reports a candidate)."""
+    from retain.core import cycle
     from retain.core.errors import UpdateRejected
 
     best = winner(results)
@@ -360,21 +367,23 @@ def commit_winner(run, engine, store: ModelStore, search: dict, results: list[di
         search["recipe"] = best["recipe"]
         search["describe"] = space.Recipe(**best["recipe"]).describe()
         candidate = candidate_run(run, engine, best, search)
-        engine.announce_verdicts(candidate)
+        cycle.announce_verdicts(engine.setup, candidate)
         if check:
-            return engine.not_saved(candidate, "check")
-        return engine.commit(candidate, store)
+            return cycle.not_saved(engine.setup, candidate, "check")
+        return cycle.commit(engine.setup, candidate, store)
     finally:
         shutil.rmtree(search.pop("scratch"), ignore_errors=True)
 
 
 def candidate_run(run, engine, result: dict, search: dict):
-    """A ``Run`` holding the winning trial's candidate, ready for ``Engine.commit``."""
+    """A ``Run`` holding the winning trial's candidate, ready for ``cycle.commit``: what the
+    search's own stages found (``run``: its ingest and measure), the winner's weights and the
+    stage results its trial sent back (``result``: its training and the gate's decision)."""
     from retain.core import evaluation
+    from retain.core.cycle import Judged, Training
     from retain.core.models import load_version
     from retain.core.run import Run
     from retain.core.strategy import TrainSettings, latest_state
-    from retain.core.validation import Verdict
 
     data = copy.deepcopy(run.config.to_dict())
     for text in space.Recipe(**result["recipe"]).overrides():
@@ -392,18 +401,17 @@ def candidate_run(run, engine, result: dict, search: dict):
     out.strategies = [engine.registry.build("strategies", name, config) for name in config.fine_tuning.strategy]
     for strategy in out.strategies:
         strategy.load_state_dict(latest_state(loaded.reader, [loaded.version], strategy.name))
-    out.items, out.holdout, out.rejects, out.skipped = run.items, run.holdout, run.rejects, run.skipped
-    out.counts = dict(result["counts"])
-    out.retention_texts, out.new_texts, out.before = run.retention_texts, run.new_texts, run.before
+    out.take(run.measured())  # the items, the hold-out, the judged texts, the starting losses
+    out.rejects, out.skipped = run.rejects, run.skipped
     out.retention, out.drift = run.retention, run.drift  # the pool and drift reference the trials used
-    out.settings = TrainSettings(**result["settings"])
+    out.counts, out.settings = dict(result["counts"]), TrainSettings(**result["settings"])
     # Per-item losses of the winner, which the version stores (its retention pool, its held-out
     # items' losses): the trial's process sent back only their means.
     out.after = evaluation.score_candidate(out)
-    out.epoch_losses, out.oom_retries = list(result["epoch_losses"]), list(result["oom_retries"])
-    out.metrics, out.next_steps = dict(result["metrics"]), list(result["next_steps"])
-    out.verdicts = [Verdict(**v) for v in result["verdicts"]]
-    out.early_stopping = result["early_stopping"]
+    training, judged = Training.from_json(result), Judged.from_json(result)
+    out.epoch_losses, out.oom_retries, out.early_stopping = (training.epoch_losses, training.oom_retries,
+                                                             training.early_stopping)
+    out.metrics, out.verdicts, out.next_steps = judged.metrics, list(judged.verdicts), judged.next_steps
     out.timings = {**{k: v for k, v in run.timings.items() if k not in result["timings"]}, **result["timings"],
                    "search": search["spent_seconds"]}
     out.search = {k: v for k, v in search.items() if k != "scratch"}

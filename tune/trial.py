@@ -2,10 +2,11 @@
 
 ``run_trial(spec) -> result`` takes and returns plain data (JSON-able dicts and
 lists), so any executor can run it: a process pool here, Ray tasks at scale.
-The trial loads the parent version from the model directory (its weights and
-its strategies' state, read only), trains on the items the parent process
-ingested, and is judged by the configured validators exactly as
-``retain update`` judges a candidate. Its candidate (weights, tokenizer,
+The trial runs the cycle's own stages (``core/cycle.py``): it loads the parent
+version from the model directory (its weights and its strategies' state, read
+only), goes on from the stage results the search sent (``Measured``: the items
+it ingested, the starting losses; the precision it chose), trains, and is judged
+by the configured validators exactly as ``retain update`` judges a candidate. Its candidate (weights, tokenizer,
 strategy state) is written as a version of a scratch model directory, which the
 search commits through the normal save path if it wins.
 
@@ -30,6 +31,7 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     """Train and judge one candidate; see ``search.trial_spec`` for ``spec``'s keys."""
     import torch
 
+    from retain.core import cycle
     from retain.core.config import Config, build
     from retain.core.engine import Engine
     from retain.core.run import FINE_TUNING, Measured
@@ -47,24 +49,22 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
         from retain.core.pluginmanager import make_plugin_manager
 
         pm = make_plugin_manager(extra_plugins=[importlib.import_module(name) for name in spec["plugins"]])
-    engine = Engine(config, pm=pm, device=spec["device"], world=SOLO)  # a trial is one process
+    setup = Engine(config, pm=pm, device=spec["device"], world=SOLO).setup  # a trial is one process
     store = ModelStore(spec["model_dir"])
     # The trial writes nothing to the model directory (the search owns its lock).
-    run = engine.start(FINE_TUNING, store, spec["parent"], writes=False)
-    run.take(Measured.from_json(spec))  # what the search's own steps 2-7 established
+    run = cycle.load(setup, FINE_TUNING, store, spec["parent"], writes=False)
+    run.take(Measured.from_json(spec))  # what the search's own ingest and measure established
     run.drift = _drift(store, spec["parent"], config, run.retention_texts)
     run.timings["evaluate_before"] = spec["evaluate_seconds"]  # the parent's: the same texts were scored
     run.precision_choice = spec.get("precision")  # ... in the search's precision, not measured again here
-    with engine.strategies_registered(run):
-        engine.train_and_judge(run, store)
+    with cycle.strategies_registered(setup, run):
+        judged = cycle.train_and_judge(setup, run, store)
     candidate = save_candidate(run, spec["scratch"])
     return {
-        "number": spec["number"], "recipe": spec["recipe"], "accepted": run.accepted,
+        "number": spec["number"], "recipe": spec["recipe"], "accepted": judged.accepted,
         "seconds": run.timings["train"], "wall_seconds": time.perf_counter() - started,
-        "limit_seconds": spec["limit_seconds"], "metrics": run.metrics,
-        "verdicts": [v.to_json() for v in run.verdicts], "next_steps": run.next_steps,
-        "epoch_losses": run.epoch_losses, "settings": asdict(run.settings), "counts": run.counts,
-        "early_stopping": run.early_stopping, "oom_retries": run.oom_retries, "timings": run.timings,
+        "limit_seconds": spec["limit_seconds"], **judged.to_json(), **cycle.Training.of(run).to_json(),
+        "settings": asdict(run.settings), "counts": run.counts, "timings": run.timings,
         "candidate": candidate, "pid": os.getpid(),
     }
 
