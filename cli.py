@@ -372,6 +372,10 @@ def update(
                                       "cluster at ADDRESS (ray://host:10001, or auto), or on a local Ray started "
                                       "here without one. Needs retain\\[ray].", metavar="[ADDRESS]"),
     allow_empty: bool = AllowEmptyOpt,
+    consolidate: bool = typer.Option(False, "--consolidate", help="Spend this update on bringing the old domain "
+                                     "back inside the gate's drift budget: replay past items 4:1 "
+                                     "(options.replay.consolidate_share) while learning the new data; the way "
+                                     "on after a rejection for cumulative drift."),
 ):
     """One fine-tuning cycle on new data only: load, collect, dedupe, preprocess, tokenize,
     fine-tune, validate, save.
@@ -398,6 +402,11 @@ def update(
             "--auto runs its trials in processes of their own (tune.jobs, --ray)"
         raise typer.BadParameter(f"{what}: drop --nproc (or torchrun)", param_hint="--nproc")
     cfg = _load(config, set_, "fine_tuning", lr, epochs, batch_size, strategy)
+    if consolidate:
+        from retain.strategies.replay import consolidation_overrides
+
+        cfg = _load(config, [*set_, *consolidation_overrides(cfg.fine_tuning.strategy)], "fine_tuning", lr,
+                    epochs, batch_size, None)
     _under_torchrun(ctx, nproc, device, cfg.device, model)
     listeners = _listeners(json_out, quiet)
     engine = Engine(cfg, listeners=listeners, device=_device(device), strict=strict,

@@ -68,8 +68,7 @@ RECIPES = {
 DEFAULT_RECIPES = ["naive (no gate)", "naive", "low_lr", "naive+replay", "rewarm", "rewarm+replay",
                    "rewarm+replay 1ep", "auto"]
 # The month (--days 10 or more): the recipes a daily job could run, no large update.
-MONTH_RECIPES = ["rewarm+replay", "rewarm+replay steered", "rewarm+replay+average", "rewarm+replay+average steered",
-                 "rewarm+replay 1ep"]
+MONTH_RECIPES = ["rewarm+replay", "rewarm+replay steered", "rewarm+replay+average steered"]
 MONTH_CHECKPOINTS = (5, 10, 20, 30)  # days after which both domains are measured
 RETRAIN_EVERY = 10                    # a same-tokenizer retrain on all data seen so far, every this many days
 # Not in the default run (time), selectable with --recipes.
@@ -265,24 +264,54 @@ def run_month(work: Path, name: str, overrides: list[str], auto: bool, files: di
     return row
 
 
-def month_retrains(work: Path, common: list[str], files: dict, data: dict, args) -> list[dict]:
-    """Same-tokenizer retrains from scratch on the base and every day so far, every RETRAIN_EVERY days."""
+def retrain_days(n: int) -> list[int]:
+    return sorted({d for d in range(RETRAIN_EVERY, n + 1, RETRAIN_EVERY)} | {n})
+
+
+def retrain_upto(work: Path, common: list[str], files: dict, data: dict, args, day: int) -> dict:
+    """A same-tokenizer retrain from scratch on the base and days 1 to ``day``."""
     from retain.core.config import load_config
     from retain.core.engine import Engine
 
-    out = []
-    n = len(files["days"])
-    for day in sorted({d for d in range(RETRAIN_EVERY, n + 1, RETRAIN_EVERY)} | {n}):
-        model = work / f"retrain-day{day}"
-        shutil.copytree(work / "base", model)
-        report = Engine(load_config(None, [*common, "full_training.tokenizer=keep"])).train(
-            [str(files["base"]), *map(str, files["days"][:day])], model)
-        losses = held_out(model, data, args.seq_len)
-        shutil.rmtree(model, ignore_errors=True)
-        print(f"retrain on base + days 1-{day}, keep tokenizer: {report['timings']['train']:.0f}s, "
-              f"old {losses['old']:.3f}, new {losses['new']:.3f}", flush=True)
-        out.append({"day": day, "tokenizer": "keep", "seconds": report["timings"]["train"], "losses": losses})
-    return out
+    model = work / f"retrain-day{day}"
+    shutil.copytree(work / "base", model)
+    report = Engine(load_config(None, [*common, "full_training.tokenizer=keep"])).train(
+        [str(files["base"]), *map(str, files["days"][:day])], model)
+    losses = held_out(model, data, args.seq_len)
+    shutil.rmtree(model, ignore_errors=True)
+    print(f"retrain on base + days 1-{day}, keep tokenizer: {report['timings']['train']:.0f}s, "
+          f"old {losses['old']:.3f}, new {losses['new']:.3f}", flush=True)
+    return {"day": day, "tokenizer": "keep", "seconds": report["timings"]["train"], "losses": losses}
+
+
+def in_process(job: tuple):
+    """A task of the month in a process of its own (--jobs): ``(threads, function, *arguments)``."""
+    import torch
+
+    threads, task, *task_args = job
+    torch.set_num_threads(threads)
+    return task(*task_args)
+
+
+def run_month_tasks(work: Path, common: list[str], recipes: dict, files: dict, data: dict, args) -> tuple:
+    """The retrains and the recipes' months, ``args.jobs`` at a time (each its own model directory)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    retrains = [] if args.no_retrain else [(retrain_upto, work, common, files, data, args, day)
+                                           for day in retrain_days(len(files["days"]))[::-1]]
+    tasks = retrains[:1]  # the longest first: the last retrain, the months, the shorter retrains
+    for name, (chain, extra) in recipes.items():
+        overrides = [*common, *(["fine_tuning.strategy=" + ",".join(chain)] if chain else []), *extra]
+        tasks.append((run_month, work, name, overrides, chain is None, files, data, args))
+    tasks += retrains[1:]
+    if args.jobs <= 1:
+        results = [task(*rest) for task, *rest in tasks]
+    else:
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            results = list(pool.map(in_process, [(args.threads, *task) for task in tasks]))
+    retrains = sorted((r for r in results if "losses" in r), key=lambda r: r["day"])
+    return retrains, [r for r in results if "recipe" in r]
 
 
 def month_table(r: dict) -> str:
@@ -346,6 +375,8 @@ def main() -> None:
     parser.add_argument("--no-retrain", action="store_true", help="skip the full-retrain baselines")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: a small model gains nothing from a second, busy core)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="with --days 10 or more: the retrains and recipes in this many processes at once")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the script runs")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
@@ -383,20 +414,15 @@ def main() -> None:
         base = {"seconds": report["timings"]["train"], **held_out(work / "base", data, args.seq_len)}
         print(f"base: {base['seconds']:.0f}s, held-out loss old {base['old']:.3f}, new {base['new']:.3f}", flush=True)
 
-        # The month's retrains first: the reference exists even if a long run is cut short.
-        retrains = month_retrains(work, common, files, data, args) if month and not args.no_retrain else []
-        rows = []
-        for name, (chain, extra) in recipes.items():
-            overrides = [*common, *(["fine_tuning.strategy=" + ",".join(chain)] if chain else []), *extra]
-            rows.append((run_month if month else run_recipe)(work, name, overrides, chain is None, files, data,
-                                                              args))
-            if month:  # what is measured so far, recipe by recipe
-                partial = {"args": vars(args) | {"json": None}, "base": base, "recipes": rows, "retrains": retrains}
-                print(month_table(partial), flush=True)
-                if args.json:
-                    args.json.write_text(json.dumps(partial, indent=2))
-        if not month and not args.no_retrain:
-            retrains = [retrain(work, f"retrain-{tok}", common, tok, files, data, args) for tok in ("keep", "new")]
+        if month:
+            retrains, rows = run_month_tasks(work, common, recipes, files, data, args)
+        else:
+            rows = []
+            for name, (chain, extra) in recipes.items():
+                overrides = [*common, *(["fine_tuning.strategy=" + ",".join(chain)] if chain else []), *extra]
+                rows.append(run_recipe(work, name, overrides, chain is None, files, data, args))
+            retrains = [] if args.no_retrain else [
+                retrain(work, f"retrain-{tok}", common, tok, files, data, args) for tok in ("keep", "new")]
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -17,8 +17,10 @@ old domain's cumulative drift since the last full training, as the parent's
 update recorded it: ``share`` at no drift, ``max_share`` at ``steer_at`` and
 beyond, linear between. A day that finds the old domain drifted rehearses it
 more, so the drift does not add up day after day; with none it learns at the
-usual share. ``retain update --consolidate`` replays at ``max_share`` whatever
-the drift, to bring the old domain back inside the gate's budget.
+usual share. ``retain update --consolidate`` replays at ``consolidate_share``
+(4 old tokens to 1 new) whatever the drift: the update after a cumulative-drift
+rejection brings the old domain back inside the gate's budget and still learns
+the day's data.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ class ReplayOptions:
                                                          # (0.5: 1 old : 1 new)
     max_share: Annotated[float, Field(ge=0, lt=1)] = 0.0  # steering: the share at steer_at's drift (0: no steering)
     steer_at: Annotated[float, Field(gt=0)] = 0.02        # cumulative old-domain drift that gets max_share
-    consolidate: bool = False                             # replay at max_share whatever the drift (--consolidate)
+    consolidate: bool = False                             # this update consolidates (--consolidate): it replays
+    consolidate_share: Annotated[float, Field(ge=0, lt=1)] = 0.8  # this share (or max_share if above)
 
     @property
     def per_new(self) -> float:
@@ -50,12 +53,19 @@ class ReplayOptions:
 def steered_share(options: ReplayOptions, drift: float | None) -> float:
     """The share an update replays, given the old domain's cumulative drift at its start
     (a relative rise of its held-out loss since the last full training; None: not known)."""
-    top = max(options.max_share, options.share)
     if options.consolidate:
-        return top
+        return max(options.consolidate_share, options.max_share, options.share)
+    top = max(options.max_share, options.share)
     if top <= options.share or drift is None:
         return options.share
     return options.share + (top - options.share) * min(max(drift / options.steer_at, 0.0), 1.0)
+
+
+def consolidation_overrides(chain: list[str]) -> list[str]:
+    """The config overrides of ``retain update --consolidate``: replay (added to the update's
+    strategies if they lack it) at the consolidation share."""
+    names = list(chain) if "replay" in chain else [*chain, "replay"]
+    return [f"fine_tuning.strategy=[{','.join(names)}]", "options.replay.consolidate=true"]
 
 
 def start_drift(run) -> float | None:
