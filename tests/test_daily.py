@@ -35,6 +35,14 @@ def _update(model: Path, texts: list[str], path: Path, *overrides: str) -> dict:
         return exc.report
 
 
+def _clean(texts: list[str]) -> set[str]:
+    """The texts as the model learns them (after the built-in ``clean`` preprocessor)."""
+    from retain.core.items import Item
+    from retain.plugins.preprocessors import Clean, CleanOptions
+
+    return {Clean(CleanOptions())(Item(t)).text for t in texts}
+
+
 def _buffer(model: Path, version: str) -> set[str]:
     return set(read_state(VersionFiles(ModelStore(model), version), "replay").get("texts", []))
 
@@ -57,8 +65,8 @@ def test_the_replay_buffer_keeps_items_of_every_accepted_update_and_none_of_a_re
     base_buffer = _buffer(base_model, "0001")
     assert buffer & base_buffer  # the base's items are still rehearsed
     for day in days[:2]:  # and items of each earlier accepted update
-        assert buffer & set(day), "an earlier accepted day left no item in the buffer"
-    assert not buffer & set(days[2]), "a rejected update's items entered the buffer"
+        assert buffer & _clean(day), "an earlier accepted day left no item in the buffer"
+    assert not buffer & _clean(days[2]), "a rejected update's items entered the buffer"
 
 
 def test_the_steered_share_rises_with_the_drift_and_a_consolidation_replays_most():
@@ -95,16 +103,18 @@ def _drift(model: Path, version: str) -> float:
 
 def test_after_a_drift_rejection_the_advice_says_consolidate_and_a_consolidation_lowers_the_drift(
         base_model, new_texts, tmp_path):
-    # Drift the old domain far past the budget, the gate off: plain fine-tuning at a high rate.
+    # Drift the old domain past a budget of 1%, the gate off: plain fine-tuning at a high rate.
     drifted = _update(base_model, new_texts[:40], tmp_path / "drift.jsonl", GATE_OFF, "fine_tuning.strategy=[naive]",
                       "full_training.learning_rate=0.01", "fine_tuning.epochs=3")
     before = _drift(base_model, drifted["version"])
-    assert before > 0.05, before
+    assert before > 0.02, before
     # The next ordinary day is rejected for it, and the advice names the way on.
     day = new_texts[40:52]
-    rejected = _update(base_model, day, tmp_path / "day.jsonl", "validators=[finite,retention]")
+    rejected = _update(base_model, day, tmp_path / "day.jsonl", "validators=[finite,retention]",
+                       "options.retention.max_drift=0.01")
     assert rejected["status"] == "rejected"
     steps = " ".join(s["step"] for s in rejected["next_steps"])
+    assert "drifted more than 1% since the last full training" in steps
     assert "every next update will be rejected" in steps and "retain update --consolidate" in steps
 
     # The same day as a consolidation, through the CLI option (gate off: its effect is measured).
@@ -124,9 +134,10 @@ def test_the_default_recipe_is_the_one_the_benchmark_measured():
     # BENCHMARKS.md names the daily default it measured; changing config.yaml's default without a
     # new measurement (and that line) fails here.
     text = (REPO / "BENCHMARKS.md").read_text(encoding="utf-8")
-    line = re.search(r"^\*\*The daily default \(issue 25\)\.\*\* `(.+?)`", text, re.M)
+    line = re.search(r"^\*\*The daily default \(issue 25\)\.\*\*(.*)$", text, re.M)
     assert line, "BENCHMARKS.md lost the line naming the measured daily default"
-    measured = dict(part.split(": ", 1) for part in line.group(1).split("`, `"))
+    measured = dict(part.split(": ", 1) for part in re.findall(r"`([a-z_.]+: [^`]+)`", line.group(1)))
+    assert "fine_tuning.strategy" in measured
     config = load_config(None)
     actual = {"fine_tuning.strategy": "[" + ", ".join(config.fine_tuning.strategy) + "]"}
     for key in measured:
