@@ -323,8 +323,8 @@ def month_table(r: dict) -> str:
     new_at = [d for d in at if d in retrains]
     last = retrains.get(n)
 
-    def pct(value: float, ref: float) -> str:
-        return f"{value:.3f} ({100 * (value - ref) / ref:+.1f}%)"
+    def pct(value: float | None, ref: float | None) -> str:  # "-": not measured (a run cut short)
+        return "-" if value is None or ref is None else f"{value:.3f} ({100 * (value - ref) / ref:+.1f}%)"
 
     lines = [f"| recipe | accepted days | {old_name} (old) loss vs base, after day " + " / ".join(map(str, at))
              + f" | {new_name} (new) loss vs the retrain of that day, day " + " / ".join(map(str, new_at))
@@ -333,10 +333,12 @@ def month_table(r: dict) -> str:
              f"| base model | - | {b['old']:.3f} | {b['new']:.3f} | {b['seconds']:.0f}s | - |"]
     for row in r["recipes"]:
         at_ = {int(k): v for k, v in row["at"].items()}
-        old = " / ".join(pct(at_[d]["old"], b["old"]) for d in at)
-        new = " / ".join(pct(at_[d]["new"], retrains[d]["losses"]["new"]) for d in new_at) or "-"
+        old = " / ".join(pct(at_.get(d, {}).get("old"), b["old"]) for d in at)
+        new = " / ".join(pct(at_.get(d, {}).get("new"), retrains[d]["losses"]["new"]) for d in new_at) or "-"
         share = f" ({row['seconds'] / last['seconds']:.2f}x)" if last else ""
-        lines.append(f"| {row['recipe']} | {row['accepted']}/{n} | {old} | {new} | {row['seconds']:.0f}s{share} | "
+        ran = len(row["days"])
+        accepted = f"{row['accepted']}/{n}" if ran == n else f"{row['accepted']}/{ran} (of {n} run)"
+        lines.append(f"| {row['recipe']} | {accepted} | {old} | {new} | {row['seconds']:.0f}s{share} | "
                      f"{per_day_drift(row['days'])} |")
     for t in r["retrains"]:
         lines.append(f"| retrain, keep tokenizer, base + days 1-{t['day']} | - | "

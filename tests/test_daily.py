@@ -75,7 +75,7 @@ def test_the_steered_share_rises_with_the_drift_and_a_consolidation_replays_most
     assert steered_share(steered, -0.03) == 0.5  # an old domain that improved: the usual share
     assert steered_share(steered, 0.01) == pytest.approx(0.65)
     assert steered_share(steered, 0.05) == pytest.approx(0.8)
-    assert steered_share(ReplayOptions(share=0.5), 0.05) == 0.5  # max_share 0: no steering
+    assert steered_share(ReplayOptions(share=0.5, max_share=0), 0.05) == 0.5  # max_share 0: no steering
     assert steered_share(ReplayOptions(share=0.5, consolidate=True), None) == 0.8
     assert consolidation_overrides(["rewarm"]) == ["fine_tuning.strategy=[rewarm,replay]",
                                                    "options.replay.consolidate=true"]
