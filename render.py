@@ -339,7 +339,9 @@ class ConsoleRenderer:
                               " ()") or "-", drift, gate, f"{t['seconds']:.1f}")
         self.console.print(table)
         if search.get("winner") is not None:
-            self.say(f"  winner (*): trial {search['winner']}, {search['describe']}")
+            confirmed = (" (the configured recipe: the search only confirmed the default, no other trial beat "
+                         "it within the budget)" if search.get("confirmed_default") else "")
+            self.say(f"  winner (*): trial {search['winner']}, {search['describe']}{confirmed}")
 
     def show_search_plan(self, search: dict) -> None:
         """``retain update --auto --dry-run``: what the search would cover, nothing trained."""

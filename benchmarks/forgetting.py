@@ -59,9 +59,18 @@ RECIPES = {
     "rewarm+replay": (["rewarm", "replay"], []),
     "rewarm+replay 1ep": (["rewarm", "replay"], ["fine_tuning.epochs=1"]),
     "auto": (None, []),
+    # the daily recipes (issue 25): weight averaging with the parent, more replay, a lower peak
+    "rewarm+replay+average": (["rewarm", "replay", "average"], []),
+    "rewarm+replay 3:1": (["rewarm", "replay"], ["options.replay.share=0.75"]),
+    "rewarm+replay steered": (["rewarm", "replay"], ["options.replay.max_share=0.8"]),
+    "rewarm+replay+average steered": (["rewarm", "replay", "average"], ["options.replay.max_share=0.8"]),
 }
 DEFAULT_RECIPES = ["naive (no gate)", "naive", "low_lr", "naive+replay", "rewarm", "rewarm+replay",
                    "rewarm+replay 1ep", "auto"]
+# The month (--days 10 or more): the recipes a daily job could run, no large update.
+MONTH_RECIPES = ["rewarm+replay", "rewarm+replay steered", "rewarm+replay+average steered"]
+MONTH_CHECKPOINTS = (5, 10, 20, 30)  # days after which both domains are measured
+RETRAIN_EVERY = 10                    # a same-tokenizer retrain on all data seen so far, every this many days
 # Not in the default run (time), selectable with --recipes.
 MORE = {"ewc": (["naive", "ewc"], []), "lwf": (["naive", "lwf"], []), "replay+ewc": (["naive", "replay", "ewc"], []),
         "si": (["naive", "si"], []), "mas": (["naive", "mas"], []), "agem": (["naive", "agem"], []),
@@ -223,6 +232,130 @@ def retrain(work: Path, name: str, common: list[str], tokenizer: str, files: dic
             "lr": report["settings"]["learning_rate"]}
 
 
+# --- the month: many small days, a retrain every RETRAIN_EVERY days --------------------------------
+
+def checkpoints(days: int) -> list[int]:
+    return sorted({d for d in MONTH_CHECKPOINTS if d <= days} | {days})
+
+
+def run_month(work: Path, name: str, overrides: list[str], auto: bool, files: dict, data: dict, args) -> dict:
+    """Every day an update on a copy of the base model; both domains measured at the checkpoints."""
+    from retain.core.config import load_config
+    from retain.core.engine import Engine
+
+    model = work / "".join(c if c.isalnum() or c in "+-" else "_" for c in name)
+    shutil.copytree(work / "base", model)
+    engine = Engine(load_config(None, overrides))
+    days, at = [], {}
+    for number, day in enumerate(files["days"], 1):
+        r = update(engine, model, str(day), auto, args.budget)
+        m = r.get("metrics") or {}
+        days.append({"status": r.get("status"), "seconds": r.get("timings", {}).get("train", 0.0) + _trials(r),
+                     "drift": m.get("drift_after"), "failed": [v["validator"] for v in r.get("verdicts", [])
+                                                               if v["status"] == "fail"]})
+        if number in checkpoints(len(files["days"])):
+            at[number] = held_out(model, data, args.seq_len)
+            print(f"  {name} day {number}: accepted {sum(d['status'] == 'accepted' for d in days)}/{number}, "
+                  f"old {at[number]['old']:.3f}, new {at[number]['new']:.3f}, drift {days[-1]['drift']}",
+                  flush=True)
+    row = {"recipe": name, "overrides": overrides, "auto": auto, "days": days, "at": at,
+           "accepted": sum(d["status"] == "accepted" for d in days), "seconds": sum(d["seconds"] for d in days)}
+    print(f"{name}: {row['seconds']:.0f}s, accepted {row['accepted']}/{len(days)}", flush=True)
+    return row
+
+
+def retrain_days(n: int) -> list[int]:
+    return sorted({d for d in range(RETRAIN_EVERY, n + 1, RETRAIN_EVERY)} | {n})
+
+
+def retrain_upto(work: Path, common: list[str], files: dict, data: dict, args, day: int) -> dict:
+    """A same-tokenizer retrain from scratch on the base and days 1 to ``day``."""
+    from retain.core.config import load_config
+    from retain.core.engine import Engine
+
+    model = work / f"retrain-day{day}"
+    shutil.copytree(work / "base", model)
+    report = Engine(load_config(None, [*common, "full_training.tokenizer=keep"])).train(
+        [str(files["base"]), *map(str, files["days"][:day])], model)
+    losses = held_out(model, data, args.seq_len)
+    shutil.rmtree(model, ignore_errors=True)
+    print(f"retrain on base + days 1-{day}, keep tokenizer: {report['timings']['train']:.0f}s, "
+          f"old {losses['old']:.3f}, new {losses['new']:.3f}", flush=True)
+    return {"day": day, "tokenizer": "keep", "seconds": report["timings"]["train"], "losses": losses}
+
+
+def in_process(job: tuple):
+    """A task of the month in a process of its own (--jobs): ``(threads, function, *arguments)``."""
+    import torch
+
+    threads, task, *task_args = job
+    torch.set_num_threads(threads)
+    return task(*task_args)
+
+
+def run_month_tasks(work: Path, common: list[str], recipes: dict, files: dict, data: dict, args) -> tuple:
+    """The retrains and the recipes' months, ``args.jobs`` at a time (each its own model directory)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    retrains = [] if args.no_retrain else [(retrain_upto, work, common, files, data, args, day)
+                                           for day in retrain_days(len(files["days"]))[::-1]]
+    tasks = retrains[:1]  # the longest first: the last retrain, the months, the shorter retrains
+    for name, (chain, extra) in recipes.items():
+        overrides = [*common, *(["fine_tuning.strategy=" + ",".join(chain)] if chain else []), *extra]
+        tasks.append((run_month, work, name, overrides, chain is None, files, data, args))
+    tasks += retrains[1:]
+    if args.jobs <= 1:
+        results = [task(*rest) for task, *rest in tasks]
+    else:
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            results = list(pool.map(in_process, [(args.threads, *task) for task in tasks]))
+    retrains = sorted((r for r in results if "losses" in r), key=lambda r: r["day"])
+    return retrains, [r for r in results if "recipe" in r]
+
+
+def month_table(r: dict) -> str:
+    b = r["base"]
+    old_name, new_name = PAIRS[r["args"]["pair"]]
+    retrains = {t["day"]: t for t in r["retrains"]}
+    n = r["args"]["days"]
+    at = checkpoints(n)
+    new_at = [d for d in at if d in retrains]
+    last = retrains.get(n)
+
+    def pct(value: float | None, ref: float | None) -> str:  # "-": not measured (a run cut short)
+        return "-" if value is None or ref is None else f"{value:.3f} ({100 * (value - ref) / ref:+.1f}%)"
+
+    lines = [f"| recipe | accepted days | {old_name} (old) loss vs base, after day " + " / ".join(map(str, at))
+             + f" | {new_name} (new) loss vs the retrain of that day, day " + " / ".join(map(str, new_at))
+             + f" | train time, {n} days (vs the day-{n} retrain) | mean per-day drift of accepted days |",
+             "|---|---|---|---|---|---|",
+             f"| base model | - | {b['old']:.3f} | {b['new']:.3f} | {b['seconds']:.0f}s | - |"]
+    for row in r["recipes"]:
+        at_ = {int(k): v for k, v in row["at"].items()}
+        old = " / ".join(pct(at_.get(d, {}).get("old"), b["old"]) for d in at)
+        new = " / ".join(pct(at_.get(d, {}).get("new"), retrains[d]["losses"]["new"]) for d in new_at) or "-"
+        share = f" ({row['seconds'] / last['seconds']:.2f}x)" if last else ""
+        ran = len(row["days"])
+        accepted = f"{row['accepted']}/{n}" if ran == n else f"{row['accepted']}/{ran} (of {n} run)"
+        lines.append(f"| {row['recipe']} | {accepted} | {old} | {new} | {row['seconds']:.0f}s{share} | "
+                     f"{per_day_drift(row['days'])} |")
+    for t in r["retrains"]:
+        lines.append(f"| retrain, keep tokenizer, base + days 1-{t['day']} | - | "
+                     f"{pct(t['losses']['old'], b['old'])} | {t['losses']['new']:.3f} | {t['seconds']:.0f}s | - |")
+    return "\n".join(lines)
+
+
+def per_day_drift(days: list[dict]) -> str:
+    """The mean change of the cumulative drift (the gate's, since the base) over the accepted days."""
+    previous, steps = 0.0, []
+    for d in days:
+        if d["status"] == "accepted" and d["drift"] is not None:
+            steps.append(d["drift"] - previous)
+            previous = d["drift"]
+    return f"{100 * sum(steps) / len(steps):+.2f}%" if steps else "-"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pair", choices=sorted(PAIRS), default="wikipedia-shakespeare")
@@ -237,17 +370,25 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=0.1, help="--auto's budget (share of the base's training)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every run, e.g. options.replay.share=0.25")
-    parser.add_argument("--recipes", default=",".join(DEFAULT_RECIPES),
+    parser.add_argument("--recipes", default=None,
                         help="comma-separated, from: " + ", ".join([*RECIPES, *MORE]) + "; or NAME=STRATEGIES "
-                        "with STRATEGIES joined by '+', and KEY=VALUE overrides after ';' (a recipe of your own)")
+                        "with STRATEGIES joined by '+', and KEY=VALUE overrides after ';' (a recipe of your own); "
+                        f"default: {', '.join(DEFAULT_RECIPES)}; with --days 10 or more: {', '.join(MONTH_RECIPES)}")
     parser.add_argument("--no-retrain", action="store_true", help="skip the full-retrain baselines")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: a small model gains nothing from a second, busy core)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="with --days 10 or more: the retrains and recipes in this many processes at once")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the script runs")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
+    month = args.days >= RETRAIN_EVERY  # a month of days: no large update, a retrain every RETRAIN_EVERY days
     if args.quick:
-        args.base_items, args.base_epochs, args.days, args.large_items, args.eval_items = 200, 1, 2, 60, 40
+        args.base_items, args.base_epochs, args.large_items, args.eval_items = 200, 1, 60, 40
+        args.days, args.daily_items = (RETRAIN_EVERY, 10) if month else (2, args.daily_items)
+    if month:
+        args.large_items = 0
+    args.recipes = args.recipes or ",".join(MONTH_RECIPES if month else DEFAULT_RECIPES)
 
     import torch
 
@@ -261,12 +402,12 @@ def main() -> None:
               "validation.eval_max_items=64", *args.set]
     recipes = parse_recipes(args.recipes)
     stateful = sorted({s for chain, _ in recipes.values() if chain for s in chain
-                       if s not in ("naive", "low_lr", "rewarm")})
+                       if s not in ("naive", "low_lr", "rewarm", "average")})
 
     work = Path(tempfile.mkdtemp(prefix="retain-forgetting-"))
     try:
         files = {"base": write_jsonl(work / "base.jsonl", data["base"]),
-                 "large": write_jsonl(work / "large.jsonl", data["large"])}
+                 "large": write_jsonl(work / "large.jsonl", data["large"] or data["days"][-1])}
         files["days"] = [write_jsonl(work / f"day{i + 1}.jsonl", d) for i, d in enumerate(data["days"])]
 
         # The base records what the strategies' first update needs (replay buffer, Fisher).
@@ -275,13 +416,15 @@ def main() -> None:
         base = {"seconds": report["timings"]["train"], **held_out(work / "base", data, args.seq_len)}
         print(f"base: {base['seconds']:.0f}s, held-out loss old {base['old']:.3f}, new {base['new']:.3f}", flush=True)
 
-        rows = []
-        for name, (chain, extra) in recipes.items():
-            overrides = [*common, *(["fine_tuning.strategy=" + ",".join(chain)] if chain else []), *extra]
-            rows.append(run_recipe(work, name, overrides, chain is None, files, data, args))
-
-        retrains = [] if args.no_retrain else [
-            retrain(work, f"retrain-{tok}", common, tok, files, data, args) for tok in ("keep", "new")]
+        if month:
+            retrains, rows = run_month_tasks(work, common, recipes, files, data, args)
+        else:
+            rows = []
+            for name, (chain, extra) in recipes.items():
+                overrides = [*common, *(["fine_tuning.strategy=" + ",".join(chain)] if chain else []), *extra]
+                rows.append(run_recipe(work, name, overrides, chain is None, files, data, args))
+            retrains = [] if args.no_retrain else [
+                retrain(work, f"retrain-{tok}", common, tok, files, data, args) for tok in ("keep", "new")]
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -291,7 +434,7 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     print()
-    print(table(results))
+    print(month_table(results) if month else table(results))
 
 
 def parse_recipes(text: str) -> dict:

@@ -73,6 +73,10 @@ def update(
                                       "cluster at ADDRESS (ray://host:10001, or auto), or on a local Ray started "
                                       "here without one. Needs retain\\[ray].", metavar="[ADDRESS]"),
     allow_empty: bool = AllowEmptyOpt, text_field: Optional[str] = TextFieldOpt, log_to: Optional[str] = LogToOpt,
+    consolidate: bool = typer.Option(False, "--consolidate", help="Spend this update on bringing the old domain "
+                                     "back inside the gate's drift budget: replay past items 4:1 "
+                                     "(options.replay.consolidate_share) while learning the new data; the way "
+                                     "on after a rejection for cumulative drift."),
     html_report: bool = typer.Option(False, "--report", help="Also write the update's page (retain report) "
                                      "into the new version's folder: versions/V/report.html."),
 ):
@@ -100,7 +104,13 @@ def update(
         what = "--dry-run trains nothing" if dry_run else "--check runs in one process" if check else \
             "--auto runs its trials in processes of their own (tune.jobs, --ray)"
         raise typer.BadParameter(f"{what}: drop --nproc (or torchrun)", param_hint="--nproc")
-    cfg = _load(config, [*set_, *_text_field(text_field), *_log_to(log_to)], "fine_tuning", lr, epochs, batch_size, strategy)
+    sets = [*set_, *_text_field(text_field), *_log_to(log_to)]
+    cfg = _load(config, sets, "fine_tuning", lr, epochs, batch_size, strategy)
+    if consolidate:
+        from retain.strategies.replay import consolidation_overrides
+
+        cfg = _load(config, [*sets, *consolidation_overrides(cfg.fine_tuning.strategy)], "fine_tuning", lr,
+                    epochs, batch_size, None)
     _under_torchrun(ctx, nproc, device, cfg.device, model)
     listeners = _listeners(json_out, quiet)
     if html_report:  # retain/report/page.py: written once the version is saved

@@ -47,6 +47,16 @@ def full_retrain() -> str:
             "on all data (retain train --model DIR --data ...)")
 
 
+def drift_budget_spent(max_drift: float) -> str:
+    """After a rejection for cumulative drift: every later update starts from the same drifted
+    model, so it will be rejected alike until something brings the old domain back."""
+    return (f"{QUALITY_DEGRADES}: the old domain drifted more than {max_drift:.0%} since the last full "
+            "training, so every next update will be rejected for it too, until a consolidation or a full "
+            "retrain: run the next update as `retain update --consolidate --data ...` (it replays past "
+            "items 4:1 to bring the old domain back inside the budget, and learns the new data too), "
+            "or retrain from scratch on all data (retain train --model DIR --data ...)")
+
+
 def raise_lr(settings: Any, kept_epoch: int | None = None) -> str:
     """``kept_epoch``: the epoch early stopping kept; before the last, more epochs would not help."""
     if settings is None:

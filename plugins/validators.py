@@ -116,7 +116,8 @@ class Retention:
                            "step", numbers, remedy=advice.lower_lr(ev.settings))
         if numbers.get("drift", -math.inf) > o.max_drift:  # (the retrain advice's threshold is below: warn)
             return Verdict("fail", f"{summary}: forgetting above {percent(o.max_drift, signed=False)} since the "
-                           "full training, however small each step", numbers, remedy=advice.lower_lr(ev.settings))
+                           "full training, however small each step", numbers,
+                           remedy=advice.drift_budget_spent(o.max_drift))
         if share > o.max_items_worse:
             return Verdict("fail", f"{summary}: more than {percent(o.max_items_worse, signed=False)} of old "
                            "items made worse (an average gain must not hide them)", numbers,

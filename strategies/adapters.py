@@ -56,6 +56,30 @@ def rows_of(dataset) -> tuple[torch.Tensor, torch.Tensor]:
     return trim(torch.stack([s[0] for s in samples]), torch.stack([s[1] for s in samples]))
 
 
+# --- weight averaging -----------------------------------------------------------------
+
+class ParentAveraging(SupervisedPlugin):
+    """At the end of training, each floating-point weight becomes
+    ``parent + weight * (trained - parent)``, the parent being the weights training began with."""
+
+    def __init__(self, weight: float):
+        super().__init__()
+        self.weight = weight
+        self.parent: Tensors = {}
+
+    def before_training(self, strategy, **kw):
+        self.parent = {k: v.detach().clone() for k, v in strategy.model.state_dict().items()
+                       if v.is_floating_point()}
+
+    def after_training(self, strategy, **kw):
+        with torch.no_grad():
+            for name, value in strategy.model.state_dict().items():
+                start = self.parent.get(name)
+                if start is not None:
+                    value.copy_(start.to(value.device) + self.weight * (value - start.to(value.device)))
+        self.parent = {}
+
+
 # --- replay -------------------------------------------------------------------------
 
 class TextReservoir(ExemplarsBuffer):

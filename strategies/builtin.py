@@ -15,6 +15,7 @@ from pydantic import Field
 
 from retain.core.hookspecs import hookimpl
 from retain.core.strategy import Strategy, TrainSettings
+from retain.strategies.average import Average, AverageOptions
 from retain.strategies.lora import Lora, LoraOptions
 from retain.strategies.memory import Agem, AgemOptions, Gem, GemOptions
 from retain.strategies.regularization import (Ewc, EwcOptions, Lwf, LwfOptions, Mas, MasOptions, Si,
@@ -66,7 +67,7 @@ class LowLr(Strategy):
 
 BUILTIN = [
     ("naive", Naive, NaiveOptions), ("low_lr", LowLr, LowLrOptions), ("rewarm", Rewarm, RewarmOptions),
-    ("replay", Replay, ReplayOptions),
+    ("replay", Replay, ReplayOptions), ("average", Average, AverageOptions),
     ("ewc", Ewc, EwcOptions), ("lwf", Lwf, LwfOptions), ("si", Si, SiOptions), ("mas", Mas, MasOptions),
     ("agem", Agem, AgemOptions), ("gem", Gem, GemOptions), ("lora", Lora, LoraOptions),
 ]

@@ -8,6 +8,19 @@ schedule, its time and its report (``counts.replay_tokens``).
 
 The full training records a buffer of base items by default
 (``full_training.record: [replay]``), so the first update already replays them.
+The buffer is a reservoir over the base and every accepted update's items
+(``reservoir``): however many days have passed, each item learned so far had
+the same chance to be kept, so later days rehearse earlier days too.
+
+Steering (``max_share`` above ``share``): the replayed share rises with the
+old domain's cumulative drift since the last full training, as the parent's
+update recorded it: ``share`` at no drift, ``max_share`` at ``steer_at`` and
+beyond, linear between. A day that finds the old domain drifted rehearses it
+more, so the drift does not add up day after day; with none it learns at the
+usual share. ``retain update --consolidate`` replays at ``consolidate_share``
+(4 old tokens to 1 new) whatever the drift: the update after a cumulative-drift
+rejection brings the old domain back inside the gate's budget and still learns
+the day's data.
 """
 
 from __future__ import annotations
@@ -26,11 +39,49 @@ class ReplayOptions:
     buffer_size: Annotated[int, Field(ge=1)] = 500       # past items kept in the model directory (texts)
     share: Annotated[float, Field(ge=0, lt=1)] = 0.5     # share of each epoch's tokens replayed from past items
                                                          # (0.5: 1 old : 1 new)
+    max_share: Annotated[float, Field(ge=0, lt=1)] = 0.8  # steering: the share at steer_at's drift (0: no steering)
+    steer_at: Annotated[float, Field(gt=0)] = 0.02        # cumulative old-domain drift that gets max_share
+    consolidate: bool = False                             # this update consolidates (--consolidate): it replays
+    consolidate_share: Annotated[float, Field(ge=0, lt=1)] = 0.8  # this share (or max_share if above)
 
     @property
     def per_new(self) -> float:
         """Replayed units per new one (tokens for text, rows for other data): share 0.5 -> 1."""
         return self.share / (1 - self.share)
+
+
+def steered_share(options: ReplayOptions, drift: float | None) -> float:
+    """The share an update replays, given the old domain's cumulative drift at its start
+    (a relative rise of its held-out loss since the last full training; None: not known)."""
+    if options.consolidate:
+        return max(options.consolidate_share, options.max_share, options.share)
+    top = max(options.max_share, options.share)
+    if top <= options.share or drift is None:
+        return options.share
+    return options.share + (top - options.share) * min(max(drift / options.steer_at, 0.0), 1.0)
+
+
+def consolidation_overrides(chain: list[str]) -> list[str]:
+    """The config overrides of ``retain update --consolidate``: replay (added to the update's
+    strategies if they lack it) at the consolidation share."""
+    names = list(chain) if "replay" in chain else [*chain, "replay"]
+    return [f"fine_tuning.strategy=[{','.join(names)}]", "options.replay.consolidate=true"]
+
+
+def start_drift(run) -> float | None:
+    """The parent's cumulative drift since the last full training, as its update recorded it."""
+    reference = getattr(run, "drift", None)
+    if reference is None or reference.before is None or not reference.loss:
+        return None
+    return reference.before / reference.loss - 1
+
+
+def reservoir(options: ReplayOptions, texts: list[str], keys, new_texts, encode):
+    """The replay buffer: a reservoir sample of the base and every accepted update's items, saved with
+    each version as texts and reservoir keys (the one place that says where replayed items live)."""
+    from retain.strategies.adapters import TextReservoir
+
+    return TextReservoir(options.buffer_size, new_texts, encode, texts, keys)
 
 
 class Replay(Strategy):
@@ -44,6 +95,7 @@ class Replay(Strategy):
         self.keys = None
         self.storage = None
         self.replayed: int | None = None  # tokens replayed by this run's training (None: it replayed nothing)
+        self.share: float | None = None     # the share this run replayed (steered), once it trains
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         texts, keys = state.get("texts", []), state.get("keys")
@@ -54,7 +106,7 @@ class Replay(Strategy):
 
     def avalanche_plugins(self, run) -> list:
         from retain.core.training import make_dataset, pad_to
-        from retain.strategies.adapters import TextReservoir, TokenShareReplay
+        from retain.strategies.adapters import TokenShareReplay
 
         # Same width as the experience's rows (fit pads them to max_seq_length), so they mix.
         width, pad_id = run.settings.max_seq_length, run.lm.pad_id
@@ -66,12 +118,14 @@ class Replay(Strategy):
         def replayed(tokens: int) -> None:
             self.replayed = (self.replayed or 0) + tokens
 
-        self.storage = TextReservoir(self.options.buffer_size, lambda: [it.text for it in run.items],
-                                     encode, self.texts, self.keys)
-        return [TokenShareReplay(self.storage, self.options.share, replayed)]
+        self.storage = reservoir(self.options, self.texts, self.keys, lambda: [it.text for it in run.items], encode)
+        self.share = steered_share(self.options, start_drift(run))
+        return [TokenShareReplay(self.storage, self.share, replayed)]
 
     def counts(self) -> dict[str, int]:
-        return {} if self.replayed is None else {"replay_tokens": self.replayed}
+        if self.replayed is None:
+            return {}
+        return {"replay_tokens": self.replayed, "replay_share_percent": round(100 * (self.share or 0.0))}
 
     def state_dict(self) -> dict[str, Any]:
         if self.storage is not None:

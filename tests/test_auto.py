@@ -205,6 +205,9 @@ def test_auto_check_searches_and_writes_nothing(base_model, new_texts, tmp_path)
     report = json.loads(result.stdout)
     assert report["status"] == "check" and report["version"] is None
     assert len(report["search"]["trials"]) == 1 and report["search"]["winner"] == 0
+    # Its one trial was the configured recipe: the search only confirmed the default, and says so.
+    assert report["search"]["confirmed_default"] is True
+    assert "the search only confirmed the default" in result.stderr
     gate = "accepted" if report["search"]["trials"][0]["accepted"] else "rejected"
     assert report["gate"] == gate and result.exit_code == (0 if gate == "accepted" else 10)
     assert "skipped (--check)" in result.stderr and "trial 0: rewarm+replay" in result.stderr

@@ -19,7 +19,9 @@ the cheapest trial so far.
 The winner is the trial the gate accepted with the lowest held-out new-item
 loss; it is committed through ``core/commit.py`` like any update (ledger,
 lock, atomic rename), with every trial in its report (``report["search"]``)
-and the winning recipe in its manifest. When no trial passes the gate, the
+and the winning recipe in its manifest; ``search["confirmed_default"]`` says when
+the winner is the configured recipe (the first trial): the search then only
+confirmed the default, and the report says so. When no trial passes the gate, the
 best one is saved as a rejected version and CURRENT stays, as for any
 rejected update (exit 10).
 
@@ -366,6 +368,8 @@ def commit_winner(run, engine, store: ModelStore, search: dict, results: list[di
         search["winner"] = best["number"]
         search["recipe"] = best["recipe"]
         search["describe"] = space.Recipe(**best["recipe"]).describe()
+        # The search's first trial is the configured recipe: its winning is a confirmation, not a find.
+        search["confirmed_default"] = best["recipe"] == space.prior(engine.config)[0].to_json()
         candidate = candidate_run(run, engine, best, search)
         cycle.announce_verdicts(engine.setup, candidate)
         if check:

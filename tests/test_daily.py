@@ -1,0 +1,150 @@
+"""The daily recipe (issue 25): a replay buffer grown over every accepted update, the share it
+replays steered by the old domain's drift, weight averaging with the parent, and the way on
+after a rejection for cumulative drift (``retain update --consolidate``)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from retain.cli import app
+from retain.core.config import load_config
+from retain.core.engine import Engine
+from retain.core.errors import UpdateRejected
+from retain.core.store import ModelStore, VersionFiles
+from retain.core.strategy import read_state
+from retain.strategies.replay import ReplayOptions, consolidation_overrides, steered_share
+
+from conftest import TINY, write_jsonl
+
+REPO = Path(__file__).resolve().parent.parent
+GATE_OFF = "validators=[finite]"
+
+
+def _update(model: Path, texts: list[str], path: Path, *overrides: str) -> dict:
+    data = write_jsonl(path, texts)
+    try:
+        return Engine(load_config(None, [*TINY, *overrides])).update([str(data)], model)
+    except UpdateRejected as exc:
+        return exc.report
+
+
+def _clean(texts: list[str]) -> set[str]:
+    """The texts as the model learns them (after the built-in ``clean`` preprocessor)."""
+    from retain.core.items import Item
+    from retain.plugins.preprocessors import Clean, CleanOptions
+
+    return {Clean(CleanOptions())(Item(t)).text for t in texts}
+
+
+def _buffer(model: Path, version: str) -> set[str]:
+    return set(read_state(VersionFiles(ModelStore(model), version), "replay").get("texts", []))
+
+
+def test_the_replay_buffer_keeps_items_of_every_accepted_update_and_none_of_a_rejected_one(base_model, new_texts,
+                                                                                             tmp_path):
+    small = ["options.replay.buffer_size=60", "fine_tuning.epochs=1"]
+    days = [new_texts[20 * i:20 * i + 20] for i in range(3)]
+    for i, day in enumerate(days[:2]):
+        assert _update(base_model, day, tmp_path / f"day{i}.jsonl", GATE_OFF, *small)["status"] == "accepted"
+    # A day the gate rejects (it demands an impossible drop of the new items' loss).
+    rejected = _update(base_model, days[2], tmp_path / "day2.jsonl", "validators=[learning]",
+                       "options.learning.min_drop=0.99", *small)
+    assert rejected["status"] == "rejected"
+    after = _update(base_model, [t + " (again)" for t in new_texts[:5]], tmp_path / "day3.jsonl",
+                    GATE_OFF, *small)
+    assert after["status"] == "accepted"
+    buffer = _buffer(base_model, after["version"])
+    assert len(buffer) == 60  # a reservoir: its size stays, its content follows everything learned
+    base_buffer = _buffer(base_model, "0001")
+    assert buffer & base_buffer  # the base's items are still rehearsed
+    for day in days[:2]:  # and items of each earlier accepted update
+        assert buffer & _clean(day), "an earlier accepted day left no item in the buffer"
+    assert not buffer & _clean(days[2]), "a rejected update's items entered the buffer"
+
+
+def test_the_steered_share_rises_with_the_drift_and_a_consolidation_replays_most():
+    steered = ReplayOptions(share=0.5, max_share=0.8, steer_at=0.02)
+    assert steered_share(steered, None) == 0.5
+    assert steered_share(steered, -0.03) == 0.5  # an old domain that improved: the usual share
+    assert steered_share(steered, 0.01) == pytest.approx(0.65)
+    assert steered_share(steered, 0.05) == pytest.approx(0.8)
+    assert steered_share(ReplayOptions(share=0.5, max_share=0), 0.05) == 0.5  # max_share 0: no steering
+    assert steered_share(ReplayOptions(share=0.5, consolidate=True), None) == 0.8
+    assert consolidation_overrides(["rewarm"]) == ["fine_tuning.strategy=[rewarm,replay]",
+                                                   "options.replay.consolidate=true"]
+
+
+def test_weight_averaging_keeps_the_asked_share_of_the_step():
+    from retain.strategies.adapters import ParentAveraging
+
+    model = torch.nn.Linear(3, 2)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    fake = type("Template", (), {"model": model})()
+    averaging = ParentAveraging(0.25)
+    averaging.before_training(fake)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(4.0)
+    averaging.after_training(fake)
+    for name, value in model.state_dict().items():
+        assert torch.allclose(value, start[name] + 1.0)  # a quarter of the +4 step
+
+
+def _drift(model: Path, version: str) -> float:
+    return ModelStore(model).manifest(version)["metrics"]["drift_after"]
+
+
+def test_after_a_drift_rejection_the_advice_says_consolidate_and_a_consolidation_lowers_the_drift(
+        base_model, new_texts, tmp_path):
+    # Drift the old domain past a budget of 1%, the gate off: plain fine-tuning at a high rate.
+    drifted = _update(base_model, new_texts[:40], tmp_path / "drift.jsonl", GATE_OFF, "fine_tuning.strategy=[naive]",
+                      "full_training.learning_rate=0.01", "fine_tuning.epochs=3")
+    before = _drift(base_model, drifted["version"])
+    assert before > 0.02, before
+    # The next ordinary day is rejected for it, and the advice names the way on.
+    day = new_texts[40:52]
+    rejected = _update(base_model, day, tmp_path / "day.jsonl", "validators=[finite,retention]",
+                       "options.retention.max_drift=0.01")
+    assert rejected["status"] == "rejected"
+    steps = " ".join(s["step"] for s in rejected["next_steps"])
+    assert "drifted more than 1% since the last full training" in steps
+    assert "every next update will be rejected" in steps and "retain update --consolidate" in steps
+
+    # The same day as a consolidation, through the CLI option (gate off: its effect is measured).
+    other = tmp_path / "other"
+    shutil.copytree(base_model, other)
+    args = ["update", "--data", str(tmp_path / "day.jsonl"), "--json", "--quiet", "--set", GATE_OFF]
+    for key in TINY:
+        args += ["--set", key]
+    consolidated = json.loads(CliRunner().invoke(app, [*args, "--model", str(base_model), "--consolidate"]).stdout)
+    plain = json.loads(CliRunner().invoke(app, [*args, "--model", str(other)]).stdout)
+    assert consolidated["counts"]["replay_share_percent"] == 80 and plain["counts"]["replay_share_percent"] == 50
+    after = consolidated["metrics"]["drift_after"]
+    assert after < before and after < plain["metrics"]["drift_after"], (before, after, plain["metrics"])
+
+
+def test_the_default_recipe_is_the_one_the_benchmark_measured():
+    # BENCHMARKS.md names the daily default it measured; changing config.yaml's default without a
+    # new measurement (and that line) fails here.
+    text = (REPO / "BENCHMARKS.md").read_text(encoding="utf-8")
+    line = re.search(r"^\*\*The daily default \(issue 25\)\.\*\*(.*)$", text, re.M)
+    assert line, "BENCHMARKS.md lost the line naming the measured daily default"
+    measured = dict(part.split(": ", 1) for part in re.findall(r"`([a-z_.]+: [^`]+)`", line.group(1)))
+    assert "fine_tuning.strategy" in measured
+    config = load_config(None)
+    actual = {"fine_tuning.strategy": "[" + ", ".join(config.fine_tuning.strategy) + "]"}
+    for key in measured:
+        if key.startswith("options."):
+            _, plugin, option = key.split(".")
+            actual[key] = str(config.options[plugin][option])
+        elif key != "fine_tuning.strategy":
+            block, option = key.split(".")
+            actual[key] = str(getattr(getattr(config, block), option))
+    assert actual == measured
