@@ -1,7 +1,7 @@
 """Step 8, save: the candidate becomes a version, written atomically, and current if accepted.
 
 The version is written into a temporary folder (weights through the model's
-family, held-out items, each strategy's state, the dedupers' indexes, the
+family, the trained items' token shard (``core/shards.py``), held-out items, each strategy's state, the dedupers' indexes, the
 report), its ledger rows are added, and the folder is renamed into place; only
 then does CURRENT move, and only for an accepted candidate. A crash anywhere
 before that leaves the current model as it was (``ModelStore.recover`` tidies).
@@ -19,6 +19,7 @@ from .evaluation import held_out_rows, kept_retention, scoring
 from .items import Item
 from .retention import RETENTION
 from .run import Run
+from .shards import keep_in_version, shard_bytes
 from .store import HOLDOUT, ModelStore, now_iso
 from .strategy import write_state
 
@@ -32,6 +33,7 @@ def commit(run: Run, store: ModelStore, dedupers: list[tuple[str, Any]], replace
     writer = store.begin_version(parent=run.parent)
     try:
         entry = run.lm.save(writer)
+        keep_in_version(run.rows, writer)  # the trained items' tokens, and the chain's by hard link
         held = held_out_rows(run)  # with the candidate's loss on each: a drift baseline, a retention seed
         if held:
             writer.write_text(HOLDOUT, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in held))
@@ -84,7 +86,7 @@ def version_bytes(run: Run) -> int:
     margin for the manifest, the report and the ledger's rows. Strategy state comes on top."""
     weights = sum(p.numel() * p.element_size() for p in run.lm.module.parameters() if p.requires_grad)
     held = sum(len(it.text.encode("utf-8", "surrogatepass")) for it in run.holdout)
-    return weights + 2 * held + 256 * (len(run.items) + len(run.holdout)) + (64 << 10)
+    return weights + 2 * held + 256 * (len(run.items) + len(run.holdout)) + (64 << 10) + shard_bytes(run.rows)
 
 
 def manifest(run: Run, report: dict, entry: dict, status: str) -> dict:

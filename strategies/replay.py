@@ -6,8 +6,11 @@ tokens as new). Rows of different lengths then weigh what they hold, and the
 replayed tokens are steps of the update like the new ones: they count in its
 schedule, its time and its report (``counts.replay_tokens``).
 
-The full training records a buffer of base items by default
-(``full_training.record: [replay]``), so the first update already replays them.
+Past items are drawn from the token shards every version keeps of its chain
+(``core/shards.py``), so replay reaches everything the model learned, not only what
+a buffer holds. The reservoir of ``buffer_size`` texts is still kept with each version:
+it is what a model saved before versions kept shards replays. The full training
+records it by default (``full_training.record: [replay]``).
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ class Replay(Strategy):
 
     def avalanche_plugins(self, run) -> list:
         from retain.core.training import make_dataset, pad_to
-        from retain.strategies.adapters import TextReservoir, TokenShareReplay
+        from retain.strategies.adapters import HistoryReplay, TextReservoir, TokenShareReplay
 
         # Same width as the experience's rows (fit pads them to max_seq_length), so they mix.
         width, pad_id = run.settings.max_seq_length, run.lm.pad_id
@@ -68,7 +71,21 @@ class Replay(Strategy):
 
         self.storage = TextReservoir(self.options.buffer_size, lambda: [it.text for it in run.items],
                                      encode, self.texts, self.keys)
+        history = self.history(run)
+        if history is not None and history.items:  # the chain's token shards: the whole history
+            return [HistoryReplay(self.storage, self.options.share, replayed, history, width, pad_id)]
         return [TokenShareReplay(self.storage, self.options.share, replayed)]
+
+    @staticmethod
+    def history(run):
+        """The shards of the parent's chain (``core/shards.py``), or None: a full training, or a
+        model saved before versions kept shards (the reservoir's texts are replayed then)."""
+        from retain.core.shards import History
+
+        base = getattr(run, "base", None)
+        if base is None or getattr(base, "reader", None) is None:
+            return None
+        return History.of(base.reader.store, base.version)
 
     def counts(self) -> dict[str, int]:
         return {} if self.replayed is None else {"replay_tokens": self.replayed}
