@@ -222,6 +222,13 @@ class ShardRows:
             rows._cleanup = weakref.finalize(rows, shutil.rmtree, str(rows.folder), True)
         return rows
 
+    def select(self, index: Sequence[int]) -> "ShardRows":
+        """These rows ``index`` only (a benchmark's sample), read from the same shard."""
+        rows = object.__new__(ShardRows)
+        rows.shard, rows.max_len, rows.pad_id, rows.folder = self.shard, self.max_len, self.pad_id, None
+        rows.start, rows.n, rows.owner_index = self.start[index], self.n[index], self.owner_index[index]
+        return rows
+
     def dataset(self, width: int) -> "RowsDataset":
         return RowsDataset(self, range(len(self)), width)
 
