@@ -100,10 +100,21 @@ def child(args) -> None:
 
     training.EngineLoop.before_forward = before_forward
     training.EngineLoop.after_training_iteration = after_iteration
+    from retain.core.hookspecs import hookimpl
+
+    peaks: dict[str, float] = {}
+
+    class StepMemory:
+        """The high-water mark after each step: which step raised it."""
+
+        @hookimpl
+        def step_finished(self, run, step, info, seconds):
+            peaks[step] = high_water_mb()
+
     sets = ["full_training.epochs=1", "precision=fp32", "validation.retention_max=64",
             "full_training.record=[]", "device=cpu"]
     started = time.perf_counter()
-    report = Engine(load_config(None, sets)).train([str(args.corpus)], args.model)
+    report = Engine(load_config(None, sets), listeners=[StepMemory()]).train([str(args.corpus)], args.model)
     wall = time.perf_counter() - started
     t = report["timings"]
     ingest = sum(t.get(k, 0.0) for k in ("collect", "preprocess", "dedupe", "holdout", "tokenize"))
@@ -114,7 +125,17 @@ def child(args) -> None:
         "steps": counted["steps"], "train_tokens": counted["tokens"], "train_seconds": counted["seconds"],
         "save_seconds": t.get("save"), "wall": wall,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_after_step_mb": {k: round(v) for k, v in peaks.items()},
     }), flush=True)
+
+
+def high_water_mb() -> float:
+    """VmHWM of this process, in MB (the peak resident memory so far)."""
+    with open("/proc/self/status", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_one(corpus: Path, work: Path, path: str, steps: int, threads: int) -> dict:
@@ -146,6 +167,10 @@ def table(rows: list[dict], args) -> str:
                      f"{r['ingest_seconds']:.1f} ({i['collect']}/{i['preprocess']}/{i['dedupe']}/{i['holdout']}/"
                      f"{i['tokenize']}) | {r['train_tokens'] / max(r['train_seconds'], 1e-9):,.0f} | "
                      f"{r['save_seconds']:.1f} |")
+    lines += ["", "Peak resident memory after each step (MB), where it rises:", ""]
+    for r in rows:
+        steps = r.get("peak_after_step_mb", {})
+        lines.append(f"- {r['bytes'] / MB:,.0f} MB, {r['path']}: " + ", ".join(f"{k} {v:,}" for k, v in steps.items()))
     return "\n".join(lines) + "\n"
 
 

@@ -79,13 +79,19 @@ class Replay(Strategy):
     @staticmethod
     def history(run):
         """The shards of the parent's chain (``core/shards.py``), or None: a full training, or a
-        model saved before versions kept shards (the reservoir's texts are replayed then)."""
+        lineage whose full training (or import) was saved before versions kept shards: its shards
+        would hold only the latest updates, and the reservoir's texts reach back to the base."""
         from retain.core.shards import History
 
         base = getattr(run, "base", None)
         if base is None or getattr(base, "reader", None) is None:
             return None
-        return History.of(base.reader.store, base.version)
+        store = base.reader.store
+        history = History.of(store, base.version)
+        root = store.lineage_root(store.chain(base.version))
+        base_data = root is not None and store.summary(root)["counts"].get("tokens", 0) > 0
+        covered = not base_data or root in {version for version, _ in history.shards}
+        return history if covered else None
 
     def counts(self) -> dict[str, int]:
         return {} if self.replayed is None else {"replay_tokens": self.replayed}

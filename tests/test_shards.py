@@ -161,3 +161,39 @@ def test_kill_during_tokenize_leaves_no_half_shard_in_a_version(base_model, new_
     for version in store.versions():
         for name, shard in History.of(store, version).shards:  # every file checked against its checksum
             assert shard.offsets[-1] == len(shard.tokens)
+
+
+def test_a_lineage_whose_base_kept_no_shard_replays_its_reservoir(tmp_path):
+    """A model trained before versions kept shards: its updates' shards hold only the latest items,
+    so replay keeps drawing from the reservoir (which reaches back to the base data)."""
+    from types import SimpleNamespace
+
+    from retain.strategies.replay import Replay
+
+    writer = ShardWriter(tmp_path, "0002")
+    writer.add([[1, 2, 3]])
+    writer.close()
+
+    class Store:  # version 0002, an update, on a base 0001 saved before shards
+        base_tokens = 100
+
+        def manifest(self, version):
+            return {"files": {f"{SHARDS}/0002.uint16": "x", f"{SHARDS}/0002.offsets": "x"}}
+
+        def verified_path(self, version, rel, manifest=None):
+            return tmp_path / rel.split("/", 1)[1]
+
+        def chain(self, version):
+            return ["0002", "0001"]
+
+        def lineage_root(self, chain):
+            return "0001"
+
+        def summary(self, version):
+            return {"counts": {"tokens": self.base_tokens}}
+
+    store = Store()
+    run = SimpleNamespace(base=SimpleNamespace(reader=SimpleNamespace(store=store), version="0002"))
+    assert Replay.history(run) is None
+    store.base_tokens = 0  # an import without base data: the updates' shards are the whole history
+    assert [v for v, _ in Replay.history(run).shards] == ["0002"]

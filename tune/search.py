@@ -393,6 +393,7 @@ def candidate_run(run, engine, result: dict, search: dict):
     for strategy in out.strategies:
         strategy.load_state_dict(latest_state(loaded.reader, [loaded.version], strategy.name))
     out.items, out.holdout, out.rejects, out.skipped = run.items, run.holdout, run.rejects, run.skipped
+    out.rows = run.rows  # the items' token shard (the search tokenized them): the version keeps it
     out.counts = dict(result["counts"])
     out.retention_texts, out.new_texts, out.before = run.retention_texts, run.new_texts, run.before
     out.retention, out.drift = run.retention, run.drift  # the pool and drift reference the trials used
