@@ -24,6 +24,7 @@ Held-out items are never in a shard: only ``run.items``, the trained ones, are w
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -38,6 +39,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from . import interrupts
 from .lm import ENCODE_CHUNK, IGNORE_INDEX, Rows
 from .store import fault_point
 
@@ -154,13 +156,27 @@ class ShardRows:
 
     def __init__(self, shard: Shard, max_len: int, pad_id: int, folder: Path | None = None):
         self.shard, self.max_len, self.pad_id = shard, max_len, pad_id
-        self.folder = folder  # the scratch folder it lives in, removed with it (unless kept)
         item, start, n = spans(shard.lengths, max_len)
         self.start = shard.offsets[:-1][item] + start if len(item) else np.zeros(0, np.int64)
         self.n = n.astype(np.int32)
         self.owner_index = item.astype(np.int32)
+        self.folder: Path | None = None  # the scratch folder it lives in, removed with it (unless kept)
         if folder is not None:
-            self._cleanup = weakref.finalize(self, shutil.rmtree, str(folder), True)
+            self._own(folder)
+
+    def _own(self, folder: Path) -> None:
+        """The scratch folder goes with these rows: when they are dropped, at the process's end, or
+        on an interrupt (which ends it with ``os._exit``: no finalizer runs then)."""
+        self.folder = folder
+        self._cleanup = weakref.finalize(self, shutil.rmtree, str(folder), True)
+        self._interrupt = interrupts.on_interrupt(self._cleanup)
+
+    def release(self) -> None:
+        """Remove the scratch folder now (the shard moved into a version, or the run is dropped)."""
+        if self.folder is not None:
+            self._cleanup()
+            interrupts.release(self._interrupt)
+            self.folder = None
 
     def __len__(self) -> int:
         return len(self.n)
@@ -218,8 +234,9 @@ class ShardRows:
         rows = ShardRows(kept, self.max_len, self.pad_id)
         if self.folder is not None:  # the scratch folder goes with the rows that now hold it
             self._cleanup.detach()
-            rows.folder, self.folder = self.folder, None
-            rows._cleanup = weakref.finalize(rows, shutil.rmtree, str(rows.folder), True)
+            interrupts.release(self._interrupt)
+            rows._own(self.folder)
+            self.folder = None
         return rows
 
     def select(self, index: Sequence[int]) -> "ShardRows":
@@ -250,16 +267,23 @@ class RowsDataset(torch.utils.data.Dataset):
 def encode_to_shard(lm, texts: Iterable[str], max_len: int, folder: Path) -> ShardRows:
     """Tokenize ``texts`` chunk by chunk into a new shard in ``folder`` (which it then owns)."""
     folder.mkdir(parents=True, exist_ok=True)
-    writer = ShardWriter(folder, "run")
-    chunk: list[str] = []
-    for text in texts:
-        chunk.append(text)
-        if len(chunk) == ENCODE_CHUNK:
+    token = interrupts.on_interrupt(functools.partial(shutil.rmtree, str(folder), True))
+    try:
+        writer = ShardWriter(folder, "run")
+        chunk: list[str] = []
+        for text in texts:
+            chunk.append(text)
+            if len(chunk) == ENCODE_CHUNK:
+                writer.add(ids_of(lm, chunk))
+                chunk = []
+        if chunk:
             writer.add(ids_of(lm, chunk))
-            chunk = []
-    if chunk:
-        writer.add(ids_of(lm, chunk))
-    return ShardRows(writer.close(), max_len, lm.pad_id, folder)
+        return ShardRows(writer.close(), max_len, lm.pad_id, folder)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    finally:
+        interrupts.release(token)
 
 
 def scratch_folder(model_dir: Path, writes: bool, run_id: str) -> Path:
@@ -301,9 +325,7 @@ def keep_in_version(rows, writer) -> None:
     shutil.move(shard.tokens_path, folder / f"{writer.name}{shard.tokens_path.suffix}")
     shutil.move(shard.offsets_path, folder / f"{writer.name}{OFFSETS}")
     fault_point("shard-moved")  # test-only
-    if rows.folder is not None:  # the scratch folder, now empty
-        rows._cleanup()
-        rows.folder = None
+    rows.release()  # the scratch folder, now empty
 
 
 def shard_bytes(rows) -> int:
