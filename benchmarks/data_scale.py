@@ -138,7 +138,60 @@ def high_water_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_one(corpus: Path, work: Path, path: str, steps: int, threads: int) -> dict:
+def loop_ab(args) -> None:
+    """The training loop alone, from the shard against from rows in memory, on the whole corpus of
+    ``--corpus`` with the model of ``--model``: ``--steps`` steps each (after 2 untimed), alternating,
+    ``--runs`` rounds, the same weights and seed. Prints one JSON line."""
+    import statistics
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from retain.core import training
+    from retain.core.lm import IGNORE_INDEX
+    from retain.core.models import load_version
+    from retain.core.shards import encode_to_shard
+    from retain.core.store import ModelStore
+    from retain.core.strategy import TrainSettings
+
+    lm = load_version(ModelStore(args.model)).lm
+    texts = [json.loads(line)["text"] for line in open(args.corpus, encoding="utf-8")]
+    variants = {"shards": encode_to_shard(lm, texts, 512, args.model.parent / "ab-shard"),
+                "memory": lm.encode(texts, 512)}
+    count: dict = {}
+    forward, after = training.EngineLoop.before_forward, training.EngineLoop.after_training_iteration
+
+    def before_forward(self, strategy, **kw):
+        forward(self, strategy, **kw)
+        if count["steps"] == 2:
+            count["started"] = time.perf_counter()
+        if count["steps"] >= 2:
+            count["tokens"] += int((strategy.mbatch[1] != IGNORE_INDEX).sum())
+
+    def after_iteration(self, strategy, **kw):
+        after(self, strategy, **kw)
+        count["steps"] += 1
+        if count["steps"] >= args.steps + 2:
+            count["seconds"] = time.perf_counter() - count["started"]
+            strategy.stop_training()
+
+    training.EngineLoop.before_forward, training.EngineLoop.after_training_iteration = before_forward, after_iteration
+    rates: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(args.runs):
+        for name, rows in variants.items():
+            count.update(steps=0, tokens=0)
+            module = load_version(ModelStore(args.model)).lm.module
+            torch.manual_seed(0)
+            training.fit(module, rows, TrainSettings(1e-4, 1, 8, 512), device=torch.device("cpu"), pad_id=lm.pad_id,
+                         plugins=[], penalty=lambda *a: None, on_step=lambda *a: None, on_epoch=lambda *a: None,
+                         continuing=True)
+            rates[name].append(count["tokens"] / count["seconds"])
+    medians = {name: statistics.median(v) for name, v in rates.items()}
+    print(json.dumps({"rows": len(variants["memory"]), "rates": rates, "medians": medians,
+                      "ratio": medians["shards"] / medians["memory"]}), flush=True)
+
+
+def run_one(corpus: Path, work: Path, path: str, steps: int, threads: int, keep: bool = False) -> dict:
     model = work / f"model-{corpus.stem}-{path}"
     subprocess.run(["rm", "-rf", str(model)], check=True)
     cmd = [sys.executable, __file__, "--child", "--corpus", str(corpus), "--model", str(model), "--path", path,
@@ -147,8 +200,27 @@ def run_one(corpus: Path, work: Path, path: str, steps: int, threads: int) -> di
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr[-3000:]}")
-    subprocess.run(["rm", "-rf", str(model)], check=True)
+    if not keep:
+        subprocess.run(["rm", "-rf", str(model)], check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_ab(corpus: Path, model: Path, args) -> dict:
+    cmd = [sys.executable, __file__, "--child-ab", "--corpus", str(corpus), "--model", str(model), "--steps",
+           str(args.loop_ab), "--ab-runs", str(args.ab_runs), "--threads", str(args.threads)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
+    subprocess.run(["rm", "-rf", str(model.parent / "ab-shard"), str(model)], check=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def ab_text(ab: dict, args) -> str:
+    rates = {k: ", ".join(f"{x:,.0f}" for x in v) for k, v in ab["rates"].items()}
+    return (f"\nThe training loop alone on the first corpus ({ab['rows']:,} rows, the model its run trained), "
+            f"{args.loop_ab} steps of batch 8 after 2 untimed, alternating, {args.ab_runs} rounds: from the shard "
+            f"{ab['medians']['shards']:,.0f} tokens/s ({rates['shards']}), from rows in memory "
+            f"{ab['medians']['memory']:,.0f} ({rates['memory']}): **shards / memory = {ab['ratio']:.2f}**.\n")
 
 
 def table(rows: list[dict], args) -> str:
@@ -189,25 +261,36 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/retain-data-scale"))
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--write", type=Path, help="put the section into this BENCHMARKS.md")
+    ap.add_argument("--loop-ab", type=int, default=0, metavar="STEPS",
+                    help="also the training loop alone, shards against memory, STEPS steps x --ab-runs, on the "
+                         "first corpus with the model its first run trained")
+    ap.add_argument("--ab-runs", type=int, default=3)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--child-ab", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--corpus", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--model", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--path", default="shards", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         return child(args)
+    if args.child_ab:
+        args.runs = args.ab_runs
+        return loop_ab(args)
     args.work.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for size in args.sizes.split(","):
+    rows, ab = [], None
+    for number, size in enumerate(args.sizes.split(",")):
         n = int(float(size[:-2]) * (1000 if size.endswith("GB") else 1) * MB)
         corpus = args.work / f"corpus-{size}.jsonl"
         build_corpus(corpus, n, args.data)
-        for _ in range(args.runs):
+        for run in range(args.runs):
             for path in args.paths.split(","):
-                r = run_one(corpus, args.work, path, args.steps, args.threads)
+                keep = bool(args.loop_ab) and number == 0 and run == 0 and path == "shards"
+                r = run_one(corpus, args.work, path, args.steps, args.threads, keep)
                 print(json.dumps(r), file=sys.stderr, flush=True)
                 rows.append(r)
-    text = table(rows, args)
+                if keep:
+                    ab = run_ab(corpus, args.work / f"model-{corpus.stem}-shards", args)
+    text = table(rows, args) + (ab_text(ab, args) if ab else "")
     print(text)
     if args.write:
         sys.path.insert(0, str(Path(__file__).parent))
