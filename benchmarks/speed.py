@@ -115,7 +115,7 @@ def retain_fit(lm, rows, epochs: int, device: str, precision: str = "fp32") -> d
     from retain.core.strategy import TrainSettings
     from retain.core.training import fit
 
-    settings = TrainSettings(1e-4, epochs, 8, rows.x.size(1))
+    settings = TrainSettings(1e-4, epochs, 8, rows.max_len if hasattr(rows, "max_len") else rows.x.size(1))
     losses: list[float] = []
     torch.manual_seed(0)
     started = time.perf_counter()
@@ -133,6 +133,8 @@ def first_steps(rows, steps: int | None):
     from retain.core.lm import Rows
 
     pick = sorted(random.Random(0).sample(range(len(rows)), steps * 8))
+    if hasattr(rows, "select"):  # a token shard: the same rows, read from its map
+        return rows.select(pick)
     return Rows(rows.x[pick], rows.y[pick], rows.owner[pick])
 
 
@@ -247,10 +249,15 @@ def measure_size(size: str, args, base: list[str], new: list[str], work: Path) -
     keep = lambda: (work / f"partial-{size}.json").write_text(json.dumps(out, indent=1, default=str), encoding="utf-8")
     say(f"[{size}] {out['parameters'] / 1e6:.1f}M parameters, {rows.tokens} tokens per epoch")
 
+    from retain.core.shards import encode_to_shard
+
+    shard = encode_to_shard(lm, new, min(512, lm.context), work / f"shard-{size}")  # what `retain update` trains on
     loop_steps = args.loop_steps.get(size)
     some, e = first_steps(rows, loop_steps), (1 if loop_steps else args.loop_epochs)
+    some_shard = first_steps(shard, loop_steps)
     loops = alternate(args.runs, {
         "retain": lambda: retain_fit(fresh(model, args.device), some, e, args.device),
+        "shards": lambda: retain_fit(fresh(model, args.device), some_shard, e, args.device),
         "bare": lambda: bare_loop(fresh(model, args.device), some, e, args.device),
         "padded": lambda: bare_loop(fresh(model, args.device), some, e, args.device, bucketed=False),
     })
@@ -258,6 +265,8 @@ def measure_size(size: str, args, base: list[str], new: list[str], work: Path) -
     out["loops"] = {k: [{kk: vv for kk, vv in s.items()} for s in v] for k, v in loops.items()}
     say(f"[{size}] loops: " + ", ".join(f"{k} {median_rate(v):.0f} tok/s" for k, v in loops.items()))
     keep()
+    if args.only_loops:
+        return out
 
     out["scoring"] = scoring_runs(model, args)
     say(f"[{size}] scoring: " + ", ".join(f"{k} {_med(v):.2f} s" for k, v in out["scoring"]["seconds"].items()))
@@ -356,17 +365,21 @@ def tables(results: list[dict], args) -> str:
     md.append(f"**Training loop** (tokens/s, medians of {args.runs}, alternating; ratio of the medians; each run "
               "trains the update's rows from the same weights):\n")
     md.append("| model | parameters | measured over | retain (avalanche template) | bare PyTorch loop | retain / bare | "
-              "padded batches | bucketed / padded | padding computed, padded / bucketed |")
-    md.append("|---|---|---|---|---|---|---|---|---|")
+              "retain from token shards | shards / in memory | padded batches | bucketed / padded | "
+              "padding computed, padded / bucketed |")
+    md.append("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         lp = r["loops"]
         retain, bare, padded = (median_rate(lp[k]) for k in ("retain", "bare", "padded"))
+        shards = median_rate(lp["shards"]) if "shards" in lp else float("nan")
         waste = [s["computed"] / s["tokens"] - 1 for s in lp["padded"]], [s["computed"] / s["tokens"] - 1
                                                                           for s in lp["bare"]]
         md.append(f"| {r['size']} | {r['parameters'] / 1e6:.1f}M | {r['loop_span']} | {retain:,.0f} | {bare:,.0f} | "
-                  f"{retain / bare:.2f} | {padded:,.0f} | {bare / padded:.2f} | "
+                  f"{retain / bare:.2f} | {shards:,.0f} | {shards / retain:.2f} | {padded:,.0f} | {bare / padded:.2f} | "
                   f"{100 * _med(waste[0]):.0f}% / {100 * _med(waste[1]):.0f}% |")
     md.append("")
+    if all("precision" not in r for r in results):  # --only-loops
+        return "\n".join(md) + "\n"
     md.append("**fp32 against bf16 autocast** (retain's loop; tokens/s, medians; final loss = the last "
               "step's training loss, same weights, batches and seed):\n")
     md.append("| model | measured over | fp32 tokens/s | bf16 tokens/s | bf16 / fp32 | fp32 final loss | "
@@ -495,6 +508,8 @@ def main() -> None:
     ap.add_argument("--update-sizes", default="", help="the sizes whose `retain update` runs (default: every size)")
     ap.add_argument("--fixed-size", default="0.7M", help="the size whose 10-item update measures fixed costs")
     ap.add_argument("--tiny", action="store_true", help="CI-safe: a tiny model, few items, one round")
+    ap.add_argument("--only-loops", action="store_true", help="the training-loop table alone (retain in memory, "
+                    "from token shards, bare, padded)")
     ap.add_argument("--write", type=Path, help="put the section into this BENCHMARKS.md")
     args = ap.parse_args()
     if args.tiny:

@@ -1,8 +1,8 @@
 """Step 8, save: the candidate becomes a version, written atomically, and current if accepted.
 
 The version is written into a temporary folder (weights through the model's
-family, held-out items, each strategy's state, the dedupers' indexes, the
-report), its ledger rows are added, and the folder is renamed into place; only
+family, the trained items' token shard (``core/shards.py``), held-out items,
+each strategy's state, the dedupers' indexes, the report), its ledger rows are added, and the folder is renamed into place; only
 then does CURRENT move, and only for an accepted candidate. A crash anywhere
 before that leaves the current model as it was (``ModelStore.recover`` tidies).
 """
@@ -25,6 +25,7 @@ from .strategy import write_state
 
 def commit(run: Run, store: ModelStore, dedupers: list[tuple[str, Any]], replaces: str | None = None) -> dict:
     """Write ``run``'s candidate as the next version; return the report with version and status."""
+    from .shards import keep_in_version  # numpy and torch: not for a command that trains nothing
     started = time.perf_counter()
     report = run.report()
     status = "accepted" if run.accepted else "rejected"
@@ -32,6 +33,7 @@ def commit(run: Run, store: ModelStore, dedupers: list[tuple[str, Any]], replace
     writer = store.begin_version(parent=run.parent)
     try:
         entry = run.lm.save(writer)
+        keep_in_version(run.rows, writer)  # the trained items' tokens, and the chain's by hard link
         held = held_out_rows(run)  # with the candidate's loss on each: a drift baseline, a retention seed
         if held:
             writer.write_text(HOLDOUT, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in held))
@@ -83,9 +85,11 @@ def version_bytes(run: Run) -> int:
     """What the version will take on disk, at least: the weights training changed (frozen
     ones may be shared with the parent, or not saved at all), the held-out items, and a
     margin for the manifest, the report and the ledger's rows. Strategy state comes on top."""
+    from .shards import shard_bytes
+
     weights = sum(p.numel() * p.element_size() for p in run.lm.module.parameters() if p.requires_grad)
     held = sum(len(it.text.encode("utf-8", "surrogatepass")) for it in run.holdout)
-    return weights + 2 * held + 256 * (len(run.items) + len(run.holdout)) + (64 << 10)
+    return weights + 2 * held + 256 * (len(run.items) + len(run.holdout)) + (64 << 10) + shard_bytes(run.rows)
 
 
 def manifest(run: Run, report: dict, entry: dict, status: str) -> dict:

@@ -106,6 +106,10 @@ class LanguageModel(Protocol):
         into several rows (``rows_from_ids`` does it), never cut."""
         ...
 
+    # Optional: ``encode_ids(texts) -> list of id sequences``, each text's ids wrapped in the
+    # boundary tokens ``encode`` adds: what the training shards hold (``core/shards.py``).
+    # Without it the ids are read back from ``encode``'s rows, which is slower.
+
     def token_losses(self, logits: "torch.Tensor", targets: "torch.Tensor") -> "torch.Tensor":
         """Per-position loss ``[batch, time]``, 0 at padding (``token_losses`` computes it)."""
         ...

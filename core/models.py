@@ -212,6 +212,7 @@ def prepare_model(run, registry: Registry, warn) -> dict:
     what the user should know."""
     from .errors import SourceError
     from .run import FINE_TUNING, FULL_TRAINING, IMPORT
+    from .shards import encode_to_shard, scratch_folder
     from .strategy import TrainSettings
 
     cfg = run.config
@@ -227,7 +228,9 @@ def prepare_model(run, registry: Registry, warn) -> dict:
         run.lm = run.base.lm
     seq_len = min(block.max_seq_length, run.lm.context)
     _say_context(run, block.max_seq_length, warn)
-    run.rows = run.lm.encode([it.text for it in run.items], seq_len)
+    # Into a token shard, chunk by chunk: the padded rows are never in memory at once (core/shards.py).
+    run.rows = encode_to_shard(run.lm, (it.text for it in run.items), seq_len,
+                               scratch_folder(run.model_dir, run.writes, run.id))
     # Tokens per byte of what is learned, under this tokenizer: the vocabulary-drift check's input.
     run.counts.update(tokens=content_tokens(run.rows, len(run.items)),
                       bytes=sum(len(it.text.encode("utf-8")) for it in run.items))

@@ -134,12 +134,18 @@ def probe_batch(rows, batch_size: int):
 
     from .lm import IGNORE_INDEX
 
-    lengths = (rows.y != IGNORE_INDEX).sum(1)
+    if hasattr(rows, "take"):  # a token shard (core/shards.py): its rows read from the map
+        lengths = rows.lengths()
+    else:
+        lengths = (rows.y != IGNORE_INDEX).sum(1)
     order = torch.argsort(lengths, stable=True)
     n = min(batch_size, len(order))
     start = max(0, min(len(order) - n, len(order) // 2 - n // 2))
     pick = order[start:start + n]
     width = max(1, int(lengths[pick].max()))
+    if hasattr(rows, "take"):
+        x, y = rows.take(pick)
+        return x[:, :width], y[:, :width]
     return rows.x[pick, :width], rows.y[pick, :width]
 
 

@@ -68,6 +68,20 @@ def summarize(manifest: dict) -> dict:
             "states": sorted(states)}
 
 
+def _alive(scratch: str) -> bool:
+    """Is the process named in a run's shard scratch folder (``.tmp-shards-<pid>-...``) running?"""
+    pid = scratch[len(".tmp-shards-"):].split("-", 1)[0]
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
 def fault_point(phase: str) -> None:
     """Test-only seam: ``RETAIN_FAULT_AT=<phase>`` SIGKILLs this process at ``phase``
     (tests/test_crash.py), to prove a crash there leaves a consistent model directory;
@@ -497,12 +511,17 @@ class VersionWriter:
 
     def finish(self, manifest: dict) -> Path:
         files = {}
+        linked = self._linked_to_parent()
         for p in sorted(self.tmp.rglob("*")):
             if p.is_file():
+                rel = p.relative_to(self.tmp).as_posix()
+                if rel in linked:  # the parent's very file (its token shards): its checksum
+                    files[rel] = linked[rel]
+                    continue
                 with open(p, "rb") as f:
                     os.fsync(f.fileno())
-                files[p.relative_to(self.tmp).as_posix()] = sha256_file(p)
-        shared = self._share_with_parent(files)
+                files[rel] = sha256_file(p)
+        shared = self._share_with_parent({k: v for k, v in files.items() if k not in linked})
         manifest = {**manifest, "format": FORMAT, "version": self.name, "files": files}
         if shared:
             manifest["shared_with_parent"] = shared
@@ -526,6 +545,24 @@ class VersionWriter:
             with contextlib.suppress(sqlite3.OperationalError):
                 self.store.ledger.commit_version(self.name)
         return final
+
+    def _linked_to_parent(self) -> dict[str, str]:
+        """{file: the parent's checksum of it} for the files written as hard links to the parent's
+        same file (``core/shards.py``: a chain's shards): one file on disk, checked when read."""
+        if self.parent is None:
+            return {}
+        try:
+            theirs = self.store.manifest(self.parent).get("files", {})
+        except ModelError:
+            return {}
+        linked = {}
+        for rel, digest in theirs.items():
+            mine, source = self.tmp / rel, self.store.versions_dir / self.parent / rel
+            with contextlib.suppress(OSError):
+                a, b = mine.stat(), source.stat()
+                if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino):
+                    linked[rel] = digest
+        return linked
 
     def _share_with_parent(self, files: dict[str, str]) -> list[str]:
         """Replace each file whose checksum equals the parent's same file by a hard link to
@@ -1009,6 +1046,8 @@ class ModelStore:
             for p in self.versions_dir.iterdir():
                 if p.name.startswith(".tmp-index-"):  # the index's write, cut short: a cache
                     p.unlink(missing_ok=True)
+                elif p.name.startswith(".tmp-shards-") and _alive(p.name):
+                    continue  # a run of a live process tokenized it (the Python API's fine_tune)
                 elif p.name.startswith(".tmp-"):
                     shutil.rmtree(p, ignore_errors=True)
                     notes.append(f"recovered from an interrupted run: removed unfinished version {p.name}")

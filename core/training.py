@@ -49,6 +49,21 @@ def make_dataset(x: torch.Tensor, y: torch.Tensor) -> AvalancheDataset:
     )
 
 
+def rows_dataset(rows, width: int, pad_id: int) -> tuple[AvalancheDataset, torch.Tensor]:
+    """``rows`` as an AvalancheDataset of rows padded to ``width``, and each row's tokens.
+    A shard's rows (``core/shards.py``) are read from its map as batches ask for them; rows in
+    memory (``Rows``) are padded as a whole, as before shards."""
+    if not hasattr(rows, "dataset"):
+        x, y = pad_to(rows.x, rows.y, width, pad_id)
+        return make_dataset(x, y), (y != IGNORE_INDEX).sum(1)
+    t = torch.zeros(len(rows), dtype=torch.long)
+    data = AvalancheDataset([rows.dataset(width)], data_attributes=[
+        DataAttribute(t, "targets_task_labels", use_in_getitem=False),
+        DataAttribute(t, "targets", use_in_getitem=False),  # only needs to exist (see make_dataset)
+    ])
+    return data, rows.lengths()
+
+
 def pad_to(x: torch.Tensor, y: torch.Tensor, width: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Pad rows to a fixed width so datasets of different updates (replay) can be mixed."""
     if x.size(1) >= width:
@@ -90,13 +105,14 @@ class LengthBatches:
     the batch level while padding stays a few percent.
     """
 
-    def __init__(self, lengths: list[int], batch_size: int, seed: int, window: int = 50):
+    def __init__(self, lengths: list[int] | torch.Tensor, batch_size: int, seed: int, window: int = 50):
         self.lengths, self.batch_size, self.window = lengths, batch_size, window
         self.generator = torch.Generator().manual_seed(seed)
+        self._lengths = torch.as_tensor(lengths, dtype=torch.long)
 
-    def epoch_rows(self) -> list[int]:
+    def epoch_rows(self) -> list[int] | torch.Tensor:
         """The rows one epoch trains on (all of them; a subclass may draw some in)."""
-        return list(range(len(self.lengths)))
+        return torch.arange(len(self.lengths))
 
     def batches_for(self, n: int) -> int:
         """How many batches ``n`` rows make (the last batch of each window may be short)."""
@@ -107,14 +123,23 @@ class LengthBatches:
         return self.batches_for(len(self.lengths))
 
     def __iter__(self):
-        rows = self.epoch_rows()
-        order = [rows[i] for i in torch.randperm(len(rows), generator=self.generator).tolist()]
-        batches = []
-        for start in range(0, len(order), self.batch_size * self.window):
-            chunk = sorted(order[start:start + self.batch_size * self.window], key=self.lengths.__getitem__)
-            batches += [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
-        for i in torch.randperm(len(batches), generator=self.generator).tolist():
-            yield batches[i]
+        # Tensors, not lists of rows: 16 bytes a row whatever the corpus (the order is the one a
+        # stable sort of Python lists gave: the same batches for the same seed).
+        rows = torch.as_tensor(self.epoch_rows(), dtype=torch.long)
+        order = rows[torch.randperm(len(rows), generator=self.generator)]
+        w, size = self.batch_size * self.window, self.batch_size
+        starts, ends = [], []
+        for start in range(0, len(order), w):
+            chunk = order[start:start + w]
+            order[start:start + len(chunk)] = chunk[torch.argsort(self._lengths[chunk], stable=True)]
+            first = torch.arange(start, start + len(chunk), size)
+            starts.append(first)
+            ends.append(torch.clamp(first + size, max=start + len(chunk)))
+        if not starts:
+            return
+        starts_t, ends_t = torch.cat(starts), torch.cat(ends)
+        for i in torch.randperm(len(starts_t), generator=self.generator).tolist():
+            yield order[int(starts_t[i]):int(ends_t[i])].tolist()
 
 
 class LMTemplate(SupervisedTemplate):
@@ -340,8 +365,8 @@ def fit(module: torch.nn.Module, rows: Rows, settings: TrainSettings, *, device:
     called where ``settings.max_seconds`` stops the training.
     ``world``: the processes training together, each on its share of every batch.
     """
-    x, y = pad_to(rows.x, rows.y, settings.max_seq_length, pad_id)
-    experience = benchmark_from_datasets(train=[make_dataset(x, y)]).train_stream[0]
+    data, lengths = rows_dataset(rows, settings.max_seq_length, pad_id)
+    experience = benchmark_from_datasets(train=[data]).train_stream[0]
     criterion = RecordingCriterion(world)
     optimizer = torch.optim.AdamW(module.parameters(), lr=settings.learning_rate,
                                   weight_decay=settings.weight_decay)
@@ -358,7 +383,7 @@ def fit(module: torch.nn.Module, rows: Rows, settings: TrainSettings, *, device:
                               train_mb_size=settings.batch_size, train_epochs=settings.epochs,
                               eval_mb_size=settings.batch_size, device=device,
                               plugins=[*plugins, loop], evaluator=None)
-        template.lengths = (y != IGNORE_INDEX).sum(1).tolist()
+        template.lengths = lengths
         template.precision = precision
         template.world = world
         if continuing:

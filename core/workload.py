@@ -73,7 +73,7 @@ def cap_item_tokens(run: Run, store: ModelStore, warn: Callable[[str], None]) ->
     held = [(n, f"{n:,}", item) for n, item in zip(_held_out_tokens(run), run.holdout) if n > cap]
     if not over and not held:
         return {}
-    run.rows = _without(run.rows, over)
+    run.rows = run.rows.without(over) if hasattr(run.rows, "without") else _without(run.rows, over)
     _reject(run, store, [(trained[i], f"{trained[i]:,}", run.items[i]) for i in sorted(over)] + held, cap, warn)
     run.counts.update(tokens=content_tokens(run.rows, len(run.items)),
                       bytes=sum(len(it.text.encode("utf-8")) for it in run.items))
@@ -109,6 +109,8 @@ def tokens_per_item(rows, items: int) -> list[int]:
     """Each text's tokens in ``rows`` (its targets, less the end token every text predicts)."""
     from .lm import IGNORE_INDEX
 
+    if hasattr(rows, "item_tokens"):  # a token shard (core/shards.py): from its offsets
+        return rows.item_tokens()
     per_item = [-1] * items
     for owner, n in zip(rows.owner.tolist(), (rows.y != IGNORE_INDEX).sum(1).tolist()):
         per_item[owner] += n

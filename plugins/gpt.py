@@ -208,14 +208,17 @@ class GptModel:
         self.eos_id = tokenizer.token_to_id(EOS)
         self.pad_id = tokenizer.token_to_id(PAD)
 
-    def encode(self, texts: list[str], max_len: int) -> Rows:
+    def encode_ids(self, texts: list[str]) -> list[array]:
         # Each text is EOS + tokens + EOS: the model learns where texts start and end. In chunks,
         # kept as 4-byte ids (``ENCODE_CHUNK``).
         texts, ids = list(texts), []
         for start in range(0, len(texts), ENCODE_CHUNK):
             ids += [array("i", [self.eos_id, *enc.ids, self.eos_id])
                     for enc in self.tokenizer.encode_batch(texts[start:start + ENCODE_CHUNK])]
-        return rows_from_ids(ids, max_len, self.pad_id)
+        return ids
+
+    def encode(self, texts: list[str], max_len: int) -> Rows:
+        return rows_from_ids(self.encode_ids(texts), max_len, self.pad_id)
 
     def token_losses(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return token_losses(logits, targets)

@@ -94,12 +94,15 @@ class HfModel:
     def _wrap(self, ids: list[int]) -> list[int]:
         return self._start(ids) + ([self.eos_id] if self.eos_id is not None else [])
 
-    def encode(self, texts: list[str], max_len: int) -> Rows:
+    def encode_ids(self, texts: list[str]) -> list[array]:
         texts, ids = list(texts), []
         for start in range(0, len(texts), ENCODE_CHUNK):  # in chunks, as 4-byte ids (ENCODE_CHUNK)
             batch = self.tokenizer(texts[start:start + ENCODE_CHUNK], add_special_tokens=False)["input_ids"]
             ids += [array("i", self._wrap(list(x))) for x in batch]
-        return rows_from_ids(ids, max_len, self.pad_id)
+        return ids
+
+    def encode(self, texts: list[str], max_len: int) -> Rows:
+        return rows_from_ids(self.encode_ids(texts), max_len, self.pad_id)
 
     def token_losses(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return token_losses(logits, targets)

@@ -184,8 +184,11 @@ class PythonModel:
         eos = self.tokenizer.eos_id
         return [eos, *ids, eos] if eos is not None else ids
 
+    def encode_ids(self, texts: list[str]) -> list[list[int]]:
+        return [self._wrap(self.tokenizer.encode(t)) for t in texts]
+
     def encode(self, texts: list[str], max_len: int) -> Rows:
-        return rows_from_ids([self._wrap(self.tokenizer.encode(t)) for t in texts], max_len, self.pad_id)
+        return rows_from_ids(self.encode_ids(texts), max_len, self.pad_id)
 
     def token_losses(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return token_losses(logits, targets)

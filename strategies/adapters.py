@@ -149,9 +149,10 @@ class MixedLengthBatches(LengthBatches):
     every buffered item comes back before any comes back twice.
     """
 
-    def __init__(self, new_lengths: list[int], pool_lengths: list[int], pool_tokens: float, batch_size: int,
-                 seed: int, on_drawn: Callable[[int], None]):
-        super().__init__([*new_lengths, *pool_lengths], batch_size, seed)
+    def __init__(self, new_lengths: list[int] | torch.Tensor, pool_lengths: list[int] | torch.Tensor,
+                 pool_tokens: float, batch_size: int, seed: int, on_drawn: Callable[[int], None]):
+        super().__init__(torch.cat([torch.as_tensor(new_lengths, dtype=torch.long),
+                                    torch.as_tensor(pool_lengths, dtype=torch.long)]), batch_size, seed)
         self.n_new, self.pool_tokens, self.on_drawn = len(new_lengths), pool_tokens, on_drawn
         self.queue: list[int] = []
 
@@ -163,16 +164,16 @@ class MixedLengthBatches(LengthBatches):
                 self.queue = torch.randperm(pool, generator=self.generator).tolist()
             i = self.n_new + self.queue.pop()
             chosen.append(i)
-            tokens += self.lengths[i]
+            tokens += int(self._lengths[i])
         self.on_drawn(tokens)
         return chosen
 
-    def epoch_rows(self) -> list[int]:
-        return [*range(self.n_new), *self.draw()]
+    def epoch_rows(self) -> torch.Tensor:
+        return torch.cat([torch.arange(self.n_new), torch.tensor(self.draw(), dtype=torch.long)])
 
     def __len__(self) -> int:
-        pool = self.lengths[self.n_new:]
-        expected = round(self.pool_tokens / (sum(pool) / len(pool))) if pool else 0
+        pool = self._lengths[self.n_new:]
+        expected = round(self.pool_tokens / (int(pool.sum()) / len(pool))) if len(pool) else 0
         return self.batches_for(self.n_new + expected)
 
 
@@ -194,18 +195,51 @@ class TokenShareReplay(SupervisedPlugin):
         memory = self.storage.buffer
         if len(memory) == 0 or self.share <= 0:
             return  # nothing learned before (a full training): the template's own loader
-        new = strategy.adapted_dataset
-        new_lengths = strategy.lengths if len(strategy.lengths or []) == len(new) else \
-            [int((new[i][1] != IGNORE_INDEX).sum()) for i in range(len(new))]
+        new, new_lengths = strategy.adapted_dataset, self.new_lengths(strategy)
         _, y = rows_of(memory)
         pool_lengths = (y != IGNORE_INDEX).sum(1).tolist()
-        pool_tokens = self.share / (1 - self.share) * sum(new_lengths)
+        pool_tokens = self.share / (1 - self.share) * float(torch.as_tensor(new_lengths).sum())
         sampler = MixedLengthBatches(new_lengths, pool_lengths, pool_tokens, strategy.train_mb_size,
                                      strategy.batch_seed(), self.on_replayed)
         strategy.dataloader = strategy.loader(new.concat(memory), sampler)
 
+    def new_lengths(self, strategy) -> list[int] | torch.Tensor:
+        new = strategy.adapted_dataset
+        lengths = strategy.lengths if strategy.lengths is not None else []
+        return lengths if len(lengths) == len(new) else \
+            [int((new[i][1] != IGNORE_INDEX).sum()) for i in range(len(new))]
+
     def after_training_exp(self, strategy, **kwargs):
         self.storage.post_adapt(strategy, strategy.experience)
+
+
+class HistoryReplay(TokenShareReplay):
+    """Token-share replay drawn from the token shards of every version of the chain
+    (``core/shards.py``: ``History``), not from the reservoir's texts: past items in a seeded
+    random order over the whole history, enough for every epoch's share, read from the maps as
+    batches ask for them. The reservoir is still kept up to date (the state a version saves)."""
+
+    def __init__(self, storage: "TextReservoir", share: float, on_replayed: Callable[[int], None],
+                 history, width: int, pad_id: int):
+        super().__init__(storage, share, on_replayed)
+        self.history, self.width, self.pad_id = history, width, pad_id
+        self.drawn = None  # the past rows this run drew (``DrawnRows``)
+
+    def before_training_exp(self, strategy, **kwargs):
+        if self.share <= 0 or self.history.items == 0:
+            return
+        from retain.core.training import rows_dataset
+
+        new, new_lengths = strategy.adapted_dataset, self.new_lengths(strategy)
+        pool_tokens = self.share / (1 - self.share) * float(torch.as_tensor(new_lengths).sum())
+        generator = torch.Generator().manual_seed(strategy.batch_seed())
+        self.drawn = self.history.draw(pool_tokens * strategy.train_epochs, self.width, self.pad_id, generator)
+        if len(self.drawn) == 0:
+            return
+        memory, pool_lengths = rows_dataset(self.drawn, self.width, self.pad_id)
+        sampler = MixedLengthBatches(new_lengths, pool_lengths, pool_tokens, strategy.train_mb_size,
+                                     strategy.batch_seed(), self.on_replayed)
+        strategy.dataloader = strategy.loader(new.concat(memory), sampler)
 
 
 class ItemReplay(ReplayPlugin):

@@ -21,6 +21,11 @@ usual share. ``retain update --consolidate`` replays at ``consolidate_share``
 (4 old tokens to 1 new) whatever the drift: the update after a cumulative-drift
 rejection brings the old domain back inside the gate's budget and still learns
 the day's data.
+
+Past items are drawn from the token shards every version keeps of its chain
+(``core/shards.py``), so replay reaches everything the model learned, not only what
+a buffer holds. The reservoir of ``buffer_size`` texts is still kept with each version:
+it is what a model saved before versions kept shards replays.
 """
 
 from __future__ import annotations
@@ -106,7 +111,7 @@ class Replay(Strategy):
 
     def avalanche_plugins(self, run) -> list:
         from retain.core.training import make_dataset, pad_to
-        from retain.strategies.adapters import TokenShareReplay
+        from retain.strategies.adapters import HistoryReplay, TokenShareReplay
 
         # Same width as the experience's rows (fit pads them to max_seq_length), so they mix.
         width, pad_id = run.settings.max_seq_length, run.lm.pad_id
@@ -120,7 +125,27 @@ class Replay(Strategy):
 
         self.storage = reservoir(self.options, self.texts, self.keys, lambda: [it.text for it in run.items], encode)
         self.share = steered_share(self.options, start_drift(run))
+        history = self.history(run)
+        if history is not None and history.items:  # the chain's token shards: the whole history
+            return [HistoryReplay(self.storage, self.share, replayed, history, width, pad_id)]
         return [TokenShareReplay(self.storage, self.share, replayed)]
+
+    @staticmethod
+    def history(run):
+        """The shards of the parent's chain (``core/shards.py``), or None: a full training, or a
+        lineage whose full training (or import) was saved before versions kept shards: its shards
+        would hold only the latest updates, and the reservoir's texts reach back to the base."""
+        from retain.core.shards import History
+
+        base = getattr(run, "base", None)
+        if base is None or getattr(base, "reader", None) is None:
+            return None
+        store = base.reader.store
+        history = History.of(store, base.version)
+        root = store.lineage_root(store.chain(base.version))
+        base_data = root is not None and store.summary(root)["counts"].get("tokens", 0) > 0
+        covered = not base_data or root in {version for version, _ in history.shards}
+        return history if covered else None
 
     def counts(self) -> dict[str, int]:
         if self.replayed is None:

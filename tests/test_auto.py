@@ -75,6 +75,7 @@ def test_auto_spends_at_most_its_budget_and_commits_an_accepted_trial(base_model
     manifest = store.manifest("0002")
     assert manifest["search"]["describe"] == won["describe"] and manifest["search"]["trials"] == len(search["trials"])
     assert store.ledger.count(store.chain())["train"] > 0
+    assert {"shards/0001.uint16", "shards/0002.uint16"} <= set(manifest["files"])  # the search's shard, kept
     history = CliRunner().invoke(app, ["history", "--model", str(base_model), "--json"])
     row = json.loads(history.stdout)[-1]
     assert row["search"]["recipe"] == won["recipe"]

@@ -210,6 +210,8 @@ def test_an_import_reads_as_an_import_in_its_output_and_history(exported_files, 
                                  str(write_jsonl(tmp_path / "n.jsonl", new_texts[:20])), *sets])
     assert update.exit_code == 0, update.output
     assert "exceeds" not in update.output
+    # An import with --data tokenizes its base data into a shard as a training does: the update replays from it.
+    assert {"shards/0001.uint16", "shards/0002.uint16"} <= set(ModelStore(tmp_path / "m").manifest("0002")["files"])
     # An import learned nothing, at no rate: its pass over the base data only recorded state.
     rows = json.loads(runner.invoke(app, ["history", "-m", str(tmp_path / "m"), "--json"]).stdout)
     assert (rows[0]["kind"], rows[0]["items_learned"], rows[0]["learning_rate"]) == ("import", 0, None)

@@ -184,11 +184,14 @@ def test_replay_buffer_persists_across_updates_and_is_replayed(stateful_base, ol
     first, second = _clean(new_texts[:40]), _clean(new_texts[40:60])
     _update(stateful_base, first, tmp_path, "fine_tuning.strategy=replay,probe", pm=pm)
     tokenizer = load_version(ModelStore(stateful_base)).lm
-    # Replayed rows are all of buffered items, and hold half of each epoch's tokens (share 0.5).
+    # Replayed rows are of items the base learned (drawn from its token shard, the whole history,
+    # not only the buffer), never of its held-out ones, and hold half of each epoch's tokens.
+    held = {r["text"] for r in ModelStore(stateful_base).read_jsonl("0001", "holdout.jsonl")}
+    learned = [t for t in old_texts if t not in held]
     rows = _batch_rows(plugin.probes[0])
-    assert rows & _first_rows(tokenizer, base_buffer)
-    assert not rows & (_first_rows(tokenizer, old_texts) - _first_rows(tokenizer, base_buffer))
-    buffered = _all_rows(tokenizer, base_buffer)
+    assert rows & (_first_rows(tokenizer, learned) - _first_rows(tokenizer, base_buffer))
+    assert not rows & (_first_rows(tokenizer, old_texts) - _first_rows(tokenizer, learned))
+    buffered = _all_rows(tokenizer, learned)
     replayed = sum(n for s in plugin.probes[0].steps for n, seq in _row_tokens(s) if seq in buffered)
     total = sum(n for s in plugin.probes[0].steps for n, _ in _row_tokens(s))
     report = json.loads((stateful_base / "versions" / "0002" / "report.json").read_text())
@@ -208,7 +211,8 @@ def test_replay_buffer_persists_across_updates_and_is_replayed(stateful_base, ol
 
     # A second update, in a fresh engine, replays items the first update learned.
     _update(stateful_base, second, tmp_path, "fine_tuning.strategy=replay,probe", pm=pm, name="second.jsonl")
-    assert _batch_rows(plugin.probes[1]) & _first_rows(tokenizer, sorted(kept_new))
+    held_first = {r["text"] for r in ModelStore(stateful_base).read_jsonl("0002", "holdout.jsonl")}
+    assert _batch_rows(plugin.probes[1]) & _first_rows(tokenizer, [t for t in first if t not in held_first])
 
 
 def test_reservoir_gives_every_item_the_same_chance_and_resumes_exactly():

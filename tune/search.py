@@ -407,6 +407,7 @@ def candidate_run(run, engine, result: dict, search: dict):
         strategy.load_state_dict(latest_state(loaded.reader, [loaded.version], strategy.name))
     out.take(run.measured())  # the items, the hold-out, the judged texts, the starting losses
     out.rejects, out.skipped = run.rejects, run.skipped
+    out.rows = run.rows  # the items' token shard (the search tokenized them): the version keeps it
     out.retention, out.drift = run.retention, run.drift  # the pool and drift reference the trials used
     out.counts, out.settings = dict(result["counts"]), TrainSettings(**result["settings"])
     # Per-item losses of the winner, which the version stores (its retention pool, its held-out
