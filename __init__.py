@@ -19,9 +19,9 @@ __version__ = "0.1.0"
 _WHERE = {
     "ModelTrainer": "retain.trainer",
     "hookimpl": "retain.core.hookspecs",
-    "Item": "retain.core.items", "Reject": "retain.core.items",
-    "Strategy": "retain.core.strategy", "TrainSettings": "retain.core.strategy",
-    "Verdict": "retain.core.validation", "Evidence": "retain.core.validation",
+    "Item": "retain.core.data.items", "Reject": "retain.core.data.items",
+    "Strategy": "retain.core.learning.strategy", "TrainSettings": "retain.core.learning.strategy",
+    "Verdict": "retain.core.quality.validation", "Evidence": "retain.core.quality.validation",
     **{name: "retain.core.errors" for name in ("RetainError", "ConfigError", "SourceError", "ModelError",
                                                "PluginError", "LockedError", "UpdateRejected", "Interrupted",
                                                "StorageError")},

@@ -3,11 +3,11 @@
 Ctrl-C is handled from the first instruction: the console script and ``python -m retain``
 enter here, not in ``cli.py``, because importing the command line (typer, rich) and then
 torch takes time, and an interrupt at any moment of it must end the run as cleanly as one
-during training (``core/interrupts.py``): "interrupted: ..." on stderr, under ``--json``
+during training (``core/runtime/interrupts.py``): "interrupted: ..." on stderr, under ``--json``
 also the error object on stdout, exit 130.
 
 ``--nproc N`` starts the same command line again in N processes under torchrun
-(``under_torchrun``), each one rank of the run's ``World`` (``core/world.py``). torchrun
+(``under_torchrun``), each one rank of the run's ``World`` (``core/runtime/world.py``). torchrun
 itself only says whether every rank exited 0: rank 0 tells the launching process its exit
 code through a file (``Ending``), and the launcher exits with it (``outcome``).
 
@@ -52,7 +52,7 @@ def _report(message: str) -> None:
 
 def install() -> None:
     """Install the interrupt handler (once); the command line calls it too, for ``-m retain.cli``."""
-    from retain.core import interrupts
+    from retain.core.runtime import interrupts
 
     if not interrupts.installed():
         import retain.core.errors  # noqa: F401  (loaded now: the handler must not import)
@@ -130,12 +130,12 @@ def under_torchrun(nproc: int | None, argv: list[str], device: str, model: str |
     torchrun; the exit code of the run (``outcome``). None (run here) without --nproc, with
     --nproc 1, or inside torchrun already. ``device``: the configured one; ``model``: the
     model directory, to say what a failed run saved."""
-    from retain.core import world
+    from retain.core.runtime import world
 
     if nproc is None or nproc == 1 or world.launched():
         return None
     if device == "auto":
-        from retain.core.models import resolve_device
+        from retain.core.storage.models import resolve_device
 
         device = resolve_device(device).type
     missing = world.missing_backend(device.split(":")[0])
@@ -174,7 +174,7 @@ def outcome(nproc: int, rc: int, told: int | None, saved: str | None) -> int:
     or a kill (torchrun failed, and rank 0 said 0 or 1, or nothing) is ``RankFailed``, saying
     whether rank 0 had ``saved`` a version (the model directory says; a killed rank 0 cannot)."""
     if told is None or (rc != 0 and told in (0, 1)):
-        from retain.core.world import RankFailed
+        from retain.core.runtime.world import RankFailed
 
         raise RankFailed(f"a process of the {nproc}-process run failed (torchrun exited {rc}; its errors are above)"
                          + (f", after rank 0 saved version {saved}" if saved else
@@ -184,7 +184,7 @@ def outcome(nproc: int, rc: int, told: int | None, saved: str | None) -> int:
 
 def _versions(model: str | Path) -> list[str]:
     from retain.core.errors import RetainError
-    from retain.core.store import ModelStore
+    from retain.core.storage.store import ModelStore
 
     try:
         return ModelStore(model).versions()
@@ -234,7 +234,7 @@ class Ending:
         they import); the interpreter's teardown of them, after the work is done, saved and
         printed, takes seconds (4-5 s measured on 2 loaded cores, more than a whole update of a
         small model). Every atexit handler has run by now: flush and end the process here."""
-        if "retain.core.training" not in sys.modules:
+        if "retain.core.learning.training" not in sys.modules:
             return  # a light command: its teardown is quick
         for stream in (sys.stdout, sys.stderr):
             try:

@@ -32,28 +32,28 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from . import _lazy_attributes
-from .core.advice import fewer_epochs, lower_lr, raise_lr
+from .core.quality.advice import fewer_epochs, lower_lr, raise_lr
 from .core.config import Config
 from .core.contracts import (Deduper, ExportsModels, ImportsModels, LanguageModel, Logger, ModelFamily,
                              Preprocessor, RemembersItems, RenewsModels, Scenario, Source, Validator)
 from .core.errors import ConfigError, ModelError, PluginError, RetainError, SourceError, StorageError
 from .core.hookspecs import STEPS, hookimpl
-from .core.interrupts import on_interrupt, release, shielded
-from .core.items import Item, Reject
-from .core.known import Duplicate, KnownItems
-from .core.retrain import Assessment
+from .core.runtime.interrupts import on_interrupt, release, shielded
+from .core.data.items import Item, Reject
+from .core.data.known import Duplicate, KnownItems
+from .core.quality.retrain import Assessment
 from .core.run import FINE_TUNING, FULL_TRAINING, IMPORT, Run, RunView
-from .core.store import VersionFiles, VersionWriter
-from .core.strategy import UPDATE_LEARNING_RATE_KEYS, Strategy, TrainSettings
-from .core.validation import Evidence, Verdict
+from .core.storage.store import VersionFiles, VersionWriter
+from .core.learning.strategy import UPDATE_LEARNING_RATE_KEYS, Strategy, TrainSettings
+from .core.quality.validation import Evidence, Verdict
 from .core.wording import percent, plural
 from .plugins.models import loads_adapters
 
 if TYPE_CHECKING:
-    from .core.lm import IGNORE_INDEX, Rows, Sample, rows_from_ids, token_losses
+    from .core.learning.lm import IGNORE_INDEX, Rows, Sample, rows_from_ids, token_losses
 
 # Names whose module imports torch: loaded when first asked for.
-_TORCH = {name: "retain.core.lm" for name in ("IGNORE_INDEX", "Rows", "Sample", "rows_from_ids", "token_losses")}
+_TORCH = {name: "retain.core.learning.lm" for name in ("IGNORE_INDEX", "Rows", "Sample", "rows_from_ids", "token_losses")}
 
 __all__ = [
     "hookimpl", "STEPS", "FULL_TRAINING", "FINE_TUNING", "IMPORT",

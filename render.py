@@ -19,7 +19,7 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from retain.core.advice import epoch_line, fmt_number
+from retain.core.quality.advice import epoch_line, fmt_number
 from retain.core.hookspecs import hookimpl
 from retain.core.wording import percent, plural
 

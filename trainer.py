@@ -26,13 +26,13 @@ from retain.core import cycle
 from retain.core.config import Config, load_config, with_values
 from retain.core.engine import Engine
 from retain.core.errors import ModelError, SourceError
-from retain.core.gate import raise_if_rejected
-from retain.core.ingest import python_items
-from retain.core.models import LoadedVersion, load_version
+from retain.core.quality.gate import raise_if_rejected
+from retain.core.data.ingest import python_items
+from retain.core.storage.models import LoadedVersion, load_version
 from retain.core.run import FINE_TUNING, Run
-from retain.core.store import ModelStore
-from retain.core.strategy import UPDATE_LEARNING_RATE_KEYS
-from retain.core.world import World, join
+from retain.core.storage.store import ModelStore
+from retain.core.learning.strategy import UPDATE_LEARNING_RATE_KEYS
+from retain.core.runtime.world import World, join
 
 
 class ModelTrainer:
@@ -40,7 +40,7 @@ class ModelTrainer:
                  verbose: bool = True, overrides: list[str] | None = None, pm=None, world: World | None = None):
         """``config``: a YAML path (``retain config > config.yaml`` writes the defaults to start
         from), a ``Config``, or None for the embedded defaults. ``world``: the processes the
-        runs span (``core/world.py``); by default this one, or the ranks of torchrun when it
+        runs span (``core/runtime/world.py``); by default this one, or the ranks of torchrun when it
         started this program (their process group is joined here)."""
         self.config = config if isinstance(config, Config) else load_config(config, overrides)
         self.world = world if world is not None else join(device or self.config.device)

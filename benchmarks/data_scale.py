@@ -74,10 +74,11 @@ def child(args) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from retain.core import shards, training
+    from retain.core.data import shards
+    from retain.core.learning import training
     from retain.core.config import load_config
     from retain.core.engine import Engine
-    from retain.core.lm import IGNORE_INDEX
+    from retain.core.learning.lm import IGNORE_INDEX
 
     if args.path == "memory":  # the rows as before shards: every padded row in memory
         shards.encode_to_shard = lambda lm, texts, max_len, folder: lm.encode(list(texts), max_len)
@@ -147,12 +148,12 @@ def loop_ab(args) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from retain.core import training
-    from retain.core.lm import IGNORE_INDEX
-    from retain.core.models import load_version
-    from retain.core.shards import encode_to_shard
-    from retain.core.store import ModelStore
-    from retain.core.strategy import TrainSettings
+    from retain.core.learning import training
+    from retain.core.learning.lm import IGNORE_INDEX
+    from retain.core.storage.models import load_version
+    from retain.core.data.shards import encode_to_shard
+    from retain.core.storage.store import ModelStore
+    from retain.core.learning.strategy import TrainSettings
 
     lm = load_version(ModelStore(args.model)).lm
     texts = [json.loads(line)["text"] for line in open(args.corpus, encoding="utf-8")]

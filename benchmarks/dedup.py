@@ -78,9 +78,9 @@ def role(n: int) -> str:
 
 def fill(db: Path, start_stage: int, end_stage: int) -> float:
     """Add versions start_stage..end_stage-1 (10,000 items each); returns seconds."""
-    from retain.core.items import text_hash
-    from retain.core.nearindex import NearDuplicateIndex
-    from retain.core.store import Ledger
+    from retain.core.data.items import text_hash
+    from retain.core.data.nearindex import NearDuplicateIndex
+    from retain.core.storage.store import Ledger
     from retain.plugins.dedupers import MinhashDeduper, MinhashOptions
 
     t0 = time.perf_counter()
@@ -98,7 +98,7 @@ def fill(db: Path, start_stage: int, end_stage: int) -> float:
             texts = [text(n, vocab) for n in range(REPEATED)]
             hashes = [text_hash(t) for t in texts]
             rows = [(h, role(n), "bench", f"corpus:{n}") for n, h in enumerate(hashes)]
-            from retain.core.nearindex import band_keys, signature_bytes, signatures
+            from retain.core.data.nearindex import band_keys, signature_bytes, signatures
             sigs = signatures(spec, texts)
             keys = [band_keys(sid, spec, m) for m in sigs]
             values = [signature_bytes(m) for m in sigs]
@@ -131,9 +131,9 @@ def rss_mb(field: str = "VmRSS") -> float:
 
 
 def measure(db: Path, deduper_name: str, stages: int) -> dict:
-    from retain.core.items import Item
-    from retain.core.known import KnownItems
-    from retain.core.store import Ledger
+    from retain.core.data.items import Item
+    from retain.core.data.known import KnownItems
+    from retain.core.storage.store import Ledger
     from retain.plugins.dedupers import ExactDeduper, MinhashDeduper, MinhashOptions
 
     vocab = words(0)
@@ -167,7 +167,7 @@ BINS = [(0.5, 0.6), (0.6, 0.7), (0.7, 0.75), (0.75, 0.8), (0.8, 0.85), (0.85, 0.
 
 def similar_pairs(per_bin: int, seed: int = 0) -> dict[tuple[float, float], list[tuple[str, str]]]:
     """``per_bin`` (text, variant) pairs per Jaccard bin [lo, hi) of their char 5-gram sets."""
-    from retain.core.nearindex import shingles
+    from retain.core.data.nearindex import shingles
 
     rng = random.Random(seed)
     vocab = words(seed + 1)
@@ -188,10 +188,10 @@ def similar_pairs(per_bin: int, seed: int = 0) -> dict[tuple[float, float], list
 
 def recall(workdir: Path, per_bin: int) -> list[dict]:
     """Share of the pairs in each bin that the minhash deduper (default options) catches."""
-    from retain.core.items import Item
-    from retain.core.known import KnownItems
-    from retain.core.nearindex import NearDuplicateIndex
-    from retain.core.store import Ledger
+    from retain.core.data.items import Item
+    from retain.core.data.known import KnownItems
+    from retain.core.data.nearindex import NearDuplicateIndex
+    from retain.core.storage.store import Ledger
     from retain.plugins.dedupers import MinhashDeduper, MinhashOptions
 
     workdir.mkdir(parents=True, exist_ok=True)

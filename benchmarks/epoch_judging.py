@@ -38,8 +38,8 @@ def main() -> None:
     import torch
 
     from retain.core.config import load_config
-    from retain.core.evaluation import score_texts
-    from retain.core.lm import lm_loss
+    from retain.core.quality.evaluation import score_texts
+    from retain.core.learning.lm import lm_loss
     from retain.core.pluginmanager import Registry, default_plugin_manager
     from retain.demo import base_corpus
     from retain.plugins.models import GptFamily

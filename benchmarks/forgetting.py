@@ -99,7 +99,7 @@ def python_docs() -> list[str]:
 
 
 def split_pair(old: list[str], old_test: list[str] | None, new: list[str], args) -> dict:
-    from retain.core.items import text_hash
+    from retain.core.data.items import text_hash
 
     rng = random.Random(args.seed)
     old = list(dict.fromkeys(old))
@@ -144,10 +144,10 @@ def held_out(model_dir: Path, data: dict, seq_len: int) -> dict:
     """Old and new domain: mean per-item token loss, and nats per byte."""
     import torch
 
-    from retain.core.evaluation import score_texts
-    from retain.core.lm import IGNORE_INDEX
-    from retain.core.models import load_version
-    from retain.core.store import ModelStore
+    from retain.core.quality.evaluation import score_texts
+    from retain.core.learning.lm import IGNORE_INDEX
+    from retain.core.storage.models import load_version
+    from retain.core.storage.store import ModelStore
 
     lm = load_version(ModelStore(model_dir)).lm
     out = {}

@@ -106,7 +106,7 @@ def graft(late: Path, early: Path, out: Path) -> Path:
     only the directory differs. (An update from each directory's own head does not: early
     stopping keeps 2 epochs of the same new items at version 30 and 3 at version 365, and the
     generation validator's samples differ in length.)"""
-    from retain.core.store import MANIFEST, ModelStore
+    from retain.core.storage.store import MANIFEST, ModelStore
 
     shutil.rmtree(out, ignore_errors=True)
     shutil.copytree(early, out)
@@ -158,8 +158,8 @@ def run(versions: int, checkpoints: list[int], keep_last: int, daily: int, base_
     from retain.core.config import load_config
     from retain.core.engine import Engine
     from retain.core.errors import UpdateRejected
-    from retain.core.models import load_version
-    from retain.core.store import ModelStore
+    from retain.core.storage.models import load_version
+    from retain.core.storage.store import ModelStore
 
     torch.set_num_threads(1)
     shutil.rmtree(work, ignore_errors=True)

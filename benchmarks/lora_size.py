@@ -93,8 +93,8 @@ def main() -> None:
     torch.set_num_threads(1)
     from retain.core.config import load_config
     from retain.core.engine import Engine
-    from retain.core.models import load_version
-    from retain.core.store import ModelStore
+    from retain.core.storage.models import load_version
+    from retain.core.storage.store import ModelStore
 
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)

@@ -11,7 +11,7 @@ step does not depend on what the weights hold). The rows are an update's: Wikipe
 (WikiText-2 test) from ``../shared/data`` (the Python documentation where that folder is absent),
 ``max_seq_length`` 512, batches of 8 rows. Each round trains the same rows from the same weights
 with retain's loop (``core/training.fit``, the avalanche template an update runs) in fp32, in bf16
-autocast, and as ``precision: auto`` does: its probe (``core/precision.py``, with an empty cache:
+autocast, and as ``precision: auto`` does: its probe (``core/runtime/precision.py``, with an empty cache:
 the first run on a machine) decides, then training runs in what it chose. The three alternate,
 ``--runs`` rounds; the tables give medians. tokens/s counts real (non-padding) target tokens.
 """
@@ -39,7 +39,7 @@ SECTION = "## precision: auto, measured (issue 21)"
 def model_and_rows(size: str, base: list[str], new: list[str], seq_len: int):
     """A fresh ``size`` model (tokenizer trained on ``base``) and the training rows of ``new``."""
     from retain.core.config import load_config
-    from retain.core.models import create_model
+    from retain.core.storage.models import create_model
     from retain.core.pluginmanager import Registry, default_plugin_manager
 
     cfg = load_config(None, [*(f"model.{k}={v}" for k, v in SIZES[size].items()), "device=cpu"])
@@ -55,7 +55,7 @@ def measure_size(size: str, args, base: list[str], new: list[str]) -> dict:
     """fp32, bf16 and auto (probe, then training in its choice), alternating, ``args.runs`` rounds."""
     import torch
 
-    from retain.core import precision
+    from retain.core.runtime import precision
 
     lm, rows = model_and_rows(size, base, new, args.seq_len)
     some = first_steps(rows, args.steps.get(size))
@@ -98,7 +98,7 @@ def probe_only(size: str, lm, rows) -> dict:
     step times give each precision's tokens/s, its choice auto's."""
     import torch
 
-    from retain.core import precision
+    from retain.core.runtime import precision
 
     batch = precision.probe_batch(rows, 8)
     real = precision._timed_step(lm.module, batch, torch.device("cpu"))
@@ -232,7 +232,7 @@ def main() -> None:
     md = tables(results, demo, args)
     print(md)
     if args.write:
-        from retain.core.precision import cpu_identity
+        from retain.core.runtime.precision import cpu_identity
 
         cpu, flags = cpu_identity()
         load = lambda a: ", ".join(f"{x:.2f}" for x in a)

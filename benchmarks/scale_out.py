@@ -106,7 +106,7 @@ def noop() -> int:
 
 
 def import_training() -> int:
-    import retain.core.training  # noqa: F401  (torch and avalanche-lib)
+    import retain.core.learning.training  # noqa: F401  (torch and avalanche-lib)
 
     return os.getpid()
 

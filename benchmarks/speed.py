@@ -99,8 +99,8 @@ def base_model(work: Path, size: str, base: list[str], device: str, epochs: int)
 
 def fresh(model_dir: Path, device: str):
     """The base model, loaded anew: every measured run starts from the same weights."""
-    from retain.core.models import load_version, resolve_device
-    from retain.core.store import ModelStore
+    from retain.core.storage.models import load_version, resolve_device
+    from retain.core.storage.store import ModelStore
 
     lm = load_version(ModelStore(model_dir), device=resolve_device(device)).lm
     lm.module.train()
@@ -111,9 +111,9 @@ def retain_fit(lm, rows, epochs: int, device: str, precision: str = "fp32") -> d
     """retain's training loop: ``core/training.fit``, the avalanche template the engine runs."""
     import torch
 
-    from retain.core.models import resolve_device
-    from retain.core.strategy import TrainSettings
-    from retain.core.training import fit
+    from retain.core.storage.models import resolve_device
+    from retain.core.learning.strategy import TrainSettings
+    from retain.core.learning.training import fit
 
     settings = TrainSettings(1e-4, epochs, 8, rows.max_len if hasattr(rows, "max_len") else rows.x.size(1))
     losses: list[float] = []
@@ -130,7 +130,7 @@ def first_steps(rows, steps: int | None):
     """The rows of ``steps`` batches (a seeded sample), for measurements too slow over all of them."""
     if not steps or steps * 8 >= len(rows):
         return rows
-    from retain.core.lm import Rows
+    from retain.core.learning.lm import Rows
 
     pick = sorted(random.Random(0).sample(range(len(rows)), steps * 8))
     if hasattr(rows, "select"):  # a token shard: the same rows, read from its map
@@ -143,8 +143,8 @@ def bare_loop(lm, rows, epochs: int, device: str, bucketed: bool = True) -> dict
     the engine's length-bucketed batches; else shuffled batches, each padded to its longest row."""
     import torch
 
-    from retain.core.lm import IGNORE_INDEX, lm_loss
-    from retain.core.training import LengthBatches
+    from retain.core.learning.lm import IGNORE_INDEX, lm_loss
+    from retain.core.learning.training import LengthBatches
 
     dev = torch.device(device)
     model = lm.module.to(dev)
@@ -237,7 +237,7 @@ def _wall(cmd: list[str], env: dict) -> float:
 def measure_size(size: str, args, base: list[str], new: list[str], work: Path) -> dict:
     import torch
 
-    from retain.core.models import count_parameters
+    from retain.core.storage.models import count_parameters
 
     model = base_model(work, size, base, args.device, args.epochs)
     lm = fresh(model, args.device)
@@ -249,7 +249,7 @@ def measure_size(size: str, args, base: list[str], new: list[str], work: Path) -
     keep = lambda: (work / f"partial-{size}.json").write_text(json.dumps(out, indent=1, default=str), encoding="utf-8")
     say(f"[{size}] {out['parameters'] / 1e6:.1f}M parameters, {rows.tokens} tokens per epoch")
 
-    from retain.core.shards import encode_to_shard
+    from retain.core.data.shards import encode_to_shard
 
     shard = encode_to_shard(lm, new, min(512, lm.context), work / f"shard-{size}")  # what `retain update` trains on
     loop_steps = args.loop_steps.get(size)
@@ -308,9 +308,9 @@ def scoring_runs(model: Path, args) -> dict:
     """The base model's held-out items (its retention pool: what an update scores) scored in
     batches of at most N tokens, each N once per round, alternating; in the precision an
     update picks on this device (``precision: auto``)."""
-    from retain.core.evaluation import score_texts
-    from retain.core.models import resolve_device, resolve_precision
-    from retain.core.store import HOLDOUT, ModelStore
+    from retain.core.quality.evaluation import score_texts
+    from retain.core.storage.models import resolve_device, resolve_precision
+    from retain.core.storage.store import HOLDOUT, ModelStore
 
     store = ModelStore(model)
     texts = [r["text"] for r in store.read_jsonl(store.current(), HOLDOUT)]
@@ -395,7 +395,7 @@ def tables(results: list[dict], args) -> str:
         if args.device == "cuda":
             row += f" {mfu(r, b16):.1%} |"
         md.append(row)
-    from retain.core.evaluation import score_tokens
+    from retain.core.quality.evaluation import score_tokens
 
     md.append("")
     default = score_tokens(args.device)

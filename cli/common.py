@@ -91,7 +91,7 @@ class RetainGroup(TyperGroup):
         self.json_mode = "--json" in argv[:argv.index("--")] if "--" in argv else "--json" in argv
         command = next((a for a in argv if not a.startswith("-")), None)
         if command not in (None, "train", "update"):
-            from retain.core.world import launched
+            from retain.core.runtime.world import launched
 
             if launched():  # every rank would run it, and write
                 message = f"'retain {command}' runs in one process: only train and update run under torchrun"
@@ -208,7 +208,8 @@ def handle_errors(func):
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             # Only where retain/launch.py's handler is not installed (the app called in-process).
-            from retain.core import errors, interrupts
+            from retain.core import errors
+            from retain.core.runtime import interrupts
 
             message = "interrupted: " + interrupts.UNCHANGED
             typer.echo(message, err=True)
@@ -218,8 +219,8 @@ def handle_errors(func):
         except (typer.Exit, typer.Abort, typer.TyperException):
             raise
         except Exception as exc:
-            from retain.core.retry import out_of_memory_error
-            from retain.core.store import storage_error
+            from retain.core.learning.retry import out_of_memory_error
+            from retain.core.storage.store import storage_error
 
             oom = out_of_memory_error(exc, "") if isinstance(exc, (RuntimeError, MemoryError)) else None
             # Out of memory anywhere (exit 11), or a disk refusing a write outside a model
@@ -241,7 +242,7 @@ def _load(config: Optional[Path], sets: List[str], block: str, lr: Optional[floa
           epochs: Optional[int], batch_size: Optional[int], strategy: Optional[str] = None):
     from retain.core.config import load_config
 
-    from retain.core.strategy import UPDATE_LEARNING_RATE_KEYS
+    from retain.core.learning.strategy import UPDATE_LEARNING_RATE_KEYS
 
     overrides = list(sets)
     if lr is not None:  # an update's rate is every strategy's: the one asked for is the one used
@@ -263,7 +264,7 @@ def _emit(report, json_mode: bool) -> None:
 
 def _other_rank() -> bool:
     """One of several torchrun processes, but not rank 0: rank 0 alone prints the run."""
-    from retain.core.world import launched_rank
+    from retain.core.runtime.world import launched_rank
 
     return launched_rank() != 0
 
@@ -324,8 +325,8 @@ def _under_torchrun(ctx: typer.Context, nproc: Optional[int], device: Optional[s
 
 
 def _world(device: Optional[str], cfg_device: str):
-    """The processes this run spans: torchrun's, joined, or this one alone (``core/world.py``)."""
-    from retain.core.world import join
+    """The processes this run spans: torchrun's, joined, or this one alone (``core/runtime/world.py``)."""
+    from retain.core.runtime.world import join
 
     return join(device or cfg_device)
 

@@ -98,7 +98,7 @@ def update(
         from retain.raytasks import require_ray
 
         require_ray()
-    from retain.core.world import launched
+    from retain.core.runtime.world import launched
 
     if (nproc not in (None, 1) or launched()) and (dry_run or check or auto):
         what = "--dry-run trains nothing" if dry_run else "--check runs in one process" if check else \
@@ -195,9 +195,9 @@ def export(
     """Export a version for serving: --format hf writes a directory that
     AutoModelForCausalLM.from_pretrained and AutoTokenizer.from_pretrained load
     (the built-in gpt as GPT-2; LoRA adapters merged)."""
-    from retain.core.exports import export_version
+    from retain.core.storage.exports import export_version
     from retain.core.pluginmanager import Registry, default_plugin_manager
-    from retain.core.store import ModelStore
+    from retain.core.storage.store import ModelStore
 
     result = export_version(ModelStore(model, read_only=True), version, fmt, out, Registry.of(default_plugin_manager()))
     if json_out:

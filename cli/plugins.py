@@ -64,7 +64,7 @@ def show_config(config: Optional[Path] = ConfigOpt,
     if model is not None and config is not None:
         raise typer.BadParameter("give --config or --model, not both", param_hint="--model")
     if model is not None:
-        from retain.core.store import ModelStore
+        from retain.core.storage.store import ModelStore
 
         store = ModelStore(model)
         cfg = config_from_dict(store.manifest(store.current()).get("config") or {}, set_)

@@ -31,8 +31,8 @@ def status(
     the last full training, the new data needs more than retrain.max_token_drift more tokens per byte than
     the base data (the vocabulary does not fit), or the gate rejected the last retrain.max_rejected_in_row
     updates."""
-    from retain.core.retrain import assess
-    from retain.core.store import ModelStore
+    from retain.core.quality.retrain import assess
+    from retain.core.storage.store import ModelStore
 
     cfg = _load(config, set_, "fine_tuning", None, None, None)
     store = ModelStore(model, read_only=True)
@@ -70,8 +70,8 @@ def _pending_items(data: List[str], store, cfg) -> tuple[int, Optional[dict]]:
         items = cycle.Ingested.of(cycle.plan(setup, data, store)).learned  # the hold-out is split off later
     if not items:
         return 0, None
-    from retain.core.models import load_version
-    from retain.core.vocabulary import measure_texts
+    from retain.core.storage.models import load_version
+    from retain.core.data.vocabulary import measure_texts
 
     return len(items), measure_texts(load_version(store, registry=setup.registry).lm, [it.text for it in items])
 
@@ -88,8 +88,8 @@ def history(model: Path = ModelOpt,
     """Every version: parent, date, kind, items learned, losses, accepted or rejected.
 
     * marks the current version."""
-    from retain.core.versions import history as version_history
-    from retain.core.store import ModelStore
+    from retain.core.storage.versions import history as version_history
+    from retain.core.storage.store import ModelStore
 
     rows = version_history(ModelStore(model, read_only=True))
     if plot is not None:  # retain/report/plots.py; an unknown extension is a usage error (exit 2)
@@ -117,7 +117,7 @@ def report(
     records with their reasons, each validator's verdict and numbers, losses before and after,
     the gate's generation samples before and after, the loss per epoch, the retrain advice.
     Reads only."""
-    from retain.core.store import ModelStore
+    from retain.core.storage.store import ModelStore
     from retain.report.page import write_page
 
     typer.echo(f"wrote {write_page(ModelStore(model, read_only=True), version, out)}")
@@ -136,8 +136,8 @@ def rollback(
 
     One atomic switch of CURRENT, under the lock, after checking the version's checksums.
     Nothing is deleted."""
-    from retain.core.versions import rollback as switch
-    from retain.core.store import ModelStore
+    from retain.core.storage.versions import rollback as switch
+    from retain.core.storage.store import ModelStore
 
     switched = switch(ModelStore(model), version, wait=wait, warn=_warning_line)
     before, after = switched.previous, switched.current
@@ -171,8 +171,8 @@ def validate(
     validator fails."""
     from retain.core.engine import Engine
     from retain.core.errors import UpdateRejected
-    from retain.core.versions import validate_version
-    from retain.core.store import ModelStore
+    from retain.core.storage.versions import validate_version
+    from retain.core.storage.store import ModelStore
 
     cfg = _load(config, set_, "fine_tuning", None, None, None)
     result = validate_version(Engine(cfg, device=_device(device)), ModelStore(model, read_only=True), version, data)
@@ -206,9 +206,9 @@ def generate(
 
     Works for every model family (adapter-only versions load the version they build on).
     Reads only: no lock, nothing written, works on a read-only model directory."""
-    from retain.core.models import resolve_device
-    from retain.core.store import ModelStore
-    from retain.core.versions import sample_version
+    from retain.core.storage.models import resolve_device
+    from retain.core.storage.store import ModelStore
+    from retain.core.storage.versions import sample_version
 
     result = sample_version(ModelStore(model, read_only=True), version, prompts, max_new_tokens=max_new_tokens,
                             temperature=temperature, seed=seed, device=resolve_device(_device(device)))
@@ -243,8 +243,8 @@ def prune(
     (dedupe), the retention items and the drift baseline need them. The rest is deleted.
     Config `prune.keep_last` (and `prune.keep_full_trainings`) applies this after every update."""
     from retain.core.config import load_config
-    from retain.core.versions import prune as prune_versions
-    from retain.core.store import ModelStore
+    from retain.core.storage.versions import prune as prune_versions
+    from retain.core.storage.store import ModelStore
 
     if keep_full_trainings is None:
         keep_full_trainings = load_config(config).prune.keep_full_trainings

@@ -39,7 +39,7 @@ from torch.utils.data import TensorDataset
 
 from retain.core.config import Config
 from retain.core.errors import ConfigError
-from retain.core.strategy import Strategy, TrainSettings
+from retain.core.learning.strategy import Strategy, TrainSettings
 
 FULL_RETRAIN = "full_retrain"
 # Split-Digits training defaults (the MLP's, not the LM's); --epochs and --set override them.

@@ -30,7 +30,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from retain.core import interrupts
+from retain.core.runtime import interrupts
 from retain.core.config import Config
 from retain.core.errors import ConfigError, PluginError
 from retain.core.pluginmanager import Registry, default_plugin_manager
@@ -214,7 +214,7 @@ def run_compare(req: CompareRequest, *, console=None) -> dict:
         with ProcessPoolExecutor(max_workers=req.jobs, mp_context=get_context("spawn"),
                                  initializer=_init_worker, initargs=(threads,),
                                  max_tasks_per_child=1) as pool:
-            # An interrupt ends this process at once (core/interrupts.py): end the workers with it.
+            # An interrupt ends this process at once (core/runtime/interrupts.py): end the workers with it.
             token = interrupts.on_interrupt(lambda: [p.kill() for p in list((pool._processes or {}).values())])
             _run_all(pool, args, results, say)
             interrupts.release(token)

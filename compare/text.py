@@ -31,7 +31,7 @@ from typing import Any
 
 from retain.core.config import Config, apply_override, build, load_config, parse_override
 from retain.core.errors import ConfigError, SourceError
-from retain.core.items import Item
+from retain.core.data.items import Item
 
 FULL_RETRAIN = "full_retrain"
 FULL_RETRAIN_KEEP = "full_retrain_keep"  # keeps the base model's tokenizer (full_training.tokenizer: keep)
@@ -173,7 +173,7 @@ def scenario_config(request, base: dict | None, extra: list[str]) -> Config:
 
 
 def clean_items(specs: list[str], registry, config: Config) -> tuple[list[Item], int]:
-    from retain.core.ingest import collect, preprocess
+    from retain.core.data.ingest import collect, preprocess
 
     items, rejects = collect(specs, registry, config)
     clean, pre_rejects = preprocess(items, registry, config)
@@ -185,11 +185,11 @@ class TextScenario:
 
     @staticmethod
     def preload() -> None:
-        import retain.core.training  # noqa: F401  (avalanche-lib: seconds to import)
+        import retain.core.learning.training  # noqa: F401  (avalanche-lib: seconds to import)
 
     def build(self, request, registry) -> tuple[TextStream, Config]:
-        from retain.core.evaluation import retention_texts
-        from retain.core.store import ModelStore
+        from retain.core.quality.evaluation import retention_texts
+        from retain.core.storage.store import ModelStore
 
         if request.model is None:
             raise ConfigError("a text compare needs the base model: --model BASE")
@@ -244,7 +244,7 @@ class TextScenario:
     @staticmethod
     def _stateless_base_notes(labels: list[str], registry, config: Config, recorded: set[str]) -> list[str]:
         """``recorded``: the strategies whose state the base version keeps."""
-        from retain.core.strategy import Strategy
+        from retain.core.learning.strategy import Strategy
 
         from retain.compare.run import parse_label
 
@@ -266,9 +266,9 @@ class TextScenario:
         """One strategy (or full_retrain) over the whole stream, on a private copy of the base model."""
         from retain.core.engine import Engine
         from retain.core.errors import UpdateRejected
-        from retain.core.evaluation import score_texts
-        from retain.core.models import load_version, resolve_device
-        from retain.core.store import ModelStore
+        from retain.core.quality.evaluation import score_texts
+        from retain.core.storage.models import load_version, resolve_device
+        from retain.core.storage.store import ModelStore
 
         model_dir = scratch / "model"
         shutil.copytree(stream.base_model, model_dir, ignore=shutil.ignore_patterns(".lock"))

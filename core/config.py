@@ -25,7 +25,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr
                       field_validator, model_validator)
 from typing_extensions import NotRequired, TypedDict
 
-from .errors import ConfigError, UsageError
+from retain.core.errors import ConfigError, UsageError
 
 _SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
@@ -76,7 +76,7 @@ class ModelConfig(Block):
 
     A model directory remembers its model: an update, ``retain status`` and a retrain take
     every key of this block the config does not set explicitly from the model's own manifest
-    (``model_config`` in ``core/models.py``)."""
+    (``model_config`` in ``core/storage/models.py``)."""
 
     family: str = "gpt"
     n_layer: int = Field(2, gt=0)
@@ -110,7 +110,7 @@ class FineTuningConfig(Block):
 
     # low_lr's rate (the design document's 1e-4); rewarm's peak is options.rewarm.peak_lr, naive's
     # the full training's, lora's options.lora.learning_rate. --lr and ModelTrainer.fine_tune(lr=)
-    # set this and each of those (core/strategy.py, UPDATE_LEARNING_RATE_KEYS).
+    # set this and each of those (core/learning/strategy.py, UPDATE_LEARNING_RATE_KEYS).
     learning_rate: Number = Field(0.0001, gt=0)
     epochs: int = Field(3, gt=0)
     batch_size: int = Field(8, gt=0)

@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, Any, Iterable, Protocol, runtime_checkable
 if TYPE_CHECKING:  # only for annotations: importing this module imports no torch
     import torch
 
-    from .config import Config
-    from .items import Item, Reject
-    from .known import KnownItems
-    from .lm import Rows, Sample
-    from .store import VersionFiles, VersionWriter
-    from .validation import Evidence, Verdict
+    from retain.core.config import Config
+    from retain.core.data.items import Item, Reject
+    from retain.core.data.known import KnownItems
+    from retain.core.learning.lm import Rows, Sample
+    from retain.core.storage.store import VersionFiles, VersionWriter
+    from retain.core.quality.validation import Evidence, Verdict
 
 
 @runtime_checkable
@@ -107,7 +107,7 @@ class LanguageModel(Protocol):
         ...
 
     # Optional: ``encode_ids(texts) -> list of id sequences``, each text's ids wrapped in the
-    # boundary tokens ``encode`` adds: what the training shards hold (``core/shards.py``).
+    # boundary tokens ``encode`` adds: what the training shards hold (``core/data/shards.py``).
     # Without it the ids are read back from ``encode``'s rows, which is slower.
 
     def token_losses(self, logits: "torch.Tensor", targets: "torch.Tensor") -> "torch.Tensor":

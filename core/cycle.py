@@ -2,13 +2,13 @@
 point runs. This module alone announces steps to the renderer (``step_started``/``step_finished``).
 
     load     the parent version, nothing (a full training), or the model to import   -> Run
-    ingest   collect, preprocess, dedupe, hold out (core/ingest.py)                  -> Ingested
-    prepare  tokenize, the model to train, precision (core/models.py, workload.py)    -> Prepared
-    measure  the starting model's held-out losses (core/evaluation.py)                -> Measured
-    train    the epoch loop (core/training.py)                                       -> Training
-    gate     score the candidate, the validators judge it (core/gate.py)              -> Judged
-    commit   the version, atomically; CURRENT moves if accepted (core/commit.py)      -> the report
-    advise   fine-tune again or fully retrain? (core/retrain.py)                      -> Advice
+    ingest   collect, preprocess, dedupe, hold out (core/data/ingest.py)                  -> Ingested
+    prepare  tokenize, the model to train, precision (core/storage/models.py, workload.py)    -> Prepared
+    measure  the starting model's held-out losses (core/quality/evaluation.py)                -> Measured
+    train    the epoch loop (core/learning/training.py)                                       -> Training
+    gate     score the candidate, the validators judge it (core/quality/gate.py)              -> Judged
+    commit   the version, atomically; CURRENT moves if accepted (core/storage/commit.py)      -> the report
+    advise   fine-tune again or fully retrain? (core/quality/retrain.py)                      -> Advice
 
 Each stage takes the ``Setup`` (config, plugins, processes), the ``Run`` the stages before it
 filled in (``core/run.py``), and what it needs besides; it adds its part to the run and
@@ -28,29 +28,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from . import evaluation, gate as gates, ingest as ingesting, interrupts, precision as precisions, workload
-from .commit import commit as commit_version
-from .config import Config
-from .errors import ConfigError, RetainError, SourceError
-from .items import Item
-from .loggers import Loggers
-from .models import LoadedVersion, count_parameters, load_version, model_config, prepare_model, \
+from retain.core.quality import evaluation, gate as gates
+from retain.core.data import ingest as ingesting, workload
+from retain.core.runtime import interrupts, precision as precisions
+from retain.core.storage.commit import commit as commit_version
+from retain.core.config import Config
+from retain.core.errors import ConfigError, RetainError, SourceError
+from retain.core.data.items import Item
+from retain.core.loggers import Loggers
+from retain.core.storage.models import LoadedVersion, count_parameters, load_version, model_config, prepare_model, \
     resolve_device, resolve_precision
-from .plugin_errors import reports_plugin_errors
-from .pluginmanager import Registry
-from .preload import Preload
-from .run import FINE_TUNING, IMPORT, Measured, Run
-from .store import ModelStore
-from .strategy import TrainSettings, build_strategies
-from .validation import Verdict
-from .versions import auto_prune
-from .world import SOLO, World
+from retain.core.plugin_errors import reports_plugin_errors
+from retain.core.pluginmanager import Registry
+from retain.core.runtime.preload import Preload
+from retain.core.run import FINE_TUNING, IMPORT, Measured, Run
+from retain.core.storage.store import ModelStore
+from retain.core.learning.strategy import TrainSettings, build_strategies
+from retain.core.quality.validation import Verdict
+from retain.core.storage.versions import auto_prune
+from retain.core.runtime.world import SOLO, World
 
 
 @dataclass(frozen=True)
 class Setup:
     """What every stage runs with: the config, the plugins, the processes the run spans
-    (``core/world.py``), the device name asked for. ``strict``: a bad record fails the run;
+    (``core/runtime/world.py``), the device name asked for. ``strict``: a bad record fails the run;
     ``allow_empty``: ``--data`` with no usable item is a warning, not a ``SourceError``.
     ``announces``: False for stages run where nobody follows a run (``retain validate``):
     no step, no verdict is told to the listeners."""
@@ -166,7 +168,7 @@ def load(setup: Setup, kind: str, store: ModelStore, base: str | LoadedVersion |
 
 
 def _import(setup: Setup, run: Run, source: Path) -> dict:
-    from .imports import import_source
+    from retain.core.storage.imports import import_source
 
     run.config = copy.deepcopy(run.config)  # the family records in it what it imported
     run.lm, run.origin = import_source(setup.registry, run.config, source)
@@ -203,7 +205,7 @@ class Ingested:
 
 def ingest(setup: Setup, run: Run, store: ModelStore, data: list[str], items: list[Item] | None, *,
            all_usable: bool = False) -> Ingested:
-    """Collect, preprocess, dedupe and hold out (``core/ingest.py``). ``all_usable``: collect
+    """Collect, preprocess, dedupe and hold out (``core/data/ingest.py``). ``all_usable``: collect
     and preprocess, no more: every usable item (``retain validate`` judges a version on them)."""
     with step(setup, run, "collect") as info:
         info.update(ingesting.collect_step(run, setup.registry, store, data, items, setup.strict))
@@ -255,7 +257,7 @@ def plan(setup: Setup, data: list[str], store: ModelStore, items: list[Item] | N
 @dataclass(frozen=True)
 class Prepared:
     """The model to train and how: its parameters, the strategies' settings, the precision
-    chosen (``core/precision.py``: asked, chose, why)."""
+    chosen (``core/runtime/precision.py``: asked, chose, why)."""
 
     parameters: dict[str, int]
     settings: TrainSettings | None
@@ -263,8 +265,8 @@ class Prepared:
 
 
 def prepare(setup: Setup, run: Run, store: ModelStore | None = None) -> Prepared:
-    """Tokenize: the model to train, its rows, the strategies' settings (``core/models.py``);
-    with ``store``, items over ``max_item_tokens`` go to its rejects (``core/workload.py``).
+    """Tokenize: the model to train, its rows, the strategies' settings (``core/storage/models.py``);
+    with ``store``, items over ``max_item_tokens`` go to its rejects (``core/data/workload.py``).
     Then ``precision: auto`` decided on this model and a batch of its rows."""
     say = functools.partial(warn, setup, run)
     with step(setup, run, "tokenize") as info:
@@ -288,7 +290,7 @@ def prepare(setup: Setup, run: Run, store: ModelStore | None = None) -> Prepared
 # --- 4. measure -------------------------------------------------------------------------------
 
 def measure(setup: Setup, run: Run, store: ModelStore) -> Measured:
-    """The starting model's held-out losses (``core/evaluation.py``): with what ingest found,
+    """The starting model's held-out losses (``core/quality/evaluation.py``): with what ingest found,
     the stage result a search's trials go on from."""
     with step(setup, run, "evaluate_before") as info:
         info.update(evaluation.measure_before(run, store))
@@ -321,7 +323,7 @@ class Training:
 
 
 def train(setup: Setup, run: Run, preload: Preload) -> Training:
-    """The epoch loop (``core/training.py``), after what is left of its import (``preload``)."""
+    """The epoch loop (``core/learning/training.py``), after what is left of its import (``preload``)."""
     with step(setup, run, "import") as info:
         training = preload.wait()
         info.update(module=preload.name, import_seconds=preload.seconds, overlapped=not preload.already_loaded)
@@ -357,7 +359,7 @@ class Judged:
 
 def gate(setup: Setup, run: Run, store: ModelStore | None) -> Judged:
     """The candidate scored (``evaluation.measure_after``; scores already in ``run.after`` are
-    used) and judged by the validators (``core/gate.py``); in several processes rank 0 judges
+    used) and judged by the validators (``core/quality/gate.py``); in several processes rank 0 judges
     and every rank gets its verdicts."""
     with step(setup, run, "validate") as info:
         if setup.world.is_writer:
@@ -460,7 +462,7 @@ def not_saved(setup: Setup, run: Run, status: str) -> dict:
 
 def advise(setup: Setup, run: Run, store: ModelStore, report: dict) -> dict:
     """Fine-tune or fully retrain? ``report["retrain"]`` (returned) and ``advice_given``."""
-    from .retrain import assess
+    from retain.core.quality.retrain import assess
 
     # Nothing was saved (a dry run, a check): count what this update would have added.
     counts = report.get("counts", {})

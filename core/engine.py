@@ -15,23 +15,23 @@ import contextlib
 from pathlib import Path
 from typing import Iterator
 
-from . import cycle
-from .config import Config
-from .errors import ConfigError, ModelError, RetainError
-from .gate import raise_if_rejected
-from .items import Item
-from .pluginmanager import Registry, default_plugin_manager
-from .run import FINE_TUNING, FULL_TRAINING, IMPORT, Run
-from .store import ModelStore
-from .wording import plural
-from .world import SOLO, World
+from retain.core import cycle
+from retain.core.config import Config
+from retain.core.errors import ConfigError, ModelError, RetainError
+from retain.core.quality.gate import raise_if_rejected
+from retain.core.data.items import Item
+from retain.core.pluginmanager import Registry, default_plugin_manager
+from retain.core.run import FINE_TUNING, FULL_TRAINING, IMPORT, Run
+from retain.core.storage.store import ModelStore
+from retain.core.wording import plural
+from retain.core.runtime.world import SOLO, World
 
 
 class Engine:
     def __init__(self, config: Config, *, pm=None, listeners: tuple | list = (), device: str | None = None,
                  strict: bool = False, world: World = SOLO, allow_empty: bool = False):
         """``listeners``: objects with event hookimpls (a renderer), registered while a run lasts.
-        ``world``: the processes the run spans (``core/world.py``), made where the run starts.
+        ``world``: the processes the run spans (``core/runtime/world.py``), made where the run starts.
         ``allow_empty``: ``--data`` that gives no usable item is a warning, not a ``SourceError``."""
         pm = pm or default_plugin_manager()
         registry = Registry.of(pm)
@@ -57,7 +57,7 @@ class Engine:
 
     def import_model(self, source: str | Path, model_dir: str | Path, data: list[str] = (), *,
                      items: list[Item] | None = None) -> dict:
-        """A model made elsewhere (``core/imports.py``) becomes the next version (0001 in a new dir),
+        """A model made elsewhere (``core/storage/imports.py``) becomes the next version (0001 in a new dir),
         through the same steps and commit as a training. With base ``data`` (or ``items``) its
         held-out items are the retention set and the strategies record their state from it."""
         return self._new_lineage(IMPORT, list(data), ModelStore(model_dir), items, Path(source), judged=False)
@@ -81,7 +81,7 @@ class Engine:
         ``check``: train and validate, write nothing; rejected by the gate raises as usual.
         ``advise`` ends with the full-retrain assessment (``advice_given``, report["retrain"])."""
         writes = not (dry_run or check)
-        # A read-only mount serves a dry run or a check; rank 0 alone writes (``core/world.py``).
+        # A read-only mount serves a dry run or a check; rank 0 alone writes (``core/runtime/world.py``).
         store = ModelStore(model_dir, read_only=not writes or not self.world.is_writer)
         store.current()  # a clear error before anything else if there is no model
         if self.world.distributed:
@@ -114,7 +114,7 @@ class Engine:
 
     def _on_every_rank(self, kind: str, data: list[str], store: ModelStore, *, items: list[Item] | None = None,
                        wait: float = 0.0, advise: bool = False) -> dict:
-        """``train`` or ``update`` as one of several torchrun processes (``core/world.py``).
+        """``train`` or ``update`` as one of several torchrun processes (``core/runtime/world.py``).
 
         Every rank runs the cycle on the same data; rank 0 holds the lock from start to end,
         validates, and alone saves, after all ranks have finished training: a rank that died

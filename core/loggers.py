@@ -14,8 +14,8 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable
 
-from .config import Config
-from .hookspecs import hookimpl
+from retain.core.config import Config
+from retain.core.hookspecs import hookimpl
 
 
 class Loggers:
@@ -113,8 +113,8 @@ def _accepted(method: Callable, arguments: dict[str, Any]) -> dict[str, Any]:
 def rollback_loggers(registry: Any, stored: list[dict | None], warn: Callable[[Any, str], None]) -> Loggers:
     """The loggers a rollback tells: those of the first config in ``stored`` (the configs the
     versions involved were made with, as their manifests keep them) that reads."""
-    from .config import config_from_dict
-    from .errors import ConfigError, PluginError
+    from retain.core.config import config_from_dict
+    from retain.core.errors import ConfigError, PluginError
 
     for data in stored:
         if not isinstance(data, dict):

@@ -14,7 +14,7 @@ import functools
 from types import ModuleType
 from typing import Any, Callable
 
-from .errors import PluginError, RetainError
+from retain.core.errors import PluginError, RetainError
 
 _OWN = "retain."
 
@@ -65,7 +65,7 @@ def reports_plugin_errors(method: Callable) -> Callable:
         except RetainError:
             raise
         except Exception as exc:
-            from .retry import out_of_memory_error
+            from retain.core.learning.retry import out_of_memory_error
 
             oom = out_of_memory_error(exc, "during the run")
             if oom is not None:

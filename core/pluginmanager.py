@@ -16,10 +16,10 @@ from typing import Any, Callable
 
 import pluggy
 
-from . import contracts, hookspecs
-from .config import Config, plugin_options
-from .errors import ConfigError, PluginError
-from .strategy import Strategy
+from retain.core import contracts, hookspecs
+from retain.core.config import Config, plugin_options
+from retain.core.errors import ConfigError, PluginError
+from retain.core.learning.strategy import Strategy
 
 KINDS = ("sources", "preprocessors", "dedupers", "strategies", "validators", "models", "scenarios", "loggers")
 _SINGULAR = {"sources": "source", "preprocessors": "preprocessor", "dedupers": "deduper",

@@ -1,7 +1,7 @@
 """The run: one training or update, the state that flows through the cycle's stages.
 
-Each stage (``core/cycle.py``, its work in ``core/ingest.py``, ``core/models.py``,
-``core/evaluation.py``, ``core/training.py``, ``core/gate.py``, ``core/commit.py``)
+Each stage (``core/cycle.py``, its work in ``core/data/ingest.py``, ``core/storage/models.py``,
+``core/quality/evaluation.py``, ``core/learning/training.py``, ``core/quality/gate.py``, ``core/storage/commit.py``)
 reads what the stages before it filled in, adds its own part and returns its small typed
 result (``Measured``, below, is the one a search's trials receive). Hooks and strategies receive a
 read-only view of it (``RunView``): a plugin changes the run by returning what it
@@ -14,18 +14,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import Config
-from .items import Item, Reject
-from .strategy import Strategy, TrainSettings
-from .validation import Verdict
+from retain.core.config import Config
+from retain.core.data.items import Item, Reject
+from retain.core.learning.strategy import Strategy, TrainSettings
+from retain.core.quality.validation import Verdict
 
 if TYPE_CHECKING:
-    from .contracts import LanguageModel
-    from .drift import Baseline
-    from .evaluation import Scores
-    from .lm import Rows
-    from .models import LoadedVersion
-    from .retention import RetentionSet
+    from retain.core.contracts import LanguageModel
+    from retain.core.quality.drift import Baseline
+    from retain.core.quality.evaluation import Scores
+    from retain.core.learning.lm import Rows
+    from retain.core.storage.models import LoadedVersion
+    from retain.core.storage.retention import RetentionSet
 
 FULL_TRAINING, FINE_TUNING, IMPORT = "full_training", "fine_tuning", "import"
 
@@ -41,7 +41,7 @@ class Run:
     parent: str | None                 # the version it starts from; None for a full training
     device: Any = None                 # torch.device the model trains on
     precision: str = "fp32"            # "fp32" or "bf16" (autocast), resolved from config.precision
-    precision_choice: dict[str, Any] | None = None  # asked, chose, why (core/precision.py), once tokenized
+    precision_choice: dict[str, Any] | None = None  # asked, chose, why (core/runtime/precision.py), once tokenized
     writes: bool = True                # False: write nothing at all (a plan, a check, a search's trial)
     base: "LoadedVersion | None" = None  # the loaded parent version (updates)
     origin: dict[str, Any] | None = None  # an import: where the model came from (path, sha256, format)
@@ -62,7 +62,7 @@ class Run:
     parameters: dict[str, int] = field(default_factory=dict)  # "total", "trainable" (after configure)
 
     # measurements and the gate's decision
-    retention: "RetentionSet | None" = None  # the parent's retention pool (core/retention.py)
+    retention: "RetentionSet | None" = None  # the parent's retention pool (core/storage/retention.py)
     drift: "Baseline | None" = None    # updates: the last full training's held-out items, the drift reference
     retention_texts: list[str] = field(default_factory=list)  # old items, never trained on
     judged_items: int | None = None    # how many of them early stopping scores after an epoch but the last (None: all)
@@ -128,7 +128,7 @@ class Run:
         """What ``retain update --json`` prints and ``report.json`` keeps."""
         from dataclasses import asdict
 
-        from .ingest import rejects_summary
+        from retain.core.data.ingest import rejects_summary
 
         return {
             "run": self.id, "kind": self.kind, "model_dir": str(self.model_dir), "parent": self.parent,
@@ -204,7 +204,7 @@ class Measured:
         if before is not None:
             import torch
 
-            from .evaluation import Scores
+            from retain.core.quality.evaluation import Scores
 
             before = Scores(*(torch.tensor(before[k], dtype=torch.float64) if before[k] is not None else None
                               for k in ("retention", "new")))

@@ -13,8 +13,8 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from retain.core.hookspecs import hookimpl
-from retain.core.items import Item
-from retain.core.known import BATCH, HOLDOUT, LEARNED, Duplicate, describe_match
+from retain.core.data.items import Item
+from retain.core.data.known import BATCH, HOLDOUT, LEARNED, Duplicate, describe_match
 from retain.core.wording import plural
 
 
@@ -70,7 +70,7 @@ class MinhashDeduper:
     estimated Jaccard similarity reaches ``threshold``. Learned items are found
     through the band index in ledger.sqlite and checked with their stored
     signatures (items indexed before signatures were stored count unverified,
-    see ``retain.core.nearindex``); items of the batch with each other's.
+    see ``retain.core.data.nearindex``); items of the batch with each other's.
     """
 
     def __init__(self, options: MinhashOptions):
@@ -81,7 +81,7 @@ class MinhashDeduper:
 
     @property
     def spec(self):
-        from retain.core.nearindex import Spec
+        from retain.core.data.nearindex import Spec
 
         if self._spec is None:
             o = self.options
@@ -89,7 +89,7 @@ class MinhashDeduper:
         return self._spec
 
     def find_duplicates(self, items: list[Item], known) -> dict[int, str]:
-        from retain.core.nearindex import signatures
+        from retain.core.data.nearindex import signatures
 
         if not items:
             return {}
@@ -99,7 +99,7 @@ class MinhashDeduper:
         return dupes
 
     def _learned(self, items: list[Item], sigs: list, known) -> dict[int, str]:
-        from retain.core.nearindex import NearDuplicateIndex
+        from retain.core.data.nearindex import NearDuplicateIndex
 
         self.stats, self.warnings = {}, []
         ledger, chain = getattr(known, "ledger", None), getattr(known, "chain", None)
@@ -130,7 +130,7 @@ class MinhashDeduper:
         themselves: the same bands and the same check as against learned items."""
         from collections import defaultdict
 
-        from retain.core.nearindex import band_keys
+        from retain.core.data.nearindex import band_keys
 
         spec, threshold = self.spec, self.options.threshold
         owners: dict[int, list[int]] = defaultdict(list)
@@ -151,7 +151,7 @@ class MinhashDeduper:
 
     def remember(self, items: list[Item], version: str, writer) -> None:
         """Index the new version's items; they count once the version is in CURRENT's chain."""
-        from retain.core.nearindex import NearDuplicateIndex
+        from retain.core.data.nearindex import NearDuplicateIndex
 
         NearDuplicateIndex(writer.store.ledger, self.spec).remember(version, [(it.hash, it.text) for it in items])
 

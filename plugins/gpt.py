@@ -21,8 +21,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from retain.core.config import ModelConfig
-from retain.core.lm import ENCODE_CHUNK, Rows, Sample, rows_from_ids, token_losses
-from retain.core.store import TOKENIZER, WEIGHTS
+from retain.core.learning.lm import ENCODE_CHUNK, Rows, Sample, rows_from_ids, token_losses
+from retain.core.storage.store import TOKENIZER, WEIGHTS
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"

@@ -5,7 +5,7 @@ it only when an hf model is created, loaded, imported or exported. Nothing is ev
 fetched from a hub: every call passes ``local_files_only=True``, and ``HF_HUB_OFFLINE``
 is set before transformers is imported. Weights are read and written as safetensors
 only (``use_safetensors=True``); a directory holding only PyTorch ``.bin`` weights is
-read through ``retain.core.imports.read_state_dict`` (``torch.load(weights_only=True)``).
+read through ``retain.core.storage.imports.read_state_dict`` (``torch.load(weights_only=True)``).
 No ``trust_remote_code``: a model whose code lives in its directory is refused.
 
 Also here: the built-in ``gpt`` mapped onto transformers' GPT-2 (``retain export``).
@@ -24,7 +24,7 @@ from typing import Any  # noqa: E402
 import torch  # noqa: E402
 
 from retain.core.errors import ConfigError, ModelError  # noqa: E402
-from retain.core.lm import ENCODE_CHUNK, Rows, Sample, rows_from_ids, token_losses  # noqa: E402
+from retain.core.learning.lm import ENCODE_CHUNK, Rows, Sample, rows_from_ids, token_losses  # noqa: E402
 
 try:
     import transformers
@@ -156,7 +156,7 @@ def save_pretrained(lm: HfModel, folder: Path) -> None:
 
 
 def _not_a_model(where: str, exc: Exception) -> Exception:
-    from retain.core.retry import is_out_of_memory
+    from retain.core.learning.retry import is_out_of_memory
 
     if is_out_of_memory(exc):
         return exc  # core turns it into exit 11 with the remedy
@@ -183,7 +183,7 @@ def load_pretrained(folder: Path, where: str) -> HfModel:
 
 def load_pickled_weights(folder: Path, where: str) -> HfModel:
     """A directory with only PyTorch ``.bin`` weights: read safely (weights_only), never unpickled."""
-    from retain.core.imports import read_state_dict
+    from retain.core.storage.imports import read_state_dict
 
     files = sorted(folder.glob("pytorch_model*.bin"))
     tensors: dict = {}

@@ -21,7 +21,7 @@ from typing import Any, Callable
 from retain.core.config import Config
 from retain.core.errors import ConfigError, ModelError
 from retain.core.hookspecs import hookimpl
-from retain.core.store import TOKENIZER, WEIGHTS
+from retain.core.storage.store import TOKENIZER, WEIGHTS
 
 
 def loads_adapters(load: Callable) -> Callable:
@@ -79,7 +79,7 @@ class GptFamily:
         try:
             module.load_saved_state(tensors)
         except (RuntimeError, KeyError) as exc:
-            from retain.core.retry import is_out_of_memory
+            from retain.core.learning.retry import is_out_of_memory
 
             if is_out_of_memory(exc):
                 raise

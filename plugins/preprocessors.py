@@ -7,7 +7,7 @@ import unicodedata
 from dataclasses import dataclass
 
 from retain.core.hookspecs import hookimpl
-from retain.core.items import Item, Reject
+from retain.core.data.items import Item, Reject
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _SPACES = re.compile(r"[ \t]+")

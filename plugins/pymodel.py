@@ -27,8 +27,8 @@ from typing import Any, Callable
 import torch
 
 from retain.core.errors import ConfigError, ModelError
-from retain.core.lm import Rows, Sample, rows_from_ids, token_losses
-from retain.core.store import TOKENIZER, WEIGHTS
+from retain.core.learning.lm import Rows, Sample, rows_from_ids, token_losses
+from retain.core.storage.store import TOKENIZER, WEIGHTS
 
 # Names a tokenizer's end-of-text and padding tokens go by, when no tokenizer_config.json says.
 EOS_NAMES = ("<|endoftext|>", "</s>", "<eos>", "<|eos|>", "[SEP]")
@@ -60,7 +60,7 @@ def build_module(spec: str, args: dict[str, Any]) -> torch.nn.Module:
     try:
         module = factory(**args)
     except Exception as exc:
-        from retain.core.retry import is_out_of_memory
+        from retain.core.learning.retry import is_out_of_memory
 
         if is_out_of_memory(exc):
             raise
@@ -241,7 +241,7 @@ def load_weights(module: torch.nn.Module, tensors: dict[str, torch.Tensor], wher
     try:
         module.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
-        from retain.core.retry import is_out_of_memory
+        from retain.core.learning.retry import is_out_of_memory
 
         if is_out_of_memory(exc):
             raise

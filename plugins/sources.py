@@ -29,7 +29,7 @@ from pydantic import AfterValidator, Field
 
 from retain.core.errors import SourceError
 from retain.core.hookspecs import hookimpl
-from retain.core.items import Item, Reject
+from retain.core.data.items import Item, Reject
 
 
 MAX_RECORD_BYTES = 16 * 1024 * 1024

@@ -24,7 +24,7 @@ from typing import Annotated, Any, Iterator
 from pydantic import Field
 
 from retain.core.errors import SourceError
-from retain.core.items import Item, Reject
+from retain.core.data.items import Item, Reject
 from retain.plugins.sources import MAX_RECORD_BYTES
 from retain.plugins.tables import _Records
 

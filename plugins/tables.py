@@ -23,7 +23,7 @@ from typing import Annotated, Any, Iterable, Iterator
 from pydantic import Field
 
 from retain.core.errors import SourceError
-from retain.core.items import Item, Reject
+from retain.core.data.items import Item, Reject
 from retain.plugins.sources import _SURROGATE, MAX_RECORD_BYTES, _files, _printable, _too_big
 
 _EXCERPT = 200

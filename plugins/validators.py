@@ -11,9 +11,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from retain.core import advice
+from retain.core.quality import advice
 from retain.core.hookspecs import hookimpl
-from retain.core.validation import Evidence, Verdict
+from retain.core.quality.validation import Evidence, Verdict
 from retain.core.wording import percent, plural
 
 

@@ -19,7 +19,7 @@ from typing import Any, Iterable
 
 from retain.core.errors import ModelError, RetainError
 from retain.core.hookspecs import hookimpl
-from retain.core.store import ModelStore
+from retain.core.storage.store import ModelStore
 
 PAGE = "report.html"  # its name in a version's folder (retain update --report)
 ROWS_SHOWN = 50       # of the skipped duplicates (the report keeps up to 1,000)
@@ -71,7 +71,7 @@ def table(headers: Iterable[str], rows: Iterable[Iterable[str]], numeric: Iterab
 
 def load(store: ModelStore, version: str | None) -> tuple[str, dict, dict]:
     """(version, its manifest, its report.json); the current version by default."""
-    from retain.core.versions import normalize_version
+    from retain.core.storage.versions import normalize_version
 
     version = normalize_version(version) if version else store.current()
     if version not in store.versions():
@@ -93,7 +93,7 @@ def rejects(store: ModelStore, report: dict) -> dict | None:
     path, run = store.root / "rejects.jsonl", report.get("run")
     if not run or not path.is_file():
         return None
-    from retain.core.ingest import reject_kind
+    from retain.core.data.ingest import reject_kind
 
     kinds: Counter = Counter()
     first = []
@@ -115,7 +115,7 @@ def advice(store: ModelStore, manifest: dict) -> dict | None:
     """The retrain advice for the current version, with the thresholds this version's update
     used (its stored config); None when it cannot be assessed (said on the page)."""
     from retain.core.config import Config, build, load_config
-    from retain.core.retrain import assess
+    from retain.core.quality.retrain import assess
 
     try:
         config = build(Config, manifest["config"]) if manifest.get("config") else load_config(None)

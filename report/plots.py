@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from retain.core.errors import ModelError, UsageError
-from retain.core.store import ROOT_KINDS, ModelStore
+from retain.core.storage.store import ROOT_KINDS, ModelStore
 
 FORMATS = {".png": "png", ".svg": "svg"}
 MARKERS_UP_TO = 90  # more versions than this: lines alone, a marker per point would be a smear

@@ -24,9 +24,9 @@ from avalanche.training.regularization import LearningWithoutForgetting
 from avalanche.training.storage_policy import ExemplarsBuffer, ReservoirSamplingBuffer
 from avalanche.training.utils import ParamData, copy_params_dict
 
-from retain.core.world import world_of
-from retain.core.lm import IGNORE_INDEX
-from retain.core.training import LengthBatches, make_dataset, pad_to
+from retain.core.runtime.world import world_of
+from retain.core.learning.lm import IGNORE_INDEX
+from retain.core.learning.training import LengthBatches, make_dataset, pad_to
 
 Tensors = dict[str, torch.Tensor]
 
@@ -215,7 +215,7 @@ class TokenShareReplay(SupervisedPlugin):
 
 class HistoryReplay(TokenShareReplay):
     """Token-share replay drawn from the token shards of every version of the chain
-    (``core/shards.py``: ``History``), not from the reservoir's texts: past items in a seeded
+    (``core/data/shards.py``: ``History``), not from the reservoir's texts: past items in a seeded
     random order over the whole history, enough for every epoch's share, read from the maps as
     batches ask for them. The reservoir is still kept up to date (the state a version saves)."""
 
@@ -228,7 +228,7 @@ class HistoryReplay(TokenShareReplay):
     def before_training_exp(self, strategy, **kwargs):
         if self.share <= 0 or self.history.items == 0:
             return
-        from retain.core.training import rows_dataset
+        from retain.core.learning.training import rows_dataset
 
         new, new_lengths = strategy.adapted_dataset, self.new_lengths(strategy)
         pool_tokens = self.share / (1 - self.share) * float(torch.as_tensor(new_lengths).sum())

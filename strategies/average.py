@@ -16,7 +16,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from retain.core.strategy import Strategy
+from retain.core.learning.strategy import Strategy
 
 
 @dataclass

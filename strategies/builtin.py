@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from retain.core.hookspecs import hookimpl
-from retain.core.strategy import Strategy, TrainSettings
+from retain.core.learning.strategy import Strategy, TrainSettings
 from retain.strategies.average import Average, AverageOptions
 from retain.strategies.lora import Lora, LoraOptions
 from retain.strategies.memory import Agem, AgemOptions, Gem, GemOptions

@@ -21,7 +21,7 @@ from typing import Annotated
 from pydantic import Field
 
 from retain.core.errors import ConfigError
-from retain.core.strategy import Strategy, TrainSettings
+from retain.core.learning.strategy import Strategy, TrainSettings
 
 
 @dataclass

@@ -111,7 +111,7 @@ def attach(lm, base, options) -> AdapterModel:
     adapters when it is a LoRA version (its loaded weights hold them merged: they are taken
     back out, and train on from where they were), fresh ones (B = 0: the same function) on a
     full version."""
-    from retain.core.models import model_entry
+    from retain.core.storage.models import model_entry
 
     entry = model_entry(base.manifest)
     previous = entry.get("adapter")

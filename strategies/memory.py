@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from retain.core.errors import ConfigError, PluginError
-from retain.core.strategy import Strategy
+from retain.core.learning.strategy import Strategy
 
 
 def memories_state(memories: list) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from retain.core.strategy import Strategy
+from retain.core.learning.strategy import Strategy
 
 
 def prefixed(prefix: str, tensors: dict) -> dict:

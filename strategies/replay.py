@@ -23,7 +23,7 @@ rejection brings the old domain back inside the gate's budget and still learns
 the day's data.
 
 Past items are drawn from the token shards every version keeps of its chain
-(``core/shards.py``), so replay reaches everything the model learned, not only what
+(``core/data/shards.py``), so replay reaches everything the model learned, not only what
 a buffer holds. The reservoir of ``buffer_size`` texts is still kept with each version:
 it is what a model saved before versions kept shards replays.
 """
@@ -36,7 +36,7 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from retain.core.errors import ModelError
-from retain.core.strategy import Strategy
+from retain.core.learning.strategy import Strategy
 
 
 @dataclass
@@ -110,7 +110,7 @@ class Replay(Strategy):
         self.texts, self.keys = list(texts), keys
 
     def avalanche_plugins(self, run) -> list:
-        from retain.core.training import make_dataset, pad_to
+        from retain.core.learning.training import make_dataset, pad_to
         from retain.strategies.adapters import HistoryReplay, TokenShareReplay
 
         # Same width as the experience's rows (fit pads them to max_seq_length), so they mix.
@@ -132,10 +132,10 @@ class Replay(Strategy):
 
     @staticmethod
     def history(run):
-        """The shards of the parent's chain (``core/shards.py``), or None: a full training, or a
+        """The shards of the parent's chain (``core/data/shards.py``), or None: a full training, or a
         lineage whose full training (or import) was saved before versions kept shards: its shards
         would hold only the latest updates, and the reservoir's texts reach back to the base."""
-        from retain.core.shards import History
+        from retain.core.data.shards import History
 
         base = getattr(run, "base", None)
         if base is None or getattr(base, "reader", None) is None:

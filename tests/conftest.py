@@ -24,7 +24,7 @@ TINY = [
 
 def lr(value) -> list[str]:
     """The overrides ``retain update --lr VALUE`` makes: low_lr's rate and every strategy's own."""
-    from retain.core.strategy import UPDATE_LEARNING_RATE_KEYS
+    from retain.core.learning.strategy import UPDATE_LEARNING_RATE_KEYS
 
     return [f"{key}={value}" for key in UPDATE_LEARNING_RATE_KEYS]
 

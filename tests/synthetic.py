@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from retain.core.store import ModelStore
+from retain.core.storage.store import ModelStore
 
 CONFIG = {"retrain": {"max_new_items": 1000, "max_retention_drift": 0.04, "max_rejected_in_row": 3}}
 

@@ -117,11 +117,11 @@ def test_commands_that_train_nothing_import_no_avalanche(base_model, new_texts, 
 
 
 # Module state a function changes at run time, by module: what it is for. Everything else a run
-# needs is passed to it (the processes it spans are a ``World``, core/world.py, made where the
+# needs is passed to it (the processes it spans are a ``World``, core/runtime/world.py, made where the
 # run starts). A signal handler's state is the process's: one handler per process, each rank
 # of a distributed run its own; the default plugin manager is a cache of what is installed.
 RUN_TIME_MODULE_STATE = {
-    "core/interrupts.py": {"_outcome", "_pending", "_report", "_shield_depth", "_tidy"},
+    "core/runtime/interrupts.py": {"_outcome", "_pending", "_report", "_shield_depth", "_tidy"},
     "core/pluginmanager.py": {"_DEFAULT"},
 }
 # Removed by issue 22: the distributed run's state, now the World's and the launcher's.

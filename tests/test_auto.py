@@ -14,7 +14,7 @@ from retain.core.config import load_config
 from retain.core.engine import Engine
 from retain.core.errors import UpdateRejected
 from retain.core.pluginmanager import make_plugin_manager
-from retain.core.store import ModelStore
+from retain.core.storage.store import ModelStore
 from retain.tune import auto_update, default_executor
 from retain.tune.search import trials_that_fit, winner
 from retain.tune.trial import run_trial

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from retain.cli import app
 from retain.core.errors import ConfigError, ModelError, PluginError, SourceError
-from retain.core.store import ModelStore
+from retain.core.storage.store import ModelStore
 
 from conftest import TINY, write_jsonl
 
@@ -232,7 +232,7 @@ def test_every_user_error_is_a_json_object_with_its_kind(base_model, tmp_path, m
         err = _json_error(r)
         assert (err["code"], err["kind"]) == (code, kind) and err["message"] in r.stderr, (args, err)
     # A bug is exit 1 with its traceback, and under --json the error object too.
-    from retain.core import versions
+    from retain.core.storage import versions
 
     monkeypatch.setattr(versions, "history", lambda store: 1 / 0)
     r = runner.invoke(app, ["history", "-m", str(base_model), "--json"])

@@ -80,7 +80,7 @@ def test_metrics_match_avalanche_metric_classes():
 
 
 def test_daily_stream_injects_duplicates_but_never_copies_test_items(new_texts, old_texts):
-    from retain.core.items import Item
+    from retain.core.data.items import Item
 
     items = [Item(t, "jsonl", "new.jsonl", i) for i, t in enumerate(new_texts, 1)]
     base = [Item(t, "jsonl", "old.jsonl", i) for i, t in enumerate(old_texts[:20], 1)]
@@ -151,7 +151,7 @@ def test_different_data_is_caught():
 def test_a_strategy_without_classification_variant_is_reported(monkeypatch):
     from retain.core import pluginmanager
     from retain.core.hookspecs import hookimpl
-    from retain.core.strategy import Strategy
+    from retain.core.learning.strategy import Strategy
     from retain.strategies.builtin import Naive
 
     class TokenOnly(Strategy):

@@ -5,7 +5,7 @@ Each trial is a real `retain update` (retain.cli's app, run in a child process
 and killed with SIGKILL). The children are forked from a forkserver that has
 imported torch and avalanche-lib once, so a trial costs the update, not the
 ~5 s of imports. Deterministic kills use the test-only RETAIN_FAULT_AT seam
-(core/store.py: fault_point) to land inside the short save steps; random kills
+(core/storage/store.py: fault_point) to land inside the short save steps; random kills
 are spread over a whole run (load, collect, dedupe, train, validate, save).
 
 Invariants after every kill:
@@ -33,11 +33,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from retain.core.models import load_version
-from retain.core.items import Item
-from retain.core.known import KnownItems
-from retain.core.nearindex import NearDuplicateIndex
-from retain.core.store import INDEX, ModelStore
+from retain.core.storage.models import load_version
+from retain.core.data.items import Item
+from retain.core.data.known import KnownItems
+from retain.core.data.nearindex import NearDuplicateIndex
+from retain.core.storage.store import INDEX, ModelStore
 from retain.plugins.dedupers import MinhashDeduper, MinhashOptions
 
 from conftest import TINY
@@ -47,8 +47,8 @@ SETTINGS = [*TINY, "fine_tuning.epochs=1", "dedupers=[exact, minhash]"]
 FAULTS = ["write-model.safetensors", "minhash", "ledger", "ledger-committed", "rename", "renamed",
           "replace-CURRENT"]
 RANDOM_KILLS = 12  # plus the 7 deterministic FAULTS: 19 kills per run, each a different moment
-PRELOAD = ["retain.cli", "retain.core.engine", "retain.core.training", "retain.plugins.gpt",
-           "retain.plugins.dedupers", "retain.core.nearindex", "datasketch", "scipy.integrate",
+PRELOAD = ["retain.cli", "retain.core.engine", "retain.core.learning.training", "retain.plugins.gpt",
+           "retain.plugins.dedupers", "retain.core.data.nearindex", "datasketch", "scipy.integrate",
            "avalanche.training.templates", "avalanche.benchmarks.scenarios.dataset_scenario"]
 
 

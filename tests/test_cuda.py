@@ -13,12 +13,12 @@ import torch
 from typer.testing import CliRunner
 
 from retain.cli import app
-from retain.core import retention
+from retain.core.storage import retention
 from retain.core.config import load_config
 from retain.core.engine import Engine
-from retain.core.evaluation import score_texts
-from retain.core.models import load_version
-from retain.core.store import ModelStore
+from retain.core.quality.evaluation import score_texts
+from retain.core.storage.models import load_version
+from retain.core.storage.store import ModelStore
 
 from conftest import TINY, write_jsonl
 

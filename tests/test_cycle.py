@@ -10,9 +10,9 @@ from retain.core import cycle
 from retain.core.config import load_config
 from retain.core.engine import Engine
 from retain.core.pluginmanager import make_plugin_manager
-from retain.core.store import ModelStore
-from retain.core.validation import Verdict
-from retain.core.versions import validate_version
+from retain.core.storage.store import ModelStore
+from retain.core.quality.validation import Verdict
+from retain.core.storage.versions import validate_version
 
 from conftest import TINY, write_jsonl
 

@@ -17,8 +17,8 @@ from retain.cli import app
 from retain.core.config import load_config
 from retain.core.engine import Engine
 from retain.core.errors import UpdateRejected
-from retain.core.store import ModelStore, VersionFiles
-from retain.core.strategy import read_state
+from retain.core.storage.store import ModelStore, VersionFiles
+from retain.core.learning.strategy import read_state
 from retain.strategies.replay import ReplayOptions, consolidation_overrides, steered_share
 
 from conftest import TINY, write_jsonl
@@ -37,7 +37,7 @@ def _update(model: Path, texts: list[str], path: Path, *overrides: str) -> dict:
 
 def _clean(texts: list[str]) -> set[str]:
     """The texts as the model learns them (after the built-in ``clean`` preprocessor)."""
-    from retain.core.items import Item
+    from retain.core.data.items import Item
     from retain.plugins.preprocessors import Clean, CleanOptions
 
     return {Clean(CleanOptions())(Item(t)).text for t in texts}

@@ -23,8 +23,8 @@ from typer.testing import CliRunner
 
 from retain.cli import app
 from retain.core.errors import ModelError
-from retain.core.versions import plan_prune
-from retain.core.store import INDEX, LEDGER_RECORD, MANIFEST, PRUNE_INTENT, TOKENIZER, WEIGHTS, ModelStore
+from retain.core.storage.versions import plan_prune
+from retain.core.storage.store import INDEX, LEDGER_RECORD, MANIFEST, PRUNE_INTENT, TOKENIZER, WEIGHTS, ModelStore
 
 from conftest import TINY, write_jsonl
 
@@ -188,7 +188,7 @@ def test_an_old_ledger_is_migrated_and_only_unfinished_rows_are_dropped(tmp_path
 def test_a_version_whose_ledger_mark_failed_is_marked_by_recover(tmp_path, monkeypatch):
     import sqlite3
 
-    from retain.core.store import Ledger
+    from retain.core.storage.store import Ledger
 
     model = _model(tmp_path / "model")
     store = ModelStore(model)

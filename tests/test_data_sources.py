@@ -27,8 +27,8 @@ from typer.testing import CliRunner
 from retain.cli import app
 from retain.core.config import load_config
 from retain.core.errors import SourceError
-from retain.core.ingest import collect, folder_files, source_for
-from retain.core.items import Item, Reject
+from retain.core.data.ingest import collect, folder_files, source_for
+from retain.core.data.items import Item, Reject
 from retain.core.pluginmanager import Registry, describe_plugins, make_plugin_manager
 from retain.plugin import hookimpl
 

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from retain.cli import app
 from retain.demo import N_DUPES, N_NEW, base_corpus, new_batch
-from retain.core.items import text_hash
+from retain.core.data.items import text_hash
 
 from conftest import TINY
 

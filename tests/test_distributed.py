@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from retain.cli import app
 from retain.core.config import load_config
 from retain.core.engine import Engine
-from retain.core.store import ModelStore
+from retain.core.storage.store import ModelStore
 from conftest import TINY, private_copy, write_jsonl
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="gloo over TCP, fcntl")
@@ -117,7 +117,7 @@ def test_nproc_with_a_one_process_mode_is_a_usage_error(base_model, new_data, fl
 
 
 def test_sharded_batches_split_every_batch_between_the_ranks():
-    from retain.core.world import ShardedBatches, World
+    from retain.core.runtime.world import ShardedBatches, World
 
     batches = [[0, 1, 2, 3, 4], [5]]
     shards = [list(ShardedBatches(batches, World(rank, 2, rank, "gloo"))) for rank in (0, 1)]
@@ -143,7 +143,7 @@ def test_the_trivial_world_is_one_writer_whose_collectives_change_nothing(monkey
     import torch.distributed as dist
 
     from retain.core.errors import LockedError
-    from retain.core.world import SOLO, join, world_of
+    from retain.core.runtime.world import SOLO, join, world_of
 
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(key, raising=False)
@@ -167,7 +167,7 @@ def test_the_trivial_world_is_one_writer_whose_collectives_change_nothing(monkey
 
 
 def test_a_rank_other_than_0_writes_no_rejects(tmp_path):
-    from retain.core.items import Item, Reject
+    from retain.core.data.items import Item, Reject
 
     rejects = [Reject.of(Item("x", "s"), "too long")]
     ModelStore(tmp_path / "m", read_only=True).append_rejects(rejects, "run")  # how rank 1 opens it
@@ -177,7 +177,7 @@ def test_a_rank_other_than_0_writes_no_rejects(tmp_path):
 
 
 def test_rank_0_hands_its_exit_code_to_the_launcher(tmp_path, monkeypatch):
-    from retain.core.world import RankFailed
+    from retain.core.runtime.world import RankFailed
     from retain.launch import EXIT_FILE, Ending, outcome
 
     handoff = tmp_path / "exit_code"

@@ -14,10 +14,10 @@ from retain.cli import app
 from retain.core.config import load_config
 from retain.core.engine import Engine
 from retain.core.errors import UpdateRejected
-from retain.core.models import load_version
+from retain.core.storage.models import load_version
 from retain.core.pluginmanager import Registry, make_plugin_manager
-from retain.core.store import ModelStore
-from retain.core.validation import Evidence
+from retain.core.storage.store import ModelStore
+from retain.core.quality.validation import Evidence
 from retain.demo import base_corpus, stdlib_functions
 
 from conftest import TINY, private_copy, write_jsonl
@@ -153,7 +153,7 @@ def test_vocabulary_drift_fires_on_a_domain_the_tokenizer_does_not_fit(_vocab_ba
 
 
 def test_vocabulary_drift_counts_what_the_updates_learned(_vocab_base, tmp_path):
-    from retain.core.retrain import assess
+    from retain.core.quality.retrain import assess
 
     model = private_copy(_vocab_base[0], tmp_path)
     Engine(load_config(None, [*VOCAB, "validators=[finite]"])).update(

@@ -13,8 +13,8 @@ import torch
 from typer.testing import CliRunner
 
 from retain.cli import app
-from retain.core.models import load_version
-from retain.core.store import ModelStore
+from retain.core.storage.models import load_version
+from retain.core.storage.store import ModelStore
 
 from conftest import TINY, write_jsonl
 

@@ -15,8 +15,8 @@ from typer.testing import CliRunner  # noqa: E402
 from retain.cli import app  # noqa: E402
 from retain.core.config import load_config  # noqa: E402
 from retain.core.engine import Engine  # noqa: E402
-from retain.core.models import load_version  # noqa: E402
-from retain.core.store import ModelStore  # noqa: E402
+from retain.core.storage.models import load_version  # noqa: E402
+from retain.core.storage.store import ModelStore  # noqa: E402
 
 from conftest import TINY, write_jsonl  # noqa: E402
 

@@ -49,7 +49,7 @@ from typer.testing import CliRunner
 
 from retain.cli import app
 from retain.core.errors import ModelError
-from retain.core.store import ModelStore
+from retain.core.storage.store import ModelStore
 
 from conftest import TINY, write_jsonl
 
@@ -62,8 +62,8 @@ needs_mount = pytest.mark.skipif(not LINUX_ROOT, reason="mounting a small tmpfs 
 
 SWEEP = os.environ.get("RETAIN_FAULT_SWEEP", "sample")
 SETTINGS = [a for s in [*TINY, "fine_tuning.epochs=1", "full_training.epochs=1"] for a in ("--set", s)]
-PRELOAD = ["retain.cli", "retain.core.engine", "retain.core.training", "retain.core.versions",
-           "retain.core.imports", "retain.plugins.gpt", "retain.plugins.dedupers", "safetensors.torch",
+PRELOAD = ["retain.cli", "retain.core.engine", "retain.core.learning.training", "retain.core.storage.versions",
+           "retain.core.storage.imports", "retain.plugins.gpt", "retain.plugins.dedupers", "safetensors.torch",
            "avalanche.training.templates", "avalanche.benchmarks.scenarios.dataset_scenario"]
 # The syscalls a fault is injected into. Removing a file never needs space: ENOSPC spares them.
 WRITES = ["write", "pwrite64", "writev", "fsync", "fdatasync", "ftruncate", "fallocate", "openat",
@@ -210,7 +210,7 @@ def versions_of(model: Path) -> dict[str, str]:
 
 def check_model(model: Path, accepted_before: set[str], may_delete: set[str], fresh: bool) -> str:
     """Recover (as any writing command does first), then the invariants; returns CURRENT."""
-    from retain.core.store import ModelStore
+    from retain.core.storage.store import ModelStore
 
     store = ModelStore(model)
     if (model / "CURRENT").exists():  # before recover too: what a reader sees at once
@@ -304,7 +304,7 @@ def make_history(base: Path, model: Path) -> None:
     """0001 (the base) <- 0002 <- 0003, and 0004 on 0002 after a rollback: four versions made
     as an update makes them (manifests, hard-linked files, ledger rows), without training. Prune
     --keep 1 stubs 0002 and 0001 and deletes 0003; rollback goes back to 0002."""
-    from retain.core.store import ModelStore, summarize
+    from retain.core.storage.store import ModelStore, summarize
 
     shutil.copytree(base, model)
     first = model / "versions" / "0001"
@@ -418,7 +418,7 @@ def test_a_disk_refusing_is_one_storage_error_whoever_reports_it(tmp_path):
 
     from safetensors import SafetensorError
 
-    from retain.core.store import storage_error
+    from retain.core.storage.store import storage_error
 
     refusals = [OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "versions" / "x")),
                 OSError(errno.EDQUOT, "Disk quota exceeded"), OSError(errno.EROFS, "Read-only file system"),
@@ -443,7 +443,7 @@ def test_a_full_disk_when_current_moves_leaves_the_model_as_it_was(base_model, t
     """The reported bug: room for the version, none for .CURRENT.tmp-*: exit 1 and a traceback,
     and an accepted version on disk that CURRENT did not name. Now: exit 12, the version and its
     ledger rows gone, and the next update is 0002 again, on 0001."""
-    import retain.core.store as store_module
+    import retain.core.storage.store as store_module
 
     def full_for_current(path, *args, **kwargs):
         if Path(path).name.startswith(".CURRENT.tmp-"):

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from retain.core.config import Config, load_config
 from retain.core.errors import ConfigError, PluginError, SourceError
-from retain.core.items import Item, Reject
+from retain.core.data.items import Item, Reject
 from retain.core.pluginmanager import Registry, make_plugin_manager
 from retain.plugins.sources import (MAX_RECORD_BYTES, CsvOptions, CsvSource, JsonlOptions, JsonlSource,
                                     TextOptions, TextSource)

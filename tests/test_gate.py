@@ -12,14 +12,14 @@ from typer.testing import CliRunner
 from retain.cli import app
 from retain.core.config import load_config
 from retain.core.engine import Engine
-from retain.core.models import load_version
+from retain.core.storage.models import load_version
 from retain.core.errors import EXIT_CODES, UpdateRejected
 from retain.core.hookspecs import hookimpl
-from retain.core.evaluation import score_texts
+from retain.core.quality.evaluation import score_texts
 from retain.core.pluginmanager import Registry, make_plugin_manager
-from retain.core.store import HOLDOUT, WEIGHTS, ModelStore, sha256_file
-from retain.core.strategy import TrainSettings
-from retain.core.validation import Evidence
+from retain.core.storage.store import HOLDOUT, WEIGHTS, ModelStore, sha256_file
+from retain.core.learning.strategy import TrainSettings
+from retain.core.quality.validation import Evidence
 
 from conftest import TINY, write_jsonl, lr
 

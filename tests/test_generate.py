@@ -12,8 +12,8 @@ from conftest import TINY, write_jsonl
 from retain.cli import app
 from retain.core.config import load_config
 from retain.core.engine import Engine
-from retain.core.models import load_version
-from retain.core.store import ModelStore
+from retain.core.storage.models import load_version
+from retain.core.storage.store import ModelStore
 
 PROMPTS = ["The function returns", "import os\n"]
 
@@ -73,7 +73,7 @@ def test_temperature_zero_is_greedy_whatever_the_seed(base_model):
 
 
 def test_version_picks_the_version_and_refuses_unknown_and_pruned_ones(base_model, new_texts, tmp_path):
-    from retain.core.versions import prune
+    from retain.core.storage.versions import prune
 
     cfg = load_config(None, [*TINY, "validators=[finite]", "fine_tuning.learning_rate=0.01"])
     Engine(cfg).update([str(write_jsonl(tmp_path / "new.jsonl", new_texts[:20]))], base_model)

@@ -16,8 +16,8 @@ import pytest
 from retain.core.config import load_config
 from retain.core.engine import Engine
 from retain.core.errors import ModelError, UpdateRejected
-from retain.core.versions import apply_prune, plan_prune
-from retain.core.store import MANIFEST, ModelStore
+from retain.core.storage.versions import apply_prune, plan_prune
+from retain.core.storage.store import MANIFEST, ModelStore
 
 from conftest import TINY, private_copy, write_jsonl
 
@@ -151,8 +151,8 @@ def test_the_index_is_a_cache_the_manifests_overrule(_one_update, tmp_path):
 
 
 def test_history_and_status_read_each_manifest_once(_one_update, tmp_path, monkeypatch):
-    from retain.core.versions import history
-    from retain.core.retrain import assess
+    from retain.core.storage.versions import history
+    from retain.core.quality.retrain import assess
 
     model = shutil.copytree(_one_update, tmp_path / "model")
     stretch(model, 30)

@@ -16,8 +16,8 @@ import torch  # noqa: E402
 from retain.core.config import load_config  # noqa: E402
 from retain.core.engine import Engine  # noqa: E402
 from retain.core.hookspecs import hookimpl  # noqa: E402
-from retain.core.models import load_version  # noqa: E402
-from retain.core.store import ModelStore  # noqa: E402
+from retain.core.storage.models import load_version  # noqa: E402
+from retain.core.storage.store import ModelStore  # noqa: E402
 
 from conftest import write_jsonl  # noqa: E402
 
@@ -126,7 +126,7 @@ def test_import_to_export_through_updates_lora_and_the_gate(imported, new_texts,
     assert lora_report["parameters"]["trainable"] < lora_report["parameters"]["total"] / 3
 
     out = tmp_path / "served"
-    from retain.core.exports import export_version
+    from retain.core.storage.exports import export_version
     from retain.core.pluginmanager import Registry, default_plugin_manager
 
     result = export_version(store, None, "hf", out, Registry.of(default_plugin_manager()))
@@ -173,7 +173,7 @@ def test_generation_goes_through_the_models_generate_with_its_cache(_imported, m
 
 def test_lora_versions_roll_back_prune_and_check_their_checksums(imported, new_texts, tmp_path):
     from retain.core.errors import ModelError
-    from retain.core.versions import prune, rollback
+    from retain.core.storage.versions import prune, rollback
 
     for i, strategy in enumerate(("lora", "lora")):
         engine(f"fine_tuning.strategy=[{strategy}]", "validators=[finite]").update(

@@ -6,11 +6,11 @@ import shutil
 
 from retain import Strategy, hookimpl
 from retain.core.config import load_config
-from retain.core.advice import epoch_line
+from retain.core.quality.advice import epoch_line
 from retain.core.engine import Engine
-from retain.core.models import load_version
+from retain.core.storage.models import load_version
 from retain.core.pluginmanager import make_plugin_manager
-from retain.core.store import ModelStore
+from retain.core.storage.store import ModelStore
 
 from conftest import TINY, write_jsonl, lr
 

@@ -15,11 +15,11 @@ from typer.testing import CliRunner
 from retain.cli import app
 from retain.core.config import load_config
 from retain.core.engine import Engine
-from retain.core.ingest import collect
+from retain.core.data.ingest import collect
 from retain.core.errors import ConfigError, PluginError
-from retain.core.items import Item, Reject
+from retain.core.data.items import Item, Reject
 from retain.core.pluginmanager import Registry, make_plugin_manager
-from retain.core.store import ModelStore
+from retain.core.storage.store import ModelStore
 from retain.plugins.sources import CsvOptions, CsvSource, JsonlOptions, JsonlSource, TextOptions, TextSource
 
 from conftest import TINY

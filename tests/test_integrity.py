@@ -11,9 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from retain.cli import app
-from retain.core.models import load_version
+from retain.core.storage.models import load_version
 from retain.core.errors import ModelError
-from retain.core.store import ModelStore, sha256_file
+from retain.core.storage.store import ModelStore, sha256_file
 
 V1 = Path("versions") / "0001"
 

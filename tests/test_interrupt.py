@@ -33,13 +33,13 @@ from pathlib import Path
 
 import pytest
 
-from retain.core.models import load_version
-from retain.core.store import ModelStore
+from retain.core.storage.models import load_version
+from retain.core.storage.store import ModelStore
 
 from conftest import TINY, write_jsonl
 
 ARGS = [a for s in [*TINY, "fine_tuning.epochs=2"] for a in ("--set", s)]
-PRELOAD = ["retain.launch", "retain.cli", "retain.render", "retain.core.engine", "retain.core.training",
+PRELOAD = ["retain.launch", "retain.cli", "retain.render", "retain.core.engine", "retain.core.learning.training",
            "retain.plugins.gpt", "avalanche.training.templates",
            "avalanche.benchmarks.scenarios.dataset_scenario"]
 COLD = [
@@ -190,7 +190,7 @@ def test_sigint_at_any_moment_exits_130_and_leaves_the_model_as_it_was(base_mode
 
 def test_an_ignored_sigint_stays_ignored(tmp_path):
     # nohup and background jobs start with SIGINT ignored: installing the handler must not undo that.
-    code = ("import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nfrom retain.core import interrupts\n"
+    code = ("import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nfrom retain.core.runtime import interrupts\n"
             "print(interrupts.install(print), signal.getsignal(signal.SIGINT) is signal.SIG_IGN)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "True"]
@@ -200,7 +200,7 @@ def test_an_ignored_sigint_stays_ignored(tmp_path):
 def test_an_interrupt_in_a_command_that_reads_only(base_model, json_out):
     # Not only `update`: any command, here with the ledger open, says the same and exits 130.
     code = ("import os, signal, sys\nsys.argv = ['retain', 'history', '-m', sys.argv[1], *sys.argv[2:]]\n"
-            "from retain.core import versions\n"
+            "from retain.core.storage import versions\n"
             "real = versions.history\n"
             "def history(store):\n"
             "    store.ledger.db.execute('SELECT 1').fetchone()\n"

@@ -22,7 +22,7 @@ from retain.core.engine import Engine
 from retain.core.errors import ConfigError, PluginError
 from retain.core.hookspecs import hookimpl
 from retain.core.pluginmanager import Registry, make_plugin_manager
-from retain.core.store import ModelStore
+from retain.core.storage.store import ModelStore
 
 from conftest import TINY, write_jsonl
 

@@ -1,4 +1,4 @@
-"""Manifests are typed (core/manifest.py): every manifest written so far reads, the writer
+"""Manifests are typed (core/storage/manifest.py): every manifest written so far reads, the writer
 writes nothing the model does not describe, and a field of the wrong type is one ModelError."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from retain.cli import app
 from retain.core.errors import ModelError
-from retain.core.manifest import FORMAT, Manifest, read_manifest
-from retain.core.store import ModelStore
+from retain.core.storage.manifest import FORMAT, Manifest, read_manifest
+from retain.core.storage.store import ModelStore
 
 from conftest import TINY
 

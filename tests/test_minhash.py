@@ -9,11 +9,11 @@ import pytest
 from retain.core.config import load_config
 from retain.core.engine import Engine
 from retain.core.errors import ConfigError
-from retain.core.items import Item
-from retain.core.known import KnownItems
-from retain.core.nearindex import NearDuplicateIndex, Spec
+from retain.core.data.items import Item
+from retain.core.data.known import KnownItems
+from retain.core.data.nearindex import NearDuplicateIndex, Spec
 from retain.core.pluginmanager import Registry, make_plugin_manager
-from retain.core.store import ModelStore
+from retain.core.storage.store import ModelStore
 from retain.plugins.dedupers import MinhashDeduper, MinhashOptions
 
 from conftest import TINY, write_jsonl
@@ -118,7 +118,7 @@ def _pairs_at(similarity: tuple[float, float], n: int, seed: int) -> list[tuple[
     closed range ``similarity``: 60 random words, a few of them replaced (rejection sampling)."""
     import random
 
-    from retain.core.nearindex import shingles
+    from retain.core.data.nearindex import shingles
 
     rng = random.Random(seed)
     vocab = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 9)))
@@ -155,7 +155,7 @@ ABOVE, BELOW = (0.85, 0.90), (0.60, 0.70)
 
 @pytest.mark.parametrize("where", ["learned", "batch"])
 def test_minhash_catches_pairs_above_the_threshold_and_not_below(where, tmp_path):
-    from retain.core.store import Ledger
+    from retain.core.storage.store import Ledger
 
     deduper = MinhashDeduper(MinhashOptions(threshold=0.8, num_perm=128))
     caught = {}
@@ -180,7 +180,7 @@ def test_minhash_catches_pairs_above_the_threshold_and_not_below(where, tmp_path
 
 
 def test_learned_candidates_below_the_threshold_are_checked_and_dropped(tmp_path):
-    from retain.core.store import Ledger
+    from retain.core.storage.store import Ledger
 
     deduper = MinhashDeduper(MinhashOptions())
     pairs = _pairs_at(BELOW, 100, seed=3)
@@ -198,7 +198,7 @@ def test_learned_candidates_below_the_threshold_are_checked_and_dropped(tmp_path
 
 def test_an_index_without_stored_signatures_counts_its_candidates_unverified(tmp_path, long_texts):
     """Versions indexed before signatures were stored: their LSH candidates count as they did."""
-    from retain.core.store import Ledger
+    from retain.core.storage.store import Ledger
 
     ledger = Ledger(tmp_path / "ledger.sqlite")
     old = Spec(128, 9, 13, "char", 5, 1)  # the layout datasketch chose for 0.8, as older versions wrote it

@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from retain.cli import app
 from retain.core.config import load_config
-from retain.core.retrain import assess
-from retain.core.store import ModelStore
+from retain.core.quality.retrain import assess
+from retain.core.storage.store import ModelStore
 
 from conftest import write_jsonl
 
@@ -62,7 +62,7 @@ def test_a_config_that_asks_for_another_architecture_gets_the_retrain_advice(bas
 
 def test_a_retrain_without_flags_rebuilds_the_same_model(base_model, old_texts, tmp_path):
     from retain.core.engine import Engine
-    from retain.core.models import load_version
+    from retain.core.storage.models import load_version
 
     data = write_jsonl(tmp_path / "all.jsonl", old_texts[:40])
     Engine(load_config(None, ["full_training.epochs=1", "device=cpu"])).train([str(data)], base_model)

@@ -11,9 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-from retain.core.models import load_version
-from retain.core.items import Item
-from retain.core.store import ModelStore
+from retain.core.storage.models import load_version
+from retain.core.data.items import Item
+from retain.core.storage.store import ModelStore
 
 from conftest import TINY, write_jsonl
 

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from retain.cli import app
-from retain.core.validation import Evidence
+from retain.core.quality.validation import Evidence
 from retain.core.wording import percent, plural
 
 from conftest import TINY, write_jsonl

@@ -156,7 +156,7 @@ def test_a_factory_function_is_checked_on_what_it_builds():
 
 def test_a_family_is_checked_on_the_model_it_makes():
     from retain.core.config import load_config
-    from retain.core.models import create_model
+    from retain.core.storage.models import create_model
 
     class Unannotated(Family):
         def create(self, config, texts, context):
@@ -215,7 +215,7 @@ def test_the_docs_list_each_protocol_as_contracts_declares_it():
 
 
 def test_the_docs_list_the_strategy_methods_strategy_has():
-    from retain.core.strategy import Strategy
+    from retain.core.learning.strategy import Strategy
 
     text = (ROOT / "docs" / "plugins.md").read_text(encoding="utf-8")
     section = text[text.index("### Strategy"):text.index("### Model family")]

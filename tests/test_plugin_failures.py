@@ -9,12 +9,12 @@ import pytest
 
 from retain.core.config import load_config
 from retain.core.engine import Engine
-from retain.core.models import load_version
+from retain.core.storage.models import load_version
 from retain.core.errors import PluginError
 from retain.core.hookspecs import hookimpl
 from retain.core.pluginmanager import make_plugin_manager
-from retain.core.store import ModelStore
-from retain.core.validation import Verdict
+from retain.core.storage.store import ModelStore
+from retain.core.quality.validation import Verdict
 
 from conftest import TINY, write_jsonl
 

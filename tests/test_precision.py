@@ -1,4 +1,4 @@
-"""``precision: auto`` decided by measuring (core/precision.py): the decision follows the
+"""``precision: auto`` decided by measuring (core/runtime/precision.py): the decision follows the
 measurement, the cache is keyed by machine and model shape, the probe changes nothing.
 
 Every timing here is injected: no test asserts how fast anything really ran.
@@ -11,11 +11,12 @@ import json
 import pytest
 import torch
 
-from retain.core import models, precision
+from retain.core.storage import models
+from retain.core.runtime import precision
 from retain.core.config import load_config
 from retain.core.engine import Engine
-from retain.core.lm import Rows
-from retain.core.store import ModelStore
+from retain.core.learning.lm import Rows
+from retain.core.storage.store import ModelStore
 
 from conftest import TINY, write_jsonl
 
@@ -229,8 +230,8 @@ def test_the_cli_prints_the_choice_and_why(base_model, new_texts, tmp_path, monk
 
 
 def test_validate_scores_a_version_in_the_precision_its_update_chose(base_model, new_texts, tmp_path, monkeypatch):
-    from retain.core import evaluation
-    from retain.core.versions import validate_version
+    from retain.core.quality import evaluation
+    from retain.core.storage.versions import validate_version
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: True)
@@ -291,7 +292,7 @@ def test_a_probe_out_of_memory_keeps_fp32_uncached_and_other_errors_are_raised(t
 
 
 def test_the_probe_runs_the_real_model_on_a_real_batch_and_leaves_it_as_it_was(base_model, new_texts):
-    from retain.core.models import load_version
+    from retain.core.storage.models import load_version
 
     lm = load_version(ModelStore(base_model)).lm
     rows = lm.encode(new_texts[:12], 64)

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from retain.cli import app
 from retain.compare import CompareRequest, run_compare
-from retain.core.store import ModelStore
+from retain.core.storage.store import ModelStore
 
 from conftest import TINY, write_jsonl
 

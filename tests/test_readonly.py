@@ -183,7 +183,7 @@ def test_a_failed_import_into_a_model_keeps_everything(base_model, tmp_path):
 def test_a_ledger_the_disk_cannot_read_is_not_blamed_on_the_deduper(base_model, new_texts, tmp_path, monkeypatch):
     import sqlite3
 
-    from retain.core.store import Ledger
+    from retain.core.storage.store import Ledger
 
     def disk_error(self, hashes, chain):
         raise sqlite3.OperationalError("disk I/O error")
@@ -198,7 +198,7 @@ def test_a_ledger_the_disk_cannot_read_is_not_blamed_on_the_deduper(base_model, 
 
 
 def test_a_first_training_refused_by_the_lock_removes_nothing_of_the_writer(tmp_path, new_texts):
-    from retain.core.store import ModelStore
+    from retain.core.storage.store import ModelStore
 
     data = str(write_jsonl(tmp_path / "new.jsonl", new_texts[:20]))
     writer = ModelStore(tmp_path / "model")

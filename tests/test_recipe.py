@@ -11,11 +11,11 @@ import pytest
 from retain import Strategy, hookimpl
 from retain.core.config import load_config
 from retain.core.engine import Engine
-from retain.core.evaluation import score_texts
-from retain.core.models import load_version
+from retain.core.quality.evaluation import score_texts
+from retain.core.storage.models import load_version
 from retain.core.pluginmanager import make_plugin_manager
-from retain.core.store import ModelStore
-from retain.core.strategy import TrainSettings
+from retain.core.storage.store import ModelStore
+from retain.core.learning.strategy import TrainSettings
 
 from conftest import TINY, write_jsonl
 
@@ -26,7 +26,7 @@ def _update(model_dir, texts, tmp_path, *overrides, pm=None, name="new.jsonl") -
 
 
 def test_schedule_warms_up_then_decays_to_the_floor():
-    from retain.core.training import lr_lambda
+    from retain.core.learning.training import lr_lambda
 
     s = TrainSettings(1e-3, 3, 8, 64, schedule="cosine", warmup_fraction=0.1, min_lr_ratio=0.2)
     f = lr_lambda(s, 100)
@@ -121,7 +121,7 @@ def test_early_stopping_keeps_the_best_epoch(base_model, new_texts, tmp_path):
 
 
 def test_early_stopping_stops_when_a_threshold_is_crossed_and_prefers_accepted_epochs():
-    from retain.core.early_stopping import Epoch, Tracker
+    from retain.core.learning.early_stopping import Epoch, Tracker
 
     t = Tracker(patience=2, min_delta=0.001)
     t.see(Epoch(1, 4.0, 3.0, True))
@@ -218,7 +218,7 @@ def test_epochs_but_the_last_are_judged_on_the_part_of_the_retention_set_the_bud
 
 
 def test_an_update_stopped_early_on_a_part_is_judged_by_the_gate_on_the_whole_set(base_model, new_texts, tmp_path):
-    from retain.core import retention
+    from retain.core.storage import retention
 
     report = _update(base_model, new_texts[:20], tmp_path, "fine_tuning.strategy=naive", "fine_tuning.epochs=8",
                      "full_training.learning_rate=0.01", "validators=[finite,retention]",
@@ -235,7 +235,7 @@ def test_an_update_stopped_early_on_a_part_is_judged_by_the_gate_on_the_whole_se
 
 
 def test_the_drift_reference_on_a_part_pairs_each_text_with_its_own_loss():
-    from retain.core.drift import Baseline
+    from retain.core.quality.drift import Baseline
 
     ref = Baseline("0001", 2.5, 2.75, ["a", "b", "c", "d"], 64, [1.0, 2.0, 3.0, 4.0])
     part = ref.subset(2, prefer={"c"})
@@ -258,7 +258,7 @@ class _Run:
 @pytest.mark.parametrize("strategy", ["naive", "low_lr", "rewarm", "lora", "replay,ewc", "naive,replay"])
 def test_an_explicit_update_rate_is_the_rate_of_every_strategy(strategy, monkeypatch):
     from retain.cli.common import _load
-    from retain.core.models import configure_strategies
+    from retain.core.storage.models import configure_strategies
     from retain.core.pluginmanager import Registry
     from retain.strategies import lora_adapters
 

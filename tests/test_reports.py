@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from retain.cli import app
-from retain.core.store import ModelStore
+from retain.core.storage.store import ModelStore
 
 from conftest import TINY, write_jsonl
 from synthetic import write_versions
@@ -126,7 +126,7 @@ def test_update_report_writes_the_page_beside_the_version(reported):
     store = ModelStore(reported, read_only=True)
     manifest = store.manifest("0002")
     assert "report.html" not in manifest["files"]
-    from retain.core.models import load_version
+    from retain.core.storage.models import load_version
 
     assert load_version(store, "0002").version == "0002"  # every listed file matches its checksum
 

@@ -1,4 +1,4 @@
-"""Token shards (core/shards.py): the rows a run trains on, on disk, kept with the version.
+"""Token shards (core/data/shards.py): the rows a run trains on, on disk, kept with the version.
 
 A round trip gives the rows a family's ``encode`` gives; batches are the length-bucketed ones
 of before; each version keeps its chain's shards by hard link and replay draws from all of
@@ -18,11 +18,11 @@ import torch
 
 from retain.core.config import load_config
 from retain.core.engine import Engine
-from retain.core.items import text_hash
-from retain.core.models import load_version
-from retain.core.shards import SHARDS, History, ShardWriter, encode_to_shard, ids_of
-from retain.core.store import ModelStore
-from retain.core.training import LengthBatches
+from retain.core.data.items import text_hash
+from retain.core.storage.models import load_version
+from retain.core.data.shards import SHARDS, History, ShardWriter, encode_to_shard, ids_of
+from retain.core.storage.store import ModelStore
+from retain.core.learning.training import LengthBatches
 
 from conftest import TINY, write_jsonl
 

@@ -6,8 +6,8 @@ import pytest
 
 from retain.core.config import Config, load_config
 from retain.core.errors import ConfigError, SourceError
-from retain.core.items import Item, Reject, normalize_text, text_hash
-from retain.core.ingest import collect
+from retain.core.data.items import Item, Reject, normalize_text, text_hash
+from retain.core.data.ingest import collect
 from retain.core.pluginmanager import Registry, make_plugin_manager
 
 

@@ -10,13 +10,13 @@ import random
 import pytest
 import torch
 
-from retain.core import retention
+from retain.core.storage import retention
 from retain.core.config import load_config
 from retain.core.engine import Engine
-from retain.core.evaluation import score_texts
+from retain.core.quality.evaluation import score_texts
 from retain.core.hookspecs import hookimpl
-from retain.core.models import load_version
-from retain.core.store import ModelStore
+from retain.core.storage.models import load_version
+from retain.core.storage.store import ModelStore
 from retain.plugins.gpt import Architecture, TransformerModel
 
 from conftest import TINY, write_jsonl
@@ -120,7 +120,7 @@ def test_the_budget_is_shared_by_every_scoring_pass(base_model, new_texts, tmp_p
 
 
 def test_scoring_batches_are_small_on_a_cpu_and_large_on_an_accelerator(base_model, old_texts):
-    from retain.core.evaluation import score_tokens
+    from retain.core.quality.evaluation import score_tokens
 
     assert score_tokens(torch.device("cpu")) == score_tokens("cpu") == 1024
     assert score_tokens(torch.device("cuda", 0)) == score_tokens("cuda:0") == 8192
@@ -187,15 +187,15 @@ def test_import_is_a_step_of_its_own_and_validators_are_timed(base_model, new_te
 
 
 def test_preload_hands_back_the_import_error():
-    from retain.core.preload import Preload
+    from retain.core.runtime.preload import Preload
 
     with pytest.raises(ModuleNotFoundError):
         Preload("retain.no_such_module_%d" % random.randrange(10**6)).wait()
 
 
 def test_status_reads_the_drift_the_update_measured(base_model, new_texts, tmp_path):
-    from retain.core.retrain import assess
-    from retain.core.store import HOLDOUT
+    from retain.core.quality.retrain import assess
+    from retain.core.storage.store import HOLDOUT
 
     cfg = load_config(None, TINY)
     report = Engine(cfg).update([str(write_jsonl(tmp_path / "a.jsonl", new_texts[:12]))], base_model)
@@ -215,7 +215,7 @@ def test_training_import_defers_what_avalanche_imports_but_an_update_never_uses(
     import subprocess
     import sys
 
-    code = ("import sys\nfrom retain.core.preload import Preload\nPreload().wait()\n"
+    code = ("import sys\nfrom retain.core.runtime.preload import Preload\nPreload().wait()\n"
             "print(sorted(n for n in ('qpsolvers', 'wandb', 'gdown') if type(sys.modules[n]).__name__ == '_LazyModule'))\n"
             "print('jax' in sys.modules)\n"
             "import numpy as np, qpsolvers\n"
@@ -247,7 +247,7 @@ def test_a_training_command_ends_without_teardown_and_keeps_its_exit_code_and_ou
 
 
 def test_auto_precision_is_bf16_where_the_hardware_computes_in_bf16(monkeypatch, tmp_path):
-    from retain.core import models
+    from retain.core.storage import models
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     detect = models.cpu_has_native_bf16.__wrapped__  # uncached, a cpuinfo file of our own
@@ -271,7 +271,8 @@ def test_auto_precision_is_bf16_where_the_hardware_computes_in_bf16(monkeypatch,
 
 def test_an_update_on_a_cpu_with_native_bf16_trains_and_scores_in_bf16(base_model, new_texts, tmp_path,
                                                                        monkeypatch):
-    from retain.core import models, precision
+    from retain.core.storage import models
+    from retain.core.runtime import precision
 
     monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: True)
     monkeypatch.setattr(precision, "MEASURED_FROM", 0)  # the tiny model measured as a large one

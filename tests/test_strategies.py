@@ -18,10 +18,10 @@ from retain import Strategy, hookimpl
 from retain.core import cycle
 from retain.core.config import load_config
 from retain.core.engine import Engine
-from retain.core.models import load_version
-from retain.core.lm import IGNORE_INDEX, lm_loss
+from retain.core.storage.models import load_version
+from retain.core.learning.lm import IGNORE_INDEX, lm_loss
 from retain.core.pluginmanager import Registry, make_plugin_manager
-from retain.core.store import ModelStore
+from retain.core.storage.store import ModelStore
 
 from conftest import TINY, private_copy, write_jsonl
 
@@ -117,15 +117,15 @@ def _update(model_dir, texts, tmp_path, *overrides, pm=None, name="new.jsonl") -
 
 
 def _state(model_dir, version: str, name: str) -> dict:
-    from retain.core.store import VersionFiles
-    from retain.core.strategy import read_state
+    from retain.core.storage.store import VersionFiles
+    from retain.core.learning.strategy import read_state
 
     return read_state(VersionFiles(ModelStore(model_dir), version), name)
 
 
 def _clean(texts: list[str]) -> list[str]:
     """The texts as the model learns them (after the built-in ``clean`` preprocessor)."""
-    from retain.core.items import Item
+    from retain.core.data.items import Item
     from retain.plugins.preprocessors import Clean, CleanOptions
 
     return [Clean(CleanOptions())(Item(t)).text for t in texts]

@@ -6,7 +6,7 @@ import pytest
 
 from retain import ConfigError, ModelError, ModelTrainer, RetainError, UpdateRejected
 from retain.core.config import load_config
-from retain.core.store import ModelStore
+from retain.core.storage.store import ModelStore
 
 from conftest import TINY
 

@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 from retain.cli import app
 from retain.core.config import load_config
 from retain.core.engine import Engine
-from retain.core.models import load_version
+from retain.core.storage.models import load_version
 from retain.core.errors import UpdateRejected
-from retain.core.store import HOLDOUT, TOKENIZER, WEIGHTS, ModelStore
+from retain.core.storage.store import HOLDOUT, TOKENIZER, WEIGHTS, ModelStore
 
 from conftest import TINY, write_jsonl, lr
 

@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from retain.cli import app
-from retain.core.items import text_hash
-from retain.core.store import ModelStore
+from retain.core.data.items import text_hash
+from retain.core.storage.store import ModelStore
 
 from conftest import TINY, write_jsonl
 
@@ -55,7 +55,7 @@ def test_a_dry_run_says_what_the_cap_would_reject_and_writes_nothing(base_model,
 
 def test_work_far_beyond_the_usual_size_is_announced_before_training(base_model, new_texts, tmp_path,
                                                                    monkeypatch):
-    monkeypatch.setattr("retain.core.workload.MIN_ANNOUNCED", 0)  # the tiny model's sizes are all small
+    monkeypatch.setattr("retain.core.data.workload.MIN_ANNOUNCED", 0)  # the tiny model's sizes are all small
     small = write_jsonl(tmp_path / "small.jsonl", new_texts[:2])
     r = runner.invoke(app, ["update", "-d", str(small), "-m", str(base_model), *_sets(["validators=[finite]"])])
     assert r.exit_code == 0, r.output
@@ -97,7 +97,7 @@ def test_the_bounds_are_checked_config_keys(key, why):
 
 
 def test_a_dry_run_estimates_what_the_cap_would_reject_and_the_size(base_model, new_texts, tmp_path, monkeypatch):
-    monkeypatch.setattr("retain.core.workload.MIN_ANNOUNCED", 0)
+    monkeypatch.setattr("retain.core.data.workload.MIN_ANNOUNCED", 0)
     huge = " ".join(f"word{i}" for i in range(3000))
     data = write_jsonl(tmp_path / "new.jsonl", new_texts[:20] + [huge])
     r = runner.invoke(app, ["update", "-d", str(data), "-m", str(base_model), "--dry-run",
@@ -121,7 +121,7 @@ def test_a_dry_run_estimates_what_the_cap_would_reject_and_the_size(base_model, 
 def test_texts_encoded_in_chunks_make_the_same_rows(_base_model, new_texts, monkeypatch):
     """A folder of 100,000 small files: encoded 1,024 texts at a time into 4-byte ids, straight
     into the row tensors (0.7 GB less at the peak); the rows are those of one pass."""
-    from retain.core.models import load_version
+    from retain.core.storage.models import load_version
 
     lm = load_version(ModelStore(_base_model)).lm
     texts = new_texts[:40] + ["", "x", " ".join(new_texts[:5])]  # empty, one token, many rows

@@ -17,7 +17,7 @@ best epoch), and no trial starts once what is left is less than one epoch of
 the cheapest trial so far.
 
 The winner is the trial the gate accepted with the lowest held-out new-item
-loss; it is committed through ``core/commit.py`` like any update (ledger,
+loss; it is committed through ``core/storage/commit.py`` like any update (ledger,
 lock, atomic rename), with every trial in its report (``report["search"]``)
 and the winning recipe in its manifest; ``search["confirmed_default"]`` says when
 the winner is the configured recipe (the first trial): the search then only
@@ -48,7 +48,7 @@ from typing import Any, Callable
 
 from retain.core.config import Config, apply_override, build, parse_override
 from retain.core.errors import ConfigError, RetainError
-from retain.core.store import ModelStore
+from retain.core.storage.store import ModelStore
 
 from . import space
 from .trial import run_trial
@@ -65,7 +65,7 @@ def default_executor(jobs: int) -> Executor:
 
     if "forkserver" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["retain.tune.trial", "retain.core.training"])
+        context.set_forkserver_preload(["retain.tune.trial", "retain.core.learning.training"])
     else:
         context = multiprocessing.get_context("spawn")
     return ProcessPoolExecutor(max_workers=jobs, mp_context=context, max_tasks_per_child=1)
@@ -73,7 +73,7 @@ def default_executor(jobs: int) -> Executor:
 
 def budget_seconds(store: ModelStore, fraction: float) -> tuple[float, str]:
     """(seconds the trials may train, the full training they are measured against)."""
-    from retain.core.retrain import last_full_training
+    from retain.core.quality.retrain import last_full_training
 
     root, _ = last_full_training(store, store.chain(store.current()))
     seconds = store.manifest(root).get("timings", {}).get("train") if root else None
@@ -97,7 +97,7 @@ def auto_update(engine, data: list[str], model_dir: str | Path, *, budget: float
     ``on_trial(result, search)``: called as each trial ends (the CLI prints a line).
     """
     from retain.core import cycle
-    from retain.core.gate import raise_if_rejected
+    from retain.core.quality.gate import raise_if_rejected
     from retain.core.run import FINE_TUNING
 
     try:
@@ -354,7 +354,7 @@ def winner(results: list[dict]) -> dict | None:
 
 
 def commit_winner(run, engine, store: ModelStore, search: dict, results: list[dict], check: bool) -> dict:
-    """The winning candidate, saved through ``core/commit.py`` like any update's (``check``: judged,
+    """The winning candidate, saved through ``core/storage/commit.py`` like any update's (``check``: judged,
     not saved, as ``retain update --check`` reports a candidate)."""
     from retain.core import cycle
     from retain.core.errors import UpdateRejected
@@ -383,11 +383,11 @@ def candidate_run(run, engine, result: dict, search: dict):
     """A ``Run`` holding the winning trial's candidate, ready for ``cycle.commit``: what the
     search's own stages found (``run``: its ingest and measure), the winner's weights and the
     stage results its trial sent back (``result``: its training and the gate's decision)."""
-    from retain.core import evaluation
+    from retain.core.quality import evaluation
     from retain.core.cycle import Judged, Training
-    from retain.core.models import load_version
+    from retain.core.storage.models import load_version
     from retain.core.run import Run
-    from retain.core.strategy import TrainSettings, latest_state
+    from retain.core.learning.strategy import TrainSettings, latest_state
 
     data = copy.deepcopy(run.config.to_dict())
     for text in space.Recipe(**result["recipe"]).overrides():

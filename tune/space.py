@@ -3,7 +3,7 @@
 A recipe is a strategy mix (from ``tune.strategies``), a peak learning rate, a
 number of epochs (a cap: early stopping may end sooner) and a replay share.
 The search starts from the configured recipe, then tries the design
-document's "common issues" remedies in turn (``core/advice.py``)::
+document's "common issues" remedies in turn (``core/quality/advice.py``)::
 
     Quality degrades:  lower the learning rate (halve it)
     Doesn't learn new: raise it (double it) and add an epoch
@@ -18,9 +18,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from retain.core.advice import fmt_number
+from retain.core.quality.advice import fmt_number
 from retain.core.config import Config, TuneConfig
-from retain.core.strategy import UPDATE_LEARNING_RATE_KEYS
+from retain.core.learning.strategy import UPDATE_LEARNING_RATE_KEYS
 
 REPLAY = "replay"
 PEAK_SETTERS = ("rewarm", "naive")  # strategies that set the learning rate themselves

@@ -24,7 +24,7 @@ from typing import Any
 
 def preload() -> None:
     """What every trial imports (a pool's processes do it before the clock starts)."""
-    import retain.core.training  # noqa: F401  (avalanche-lib: seconds to import)
+    import retain.core.learning.training  # noqa: F401  (avalanche-lib: seconds to import)
 
 
 def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
@@ -35,8 +35,8 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     from retain.core.config import Config, build
     from retain.core.engine import Engine
     from retain.core.run import FINE_TUNING, Measured
-    from retain.core.store import ModelStore
-    from retain.core.world import SOLO
+    from retain.core.storage.store import ModelStore
+    from retain.core.runtime.world import SOLO
 
     preload()
     started = time.perf_counter()
@@ -70,17 +70,17 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _drift(store, parent: str, config, retention_texts: list[str]):
-    """The same drift reference as the update's own (``core/drift.py``): same sample, same seed."""
-    from retain.core import drift
+    """The same drift reference as the update's own (``core/quality/drift.py``): same sample, same seed."""
+    from retain.core.quality import drift
 
     return drift.baseline(store, parent, config.validation.eval_min_items, config.seed, retention_texts)
 
 
 def save_candidate(run, scratch: str) -> str:
     """The candidate as version 0001 of a scratch model directory: weights, tokenizer and each
-    strategy's state, checksummed like any version (``core/store.py``)."""
-    from retain.core.store import ModelStore
-    from retain.core.strategy import write_state
+    strategy's state, checksummed like any version (``core/storage/store.py``)."""
+    from retain.core.storage.store import ModelStore
+    from retain.core.learning.strategy import write_state
 
     store = ModelStore(scratch)
     writer = store.begin_version()

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
-from .errors import ModelError
+from retain.core.errors import ModelError
 
 FORMAT = 1
 MANIFEST = "manifest.json"

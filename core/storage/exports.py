@@ -16,12 +16,12 @@ import os
 import shutil
 from pathlib import Path
 
-from .contracts import ExportsModels
-from .errors import ConfigError, ModelError, UsageError
-from .models import family, load_version, model_entry
-from .pluginmanager import Registry
-from .versions import normalize_version
-from .store import ModelStore, now_iso
+from retain.core.contracts import ExportsModels
+from retain.core.errors import ConfigError, ModelError, UsageError
+from retain.core.storage.models import family, load_version, model_entry
+from retain.core.pluginmanager import Registry
+from retain.core.storage.versions import normalize_version
+from retain.core.storage.store import ModelStore, now_iso
 
 FORMATS = ("hf",)
 RECEIPT = "retain_export.json"  # where the export came from: model directory, version, manifest
@@ -64,6 +64,6 @@ def export_version(store: ModelStore, version: str | None, fmt: str, out: Path, 
 
 
 def _manifest_digest(store: ModelStore, version: str) -> str:
-    from .store import MANIFEST, sha256_file
+    from retain.core.storage.store import MANIFEST, sha256_file
 
     return sha256_file(store.versions_dir / version / MANIFEST)

@@ -24,7 +24,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .errors import RetainError
+from retain.core.errors import RetainError
 
 ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
@@ -171,18 +171,18 @@ def join(device: str | None) -> World:
     import torch
     import torch.distributed as dist
 
-    from .models import resolve_device
+    from retain.core.storage.models import resolve_device
 
     cuda = resolve_device(device or "auto").type == "cuda"
     missing = missing_backend("cuda" if cuda else "cpu")
     if missing:
-        from .errors import ConfigError
+        from retain.core.errors import ConfigError
 
         raise ConfigError(f"cannot train in several processes: {missing}")
     backend = "nccl" if cuda else "gloo"
     # avalanche-lib refuses to be imported by a rank other than 0 once a group exists (its
     # loggers): the training stack comes in first.
-    import retain.core.training  # noqa: F401
+    import retain.core.learning.training  # noqa: F401
     local_rank = int(os.environ["LOCAL_RANK"])
     if cuda:
         torch.cuda.set_device(local_rank)

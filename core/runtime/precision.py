@@ -62,7 +62,7 @@ def choose_for_run(run, time_steps: Callable | None = None, cache: Path | None =
     """The precision ``run`` trains and scores in, from ``run.config.precision`` on ``run.device``,
     measured on ``run.model`` and a batch of ``run.rows`` where it must be (see the module).
     ``time_steps(precision)``: one step's seconds (tests inject one; default: a real step)."""
-    from .models import cpu_has_native_bf16, resolve_precision
+    from retain.core.storage.models import cpu_has_native_bf16, resolve_precision
 
     asked, device = run.config.precision, run.device
     if asked != "auto":
@@ -97,11 +97,11 @@ def measured_choice(module, batch, device, *, time_steps: Callable | None = None
     try:
         times = measure(module, batch, device, time_steps)
     except Exception as exc:
-        from .retry import first_line, is_out_of_memory
+        from retain.core.learning.retry import first_line, is_out_of_memory
 
         if not is_out_of_memory(exc):
             raise
-        # Training halves its batch when memory runs out (core/retry.py); the probe just stops.
+        # Training halves its batch when memory runs out (core/learning/retry.py); the probe just stops.
         return Choice("auto", "fp32", f"the probe ran out of memory at {rows}x{width} tokens ({first_line(exc)}): "
                       "fp32, unmeasured", batch=[rows, width], seconds=time.perf_counter() - started)
     # Each round's two steps ran back to back: their ratio is what the machine's load changes least.
@@ -132,9 +132,9 @@ def probe_batch(rows, batch_size: int):
     batches hold rows of similar length), cut to their longest, as the loop cuts its padding."""
     import torch
 
-    from .lm import IGNORE_INDEX
+    from retain.core.learning.lm import IGNORE_INDEX
 
-    if hasattr(rows, "take"):  # a token shard (core/shards.py): its rows read from the map
+    if hasattr(rows, "take"):  # a token shard (core/data/shards.py): its rows read from the map
         lengths = rows.lengths()
     else:
         lengths = (rows.y != IGNORE_INDEX).sum(1)
@@ -175,7 +175,7 @@ def _timed_step(module, batch, device) -> Callable[[str], float]:
     the same in both precisions, is left out: it would shift both times alike."""
     import torch
 
-    from .lm import autocast, lm_loss
+    from retain.core.learning.lm import autocast, lm_loss
 
     x, y = (t.to(device) for t in batch)
 

@@ -44,9 +44,9 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, replace
 from typing import Iterable, Sequence
 
-from .errors import ConfigError
-from .items import normalize_text
-from .store import Ledger, fault_point
+from retain.core.errors import ConfigError
+from retain.core.data.items import normalize_text
+from retain.core.storage.store import Ledger, fault_point
 
 _SCHEME = "affine32"  # datasketch's MinHash scheme, pinned: band keys are persisted
 # How each shingle becomes 32 bits before datasketch's permutations. crc32 is a

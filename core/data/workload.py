@@ -9,7 +9,7 @@
                      of its recent updates, or of its full training) is a warning with the
                      numbers (items, tokens, sequences, epochs, steps) and the time limit
 
-``max_seconds`` (same block) bounds the training itself (``core/training.py``).
+``max_seconds`` (same block) bounds the training itself (``core/learning/training.py``).
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from __future__ import annotations
 import statistics
 from typing import Callable
 
-from .errors import SourceError
-from .items import Reject
-from .run import FINE_TUNING, Run
-from .store import ModelStore
-from .wording import plural
+from retain.core.errors import SourceError
+from retain.core.data.items import Reject
+from retain.core.run import FINE_TUNING, Run
+from retain.core.storage.store import ModelStore
+from retain.core.wording import plural
 
 FAR_BEYOND = 10          # times the usual tokens: announced
 MIN_ANNOUNCED = 10_000   # tokens: less is never "far beyond", whatever the usual
@@ -63,7 +63,7 @@ def _tokens_up_to(lm, text: str, cap: int) -> int:
 def cap_item_tokens(run: Run, store: ModelStore, warn: Callable[[str], None]) -> dict:
     """Drop the items (trained or held out) over the cap from the run, as rejects. Call after
     ``prepare_model``: ``run.rows`` are the trained items' rows, ``owner`` their item."""
-    from .models import content_tokens
+    from retain.core.storage.models import content_tokens
 
     cap = getattr(run.config, block_name(run)).max_item_tokens
     if not cap or not run.items:
@@ -107,9 +107,9 @@ def _reject(run: Run, store: ModelStore, sizes: list[tuple[int, str, object]], c
 
 def tokens_per_item(rows, items: int) -> list[int]:
     """Each text's tokens in ``rows`` (its targets, less the end token every text predicts)."""
-    from .lm import IGNORE_INDEX
+    from retain.core.learning.lm import IGNORE_INDEX
 
-    if hasattr(rows, "item_tokens"):  # a token shard (core/shards.py): from its offsets
+    if hasattr(rows, "item_tokens"):  # a token shard (core/data/shards.py): from its offsets
         return rows.item_tokens()
     per_item = [-1] * items
     for owner, n in zip(rows.owner.tolist(), (rows.y != IGNORE_INDEX).sum(1).tolist()):
@@ -129,7 +129,7 @@ def _without(rows, items: set[int]):
     """``rows`` less the rows of ``items``, the owners renumbered."""
     import torch
 
-    from .lm import Rows
+    from retain.core.learning.lm import Rows
 
     owners = rows.owner.tolist()
     keep = torch.tensor([o not in items for o in owners], dtype=torch.bool)

@@ -17,8 +17,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from .retention import base_holdout
-from .store import ModelStore
+from retain.core.storage.retention import base_holdout
+from retain.core.storage.store import ModelStore
 
 
 @dataclass

@@ -15,7 +15,7 @@ those the gate accepts (among all epochs when none is accepted). Training stops
 Its weights are put back before the strategies' end-of-training work (EWC's
 importances, ...), so what is saved is what was judged best; the gate reuses its
 scores unless a strategy changed the weights after that. ``Tracker`` is the
-decision alone (no torch); the epoch loop that asks it is ``core/training.py``'s ``epochs``.
+decision alone (no torch); the epoch loop that asks it is ``core/learning/training.py``'s ``epochs``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .wording import plural
+from retain.core.wording import plural
 
 
 @dataclass

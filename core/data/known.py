@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .store import Ledger
+from retain.core.storage.store import Ledger
 
 
 class KnownItems:

@@ -31,7 +31,7 @@ import threading
 import time
 from types import ModuleType
 
-TRAINING = "retain.core.training"
+TRAINING = "retain.core.learning.training"
 LAZY = ("qpsolvers", "wandb", "gdown")  # imported by avalanche-lib, first used long after (if ever)
 
 

@@ -15,7 +15,7 @@ class Verdict:
     status: Status          # "fail" rejects the candidate; "warn" is reported; "pass"
     reason: str             # one line with the numbers behind it, shown to the user
     numbers: dict[str, float] = field(default_factory=dict)  # the measurements, for the report
-    remedy: str = ""        # the next step if not a pass (``retain.core.advice`` builds them)
+    remedy: str = ""        # the next step if not a pass (``retain.core.quality.advice`` builds them)
     validator: str = ""     # filled in by the engine with the registered name if left empty
     seconds: float | None = None  # filled in by the engine: how long the validator took
 

@@ -21,12 +21,12 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-from .config import Config
-from .contracts import ImportsModels, LanguageModel
-from .errors import ConfigError, ModelError
-from .pluginmanager import Registry
-from .retry import memory_for
-from .store import check_safetensors_header, sha256_file
+from retain.core.config import Config
+from retain.core.contracts import ImportsModels, LanguageModel
+from retain.core.errors import ConfigError, ModelError
+from retain.core.pluginmanager import Registry
+from retain.core.learning.retry import memory_for
+from retain.core.storage.store import check_safetensors_header, sha256_file
 
 STATE_DICT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 # Where a training script's checkpoint keeps the weights, when it saved more than them.

@@ -11,15 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import drift, retention
-from .ingest import sample
-from .store import ModelStore
-from .validation import Evidence
+from retain.core.quality import drift
+from retain.core.storage import retention
+from retain.core.data.ingest import sample
+from retain.core.storage.store import ModelStore
+from retain.core.quality.validation import Evidence
 
 if TYPE_CHECKING:
     import torch
 
-    from .contracts import LanguageModel
+    from retain.core.contracts import LanguageModel
 
 
 # Rows per scoring batch are bounded by tokens (rows x width), not by a row count: long texts
@@ -45,7 +46,7 @@ def score_texts(lm: "LanguageModel", texts: list[str], max_len: int, device=None
     """Mean token loss of each text (shape ``[len(texts)]``, float64), in eval mode, under
     ``inference_mode``; ``precision`` "bf16" runs the forward under bf16 autocast.
     ``batch_tokens``: the most tokens per batch (default: ``score_tokens(device)``)."""
-    from .retry import is_out_of_memory
+    from retain.core.learning.retry import is_out_of_memory
 
     if not texts:
         return None
@@ -70,7 +71,7 @@ def score_texts(lm: "LanguageModel", texts: list[str], max_len: int, device=None
 def _score_rows(lm, rows, n_texts: int, device, batch_tokens: int, precision: str):
     import torch
 
-    from .lm import IGNORE_INDEX, autocast
+    from retain.core.learning.lm import IGNORE_INDEX, autocast
 
     total = torch.zeros(n_texts, dtype=torch.float64)
     count = torch.zeros(n_texts, dtype=torch.float64)

@@ -11,12 +11,12 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
-from .config import Config, adopt_model
-from .contracts import LanguageModel, ModelFamily, RenewsModels
-from .errors import ConfigError, ModelError
-from .pluginmanager import Registry, default_plugin_manager
-from .retry import memory_for
-from .store import ModelStore, VersionFiles
+from retain.core.config import Config, adopt_model
+from retain.core.contracts import LanguageModel, ModelFamily, RenewsModels
+from retain.core.errors import ConfigError, ModelError
+from retain.core.pluginmanager import Registry, default_plugin_manager
+from retain.core.learning.retry import memory_for
+from retain.core.storage.store import ModelStore, VersionFiles
 
 
 @dataclass
@@ -52,7 +52,7 @@ def resolve_precision(name: str, device) -> str:
     """"fp32" or "bf16" for ``config.precision`` on ``device``, by rule, where nothing can be
     measured: auto is bf16 on a CUDA device with bf16 support and on a CPU with native bf16
     instructions (AVX512-BF16 or AMX), fp32 elsewhere. A run that trains decides auto on a CPU
-    by measuring its own model instead (``core/precision.py``): the flags alone do not tell
+    by measuring its own model instead (``core/runtime/precision.py``): the flags alone do not tell
     whether bf16 is faster there (issue 21: on one CPU, the 0.7M demo 2.2x slower, 88M 1.87x faster)."""
     import torch
 
@@ -171,7 +171,7 @@ def trainable_parameters(lm: LanguageModel) -> int:
 def configure_strategies(run, warn) -> None:
     """An update's strategies set its rate and schedule, and say what they cannot do this time;
     the settings name where the rate came from."""
-    from .run import RunView
+    from retain.core.run import RunView
 
     view = RunView(run)  # read-only: what a strategy changes, it returns
     for strategy in run.strategies:
@@ -192,7 +192,7 @@ def _say_context(run, max_seq_length: int, warn) -> None:
     """A max_seq_length above the model's context is clamped to it. Said where the user can act:
     a model trained here (a full retrain changes its context), or once at an import (whose
     context is the model's own: its updates clamp quietly; the import said so)."""
-    from .run import FINE_TUNING, IMPORT
+    from retain.core.run import FINE_TUNING, IMPORT
 
     context = run.lm.context
     if run.kind == IMPORT or max_seq_length <= context:  # an import says it once (cycle.load)
@@ -210,10 +210,10 @@ def prepare_model(run, registry: Registry, warn) -> dict:
     """5. Tokenize: the model to train (a new one for a full training, the imported one for an
     import), its settings and the training rows of ``run.items``. ``warn(message)`` reports
     what the user should know."""
-    from .errors import SourceError
-    from .run import FINE_TUNING, FULL_TRAINING, IMPORT
-    from .shards import encode_to_shard, scratch_folder
-    from .strategy import TrainSettings
+    from retain.core.errors import SourceError
+    from retain.core.run import FINE_TUNING, FULL_TRAINING, IMPORT
+    from retain.core.data.shards import encode_to_shard, scratch_folder
+    from retain.core.learning.strategy import TrainSettings
 
     cfg = run.config
     block = cfg.fine_tuning if run.kind == FINE_TUNING else cfg.full_training
@@ -228,7 +228,7 @@ def prepare_model(run, registry: Registry, warn) -> dict:
         run.lm = run.base.lm
     seq_len = min(block.max_seq_length, run.lm.context)
     _say_context(run, block.max_seq_length, warn)
-    # Into a token shard, chunk by chunk: the padded rows are never in memory at once (core/shards.py).
+    # Into a token shard, chunk by chunk: the padded rows are never in memory at once (core/data/shards.py).
     run.rows = encode_to_shard(run.lm, (it.text for it in run.items), seq_len,
                                scratch_folder(run.model_dir, run.writes, run.id))
     # Tokens per byte of what is learned, under this tokenizer: the vocabulary-drift check's input.

@@ -41,9 +41,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from . import interrupts
-from .errors import LockedError, ModelError, StorageError
-from .manifest import FORMAT, MANIFEST, Manifest, read_manifest
+from retain.core.runtime import interrupts
+from retain.core.errors import LockedError, ModelError, StorageError
+from retain.core.storage.manifest import FORMAT, MANIFEST, Manifest, read_manifest
 
 WEIGHTS = "model.safetensors"
 TOKENIZER = "tokenizer.json"
@@ -548,7 +548,7 @@ class VersionWriter:
 
     def _linked_to_parent(self) -> dict[str, str]:
         """{file: the parent's checksum of it} for the files written as hard links to the parent's
-        same file (``core/shards.py``: a chain's shards): one file on disk, checked when read."""
+        same file (``core/data/shards.py``: a chain's shards): one file on disk, checked when read."""
         if self.parent is None:
             return {}
         try:
@@ -689,7 +689,7 @@ OWN_FILES = {"CURRENT", "versions", "ledger.sqlite", "ledger.sqlite-wal", "ledge
 class ModelStore:
     def __init__(self, root: str | Path, read_only: bool = False):
         """``read_only``: for a reading command, or a rank of several processes other than rank 0
-        (``core/world.py``): its ledger opened read-only (``Ledger``), no rejects written."""
+        (``core/runtime/world.py``): its ledger opened read-only (``Ledger``), no rejects written."""
         self.root = Path(root)
         self.read_only = read_only
         if self.root.exists() and not self.root.is_dir():

@@ -6,7 +6,7 @@
     Quality degradation                 -> retention drift since the last full training,
                                            or the gate rejecting update after update
     A vocabulary that does not fit      -> new data needs markedly more tokens per byte
-                                           than the base data (core/vocabulary.py)
+                                           than the base data (core/data/vocabulary.py)
 
 An imported model (``retain import``) counts as a full training here: it is
 where the lineage starts.
@@ -20,11 +20,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .config import Config
-from .errors import ModelError, RetainError
-from .pluginmanager import Registry, default_plugin_manager
-from .store import HOLDOUT, ROOT_KINDS, ModelStore
-from .wording import percent, plural
+from retain.core.config import Config
+from retain.core.errors import ModelError, RetainError
+from retain.core.pluginmanager import Registry, default_plugin_manager
+from retain.core.storage.store import HOLDOUT, ROOT_KINDS, ModelStore
+from retain.core.wording import percent, plural
 
 
 @dataclass
@@ -74,7 +74,7 @@ def last_full_training(store: ModelStore, chain: list[str]) -> tuple[str | None,
 def assess(store: ModelStore, config: Config, pending_items: int = 0, device: str | None = None,
            registry: Registry | None = None, pending_text: dict[str, int] | None = None) -> Assessment:
     """``pending_text``: {"tokens", "bytes"} of pending data under the current tokenizer."""
-    from .vocabulary import drift as vocabulary_drift
+    from retain.core.data.vocabulary import drift as vocabulary_drift
 
     registry = registry or Registry.of(default_plugin_manager())
     current = store.current()
@@ -119,8 +119,8 @@ def _architecture(store: ModelStore, config: Config, current: str, root: str | N
     (its file's keys, --set): the rest comes from the model's manifest. Compared in the family's
     own terms with what made the model (the last full training's config: a tokenizer trained
     on a small corpus can end below the vocabulary size asked for)."""
-    from .config import build
-    from .models import family, model_entry
+    from retain.core.config import build
+    from retain.core.storage.models import family, model_entry
 
     entry = model_entry(store.manifest(current))
     if config.asks("model.family") and config.model.family != entry["family"]:
@@ -189,8 +189,8 @@ def _holdout_loss(store: ModelStore, version: str, root: str, config: Config, de
                   registry: Registry) -> float:
     """Mean loss of ``version`` on the full training's held-out items, scored as the
     full training scored them (every item, the model's whole context)."""
-    from .evaluation import score_texts
-    from .models import load_version, resolve_device
+    from retain.core.quality.evaluation import score_texts
+    from retain.core.storage.models import load_version, resolve_device
 
     loaded = load_version(store, version, device=resolve_device(device or config.device), registry=registry)
     texts = [r["text"] for r in store.read_jsonl(root, HOLDOUT)]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .store import ModelStore
+from retain.core.storage.store import ModelStore
 
 
 def tokens_per_byte(counts: dict[str, Any]) -> float | None:
@@ -25,7 +25,7 @@ def tokens_per_byte(counts: dict[str, Any]) -> float | None:
 
 def measure_texts(lm, texts: list[str]) -> dict[str, int]:
     """{"tokens", "bytes"} of ``texts`` under ``lm``'s tokenizer."""
-    from .models import content_tokens
+    from retain.core.storage.models import content_tokens
 
     rows = lm.encode(texts, lm.context)
     return {"tokens": content_tokens(rows, len(texts)), "bytes": sum(len(t.encode("utf-8")) for t in texts)}
@@ -35,7 +35,7 @@ def drift(store: ModelStore, root: str | None, since: list[str], pending: dict[s
           limit: float):
     """The ``vocabulary`` check of ``retain status``: tokens per byte of what was learned since
     the last full training ``root`` (plus ``pending`` data) against the base data's."""
-    from .retrain import Check
+    from retain.core.quality.retrain import Check
 
     base = tokens_per_byte(store.summary(root)["counts"]) if root else None
     if base is None:

@@ -26,10 +26,10 @@ import shutil
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 
-from . import interrupts
-from .errors import ModelError
-from .retention import RETENTION
-from .store import MANIFEST, PRUNE_INTENT, PRUNED_PREFIX, ModelStore, atomic_write_text, fault_point, now_iso, summarize
+from retain.core.runtime import interrupts
+from retain.core.errors import ModelError
+from retain.core.storage.retention import RETENTION
+from retain.core.storage.store import MANIFEST, PRUNE_INTENT, PRUNED_PREFIX, ModelStore, atomic_write_text, fault_point, now_iso, summarize
 
 
 def normalize_version(name: str) -> str:
@@ -82,7 +82,7 @@ def history(store: ModelStore) -> list[dict]:
 
 def _learning_rate(store: ModelStore, version: str, manifest: dict) -> float | None:
     """The rate the run trained at (a strategy may have changed the configured one)."""
-    from .strategy import TrainSettings
+    from retain.core.learning.strategy import TrainSettings
 
     try:
         settings = _settings(store, version, manifest, TrainSettings)
@@ -123,8 +123,8 @@ def announce_rollback(store: ModelStore, switched: Switched, pm: Any = None,
     """``rolled_back``, heard by the plugins and by the loggers of the config the previous
     version was made with (the new current's when there was none). A listener failing is a
     warning: the rollback is done."""
-    from .loggers import rollback_loggers
-    from .pluginmanager import Registry, default_plugin_manager
+    from retain.core.loggers import rollback_loggers
+    from retain.core.pluginmanager import Registry, default_plugin_manager
 
     pm = pm or default_plugin_manager()
 
@@ -217,11 +217,11 @@ def validate_version(engine: Any, store: ModelStore, version: str | None, data: 
     import dataclasses
     import uuid
 
-    from . import cycle
-    from .errors import SourceError
-    from .models import load_version, resolve_device, resolve_precision
-    from .run import FINE_TUNING, Run
-    from .strategy import TrainSettings
+    from retain.core import cycle
+    from retain.core.errors import SourceError
+    from retain.core.storage.models import load_version, resolve_device, resolve_precision
+    from retain.core.run import FINE_TUNING, Run
+    from retain.core.learning.strategy import TrainSettings
 
     setup = dataclasses.replace(engine.setup, announces=False)
     version = normalize_version(version) if version else store.current()
@@ -258,8 +258,8 @@ def validate_version(engine: Any, store: ModelStore, version: str | None, data: 
 def _score_as_the_update(run, store: ModelStore, manifest: dict, base, new: list[str]) -> None:
     """The parent's and the candidate's losses (``run.before``, ``run.after``) on the retention
     items the update scored (else the parent's whole pool) and the ``new`` texts."""
-    from . import retention
-    from .evaluation import measure, scoring_key
+    from retain.core.storage import retention
+    from retain.core.quality.evaluation import measure, scoring_key
 
     cfg = run.config
     kept = retention.load(store, run.parent, cfg.validation.eval_max_items, cfg.seed)
@@ -302,7 +302,7 @@ def sample_version(store: ModelStore, version: str | None, prompts: list[str], *
     through its family's ``LanguageModel.generate``. Reads only. A rejected version may be
     sampled on purpose (to see what the gate refused): a ``note`` says so. A pruned one, or
     one whose adapter weights build on a pruned version, is refused: its weights are gone."""
-    from .models import load_version
+    from retain.core.storage.models import load_version
 
     version = normalize_version(version) if version else store.current()
     if version not in store.versions():

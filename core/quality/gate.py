@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import time
 
-from .advice import next_steps
-from .config import Config
-from .errors import PluginError, UpdateRejected
-from .pluginmanager import Registry
-from .validation import Evidence, Verdict
+from retain.core.quality.advice import next_steps
+from retain.core.config import Config
+from retain.core.errors import PluginError, UpdateRejected
+from retain.core.pluginmanager import Registry
+from retain.core.quality.validation import Evidence, Verdict
 
 
 def judge_epoch(registry: Registry, config: Config, run, last: bool) -> tuple:
     """Early stopping's look at the model after an epoch: its scores and the verdicts of the
     validators that judge every epoch; after an epoch but the ``last``, on the part of the
     retention set the budget buys (``run.judged_items``)."""
-    from . import evaluation
+    from retain.core.quality import evaluation
 
     scores = evaluation.score_candidate(run, None if last else run.judged_items)  # None: all
     _, evidence = evaluation.candidate_evidence(run, scores)

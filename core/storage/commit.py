@@ -1,7 +1,7 @@
 """Step 8, save: the candidate becomes a version, written atomically, and current if accepted.
 
 The version is written into a temporary folder (weights through the model's
-family, the trained items' token shard (``core/shards.py``), held-out items,
+family, the trained items' token shard (``core/data/shards.py``), held-out items,
 each strategy's state, the dedupers' indexes, the report), its ledger rows are added, and the folder is renamed into place; only
 then does CURRENT move, and only for an accepted candidate. A crash anywhere
 before that leaves the current model as it was (``ModelStore.recover`` tidies).
@@ -14,18 +14,18 @@ import json
 import time
 from typing import Any
 
-from . import interrupts
-from .evaluation import held_out_rows, kept_retention, scoring
-from .items import Item
-from .retention import RETENTION
-from .run import Run
-from .store import HOLDOUT, ModelStore, now_iso
-from .strategy import write_state
+from retain.core.runtime import interrupts
+from retain.core.quality.evaluation import held_out_rows, kept_retention, scoring
+from retain.core.data.items import Item
+from retain.core.storage.retention import RETENTION
+from retain.core.run import Run
+from retain.core.storage.store import HOLDOUT, ModelStore, now_iso
+from retain.core.learning.strategy import write_state
 
 
 def commit(run: Run, store: ModelStore, dedupers: list[tuple[str, Any]], replaces: str | None = None) -> dict:
     """Write ``run``'s candidate as the next version; return the report with version and status."""
-    from .shards import keep_in_version  # numpy and torch: not for a command that trains nothing
+    from retain.core.data.shards import keep_in_version  # numpy and torch: not for a command that trains nothing
     started = time.perf_counter()
     report = run.report()
     status = "accepted" if run.accepted else "rejected"
@@ -85,7 +85,7 @@ def version_bytes(run: Run) -> int:
     """What the version will take on disk, at least: the weights training changed (frozen
     ones may be shared with the parent, or not saved at all), the held-out items, and a
     margin for the manifest, the report and the ledger's rows. Strategy state comes on top."""
-    from .shards import shard_bytes
+    from retain.core.data.shards import shard_bytes
 
     weights = sum(p.numel() * p.element_size() for p in run.lm.module.parameters() if p.requires_grad)
     held = sum(len(it.text.encode("utf-8", "surrogatepass")) for it in run.holdout)

@@ -23,7 +23,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from .store import HOLDOUT, ROOT_KINDS, ModelStore
+from retain.core.storage.store import HOLDOUT, ROOT_KINDS, ModelStore
 
 RETENTION = "retention.jsonl"
 

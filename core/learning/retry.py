@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Callable, Iterator, TypeVar
 
-from .errors import OutOfMemory
+from retain.core.errors import OutOfMemory
 
 T = TypeVar("T")
 

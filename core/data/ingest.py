@@ -18,10 +18,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable
 
-from .config import Config
-from .errors import ModelError, PluginError, SourceError, StorageError
-from .items import Item, Reject
-from .pluginmanager import Registry
+from retain.core.config import Config
+from retain.core.errors import ModelError, PluginError, SourceError, StorageError
+from retain.core.data.items import Item, Reject
+from retain.core.pluginmanager import Registry
 
 # What a report keeps of a run's duplicates and rejects, whole: the first few (a bounded report.json)
 EXCERPTS_KEPT = 20
@@ -267,7 +267,7 @@ def preprocess_step(run, registry: Registry, store) -> dict:
 
 def dedupe_step(run, dedupers: list[tuple[str, Any]], store) -> dict:
     """4. Skip duplicates: of each other, and of what CURRENT's chain learned or holds out."""
-    from .known import HOLDOUT, KnownItems
+    from retain.core.data.known import HOLDOUT, KnownItems
 
     chain = store.chain(run.parent) if run.parent else []
     store.check_ledger(chain)  # a lost ledger is never read as "nothing learned yet"

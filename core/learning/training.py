@@ -27,13 +27,13 @@ from avalanche.training.templates import SupervisedTemplate
 from avalanche.training.templates.base import _experiences_parameter_as_iterable, _group_experiences_by_stream
 from torch.utils.data import DataLoader, TensorDataset
 
-from . import evaluation
-from .lm import IGNORE_INDEX, Rows, autocast, lm_loss, token_losses
-from .retry import retry_halving_batch
-from .run import FINE_TUNING, Run
-from .store import fault_point
-from .strategy import TrainSettings
-from .world import SOLO, ShardedBatches, World
+from retain.core.quality import evaluation
+from retain.core.learning.lm import IGNORE_INDEX, Rows, autocast, lm_loss, token_losses
+from retain.core.learning.retry import retry_halving_batch
+from retain.core.run import FINE_TUNING, Run
+from retain.core.storage.store import fault_point
+from retain.core.learning.strategy import TrainSettings
+from retain.core.runtime.world import SOLO, ShardedBatches, World
 
 
 def make_dataset(x: torch.Tensor, y: torch.Tensor) -> AvalancheDataset:
@@ -51,7 +51,7 @@ def make_dataset(x: torch.Tensor, y: torch.Tensor) -> AvalancheDataset:
 
 def rows_dataset(rows, width: int, pad_id: int) -> tuple[AvalancheDataset, torch.Tensor]:
     """``rows`` as an AvalancheDataset of rows padded to ``width``, and each row's tokens.
-    A shard's rows (``core/shards.py``) are read from its map as batches ask for them; rows in
+    A shard's rows (``core/data/shards.py``) are read from its map as batches ask for them; rows in
     memory (``Rows``) are padded as a whole, as before shards."""
     if not hasattr(rows, "dataset"):
         x, y = pad_to(rows.x, rows.y, width, pad_id)
@@ -151,7 +151,7 @@ class LMTemplate(SupervisedTemplate):
 
     lengths: list[int] | None = None
     precision: str = "fp32"
-    world: World = SOLO  # the processes training together (``core/world.py``)
+    world: World = SOLO  # the processes training together (``core/runtime/world.py``)
     ddp = None  # several processes: the model wrapped in DistributedDataParallel
 
     def forward(self):
@@ -373,7 +373,7 @@ def fit(module: torch.nn.Module, rows: Rows, settings: TrainSettings, *, device:
     loop = EngineLoop(settings, criterion, penalty, on_step, on_epoch, started, on_time_up, world)
     if world.distributed:
         # avalanche-lib lists every plugin not marked as made for distributed training; here the
-        # engine (core/world.py) shares what each rank must agree on, for all of them.
+        # engine (core/runtime/world.py) shares what each rank must agree on, for all of them.
         for plugin in [*plugins, loop]:
             plugin.supports_distributed = True
     with warnings.catch_warnings():
@@ -395,7 +395,7 @@ def fit(module: torch.nn.Module, rows: Rows, settings: TrainSettings, *, device:
 
 @dataclass(frozen=True)
 class Judging:
-    """Early stopping (``core/early_stopping.py``): ``judge(last)`` scores the model as it is now
+    """Early stopping (``core/learning/early_stopping.py``): ``judge(last)`` scores the model as it is now
     and returns ``(scores, verdicts)``; ``last``: no epoch follows (the schedule's last, or out
     of time), whose scores the gate reuses: the whole retention set. After the others it may
     score a part (the budget). ``reserve``: the seconds kept for the first judgment before
@@ -422,7 +422,7 @@ def epochs(template: LMTemplate, experience, loop: EngineLoop, count: int, judgi
     """The epoch loop: for each epoch, train it (avalanche's template and the strategies' plugins
     do the steps), judge it, keep the best, stop. The best epoch's weights are put back before
     the plugins' end of training (EWC's importances, ...), so what is saved is what was judged."""
-    from .early_stopping import Epoch, Tracker
+    from retain.core.learning.early_stopping import Epoch, Tracker
 
     tracker = Tracker(judging.patience, judging.min_delta) if judging is not None else None
     snapshot, kept = None, None
@@ -476,8 +476,8 @@ def train(run: Run, pm, registry=None, world: World = SOLO) -> None:
     (``epochs``); each epoch's record is ``run.early_stopping``.
 
     Out of memory: the weights are restored and the run retries with half the
-    batch size, down to 1 (``core/retry.py``); each retry is in ``run.oom_retries``.
-    ``world``: the processes training together (``core/world.py``).
+    batch size, down to 1 (``core/learning/retry.py``); each retry is in ``run.oom_retries``.
+    ``world``: the processes training together (``core/runtime/world.py``).
     """
     settings, view = run.settings, run.view()
     started = time.perf_counter()
@@ -533,7 +533,7 @@ def train(run: Run, pm, registry=None, world: World = SOLO) -> None:
 def _judging(run: Run, registry, world: World) -> Judging:
     """Early stopping's look after each epoch: the model's scores and the gate's verdicts
     (``gate.judge_epoch``), run by rank 0 alone in several processes (every rank stops alike)."""
-    from .gate import judge_epoch
+    from retain.core.quality.gate import judge_epoch
 
     def judge(last: bool) -> tuple:
         return judge_epoch(registry, run.config, run, last)

@@ -39,9 +39,9 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from . import interrupts
-from .lm import ENCODE_CHUNK, IGNORE_INDEX, Rows
-from .store import fault_point
+from retain.core.runtime import interrupts
+from retain.core.learning.lm import ENCODE_CHUNK, IGNORE_INDEX, Rows
+from retain.core.storage.store import fault_point
 
 SHARDS = "shards"                   # the folder of a version that holds its chain's shards
 OFFSETS = ".offsets"                # suffix of a shard's item offsets (int64)

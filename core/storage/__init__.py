@@ -1,0 +1,1 @@
+"""The model directory: versions, their manifests, the ledger, commits, imports and exports."""
