@@ -108,8 +108,8 @@ class ModelTrainer:
         with cycle.listening(engine.setup):
             run = cycle.candidate(engine.setup, FINE_TUNING, [], ModelStore(self.path), self.loaded, items=items)
         self.pending, self.pending_engine = (run, engine) if run.trained else (None, None)
-        self.last_report = run.report()
-        self.last_report["gate"] = ("accepted" if run.accepted else "rejected") if run.trained else None
+        gate = ("accepted" if run.accepted else "rejected") if run.trained else None
+        self.last_report = run.report().model_copy(update={"gate": gate}).to_json()
         return self.last_report
 
     def save_model(self, path: str | Path | None = None) -> str | None:
@@ -138,10 +138,10 @@ class ModelTrainer:
                 report = cycle.commit(engine.setup, self.pending, store)
             finally:
                 self.pending, self.pending_engine = None, None
-        self.last_report = report
+        self.last_report = report.to_json()
         raise_if_rejected(report, store)
         self.load_model(target)
-        return report["version"]
+        return report.version
 
     def discard(self) -> "ModelTrainer":
         """Drop the fine-tune ``fine_tune`` produced, writing nothing (not even the rejected

@@ -7,8 +7,8 @@ point runs. This module alone announces steps to the renderer (``step_started``/
     measure  the starting model's held-out losses (core/quality/evaluation.py)                -> Measured
     train    the epoch loop (core/learning/training.py)                                       -> Training
     gate     score the candidate, the validators judge it (core/quality/gate.py)              -> Judged
-    commit   the version, atomically; CURRENT moves if accepted (core/storage/commit.py)      -> the report
-    advise   fine-tune again or fully retrain? (core/quality/retrain.py)                      -> Advice
+    commit   the version, atomically; CURRENT moves if accepted (core/storage/commit.py)      -> UpdateReport
+    advise   fine-tune again or fully retrain? (core/quality/retrain.py)                      -> UpdateReport
 
 Each stage takes the ``Setup`` (config, plugins, processes), the ``Run`` the stages before it
 filled in (``core/run.py``), and what it needs besides; it adds its part to the run and
@@ -42,6 +42,7 @@ from retain.core.plugin_errors import reports_plugin_errors
 from retain.core.pluginmanager import Registry
 from retain.core.runtime.preload import Preload
 from retain.core.run import FINE_TUNING, IMPORT, Measured, Run
+from retain.core.storage.report import UpdateReport
 from retain.core.storage.store import ModelStore
 from retain.core.learning.strategy import TrainSettings, build_strategies
 from retain.core.quality.validation import Verdict
@@ -424,7 +425,7 @@ def candidate(setup: Setup, kind: str, data: list[str], store: ModelStore, base:
 # --- 7. commit --------------------------------------------------------------------------------
 
 @reports_plugin_errors
-def commit(setup: Setup, run: Run, store: ModelStore, replaces: str | None = None) -> dict:
+def commit(setup: Setup, run: Run, store: ModelStore, replaces: str | None = None) -> UpdateReport:
     """Save ``run``'s candidate as a version (current if accepted), then ``update_finished``;
     the report. A run with nothing trained saves nothing: its report says ``nothing_new``."""
     if not run.trained:
@@ -435,23 +436,23 @@ def commit(setup: Setup, run: Run, store: ModelStore, replaces: str | None = Non
             pruned = auto_prune(store, setup.config)  # the keep policy, if configured
             store.save_index()  # the summaries this run read, for the next one
             if pruned is not None:
-                report["pruned"] = pruned.to_json()
-            info.update(version=report["version"], status=report["status"], current=store.current(),
-                        pruned=report.get("pruned"))
-        try:
-            setup.pm.hook.update_finished(run=run.view(), report=report)
+                report = report.model_copy(update={"pruned": pruned.to_json()})
+            info.update(version=report.version, status=report.status, current=store.current(),
+                        pruned=report.pruned)
+        try:  # listeners get the report as JSON (hookspecs.update_finished): theirs to change
+            setup.pm.hook.update_finished(run=run.view(), report=report.to_json())
         except Exception as exc:  # the version is saved: a listener failing cannot undo that
             warn(setup, run, f"a plugin failed in update_finished ({type(exc).__name__}: {exc}); "
-                             f"version {report['version']} is saved as {report['status']}")
+                             f"version {report.version} is saved as {report.status}")
     return report
 
 
-def not_saved(setup: Setup, run: Run, status: str) -> dict:
+def not_saved(setup: Setup, run: Run, status: str) -> UpdateReport:
     """The save step of a dry run (``dry_run``) or a check (``check``): the report of what would
     have been saved, nothing written (``--auto --dry-run`` and ``--auto --check`` end here too)."""
-    report = {**run.report(), "status": status, "version": None}
+    report = run.report().model_copy(update={"status": status, "version": None})
     if status == "check":
-        report["gate"] = "accepted" if run.accepted else "rejected"
+        report = report.model_copy(update={"gate": "accepted" if run.accepted else "rejected"})
     with step(setup, run, "save") as info:
         info.update(status=status, version=None, accepted=run.accepted if status == "check" else None,
                     train=run.counts.get("trained", 0), held_out=run.counts.get("holdout", 0))
@@ -460,21 +461,19 @@ def not_saved(setup: Setup, run: Run, status: str) -> dict:
 
 # --- 8. advise --------------------------------------------------------------------------------
 
-def advise(setup: Setup, run: Run, store: ModelStore, report: dict) -> dict:
-    """Fine-tune or fully retrain? ``report["retrain"]`` (returned) and ``advice_given``."""
+def advise(setup: Setup, run: Run, store: ModelStore, report: UpdateReport) -> UpdateReport:
+    """Fine-tune or fully retrain? The report with its ``retrain`` (returned), and ``advice_given``."""
     from retain.core.quality.retrain import assess
 
     # Nothing was saved (a dry run, a check): count what this update would have added.
-    counts = report.get("counts", {})
+    counts = report.counts
     pending = counts.get("new", 0) if not run.writes else 0
     text = {k: counts.get(k, 0) for k in ("tokens", "bytes")} if not run.writes else None
     try:
         assessment = assess(store, setup.config, pending_items=pending, device=setup.device_name,
                             registry=setup.registry, pending_text=text)
     except RetainError as exc:  # advice must not turn a finished update into a failure
-        report["retrain"] = {"error": str(exc)}
         warn(setup, run, f"could not assess full retrain vs fine-tune: {exc}")
-        return report["retrain"]
-    report["retrain"] = assessment.to_json()
+        return report.model_copy(update={"retrain": {"error": str(exc)}})
     setup.pm.hook.advice_given(run=run.view(), assessment=assessment)
-    return report["retrain"]
+    return report.model_copy(update={"retrain": assessment.to_json()})

@@ -71,7 +71,7 @@ class Engine:
             replaces = store.current() if store.exists() else None
             run = cycle.candidate(self.setup, kind, data, store, None, items=items, source=source)
             report = cycle.commit(self.setup, run, store, replaces=replaces)
-        return raise_if_rejected(report, store) if judged else report
+        return raise_if_rejected(report, store) if judged else report.to_json()
 
     def update(self, data: list[str], model_dir: str | Path, *, items: list[Item] | None = None,
                dry_run: bool = False, check: bool = False, wait: float = 0.0, advise: bool = False) -> dict:
@@ -105,7 +105,7 @@ class Engine:
             else:
                 report = cycle.commit(self.setup, run, store)  # nothing trained: "nothing_new"
             if advise:
-                cycle.advise(self.setup, run, store, report)
+                report = cycle.advise(self.setup, run, store, report)
         return raise_if_rejected(report, store)
 
     def plan(self, data: list[str], store: ModelStore, items: list[Item] | None = None) -> Run:
@@ -130,9 +130,9 @@ class Engine:
             world.barrier("the save")
             report = cycle.commit(self.setup, run, store, replaces=replaces) if world.is_writer else run.report()
             # The others wait for the save, and end as rank 0 does.
-            report.update(world.broadcast({"version": report["version"], "status": report["status"]}))
+            report = report.model_copy(update=world.broadcast({"version": report.version, "status": report.status}))
             if advise and world.is_writer:
-                cycle.advise(self.setup, run, store, report)
+                report = cycle.advise(self.setup, run, store, report)
         return raise_if_rejected(report, store)
 
     @contextlib.contextmanager

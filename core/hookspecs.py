@@ -250,7 +250,8 @@ def update_started(run):
 @hookspec
 def update_finished(run, report):
     """Called after the new version is saved (accepted or rejected), with the run's
-    report (a dict: counts, losses, metrics, version, status, timings). Not
+    report as JSON (a dict, ``UpdateReport.to_json()``: what ``--json`` prints and
+    report.json holds, with its ``schema_version``; the listener's own copy). Not
     called when the run failed or saved nothing. An exception raised here is
     reported as a warning: the version is saved and stays what it is."""
 

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from retain.core.quality.evaluation import Scores
     from retain.core.learning.lm import Rows
     from retain.core.storage.models import LoadedVersion
+    from retain.core.storage.report import UpdateReport
     from retain.core.storage.retention import RetentionSet
 
 FULL_TRAINING, FINE_TUNING, IMPORT = "full_training", "fine_tuning", "import"
@@ -124,13 +125,15 @@ class Run:
         """What hooks and strategies see: this run, read-only."""
         return RunView(self)
 
-    def report(self) -> dict[str, Any]:
-        """What ``retain update --json`` prints and ``report.json`` keeps."""
+    def report(self) -> "UpdateReport":
+        """What ``retain update --json`` prints and ``report.json`` keeps (``core/storage/report.py``),
+        before the save: no version yet."""
         from dataclasses import asdict
 
         from retain.core.data.ingest import rejects_summary
+        from retain.core.storage.report import UpdateReport
 
-        return {
+        return UpdateReport.model_validate({
             "run": self.id, "kind": self.kind, "model_dir": str(self.model_dir), "parent": self.parent,
             "counts": dict(self.counts), "skipped": self.skipped[:1000], "rejects": rejects_summary(self.rejects),
             "samples": self.samples,
@@ -144,7 +147,7 @@ class Run:
             "search": self.search,
             "precision": self.precision_choice,
             "version": None, "status": None if self.trained else "nothing_new",
-        }
+        })
 
 
 class RunView:

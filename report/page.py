@@ -19,6 +19,7 @@ from typing import Any, Iterable
 
 from retain.core.errors import ModelError, RetainError
 from retain.core.hookspecs import hookimpl
+from retain.core.storage.report import REPORT, parse_report
 from retain.core.storage.store import ModelStore
 
 PAGE = "report.html"  # its name in a version's folder (retain update --report)
@@ -78,8 +79,8 @@ def load(store: ModelStore, version: str | None) -> tuple[str, dict, dict]:
         raise ModelError(f"no version {version} in {store.root} (versions: {', '.join(store.versions())})")
     manifest = store.manifest(version)
     report = {}
-    if "report.json" in manifest.get("files", {}):
-        report = json.loads(store.read_text(version, "report.json", manifest))
+    if REPORT in manifest.get("files", {}):  # any report written so far; a wrong type is a ModelError naming it
+        report = parse_report(store.read_text(version, REPORT, manifest), version).to_json()
     for key in ("counts", "metrics", "verdicts", "epoch_losses", "strategies", "settings", "timings"):
         report.setdefault(key, manifest.get(key))  # the manifest holds them too
     return version, manifest, report

@@ -136,7 +136,7 @@ def auto_update(engine, data: list[str], model_dir: str | Path, *, budget: float
             results = run_search(run, engine, search, executor, on_trial)
             report = commit_winner(run, engine, store, search, results, check)
         if advise:
-            cycle.advise(setup, run, store, report)
+            report = cycle.advise(setup, run, store, report)
     return raise_if_rejected(report, store)
 
 
@@ -158,8 +158,8 @@ def plan_search(engine, store: ModelStore, data: list[str], items, search: dict,
         run.search = search
         report = cycle.not_saved(setup, run, "dry_run")
         if advise:
-            cycle.advise(setup, run, store, report)
-    return report
+            report = cycle.advise(setup, run, store, report)
+    return report.to_json()
 
 
 def search_plan(config: Config, store: ModelStore, items: list, search: dict) -> dict:
@@ -353,7 +353,7 @@ def winner(results: list[dict]) -> dict | None:
     return min(ran, key=lambda r: (not r["accepted"], objective(r)))
 
 
-def commit_winner(run, engine, store: ModelStore, search: dict, results: list[dict], check: bool) -> dict:
+def commit_winner(run, engine, store: ModelStore, search: dict, results: list[dict], check: bool):
     """The winning candidate, saved through ``core/storage/commit.py`` like any update's (``check``: judged,
     not saved, as ``retain update --check`` reports a candidate)."""
     from retain.core import cycle
@@ -364,7 +364,7 @@ def commit_winner(run, engine, store: ModelStore, search: dict, results: list[di
         if best is None:
             errors = "; ".join(r["error"] for r in results if r.get("error"))
             raise UpdateRejected(f"--auto: no trial produced a candidate ({errors or 'the budget allowed none'}); "
-                                 "the current model is unchanged", {**run.report(), "search": search})
+                                 "the current model is unchanged", run.report().model_copy(update={"search": search}).to_json())
         search["winner"] = best["number"]
         search["recipe"] = best["recipe"]
         search["describe"] = space.Recipe(**best["recipe"]).describe()

@@ -13,6 +13,7 @@ from retain.core.config import Config
 from retain.core.errors import PluginError, UpdateRejected
 from retain.core.pluginmanager import Registry
 from retain.core.quality.validation import Evidence, Verdict
+from retain.core.storage.report import UpdateReport
 
 
 def judge_epoch(registry: Registry, config: Config, run, last: bool) -> tuple:
@@ -59,14 +60,16 @@ def judge(registry: Registry, config: Config, evidence: Evidence,
     return verdicts, next_steps(verdicts, oom_retries)
 
 
-def raise_if_rejected(report: dict, store) -> dict:
-    """The gate's rejection as ``UpdateRejected`` (exit 10), once everything is said and saved."""
-    failed_names = ", ".join(v["validator"] for v in report.get("verdicts", []) if v["status"] == "fail")
-    if report.get("status") == "rejected":
+def raise_if_rejected(report: UpdateReport, store) -> dict:
+    """The gate's rejection as ``UpdateRejected`` (exit 10), once everything is said and saved;
+    else the report as JSON, what the engine's callers get (the CLI prints it, the library returns it)."""
+    out = report.to_json()
+    failed_names = ", ".join(v.validator for v in report.verdicts if v.status == "fail")
+    if report.status == "rejected":
         raise UpdateRejected(f"update rejected by the quality gate (failed: {failed_names}); report in "
-                             f"{store.versions_dir / report['version'] / 'report.json'}; current model "
-                             f"unchanged (version {report['parent']})", report)
-    if report.get("status") == "check" and report.get("gate") == "rejected":
+                             f"{store.versions_dir / report.version / 'report.json'}; current model "
+                             f"unchanged (version {report.parent})", out)
+    if report.status == "check" and report.gate == "rejected":
         raise UpdateRejected(f"check: the quality gate would reject this update (failed: {failed_names}); "
-                             "nothing was written", report)
-    return report
+                             "nothing was written", out)
+    return out

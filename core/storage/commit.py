@@ -17,13 +17,15 @@ from typing import Any
 from retain.core.runtime import interrupts
 from retain.core.quality.evaluation import held_out_rows, kept_retention, scoring
 from retain.core.data.items import Item
+from retain.core.storage.report import REPORT, UpdateReport
 from retain.core.storage.retention import RETENTION
 from retain.core.run import Run
 from retain.core.storage.store import HOLDOUT, ModelStore, now_iso
 from retain.core.learning.strategy import write_state
 
 
-def commit(run: Run, store: ModelStore, dedupers: list[tuple[str, Any]], replaces: str | None = None) -> dict:
+def commit(run: Run, store: ModelStore, dedupers: list[tuple[str, Any]],
+           replaces: str | None = None) -> UpdateReport:
     """Write ``run``'s candidate as the next version; return the report with version and status."""
     from retain.core.data.shards import keep_in_version  # numpy and torch: not for a command that trains nothing
     started = time.perf_counter()
@@ -45,10 +47,10 @@ def commit(run: Run, store: ModelStore, dedupers: list[tuple[str, Any]], replace
             if hasattr(deduper, "remember"):
                 deduper.remember(run.items + run.holdout, writer.name, writer)
         run.timings["save"] = time.perf_counter() - started
-        report["timings"] = dict(run.timings)
-        report["replaces"] = replaces
-        report.update(version=writer.name, status=status)  # the file says which version it reports on
-        writer.write_json("report.json", report)
+        # The file says which version it reports on.
+        report = report.model_copy(update=dict(timings=dict(run.timings), replaces=replaces, version=writer.name,
+                                                status=status))
+        writer.write_json(REPORT, report.to_json())
         rows = ([(it.hash, "train", it.source, it.origin) for it in run.items]
                 + [(it.hash, "holdout", it.source, it.origin) for it in run.holdout])
         writer.write_ledger_record(rows)  # the version's own copy: a lost ledger is rebuilt from it
@@ -77,7 +79,6 @@ def commit(run: Run, store: ModelStore, dedupers: list[tuple[str, Any]], replace
         else:
             interrupts.set_outcome(f"the run had finished: version {writer.name} was kept as rejected; "
                                    f"{interrupts.UNCHANGED}")
-    report.update(version=writer.name, status=status)
     return report
 
 
@@ -92,7 +93,8 @@ def version_bytes(run: Run) -> int:
     return weights + 2 * held + 256 * (len(run.items) + len(run.holdout)) + (64 << 10) + shard_bytes(run.rows)
 
 
-def manifest(run: Run, report: dict, entry: dict, status: str) -> dict:
+def manifest(run: Run, report: UpdateReport, entry: dict, status: str) -> dict:
+    report = report.to_json()
     return {
         "parent": run.parent, "created_at": now_iso(), "kind": run.kind, "status": status,
         "model": entry, "architecture": entry.get("architecture"), "config": run.config.to_dict(),

@@ -28,6 +28,7 @@ from typing import Any, Callable, NamedTuple
 
 from retain.core.runtime import interrupts
 from retain.core.errors import ModelError
+from retain.core.storage.report import REPORT, parse_report
 from retain.core.storage.retention import RETENTION
 from retain.core.storage.store import MANIFEST, PRUNE_INTENT, PRUNED_PREFIX, ModelStore, atomic_write_text, fault_point, now_iso, summarize
 
@@ -280,11 +281,12 @@ def _settings(store: ModelStore, version: str, manifest: dict, cls) -> Any:
             return cls(**manifest["settings"])
         except TypeError:
             pass
-    if "report.json" in manifest.get("files", {}):
-        report = json.loads(store.verified_path(version, "report.json", manifest).read_text(encoding="utf-8"))
-        if isinstance(report.get("settings"), dict):
+    if REPORT in manifest.get("files", {}):
+        # A damaged report is a ModelError naming the field; history shows no rate for that version and goes on.
+        report = parse_report(store.verified_path(version, REPORT, manifest).read_text(encoding="utf-8"), version)
+        if report.settings is not None:
             try:
-                return cls(**report["settings"])
+                return cls(**report.settings)
             except TypeError:
                 pass
     block = manifest.get("config", {}).get("fine_tuning", {})
