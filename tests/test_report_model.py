@@ -62,6 +62,7 @@ def test_a_report_round_trips_through_json_unchanged():
     assert written == {"schema_version": SCHEMA_VERSION, **OLD, "retrain": {"retrain": False, "summary": "fine"}}
     # typed: the nested parts are models, the open ones keep each value's own type
     assert again.verdicts[1].numbers == {"drop": 0.016, "enough": False} and again.early_stopping.best_epoch == 1
+    assert again.metrics["retention_items"] == 24 and type(again.metrics["retention_items"]) is int
     assert again.precision.chose == "fp32" and again.metrics["drift_since"] == "0001"
 
 
@@ -93,7 +94,8 @@ def test_unknown_keys_of_a_newer_or_third_party_writer_are_kept():
 
 
 @pytest.mark.parametrize("change, field", [
-    ({"counts": {"new": "many"}}, "counts.new"),
+    ({"parameters": {"total": "many"}}, "parameters.total"),
+    ({"metrics": {"drift_after": [0.1]}}, "metrics.drift_after"),
     ({"verdicts": [{"validator": "finite", "status": 3}]}, "verdicts[0].status"),
     ({"epoch_losses": "4.2"}, "epoch_losses"),
     ({"precision": {"asked": "fp32"}}, "precision.chose"),
@@ -117,9 +119,9 @@ def test_retain_report_renders_an_old_report_and_names_a_bad_field(tmp_path):
     r = runner.invoke(app, ["report", "--model", str(store.root), "--out", str(out)])
     assert r.exit_code == 0, r.output
     assert "<b>learning</b>" in out.read_text(encoding="utf-8")
-    bad = _store_with_report(tmp_path / "bad", {**OLD, "counts": {"new": "many"}})
+    bad = _store_with_report(tmp_path / "bad", {**OLD, "parameters": {"total": "many"}})
     r = runner.invoke(app, ["report", "--model", str(bad.root), "--out", str(out)])
-    assert r.exit_code == 5 and "report.json field 'counts.new' is invalid" in r.output
+    assert r.exit_code == 5 and "report.json field 'parameters.total' is invalid" in r.output
 
 
 def test_history_goes_on_past_a_bad_report(tmp_path):
@@ -147,3 +149,10 @@ def test_the_update_report_is_a_model_and_its_json_is_what_cli_prints(base_model
     report = cycle.not_saved(engine.setup, run, "check")
     assert isinstance(report, UpdateReport) and report.status == "check" and report.gate in ("accepted", "rejected")
     assert read_report(json.loads(json.dumps(report.to_json())), "-") == report
+
+
+def test_what_a_plugin_fills_in_never_fails_the_report():
+    # A validator's numbers and a strategy's counts are theirs: any JSON value is kept.
+    odd = {**OLD, "counts": {**OLD["counts"], "replay_sources": ["a", "b"]},
+           "verdicts": [{**OLD["verdicts"][0], "numbers": {"per_source": {"a": 1.0}}, "remedy": None}]}
+    assert read_report(odd, "0002").to_json() == {"schema_version": SCHEMA_VERSION, **odd}

@@ -60,13 +60,14 @@ class Samples(_Part):
 
 
 class VerdictEntry(_Part):
-    """One validator's verdict (``Verdict.to_json``)."""
+    """One validator's verdict (``Verdict.to_json``). What a validator plugin fills in is open
+    (``numbers``, its own; ``reason``, ``remedy``): its odd value never fails a trained run's save."""
 
     validator: str
     status: str                        # pass, warn, fail
-    reason: str = ""
-    numbers: dict[str, Scalar] = {}
-    remedy: str = ""
+    reason: str | None = ""
+    numbers: dict[str, Any] = {}
+    remedy: str | None = ""
     seconds: float | None = None
 
 
@@ -113,7 +114,7 @@ class UpdateReport(BaseModel):
     kind: str | None = None            # full_training, fine_tuning, import
     model_dir: str | None = None
     parent: str | None = None
-    counts: dict[str, int | float] = {}   # collected, new, trained, holdout, tokens, bytes, a strategy's own
+    counts: dict[str, Any] = {}   # collected, new, trained, holdout, tokens, bytes; open: a strategy adds its own
     skipped: list[dict[str, Any]] = []    # the duplicates (up to 1,000): deduper, origin, reason, a deduper's own
     rejects: Rejects | None = None        # since: the rejected records (older: read back from rejects.jsonl)
     samples: Samples | None = None        # since: generations before and after
@@ -163,7 +164,7 @@ def read_report(data: Any, version: str) -> UpdateReport:
 
 def _in_data(data: Any, loc: tuple) -> list:
     """The part of an error's location that is in the report, and a missing key of an object in it
-    (pydantic adds a union member's name, ``counts.new.int``: not the report's)."""
+    (pydantic adds a union member's name, ``metrics.drift_after.bool``: not the report's)."""
     path = []
     for key in loc:
         found = isinstance(data, dict) and key in data or isinstance(data, list) and isinstance(key, int)
