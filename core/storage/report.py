@@ -78,7 +78,7 @@ class NextStep(_Part):
 
 
 class EpochJudged(_Part):
-    """Early stopping's record of one epoch."""
+    """Early stopping's record of one epoch (``early_stopping.Epoch``)."""
 
     epoch: int
     new_loss: float | None = None
@@ -101,6 +101,8 @@ class PrecisionChoice(_Part):
     asked: str
     chose: str
     why: str = ""
+    speedup: float | None = None       # fp32 step time / bf16 step time, where measured
+    batch: list[int] | None = None     # the measured batch: rows x tokens
     cached: str | None = None
     seconds: float = 0.0
 
