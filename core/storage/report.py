@@ -7,11 +7,15 @@ keys the run set, in this order, and ``schema_version`` first. A key no stage se
 that saved nothing has no ``replaces``) is left out, as before the report was typed.
 
 The schema version is ``schema_version``: every report written so far is version 1. Reports
-before it was written (retain up to 1fceb46) lack it, and some fields of the second group
-below (``rejects``, ``samples``, ``precision``...): they read, with the default. Keys this
+before it was written (retain up to 1fceb46) lack it, and the oldest lack the fields marked
+"since" below (``rejects``, ``samples``, ``precision``): they read, with the default. Keys this
 retain does not know (a newer retain's, a third-party writer's) are kept as they are
-(``extra="allow"``: ``model_extra``) and written back unchanged, never refused. A report on
-disk that does not fit is one ``ModelError`` naming the version and the field (``read_report``).
+(``extra="allow"``: ``model_extra``) and written back unchanged, never refused; a newer
+``schema_version`` is refused by name. What a plugin fills in (a validator's ``numbers``, a
+strategy's ``counts``, a deduper's ``skipped`` details) stays open: its odd value must never
+fail the save of a trained run. A report on disk is read strictly (a string is not a number);
+one that does not fit is one ``ModelError`` naming the version and the field (``read_report``):
+``retain report`` stops with it, ``retain history`` leaves that version's learning rate out and goes on.
 """
 
 from __future__ import annotations
