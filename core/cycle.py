@@ -8,7 +8,7 @@ point runs. This module alone announces steps to the renderer (``step_started``/
     train    the epoch loop (core/training.py)                                       -> Training
     gate     score the candidate, the validators judge it (core/gate.py)              -> Judged
     commit   the version, atomically; CURRENT moves if accepted (core/commit.py)      -> the report
-    advise   fine-tune again or fully retrain? (core/retrain.py)                      -> Advice
+    advise   fine-tune again or fully retrain? (core/retrain.py)                      -> report["retrain"]
 
 Each stage takes the ``Setup`` (config, plugins, processes), the ``Run`` the stages before it
 filled in (``core/run.py``), and what it needs besides; it adds its part to the run and
