@@ -30,7 +30,14 @@ nats over all their UTF-8 bytes, comparable across tokenizers. Train time =
 the updates' ``timings.train`` (what ``--auto``'s budget counts), beside the
 retrain's, measured in this one run, side by side.
 
+A month (``--days 10`` or more; the issue-25 tables use ``--days 30``): no large
+update; each recipe's days one by one, both domains measured after days 5, 10,
+20 and 30, and a same-tokenizer retrain on the base and every day so far after
+every 10th day as the reference; ``--jobs`` runs the retrains and recipes in
+processes side by side.
+
     .venv/bin/python benchmarks/forgetting.py                          # ~30 min on 2 busy CPU cores
+    .venv/bin/python benchmarks/forgetting.py --days 30 --jobs 3       # the month: hours on 2 busy cores
     .venv/bin/python benchmarks/forgetting.py --pair python-docs-code
     .venv/bin/python benchmarks/forgetting.py --quick                  # a smoke run, ~3 min
 """
@@ -49,19 +56,21 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("RETAIN_DATA", REPO.parent / "shared" / "data"))  # RETAIN_DATA: elsewhere
 
-# name -> (fine_tuning.strategy, extra overrides). "auto" is `retain update --auto`.
+# name -> (fine_tuning.strategy, extra overrides). "auto" is `retain update --auto`. Replay is 1:1 unless
+# the name says otherwise ("steered": options.replay.max_share, the default since issue 25).
+FIXED = ["options.replay.max_share=0"]
 RECIPES = {
     "naive (no gate)": (["naive"], ["validators=[]"]),
     "naive": (["naive"], []),
     "low_lr": (["low_lr"], []),
-    "naive+replay": (["naive", "replay"], []),
+    "naive+replay": (["naive", "replay"], FIXED),
     "rewarm": (["rewarm"], []),
-    "rewarm+replay": (["rewarm", "replay"], []),
-    "rewarm+replay 1ep": (["rewarm", "replay"], ["fine_tuning.epochs=1"]),
+    "rewarm+replay": (["rewarm", "replay"], FIXED),
+    "rewarm+replay 1ep": (["rewarm", "replay"], [*FIXED, "fine_tuning.epochs=1"]),
     "auto": (None, []),
-    # the daily recipes (issue 25): weight averaging with the parent, more replay, a lower peak
-    "rewarm+replay+average": (["rewarm", "replay", "average"], []),
-    "rewarm+replay 3:1": (["rewarm", "replay"], ["options.replay.share=0.75"]),
+    # the daily recipes (issue 25): weight averaging with the parent, more replay, replay steered by the drift
+    "rewarm+replay+average": (["rewarm", "replay", "average"], FIXED),
+    "rewarm+replay 3:1": (["rewarm", "replay"], [*FIXED, "options.replay.share=0.75"]),
     "rewarm+replay steered": (["rewarm", "replay"], ["options.replay.max_share=0.8"]),
     "rewarm+replay+average steered": (["rewarm", "replay", "average"], ["options.replay.max_share=0.8"]),
 }

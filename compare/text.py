@@ -306,8 +306,10 @@ class TextScenario:
                 stage["trainable_parameters"] = (report.get("parameters") or {}).get("trainable")
                 if report.get("version"):
                     stage["trained_hash"] = ModelStore(model_dir).manifest(report["version"]).get("data_hash")
+                    own = f"{report['version']}."  # earlier versions' token shards are hard links to theirs
                     stage["version_bytes"] = sum(p.stat().st_size for p in
-                                                 (model_dir / "versions" / report["version"]).rglob("*") if p.is_file())
+                                                 (model_dir / "versions" / report["version"]).rglob("*") if p.is_file()
+                                                 and (p.parent.name != "shards" or p.name.startswith(own)))
                 stage.update(trained=report["counts"]["trained"], duplicates=report["counts"]["duplicates"])
             except UpdateRejected as exc:  # the gate kept the previous model, as it would for a user
                 stage.update(status="rejected", reason=str(exc),

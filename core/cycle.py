@@ -273,7 +273,7 @@ def prepare(setup: Setup, run: Run, store: ModelStore | None = None) -> Prepared
     with step(setup, run, "tokenize") as info:
         if store is not None:  # a record of millions of tokens is not encoded whole to find out
             workload.cap_long_items(run, store, say)
-        info.update(prepare_model(run, setup.registry, say))
+        info.update(prepare_model(run, setup.registry, say, saves=setup.world.is_writer))
         if store is not None:
             info.update(workload.cap_item_tokens(run, store, say))
     if store is not None:
@@ -414,12 +414,26 @@ def candidate(setup: Setup, kind: str, data: list[str], store: ModelStore, base:
     started = time.perf_counter()
     preload = Preload()  # avalanche-lib: its import overlaps loading and reading the data
     run = load(setup, kind, store, base, writes=writes, source=source)
-    with strategies_registered(setup, run):
+    with scratch_removed_on_failure(run), strategies_registered(setup, run):
         ingest(setup, run, store, data, items)
         if run.items:
             train_and_judge(setup, run, store, preload)
     run.timings["total"] = time.perf_counter() - started
     return run
+
+
+@contextlib.contextmanager
+def scratch_removed_on_failure(run: Run) -> Iterator[None]:
+    """A run that fails before its version holds its token shard removes the shard's scratch
+    folder at once (``core/data/shards.py``): the exception's traceback keeps the run alive, so its
+    finalizer would run only later, and a failed run must leave the model directory as it was."""
+    try:
+        yield
+    except BaseException:
+        release = getattr(run.rows, "release", None)
+        if release is not None:
+            release()
+        raise
 
 
 # --- 7. commit --------------------------------------------------------------------------------
@@ -430,7 +444,7 @@ def commit(setup: Setup, run: Run, store: ModelStore, replaces: str | None = Non
     the report. A run with nothing trained saves nothing: its report says ``nothing_new``."""
     if not run.trained:
         return run.report()
-    with strategies_registered(setup, run):
+    with scratch_removed_on_failure(run), strategies_registered(setup, run):
         with step(setup, run, "save") as info:
             report = commit_version(run, store, setup.dedupers, replaces)
             pruned = auto_prune(store, setup.config)  # the keep policy, if configured

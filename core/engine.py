@@ -127,9 +127,9 @@ class Engine:
             replaces = store.current() if kind == FULL_TRAINING and store.exists() else None
             base = store.current() if kind == FINE_TUNING else None
             run = cycle.candidate(self.setup, kind, data, store, base, items=items)
-            world.barrier("the save")
+            with cycle.scratch_removed_on_failure(run):  # a rank that died fails this meeting
+                world.barrier("the save")
             report = cycle.commit(self.setup, run, store, replaces=replaces) if world.is_writer else run.report()
-            # The others wait for the save, and end as rank 0 does.
             report = report.model_copy(update=world.broadcast({"version": report.version, "status": report.status}))
             if advise and world.is_writer:
                 report = cycle.advise(self.setup, run, store, report)

@@ -51,7 +51,7 @@ def test_update_prints_the_design_documents_steps(base_model, new_texts, tmp_pat
     assert r.exit_code == 0, r.output
     out = r.stdout
     for line in ("Load model", "Collect new data: 17 items", "Preprocess: 17 items", "Skip duplicates: 2 (15 items left)",
-                 "Tokenize", "Fine-tune (rewarm, replay)", "Epoch 1/2: Loss=", "Epoch 2/2: Loss=", "Validate",
+                 "Tokenize", "Fine-tune (rewarm, replay, average)", "Epoch 1/2: Loss=", "Epoch 2/2: Loss=", "Validate",
                  "version 0002 is now current"):
         assert line in out, line
 

@@ -203,15 +203,18 @@ def test_early_stopping_leaves_costly_validators_to_the_gate(base_model, new_tex
 def test_epochs_but_the_last_are_judged_on_the_part_of_the_retention_set_the_budget_buys(base_model, new_texts,
                                                                                          tmp_path):
     # A budget of 0 buys the floor: 8 of the pool's 24 items after epochs 1 and 2; the last
-    # epoch, whose scores the gate reuses, on all 24.
-    report = _update(base_model, new_texts[:20], tmp_path, "fine_tuning.epochs=3",
+    # epoch, whose scores the gate reuses, on all 24. (Without `average`: weights averaged after
+    # training are not the last epoch's, and the gate scores them again.)
+    report = _update(base_model, new_texts[:20], tmp_path, "fine_tuning.strategy=[rewarm,replay]",
+                     "fine_tuning.epochs=3",
                      "fine_tuning.early_stopping.patience=3", "validation.eval_budget=0")
     assert [e["retention_items"] for e in report["early_stopping"]["epochs"]] == [8, 8, 24]
     assert report["metrics"]["retention_items"] == 24
     assert report["metrics"]["retention_loss_after"] == pytest.approx(
         report["early_stopping"]["epochs"][-1]["retention_loss"], rel=1e-9)
     # With the budget to score every item, every epoch is judged on all of them.
-    ample = _update(base_model, new_texts[20:40], tmp_path, "fine_tuning.epochs=2",
+    ample = _update(base_model, new_texts[20:40], tmp_path, "fine_tuning.strategy=[rewarm,replay]",
+                    "fine_tuning.epochs=2",
                     "fine_tuning.early_stopping.patience=3", "validation.eval_budget=100", name="more.jsonl")
     items = ample["metrics"]["retention_items"]  # the pool, grown by the first update's held-out items
     assert [e["retention_items"] for e in ample["early_stopping"]["epochs"]] == [items, items] and items > 24

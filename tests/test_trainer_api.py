@@ -68,7 +68,7 @@ def test_arguments_of_one_call_do_not_carry_over(base_model, new_texts):
     trainer.save_model()
     second = trainer.fine_tune(new_texts[12:24])
     # The default recipe again: rewarm peaks at the full training's rate, not at the last call's.
-    assert trainer.config.fine_tuning.strategy == ["rewarm", "replay"]
+    assert trainer.config.fine_tuning.strategy == ["rewarm", "replay", "average"]
     assert second["settings"]["learning_rate"] == trainer.config.full_training.learning_rate == 1e-3
     assert len(second["epoch_losses"]) == trainer.config.fine_tuning.epochs == 2
 

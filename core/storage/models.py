@@ -206,10 +206,12 @@ def _say_context(run, max_seq_length: int, warn) -> None:
          f"using {context} (a full retrain changes the context)")
 
 
-def prepare_model(run, registry: Registry, warn) -> dict:
+def prepare_model(run, registry: Registry, warn, saves: bool = True) -> dict:
     """5. Tokenize: the model to train (a new one for a full training, the imported one for an
     import), its settings and the training rows of ``run.items``. ``warn(message)`` reports
-    what the user should know."""
+    what the user should know. ``saves``: this process saves the run (rank 0 of several), so
+    its token shard is written in the model directory, where the save moves it; anywhere else
+    it goes to a system temp folder (a rank killed mid-run leaves nothing in the model's)."""
     from retain.core.errors import SourceError
     from retain.core.run import FINE_TUNING, FULL_TRAINING, IMPORT
     from retain.core.data.shards import encode_to_shard, scratch_folder
@@ -230,7 +232,7 @@ def prepare_model(run, registry: Registry, warn) -> dict:
     _say_context(run, block.max_seq_length, warn)
     # Into a token shard, chunk by chunk: the padded rows are never in memory at once (core/data/shards.py).
     run.rows = encode_to_shard(run.lm, (it.text for it in run.items), seq_len,
-                               scratch_folder(run.model_dir, run.writes, run.id))
+                               scratch_folder(run.model_dir, run.writes and saves, run.id))
     # Tokens per byte of what is learned, under this tokenizer: the vocabulary-drift check's input.
     run.counts.update(tokens=content_tokens(run.rows, len(run.items)),
                       bytes=sum(len(it.text.encode("utf-8")) for it in run.items))
