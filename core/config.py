@@ -115,9 +115,10 @@ class FineTuningConfig(Block):
     epochs: int = Field(3, gt=0)
     batch_size: int = Field(8, gt=0)
     max_seq_length: int = Field(512, gt=0)
-    # The default was chosen by measurement (BENCHMARKS.md, "Update recipes against a full
-    # retrain"): re-warm to the full training's peak, re-decay, and replay old tokens.
-    strategy: Names = ["rewarm", "replay"]
+    # The default was chosen by measurement: re-warm to the full training's peak, re-decay and
+    # replay old tokens (BENCHMARKS.md, "Update recipes against a full retrain"), steered by the
+    # drift and averaged with the parent (BENCHMARKS.md, "A month of daily updates").
+    strategy: Names = ["rewarm", "replay", "average"]
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     max_seconds: Number = Field(0.0, ge=0)  # stop training after this many seconds, keeping the best epoch (0: none)
     max_item_tokens: int = Field(1_000_000, ge=0)  # an item with more tokens is rejected, not trained on (0: no cap)

@@ -42,7 +42,8 @@ class TensorboardLogger:
         if self.run_writer is None and run.writes:
             runs = self._root(run.model_dir) / "runs"
             had = sorted(runs.glob(f"*-{run.kind}-{run.id}"))
-            stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+            now = time.time()  # to the millisecond: a train and an update can start in the same second
+            stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}"
             self.epochs_logged = bool(had)
             self.run_writer = self._writer(had[0] if had else runs / f"{stamp}-{run.kind}-{run.id}")
         return self.run_writer

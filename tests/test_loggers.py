@@ -71,7 +71,7 @@ def test_mlflow_holds_a_run_per_version_with_metrics_tags_artifacts_and_the_regi
     update = runs["0003"]
     assert update.info.status == "FINISHED"
     assert update.data.tags["retain.status"] == "accepted" and update.data.tags["verdict/retention"] == "pass"
-    assert update.data.params["strategies"] == "rewarm,replay" and update.data.params["epochs"] == "2"
+    assert update.data.params["strategies"] == "rewarm,replay,average" and update.data.params["epochs"] == "2"
     assert int(update.data.params["counts/trained"]) > 0
 
     report = json.loads((logged_model / "versions" / "0003" / "report.json").read_text())
