@@ -37,7 +37,8 @@ def train(
     the old versions stay, `retain rollback` returns to them)."""
     from retain.core.engine import Engine
 
-    cfg = _load(config, [*set_, *_text_field(text_field), *_log_to(log_to)], "full_training", lr, epochs, batch_size, strategy)
+    sets = [*set_, *_text_field(text_field), *_log_to(log_to)]
+    cfg = _load(config, sets, "full_training", lr, epochs, batch_size, strategy)
     _under_torchrun(ctx, nproc, device, cfg.device, model)
     engine = Engine(cfg, listeners=_listeners(json_out, quiet), device=_device(device), strict=strict,
                     world=_world(device, cfg.device), allow_empty=allow_empty)
@@ -177,7 +178,8 @@ def import_(
 
     extra = [f"model.{key}={value}" for key, value in (("family", family), ("factory", factory),
                                                       ("tokenizer", tokenizer)) if value is not None]
-    cfg = _load(config, [*set_, *extra, *_text_field(text_field), *_log_to(log_to)], "full_training", None, None, batch_size, strategy)
+    sets = [*set_, *extra, *_text_field(text_field), *_log_to(log_to)]
+    cfg = _load(config, sets, "full_training", None, None, batch_size, strategy)
     engine = Engine(cfg, listeners=_listeners(json_out, quiet), device=_device(device), strict=strict,
                     allow_empty=allow_empty)
     _emit(engine.import_model(source, model, data), json_out)
