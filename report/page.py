@@ -20,7 +20,7 @@ from typing import Any, Iterable
 from retain.core.errors import ModelError, RetainError
 from retain.core.hookspecs import hookimpl
 from retain.core.storage.report import REPORT, parse_report
-from retain.core.storage.store import ModelStore
+from retain.core.storage.store import ModelStore, atomic_write_bytes
 
 PAGE = "report.html"  # its name in a version's folder (retain update --report)
 ROWS_SHOWN = 50       # of the skipped duplicates (the report keeps up to 1,000)
@@ -303,9 +303,8 @@ def advice_section(found: dict | None, store: ModelStore, version: str) -> str:
 
 def write_page(store: ModelStore, version: str | None, out: Path) -> Path:
     """``retain report``: the page of ``version`` into ``out``, atomically."""
-    from .plots import write_atomic
-
-    write_atomic(out, render(store, version).encode("utf-8"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out, render(store, version).encode("utf-8"))
     return out
 
 
@@ -326,12 +325,10 @@ class PageWriter:
             return
         from rich.markup import escape
 
-        from .plots import write_atomic
-
         store = ModelStore(run.model_dir, read_only=True)
         path = store.versions_dir / version / PAGE
         try:
-            write_atomic(path, render(store, version).encode("utf-8"))
+            atomic_write_bytes(path, render(store, version).encode("utf-8"))
         except Exception as exc:
             problem = (f"{PAGE} not written ({type(exc).__name__}: {exc}); version {version} is saved as "
                        f"{report.get('status')}")

@@ -18,13 +18,11 @@ the few that matter (rejections), full trainings and rollbacks as vertical lines
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from retain.core.errors import ModelError, UsageError
-from retain.core.storage.store import ROOT_KINDS, ModelStore
+from retain.core.storage.store import ROOT_KINDS, ModelStore, atomic_write_bytes
 
 FORMATS = {".png": "png", ".svg": "svg"}
 MARKERS_UP_TO = 90  # more versions than this: lines alone, a marker per point would be a smear
@@ -261,25 +259,11 @@ def plot_format(path: Path) -> str:
     return fmt
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """``data`` to ``path`` through a temporary file renamed over it: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_history_plot(store: ModelStore, path: Path) -> dict[str, Any]:
     """``retain history --plot PATH``: the picture of every version, as PNG or SVG by the suffix;
     returns the series drawn."""
     fmt = plot_format(path)  # before any work
     series = history_series(store)
-    write_atomic(path, figure_bytes(history_figure(series, store.root.name), fmt))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, figure_bytes(history_figure(series, store.root.name), fmt))
     return series

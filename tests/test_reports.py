@@ -257,3 +257,20 @@ def test_update_report_of_a_rejected_update_and_a_page_that_fails(base_model, ne
     assert (base_model / "CURRENT").read_text().strip() == "0003"
     assert not (base_model / "versions" / "0003" / "report.html").exists()
     assert not list((base_model / "versions" / "0003").glob(".report.html.*"))  # no half-written file
+
+
+def test_a_page_write_cut_short_is_removed_by_recover(reported, tmp_path):
+    # A kill between writing the page's temporary file and its rename leaves `.report.html.tmp-PID`
+    # in the version folder; the next writer's recover removes it, and the version still loads.
+    model = tmp_path / "model"
+    shutil.copytree(reported, model)
+    left = model / "versions" / "0002" / ".report.html.tmp-12345"
+    left.write_text("<html>half")
+    store = ModelStore(model)
+    with store.lock():
+        store.recover()
+    assert not left.exists()
+    assert (model / "versions" / "0002" / "report.html").exists()
+    from retain.core.storage.models import load_version
+
+    assert load_version(store, "0002").version == "0002"

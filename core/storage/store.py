@@ -115,11 +115,17 @@ def _fsync_dir(path: Path) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """``data`` to ``path`` through ``.NAME.tmp-PID`` renamed over it: the old file or the new
+    one, never half of either (``recover`` removes a temporary file a kill left in a version)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with interrupts.shielded():  # Ctrl-C acts after the replace: no .tmp file left behind
         try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(text)
+            with open(tmp, "wb") as f:
+                f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
             fault_point(f"replace-{path.name}")  # test-only
@@ -1051,7 +1057,7 @@ class ModelStore:
                 elif p.name.startswith(".tmp-"):
                     shutil.rmtree(p, ignore_errors=True)
                     notes.append(f"recovered from an interrupted run: removed unfinished version {p.name}")
-            for p in self.versions_dir.glob(f"*/.{MANIFEST}.tmp-*"):  # a stub's manifest, cut short
+            for p in self.versions_dir.glob("*/.*.tmp-*"):  # a stub's manifest or a page, cut short
                 p.unlink(missing_ok=True)
         for p in self.root.glob(".CURRENT.tmp-*"):  # killed before the atomic replace
             p.unlink(missing_ok=True)
