@@ -308,9 +308,9 @@ class ConsoleRenderer:
     def show_trial(self, result: dict, search: dict) -> None:
         """``retain update --auto``: one line per trial as it ends (the search's callback)."""
         if len(search["trials"]) == 1:
-            self.say(f"[bold]6. Search (--auto)[/]: trials within {search['budget_seconds']:.1f}s of training "
+            self.say(f"[bold]6. Search (--auto)[/]: trials within {search['budget_seconds']:.1f}s, all they cost "
                      f"({search['budget']:g} of full training {search['full_training']}'s "
-                     f"{search['full_training_seconds']:.1f}s)")
+                     f"{search['full_training_seconds']:.1f}s of training; the configured recipe runs whole)")
         t = search["trials"][-1]
         left = search["budget_seconds"] - search["spent_seconds"]
         if t["error"]:
@@ -319,15 +319,16 @@ class ConsoleRenderer:
         verdict = "[green]accepted[/]" if t["accepted"] else f"[red]rejected[/] ({', '.join(t['failed'])})"
         self.say(f"  trial {t['number']}: {t['describe']}: new items' loss {fmt(t['new_loss_before'])} -> "
                  f"{fmt(t['new_loss_after'])}, old{delta(t['retention_loss_before'], t['retention_loss_after'])}"
-                 f"; {verdict}; {t['seconds']:.1f}s ({max(0.0, left):.1f}s left)")
+                 f"; {verdict}; {cost(t)} ({max(0.0, left):.1f}s left)")
 
     def show_search(self, search: dict) -> None:
+        """``retain update --auto``: every trial, the winner, and whether it only confirmed the default."""
         from rich import box
         from rich.table import Table
 
         table = Table(title=f"--auto: {plural(len(search['trials']), 'trial')}, {search['spent_seconds']:.1f}s of "
                       f"{search['budget_seconds']:.1f}s", box=box.SIMPLE_HEAD)
-        for col in ("trial", "recipe", "epochs", "new loss", "old", "since full", "gate", "seconds"):
+        for col in ("trial", "recipe", "epochs", "new loss", "old", "since full", "gate", "train s", "all s"):
             table.add_column(col)
         for t in search["trials"]:
             gate = ("[red]error[/]" if t["error"] else "[green]accepted[/]" if t["accepted"]
@@ -336,12 +337,15 @@ class ConsoleRenderer:
             drift = "-" if t.get("drift_after") is None else f"{100 * t['drift_after']:+.1f}%"
             table.add_row(f"{mark}{t['number']}", t["describe"], f"{t['epochs_trained']} (kept {t['best_epoch']})",
                           fmt(t["new_loss_after"]), delta(t["retention_loss_before"], t["retention_loss_after"]).strip(
-                              " ()") or "-", drift, gate, f"{t['seconds']:.1f}")
+                              " ()") or "-", drift, gate, f"{t['seconds']:.1f}",
+                          f"{t.get('cost_seconds', t['seconds']):.1f}")
         self.console.print(table)
         if search.get("winner") is not None:
             confirmed = (" (the configured recipe: the search only confirmed the default, no other trial beat "
                          "it within the budget)" if search.get("confirmed_default") else "")
             self.say(f"  winner (*): trial {search['winner']}, {search['describe']}{confirmed}")
+            if search.get("note"):
+                self.say(f"  {search['note']}")
 
     def show_search_plan(self, search: dict) -> None:
         """``retain update --auto --dry-run``: what the search would cover, nothing trained."""
@@ -546,3 +550,11 @@ def print_validation(console, result: dict) -> None:
         console.print(f"  [{color}]{v['status']}[/] {v['validator']}: {v['reason']}", highlight=False)
     for step in result["next_steps"]:
         console.print(f"  [bold]next step[/]: {step['step']}", highlight=False)
+
+
+def cost(trial: dict) -> str:
+    """An --auto trial's seconds: its training and all it cost (a candidate judged from another
+    trial's training trained nothing: its scoring is in that trial's cost)."""
+    if trial.get("shares_training_of") is not None:
+        return f"trial {trial['shares_training_of']}'s training, unaveraged: {trial['cost_seconds']:.1f}s to judge"
+    return f"{trial['seconds']:.1f}s training, {trial.get('cost_seconds', trial['seconds']):.1f}s in all"

@@ -185,6 +185,9 @@ class TuneConfig(Block):
     max_learning_rate: Number = Field(0.003, gt=0)
     max_epochs: int = Field(4, gt=0)
     replay_shares: list[Number] = [0.0, 0.25, 0.5]
+    # the search's winner keeps the old domain's drift since the last full training at most this
+    # (or at the configured recipe's own): what a search spends today, the next days cannot
+    max_drift: Number = Field(0.01, ge=0)
 
     @field_validator("strategies")
     @classmethod

@@ -19,7 +19,7 @@ from retain.tune import auto_update, default_executor
 from retain.tune.search import trials_that_fit, winner
 from retain.tune.trial import run_trial
 
-from conftest import TINY, write_jsonl
+from conftest import TINY, private_copy, write_jsonl
 
 pytest.importorskip("optuna", reason="--auto needs Optuna, in the test extra: pip install '.[test]'")
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -45,30 +45,27 @@ def test_budget_without_auto_is_a_usage_error(base_model, tmp_path):
     assert result.exit_code == 3 and "--budget is the budget of --auto's search" in result.stderr
 
 
-def test_auto_spends_at_most_its_budget_and_commits_an_accepted_trial(base_model, new_texts, tmp_path):
+def test_auto_shows_its_trials_and_commits_an_accepted_trial(base_model, new_texts, tmp_path):
+    # What the budget buys is tested with a fake clock below: here max_trials ends the search.
     store = ModelStore(base_model)
-    full = store.manifest("0001")["timings"]["train"]
     data = write_jsonl(tmp_path / "new.jsonl", new_texts[:40])
-    sets = [f"--set={o}" for o in [*TINY, "fine_tuning.strategy=rewarm,replay", "tune.max_trials=12"]]
+    sets = [f"--set={o}" for o in [*TINY, "fine_tuning.strategy=rewarm,replay", "tune.max_trials=2"]]
     result = CliRunner().invoke(app, ["update", "--model", str(base_model), "--data", str(data), "--auto",
-                                      "--budget", "1.5", "--json", *sets])
+                                      "--budget", "500", "--json", *sets])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     search = report["search"]
     # The trials as they end, then their table and the winner, on the terminal (stderr under --json).
     assert "6. Search (--auto)" in result.stderr and "trial 0: rewarm+replay, lr 0.001, 2 epochs" in result.stderr
-    assert f"--auto: {len(search['trials'])} trials" in result.stderr and "winner (*): trial" in result.stderr
-    assert search["budget_seconds"] == pytest.approx(1.5 * full)
-    spent = sum(t["seconds"] for t in search["trials"])
-    assert spent == pytest.approx(search["spent_seconds"]) and spent <= search["budget_seconds"]
-    # The budget, not max_trials, ended the search. How many trials fit depends on the machine's
-    # load during the base's training and during the trials (seconds on both sides): at least one.
-    assert 1 <= len(search["trials"]) < 12
-    # The prior first: the configured recipe, then the common-issues remedies.
+    assert "--auto: 2 trials" in result.stderr and "winner (*): trial" in result.stderr
+    assert "s training, " in result.stderr and "s in all" in result.stderr  # what each trial cost
+    spent = sum(t["cost_seconds"] for t in search["trials"])
+    assert spent == pytest.approx(search["spent_seconds"])
+    assert all(t["cost_seconds"] >= t["seconds"] > 0 for t in search["trials"])  # the process, not only training
+    # The prior first: the configured recipe, then the common-issues remedies (no averaging to undo).
     first = search["trials"][0]["recipe"]
     assert first["strategy"] == "rewarm" and first["replay_share"] == 0.5
-    if len(search["trials"]) > 1:
-        assert search["trials"][1]["recipe"]["learning_rate"] == pytest.approx(first["learning_rate"] / 2)
+    assert search["trials"][1]["recipe"]["learning_rate"] == pytest.approx(first["learning_rate"] / 2)
     # The winner was accepted and went through the normal save: version, ledger, manifest.
     won = next(t for t in search["trials"] if t["number"] == search["winner"])
     assert won["accepted"] and report["status"] == "accepted" and store.current() == "0002"
@@ -81,6 +78,81 @@ def test_auto_spends_at_most_its_budget_and_commits_an_accepted_trial(base_model
     assert row["search"]["recipe"] == won["recipe"]
 
 
+class FakeClock:
+    """The search's clock: each reading ``step`` seconds after the last, so each trial costs
+    ``step`` (read at its start and at its end, one trial at a time), whatever the machine's load."""
+
+    def __init__(self, step: float):
+        self.now, self.step = 0.0, step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def test_the_budget_counts_what_a_trial_costs_in_full(base_model, new_texts, tmp_path):
+    # Each trial costs 0.4 of the budget by the clock, far more than its training: before, only
+    # the training seconds counted and all 12 trials fitted. Now: the first (the configured
+    # recipe, run whole: no time limit), a second within what is left after the overhead the
+    # first showed, then 0.2 of the budget is less than that overhead: no third.
+    executor = Recording(default_executor(1))
+    engine = Engine(load_config(None, [*TINY, "fine_tuning.strategy=rewarm,replay", "tune.max_trials=12"]))
+    budget = 1000 * ModelStore(base_model).manifest("0001")["timings"]["train"]
+    try:
+        report = auto_update(engine, [str(write_jsonl(tmp_path / "new.jsonl", new_texts[:40]))], base_model,
+                             budget=1000.0, executor=executor, clock=FakeClock(0.4 * budget))
+    finally:
+        executor.shutdown(wait=True)
+    search = report["search"]
+    assert [t["cost_seconds"] for t in search["trials"]] == pytest.approx([0.4 * budget] * 2)
+    assert search["spent_seconds"] == pytest.approx(0.8 * budget)
+    first, second = executor.specs
+    assert first["limit_seconds"] is None and first["config"]["fine_tuning"]["max_seconds"] == 0  # whole
+    overhead = 0.4 * budget - search["trials"][0]["seconds"]
+    assert second["limit_seconds"] == pytest.approx(0.9 * (0.6 * budget - overhead))
+    assert second["config"]["fine_tuning"]["max_seconds"] == pytest.approx(second["limit_seconds"])
+
+
+def test_a_budget_that_holds_only_the_default_says_so(base_model, new_texts, tmp_path):
+    # The configured recipe runs whole even when it costs more than the budget (a squeezed
+    # default would be worse than no search), and the report says the search only confirmed it.
+    engine = Engine(load_config(None, [*TINY, "fine_tuning.strategy=rewarm,replay", "tune.max_trials=12"]))
+    report = auto_update(engine, [str(write_jsonl(tmp_path / "new.jsonl", new_texts[:40]))], base_model,
+                         budget=0.01, clock=FakeClock(1e6))
+    search = report["search"]
+    assert len(search["trials"]) == 1 and search["spent_seconds"] > search["budget_seconds"]
+    assert search["winner"] == 0 and search["confirmed_default"] is True
+    assert "held no trial beyond the configured recipe" in search["note"]
+
+
+def test_the_search_starts_from_the_default_exactly_and_judges_it_unaveraged_for_free(base_model, new_texts,
+                                                                                       tmp_path):
+    # The default recipe [rewarm, replay, average] with steered replay: trial 0 is the update a
+    # plain `retain update` makes (the same candidate), and the same training, before averaging,
+    # is trial 1 (rewarm+replay, steered alike), judged without training again.
+    from retain.tune import space
+
+    config = load_config(None, [*TINY, "tune.max_trials=2"])
+    first = space.prior(config)[0]
+    assert first.strategies() == list(config.fine_tuning.strategy) == ["rewarm", "replay", "average"]
+    assert first.replay_max_share == config.options["replay"]["max_share"] == 0.8
+    assert space.overrides(first, config) == []  # its trial runs the config as it is
+    assert space.prior(config)[1] == space.shares_training(first) == first.without_averaging()
+    data = [str(write_jsonl(tmp_path / "new.jsonl", new_texts[:40]))]
+    by_hand = {mix: Engine(load_config(None, [*TINY, *extra])).update(data, private_copy(base_model, tmp_path / mix),
+                                                                      check=True)["metrics"]
+               for mix, extra in (("averaged", []), ("unaveraged", ["fine_tuning.strategy=rewarm,replay"]))}
+    report = auto_update(Engine(config), data, base_model, budget=500.0, check=True)
+    trials = report["search"]["trials"]
+    assert [t["shares_training_of"] for t in trials] == [None, 0]
+    assert trials[1]["recipe"]["strategy"] == "rewarm" and trials[1]["recipe"]["replay_max_share"] == 0.8
+    assert trials[1]["seconds"] == 0.0 and trials[1]["epochs_trained"] == trials[0]["epochs_trained"]
+    for trial, mix in zip(trials, ("averaged", "unaveraged")):
+        assert trial["new_loss_after"] == pytest.approx(by_hand[mix]["new_loss_after"], rel=1e-5)
+        assert trial["retention_loss_after"] == pytest.approx(by_hand[mix]["retention_loss_after"], rel=1e-5)
+    assert trials[0]["new_loss_after"] != trials[1]["new_loss_after"]
+
+
 def test_the_winner_is_never_a_candidate_a_validator_failed():
     accepted = {"number": 0, "accepted": True, "metrics": {"new_loss_after": 4.0}, "epoch_losses": [4.2]}
     better_but_rejected = {"number": 1, "accepted": False, "metrics": {"new_loss_after": 3.0}, "epoch_losses": [3.1]}
@@ -88,6 +160,21 @@ def test_the_winner_is_never_a_candidate_a_validator_failed():
     assert winner([better_but_rejected, broken, accepted])["number"] == 0
     assert winner([better_but_rejected, broken])["number"] == 1  # saved as rejected, not made current
     assert winner([broken]) is None
+
+
+def test_the_winner_spends_no_more_of_the_drift_budget_than_allowed():
+    # A search judged one update at a time must not spend the next days' drift budget today:
+    # a trial that learns more but takes the old domain past tune.max_drift (and past the
+    # default's own drift) does not win; within it, the better learner does.
+    def trial(number, new, drift):
+        return {"number": number, "accepted": True, "metrics": {"new_loss_after": new, "drift_after": drift},
+                "epoch_losses": [new]}
+
+    default = trial(0, 4.0, 0.002)
+    assert winner([default, trial(1, 3.0, 0.03)], max_drift=0.01)["number"] == 0
+    assert winner([default, trial(1, 3.0, 0.009)], max_drift=0.01)["number"] == 1
+    assert winner([trial(0, 4.0, 0.02), trial(1, 3.0, 0.015)], max_drift=0.01)["number"] == 1  # the default's own
+    assert winner([default, trial(1, 3.0, 0.03)], max_drift=0.05)["number"] == 1
 
 
 def test_when_every_trial_fails_the_gate_nothing_becomes_current(base_model, new_texts, tmp_path, monkeypatch):

@@ -9,19 +9,32 @@ proposes the recipes after the prior (the configured recipe and the design
 document's common-issues remedies).
 
 The budget is a share (``--budget``, default ``tune.budget`` 0.1) of the last
-full training's measured training time (``timings.train`` in its manifest);
-the trials' training seconds are summed against it. Each trial gets nine
-tenths of what is left as its time limit (``fine_tuning.max_seconds``: its
-schedule is squeezed into the steps that fit, it stops in time and keeps its
-best epoch), and no trial starts once what is left is less than one epoch of
-the cheapest trial so far.
+full training's measured training time (``timings.train`` in its manifest),
+and it counts what a trial really costs: from its submission to its result,
+as the search's clock sees it (the process start, loading the parent, training,
+scoring the held-out sets, the generation checks, saving the candidate), not
+only its training seconds. The first trial is the configured recipe run as
+``retain update`` runs it, whatever the budget (a squeezed default would be
+worse than no search); the others get as their time limit
+(``fine_tuning.max_seconds``: the schedule is squeezed into the steps that fit,
+it stops in time and keeps its best epoch) nine tenths of what is left after
+the largest overhead a trial has shown so far (its cost beyond its training),
+and no trial starts once what is left is less than that overhead plus one epoch
+of the cheapest trial so far. With ``tune.jobs`` above 1 the costs of trials
+running at once add up (trial-seconds, like CPU time).
 
 The winner is the trial the gate accepted with the lowest held-out new-item
-loss; it is committed through ``core/storage/commit.py`` like any update (ledger,
+loss among those that kept the old domain within ``tune.max_drift`` (1%: the
+issue-25 target for a month of days) of the last full training, or within
+the configured recipe's own drift if that is higher: the gate allows 5% in
+all, and a search judged one update at a time must not spend the next days'
+drift budget today (the default's drift is what a day can spend indefinitely,
+BENCHMARKS.md "A month of daily updates"). It is committed through ``core/storage/commit.py`` like any update (ledger,
 lock, atomic rename), with every trial in its report (``report["search"]``)
 and the winning recipe in its manifest; ``search["confirmed_default"]`` says when
 the winner is the configured recipe (the first trial): the search then only
-confirmed the default, and the report says so. When no trial passes the gate, the
+confirmed the default, and the report says so (and, in ``search["note"]``,
+when the budget held no trial beyond it). When no trial passes the gate, the
 best one is saved as a rejected version and CURRENT stays, as for any
 rejected update (exit 10).
 
@@ -42,6 +55,7 @@ import copy
 import itertools
 import shutil
 import tempfile
+import time
 from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Executor, wait
 from pathlib import Path
 from typing import Any, Callable
@@ -60,15 +74,25 @@ FAILED_PENALTY = 10.0  # nats added to a rejected trial's objective: the sampler
 def default_executor(jobs: int) -> Executor:
     """A pool of fresh processes, one per trial. On Linux they fork from a server that has
     imported the training stack once (forkserver), so no trial pays avalanche-lib's import."""
-    import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["retain.tune.trial", "retain.core.learning.training"])
-    else:
-        context = multiprocessing.get_context("spawn")
-    return ProcessPoolExecutor(max_workers=jobs, mp_context=context, max_tasks_per_child=1)
+    return ProcessPoolExecutor(max_workers=jobs, mp_context=start_trial_server(), max_tasks_per_child=1)
+
+
+def start_trial_server():
+    """The trials' process context; on Linux its fork server is started now, in the background.
+    The search calls this before it ingests and scores, so the server's imports (torch,
+    avalanche-lib: seconds, paid by the first trial before) overlap the parent's own work."""
+    import multiprocessing
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    from multiprocessing import forkserver
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["retain.tune.trial", "retain.core.learning.training"])
+    forkserver.ensure_running()  # returns at once: the server imports while the caller goes on
+    return context
 
 
 def budget_seconds(store: ModelStore, fraction: float) -> tuple[float, str]:
@@ -87,7 +111,8 @@ def budget_seconds(store: ModelStore, fraction: float) -> tuple[float, str]:
 def auto_update(engine, data: list[str], model_dir: str | Path, *, budget: float | None = None,
                 items=None, executor: Executor | None = None, dry_run: bool = False, check: bool = False,
                 wait_lock: float = 0.0, advise: bool = False,
-                on_trial: Callable[[dict, dict], None] | None = None) -> dict:
+                on_trial: Callable[[dict, dict], None] | None = None,
+                clock: Callable[[], float] = time.monotonic) -> dict:
     """One ``retain update --auto``; returns the update's report (``report["search"]``: the trials).
 
     ``dry_run`` trains nothing: what the update would learn and what the search would cover
@@ -95,6 +120,7 @@ def auto_update(engine, data: list[str], model_dir: str | Path, *, budget: float
     (``UpdateRejected``, exit 10, if the gate would reject it).
     ``executor``: where trials run (default: ``default_executor(tune.jobs)``, shut down after).
     ``on_trial(result, search)``: called as each trial ends (the CLI prints a line).
+    ``clock``: what a trial's cost is measured with (seconds; tests pass a fake one).
     """
     from retain.core import cycle
     from retain.core.quality.gate import raise_if_rejected
@@ -117,6 +143,8 @@ def auto_update(engine, data: list[str], model_dir: str | Path, *, budget: float
               "full_training_seconds": seconds / fraction}
     if dry_run:
         return plan_search(engine, store, data, items, search, advise)
+    if executor is None:
+        start_trial_server()  # its imports overlap ingest and measure (below)
     # The cycle's stages up to measure, once; each trial goes on from their results.
     setup = engine.setup
     with cycle.listening(setup), (contextlib.nullcontext() if check else store.lock(wait=wait_lock)):
@@ -134,7 +162,7 @@ def auto_update(engine, data: list[str], model_dir: str | Path, *, budget: float
             if not run.items:
                 report = run.report()
             else:
-                results = run_search(run, engine, search, executor, on_trial)
+                results = run_search(run, engine, search, executor, on_trial, clock)
                 report = commit_winner(run, engine, store, search, results, check)
         if advise:
             report = cycle.advise(setup, run, store, report)
@@ -195,17 +223,19 @@ def search_plan(config: Config, store: ModelStore, items: list, search: dict) ->
 def trials_that_fit(prior: list[tuple[float, float]], sampled: tuple[float, float], budget: float,
                     max_trials: int) -> int:
     """How many trials ``run_search`` would start, one at a time, if each took its estimated
-    (seconds, epochs): each is cut at its time limit, none starts without an epoch's time left."""
+    (seconds, epochs): the first runs whole, the others are cut at their time limit, none
+    starts without an epoch's time left."""
     left, ran = budget, []
     for seconds, epochs in itertools.islice(itertools.chain(prior, itertools.repeat(sampled)), max_trials):
         if not startable(left, ran):
             break
+        left -= seconds if not ran else min(seconds, SAFETY * left)
         ran.append({"seconds": seconds, "epoch_losses": [None] * max(1, round(epochs))})  # as startable reads it
-        left -= min(seconds, SAFETY * left)
     return len(ran)
 
 
-def run_search(run, engine, search: dict, executor: Executor | None, on_trial) -> list[dict]:
+def run_search(run, engine, search: dict, executor: Executor | None, on_trial,
+               clock: Callable[[], float] = time.monotonic) -> list[dict]:
     """Trials until the budget, ``tune.max_trials`` or the prior and sampler run out."""
     import optuna
 
@@ -213,29 +243,36 @@ def run_search(run, engine, search: dict, executor: Executor | None, on_trial) -
     tune = config.tune
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=config.seed))
-    for recipe in space.prior(config):
-        study.enqueue_trial(recipe.to_json())
+    prior = space.prior(config)
+    sibling = space.shares_training(prior[0])  # judged from the first trial's own training
+    for recipe in prior:
+        if recipe != sibling:
+            study.enqueue_trial(recipe.to_json())
     scratch = Path(tempfile.mkdtemp(prefix="retain-auto-"))
     search.update(spent_seconds=0.0, trials=[], scratch=str(scratch))
     own = executor is None
     executor = executor or default_executor(tune.jobs)
-    pending: dict[Any, tuple[Any, float]] = {}
+    pending: dict[Any, tuple] = {}  # future -> (trial, its time limit, the seconds it reserved, started)
     results: list[dict] = []
     broken = False
     try:
         while not broken or pending:
             while not broken and len(pending) < tune.jobs and len(results) + len(pending) < tune.max_trials:
-                reserved = sum(limit for _, limit in pending.values())
+                reserved = sum(share for _, _, share, _ in pending.values())
                 left = search["budget_seconds"] - search["spent_seconds"] - reserved
                 if not startable(left, results):
                     break
                 trial = study.ask()
                 recipe = space.suggest(trial, config)
-                limit = SAFETY * left / (tune.jobs - len(pending))
+                share = left / (tune.jobs - len(pending))
+                # The configured recipe runs as `retain update` runs it; the others within what is left.
+                limit = None if trial.number == 0 else SAFETY * max(0.0, share - overhead(results))
                 spec = trial_spec(run, engine, recipe, trial.number, limit,
                                   scratch / f"trial-{trial.number:03d}")
+                if trial.number == 0 and sibling is not None:
+                    spec["unaveraged"] = sibling.to_json()
                 try:
-                    pending[executor.submit(run_trial, spec)] = (trial, spec["limit_seconds"])
+                    pending[executor.submit(run_trial, spec)] = (trial, limit, share, clock())
                 except BrokenExecutor as exc:  # a worker died (killed, out of memory): no more trials
                     study.tell(trial, state=optuna.trial.TrialState.FAIL)
                     results.append(finished_with(trial, spec["limit_seconds"], f"{type(exc).__name__}: {exc}"))
@@ -246,38 +283,71 @@ def run_search(run, engine, search: dict, executor: Executor | None, on_trial) -
                 break
             done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
             for future in done:
-                trial, limit = pending.pop(future)
+                trial, limit, _, started = pending.pop(future)
                 result = finished(future, trial, limit)
-                search["spent_seconds"] += result["seconds"]
-                results.append(result)
-                search["trials"].append(summary(result))
-                if result.get("error"):
-                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                else:
-                    study.tell(trial, objective(result))
-                if on_trial is not None:
-                    on_trial(result, search)
+                result["cost_seconds"] = clock() - started  # what the trial cost, all of it
+                search["spent_seconds"] += result["cost_seconds"]
+                shared = result.pop("unaveraged", None)
+                for one in [result, *([same_training(study, trial, result, shared)] if shared else [])]:
+                    results.append(one)
+                    search["trials"].append(summary(one))
+                    if one is result:
+                        if result.get("error"):
+                            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                        else:
+                            study.tell(trial, objective(result))
+                    if on_trial is not None:
+                        on_trial(one, search)
     finally:
         if own:
             executor.shutdown(wait=True, cancel_futures=True)
     return results
 
 
+def same_training(study, trial, result: dict, shared: dict) -> dict:
+    """The candidate a trial judged from its own training (its weights before averaging): a
+    trial of the study of its own, told to the sampler, that cost no training (its seconds:
+    the extra scoring, already in the trial's cost)."""
+    import optuna
+
+    shared.update(shares_training_of=result["number"], cost_seconds=shared["wall_seconds"], seconds=0.0)
+    try:
+        study.add_trial(optuna.trial.create_trial(params=shared["recipe"], distributions=trial.distributions,
+                                                  value=objective(shared)))
+        shared["number"] = study.trials[-1].number
+    except ValueError:  # a configured value outside the sampler's range: a result, not a study trial
+        shared["number"] = max(t.number for t in study.trials) + 1
+    return shared
+
+
+def trained(results: list[dict]) -> list[dict]:
+    """The trials that trained (not the candidates judged from another trial's training)."""
+    return [r for r in results if "shares_training_of" not in r]
+
+
+def overhead(results: list[dict]) -> float:
+    """What the latest trial cost beyond its training (process start, loading, scoring, checks).
+    The latest: the first trial's may include the pool's start, which the next ones skip."""
+    costs = [max(0.0, r["cost_seconds"] - r["seconds"]) for r in trained(results) if "cost_seconds" in r]
+    return costs[-1] if costs else 0.0
+
+
 def startable(left: float, results: list[dict]) -> bool:
-    """Start another trial? Always the first; then only with at least one epoch of the
-    cheapest trial so far left in the budget."""
+    """Start another trial? Always the first; then only with the overhead and at least one
+    epoch of the cheapest trial so far left in the budget."""
     if not results:
         return left > 0
-    per_epoch = [r["seconds"] / max(1, len(r["epoch_losses"])) for r in results if r.get("epoch_losses")]
-    return left >= (min(per_epoch) if per_epoch else 0.0) and left > 0
+    per_epoch = [r["seconds"] / max(1, len(r["epoch_losses"])) for r in trained(results) if r.get("epoch_losses")]
+    return left >= overhead(results) + (min(per_epoch) if per_epoch else 0.0) and left > 0
 
 
-def trial_spec(run, engine, recipe: space.Recipe, number: int, limit: float, scratch: Path) -> dict:
-    """Everything a trial needs, as plain data."""
+def trial_spec(run, engine, recipe: space.Recipe, number: int, limit: float | None, scratch: Path) -> dict:
+    """Everything a trial needs, as plain data (``limit`` None: the config's own time limit)."""
     import torch
 
     data = copy.deepcopy(run.config.to_dict())
-    for text in [*recipe.overrides(), f"fine_tuning.max_seconds={limit!r}"]:
+    for text in [*space.overrides(recipe, engine.config),
+                 *([f"fine_tuning.max_seconds={limit!r}"] if limit is not None else [])]:
         key, value = parse_override(text)
         apply_override(data, key, value)
     build(Config, data)  # a recipe that does not make a valid config fails here, not in a worker
@@ -304,7 +374,7 @@ def plugin_modules(pm) -> list[str]:
             if isinstance(p, types.ModuleType) and id(p) not in installed and p.__name__ != "retain.core.hookspecs"]
 
 
-def finished(future, trial, limit: float) -> dict:
+def finished(future, trial, limit: float | None) -> dict:
     """A trial's result; a trial that raised is a failed trial, not a failed search."""
     try:
         return future.result()
@@ -315,7 +385,7 @@ def finished(future, trial, limit: float) -> dict:
     return finished_with(trial, limit, error)
 
 
-def finished_with(trial, limit: float, error: str) -> dict:
+def finished_with(trial, limit: float | None, error: str) -> dict:
     return {"number": trial.number, "recipe": dict(trial.params), "accepted": False, "error": error,
             "seconds": 0.0, "limit_seconds": limit, "metrics": {}, "verdicts": [], "epoch_losses": []}
 
@@ -336,22 +406,43 @@ def summary(result: dict) -> dict:
     failed = [v["validator"] for v in result.get("verdicts", []) if v["status"] == "fail"]
     return {"number": result["number"], "recipe": result["recipe"],
             "describe": space.Recipe(**result["recipe"]).describe() if not result.get("error") else "",
+            "timings": result.get("timings"),
             "accepted": result["accepted"], "failed": failed, "error": result.get("error"),
-            "seconds": result["seconds"], "limit_seconds": result.get("limit_seconds"),
+            "seconds": result["seconds"], "cost_seconds": result.get("cost_seconds", result["seconds"]),
+            "limit_seconds": result.get("limit_seconds"),
             "epochs_trained": len(result.get("epoch_losses", [])),
             "best_epoch": (result.get("early_stopping") or {}).get("best_epoch"),
             "new_loss_before": m.get("new_loss_before"), "new_loss_after": m.get("new_loss_after"),
             "retention_loss_before": m.get("retention_loss_before"),
             "retention_loss_after": m.get("retention_loss_after"), "drift_after": m.get("drift_after"),
-            "pid": result.get("pid")}
+            "pid": result.get("pid"), "shares_training_of": result.get("shares_training_of")}
 
 
-def winner(results: list[dict]) -> dict | None:
-    """The accepted trial with the best objective; else the best of those that ran (rejected)."""
+def winner(results: list[dict], max_drift: float = 0.01) -> dict | None:
+    """The accepted trial with the best objective among those that kept the old domain: its
+    drift since the last full training at most ``max_drift`` (``tune.max_drift``) or the
+    configured recipe's (trial 0), whichever is higher; else the best of those that ran
+    (rejected)."""
     ran = [r for r in results if not r.get("error")]
     if not ran:
         return None
-    return min(ran, key=lambda r: (not r["accepted"], objective(r)))
+    default = next((r for r in ran if r["number"] == 0 and r["accepted"]), None)
+    allowed = max(max_drift, drift(default) or 0.0)
+
+    def kept_the_old_domain(r: dict) -> bool:
+        return r is default or (drift(r) or 0.0) <= allowed
+
+    return min(ran, key=lambda r: (not r["accepted"], not kept_the_old_domain(r), objective(r)))
+
+
+def drift(result: dict | None) -> float | None:
+    """A trial's rise of the old domain's loss since the last full training (``drift_after``:
+    0.01 is 1% worse); without that reference, its rise over the parent's."""
+    m = (result or {}).get("metrics") or {}
+    if m.get("drift_after") is not None:
+        return float(m["drift_after"])
+    before, after = m.get("retention_loss_before"), m.get("retention_loss_after")
+    return None if not before or after is None else after / before - 1
 
 
 def commit_winner(run, engine, store: ModelStore, search: dict, results: list[dict], check: bool):
@@ -360,7 +451,7 @@ def commit_winner(run, engine, store: ModelStore, search: dict, results: list[di
     from retain.core import cycle
     from retain.core.errors import UpdateRejected
 
-    best = winner(results)
+    best = winner(results, engine.config.tune.max_drift)
     try:
         if best is None:
             errors = "; ".join(r["error"] for r in results if r.get("error"))
@@ -370,7 +461,10 @@ def commit_winner(run, engine, store: ModelStore, search: dict, results: list[di
         search["recipe"] = best["recipe"]
         search["describe"] = space.Recipe(**best["recipe"]).describe()
         # The search's first trial is the configured recipe: its winning is a confirmation, not a find.
-        search["confirmed_default"] = best["recipe"] == space.prior(engine.config)[0].to_json()
+        search["confirmed_default"] = best["number"] == 0
+        if len(results) == 1 and search["confirmed_default"]:
+            search["note"] = (f"the budget ({search['budget_seconds']:.1f}s) held no trial beyond the configured "
+                              f"recipe (it cost {results[0].get('cost_seconds', 0.0):.1f}s)")
         candidate = candidate_run(run, engine, best, search)
         cycle.announce_verdicts(engine.setup, candidate)
         if check:
@@ -391,7 +485,7 @@ def candidate_run(run, engine, result: dict, search: dict):
     from retain.core.learning.strategy import TrainSettings, latest_state
 
     data = copy.deepcopy(run.config.to_dict())
-    for text in space.Recipe(**result["recipe"]).overrides():
+    for text in space.overrides(space.Recipe(**result["recipe"]), engine.config):
         key, value = parse_override(text)
         apply_override(data, key, value)
     config = build(Config, data)  # the winner's recipe, without the trial's time limit

@@ -12,6 +12,13 @@ search commits through the normal save path if it wins.
 
 Nothing survives from one trial to the next: each starts from the files of
 the parent version and the seed, and (with the default pool) in a fresh process.
+
+One training can be two candidates: a recipe that averages with its parent
+(``average``) trains exactly as the same recipe without averaging, which only
+differs after the last epoch. With ``spec["unaveraged"]`` (the search asks it of
+its first trial) the trial also judges the trained weights before averaging
+(``parent + (averaged - parent) / weight``) and saves them as a candidate of their
+own: the "keep the whole step" remedy, at the cost of one more scoring.
 """
 
 from __future__ import annotations
@@ -57,16 +64,51 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     run.drift = _drift(store, spec["parent"], config, run.retention_texts)
     run.timings["evaluate_before"] = spec["evaluate_seconds"]  # the parent's: the same texts were scored
     run.precision_choice = spec.get("precision")  # ... in the search's precision, not measured again here
+    parent = _weights(run.base.lm.module) if spec.get("unaveraged") else None
     with cycle.strategies_registered(setup, run):
         judged = cycle.train_and_judge(setup, run, store)
-    candidate = save_candidate(run, spec["scratch"])
+        result = _result(run, judged, spec, spec["recipe"], save_candidate(run, spec["scratch"]), started)
+        if parent is not None and (weight := _averaging_weight(run)) is not None:
+            again = time.perf_counter()
+            _undo_averaging(run.lm.module, parent, weight)
+            run.after = None  # the averaged candidate's scores: these weights are scored anew
+            judged = cycle.gate(setup, run, store)
+            result["unaveraged"] = _result(run, judged, spec, spec["unaveraged"],
+                                           save_candidate(run, spec["scratch"] + "-unaveraged"), again)
+    return result
+
+
+def _result(run, judged, spec: dict, recipe: dict, candidate: str, started: float) -> dict:
+    from retain.core import cycle
+
     return {
-        "number": spec["number"], "recipe": spec["recipe"], "accepted": judged.accepted,
+        "number": spec["number"], "recipe": recipe, "accepted": judged.accepted,
         "seconds": run.timings["train"], "wall_seconds": time.perf_counter() - started,
         "limit_seconds": spec["limit_seconds"], **judged.to_json(), **cycle.Training.of(run).to_json(),
-        "settings": asdict(run.settings), "counts": run.counts, "timings": run.timings,
+        "settings": asdict(run.settings), "counts": dict(run.counts), "timings": dict(run.timings),
         "candidate": candidate, "pid": os.getpid(),
     }
+
+
+def _weights(module) -> dict:
+    return {k: v.detach().clone() for k, v in module.state_dict().items() if v.is_floating_point()}
+
+
+def _averaging_weight(run) -> float | None:
+    """The share of the step ``average`` kept, if it averaged this candidate (None: it did not)."""
+    weight = next((s.options.weight for s in run.strategies if s.name == "average"), None)
+    return None if weight is None or weight >= 1 or run.new_lineage else float(weight)
+
+
+def _undo_averaging(module, parent: dict, weight: float) -> None:
+    """The trained weights back from ``parent + weight * (trained - parent)``."""
+    import torch
+
+    with torch.no_grad():
+        for name, value in module.state_dict().items():
+            start = parent.get(name)
+            if start is not None:
+                value.copy_(start.to(value.device) + (value - start.to(value.device)) / weight)
 
 
 def _drift(store, parent: str, config, retention_texts: list[str]):
