@@ -40,6 +40,7 @@ processes side by side.
     .venv/bin/python benchmarks/forgetting.py --days 30 --jobs 3       # the month: hours on 2 busy cores
     .venv/bin/python benchmarks/forgetting.py --pair python-docs-code
     .venv/bin/python benchmarks/forgetting.py --quick                  # a smoke run, ~3 min
+    .venv/bin/python benchmarks/forgetting.py --days 0 --no-retrain --jobs 2   # the large update alone
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ RECIPES = {
     "rewarm+replay": (["rewarm", "replay"], FIXED),
     "rewarm+replay 1ep": (["rewarm", "replay"], [*FIXED, "fine_tuning.epochs=1"]),
     "auto": (None, []),
+    "auto budget 1": (None, ["tune.budget=1.0"]),  # --auto with a budget of one full training's time
     # the daily recipes (issue 25): weight averaging with the parent, more replay, replay steered by the drift
     "rewarm+replay+average": (["rewarm", "replay", "average"], FIXED),
     "rewarm+replay 3:1": (["rewarm", "replay"], [*FIXED, "options.replay.share=0.75"]),
@@ -75,7 +77,7 @@ RECIPES = {
     "rewarm+replay+average steered": (["rewarm", "replay", "average"], ["options.replay.max_share=0.8"]),
 }
 DEFAULT_RECIPES = ["naive (no gate)", "naive", "low_lr", "naive+replay", "rewarm", "rewarm+replay",
-                   "rewarm+replay 1ep", "auto"]
+                   "rewarm+replay 1ep", "rewarm+replay+average steered", "auto"]  # the config's default: steered+average
 # The month (--days 10 or more): the recipes a daily job could run, no large update.
 MONTH_RECIPES = ["rewarm+replay", "rewarm+replay steered", "rewarm+replay+average steered"]
 MONTH_CHECKPOINTS = (5, 10, 20, 30)  # days after which both domains are measured
@@ -172,7 +174,8 @@ def held_out(model_dir: Path, data: dict, seq_len: int) -> dict:
     return out
 
 
-def update(engine, model: Path, spec: str, auto: bool, budget: float) -> dict:
+def update(engine, model: Path, spec: str, auto: bool, budget: float | None) -> dict:
+    """One update (``auto``: ``--auto`` at ``budget``, None: the recipe's ``tune.budget``)."""
     from retain.core.errors import UpdateRejected
 
     try:
@@ -193,11 +196,12 @@ def run_recipe(work: Path, name: str, overrides: list[str], auto: bool, files: d
     model = work / "".join(c if c.isalnum() or c in "+-" else "_" for c in name)
     shutil.copytree(work / "base", model)
     engine = Engine(load_config(None, overrides))
+    budget = None if any(o.startswith("tune.budget=") for o in overrides) else args.budget
     reports = {"days": [], "large": []}
     for day in files["days"]:
-        reports["days"].append(update(engine, model, str(day), auto, args.budget))
+        reports["days"].append(update(engine, model, str(day), auto, budget))
     after_days = held_out(model, data, args.seq_len)
-    reports["large"].append(update(engine, model, str(files["large"]), auto, args.budget))
+    reports["large"].append(update(engine, model, str(files["large"]), auto, budget))
     after_large = held_out(model, data, args.seq_len)
 
     def seconds(stage):
@@ -216,11 +220,19 @@ def run_recipe(work: Path, name: str, overrides: list[str], auto: bool, files: d
     print(f"{name}: days {row['days_seconds']:.0f}s, large {row['large_seconds']:.0f}s, accepted "
           f"{accepted}/{row['updates']}, old {after_days['old']:.3f}/{after_large['old']:.3f}, "
           f"new {after_days['new']:.3f}/{after_large['new']:.3f}", flush=True)
+    for search in row["search"][-1:]:  # --auto: the large update's trials, what each cost, the winner
+        for t in search["trials"]:
+            print(f"  {name} trial {t['number']}: {t['describe']}, {t['seconds']:.0f}s training, "
+                  f"{t.get('cost_seconds', t['seconds']):.0f}s in all, new {t['new_loss_after']}, drift "
+                  f"{t['drift_after']}, {'accepted' if t['accepted'] else 'rejected'}", flush=True)
+        print(f"  {name} winner: trial {search.get('winner')} of {search['budget_seconds']:.0f}s budget, "
+              f"{search['spent_seconds']:.0f}s spent; {search.get('note') or ''}", flush=True)
     return row
 
 
 def _trials(report: dict) -> float:
-    """--auto: the trials' training time, beyond the winner's own (already in timings.train)."""
+    """--auto: what its trials cost (all of it: ``spent_seconds``), beyond the winner's training
+    (already in timings.train)."""
     search = report.get("search") or {}
     return search.get("spent_seconds", 0.0) - report.get("timings", {}).get("train", 0.0) if search else 0.0
 
@@ -294,7 +306,7 @@ def retrain_upto(work: Path, common: list[str], files: dict, data: dict, args, d
 
 
 def in_process(job: tuple):
-    """A task of the month in a process of its own (--jobs): ``(threads, function, *arguments)``."""
+    """A task in a process of its own (--jobs): ``(threads, function, *arguments)``."""
     import torch
 
     threads, task, *task_args = job
@@ -302,11 +314,19 @@ def in_process(job: tuple):
     return task(*task_args)
 
 
-def run_month_tasks(work: Path, common: list[str], recipes: dict, files: dict, data: dict, args) -> tuple:
-    """The retrains and the recipes' months, ``args.jobs`` at a time (each its own model directory)."""
+def run_tasks(tasks: list[tuple], args) -> list:
+    """``(function, *arguments)`` tasks, ``args.jobs`` at a time in processes of their own."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
+    if args.jobs <= 1:
+        return [task(*rest) for task, *rest in tasks]
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(in_process, [(args.threads, *task) for task in tasks]))
+
+
+def run_month_tasks(work: Path, common: list[str], recipes: dict, files: dict, data: dict, args) -> tuple:
+    """The retrains and the recipes' months, ``args.jobs`` at a time (each its own model directory)."""
     retrains = [] if args.no_retrain else [(retrain_upto, work, common, files, data, args, day)
                                            for day in retrain_days(len(files["days"]))[::-1]]
     tasks = retrains[:1]  # the longest first: the last retrain, the months, the shorter retrains
@@ -314,11 +334,7 @@ def run_month_tasks(work: Path, common: list[str], recipes: dict, files: dict, d
         overrides = [*common, *(["fine_tuning.strategy=" + ",".join(chain)] if chain else []), *extra]
         tasks.append((run_month, work, name, overrides, chain is None, files, data, args))
     tasks += retrains[1:]
-    if args.jobs <= 1:
-        results = [task(*rest) for task, *rest in tasks]
-    else:
-        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            results = list(pool.map(in_process, [(args.threads, *task) for task in tasks]))
+    results = run_tasks(tasks, args)
     retrains = sorted((r for r in results if "losses" in r), key=lambda r: r["day"])
     return retrains, [r for r in results if "recipe" in r]
 
@@ -387,7 +403,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: a small model gains nothing from a second, busy core)")
     parser.add_argument("--jobs", type=int, default=1,
-                        help="with --days 10 or more: the retrains and recipes in this many processes at once")
+                        help="the retrains and recipes in this many processes at once")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the script runs")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
@@ -428,12 +444,14 @@ def main() -> None:
         if month:
             retrains, rows = run_month_tasks(work, common, recipes, files, data, args)
         else:
-            rows = []
+            tasks = [(retrain, work, f"retrain-{tok}", common, tok, files, data, args)
+                     for tok in ([] if args.no_retrain else ("keep", "new"))]
             for name, (chain, extra) in recipes.items():
                 overrides = [*common, *(["fine_tuning.strategy=" + ",".join(chain)] if chain else []), *extra]
-                rows.append(run_recipe(work, name, overrides, chain is None, files, data, args))
-            retrains = [] if args.no_retrain else [
-                retrain(work, f"retrain-{tok}", common, tok, files, data, args) for tok in ("keep", "new")]
+                tasks.append((run_recipe, work, name, overrides, chain is None, files, data, args))
+            results = run_tasks(tasks, args)  # --jobs: side by side, the retrains first (the longest)
+            rows = [r for r in results if "recipe" in r]
+            retrains = [r for r in results if "tokenizer" in r]
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

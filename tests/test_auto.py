@@ -122,7 +122,7 @@ def test_a_budget_that_holds_only_the_default_says_so(base_model, new_texts, tmp
     search = report["search"]
     assert len(search["trials"]) == 1 and search["spent_seconds"] > search["budget_seconds"]
     assert search["winner"] == 0 and search["confirmed_default"] is True
-    assert "held no trial beyond the configured recipe" in search["note"]
+    assert "held no training beyond the configured recipe's" in search["note"]
 
 
 def test_the_search_starts_from_the_default_exactly_and_judges_it_unaveraged_for_free(base_model, new_texts,
@@ -144,13 +144,14 @@ def test_the_search_starts_from_the_default_exactly_and_judges_it_unaveraged_for
                for mix, extra in (("averaged", []), ("unaveraged", ["fine_tuning.strategy=rewarm,replay"]))}
     report = auto_update(Engine(config), data, base_model, budget=500.0, check=True)
     trials = report["search"]["trials"]
-    assert [t["shares_training_of"] for t in trials] == [None, 0]
+    assert [t["shares_training_of"] for t in trials] == [None, 0] and [t["number"] for t in trials] == [0, 1]
     assert trials[1]["recipe"]["strategy"] == "rewarm" and trials[1]["recipe"]["replay_max_share"] == 0.8
     assert trials[1]["seconds"] == 0.0 and trials[1]["epochs_trained"] == trials[0]["epochs_trained"]
     for trial, mix in zip(trials, ("averaged", "unaveraged")):
         assert trial["new_loss_after"] == pytest.approx(by_hand[mix]["new_loss_after"], rel=1e-5)
         assert trial["retention_loss_after"] == pytest.approx(by_hand[mix]["retention_loss_after"], rel=1e-5)
     assert trials[0]["new_loss_after"] != trials[1]["new_loss_after"]
+    assert report["search"]["confirmed_default"] is (report["search"]["winner"] == 0)
 
 
 def test_the_winner_is_never_a_candidate_a_validator_failed():

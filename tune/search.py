@@ -34,7 +34,7 @@ lock, atomic rename), with every trial in its report (``report["search"]``)
 and the winning recipe in its manifest; ``search["confirmed_default"]`` says when
 the winner is the configured recipe (the first trial): the search then only
 confirmed the default, and the report says so (and, in ``search["note"]``,
-when the budget held no trial beyond it). When no trial passes the gate, the
+when the budget held no training beyond the default's). When no trial passes the gate, the
 best one is saved as a rejected version and CURRENT stays, as for any
 rejected update (exit 10).
 
@@ -245,9 +245,7 @@ def run_search(run, engine, search: dict, executor: Executor | None, on_trial,
     study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=config.seed))
     prior = space.prior(config)
     sibling = space.shares_training(prior[0])  # judged from the first trial's own training
-    for recipe in prior:
-        if recipe != sibling:
-            study.enqueue_trial(recipe.to_json())
+    waiting = [recipe for recipe in prior if recipe != sibling]  # enqueued one at a time: trials number in order
     scratch = Path(tempfile.mkdtemp(prefix="retain-auto-"))
     search.update(spent_seconds=0.0, trials=[], scratch=str(scratch))
     own = executor is None
@@ -262,6 +260,8 @@ def run_search(run, engine, search: dict, executor: Executor | None, on_trial,
                 left = search["budget_seconds"] - search["spent_seconds"] - reserved
                 if not startable(left, results):
                     break
+                if waiting:
+                    study.enqueue_trial(waiting.pop(0).to_json())
                 trial = study.ask()
                 recipe = space.suggest(trial, config)
                 share = left / (tune.jobs - len(pending))
@@ -462,9 +462,10 @@ def commit_winner(run, engine, store: ModelStore, search: dict, results: list[di
         search["describe"] = space.Recipe(**best["recipe"]).describe()
         # The search's first trial is the configured recipe: its winning is a confirmation, not a find.
         search["confirmed_default"] = best["number"] == 0
-        if len(results) == 1 and search["confirmed_default"]:
-            search["note"] = (f"the budget ({search['budget_seconds']:.1f}s) held no trial beyond the configured "
-                              f"recipe (it cost {results[0].get('cost_seconds', 0.0):.1f}s)")
+        if len(trained(results)) == 1:  # what the search could try beyond the default was what it gave for free
+            search["note"] = (f"the budget ({search['budget_seconds']:.1f}s) held no training beyond the configured "
+                              f"recipe's (it cost {results[0].get('cost_seconds', 0.0):.1f}s)"
+                              + ("; its weights before averaging were judged too" if len(results) > 1 else ""))
         candidate = candidate_run(run, engine, best, search)
         cycle.announce_verdicts(engine.setup, candidate)
         if check:
