@@ -364,7 +364,10 @@ class ConsoleRenderer:
             return "" if seconds is None else f": about {seconds:.1f}s"
 
         for number, trial in enumerate(search["prior"]):
-            self.say(f"  trial {number} (prior): {trial['describe']}{took(trial['estimated_seconds'])}")
+            shared = trial.get("shares_training_of")
+            cost = (f": trial {shared}'s training before averaging, judged (no training of its own)"
+                    if shared is not None else took(trial["estimated_seconds"]))
+            self.say(f"  trial {number} (prior): {trial['describe']}{cost}")
         self.say(f"  then the sampler's recipes{took(search['sampled_estimated_seconds'])} on average")
 
     def show_save(self, run, info: dict[str, Any]) -> None:

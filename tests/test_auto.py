@@ -301,3 +301,17 @@ def test_auto_check_searches_and_writes_nothing(base_model, new_texts, tmp_path)
     assert report["gate"] == gate and result.exit_code == (0 if gate == "accepted" else 10)
     assert "skipped (--check)" in result.stderr and "trial 0: rewarm+replay" in result.stderr
     assert _files(base_model) == before
+
+
+def test_the_dry_run_shows_the_unaveraged_trial_as_free(base_model, new_texts, tmp_path):
+    data = write_jsonl(tmp_path / "new.jsonl", new_texts[:40])
+    sets = [f"--set={o}" for o in [*TINY, "tune.max_trials=5"]]  # the default recipe: [rewarm, replay, average]
+    result = CliRunner().invoke(app, ["update", "--model", str(base_model), "--data", str(data), "--auto",
+                                      "--dry-run", "--budget", "0.5", "--json", *sets])
+    assert result.exit_code == 0, result.output
+    prior = json.loads(result.stdout)["search"]["prior"]
+    assert prior[0]["recipe"]["strategy"] == "rewarm+average" and prior[0]["shares_training_of"] is None
+    assert prior[1]["recipe"]["strategy"] == "rewarm" and prior[1]["shares_training_of"] == 0
+    assert prior[1]["estimated_seconds"] == 0.0 and prior[0]["estimated_seconds"] > 0
+    assert "trial 1 (prior): rewarm+replay, lr 0.001, 2 epochs, replay 0.5 steered to 0.8: trial 0's training " \
+           "before averaging" in result.stderr

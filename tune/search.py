@@ -205,8 +205,11 @@ def search_plan(config: Config, store: ModelStore, items: list, search: dict) ->
     def estimate(epochs: float, replay_factor: float) -> float | None:
         return None if rate is None else rate * new_bytes * epochs * replay_factor
 
-    prior = [{"recipe": r.to_json(), "describe": r.describe(),
-              "estimated_seconds": estimate(r.epochs, 1 / (1 - r.replay_share))} for r in space.prior(config)]
+    recipes = space.prior(config)
+    sibling = space.shares_training(recipes[0])  # judged from trial 0's training: no time of its own
+    prior = [{"recipe": r.to_json(), "describe": r.describe(), "shares_training_of": 0 if r == sibling else None,
+              "estimated_seconds": 0.0 if r == sibling else estimate(r.epochs, 1 / (1 - r.replay_share))}
+             for r in recipes]
     mean_epochs = (1 + tune.max_epochs) / 2  # the sampler's recipes, on average
     sampled = estimate(mean_epochs, sum(1 / (1 - s) for s in shares) / len(shares))
     plan = {"space": {"strategies": mixes, "learning_rate": [tune.min_learning_rate, tune.max_learning_rate],
@@ -214,9 +217,10 @@ def search_plan(config: Config, store: ModelStore, items: list, search: dict) ->
             "prior": prior, "sampled_estimated_seconds": sampled, "max_trials": tune.max_trials,
             "jobs": tune.jobs, "estimated_trials": None}
     if rate is not None:
-        queue = [(p["estimated_seconds"], p["recipe"]["epochs"]) for p in prior]
-        plan["estimated_trials"] = trials_that_fit(queue, (sampled, mean_epochs), search["budget_seconds"],
-                                                   tune.max_trials)
+        queue = [(p["estimated_seconds"], p["recipe"]["epochs"]) for p in prior if p["shares_training_of"] is None]
+        free = len(prior) - len(queue)
+        plan["estimated_trials"] = free + trials_that_fit(queue, (sampled, mean_epochs), search["budget_seconds"],
+                                                          tune.max_trials - free)
     return plan
 
 
