@@ -163,6 +163,27 @@ def test_the_winner_is_never_a_candidate_a_validator_failed():
     assert winner([broken]) is None
 
 
+def test_the_remedies_step_from_the_best_recipe_so_far():
+    # Once the unaveraged weights (trial 1) beat the configured averaged recipe, the next
+    # remedies halve, double or shorten that recipe: the search stays where it wins.
+    from retain.tune import space
+    from retain.tune.search import next_remedy
+
+    config = load_config(None, TINY)
+    start = space.configured(config)
+    plain = start.without_averaging()
+
+    def result(number, recipe, new):
+        return {"number": number, "recipe": recipe.to_json(), "accepted": True, "epoch_losses": [new],
+                "metrics": {"new_loss_after": new, "drift_after": 0.0}}
+
+    results = [result(0, start, 4.0), result(1, plain, 3.0)]
+    assert next_remedy(results, [start, plain], config) == space.replace(plain, learning_rate=plain.learning_rate / 2)
+    # The averaged recipe winning instead: its own remedies (the unaveraged one already tried).
+    results = [result(0, start, 3.0), result(1, plain, 4.0)]
+    assert next_remedy(results, [start, plain], config) == space.replace(start, learning_rate=start.learning_rate / 2)
+
+
 def test_the_winner_spends_no_more_of_the_drift_budget_than_allowed():
     # A search judged one update at a time must not spend the next days' drift budget today:
     # a trial that learns more but takes the old domain past tune.max_drift (and past the

@@ -249,7 +249,8 @@ def run_search(run, engine, search: dict, executor: Executor | None, on_trial,
     study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=config.seed))
     prior = space.prior(config)
     sibling = space.shares_training(prior[0])  # judged from the first trial's own training
-    waiting = [recipe for recipe in prior if recipe != sibling]  # enqueued one at a time: trials number in order
+    tried = [r for r in (sibling,) if r is not None]
+    remedies = len(prior) - 1 - len(tried)  # remedies still to run, each from the best recipe so far
     scratch = Path(tempfile.mkdtemp(prefix="retain-auto-"))
     search.update(spent_seconds=0.0, trials=[], scratch=str(scratch))
     own = executor is None
@@ -264,10 +265,15 @@ def run_search(run, engine, search: dict, executor: Executor | None, on_trial,
                 left = search["budget_seconds"] - search["spent_seconds"] - reserved
                 if not startable(left, results):
                     break
-                if waiting:
-                    study.enqueue_trial(waiting.pop(0).to_json())
+                # Enqueued one at a time, when it starts: trials number in order, each remedy from the best so far.
+                if not results and not pending:
+                    study.enqueue_trial(prior[0].to_json())
+                elif remedies > 0 and (remedy := next_remedy(results, tried, config)) is not None:
+                    study.enqueue_trial(remedy.to_json())
+                    remedies -= 1
                 trial = study.ask()
                 recipe = space.suggest(trial, config)
+                tried.append(recipe)
                 share = left / (tune.jobs - len(pending))
                 # The configured recipe runs as `retain update` runs it; the others within what is left.
                 limit = None if trial.number == 0 else SAFETY * max(0.0, share - overhead(results))
@@ -306,6 +312,18 @@ def run_search(run, engine, search: dict, executor: Executor | None, on_trial,
         if own:
             executor.shutdown(wait=True, cancel_futures=True)
     return results
+
+
+def next_remedy(results: list[dict], tried: list, config: Config):
+    """The first common-issues remedy not tried yet, from the best recipe so far (the winner's
+    rule), then from the configured one; None when none is left."""
+    best = winner(results, config.tune.max_drift)
+    bases = [space.Recipe(**best["recipe"])] if best is not None and best["accepted"] else []
+    for base in [*bases, space.configured(config)]:
+        for recipe in space.remedies(base, config):
+            if recipe not in tried:
+                return recipe
+    return None
 
 
 def same_training(study, trial, result: dict, shared: dict) -> dict:

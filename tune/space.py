@@ -20,7 +20,11 @@ training: the configured trial scores its trained weights before averaging too,
 ``trial.run_trial``; the search's winner keeps the old domain within ``tune.max_drift``,
 ``search.winner``, so it cannot spend tomorrow's drift budget today).
 
-and only then lets Optuna's sampler (TPE) propose recipes of its own, from the
+Each remedy is a step from the best recipe so far (the winner's rule:
+accepted, the old domain kept), not always from the configured one: once the
+unaveraged weights win, the next trials halve, double or shorten *that* recipe,
+in the neighbourhood that wins. As many remedies run as the configured recipe
+has; only then does Optuna's sampler (TPE) propose recipes of its own, from the
 configured mix and steering and those of ``tune``.
 Everything here is plain data, so a trial can be sent to any process.
 """
@@ -107,27 +111,29 @@ def overrides(recipe: Recipe, config: Config) -> list[str]:
 
 
 def prior(config: Config) -> list[Recipe]:
-    """The first recipes to try, in order: the configured one, then the common-issues remedies."""
-    tune = config.tune
+    """The first recipes to try, in order: the configured one, then the common-issues remedies
+    (the search takes each next remedy from the best recipe so far: ``remedies``)."""
     start = configured(config)
+    # The configured recipe itself, unclipped: the first trial is the update a plain `retain update` runs.
+    return [start, *remedies(start, config)]
+
+
+def remedies(recipe: Recipe, config: Config) -> list[Recipe]:
+    """The common-issues remedies, each a step from ``recipe`` within the search's bounds."""
+    tune = config.tune
     lo, hi = tune.min_learning_rate, tune.max_learning_rate
 
     def clip(r: Recipe) -> Recipe:
         return replace(r, learning_rate=min(hi, max(lo, r.learning_rate)),
                        epochs=min(tune.max_epochs, max(1, r.epochs)))
 
-    def step(**changes) -> Recipe:
-        return clip(replace(start, **changes))
-
-    # The configured recipe itself, unclipped: the first trial is the update a plain `retain update` runs.
-    candidates = [start,
-                  clip(start.without_averaging()),                                              # no learning
-                  step(learning_rate=start.learning_rate / 2),                                  # degrades
-                  step(learning_rate=start.learning_rate * 2, epochs=start.epochs + 1),         # no learning
-                  step(epochs=2)]                                                               # too slow
+    steps = [recipe.without_averaging(),                                                   # no learning
+             replace(recipe, learning_rate=recipe.learning_rate / 2),                      # degrades
+             replace(recipe, learning_rate=recipe.learning_rate * 2, epochs=recipe.epochs + 1),  # no learning
+             replace(recipe, epochs=2)]                                                    # too slow
     out: list[Recipe] = []
-    for r in candidates:
-        if r not in out:
+    for r in map(clip, steps):
+        if r != recipe and r not in out:
             out.append(r)
     return out
 
