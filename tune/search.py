@@ -5,8 +5,9 @@ preprocess, dedupe, hold out) and scores the parent version once on the
 retention set and the held-out new items. Then trials run, each a candidate
 update with one recipe (``tune/space.py``) in a process of its own
 (``tune/trial.py``), judged by the configured validators. Optuna's TPE sampler
-proposes the recipes after the prior (the configured recipe and the design
-document's common-issues remedies).
+proposes the recipes after the prior (the configured recipe, its weights
+before averaging judged from the same training, and the design document's
+common-issues remedies, each from the best recipe so far).
 
 The budget is a share (``--budget``, default ``tune.budget`` 0.1) of the last
 full training's measured training time (``timings.train`` in its manifest),
@@ -18,9 +19,9 @@ only its training seconds. The first trial is the configured recipe run as
 worse than no search); the others get as their time limit
 (``fine_tuning.max_seconds``: the schedule is squeezed into the steps that fit,
 it stops in time and keeps its best epoch) nine tenths of what is left after
-the largest overhead a trial has shown so far (its cost beyond its training),
-and no trial starts once what is left is less than that overhead plus one epoch
-of the cheapest trial so far. With ``tune.jobs`` above 1 the costs of trials
+the overhead the latest trial showed (its cost beyond its training), and no
+trial starts once what is left is less than that overhead plus one epoch of the
+cheapest trial so far. With ``tune.jobs`` above 1 the costs of trials
 running at once add up (trial-seconds, like CPU time).
 
 The winner is the trial the gate accepted with the lowest held-out new-item
