@@ -26,7 +26,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from retain.core.quality import evaluation, gate as gates
 from retain.core.data import ingest as ingesting, workload
@@ -188,15 +188,16 @@ def _tokenizer_to_keep(setup: Setup, store: ModelStore) -> LoadedVersion:
 
 @dataclass(frozen=True)
 class Ingested:
-    """New data in: the items to train on, those held out, the counts (``counts["new"]``...)."""
+    """New data in: the items to train on (a view of the run's spool, ``core/data/spool.py``:
+    read them, do not list them all), those held out, the counts (``counts["new"]``...)."""
 
-    items: tuple[Item, ...]
+    items: Sequence[Item]
     holdout: tuple[Item, ...]
     counts: dict[str, int]
 
     @classmethod
     def of(cls, run: Run) -> "Ingested":
-        return cls(tuple(run.items), tuple(run.holdout), dict(run.counts))
+        return cls(run.items, tuple(run.holdout), dict(run.counts))
 
     @property
     def learned(self) -> tuple[Item, ...]:
@@ -426,13 +427,15 @@ def candidate(setup: Setup, kind: str, data: list[str], store: ModelStore, base:
 def scratch_removed_on_failure(run: Run) -> Iterator[None]:
     """A run that fails before its version holds its token shard removes the shard's scratch
     folder at once (``core/data/shards.py``): the exception's traceback keeps the run alive, so its
-    finalizer would run only later, and a failed run must leave the model directory as it was."""
+    finalizer would run only later, and a failed run must leave the model directory as it was.
+    Its item spool goes too (``core/data/spool.py``: a temp file past its memory part)."""
     try:
         yield
     except BaseException:
         release = getattr(run.rows, "release", None)
         if release is not None:
             release()
+        ingesting.close_spool(run.items)
         raise
 
 

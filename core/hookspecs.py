@@ -134,6 +134,13 @@ def register_dedupers(register):
     counts matches of kind ``"holdout"`` as ``contaminating``. A deduper that is
     also ``RemembersItems`` persists an index for each new version. Dedupers run
     in the order of ``config.dedupers``.
+
+    A run calls ``find_duplicates`` once per batch of its items (``core/data/spool.py``:
+    memory bounded by the batch), in order, with the same ``known`` for every batch of
+    the run; ``known.in_run(hashes) -> {hash: origin}`` gives the items earlier batches
+    kept, so a copy two batches apart is found as one within a batch (``exact`` does);
+    state of a deduper's own across batches is keyed on ``known`` (``minhash``).
+    ``remember`` gets the items as a sequence read from disk: iterate it once.
     """
 
 
