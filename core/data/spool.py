@@ -158,6 +158,10 @@ class ItemView(Sequence[Item]):
     def _narrowed(self, positions: np.ndarray) -> "ItemView":
         return ItemView(self.spool, self.index[positions], self.digests)
 
+    def text_bytes(self) -> np.ndarray:
+        """Each item's text in UTF-8 bytes, from the spool (no item read)."""
+        return self.spool.text_bytes()[self.index]
+
     def with_digests(self, digests: np.ndarray | None) -> "ItemView":
         return ItemView(self.spool, self.index, digests)
 

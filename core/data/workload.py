@@ -46,10 +46,20 @@ def cap_long_items(run: Run, store: ModelStore, warn: Callable[[str], None]) -> 
         return
     sizes = []
     for place, items in (("items", run.items), ("holdout", run.holdout)):
-        for i, item in enumerate(items):  # read in order: a spool's items are not all in memory
+        for i, item in _maybe_long(items, cap):
             if 4 * len(item.text) > cap and (n := _tokens_up_to(lm, item.text, cap)) > cap:
                 sizes.append((n, f"at least {n:,}", item, (place, i)))
     _reject(run, store, sizes, cap, warn)
+
+
+def _maybe_long(items, cap: int):
+    """(position, item) of the items that may hold more than ``cap`` tokens: of a spool's view,
+    only those whose text has over cap / 4 bytes (a character is at least a byte) are read."""
+    text_bytes = getattr(items, "text_bytes", None)
+    if text_bytes is None:
+        return enumerate(items)
+    positions = [int(i) for i in (text_bytes() * 4 > cap).nonzero()[0]]
+    return zip(positions, items.take(positions))
 
 
 def _tokens_up_to(lm, text: str, cap: int) -> int:
