@@ -223,3 +223,28 @@ def test_clean_skips_only_texts_that_cleaning_leaves_as_they_are():
         assert (out.text if isinstance(out, Item) else "") == expected, repr(text)
         shortcut += expected == text
     assert shortcut > 100  # both ways were taken
+
+
+@pytest.mark.parametrize("sample_mb", [64, 0.002])
+def test_the_tokenizer_learns_from_every_item_below_the_sample_cap(tmp_path, monkeypatch, old_texts, sample_mb):
+    """Below ``full_training.tokenizer_sample_mb`` a new tokenizer is trained on every trained
+    item's text, in order, as before the spool; above it on an even sample of at most the cap."""
+    seen = []
+
+    def create(registry, config, texts, context):
+        seen.append(list(texts))
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr("retain.core.storage.models.create_model", create)
+    data = write_jsonl(tmp_path / "d.jsonl", old_texts)
+    with pytest.raises(RuntimeError, match="stop here"):
+        Engine(load_config(None, [*TINY, f"full_training.tokenizer_sample_mb={sample_mb}"])).train(
+            [str(data)], tmp_path / "model")
+    run = _ingest([str(data)])
+    trained = [it.text for it in run.items]
+    if sample_mb == 64:
+        assert seen == [trained]
+    else:
+        assert 0 < len(seen[0]) < len(trained) and sum(len(t.encode()) for t in seen[0]) <= 2000
+        positions = [trained.index(t) for t in seen[0]]
+        assert positions == sorted(positions) and positions[-1] > len(trained) * 0.8  # spread over all
