@@ -349,20 +349,44 @@ def collect_step(run, registry: Registry, store, data: list[str], items: list[It
 
 
 def preprocess_step(run, registry: Registry, store) -> dict:
-    """3. Preprocess: the configured cleaners, in order, batch by batch into a new spool."""
+    """3. Preprocess: the configured cleaners, in order, batch by batch. An item cleaning leaves
+    as it is stays where it is in the spool; a changed one is appended to it (most items are
+    clean: they are not written twice)."""
+    import numpy as np
+
     processes = build_preprocessors(registry, run.config)
-    spool, rejected = ItemSpool(), 0
-    for batch in batched(run.items):
+    items, rejected = run.items, 0
+    spooled = isinstance(items, ItemView)
+    index, kept_all, start = [], [], 0
+    for batch in batched(items):
         kept, rejects = clean(batch, processes)
-        spool.extend(kept)
+        if spooled:
+            index.append(_positions_after_cleaning(items, batch, kept, start))
+        else:
+            kept_all += kept
+        start += len(batch)
         if rejects and run.writes:
             store.append_rejects(rejects, run.id)
         run.rejects += rejects
         rejected += len(rejects)
-    close_spool(run.items)
-    run.items = spool.view()
+    if spooled:
+        run.items = ItemView(items.spool, np.concatenate(index) if index else np.zeros(0, np.int64))
+    else:
+        run.items = kept_all
     run.counts.update(rejected=len(run.rejects), preprocessed=len(run.items))
     return {"items": len(run.items), "rejected": rejected}
+
+
+def _positions_after_cleaning(items: ItemView, batch: list[Item], kept: list[Item], start: int):
+    """The spool positions of a batch's ``kept`` items: an unchanged item's own (the same object
+    came back), a changed one's as it is appended."""
+    import numpy as np
+
+    where = {id(it): int(items.index[start + i]) for i, it in enumerate(batch)}
+    changed = [it for it in kept if id(it) not in where]
+    appended = iter(items.spool.extend(changed))
+    return np.fromiter((where[id(it)] if id(it) in where else next(appended) for it in kept),
+                       dtype=np.int64, count=len(kept))
 
 
 def dedupe_step(run, dedupers: list[tuple[str, Any]], store) -> dict:
@@ -379,20 +403,20 @@ def dedupe_step(run, dedupers: list[tuple[str, Any]], store) -> dict:
     knowns = [KnownItems(store.ledger, chain, EarlierBatches(items)) for _ in dedupers]
     kept_at = np.empty(len(items), dtype=np.int64)  # filled batch by batch: no list, no copy
     spooled = isinstance(items, ItemView)
-    digests = np.zeros((len(items.spool) if spooled else 0, 32), dtype=np.uint8)  # by spool position
+    digests = np.empty((len(items) if spooled else 0, 32), dtype=np.uint8)  # the kept items', in order
     run.skipped, duplicates, contaminating, start, kept_count = [], 0, 0, 0, 0
     for batch in batched(items):
         kept, skipped = _dedupe_batch(batch, dedupers, knowns, start, excerpts=EXCERPTS_KEPT - duplicates)
         kept_at[kept_count:kept_count + len(kept)] = kept
         if spooled:
-            digests[items.index[kept]] = hash_rows([batch[p - start].hash for p in kept])
+            digests[kept_count:kept_count + len(kept)] = hash_rows([batch[p - start].hash for p in kept])
         kept_count += len(kept)
         start += len(batch)
         duplicates += len(skipped)
         contaminating += sum(s.get("kind") == HOLDOUT for s in skipped)
         run.skipped += skipped[:max(0, SKIPPED_KEPT - len(run.skipped))]
     if spooled:
-        run.items = items.take(kept_at[:kept_count]).with_digests(digests)
+        run.items = items.take(kept_at[:kept_count]).with_digests(digests[:kept_count])
     else:
         run.items = [items[i] for i in kept_at[:kept_count].tolist()]
     run.counts.update(duplicates=duplicates, contaminating=contaminating, new=len(run.items))

@@ -32,6 +32,7 @@ from retain.core.data.items import Item
 
 SPOOL_MEMORY = 32 << 20   # bytes of records held in memory before the spool moves to a temp file
 READ_CHUNK = 1 << 20      # bytes read at once when iterating
+READ_ITEMS = 8192         # items a view reads at once, in the spool's order
 BATCH_ITEMS = 8192        # ingest's batch: at most this many items...
 BATCH_BYTES = 16 << 20    # ...or this many bytes of text, whichever comes first
 
@@ -43,7 +44,9 @@ def _record(item: Item) -> bytes:
 
 def _item(record: bytes) -> Item:
     text, source, file, line, meta = pickle.loads(record)
-    return Item(text, source, file, line, meta or {})
+    item = object.__new__(Item)  # the fields set at once: a frozen dataclass's __init__ sets each
+    item.__dict__.update(text=text, source=source, file=file, line=line, meta=meta or {})  # through a call
+    return item
 
 
 class ItemSpool(Sequence[Item]):
@@ -60,11 +63,11 @@ class ItemSpool(Sequence[Item]):
     def append(self, item: Item) -> None:
         self.extend((item,))
 
-    def extend(self, items: Iterable[Item]) -> None:
-        """Append ``items``, written as one block (the file's position is left at its end)."""
+    def extend(self, items: Iterable[Item]) -> range:
+        """Append ``items``, written as one block; their positions."""
         items = list(items)
         if not items:
-            return
+            return range(len(self), len(self))
         records = [_record(it) for it in items]
         self._text_bytes.extend(len(it.text.encode("utf-8", "surrogatepass")) for it in items)
         self._file.seek(self._size)
@@ -72,6 +75,7 @@ class ItemSpool(Sequence[Item]):
         for r in records:
             self._size += len(r)
             self._ends.append(self._size)
+        return range(len(self) - len(records), len(self))
 
     def __len__(self) -> int:
         return len(self._ends)
@@ -125,9 +129,8 @@ class ItemSpool(Sequence[Item]):
 
 class ItemView(Sequence[Item]):
     """Items of a spool by position, in the order of ``index``; narrowing makes a new view.
-    ``digests``: the hash of the spool's items (sha256, a row of 32 uint8 by spool position,
-    shared by every narrower view: never copied; a bytes dtype would drop a digest's trailing
-    zero bytes; dedupe computed them), given back with
+    ``digests``: each item's hash (sha256, a row of 32 uint8 per item of the view; a bytes
+    dtype would drop a digest's trailing zero bytes; dedupe computed them), given back with
     the item so that the ledger, ``data_hash`` and the dedupers' indexes do not hash again."""
 
     def __init__(self, spool: ItemSpool, index: np.ndarray, digests: np.ndarray | None = None):
@@ -140,7 +143,7 @@ class ItemView(Sequence[Item]):
 
     def _known(self, item: Item, i: int) -> Item:
         if self.digests is not None:  # Item.hash is a cached property: this is its value
-            item.__dict__["hash"] = self.digests[self.index[i]].tobytes().hex()
+            item.__dict__["hash"] = self.digests[i].tobytes().hex()
         return item
 
     def __getitem__(self, i):
@@ -149,14 +152,19 @@ class ItemView(Sequence[Item]):
         return self._known(self.spool[int(self.index[i])], i)
 
     def __iter__(self) -> Iterator[Item]:
-        if len(self.index) and bool(np.all(self.index[1:] >= self.index[:-1])):
-            items = self.spool.read(_ints(self.index))
-        else:
-            items = (self.spool[int(i)] for i in self.index)
-        return (self._known(item, i) for i, item in enumerate(items))
+        """In order, ``READ_ITEMS`` at a time, each such chunk read in the spool's order (an item
+        cleaning changed sits at the spool's end: a jump, not a seek per item)."""
+        for start in range(0, len(self.index), READ_ITEMS):
+            chunk = self.index[start:start + READ_ITEMS]
+            order = np.argsort(chunk, kind="stable")
+            items: list = [None] * len(chunk)
+            for o, item in zip(order.tolist(), self.spool.read(chunk[order].tolist())):
+                items[o] = item
+            for i, item in enumerate(items, start):
+                yield self._known(item, i)
 
     def _narrowed(self, positions: np.ndarray) -> "ItemView":
-        return ItemView(self.spool, self.index[positions], self.digests)
+        return ItemView(self.spool, self.index[positions], None if self.digests is None else self.digests[positions])
 
     def text_bytes(self) -> np.ndarray:
         """Each item's text in UTF-8 bytes, from the spool (no item read)."""
@@ -178,17 +186,11 @@ class ItemView(Sequence[Item]):
     def hashes(self) -> Iterator[str]:
         """Each item's hash, in order (from ``digests`` when known: no item read)."""
         if self.digests is not None:
-            return (self.digests[i].tobytes().hex() for i in self.index)
+            return (row.tobytes().hex() for row in self.digests)
         return (item.hash for item in self)
 
     def __add__(self, other: Sequence[Item]) -> "Joined":  # ``run.items + run.holdout``, as with lists
         return Joined(self, other)
-
-
-def _ints(index: np.ndarray, chunk: int = 8192) -> Iterator[int]:
-    """``index`` as Python ints, a chunk at a time (not a list of them all)."""
-    for start in range(0, len(index), chunk):
-        yield from index[start:start + chunk].tolist()
 
 
 class Joined(Sequence[Item]):
@@ -233,8 +235,8 @@ def sorted_hashes(items: Sequence[Item]) -> Iterator[str]:
     if not isinstance(items, ItemView) or items.digests is None:
         return iter(sorted(it.hash for it in items))
     rows = np.ascontiguousarray(items.digests).view(np.dtype([(f"w{k}", ">u8") for k in range(4)])).ravel()
-    index = items.index[np.argsort(rows[items.index], order=[f"w{k}" for k in range(4)], kind="stable")]
-    return (items.digests[i].tobytes().hex() for i in index)
+    order = np.argsort(rows, order=[f"w{k}" for k in range(4)], kind="stable")
+    return (items.digests[i].tobytes().hex() for i in order)
 
 
 def hashes(items: Sequence[Item]) -> Iterator[str]:
