@@ -35,6 +35,7 @@ from retain.core.storage.commit import commit as commit_version
 from retain.core.config import Config
 from retain.core.errors import ConfigError, RetainError, SourceError
 from retain.core.data.items import Item
+from retain.core.data.spool import heap_frozen
 from retain.core.loggers import Loggers
 from retain.core.storage.models import LoadedVersion, count_parameters, load_version, model_config, prepare_model, \
     resolve_device, resolve_precision
@@ -209,21 +210,22 @@ def ingest(setup: Setup, run: Run, store: ModelStore, data: list[str], items: li
            all_usable: bool = False) -> Ingested:
     """Collect, preprocess, dedupe and hold out (``core/data/ingest.py``). ``all_usable``: collect
     and preprocess, no more: every usable item (``retain validate`` judges a version on them)."""
-    with step(setup, run, "collect") as info:
-        info.update(ingesting.collect_step(run, setup.registry, store, data, items, setup.strict))
-    with step(setup, run, "preprocess") as info:
-        info.update(ingesting.preprocess_step(run, setup.registry, store))
-    if all_usable:
-        return Ingested.of(run)
-    if items is None and data and not run.items:
-        _nothing_usable(setup, run, store, data)
-    with step(setup, run, "dedupe") as info:
-        info.update(ingesting.dedupe_step(run, setup.dedupers, store))
-    for name, deduper in setup.dedupers:  # what a deduper could not see (minhash turned on late)
-        for message in getattr(deduper, "warnings", None) or []:
-            warn(setup, run, f"deduper '{name}': {message}")
-    with step(setup, run, "holdout") as info:
-        info.update(ingesting.holdout_step(run))
+    with heap_frozen():  # the items are read again each step: no full collection of the process's heap
+        with step(setup, run, "collect") as info:
+            info.update(ingesting.collect_step(run, setup.registry, store, data, items, setup.strict))
+        with step(setup, run, "preprocess") as info:
+            info.update(ingesting.preprocess_step(run, setup.registry, store))
+        if all_usable:
+            return Ingested.of(run)
+        if items is None and data and not run.items:
+            _nothing_usable(setup, run, store, data)
+        with step(setup, run, "dedupe") as info:
+            info.update(ingesting.dedupe_step(run, setup.dedupers, store))
+        for name, deduper in setup.dedupers:  # what a deduper could not see (minhash turned on late)
+            for message in getattr(deduper, "warnings", None) or []:
+                warn(setup, run, f"deduper '{name}': {message}")
+        with step(setup, run, "holdout") as info:
+            info.update(ingesting.holdout_step(run))
     return Ingested.of(run)
 
 
@@ -271,7 +273,7 @@ def prepare(setup: Setup, run: Run, store: ModelStore | None = None) -> Prepared
     with ``store``, items over ``max_item_tokens`` go to its rejects (``core/data/workload.py``).
     Then ``precision: auto`` decided on this model and a batch of its rows."""
     say = functools.partial(warn, setup, run)
-    with step(setup, run, "tokenize") as info:
+    with step(setup, run, "tokenize") as info, heap_frozen():
         if store is not None:  # a record of millions of tokens is not encoded whole to find out
             workload.cap_long_items(run, store, say)
         info.update(prepare_model(run, setup.registry, say, saves=setup.world.is_writer))

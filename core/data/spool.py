@@ -20,6 +20,8 @@ process's own, written and read by it alone.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import pickle
 import tempfile
 import weakref
@@ -35,6 +37,20 @@ READ_CHUNK = 1 << 20      # bytes read at once when iterating
 READ_ITEMS = 8192         # items a view reads at once, in the spool's order
 BATCH_ITEMS = 8192        # ingest's batch: at most this many items...
 BATCH_BYTES = 16 << 20    # ...or this many bytes of text, whichever comes first
+
+
+@contextlib.contextmanager
+def heap_frozen() -> Iterator[None]:
+    """While passes over the items run, the objects alive before them are left out of the
+    garbage collector's full collections (``gc.freeze``; back in the oldest generation after).
+    A batch of items read back from the spool lives through a few young collections, and every
+    few batches that set off a full one, which walks every object of the process: 600,000 with
+    torch and avalanche-lib loaded, 40% of preprocess's CPU time."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def _record(item: Item) -> bytes:
