@@ -248,3 +248,14 @@ def test_the_tokenizer_learns_from_every_item_below_the_sample_cap(tmp_path, mon
         assert 0 < len(seen[0]) < len(trained) and sum(len(t.encode()) for t in seen[0]) <= 2000
         positions = [trained.index(t) for t in seen[0]]
         assert positions == sorted(positions) and positions[-1] > len(trained) * 0.8  # spread over all
+
+
+def test_the_measured_stage_result_keeps_the_items_on_disk(tmp_path, old_texts):
+    """``measure``'s result (what a search's trials go on from) holds the run's view, not a tuple
+    of every item: at 1 GB that tuple was 2.5 GB of the run's peak."""
+    run = _ingest([str(write_jsonl(tmp_path / "d.jsonl", old_texts))])
+    measured = run.measured()
+    assert measured.items is run.items and len(measured.to_json()["items"]) == len(run.items)
+    other = Run("o", FULL_TRAINING, run.config, Path("unused"), parent=None, writes=False)
+    other.take(measured)
+    assert other.items is run.items
