@@ -45,7 +45,8 @@ when it is first built).
 model directory, the version it starts from (``run.parent``, None for a full
 training), ``run.kind`` (``"full_training"``, ``"fine_tuning"`` or ``"import"``:
 ``FULL_TRAINING``, ``FINE_TUNING``, ``IMPORT``), the items
-it trains on (``run.items``), the model (``run.lm``, a ``LanguageModel``;
+it trains on (``run.items``: a sequence read from the run's item spool, ``core/data/spool.py``;
+iterate it, do not list it: a corpus is not all in memory), the model (``run.lm``, a ``LanguageModel``;
 ``run.model`` is its ``torch.nn.Module``), ``run.settings`` and the counts so
 far. It is a read-only view (``RunView``): setting an attribute raises. In a run they fire in this order (``STEPS`` lists the steps)::
 
