@@ -104,16 +104,23 @@ def child(args) -> None:
     from retain.core.hookspecs import hookimpl
 
     peaks: dict[str, float] = {}
+    cpu: dict[str, float] = {}
 
     class StepMemory:
-        """The high-water mark after each step: which step raised it."""
+        """The high-water mark after each step: which step raised it; the CPU seconds of each
+        step, every thread of the process (less moved by the machine's load than wall time)."""
+
+        @hookimpl
+        def step_started(self, run, step):
+            cpu[step] = time.process_time()
 
         @hookimpl
         def step_finished(self, run, step, info, seconds):
             peaks[step] = high_water_mb()
+            cpu[step] = time.process_time() - cpu.get(step, time.process_time())
 
     sets = ["full_training.epochs=1", "precision=fp32", "validation.retention_max=64",
-            "full_training.record=[]", "device=cpu"]
+            "full_training.record=[]", "device=cpu", *args.set]
     started = time.perf_counter()
     report = Engine(load_config(None, sets), listeners=[StepMemory()]).train([str(args.corpus)], args.model)
     wall = time.perf_counter() - started
@@ -123,6 +130,7 @@ def child(args) -> None:
         "path": args.path, "bytes": os.path.getsize(args.corpus), "items": report["counts"].get("trained"),
         "tokens": report["counts"].get("tokens"), "ingest_seconds": ingest,
         "ingest": {k: round(t.get(k, 0.0), 2) for k in ("collect", "preprocess", "dedupe", "holdout", "tokenize")},
+        "ingest_cpu": {k: round(cpu.get(k, 0.0), 2) for k in ("collect", "preprocess", "dedupe", "holdout", "tokenize")},
         "steps": counted["steps"], "train_tokens": counted["tokens"], "train_seconds": counted["seconds"],
         "save_seconds": t.get("save"), "wall": wall,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -192,11 +200,12 @@ def loop_ab(args) -> None:
                       "ratio": medians["shards"] / medians["memory"]}), flush=True)
 
 
-def run_one(corpus: Path, work: Path, path: str, steps: int, threads: int, keep: bool = False) -> dict:
+def run_one(corpus: Path, work: Path, path: str, steps: int, threads: int, keep: bool = False,
+            sets: list[str] = ()) -> dict:
     model = work / f"model-{corpus.stem}-{path}"
     subprocess.run(["rm", "-rf", str(model)], check=True)
     cmd = [sys.executable, __file__, "--child", "--corpus", str(corpus), "--model", str(model), "--path", path,
-           "--steps", str(steps), "--threads", str(threads)]
+           "--steps", str(steps), "--threads", str(threads), *[f"--set={kv}" for kv in sets]]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
@@ -231,20 +240,27 @@ def table(rows: list[dict], args) -> str:
              f"so that dedupe keeps it. One fresh process per run; {uname()}. Command:", "",
              "```", " ".join(["python benchmarks/data_scale.py", *sys.argv[1:]]), "```", "",
              "| corpus | rows | items | tokens | peak RSS | ingest MB/s | ingest s (collect/preprocess/dedupe/holdout/tokenize) "
-             "| train tokens/s | save s |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| ingest CPU s (same steps) | train tokens/s | save s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         i = r["ingest"]
         lines.append(f"| {r['bytes'] / MB:,.0f} MB | {r['path']} | {r['items']:,} | {r['tokens']:,} | "
                      f"{r['peak_rss_mb']:,.0f} MB | {r['bytes'] / MB / r['ingest_seconds']:.2f} | "
                      f"{r['ingest_seconds']:.1f} ({i['collect']}/{i['preprocess']}/{i['dedupe']}/{i['holdout']}/"
-                     f"{i['tokenize']}) | {r['train_tokens'] / max(r['train_seconds'], 1e-9):,.0f} | "
+                     f"{i['tokenize']}) | {_cpu(r)} | {r['train_tokens'] / max(r['train_seconds'], 1e-9):,.0f} | "
                      f"{r['save_seconds']:.1f} |")
     lines += ["", "Peak resident memory after each step (MB), where it rises:", ""]
     for r in rows:
         steps = r.get("peak_after_step_mb", {})
         lines.append(f"- {r['bytes'] / MB:,.0f} MB, {r['path']}: " + ", ".join(f"{k} {v:,}" for k, v in steps.items()))
     return "\n".join(lines) + "\n"
+
+
+def _cpu(r: dict) -> str:
+    c = r.get("ingest_cpu")
+    if not c:
+        return "-"
+    return f"{sum(c.values()):.1f} ({c['collect']}/{c['preprocess']}/{c['dedupe']}/{c['holdout']}/{c['tokenize']})"
 
 
 def uname() -> str:
@@ -266,6 +282,8 @@ def main() -> None:
                     help="also the training loop alone, shards against memory, STEPS steps x --ab-runs, on the "
                          "first corpus with the model its first run trained")
     ap.add_argument("--ab-runs", type=int, default=3)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config override for every run (e.g. full_training.tokenizer_sample_mb=8)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--child-ab", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--corpus", type=Path, help=argparse.SUPPRESS)
@@ -286,7 +304,7 @@ def main() -> None:
         for run in range(args.runs):
             for path in args.paths.split(","):
                 keep = bool(args.loop_ab) and number == 0 and run == 0 and path == "shards"
-                r = run_one(corpus, args.work, path, args.steps, args.threads, keep)
+                r = run_one(corpus, args.work, path, args.steps, args.threads, keep, args.set)
                 print(json.dumps(r), file=sys.stderr, flush=True)
                 rows.append(r)
                 if keep:

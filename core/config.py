@@ -143,6 +143,9 @@ class FullTrainingConfig(Block):
     init: Literal["random"] = "random"
     # new: train a tokenizer on the data (families that have one); keep: the current model's
     tokenizer: Literal["new", "keep"] = "new"
+    # a new tokenizer learns from at most this many MB of the items' text, taken evenly across
+    # them (all of it below: the same tokenizer as from every item); the memory it needs is this
+    tokenizer_sample_mb: Number = Field(64, gt=0)
     # strategies whose state the full training records for later updates, beside
     # fine_tuning.strategy (replay: a buffer of base items, so replay works from the first update)
     record: Names = ["replay"]

@@ -57,7 +57,8 @@ class Deduper(Protocol):
 
     def find_duplicates(self, items: list["Item"], known: "KnownItems") -> dict[int, str]:
         """``{index in items: reason}`` for each duplicate. A reason may be a
-        ``Duplicate`` saying which item it repeats."""
+        ``Duplicate`` saying which item it repeats. Called once per batch of a run's
+        items, in order, with the same ``known`` (``known.in_run``: earlier batches)."""
         ...
 
 

@@ -26,7 +26,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from retain.core.quality import evaluation, gate as gates
 from retain.core.data import ingest as ingesting, workload
@@ -35,6 +35,7 @@ from retain.core.storage.commit import commit as commit_version
 from retain.core.config import Config
 from retain.core.errors import ConfigError, RetainError, SourceError
 from retain.core.data.items import Item
+from retain.core.data.spool import heap_frozen
 from retain.core.loggers import Loggers
 from retain.core.storage.models import LoadedVersion, count_parameters, load_version, model_config, prepare_model, \
     resolve_device, resolve_precision
@@ -188,15 +189,16 @@ def _tokenizer_to_keep(setup: Setup, store: ModelStore) -> LoadedVersion:
 
 @dataclass(frozen=True)
 class Ingested:
-    """New data in: the items to train on, those held out, the counts (``counts["new"]``...)."""
+    """New data in: the items to train on (a view of the run's spool, ``core/data/spool.py``:
+    read them, do not list them all), those held out, the counts (``counts["new"]``...)."""
 
-    items: tuple[Item, ...]
+    items: Sequence[Item]
     holdout: tuple[Item, ...]
     counts: dict[str, int]
 
     @classmethod
     def of(cls, run: Run) -> "Ingested":
-        return cls(tuple(run.items), tuple(run.holdout), dict(run.counts))
+        return cls(run.items, tuple(run.holdout), dict(run.counts))
 
     @property
     def learned(self) -> tuple[Item, ...]:
@@ -208,21 +210,22 @@ def ingest(setup: Setup, run: Run, store: ModelStore, data: list[str], items: li
            all_usable: bool = False) -> Ingested:
     """Collect, preprocess, dedupe and hold out (``core/data/ingest.py``). ``all_usable``: collect
     and preprocess, no more: every usable item (``retain validate`` judges a version on them)."""
-    with step(setup, run, "collect") as info:
-        info.update(ingesting.collect_step(run, setup.registry, store, data, items, setup.strict))
-    with step(setup, run, "preprocess") as info:
-        info.update(ingesting.preprocess_step(run, setup.registry, store))
-    if all_usable:
-        return Ingested.of(run)
-    if items is None and data and not run.items:
-        _nothing_usable(setup, run, store, data)
-    with step(setup, run, "dedupe") as info:
-        info.update(ingesting.dedupe_step(run, setup.dedupers, store))
-    for name, deduper in setup.dedupers:  # what a deduper could not see (minhash turned on late)
-        for message in getattr(deduper, "warnings", None) or []:
-            warn(setup, run, f"deduper '{name}': {message}")
-    with step(setup, run, "holdout") as info:
-        info.update(ingesting.holdout_step(run))
+    with heap_frozen():  # the items are read again each step: no full collection of the process's heap
+        with step(setup, run, "collect") as info:
+            info.update(ingesting.collect_step(run, setup.registry, store, data, items, setup.strict))
+        with step(setup, run, "preprocess") as info:
+            info.update(ingesting.preprocess_step(run, setup.registry, store))
+        if all_usable:
+            return Ingested.of(run)
+        if items is None and data and not run.items:
+            _nothing_usable(setup, run, store, data)
+        with step(setup, run, "dedupe") as info:
+            info.update(ingesting.dedupe_step(run, setup.dedupers, store))
+        for name, deduper in setup.dedupers:  # what a deduper could not see (minhash turned on late)
+            for message in getattr(deduper, "warnings", None) or []:
+                warn(setup, run, f"deduper '{name}': {message}")
+        with step(setup, run, "holdout") as info:
+            info.update(ingesting.holdout_step(run))
     return Ingested.of(run)
 
 
@@ -270,7 +273,7 @@ def prepare(setup: Setup, run: Run, store: ModelStore | None = None) -> Prepared
     with ``store``, items over ``max_item_tokens`` go to its rejects (``core/data/workload.py``).
     Then ``precision: auto`` decided on this model and a batch of its rows."""
     say = functools.partial(warn, setup, run)
-    with step(setup, run, "tokenize") as info:
+    with step(setup, run, "tokenize") as info, heap_frozen():
         if store is not None:  # a record of millions of tokens is not encoded whole to find out
             workload.cap_long_items(run, store, say)
         info.update(prepare_model(run, setup.registry, say, saves=setup.world.is_writer))
@@ -426,13 +429,15 @@ def candidate(setup: Setup, kind: str, data: list[str], store: ModelStore, base:
 def scratch_removed_on_failure(run: Run) -> Iterator[None]:
     """A run that fails before its version holds its token shard removes the shard's scratch
     folder at once (``core/data/shards.py``): the exception's traceback keeps the run alive, so its
-    finalizer would run only later, and a failed run must leave the model directory as it was."""
+    finalizer would run only later, and a failed run must leave the model directory as it was.
+    Its item spool goes too (``core/data/spool.py``: a temp file past its memory part)."""
     try:
         yield
     except BaseException:
         release = getattr(run.rows, "release", None)
         if release is not None:
             release()
+        ingesting.close_spool(run.items)
         raise
 
 

@@ -45,7 +45,8 @@ when it is first built).
 model directory, the version it starts from (``run.parent``, None for a full
 training), ``run.kind`` (``"full_training"``, ``"fine_tuning"`` or ``"import"``:
 ``FULL_TRAINING``, ``FINE_TUNING``, ``IMPORT``), the items
-it trains on (``run.items``), the model (``run.lm``, a ``LanguageModel``;
+it trains on (``run.items``: a sequence read from the run's item spool, ``core/data/spool.py``;
+iterate it, do not list it: a corpus is not all in memory), the model (``run.lm``, a ``LanguageModel``;
 ``run.model`` is its ``torch.nn.Module``), ``run.settings`` and the counts so
 far. It is a read-only view (``RunView``): setting an attribute raises. In a run they fire in this order (``STEPS`` lists the steps)::
 
@@ -134,6 +135,13 @@ def register_dedupers(register):
     counts matches of kind ``"holdout"`` as ``contaminating``. A deduper that is
     also ``RemembersItems`` persists an index for each new version. Dedupers run
     in the order of ``config.dedupers``.
+
+    A run calls ``find_duplicates`` once per batch of its items (``core/data/spool.py``:
+    memory bounded by the batch), in order, with the same ``known`` for every batch of
+    the run; ``known.in_run(hashes) -> {hash: origin}`` gives the items earlier batches
+    kept, so a copy two batches apart is found as one within a batch (``exact`` does);
+    state of a deduper's own across batches is keyed on ``known`` (``minhash``).
+    ``remember`` gets the items as a sequence read from disk: iterate it once.
     """
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 from retain.core.config import Config
 from retain.core.data.items import Item, Reject
@@ -110,14 +110,17 @@ class Run:
         return self.lm is not None and (bool(self.items) or self.kind == IMPORT)
 
     def measured(self) -> "Measured":
-        """What the steps up to ``evaluate_before`` established, as a stage result."""
-        return Measured(tuple(self.items), tuple(self.holdout), dict(self.counts), tuple(self.retention_texts),
+        """What the steps up to ``evaluate_before`` established, as a stage result (the items as
+        they are: a view of the run's spool is not read into memory, ``core/data/spool.py``)."""
+        return Measured(self.items, tuple(self.holdout), dict(self.counts), tuple(self.retention_texts),
                         tuple(self.new_texts), self.judged_items, self.before)
 
     def take(self, measured: "Measured") -> None:
         """Go on from ``measured``: the steps up to ``evaluate_before`` ran elsewhere (a search
         measured once; each of its trials trains and is judged from there)."""
-        self.items, self.holdout, self.counts = list(measured.items), list(measured.holdout), dict(measured.counts)
+        items = measured.items
+        self.items = items if hasattr(items, "spool") else list(items)  # a spool's view stays one
+        self.holdout, self.counts = list(measured.holdout), dict(measured.counts)
         self.retention_texts, self.new_texts = list(measured.retention_texts), list(measured.new_texts)
         self.judged_items, self.before = measured.judged_items, measured.before
 
@@ -180,7 +183,7 @@ class Measured:
     of the retention set) and the starting model's losses on them. A search's trial receives
     it as JSON (``to_json``/``from_json``) and trains and is judged from it alone."""
 
-    items: tuple[Item, ...]
+    items: Sequence[Item]
     holdout: tuple[Item, ...]
     counts: dict[str, int]
     retention_texts: tuple[str, ...]

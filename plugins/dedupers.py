@@ -1,12 +1,15 @@
 """Built-in dedupers: exact (normalized-text hash) and minhash (near-duplicates, MinHash LSH).
 
 Both check the batch itself and everything the current model learned or
-holds out. A match with a held-out (validation/retention) item is reported as
+holds out. A run calls them once per batch of its items, in order, with the same
+``known`` (``core/data/known.py``): exact asks ``known.in_run`` for what earlier
+batches kept, minhash keeps its band index across the batches of one ``known``. A match with a held-out (validation/retention) item is reported as
 kind ``holdout``: such an item is never trained on, so the gate's numbers stay clean.
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -23,11 +26,13 @@ def _origins(known, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
 
 
 class ExactDeduper:
-    """Same text after Unicode, case and whitespace normalization, in the ledger or this batch."""
+    """Same text after Unicode, case and whitespace normalization, in the ledger or this batch
+    (the run's items: an earlier batch of the same run counts as this one)."""
 
     def find_duplicates(self, items: list[Item], known) -> dict[int, str]:
         hashes = [it.hash for it in items]
         learned = known(sorted(set(hashes)))
+        earlier = known.in_run(sorted(set(hashes) - set(learned))) if hasattr(known, "in_run") else {}
         origins = _origins(known, [(h, v) for h, (v, _) in learned.items()])
         dupes: dict[int, str] = {}
         first_seen: dict[str, int] = {}
@@ -38,6 +43,9 @@ class ExactDeduper:
                 origin = origins.get((h, version), "")
                 dupes[i] = Duplicate(describe_match(kind, version, origin), kind=kind, matched=origin,
                                      matched_hash=h, version=version)
+            elif h in earlier:
+                dupes[i] = Duplicate(f"same as {earlier[h]} in this batch", kind=BATCH, matched=earlier[h],
+                                     matched_hash=h)
             elif h in first_seen:
                 first = items[first_seen[h]]
                 dupes[i] = Duplicate(f"same as {first.origin} in this batch", kind=BATCH,
@@ -78,6 +86,9 @@ class MinhashDeduper:
         self._spec = None
         self.stats: dict[str, float] = {}  # of the last check against learned items (see NearDuplicateIndex)
         self.warnings: list[str] = []      # of the last check: what it could not see (the run prints them)
+        self._run = None  # the ``known`` (a weak reference) of the run whose batches it has seen: their kept signatures
+        self._owners: dict = {}
+        self._kept: list = []
 
     @property
     def spec(self):
@@ -95,7 +106,7 @@ class MinhashDeduper:
             return {}
         sigs = signatures(self.spec, (it.text for it in items))
         dupes = self._learned(items, sigs, known)
-        self._within_batch(items, sigs, dupes)
+        self._within_batch(items, sigs, dupes, known)
         return dupes
 
     def _learned(self, items: list[Item], sigs: list, known) -> dict[int, str]:
@@ -125,29 +136,32 @@ class MinhashDeduper:
                                  matched=origin, matched_hash=h, version=version, similarity=sim)
         return dupes
 
-    def _within_batch(self, items: list[Item], sigs: list, dupes: dict[int, str]) -> None:
-        """Each item against the earlier items of the batch that are not duplicates
-        themselves: the same bands and the same check as against learned items."""
+    def _within_batch(self, items: list[Item], sigs: list, dupes: dict[int, str], known) -> None:
+        """Each item against the earlier items of the run (this batch's and the earlier batches'
+        of the same ``known``) that are not duplicates themselves: the same bands and the same
+        check as against learned items. The run's signatures stay until the next run."""
         from collections import defaultdict
 
         from retain.core.data.nearindex import band_keys
 
-        spec, threshold = self.spec, self.options.threshold
-        owners: dict[int, list[int]] = defaultdict(list)
+        if self._run is None or self._run() is not known:  # a new run: the batches before were another's
+            self._run, self._owners, self._kept = weakref.ref(known), defaultdict(list), []
+        spec, threshold, owners, kept = self.spec, self.options.threshold, self._owners, self._kept
         for i, m in enumerate(sigs):
             if i in dupes:
                 continue
             keys = band_keys(0, spec, m)
             candidates = dict.fromkeys(j for key in keys for j in owners.get(key, ()))
-            best = max(((m.jaccard(sigs[j]), -j) for j in candidates), default=None)
+            best = max(((m.jaccard(kept[j][0]), -j) for j in candidates), default=None)
             if best is not None and best[0] >= threshold:
                 similarity, j = best[0], -best[1]  # the most similar, the earliest of equals
-                dupes[i] = Duplicate(f"near-duplicate ({similarity:.2f}) of {items[j].origin} in this batch",
-                                     kind=BATCH, matched=items[j].origin, matched_hash=items[j].hash,
-                                     similarity=similarity)
+                _, origin, h = kept[j]
+                dupes[i] = Duplicate(f"near-duplicate ({similarity:.2f}) of {origin} in this batch",
+                                     kind=BATCH, matched=origin, matched_hash=h, similarity=similarity)
             else:
                 for key in keys:
-                    owners[key].append(i)
+                    owners[key].append(len(kept))
+                kept.append((m, items[i].origin, items[i].hash))
 
     def remember(self, items: list[Item], version: str, writer) -> None:
         """Index the new version's items; they count once the version is in CURRENT's chain."""

@@ -82,6 +82,20 @@ class ParentAveraging(SupervisedPlugin):
 
 # --- replay -------------------------------------------------------------------------
 
+RESERVOIR_CHUNK = 65536  # texts the replay reservoir draws from at a time
+
+
+def _chunks(values, size: int):
+    chunk = []
+    for value in values:
+        chunk.append(value)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 class TextReservoir(ExemplarsBuffer):
     """Replay storage over item texts: avalanche's reservoir sampling picks the items,
     and the buffer the template replays is their token rows.
@@ -124,10 +138,17 @@ class TextReservoir(ExemplarsBuffer):
         return self._rows
 
     def post_adapt(self, agent, exp) -> None:
-        # The experience holds token rows; the run's items are the texts behind them.
-        texts = self.new_texts()
-        if texts:
-            self.reservoir.update_from_dataset(AvalancheDataset([list(texts)]))
+        # The experience holds token rows; the run's items are the texts behind them, read
+        # ``RESERVOIR_CHUNK`` at a time (a corpus's texts are never all in memory): one chunk
+        # is the reservoir's update as it always was; after each of several, the buffer keeps
+        # only the texts it kept, not the chunk it drew them from.
+        updated = False
+        for chunk in _chunks(self.new_texts(), RESERVOIR_CHUNK):
+            if updated:
+                self.reservoir.buffer = AvalancheDataset([self.texts])
+            self.reservoir.update_from_dataset(AvalancheDataset([chunk]))
+            updated = True
+        if updated:
             self._rows = None
             world = world_of(agent)
             if world.distributed:  # several processes: rank 0's draw is every rank's buffer

@@ -123,7 +123,7 @@ class Replay(Strategy):
         def replayed(tokens: int) -> None:
             self.replayed = (self.replayed or 0) + tokens
 
-        self.storage = reservoir(self.options, self.texts, self.keys, lambda: [it.text for it in run.items], encode)
+        self.storage = reservoir(self.options, self.texts, self.keys, lambda: (it.text for it in run.items), encode)
         self.share = steered_share(self.options, start_drift(run))
         history = self.history(run)
         if history is not None and history.items:  # the chain's token shards: the whole history

@@ -7,6 +7,14 @@
 
 Deduplication runs on the cleaned text, the same text whose hash the ledger
 keeps, so an item that cleaning changes is still recognised on the next run.
+
+Memory is bounded by a batch, not by the corpus: each step reads the items in batches
+(``spool.BATCH_ITEMS`` items or ``spool.BATCH_BYTES`` of text) and keeps what it keeps in
+an item spool (``core/data/spool.py``: in memory while small, an unnamed temp file
+beyond), ``run.items`` a view of it; rejects go to the rejects file batch by batch, the
+run keeping their count, kinds and first few (``Rejects``); the report's skipped list
+keeps its first ``SKIPPED_KEPT``. Dedupers see one batch at a time, in order, and a copy
+in an earlier batch as one in the same batch (``KnownItems.in_run``).
 """
 
 from __future__ import annotations
@@ -16,16 +24,46 @@ import re
 import sqlite3
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator, Sequence
 
 from retain.core.config import Config
 from retain.core.errors import ModelError, PluginError, SourceError, StorageError
 from retain.core.data.items import Item, Reject
+from retain.core.data.spool import ItemSpool, ItemView, batched, without
+from retain.core.data.spool import digests as hash_rows
 from retain.core.pluginmanager import Registry
 
 # What a report keeps of a run's duplicates and rejects, whole: the first few (a bounded report.json)
 EXCERPTS_KEPT = 20
 EXCERPT_CHARS = 200
+SKIPPED_KEPT = 1000  # the report's skipped entries (one per duplicate): the first ones, the rest counted
+
+
+class Rejects:
+    """A run's rejects as it keeps them: how many, by kind, the first ``EXCERPTS_KEPT`` whole
+    (every one is in the rejects file). ``rejects += [...]``, ``len``, ``rejects[0]`` as a list."""
+
+    def __init__(self, rejects: Iterable[Reject] = ()):
+        self.count, self.kinds, self.first = 0, Counter(), []
+        self += rejects
+
+    def __iadd__(self, rejects: Iterable[Reject]) -> "Rejects":
+        for r in rejects:
+            self.count += 1
+            self.kinds[reject_kind(r.reason)] += 1
+            if len(self.first) < EXCERPTS_KEPT:
+                self.first.append(r)
+        return self
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i):
+        return self.first[i]
+
+
+def _tally(rejects) -> Rejects:
+    return rejects if isinstance(rejects, Rejects) else Rejects(rejects)
 
 
 def source_for(spec: str, registry: Registry) -> tuple[str, str]:
@@ -96,6 +134,13 @@ def collect(specs: list[str], registry: Registry, config: Config) -> tuple[list[
     """Read every ``--data`` spec; a malformed record becomes a reject, never an error."""
     items: list[Item] = []
     rejects: list[Reject] = []
+    for record in records(specs, registry, config):
+        (items if isinstance(record, Item) else rejects).append(record)
+    return items, rejects
+
+
+def records(specs: list[str], registry: Registry, config: Config) -> Iterator[Item | Reject]:
+    """Every record of every ``--data`` spec as the sources read it, one at a time."""
     for spec in specs:
         name, location = source_for(spec, registry)
         parts = folder_files(location, registry) if name == "" else [(name, location)]
@@ -104,13 +149,11 @@ def collect(specs: list[str], registry: Registry, config: Config) -> tuple[list[
         for source_name, path in parts:
             source = registry.build("sources", source_name, config)
             try:
-                for record in source.read(path):
-                    (items if isinstance(record, Item) else rejects).append(record)
+                yield from source.read(path)
             except SourceError:
                 raise
             except Exception as exc:
                 raise PluginError(f"source '{source_name}' failed on {path}: {type(exc).__name__}: {exc}") from exc
-    return items, rejects
 
 
 def python_items(data: Iterable[Any], field_name: str = "text") -> tuple[list[Item], list[Reject]]:
@@ -128,9 +171,18 @@ def python_items(data: Iterable[Any], field_name: str = "text") -> tuple[list[It
 
 
 def preprocess(items: list[Item], registry: Registry, config: Config) -> tuple[list[Item], list[Reject]]:
+    return clean(items, build_preprocessors(registry, config))
+
+
+def build_preprocessors(registry: Registry, config: Config) -> list[tuple[str, Any]]:
+    """The configured preprocessors, in order: built once a run, used on each batch."""
+    return [(name, registry.build("preprocessors", name, config)) for name in config.preprocessors]
+
+
+def clean(items: list[Item], processes: list[tuple[str, Any]]) -> tuple[list[Item], list[Reject]]:
+    """``items`` through each preprocessor in turn: the cleaned ones, and those that became rejects."""
     rejects: list[Reject] = []
-    for name in config.preprocessors:
-        process = registry.build("preprocessors", name, config)
+    for name, process in processes:
         kept = []
         for item in items:
             try:
@@ -143,12 +195,13 @@ def preprocess(items: list[Item], registry: Registry, config: Config) -> tuple[l
     return items, rejects
 
 
-def nothing_usable(rejects: list[Reject], data: list[str], rejects_file: Path | None) -> str:
+def nothing_usable(rejects: list[Reject] | Rejects, data: list[str], rejects_file: Path | None) -> str:
     """Why sources that were read gave no item: the rejects summarized by kind and count, or
     that they held no record at all. ``rejects_file``: where the details are, if they stay."""
     if not rejects:
         return f"no usable item: no records in --data {', '.join(data)}"
-    kinds = Counter(reject_kind(r.reason) for r in rejects).most_common()
+    rejects = _tally(rejects)
+    kinds = rejects.kinds.most_common()
     shown = ", ".join(f'{n} "{kind}"' for kind, n in kinds[:4])
     if len(kinds) > 4:
         shown += f", {sum(n for _, n in kinds[4:])} of {len(kinds) - 4} other kinds"
@@ -182,26 +235,40 @@ def dedupe(items: list[Item], dedupers: list[tuple[str, Any]], known) -> tuple[l
     """Run the dedupers; return kept items and a record of each skipped one."""
     skipped: list[dict] = []
     for name, deduper in dedupers:
-        try:
-            dupes = deduper.find_duplicates(items, known)
-        except sqlite3.Error as exc:  # the ledger's database, not the plugin, failed
-            raise _ledger_error(known, exc) from exc
-        except Exception as exc:
-            raise PluginError(f"deduper '{name}' failed: {type(exc).__name__}: {exc}") from exc
-        for i, reason in sorted(dupes.items()):
-            entry = {"deduper": name, "origin": items[i].origin, "reason": str(reason), **getattr(reason, "details", {})}
-            if len(skipped) < EXCERPTS_KEPT:  # the first ones say what was skipped (retain report)
-                entry["excerpt"] = items[i].text[:EXCERPT_CHARS]
-            skipped.append(entry)
+        dupes = find_duplicates(name, deduper, items, known)
+        skipped += skipped_entries(name, items, dupes, EXCERPTS_KEPT - len(skipped))
         items = [it for i, it in enumerate(items) if i not in dupes]
     return items, skipped
 
 
-def rejects_summary(rejects: list[Reject]) -> dict[str, Any]:
+def find_duplicates(name: str, deduper, items: list[Item], known) -> dict[int, str]:
+    """One deduper's ``{position: why}`` on ``items``; a failure is the plugin's or the ledger's."""
+    try:
+        return deduper.find_duplicates(items, known)
+    except sqlite3.Error as exc:  # the ledger's database, not the plugin, failed
+        raise _ledger_error(known, exc) from exc
+    except Exception as exc:
+        raise PluginError(f"deduper '{name}' failed: {type(exc).__name__}: {exc}") from exc
+
+
+def skipped_entries(name: str, items: list[Item], dupes: dict[int, str], excerpts: int) -> list[dict]:
+    """The report's record of each duplicate; the first ``excerpts`` say what was skipped
+    (``retain report``)."""
+    entries = []
+    for i, reason in sorted(dupes.items()):
+        entry = {"deduper": name, "origin": items[i].origin, "reason": str(reason), **getattr(reason, "details", {})}
+        if len(entries) < excerpts:
+            entry["excerpt"] = items[i].text[:EXCERPT_CHARS]
+        entries.append(entry)
+    return entries
+
+
+def rejects_summary(rejects: list[Reject] | Rejects) -> dict[str, Any]:
     """The report's record of a run's rejects: how many, by kind, and the first few whole."""
-    kinds = Counter(reject_kind(r.reason) for r in rejects).most_common()
+    rejects = _tally(rejects)
+    kinds = rejects.kinds.most_common()
     return {"count": len(rejects), "kinds": [{"kind": k, "count": n} for k, n in kinds[:EXCERPTS_KEPT]],
-            "first": [r.to_json() for r in rejects[:EXCERPTS_KEPT]]}
+            "first": [r.to_json() for r in rejects.first[:EXCERPTS_KEPT]]}
 
 
 def _ledger_error(known, exc: sqlite3.Error) -> ModelError | StorageError:
@@ -218,16 +285,22 @@ def split_holdout(items: list[Item], fraction: float, cap: int, seed: int) -> tu
 
     From 10 items on, a positive fraction holds out at least one; ``cap`` bounds
     it, and a cap of 0 holds out nothing."""
-    n = len(items)
+    chosen = set(holdout_positions(len(items), fraction, cap, seed))
+    if not chosen:
+        return items, []
+    return ([it for i, it in enumerate(items) if i not in chosen],
+            [it for i, it in enumerate(items) if i in chosen])
+
+
+def holdout_positions(n: int, fraction: float, cap: int, seed: int) -> list[int]:
+    """The positions ``split_holdout`` holds out of ``n`` items, ascending (none: hold out nothing)."""
     k = int(round(n * fraction))
     if fraction > 0 and n >= 10:
         k = max(k, 1)
     k = min(k, cap)
     if k <= 0 or k >= n:
-        return items, []
-    chosen = set(random.Random(seed).sample(range(n), k))
-    return ([it for i, it in enumerate(items) if i not in chosen],
-            [it for i, it in enumerate(items) if i in chosen])
+        return []
+    return sorted(random.Random(seed).sample(range(n), k))
 
 
 def sample(values: list, cap: int, seed: int) -> list:
@@ -237,16 +310,36 @@ def sample(values: list, cap: int, seed: int) -> list:
     return random.Random(seed).sample(values, cap)
 
 
-# --- the steps, on a run: each narrows ``run.items`` --------------------------------------------
+# --- the steps, on a run: each narrows ``run.items`` (a view of the run's spool) ----------------
+
+def _batches(values: Iterable) -> Iterator[list]:
+    """Records (items and rejects) in batches: at most ``BATCH_ITEMS`` of them or ``BATCH_BYTES`` of text."""
+    from retain.core.data import spool
+
+    batch, chars = [], 0
+    for value in values:
+        batch.append(value)
+        chars += len(value.text) if isinstance(value, Item) else 0
+        if len(batch) >= spool.BATCH_ITEMS or chars >= spool.BATCH_BYTES:
+            yield batch
+            batch, chars = [], 0
+    if batch:
+        yield batch
+
 
 def collect_step(run, registry: Registry, store, data: list[str], items: list[Item] | None,
                  strict: bool) -> dict:
-    """2. Collect: every --data spec (or the given items); rejects appended to the rejects file."""
-    if items is not None:
-        run.items, run.rejects = list(items), []
-    else:
-        run.items, run.rejects = collect(data, registry, run.config)
-    path = store.append_rejects(run.rejects, run.id) if run.rejects and run.writes else None
+    """2. Collect: every --data spec (or the given items) into the run's spool, batch by batch;
+    rejects appended to the rejects file as they come."""
+    spool, run.rejects, path = ItemSpool(), Rejects(), None
+    run.items = spool.view()  # the run holds its spool from here (closed with it, or on failure)
+    for batch in _batches(items if items is not None else records(data, registry, run.config)):
+        rejects = [r for r in batch if not isinstance(r, Item)]
+        spool.extend(r for r in batch if isinstance(r, Item))
+        if rejects and run.writes:
+            path = store.append_rejects(rejects, run.id)
+        run.rejects += rejects
+    run.items = spool.view()
     run.counts.update(collected=len(run.items), rejected=len(run.rejects))
     if run.rejects and strict:
         first = run.rejects[0]
@@ -256,33 +349,113 @@ def collect_step(run, registry: Registry, store, data: list[str], items: list[It
 
 
 def preprocess_step(run, registry: Registry, store) -> dict:
-    """3. Preprocess: the configured cleaners, in order."""
-    run.items, rejects = preprocess(run.items, registry, run.config)
-    if rejects and run.writes:
-        store.append_rejects(rejects, run.id)
-    run.rejects += rejects
+    """3. Preprocess: the configured cleaners, in order, batch by batch. An item cleaning leaves
+    as it is stays where it is in the spool; a changed one is appended to it (most items are
+    clean: they are not written twice)."""
+    import numpy as np
+
+    processes = build_preprocessors(registry, run.config)
+    items, rejected = run.items, 0
+    spooled = isinstance(items, ItemView)
+    index, kept_all, start = [], [], 0
+    for batch in batched(items):
+        kept, rejects = clean(batch, processes)
+        if spooled:
+            index.append(_positions_after_cleaning(items, batch, kept, start))
+        else:
+            kept_all += kept
+        start += len(batch)
+        if rejects and run.writes:
+            store.append_rejects(rejects, run.id)
+        run.rejects += rejects
+        rejected += len(rejects)
+    if spooled:
+        run.items = ItemView(items.spool, np.concatenate(index) if index else np.zeros(0, np.int64))
+    else:
+        run.items = kept_all
     run.counts.update(rejected=len(run.rejects), preprocessed=len(run.items))
-    return {"items": len(run.items), "rejected": len(rejects)}
+    return {"items": len(run.items), "rejected": rejected}
+
+
+def _positions_after_cleaning(items: ItemView, batch: list[Item], kept: list[Item], start: int):
+    """The spool positions of a batch's ``kept`` items: an unchanged item's own (the same object
+    came back), a changed one's as it is appended."""
+    import numpy as np
+
+    where = {id(it): int(items.index[start + i]) for i, it in enumerate(batch)}
+    changed = [it for it in kept if id(it) not in where]
+    appended = iter(items.spool.extend(changed))
+    return np.fromiter((where[id(it)] if id(it) in where else next(appended) for it in kept),
+                       dtype=np.int64, count=len(kept))
 
 
 def dedupe_step(run, dedupers: list[tuple[str, Any]], store) -> dict:
-    """4. Skip duplicates: of each other, and of what CURRENT's chain learned or holds out."""
-    from retain.core.data.known import HOLDOUT, KnownItems
+    """4. Skip duplicates: of each other, and of what CURRENT's chain learned or holds out.
+    Batch by batch: each deduper sees the items of one batch and, through ``known.in_run``,
+    those earlier batches kept; ``run.items`` becomes the kept ones, their hashes with them."""
+    import numpy as np
+
+    from retain.core.data.known import HOLDOUT, EarlierBatches, KnownItems
 
     chain = store.chain(run.parent) if run.parent else []
     store.check_ledger(chain)  # a lost ledger is never read as "nothing learned yet"
-    run.items, run.skipped = dedupe(run.items, dedupers, KnownItems(store.ledger, chain))
-    contaminating = sum(s.get("kind") == HOLDOUT for s in run.skipped)
-    run.counts.update(duplicates=len(run.skipped), contaminating=contaminating, new=len(run.items))
-    return {"duplicates": len(run.skipped), "contaminating": contaminating, "items": len(run.items)}
+    items = run.items
+    knowns = [KnownItems(store.ledger, chain, EarlierBatches(items)) for _ in dedupers]
+    kept_at = np.empty(len(items), dtype=np.int64)  # filled batch by batch: no list, no copy
+    spooled = isinstance(items, ItemView)
+    digests = np.empty((len(items) if spooled else 0, 32), dtype=np.uint8)  # the kept items', in order
+    run.skipped, duplicates, contaminating, start, kept_count = [], 0, 0, 0, 0
+    for batch in batched(items):
+        kept, skipped = _dedupe_batch(batch, dedupers, knowns, start, excerpts=EXCERPTS_KEPT - duplicates)
+        kept_at[kept_count:kept_count + len(kept)] = kept
+        if spooled:
+            digests[kept_count:kept_count + len(kept)] = hash_rows([batch[p - start].hash for p in kept])
+        kept_count += len(kept)
+        start += len(batch)
+        duplicates += len(skipped)
+        contaminating += sum(s.get("kind") == HOLDOUT for s in skipped)
+        run.skipped += skipped[:max(0, SKIPPED_KEPT - len(run.skipped))]
+    if spooled:
+        run.items = items.take(kept_at[:kept_count]).with_digests(digests[:kept_count])
+    else:
+        run.items = [items[i] for i in kept_at[:kept_count].tolist()]
+    run.counts.update(duplicates=duplicates, contaminating=contaminating, new=len(run.items))
+    return {"duplicates": duplicates, "contaminating": contaminating, "items": len(run.items)}
+
+
+def _dedupe_batch(batch: list[Item], dedupers: list[tuple[str, Any]], knowns: list, start: int,
+                  excerpts: int) -> tuple[list[int], list[dict]]:
+    """The positions (``start`` is the batch's first) of the items of ``batch`` every deduper
+    kept, and a record of each skipped one; each deduper's ``known`` learns what it kept."""
+    positions = list(range(start, start + len(batch)))
+    skipped: list[dict] = []
+    for (name, deduper), known in zip(dedupers, knowns):
+        dupes = find_duplicates(name, deduper, batch, known)
+        skipped += skipped_entries(name, batch, dupes, excerpts - len(skipped))
+        batch = [it for i, it in enumerate(batch) if i not in dupes]
+        positions = [p for i, p in enumerate(positions) if i not in dupes]
+        known.earlier.add([it.hash for it in batch], positions)
+    return positions, skipped
 
 
 def holdout_step(run) -> dict:
     """Keep a seeded sample aside: base items to measure retention later (full training, import),
-    new items to measure learning now (update)."""
+    new items to measure learning now (update). The same items ``split_holdout`` holds out."""
     v = run.config.validation
     fraction, cap = ((v.retention_fraction, v.retention_max) if run.new_lineage
                      else (v.holdout_fraction, v.holdout_max))
-    run.items, run.holdout = split_holdout(run.items, fraction, cap, run.config.seed)
+    chosen = holdout_positions(len(run.items), fraction, cap, run.config.seed)
+    if isinstance(run.items, ItemView):
+        run.holdout = list(run.items.take(chosen))  # at most the cap: small
+    else:
+        run.holdout = [run.items[i] for i in chosen]
+    run.items = without(run.items, chosen)
     run.counts.update(trained=len(run.items), holdout=len(run.holdout))
     return {"train": len(run.items), "held_out": len(run.holdout)}
+
+
+def close_spool(items) -> None:
+    """The spool behind ``items`` (a view) is dropped: its records, and its temp file if any."""
+    spool = getattr(items, "spool", None)
+    if spool is not None:
+        spool.close()

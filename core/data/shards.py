@@ -84,9 +84,12 @@ class ShardWriter:
         return self.folder / f"{self.name}.{dtype.name}"
 
     def add(self, ids: list[Sequence[int]]) -> None:
-        parts = [np.asarray(i, dtype=np.int64) for i in ids]
-        lengths = np.array([len(p) for p in parts], dtype=np.int64)
-        flat = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        if ids and all(isinstance(i, array) and i.typecode == "i" for i in ids):  # a family's encode_ids:
+            flat = np.frombuffer(b"".join(ids), dtype=np.int32)  # one copy, not one array per item
+        else:
+            parts = [np.asarray(i, dtype=np.int64) for i in ids]
+            flat = np.concatenate(parts) if parts else np.zeros(0, np.int64)
         if flat.size and int(flat.max()) >= 1 << 16 and self.dtype == np.uint16:
             self._widen()
         self._tokens.write(flat.astype(self.dtype).tobytes())

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import itertools
 import statistics
 from typing import Callable
 
@@ -44,10 +45,21 @@ def cap_long_items(run: Run, store: ModelStore, warn: Callable[[str], None]) -> 
     if lm is None or not cap:
         return
     sizes = []
-    for item in (*run.items, *run.holdout):
-        if 4 * len(item.text) > cap and (n := _tokens_up_to(lm, item.text, cap)) > cap:
-            sizes.append((n, f"at least {n:,}", item))
+    for place, items in (("items", run.items), ("holdout", run.holdout)):
+        for i, item in _maybe_long(items, cap):
+            if 4 * len(item.text) > cap and (n := _tokens_up_to(lm, item.text, cap)) > cap:
+                sizes.append((n, f"at least {n:,}", item, (place, i)))
     _reject(run, store, sizes, cap, warn)
+
+
+def _maybe_long(items, cap: int):
+    """(position, item) of the items that may hold more than ``cap`` tokens: of a spool's view,
+    only those whose text has over cap / 4 bytes (a character is at least a byte) are read."""
+    text_bytes = getattr(items, "text_bytes", None)
+    if text_bytes is None:
+        return enumerate(items)
+    positions = [int(i) for i in (text_bytes() * 4 > cap).nonzero()[0]]
+    return zip(positions, items.take(positions))
 
 
 def _tokens_up_to(lm, text: str, cap: int) -> int:
@@ -70,32 +82,37 @@ def cap_item_tokens(run: Run, store: ModelStore, warn: Callable[[str], None]) ->
         return {}
     trained = tokens_per_item(run.rows, len(run.items))
     over = {i for i, n in enumerate(trained) if n > cap}
-    held = [(n, f"{n:,}", item) for n, item in zip(_held_out_tokens(run), run.holdout) if n > cap]
+    held = [(n, f"{n:,}", item, ("holdout", i)) for i, (n, item) in enumerate(zip(_held_out_tokens(run), run.holdout))
+            if n > cap]
     if not over and not held:
         return {}
     run.rows = run.rows.without(over) if hasattr(run.rows, "without") else _without(run.rows, over)
-    _reject(run, store, [(trained[i], f"{trained[i]:,}", run.items[i]) for i in sorted(over)] + held, cap, warn)
+    over_bytes = sum(len(run.items[i].text.encode("utf-8")) for i in over)
+    _reject(run, store, [(trained[i], f"{trained[i]:,}", run.items[i], ("items", i)) for i in sorted(over)] + held,
+            cap, warn)
     run.counts.update(tokens=content_tokens(run.rows, len(run.items)),
-                      bytes=sum(len(it.text.encode("utf-8")) for it in run.items))
+                      bytes=run.counts.get("bytes", 0) - over_bytes)
     return {"over_max_item_tokens": len(over) + len(held), "items": len(run.items), "sequences": len(run.rows),
             "tokens": run.rows.tokens, "held_out": len(run.holdout)}
 
 
-def _reject(run: Run, store: ModelStore, sizes: list[tuple[int, str, object]], cap: int,
+def _reject(run: Run, store: ModelStore, sizes: list[tuple[int, str, object, tuple[str, int]]], cap: int,
             warn: Callable[[str], None]) -> None:
-    """(tokens, as said, item): out of the run, into its rejects, with a warning."""
+    """(tokens, as said, item, where: ("items" or "holdout", its position)): out of the run,
+    into its rejects, with a warning."""
+    from retain.core.data.spool import without
+
     if not sizes:
         return
     name = block_name(run)
-    dropped = {id(item) for _, _, item in sizes}
-    run.items = [it for it in run.items if id(it) not in dropped]
-    run.holdout = [it for it in run.holdout if id(it) not in dropped]
+    run.items = without(run.items, [i for *_, (place, i) in sizes if place == "items"])
+    run.holdout = list(without(run.holdout, [i for *_, (place, i) in sizes if place == "holdout"]))
     rejects = [Reject.of(item, f"{said} tokens, over {name}.max_item_tokens ({cap:,}): split the record, "
-                               "or raise the cap") for _, said, item in sizes]
+                               "or raise the cap") for _, said, item, _ in sizes]
     if run.writes:
         store.append_rejects(rejects, run.id)
     run.rejects += rejects
-    _, said, largest = max(sizes, key=lambda size: size[0])
+    _, said, largest, _ = max(sizes, key=lambda size: size[0])
     warn(f"{plural(len(sizes), 'item')} over {name}.max_item_tokens ({cap:,} tokens) not used: the largest "
          f"has {said} tokens ({largest.origin}); " + ("they would go to rejects.jsonl (nothing is written)"
                                                       if not run.writes else "listed in rejects.jsonl"))
@@ -190,17 +207,21 @@ def announce_plan(run: Run, store: ModelStore, warn: Callable[[str], None]) -> d
     per_byte = counts["tokens"] / counts["bytes"]
     name = block_name(run)
     cap = getattr(run.config, name).max_item_tokens
-    sizes = [(round(len(it.text.encode("utf-8")) * per_byte), it) for it in (*run.items, *run.holdout)]
-    over = [(n, it) for n, it in sizes if cap and n > cap]
+    over, tokens, items = [], 0, 0
+    for it in itertools.chain(run.items, run.holdout):  # in order: a spool's items are not all in memory
+        n, items = round(len(it.text.encode("utf-8")) * per_byte), items + 1
+        if cap and n > cap:
+            over.append((n, it.origin))
+        else:
+            tokens += n
     if over:
-        largest, where = max((n, it.origin) for n, it in over)
+        largest, where = max(over)
         warn(f"about {plural(len(over), 'item')} over {name}.max_item_tokens ({cap:,} tokens) would go to "
              f"rejects.jsonl: the largest has about {largest:,} tokens ({where}), estimated from its bytes")
-    tokens = sum(n for n, _ in sizes if not (cap and n > cap))
     usual = usual_tokens(run, store)
     if usual is None or tokens < max(MIN_ANNOUNCED, FAR_BEYOND * usual[0]):
         return {"estimated_tokens": tokens}
-    warn(f"this update is about {tokens / usual[0]:,.0f}x the model's usual size: {plural(len(sizes), 'item')}, "
+    warn(f"this update is about {tokens / usual[0]:,.0f}x the model's usual size: {plural(items, 'item')}, "
          f"about {tokens:,} tokens, estimated at the model's {per_byte:.2f} tokens per byte (usual: {usual[1]}); "
          + (f"{name}.max_seconds ({run.config.fine_tuning.max_seconds:g} s) would bound the training"
             if run.config.fine_tuning.max_seconds else f"no time limit: set {name}.max_seconds to bound it"))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from typing import Any
+from typing import Any, Iterator, Sequence
 
 from retain.core.runtime import interrupts
 from retain.core.quality.evaluation import held_out_rows, kept_retention, scoring
@@ -51,11 +51,9 @@ def commit(run: Run, store: ModelStore, dedupers: list[tuple[str, Any]],
         report = report.model_copy(update=dict(timings=dict(run.timings), replaces=replaces, version=writer.name,
                                                 status=status))
         writer.write_json(REPORT, report.to_json())
-        rows = ([(it.hash, "train", it.source, it.origin) for it in run.items]
-                + [(it.hash, "holdout", it.source, it.origin) for it in run.holdout])
-        writer.write_ledger_record(rows)  # the version's own copy: a lost ledger is rebuilt from it
+        writer.write_ledger_record(ledger_rows(run))  # the version's own copy: a lost ledger is rebuilt from it
         # Ledger rows first: they count only once CURRENT's chain includes this version.
-        store.ledger.add(writer.name, rows)
+        store.ledger.add(writer.name, ledger_rows(run))
         final_manifest = {**manifest(run, report, entry, status), "retention": kept.manifest_entry(),
                           "holdout_scored": scoring(run) if held else None}
     except BaseException:
@@ -80,6 +78,14 @@ def commit(run: Run, store: ModelStore, dedupers: list[tuple[str, Any]],
             interrupts.set_outcome(f"the run had finished: version {writer.name} was kept as rejected; "
                                    f"{interrupts.UNCHANGED}")
     return report
+
+
+def ledger_rows(run: Run) -> Iterator[tuple[str, str, str, str]]:
+    """(hash, role, source, origin) of every trained and held-out item, read in order: a
+    spool's items are never all in memory (``core/data/spool.py``)."""
+    for role, items in (("train", run.items), ("holdout", run.holdout)):
+        for item in items:
+            yield item.hash, role, item.source, item.origin
 
 
 def version_bytes(run: Run) -> int:
@@ -116,9 +122,11 @@ def search_summary(search: dict | None) -> dict | None:
     return {**{k: search.get(k) for k in keep}, "trials": len(search.get("trials", []))}
 
 
-def data_hash(items: list[Item]) -> str:
+def data_hash(items: Sequence[Item]) -> str:
     """sha256 over the sorted item hashes: the same data gives the same hash, in any order."""
+    from retain.core.data.spool import sorted_hashes
+
     h = hashlib.sha256()
-    for digest in sorted(it.hash for it in items):
+    for digest in sorted_hashes(items):
         h.update(digest.encode())
     return h.hexdigest()

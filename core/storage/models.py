@@ -206,6 +206,21 @@ def _say_context(run, max_seq_length: int, warn) -> None:
          f"using {context} (a full retrain changes the context)")
 
 
+def _texts_counted(items, counted: dict):
+    """The items' texts, in order (one read of a spool), their UTF-8 bytes added up on the way."""
+    for it in items:
+        counted["bytes"] += len(it.text.encode("utf-8"))
+        yield it.text
+
+
+def _items_at(items, positions: list[int]):
+    """The items at ``positions`` (ascending): read in order from a spool's view."""
+    take = getattr(items, "take", None)
+    if take is not None:
+        return take(positions)
+    return [items[i] for i in positions]
+
+
 def prepare_model(run, registry: Registry, warn, saves: bool = True) -> dict:
     """5. Tokenize: the model to train (a new one for a full training, the imported one for an
     import), its settings and the training rows of ``run.items``. ``warn(message)`` reports
@@ -215,6 +230,7 @@ def prepare_model(run, registry: Registry, warn, saves: bool = True) -> dict:
     from retain.core.errors import SourceError
     from retain.core.run import FINE_TUNING, FULL_TRAINING, IMPORT
     from retain.core.data.shards import encode_to_shard, scratch_folder
+    from retain.core.data.spool import even_sample
     from retain.core.learning.strategy import TrainSettings
 
     cfg = run.config
@@ -224,18 +240,20 @@ def prepare_model(run, registry: Registry, warn, saves: bool = True) -> dict:
             raise SourceError("full training needs at least 2 usable items")
         if run.tokenizer_from is not None:
             run.lm = renew_model(registry, cfg, run.tokenizer_from, block.max_seq_length)
-        else:
-            run.lm = create_model(registry, cfg, [it.text for it in run.items], block.max_seq_length)
+        else:  # the tokenizer learns from a bounded, even sample of the items (all, when they fit)
+            sample = even_sample(run.items, int(block.tokenizer_sample_mb * 1_000_000))
+            run.lm = create_model(registry, cfg, [it.text for it in _items_at(run.items, sample)],
+                                  block.max_seq_length)
     elif run.kind == FINE_TUNING:
         run.lm = run.base.lm
     seq_len = min(block.max_seq_length, run.lm.context)
     _say_context(run, block.max_seq_length, warn)
     # Into a token shard, chunk by chunk: the padded rows are never in memory at once (core/data/shards.py).
-    run.rows = encode_to_shard(run.lm, (it.text for it in run.items), seq_len,
+    counted = {"bytes": 0}
+    run.rows = encode_to_shard(run.lm, _texts_counted(run.items, counted), seq_len,
                                scratch_folder(run.model_dir, run.writes and saves, run.id))
     # Tokens per byte of what is learned, under this tokenizer: the vocabulary-drift check's input.
-    run.counts.update(tokens=content_tokens(run.rows, len(run.items)),
-                      bytes=sum(len(it.text.encode("utf-8")) for it in run.items))
+    run.counts.update(tokens=content_tokens(run.rows, len(run.items)), bytes=counted["bytes"])
     with memory_for(f"moving the model to {run.device}"):
         run.lm.module.to(run.device)
     # An import's pass over the base data changes no weight: the strategies only record it.

@@ -52,6 +52,7 @@ INDEX = ".index.json"  # in versions/: each version's summary, a cache of fields
 PRUNE_INTENT = ".prune-intent.json"  # in versions/ while a prune runs: what recover() finishes
 PRUNED_PREFIX = ".tmp-pruned-"  # a version prune is deleting: .tmp-pruned-<version>-<pid>
 LEDGER_RECORD = "ledger.jsonl.gz"  # in each version: its ledger rows, to rebuild a lost ledger from
+LEDGER_PIECE = 65536            # ledger rows written to it at a time
 ROOT_KINDS = ("full_training", "import")  # versions that start a lineage: a model made, not updated
 
 
@@ -488,14 +489,18 @@ class VersionWriter:
     def write_text(self, rel: str, text: str) -> None:
         self._path(rel).write_text(text, encoding="utf-8")
 
-    def write_ledger_record(self, rows: list[tuple[str, str, str, str]]) -> None:
+    def write_ledger_record(self, rows: Iterable[tuple[str, str, str, str]]) -> None:
         """The version's own copy of its ledger rows (``LEDGER_RECORD``): what a lost ledger is
-        rebuilt from. gzip without a timestamp: the same rows give the same bytes."""
+        rebuilt from. gzip without a timestamp: the same rows give the same bytes. Written in
+        pieces of ``LEDGER_PIECE`` rows: a corpus's rows are never one string in memory."""
         import gzip
+        import itertools
 
-        text = "".join(json.dumps(list(row), ensure_ascii=False) + "\n" for row in rows)
+        rows = iter(rows)
         with open(self._path(LEDGER_RECORD), "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:
-            f.write(text.encode("utf-8", errors="backslashreplace"))
+            while piece := list(itertools.islice(rows, LEDGER_PIECE)):
+                text = "".join(json.dumps(list(row), ensure_ascii=False) + "\n" for row in piece)
+                f.write(text.encode("utf-8", errors="backslashreplace"))
 
     def write_tensors(self, rel: str, tensors: dict, metadata: dict[str, str] | None = None) -> None:
         from safetensors.torch import save_file
