@@ -19,7 +19,7 @@ import pytest
 from retain.core.config import load_config
 from retain.core.data import ingest, spool as spools
 from retain.core.data.items import Item, normalize_text, text_hash
-from retain.core.data.spool import ItemSpool, even_sample, sorted_hashes
+from retain.core.data.spool import ItemSpool, even_sample
 from retain.core.engine import Engine
 from retain.core.errors import RetainError
 from retain.core.pluginmanager import Registry, default_plugin_manager
@@ -51,14 +51,24 @@ def test_spool_round_trip_in_memory_and_on_disk(memory):
     assert spool._file.closed
 
 
-def test_a_views_digests_give_the_hashes_without_hashing_again():
+def test_the_data_hash_is_sorted_by_the_ledger_and_counts_only_trained_items(tmp_path):
+    """A version's data_hash: sha256 over its trained items' sorted hashes, sorted by SQLite (no
+    list of every hash in memory), the same in any order, blind to its held-out items."""
+    import hashlib
+
+    from retain.core.storage.store import Ledger
+
     items = _items(40)
-    view = ItemSpool(items).view()
     hashes = [it.hash for it in items]
-    view = view.with_digests(spools.digests(hashes))
-    assert [it.hash for it in view] == hashes and view[7].hash == hashes[7]
-    assert list(sorted_hashes(view)) == sorted(hashes) == list(sorted_hashes(items))
-    assert list(view.without([1]).hashes()) == hashes[:1] + hashes[2:]
+    expected = hashlib.sha256("".join(sorted(hashes[:30])).encode()).hexdigest()
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    rows = [(it.hash, "train" if i < 30 else "holdout", it.source, it.origin) for i, it in enumerate(items)]
+    ledger.add("0001", rows)
+    ledger.add("0002", list(reversed(rows)))
+    ledger.add("0003", rows[1:])
+    assert ledger.data_hash("0001") == ledger.data_hash("0002") == expected
+    assert ledger.data_hash("0003") != expected
+    ledger.close()
 
 
 def test_normalized_text_is_the_regex_form_for_every_code_point():

@@ -30,7 +30,6 @@ from retain.core.config import Config
 from retain.core.errors import ModelError, PluginError, SourceError, StorageError
 from retain.core.data.items import Item, Reject
 from retain.core.data.spool import ItemSpool, ItemView, batched, without
-from retain.core.data.spool import digests as hash_rows
 from retain.core.pluginmanager import Registry
 
 # What a report keeps of a run's duplicates and rejects, whole: the first few (a bounded report.json)
@@ -392,7 +391,7 @@ def _positions_after_cleaning(items: ItemView, batch: list[Item], kept: list[Ite
 def dedupe_step(run, dedupers: list[tuple[str, Any]], store) -> dict:
     """4. Skip duplicates: of each other, and of what CURRENT's chain learned or holds out.
     Batch by batch: each deduper sees the items of one batch and, through ``known.in_run``,
-    those earlier batches kept; ``run.items`` becomes the kept ones, their hashes with them."""
+    those earlier batches kept; ``run.items`` becomes the kept ones."""
     import numpy as np
 
     from retain.core.data.known import HOLDOUT, EarlierBatches, KnownItems
@@ -403,20 +402,19 @@ def dedupe_step(run, dedupers: list[tuple[str, Any]], store) -> dict:
     knowns = [KnownItems(store.ledger, chain, EarlierBatches(items)) for _ in dedupers]
     kept_at = np.empty(len(items), dtype=np.int64)  # filled batch by batch: no list, no copy
     spooled = isinstance(items, ItemView)
-    digests = np.empty((len(items) if spooled else 0, 32), dtype=np.uint8)  # the kept items', in order
     run.skipped, duplicates, contaminating, start, kept_count = [], 0, 0, 0, 0
     for batch in batched(items):
         kept, skipped = _dedupe_batch(batch, dedupers, knowns, start, excerpts=EXCERPTS_KEPT - duplicates)
         kept_at[kept_count:kept_count + len(kept)] = kept
-        if spooled:
-            digests[kept_count:kept_count + len(kept)] = hash_rows([batch[p - start].hash for p in kept])
         kept_count += len(kept)
         start += len(batch)
         duplicates += len(skipped)
         contaminating += sum(s.get("kind") == HOLDOUT for s in skipped)
         run.skipped += skipped[:max(0, SKIPPED_KEPT - len(run.skipped))]
     if spooled:
-        run.items = items.take(kept_at[:kept_count]).with_digests(digests[:kept_count])
+        # Hashes are not kept (32 bytes an item, the one thing left that grew with the corpus):
+        # the save hashes the items again as it writes the ledger, and data_hash sorts there.
+        run.items = items.take(kept_at[:kept_count])
     else:
         run.items = [items[i] for i in kept_at[:kept_count].tolist()]
     run.counts.update(duplicates=duplicates, contaminating=contaminating, new=len(run.items))

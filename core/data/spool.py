@@ -145,27 +145,19 @@ class ItemSpool(Sequence[Item]):
 
 class ItemView(Sequence[Item]):
     """Items of a spool by position, in the order of ``index``; narrowing makes a new view.
-    ``digests``: each item's hash (sha256, a row of 32 uint8 per item of the view; a bytes
-    dtype would drop a digest's trailing zero bytes; dedupe computed them), given back with
-    the item so that the ledger, ``data_hash`` and the dedupers' indexes do not hash again."""
+    Only the index is in memory (8 bytes an item): each item, and its hash, is read back."""
 
-    def __init__(self, spool: ItemSpool, index: np.ndarray, digests: np.ndarray | None = None):
+    def __init__(self, spool: ItemSpool, index: np.ndarray):
         self.spool = spool
         self.index = np.asarray(index, dtype=np.int64)
-        self.digests = digests
 
     def __len__(self) -> int:
         return len(self.index)
 
-    def _known(self, item: Item, i: int) -> Item:
-        if self.digests is not None:  # Item.hash is a cached property: this is its value
-            item.__dict__["hash"] = self.digests[i].tobytes().hex()
-        return item
-
     def __getitem__(self, i):
         if isinstance(i, slice):
             return self._narrowed(np.arange(len(self.index))[i])
-        return self._known(self.spool[int(self.index[i])], i)
+        return self.spool[int(self.index[i])]
 
     def __iter__(self) -> Iterator[Item]:
         """In order, ``READ_ITEMS`` at a time, each such chunk read in the spool's order (an item
@@ -176,18 +168,14 @@ class ItemView(Sequence[Item]):
             items: list = [None] * len(chunk)
             for o, item in zip(order.tolist(), self.spool.read(chunk[order].tolist())):
                 items[o] = item
-            for i, item in enumerate(items, start):
-                yield self._known(item, i)
+            yield from items
 
     def _narrowed(self, positions: np.ndarray) -> "ItemView":
-        return ItemView(self.spool, self.index[positions], None if self.digests is None else self.digests[positions])
+        return ItemView(self.spool, self.index[positions])
 
     def text_bytes(self) -> np.ndarray:
         """Each item's text in UTF-8 bytes, from the spool (no item read)."""
         return self.spool.text_bytes()[self.index]
-
-    def with_digests(self, digests: np.ndarray | None) -> "ItemView":
-        return ItemView(self.spool, self.index, digests)
 
     def take(self, positions: Sequence[int]) -> "ItemView":
         """The items at ``positions`` of this view (ascending positions keep the order)."""
@@ -198,12 +186,6 @@ class ItemView(Sequence[Item]):
         keep = np.ones(len(self.index), dtype=bool)
         keep[np.fromiter(positions, dtype=np.int64)] = False
         return self._narrowed(np.nonzero(keep)[0])
-
-    def hashes(self) -> Iterator[str]:
-        """Each item's hash, in order (from ``digests`` when known: no item read)."""
-        if self.digests is not None:
-            return (row.tobytes().hex() for row in self.digests)
-        return (item.hash for item in self)
 
     def __add__(self, other: Sequence[Item]) -> "Joined":  # ``run.items + run.holdout``, as with lists
         return Joined(self, other)
@@ -238,26 +220,6 @@ def without(items: Sequence[Item], positions: Iterable[int]) -> Sequence[Item]:
     if isinstance(items, ItemView):
         return items.without(sorted(positions))
     return [it for i, it in enumerate(items) if i not in positions]
-
-
-def digests(hex_hashes: list[str]) -> np.ndarray:
-    """Hashes as ``ItemView.digests`` keeps them: 32 uint8 a row."""
-    return np.frombuffer(b"".join(bytes.fromhex(h) for h in hex_hashes), dtype=np.uint8).reshape(-1, 32)
-
-
-def sorted_hashes(items: Sequence[Item]) -> Iterator[str]:
-    """The items' hashes in sorted order (``data_hash``): sorted as bytes in numpy, 32 bytes an
-    item, when a view knows them, not as a list of strings."""
-    if not isinstance(items, ItemView) or items.digests is None:
-        return iter(sorted(it.hash for it in items))
-    rows = np.ascontiguousarray(items.digests).view(np.dtype([(f"w{k}", ">u8") for k in range(4)])).ravel()
-    order = np.argsort(rows, order=[f"w{k}" for k in range(4)], kind="stable")
-    return (items.digests[i].tobytes().hex() for i in order)
-
-
-def hashes(items: Sequence[Item]) -> Iterator[str]:
-    """Each item's hash, in order: from a view's digests where it has them."""
-    return items.hashes() if isinstance(items, ItemView) else (it.hash for it in items)
 
 
 def batched(items: Iterable[Item], size: int | None = None, max_bytes: int | None = None) -> Iterator[list[Item]]:

@@ -54,7 +54,8 @@ def commit(run: Run, store: ModelStore, dedupers: list[tuple[str, Any]],
         writer.write_ledger_record(ledger_rows(run))  # the version's own copy: a lost ledger is rebuilt from it
         # Ledger rows first: they count only once CURRENT's chain includes this version.
         store.ledger.add(writer.name, ledger_rows(run))
-        final_manifest = {**manifest(run, report, entry, status), "retention": kept.manifest_entry(),
+        final_manifest = {**manifest(run, report, entry, status, store.ledger.data_hash(writer.name)),
+                          "retention": kept.manifest_entry(),
                           "holdout_scored": scoring(run) if held else None}
     except BaseException:
         writer.abandon()
@@ -99,14 +100,14 @@ def version_bytes(run: Run) -> int:
     return weights + 2 * held + 256 * (len(run.items) + len(run.holdout)) + (64 << 10) + shard_bytes(run.rows)
 
 
-def manifest(run: Run, report: UpdateReport, entry: dict, status: str) -> dict:
+def manifest(run: Run, report: UpdateReport, entry: dict, status: str, trained_hash: str) -> dict:
     report = report.to_json()
     return {
         "parent": run.parent, "created_at": now_iso(), "kind": run.kind, "status": status,
         "model": entry, "architecture": entry.get("architecture"), "config": run.config.to_dict(),
         "counts": report["counts"], "metrics": report["metrics"], "epoch_losses": report["epoch_losses"],
         "verdicts": report["verdicts"], "strategies": report["strategies"], "timings": report["timings"],
-        "data_hash": data_hash(run.items), "run": run.id, "replaces": report.get("replaces"),
+        "data_hash": trained_hash, "run": run.id, "replaces": report.get("replaces"),
         "settings": report.get("settings"), "precision": run.precision,
         "precision_choice": run.precision_choice,
         **({"source": run.origin} if run.origin else {}),
@@ -120,13 +121,3 @@ def search_summary(search: dict | None) -> dict | None:
         return None
     keep = ("budget", "budget_seconds", "spent_seconds", "full_training", "winner", "recipe", "describe")
     return {**{k: search.get(k) for k in keep}, "trials": len(search.get("trials", []))}
-
-
-def data_hash(items: Sequence[Item]) -> str:
-    """sha256 over the sorted item hashes: the same data gives the same hash, in any order."""
-    from retain.core.data.spool import sorted_hashes
-
-    h = hashlib.sha256()
-    for digest in sorted_hashes(items):
-        h.update(digest.encode())
-    return h.hexdigest()

@@ -406,6 +406,16 @@ class Ledger:
             fault_point("ledger")  # test-only: killed mid-transaction, nothing may count
         fault_point("ledger-committed")  # test-only
 
+    def data_hash(self, version: str) -> str:
+        """sha256 over the sorted hashes of the items ``version`` trained on (its manifest's
+        ``data_hash``): the same data gives the same hash, in any order. SQLite sorts them, so
+        no list of every item's hash is built (a corpus of millions of items)."""
+        digest = hashlib.sha256()
+        for (item_hash,) in self.db.execute("SELECT hash FROM items WHERE version = ? AND role = 'train'"
+                                            " ORDER BY hash", (version,)):
+            digest.update(item_hash.encode())
+        return digest.hexdigest()
+
     def mark_version(self, version: str) -> None:
         """Record that ``version`` has rows (pending until its folder is in place). Any table
         with a ``version`` column in this database calls it in the same transaction as its
