@@ -150,3 +150,32 @@ def test_the_default_recipe_is_the_one_the_benchmark_measured():
             block, option = key.split(".")
             actual[key] = str(getattr(getattr(config, block), option))
     assert actual == measured
+
+
+def test_the_learning_check_judges_this_update_with_the_earlier_updates_held_out_items(base_model, new_texts,
+                                                                                        tmp_path):
+    from retain.core.storage.retention import recent_new
+
+    store = ModelStore(base_model)
+    one = ["fine_tuning.epochs=1"]
+    reports = [_update(base_model, new_texts[20 * i:20 * i + 20], tmp_path / f"day{i}.jsonl", GATE_OFF, *one)
+               for i in range(2)]
+    assert [r["status"] for r in reports] == ["accepted", "accepted"]
+    earlier = [r["text"] for r in reversed(reports) for r in store.read_jsonl(r["version"], "holdout.jsonl")]
+    assert earlier and recent_new(store, store.current(), 64) == earlier  # newest first, not the base's
+    assert recent_new(store, store.current(), 3) == earlier[:3]           # bounded by the pool's size
+    assert recent_new(store, "0001", 64) == []                            # nothing since the full training
+
+    day = new_texts[40:60]
+    other = tmp_path / "other"
+    shutil.copytree(base_model, other)
+    third = _update(base_model, day, tmp_path / "day2.jsonl", "validators=[finite,learning]", *one)
+    own = third["metrics"]["new_holdout_items"]
+    assert own and third["metrics"]["new_pool_items"] == own + len(earlier)
+    learning = next(v for v in third["verdicts"] if v["validator"] == "learning")
+    assert learning["numbers"]["pool_items"] == own + len(earlier)
+    assert f"{own + len(earlier)} items in all" in learning["reason"]
+    # learning_pool 0: the update's own items alone, as before the pool
+    alone = _update(other, day, tmp_path / "day2.jsonl", "validators=[finite,learning]",
+                    "validation.learning_pool=0", *one)
+    assert alone["metrics"]["new_holdout_items"] == own and "new_pool_items" not in alone["metrics"]
