@@ -191,6 +191,7 @@ def run_recipe(work: Path, name: str, overrides: list[str], auto: bool, files: d
     from retain.core.engine import Engine
 
     model = work / "".join(c if c.isalnum() or c in "+-" else "_" for c in name)
+    shutil.rmtree(model, ignore_errors=True)  # a kept --work folder's earlier run of it
     shutil.copytree(work / "base", model)
     engine = Engine(load_config(None, overrides))
     reports = {"days": [], "large": []}
@@ -253,6 +254,7 @@ def run_month(work: Path, name: str, overrides: list[str], auto: bool, files: di
     from retain.core.engine import Engine
 
     model = work / "".join(c if c.isalnum() or c in "+-" else "_" for c in name)
+    shutil.rmtree(model, ignore_errors=True)  # a kept --work folder's earlier run of it
     shutil.copytree(work / "base", model)
     engine = Engine(load_config(None, overrides))
     days, at = [], {}
@@ -283,6 +285,7 @@ def retrain_upto(work: Path, common: list[str], files: dict, data: dict, args, d
     from retain.core.engine import Engine
 
     model = work / f"retrain-day{day}"
+    shutil.rmtree(model, ignore_errors=True)
     shutil.copytree(work / "base", model)
     report = Engine(load_config(None, [*common, "full_training.tokenizer=keep"])).train(
         [str(files["base"]), *map(str, files["days"][:day])], model)
@@ -390,6 +393,8 @@ def main() -> None:
                         help="with --days 10 or more: the retrains and recipes in this many processes at once")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the script runs")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--work", type=Path, help="keep the base model and day files in this folder, and reuse "
+                        "them when it has them (same data arguments): explore recipes without training the base again")
     args = parser.parse_args()
     month = args.days >= RETRAIN_EVERY  # a month of days: no large update, a retrain every RETRAIN_EVERY days
     if args.quick:
@@ -413,7 +418,8 @@ def main() -> None:
     stateful = sorted({s for chain, _ in recipes.values() if chain for s in chain
                        if s not in ("naive", "low_lr", "rewarm", "average")})
 
-    work = Path(tempfile.mkdtemp(prefix="retain-forgetting-"))
+    work = args.work or Path(tempfile.mkdtemp(prefix="retain-forgetting-"))
+    work.mkdir(parents=True, exist_ok=True)
     try:
         files = {"base": write_jsonl(work / "base.jsonl", data["base"]),
                  "large": write_jsonl(work / "large.jsonl", data["large"] or data["days"][-1])}
@@ -421,8 +427,12 @@ def main() -> None:
 
         # The base records what the strategies' first update needs (replay buffer, Fisher).
         base_cfg = [*common, f"full_training.record=[{','.join(stateful)}]"]
-        report = Engine(load_config(None, base_cfg)).train([str(files["base"])], work / "base")
-        base = {"seconds": report["timings"]["train"], **held_out(work / "base", data, args.seq_len)}
+        if args.work and (work / "base.json").exists():  # trained by an earlier run on this folder
+            base = json.loads((work / "base.json").read_text())
+        else:
+            report = Engine(load_config(None, base_cfg)).train([str(files["base"])], work / "base")
+            base = {"seconds": report["timings"]["train"], **held_out(work / "base", data, args.seq_len)}
+            (work / "base.json").write_text(json.dumps(base))
         print(f"base: {base['seconds']:.0f}s, held-out loss old {base['old']:.3f}, new {base['new']:.3f}", flush=True)
 
         if month:
@@ -435,7 +445,8 @@ def main() -> None:
             retrains = [] if args.no_retrain else [
                 retrain(work, f"retrain-{tok}", common, tok, files, data, args) for tok in ("keep", "new")]
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
 
     results = {"args": vars(args) | {"json": str(args.json) if args.json else None},
                "base": base, "recipes": rows, "retrains": retrains,
