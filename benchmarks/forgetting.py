@@ -76,8 +76,10 @@ RECIPES = {
 }
 DEFAULT_RECIPES = ["naive (no gate)", "naive", "low_lr", "naive+replay", "rewarm", "rewarm+replay",
                    "rewarm+replay 1ep", "auto"]
-# The month (--days 10 or more): the recipes a daily job could run, no large update.
-MONTH_RECIPES = ["rewarm+replay", "rewarm+replay steered", "rewarm+replay+average steered"]
+# The month (--days 10 or more), no large update: the default (config.yaml's options), the default
+# before issue 25, and naive fine-tuning at the full training's rate.
+RECIPES["default"] = (["rewarm", "replay", "average"], [])
+MONTH_RECIPES = ["default", "rewarm+replay", "naive"]
 MONTH_CHECKPOINTS = (5, 10, 20, 30)  # days after which both domains are measured
 RETRAIN_EVERY = 10                    # a same-tokenizer retrain on all data seen so far, every this many days
 # Not in the default run (time), selectable with --recipes.
@@ -262,6 +264,7 @@ def run_month(work: Path, name: str, overrides: list[str], auto: bool, files: di
         r = update(engine, model, str(day), auto, args.budget)
         m = r.get("metrics") or {}
         days.append({"status": r.get("status"), "seconds": r.get("timings", {}).get("train", 0.0) + _trials(r),
+                     "work": token_steps(r),
                      "drift": m.get("drift_after"), "failed": [v["validator"] for v in r.get("verdicts", [])
                                                                if v["status"] == "fail"]})
         if number in checkpoints(len(files["days"])):
@@ -273,6 +276,13 @@ def run_month(work: Path, name: str, overrides: list[str], auto: bool, files: di
            "accepted": sum(d["status"] == "accepted" for d in days), "seconds": sum(d["seconds"] for d in days)}
     print(f"{name}: {row['seconds']:.0f}s, accepted {row['accepted']}/{len(days)}", flush=True)
     return row
+
+
+def token_steps(report: dict) -> int:
+    """Token-steps of an update or a training: its tokens times the epochs it ran, and every
+    replayed token (a rejected day trained too). Counts what a wall clock on a shared machine cannot."""
+    counts = report.get("counts") or {}
+    return int(counts.get("tokens", 0) * len(report.get("epoch_losses") or []) + counts.get("replay_tokens", 0))
 
 
 def retrain_days(n: int) -> list[int]:
@@ -293,7 +303,8 @@ def retrain_upto(work: Path, common: list[str], files: dict, data: dict, args, d
     shutil.rmtree(model, ignore_errors=True)
     print(f"retrain on base + days 1-{day}, keep tokenizer: {report['timings']['train']:.0f}s, "
           f"old {losses['old']:.3f}, new {losses['new']:.3f}", flush=True)
-    return {"day": day, "tokenizer": "keep", "seconds": report["timings"]["train"], "losses": losses}
+    return {"day": day, "tokenizer": "keep", "seconds": report["timings"]["train"], "losses": losses,
+            "work": token_steps(report)}
 
 
 def in_process(job: tuple):
@@ -340,22 +351,37 @@ def month_table(r: dict) -> str:
 
     lines = [f"| recipe | accepted days | {old_name} (old) loss vs base, after day " + " / ".join(map(str, at))
              + f" | {new_name} (new) loss vs the retrain of that day, day " + " / ".join(map(str, new_at))
-             + f" | train time, {n} days (vs the day-{n} retrain) | mean per-day drift of accepted days |",
-             "|---|---|---|---|---|---|",
-             f"| base model | - | {b['old']:.3f} | {b['new']:.3f} | {b['seconds']:.0f}s | - |"]
+             + f" | train time, {n} days (vs the day-{n} retrain) | work, token-steps (vs the day-{n} retrain) "
+             "| mean per-day drift of accepted days |",
+             "|---|---|---|---|---|---|---|",
+             f"| base model | - | {b['old']:.3f} | {b['new']:.3f} | {b['seconds']:.0f}s | - | - |"]
     for row in r["recipes"]:
         at_ = {int(k): v for k, v in row["at"].items()}
         old = " / ".join(pct(at_.get(d, {}).get("old"), b["old"]) for d in at)
         new = " / ".join(pct(at_.get(d, {}).get("new"), retrains[d]["losses"]["new"]) for d in new_at) or "-"
         share = f" ({row['seconds'] / last['seconds']:.2f}x)" if last else ""
+        steps = sum(d.get("work", 0) for d in row["days"])
+        steps_share = f" ({steps / last['work']:.2f}x)" if last and last.get("work") else ""
         ran = len(row["days"])
         accepted = f"{row['accepted']}/{n}" if ran == n else f"{row['accepted']}/{ran} (of {n} run)"
         lines.append(f"| {row['recipe']} | {accepted} | {old} | {new} | {row['seconds']:.0f}s{share} | "
-                     f"{per_day_drift(row['days'])} |")
+                     f"{steps / 1e6:.2f}M{steps_share} | {per_day_drift(row['days'])} |")
     for t in r["retrains"]:
         lines.append(f"| retrain, keep tokenizer, base + days 1-{t['day']} | - | "
-                     f"{pct(t['losses']['old'], b['old'])} | {t['losses']['new']:.3f} | {t['seconds']:.0f}s | - |")
+                     f"{pct(t['losses']['old'], b['old'])} | {t['losses']['new']:.3f} | {t['seconds']:.0f}s | "
+                     f"{t.get('work', 0) / 1e6:.2f}M | - |")
+    lines += ["", "Each day, accepted (A) or rejected (r):", ""]
+    lines += [f"- {row['recipe']}: `{''.join('A' if d['status'] == 'accepted' else 'r' for d in row['days'])}`"
+              + rejected_by(row['days']) for row in r["recipes"]]
     return "\n".join(lines)
+
+
+def rejected_by(days: list[dict]) -> str:
+    """Which validators failed the rejected days, and how often."""
+    from collections import Counter
+
+    failed = Counter(v for d in days if d["status"] != "accepted" for v in d.get("failed", []))
+    return (" (rejected by " + ", ".join(f"{v} {n}x" for v, n in failed.most_common()) + ")") if failed else ""
 
 
 def per_day_drift(days: list[dict]) -> str:
@@ -448,7 +474,8 @@ def main() -> None:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
 
-    results = {"args": vars(args) | {"json": str(args.json) if args.json else None},
+    paths = {k: str(getattr(args, k)) if getattr(args, k) else None for k in ("json", "work")}
+    results = {"args": vars(args) | paths,
                "base": base, "recipes": rows, "retrains": retrains,
                "sizes": {k: (len(v) if k != "days" else [len(d) for d in v]) for k, v in data.items()}}
     if args.json:

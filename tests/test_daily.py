@@ -81,6 +81,17 @@ def test_the_steered_share_rises_with_the_drift_and_a_consolidation_replays_most
                                                    "options.replay.consolidate=true"]
 
 
+def test_the_averaging_weight_falls_with_the_drift_when_steered():
+    from retain.strategies.average import AverageOptions, steered_weight
+
+    steered = AverageOptions(weight=0.5, max_weight=1.0, steer_at=0.01)
+    assert steered_weight(steered, None) == 0.5       # drift not known: the plain weight
+    assert steered_weight(steered, -0.02) == 1.0      # an old domain that improved: the whole step
+    assert steered_weight(steered, 0.005) == pytest.approx(0.75)
+    assert steered_weight(steered, 0.03) == 0.5       # at steer_at and beyond: the plain weight
+    assert steered_weight(AverageOptions(weight=0.5), 0.0) == 0.5  # max_weight 0: no steering
+
+
 def test_weight_averaging_keeps_the_asked_share_of_the_step():
     from retain.strategies.adapters import ParentAveraging
 
