@@ -135,10 +135,10 @@ def test_after_a_drift_rejection_the_advice_says_consolidate_and_a_consolidation
     for key in TINY:
         args += ["--set", key]
     consolidated = json.loads(CliRunner().invoke(app, [*args, "--model", str(base_model), "--consolidate"]).stdout)
-    # against 1:1 replay (steering off: the steered default would replay 4:1 at this drift too)
+    # against 1:1 replay (steering off: the steered default would replay 9:1 at this drift too)
     plain = json.loads(CliRunner().invoke(app, [*args, "--model", str(other), "--set",
                                                 "options.replay.max_share=0"]).stdout)
-    assert consolidated["counts"]["replay_share_percent"] == 80 and plain["counts"]["replay_share_percent"] == 50
+    assert consolidated["counts"]["replay_share_percent"] == 90 and plain["counts"]["replay_share_percent"] == 50
     after = consolidated["metrics"]["drift_after"]
     assert after < before and after < plain["metrics"]["drift_after"], (before, after, plain["metrics"])
 
