@@ -76,7 +76,8 @@ def test_the_steered_share_rises_with_the_drift_and_a_consolidation_replays_most
     assert steered_share(steered, 0.01) == pytest.approx(0.65)
     assert steered_share(steered, 0.05) == pytest.approx(0.8)
     assert steered_share(ReplayOptions(share=0.5, max_share=0), 0.05) == 0.5  # max_share 0: no steering
-    assert steered_share(ReplayOptions(share=0.5, consolidate=True), None) == 0.8
+    assert steered_share(ReplayOptions(share=0.5, max_share=0, consolidate=True), None) == 0.8
+    assert steered_share(ReplayOptions(share=0.5, consolidate=True), None) == 0.9  # the steered default's, if higher
     assert consolidation_overrides(["rewarm"]) == ["fine_tuning.strategy=[rewarm,replay]",
                                                    "options.replay.consolidate=true"]
 
@@ -121,8 +122,9 @@ def test_after_a_drift_rejection_the_advice_says_consolidate_and_a_consolidation
     assert before > 0.02, before
     # The next ordinary day is rejected for it, and the advice names the way on.
     day = new_texts[40:52]
+    # (1:1 replay: the steered default's 9:1 at this drift can pull it back inside 1% in one day)
     rejected = _update(base_model, day, tmp_path / "day.jsonl", "validators=[finite,retention]",
-                       "options.retention.max_drift=0.01")
+                       "options.retention.max_drift=0.01", "options.replay.max_share=0")
     assert rejected["status"] == "rejected"
     steps = " ".join(s["step"] for s in rejected["next_steps"])
     assert "drifted more than 1% since the last full training" in steps
