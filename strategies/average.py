@@ -3,9 +3,9 @@
 Sequential fine-tuning with weight averaging forgets like replay does (Kleiman et
 al. 2025), and averaging along the way is what lets a never-annealed run serve
 good weights (Hägele et al. 2024). Here each update ends by pulling its trained
-weights back toward the version it started from: ``weight`` 0.7 (the default,
-measured: BENCHMARKS.md "A month of daily updates") keeps 70% of the step. A
-small day then moves the model less far, its old-domain drift with it, while
+weights back toward the version it started from: ``weight`` 0.5 (the default,
+measured: BENCHMARKS.md "A month of daily updates") keeps half the step. A
+small day then moves the model half as far, its old-domain drift with it, while
 what every day learned still adds up across days. The gate judges
 the averaged weights (early stopping judges the trained ones, epoch by epoch).
 
@@ -29,7 +29,7 @@ from retain.core.learning.strategy import Strategy
 
 @dataclass
 class AverageOptions:
-    weight: Annotated[float, Field(gt=0, le=1)] = 0.7  # share of the update's step kept (1: no averaging)
+    weight: Annotated[float, Field(gt=0, le=1)] = 0.5  # share of the update's step kept (1: no averaging)
     max_weight: Annotated[float, Field(ge=0, le=1)] = 0  # steering: the share kept at no drift (0: no steering)
     steer_at: Annotated[float, Field(gt=0)] = 0.02       # cumulative old-domain drift that gets ``weight``
 
