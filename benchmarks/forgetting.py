@@ -78,8 +78,10 @@ RECIPES = {
 }
 DEFAULT_RECIPES = ["naive (no gate)", "naive", "low_lr", "naive+replay", "rewarm", "rewarm+replay",
                    "rewarm+replay 1ep", "rewarm+replay+average steered", "auto"]  # the config's default: steered+average
-# The month (--days 10 or more): the recipes a daily job could run, no large update.
-MONTH_RECIPES = ["rewarm+replay", "rewarm+replay steered", "rewarm+replay+average steered"]
+# The month (--days 10 or more), no large update: the default (config.yaml's options), the default
+# before issue 25, and naive fine-tuning at the full training's rate.
+RECIPES["default"] = (["rewarm", "replay", "average"], [])
+MONTH_RECIPES = ["default", "rewarm+replay", "naive"]
 MONTH_CHECKPOINTS = (5, 10, 20, 30)  # days after which both domains are measured
 RETRAIN_EVERY = 10                    # a same-tokenizer retrain on all data seen so far, every this many days
 # Not in the default run (time), selectable with --recipes.
@@ -194,6 +196,7 @@ def run_recipe(work: Path, name: str, overrides: list[str], auto: bool, files: d
     from retain.core.engine import Engine
 
     model = work / "".join(c if c.isalnum() or c in "+-" else "_" for c in name)
+    shutil.rmtree(model, ignore_errors=True)  # a kept --work folder's earlier run of it
     shutil.copytree(work / "base", model)
     engine = Engine(load_config(None, overrides))
     budget = None if any(o.startswith("tune.budget=") for o in overrides) else args.budget
@@ -265,6 +268,7 @@ def run_month(work: Path, name: str, overrides: list[str], auto: bool, files: di
     from retain.core.engine import Engine
 
     model = work / "".join(c if c.isalnum() or c in "+-" else "_" for c in name)
+    shutil.rmtree(model, ignore_errors=True)  # a kept --work folder's earlier run of it
     shutil.copytree(work / "base", model)
     engine = Engine(load_config(None, overrides))
     days, at = [], {}
@@ -272,6 +276,7 @@ def run_month(work: Path, name: str, overrides: list[str], auto: bool, files: di
         r = update(engine, model, str(day), auto, args.budget)
         m = r.get("metrics") or {}
         days.append({"status": r.get("status"), "seconds": r.get("timings", {}).get("train", 0.0) + _trials(r),
+                     "work": token_steps(r),
                      "drift": m.get("drift_after"), "failed": [v["validator"] for v in r.get("verdicts", [])
                                                                if v["status"] == "fail"]})
         if number in checkpoints(len(files["days"])):
@@ -285,6 +290,13 @@ def run_month(work: Path, name: str, overrides: list[str], auto: bool, files: di
     return row
 
 
+def token_steps(report: dict) -> int:
+    """Token-steps of an update or a training: its tokens times the epochs it ran, and every
+    replayed token (a rejected day trained too). Counts what a wall clock on a shared machine cannot."""
+    counts = report.get("counts") or {}
+    return int(counts.get("tokens", 0) * len(report.get("epoch_losses") or []) + counts.get("replay_tokens", 0))
+
+
 def retrain_days(n: int) -> list[int]:
     return sorted({d for d in range(RETRAIN_EVERY, n + 1, RETRAIN_EVERY)} | {n})
 
@@ -295,6 +307,7 @@ def retrain_upto(work: Path, common: list[str], files: dict, data: dict, args, d
     from retain.core.engine import Engine
 
     model = work / f"retrain-day{day}"
+    shutil.rmtree(model, ignore_errors=True)
     shutil.copytree(work / "base", model)
     report = Engine(load_config(None, [*common, "full_training.tokenizer=keep"])).train(
         [str(files["base"]), *map(str, files["days"][:day])], model)
@@ -302,7 +315,8 @@ def retrain_upto(work: Path, common: list[str], files: dict, data: dict, args, d
     shutil.rmtree(model, ignore_errors=True)
     print(f"retrain on base + days 1-{day}, keep tokenizer: {report['timings']['train']:.0f}s, "
           f"old {losses['old']:.3f}, new {losses['new']:.3f}", flush=True)
-    return {"day": day, "tokenizer": "keep", "seconds": report["timings"]["train"], "losses": losses}
+    return {"day": day, "tokenizer": "keep", "seconds": report["timings"]["train"], "losses": losses,
+            "work": token_steps(report)}
 
 
 def in_process(job: tuple):
@@ -353,22 +367,37 @@ def month_table(r: dict) -> str:
 
     lines = [f"| recipe | accepted days | {old_name} (old) loss vs base, after day " + " / ".join(map(str, at))
              + f" | {new_name} (new) loss vs the retrain of that day, day " + " / ".join(map(str, new_at))
-             + f" | train time, {n} days (vs the day-{n} retrain) | mean per-day drift of accepted days |",
-             "|---|---|---|---|---|---|",
-             f"| base model | - | {b['old']:.3f} | {b['new']:.3f} | {b['seconds']:.0f}s | - |"]
+             + f" | train time, {n} days (vs the day-{n} retrain) | work, token-steps (vs the day-{n} retrain) "
+             "| mean per-day drift of accepted days |",
+             "|---|---|---|---|---|---|---|",
+             f"| base model | - | {b['old']:.3f} | {b['new']:.3f} | {b['seconds']:.0f}s | - | - |"]
     for row in r["recipes"]:
         at_ = {int(k): v for k, v in row["at"].items()}
         old = " / ".join(pct(at_.get(d, {}).get("old"), b["old"]) for d in at)
         new = " / ".join(pct(at_.get(d, {}).get("new"), retrains[d]["losses"]["new"]) for d in new_at) or "-"
         share = f" ({row['seconds'] / last['seconds']:.2f}x)" if last else ""
+        steps = sum(d.get("work", 0) for d in row["days"])
+        steps_share = f" ({steps / last['work']:.2f}x)" if last and last.get("work") else ""
         ran = len(row["days"])
         accepted = f"{row['accepted']}/{n}" if ran == n else f"{row['accepted']}/{ran} (of {n} run)"
         lines.append(f"| {row['recipe']} | {accepted} | {old} | {new} | {row['seconds']:.0f}s{share} | "
-                     f"{per_day_drift(row['days'])} |")
+                     f"{steps / 1e6:.2f}M{steps_share} | {per_day_drift(row['days'])} |")
     for t in r["retrains"]:
         lines.append(f"| retrain, keep tokenizer, base + days 1-{t['day']} | - | "
-                     f"{pct(t['losses']['old'], b['old'])} | {t['losses']['new']:.3f} | {t['seconds']:.0f}s | - |")
+                     f"{pct(t['losses']['old'], b['old'])} | {t['losses']['new']:.3f} | {t['seconds']:.0f}s | "
+                     f"{t.get('work', 0) / 1e6:.2f}M | - |")
+    lines += ["", "Each day, accepted (A) or rejected (r):", ""]
+    lines += [f"- {row['recipe']}: `{''.join('A' if d['status'] == 'accepted' else 'r' for d in row['days'])}`"
+              + rejected_by(row['days']) for row in r["recipes"]]
     return "\n".join(lines)
+
+
+def rejected_by(days: list[dict]) -> str:
+    """Which validators failed the rejected days, and how often."""
+    from collections import Counter
+
+    failed = Counter(v for d in days if d["status"] != "accepted" for v in d.get("failed", []))
+    return (" (rejected by " + ", ".join(f"{v} {n}x" for v, n in failed.most_common()) + ")") if failed else ""
 
 
 def per_day_drift(days: list[dict]) -> str:
@@ -406,6 +435,8 @@ def main() -> None:
                         help="the retrains and recipes in this many processes at once")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the script runs")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--work", type=Path, help="keep the base model and day files in this folder, and reuse "
+                        "them when it has them (same data arguments): explore recipes without training the base again")
     args = parser.parse_args()
     month = args.days >= RETRAIN_EVERY  # a month of days: no large update, a retrain every RETRAIN_EVERY days
     if args.quick:
@@ -429,7 +460,8 @@ def main() -> None:
     stateful = sorted({s for chain, _ in recipes.values() if chain for s in chain
                        if s not in ("naive", "low_lr", "rewarm", "average")})
 
-    work = Path(tempfile.mkdtemp(prefix="retain-forgetting-"))
+    work = args.work or Path(tempfile.mkdtemp(prefix="retain-forgetting-"))
+    work.mkdir(parents=True, exist_ok=True)
     try:
         files = {"base": write_jsonl(work / "base.jsonl", data["base"]),
                  "large": write_jsonl(work / "large.jsonl", data["large"] or data["days"][-1])}
@@ -437,8 +469,12 @@ def main() -> None:
 
         # The base records what the strategies' first update needs (replay buffer, Fisher).
         base_cfg = [*common, f"full_training.record=[{','.join(stateful)}]"]
-        report = Engine(load_config(None, base_cfg)).train([str(files["base"])], work / "base")
-        base = {"seconds": report["timings"]["train"], **held_out(work / "base", data, args.seq_len)}
+        if args.work and (work / "base.json").exists():  # trained by an earlier run on this folder
+            base = json.loads((work / "base.json").read_text())
+        else:
+            report = Engine(load_config(None, base_cfg)).train([str(files["base"])], work / "base")
+            base = {"seconds": report["timings"]["train"], **held_out(work / "base", data, args.seq_len)}
+            (work / "base.json").write_text(json.dumps(base))
         print(f"base: {base['seconds']:.0f}s, held-out loss old {base['old']:.3f}, new {base['new']:.3f}", flush=True)
 
         if month:
@@ -453,9 +489,11 @@ def main() -> None:
             rows = [r for r in results if "recipe" in r]
             retrains = [r for r in results if "tokenizer" in r]
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
 
-    results = {"args": vars(args) | {"json": str(args.json) if args.json else None},
+    paths = {k: str(getattr(args, k)) if getattr(args, k) else None for k in ("json", "work")}
+    results = {"args": vars(args) | paths,
                "base": base, "recipes": rows, "retrains": retrains,
                "sizes": {k: (len(v) if k != "days" else [len(d) for d in v]) for k, v in data.items()}}
     if args.json:

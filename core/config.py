@@ -164,6 +164,9 @@ class ValidationConfig(Block):
     eval_max_items: int = Field(256, gt=0)
     eval_min_items: int = Field(32, gt=0)   # an update scores at least this many of the pool (all, if fewer) ...
     eval_budget: Number = Field(0.1, ge=0)  # ... then more while scoring costs at most this share of training
+    # the learning check's pool: held-out new items of the accepted updates since the last full
+    # training (newest first), judged with the update's own (0: the update's own only)
+    learning_pool: int = Field(64, ge=0)
 
 
 class RetrainConfig(Block):

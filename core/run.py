@@ -68,6 +68,7 @@ class Run:
     retention_texts: list[str] = field(default_factory=list)  # old items, never trained on
     judged_items: int | None = None    # how many of them early stopping scores after an epoch but the last (None: all)
     new_texts: list[str] = field(default_factory=list)        # this run's held-out new items
+    recent_texts: list[str] = field(default_factory=list)     # earlier updates' held-out new items (learning pool)
     before: "Scores | None" = None
     after: "Scores | None" = None
     early_stopping: dict[str, Any] | None = None  # updates: each epoch judged, the one kept
@@ -113,7 +114,7 @@ class Run:
         """What the steps up to ``evaluate_before`` established, as a stage result (the items as
         they are: a view of the run's spool is not read into memory, ``core/data/spool.py``)."""
         return Measured(self.items, tuple(self.holdout), dict(self.counts), tuple(self.retention_texts),
-                        tuple(self.new_texts), self.judged_items, self.before)
+                        tuple(self.new_texts), self.judged_items, self.before, tuple(self.recent_texts))
 
     def take(self, measured: "Measured") -> None:
         """Go on from ``measured``: the steps up to ``evaluate_before`` ran elsewhere (a search
@@ -123,6 +124,7 @@ class Run:
         self.holdout, self.counts = list(measured.holdout), dict(measured.counts)
         self.retention_texts, self.new_texts = list(measured.retention_texts), list(measured.new_texts)
         self.judged_items, self.before = measured.judged_items, measured.before
+        self.recent_texts = list(measured.recent_texts)
 
     def view(self) -> "RunView":
         """What hooks and strategies see: this run, read-only."""
@@ -190,6 +192,7 @@ class Measured:
     new_texts: tuple[str, ...]
     judged_items: int | None
     before: "Scores | None"
+    recent_texts: tuple[str, ...] = ()  # the learning pool's earlier items (their losses: ``before.recent``)
 
     def to_json(self) -> dict[str, Any]:
         def items(its):
@@ -199,10 +202,10 @@ class Measured:
         def losses(t):
             return None if t is None else t.tolist()
         before = None if self.before is None else {"retention": losses(self.before.retention),
-                                                   "new": losses(self.before.new)}
+                                                   "new": losses(self.before.new), "recent": losses(self.before.recent)}
         return {"items": items(self.items), "holdout": items(self.holdout), "counts": dict(self.counts),
                 "retention_texts": list(self.retention_texts), "new_texts": list(self.new_texts),
-                "judged_items": self.judged_items, "before": before}
+                "judged_items": self.judged_items, "before": before, "recent_texts": list(self.recent_texts)}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Measured":
@@ -212,8 +215,9 @@ class Measured:
 
             from retain.core.quality.evaluation import Scores
 
-            before = Scores(*(torch.tensor(before[k], dtype=torch.float64) if before[k] is not None else None
-                              for k in ("retention", "new")))
+            def tensor(k):
+                return torch.tensor(before[k], dtype=torch.float64) if before.get(k) is not None else None
+            before = Scores(tensor("retention"), tensor("new"), recent=tensor("recent"))
         return cls(tuple(Item(**d) for d in data["items"]), tuple(Item(**d) for d in data["holdout"]),
                    dict(data["counts"]), tuple(data["retention_texts"]), tuple(data["new_texts"]),
-                   data.get("judged_items"), before)
+                   data.get("judged_items"), before, tuple(data.get("recent_texts", ())))

@@ -76,9 +76,21 @@ def test_the_steered_share_rises_with_the_drift_and_a_consolidation_replays_most
     assert steered_share(steered, 0.01) == pytest.approx(0.65)
     assert steered_share(steered, 0.05) == pytest.approx(0.8)
     assert steered_share(ReplayOptions(share=0.5, max_share=0), 0.05) == 0.5  # max_share 0: no steering
-    assert steered_share(ReplayOptions(share=0.5, consolidate=True), None) == 0.8
+    assert steered_share(ReplayOptions(share=0.5, max_share=0, consolidate=True), None) == 0.8
+    assert steered_share(ReplayOptions(share=0.5, max_share=0.9, consolidate=True), None) == 0.9  # max_share if higher
     assert consolidation_overrides(["rewarm"]) == ["fine_tuning.strategy=[rewarm,replay]",
                                                    "options.replay.consolidate=true"]
+
+
+def test_the_averaging_weight_falls_with_the_drift_when_steered():
+    from retain.strategies.average import AverageOptions, steered_weight
+
+    steered = AverageOptions(weight=0.5, max_weight=1.0, steer_at=0.01)
+    assert steered_weight(steered, None) == 0.5       # drift not known: the plain weight
+    assert steered_weight(steered, -0.02) == 1.0      # an old domain that improved: the whole step
+    assert steered_weight(steered, 0.005) == pytest.approx(0.75)
+    assert steered_weight(steered, 0.03) == 0.5       # at steer_at and beyond: the plain weight
+    assert steered_weight(AverageOptions(weight=0.5), 0.0) == 0.5  # max_weight 0: no steering
 
 
 def test_weight_averaging_keeps_the_asked_share_of_the_step():
@@ -110,8 +122,9 @@ def test_after_a_drift_rejection_the_advice_says_consolidate_and_a_consolidation
     assert before > 0.02, before
     # The next ordinary day is rejected for it, and the advice names the way on.
     day = new_texts[40:52]
+    # (1:1 replay: the steered default's higher share at this drift could pull it back inside 1% in one day)
     rejected = _update(base_model, day, tmp_path / "day.jsonl", "validators=[finite,retention]",
-                       "options.retention.max_drift=0.01")
+                       "options.retention.max_drift=0.01", "options.replay.max_share=0")
     assert rejected["status"] == "rejected"
     steps = " ".join(s["step"] for s in rejected["next_steps"])
     assert "drifted more than 1% since the last full training" in steps
@@ -150,3 +163,32 @@ def test_the_default_recipe_is_the_one_the_benchmark_measured():
             block, option = key.split(".")
             actual[key] = str(getattr(getattr(config, block), option))
     assert actual == measured
+
+
+def test_the_learning_check_judges_this_update_with_the_earlier_updates_held_out_items(base_model, new_texts,
+                                                                                        tmp_path):
+    from retain.core.storage.retention import recent_new
+
+    store = ModelStore(base_model)
+    one = ["fine_tuning.epochs=1"]
+    reports = [_update(base_model, new_texts[20 * i:20 * i + 20], tmp_path / f"day{i}.jsonl", GATE_OFF, *one)
+               for i in range(2)]
+    assert [r["status"] for r in reports] == ["accepted", "accepted"]
+    earlier = [r["text"] for r in reversed(reports) for r in store.read_jsonl(r["version"], "holdout.jsonl")]
+    assert earlier and recent_new(store, store.current(), 64) == earlier  # newest first, not the base's
+    assert recent_new(store, store.current(), 3) == earlier[:3]           # bounded by the pool's size
+    assert recent_new(store, "0001", 64) == []                            # nothing since the full training
+
+    day = new_texts[40:60]
+    other = tmp_path / "other"
+    shutil.copytree(base_model, other)
+    third = _update(base_model, day, tmp_path / "day2.jsonl", "validators=[finite,learning]", *one)
+    own = third["metrics"]["new_holdout_items"]
+    assert own and third["metrics"]["new_pool_items"] == own + len(earlier)
+    learning = next(v for v in third["verdicts"] if v["validator"] == "learning")
+    assert learning["numbers"]["pool_items"] == own + len(earlier)
+    assert f"{own + len(earlier)} items in all" in learning["reason"]
+    # learning_pool 0: the update's own items alone, as before the pool
+    alone = _update(other, day, tmp_path / "day2.jsonl", "validators=[finite,learning]",
+                    "validation.learning_pool=0", *one)
+    assert alone["metrics"]["new_holdout_items"] == own and "new_pool_items" not in alone["metrics"]

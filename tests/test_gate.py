@@ -110,6 +110,27 @@ def test_learning_needs_new_loss_to_fall_and_gives_the_raise_remedy():
                                        extra={"new_holdout_items": 8})).status == "pass"
 
 
+def test_learning_is_judged_on_the_pool_of_recent_updates_held_out_items():
+    learning = _validator("learning")
+    today = {"new_before": 4.0, "new_after": 4.02, "extra": {"new_holdout_items": 4}}  # 4 noisy items rose
+    # Alone, the 4 items reject the day; with the 40 of the earlier updates the pool fell: accepted.
+    assert learning.validate(_evidence(**today)).status == "fail"
+    pooled = learning.validate(_evidence(**today, new_pool_before=3.8, new_pool_after=3.7, new_pool_items=44))
+    assert pooled.status == "pass", pooled.reason
+    assert "44 items in all" in pooled.reason and pooled.numbers["pool_items"] == 44
+    # Neither today's items nor the pool learned: rejected, with the raise remedy.
+    flat = learning.validate(_evidence(**today, new_pool_before=3.8, new_pool_after=3.8, new_pool_items=44))
+    assert flat.status == "fail" and "must fall" in flat.reason and "raise the learning rate" in flat.remedy
+    # Today's items learned, the pool did not fall by 0.1% but did not rise: accepted.
+    learned = {"new_before": 4.0, "new_after": 3.9, "extra": {"new_holdout_items": 4}}
+    assert learning.validate(_evidence(**learned, new_pool_before=3.8, new_pool_after=3.7999,
+                                       new_pool_items=44)).status == "pass"
+    # Today's items learned at the cost of the earlier days' (the pool rose): rejected as forgetting.
+    forgot = learning.validate(_evidence(**learned, new_pool_before=3.8, new_pool_after=3.85, new_pool_items=44))
+    assert forgot.status == "fail" and "earlier updates' items got worse" in forgot.reason
+    assert "halve the learning rate" in forgot.remedy
+
+
 def test_duration_warns_with_the_too_slow_remedy():
     slow = _validator("duration", max_train_seconds=10).validate(_evidence(timings={"train": 30.0}))
     assert slow.status == "warn"

@@ -113,6 +113,7 @@ class Scores:
     stored: bool = False  # the retention losses were read from the version, not scored
     drift: "torch.Tensor | None" = None  # the last full training's held-out items (updates)
     reference: "drift.Baseline | None" = None  # what ``drift`` was scored on, when a part of the run's
+    recent: "torch.Tensor | None" = None  # updates: earlier updates' held-out new items (the learning pool)
 
     @staticmethod
     def mean(t) -> float | None:
@@ -150,11 +151,25 @@ def token_counts(lm: "LanguageModel", texts: list[str], max_len: int) -> list[in
 
 
 def metrics(before: Scores, after: Scores, retention_items: int, new_items: int) -> dict[str, Any]:
-    """The report's before/after numbers."""
-    return {"retention_loss_before": Scores.mean(before.retention),
-            "retention_loss_after": Scores.mean(after.retention),
-            "new_loss_before": Scores.mean(before.new), "new_loss_after": Scores.mean(after.new),
-            "retention_items": retention_items, "new_holdout_items": new_items}
+    """The report's before/after numbers (the learning pool's where earlier updates held items out)."""
+    out = {"retention_loss_before": Scores.mean(before.retention),
+           "retention_loss_after": Scores.mean(after.retention),
+           "new_loss_before": Scores.mean(before.new), "new_loss_after": Scores.mean(after.new),
+           "retention_items": retention_items, "new_holdout_items": new_items}
+    pooled = [_pool(s) for s in (before, after)]
+    if all(p is not None for p in pooled):
+        out.update(new_pool_loss_before=float(pooled[0].mean()), new_pool_loss_after=float(pooled[1].mean()),
+                   new_pool_items=len(pooled[1]))
+    return out
+
+
+def _pool(scores: Scores) -> "torch.Tensor | None":
+    """This run's held-out new items with the earlier updates' (None: no earlier ones, or not scored)."""
+    import torch
+
+    if scores.new is None or scores.recent is None or not len(scores.recent):
+        return None
+    return torch.cat([scores.new, scores.recent])
 
 
 def evidence(kind: str, lm: "LanguageModel", settings, before: Scores, after: Scores,
@@ -164,7 +179,8 @@ def evidence(kind: str, lm: "LanguageModel", settings, before: Scores, after: Sc
                     numbers["new_loss_before"], numbers["new_loss_after"], before.retention, after.retention,
                     model=lm, settings=settings, extra=dict(numbers), timings=dict(timings),
                     drift_baseline=numbers.get("drift_loss_baseline"), drift_after=numbers.get("drift_loss_after"),
-                    drift_version=numbers.get("drift_since"))
+                    drift_version=numbers.get("drift_since"), new_pool_before=numbers.get("new_pool_loss_before"),
+                    new_pool_after=numbers.get("new_pool_loss_after"), new_pool_items=numbers.get("new_pool_items"))
 
 
 # --- the steps, on a run ------------------------------------------------------------------------
@@ -203,9 +219,18 @@ def measure_before(run, store: ModelStore) -> dict:
     run.retention_texts = pool.texts[:k]
     run.drift = drift.baseline(store, run.parent, v.eval_min_items, run.config.seed, run.retention_texts)
     known = pool.losses(scoring(run))[:k]
-    run.before = measure(run.lm, run.retention_texts, run.new_texts, seq_len, run.device, run.precision, known)
+    run.recent_texts = retention.recent_new(store, run.parent, v.learning_pool, set(run.new_texts))
+    run.before = measure(run.lm, run.retention_texts, run.new_texts, seq_len, run.device, run.precision, known,
+                         also=run.recent_texts)
+    run.before.recent = _picked(run.before.also, run.recent_texts)
     return {"retention_items": k, "retention_pool": len(pool.items), "new_items": len(run.new_texts),
-            "retention_stored": sum(x is not None for x in known)}
+            "retention_stored": sum(x is not None for x in known), "learning_pool": len(run.recent_texts)}
+
+
+def _picked(losses: dict[str, float], texts: list[str]) -> "torch.Tensor | None":
+    import torch
+
+    return torch.tensor([losses[t] for t in texts], dtype=torch.float64) if texts else None
 
 
 def measure_unchanged(run) -> None:
@@ -230,7 +255,9 @@ def score_candidate(run, items: int | None = None) -> Scores:
         ref = ref.subset(items, set(texts)) if ref is not None else None
     drift_len = (ref.max_len or run.lm.context) if ref is not None else seq_len  # as the reference scored them
     same_pass = ref.texts if ref is not None and drift_len == seq_len else []
-    scores = measure(run.lm, texts, run.new_texts, seq_len, run.device, run.precision, also=same_pass)
+    recent = run.recent_texts if items is None else []  # the learning pool: the gate's scores, not an epoch's look
+    scores = measure(run.lm, texts, run.new_texts, seq_len, run.device, run.precision, also=[*same_pass, *recent])
+    scores.recent = _picked(scores.also, recent)
     if ref is not None and ref.texts:
         losses = scores.also if same_pass else score_unique(run.lm, ref.texts, drift_len, run.device, run.precision)
         scores.drift = torch.tensor([losses[t] for t in ref.texts], dtype=torch.float64)
@@ -251,7 +278,7 @@ def candidate_evidence(run, after: Scores) -> tuple[dict[str, Any], Evidence]:
     n = 0 if after.retention is None else len(after.retention)
     before = run.before
     if before is not None and before.retention is not None and n < len(before.retention):
-        before = Scores(before.retention[:n], before.new, stored=before.stored)
+        before = Scores(before.retention[:n], before.new, stored=before.stored, recent=before.recent)
     numbers = metrics(before, after, n, len(run.new_texts))
     ref = after.reference or run.drift
     if ref is not None:

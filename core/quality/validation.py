@@ -54,3 +54,8 @@ class Evidence:
     # The cumulative drift above which ``retain status`` recommends a full retrain (the config's
     # retrain.max_retention_drift): a candidate the gate accepts past it says so.
     retrain_drift: float | None = None
+    # The learning pool: this run's held-out new items with those of the accepted updates since
+    # the last full training (``validation.learning_pool``); None: no earlier update held any out.
+    new_pool_before: float | None = None
+    new_pool_after: float | None = None
+    new_pool_items: int | None = None

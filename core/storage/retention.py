@@ -14,6 +14,12 @@ way this run scores (same ``max_len``, precision, device).
 
 Versions written before this file existed (or a cap raised above what a pool
 kept) fall back to reading every ``holdout.jsonl`` of the chain.
+
+The learning pool (``recent_new``) is the other direction: the held-out new
+items of the latest accepted updates since the last full training, newest
+first, at most ``validation.learning_pool``. The ``learning`` check judges an
+update on them with its own held-out items (a few items a day are too noisy to
+gate on alone), and earlier days' new data forgotten by a later day shows there.
 """
 
 from __future__ import annotations
@@ -108,6 +114,25 @@ def extend(parent: RetentionSet | None, holdout: list[dict], version: str, cap: 
     if not any(r.get("loss") is not None for r in items):
         scored = None
     return RetentionSet(items, seen, cap, scored)
+
+
+def recent_new(store: ModelStore, version: str, cap: int, exclude: set[str] = frozenset()) -> list[str]:
+    """The held-out items of ``version`` and its ancestors back to (not including) the last full
+    training or import, newest first, at most ``cap`` texts (none in ``exclude``). Reads the
+    fewest versions that fill it: at most ``cap`` of them, whatever the length of the chain."""
+    texts: list[str] = []
+    seen = set(exclude)
+    for name in store.chain(version)[:cap]:
+        if len(texts) >= cap or store.summary(name)["kind"] in ROOT_KINDS:
+            break
+        manifest = store.manifest(name)
+        if HOLDOUT not in manifest.get("files", {}):
+            continue
+        for row in store.read_jsonl(name, HOLDOUT, manifest):
+            if row["text"] not in seen and len(texts) < cap:
+                seen.add(row["text"])
+                texts.append(row["text"])
+    return texts
 
 
 def base_holdout(store: ModelStore, version: str) -> tuple[str | None, list[dict], dict | None]:
