@@ -96,8 +96,14 @@ def _weights(module) -> dict:
 
 def _averaging_weight(run) -> float | None:
     """The share of the step ``average`` kept, if it averaged this candidate (None: it did not)."""
-    weight = next((s.options.weight for s in run.strategies if s.name == "average"), None)
-    return None if weight is None or weight >= 1 or run.new_lineage else float(weight)
+    from retain.strategies.average import steered_weight
+    from retain.strategies.replay import start_drift
+
+    options = next((s.options for s in run.strategies if s.name == "average"), None)
+    if options is None or run.new_lineage:
+        return None
+    weight = steered_weight(options, start_drift(run))  # what it used: steered by the drift, if set so
+    return None if weight >= 1 else float(weight)
 
 
 def _undo_averaging(module, parent: dict, weight: float) -> None:
