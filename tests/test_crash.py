@@ -42,7 +42,10 @@ from retain.plugins.dedupers import MinhashDeduper, MinhashOptions
 
 from conftest import TINY
 
-SETTINGS = [*TINY, "fine_tuning.epochs=1", "dedupers=[exact, minhash]"]
+# learning_pool=0: a day's learning is judged on its own 2 held-out items (too few: a warning), as
+# before the pool; on this tiny model one epoch moves the pool's loss by noise, and whether the gate
+# accepts a day is not what this test is about (its kills decide which days run, not the gate).
+SETTINGS = [*TINY, "fine_tuning.epochs=1", "dedupers=[exact, minhash]", "validation.learning_pool=0"]
 # Every fault_point in the save path, in the order an update reaches them.
 FAULTS = ["write-model.safetensors", "minhash", "ledger", "ledger-committed", "rename", "renamed",
           "replace-CURRENT"]

@@ -18,7 +18,7 @@ from retain.core.runtime import interrupts
 from retain.core.quality.evaluation import held_out_rows, kept_retention, scoring
 from retain.core.data.items import Item
 from retain.core.storage.report import REPORT, UpdateReport
-from retain.core.storage.retention import RETENTION
+from retain.core.storage.retention import LEARNING_POOL, RETENTION, pool_to_keep
 from retain.core.run import Run
 from retain.core.storage.store import HOLDOUT, ModelStore, now_iso
 from retain.core.learning.strategy import write_state
@@ -41,6 +41,9 @@ def commit(run: Run, store: ModelStore, dedupers: list[tuple[str, Any]],
             writer.write_text(HOLDOUT, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in held))
         kept = kept_retention(run, writer.name, held)
         writer.write_text(RETENTION, kept.to_jsonl())
+        if not run.new_lineage:  # the next update's learning pool, read from this one file
+            writer.write_text(LEARNING_POOL, pool_to_keep(run.new_texts, run.recent_texts,
+                                                          run.config.validation.learning_pool))
         for strategy in run.strategies:  # state_dict() is taken here, before update_finished
             write_state(writer, strategy)
         for _, deduper in dedupers:

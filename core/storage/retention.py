@@ -32,6 +32,7 @@ from typing import Any
 from retain.core.storage.store import HOLDOUT, ROOT_KINDS, ModelStore
 
 RETENTION = "retention.jsonl"
+LEARNING_POOL = "learning_pool.jsonl"  # an update's pool as the next update reads it: its own held-out new items first
 
 
 @dataclass
@@ -118,8 +119,15 @@ def extend(parent: RetentionSet | None, holdout: list[dict], version: str, cap: 
 
 def recent_new(store: ModelStore, version: str, cap: int, exclude: set[str] = frozenset()) -> list[str]:
     """The held-out items of ``version`` and its ancestors back to (not including) the last full
-    training or import, newest first, at most ``cap`` texts (none in ``exclude``). Reads the
-    fewest versions that fill it: at most ``cap`` of them, whatever the length of the chain."""
+    training or import, newest first, at most ``cap`` texts (none in ``exclude``). An update
+    keeps its pool (``learning_pool.jsonl``, ``pool_to_keep``), so one file is read, whatever
+    the length of the chain; a chain written before that file existed is walked instead."""
+    if cap <= 0 or not version or store.summary(version)["kind"] in ROOT_KINDS:
+        return []
+    manifest = store.manifest(version)
+    if LEARNING_POOL in manifest.get("files", {}):
+        rows = store.read_jsonl(version, LEARNING_POOL, manifest)
+        return [t for t in dict.fromkeys(r["text"] for r in rows) if t not in exclude][:cap]
     texts: list[str] = []
     seen = set(exclude)
     for name in store.chain(version)[:cap]:
@@ -133,6 +141,13 @@ def recent_new(store: ModelStore, version: str, cap: int, exclude: set[str] = fr
                 seen.add(row["text"])
                 texts.append(row["text"])
     return texts
+
+
+def pool_to_keep(own: list[str], parents: list[str], cap: int) -> str:
+    """The learning pool an update keeps for the next: its own held-out new items, then its
+    parent's pool (what ``recent_new`` read for it), newest first, at most ``cap``; JSON lines."""
+    texts = list(dict.fromkeys([*own, *parents]))[:cap]
+    return "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts)
 
 
 def base_holdout(store: ModelStore, version: str) -> tuple[str | None, list[dict], dict | None]:
