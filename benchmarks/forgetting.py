@@ -21,7 +21,10 @@ Domain pairs (``--pair``):
 - ``python-docs-code``: Python's own documentation (the language reference in
   ``pydoc_data.topics`` and standard-library module docstrings), then the
   standard library's source code (function bodies, docstrings removed): text
-  that ships with every CPython.
+  that ships with every CPython;
+- ``shakespeare-wikipedia``: the first pair the other way round (a Shakespeare
+  model, Wikipedia days; its old-domain held-out speeches are the base's unused
+  ones).
 
 Measured on held-out items never trained on: old-domain items kept aside from
 the base domain, new-domain items kept aside from the new one. Loss = mean
@@ -139,11 +142,14 @@ def make_data(args) -> dict:
     if not DATA.is_dir():
         sys.exit(f"data folder not found: {DATA} (the benchmark reads ../shared/data beside the repo, or "
                  "RETAIN_DATA)")
-    return split_pair(wiki_paragraphs(DATA / "wikitext2-valid.txt"), wiki_paragraphs(DATA / "wikitext2-test.txt"),
-                      speeches(DATA / "tinyshakespeare.txt"), args)
+    wikipedia = wiki_paragraphs(DATA / "wikitext2-valid.txt"), wiki_paragraphs(DATA / "wikitext2-test.txt")
+    if args.pair == "shakespeare-wikipedia":  # the other direction: a Shakespeare model, Wikipedia days
+        return split_pair(speeches(DATA / "tinyshakespeare.txt"), None, wikipedia[0] + wikipedia[1], args)
+    return split_pair(*wikipedia, speeches(DATA / "tinyshakespeare.txt"), args)
 
 
-PAIRS = {"wikipedia-shakespeare": ("Wikipedia", "Shakespeare"), "python-docs-code": ("Python docs", "stdlib code")}
+PAIRS = {"wikipedia-shakespeare": ("Wikipedia", "Shakespeare"), "python-docs-code": ("Python docs", "stdlib code"),
+         "shakespeare-wikipedia": ("Shakespeare", "Wikipedia")}
 
 
 # --- measuring ------------------------------------------------------------------------------------
