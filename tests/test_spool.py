@@ -13,7 +13,6 @@ import tempfile
 import tracemalloc
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from retain.core.config import load_config

@@ -24,7 +24,7 @@ import re
 import sqlite3
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator
 
 from retain.core.config import Config
 from retain.core.errors import ModelError, PluginError, SourceError, StorageError

@@ -9,14 +9,12 @@ before that leaves the current model as it was (``ModelStore.recover`` tidies).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
 from retain.core.runtime import interrupts
 from retain.core.quality.evaluation import held_out_rows, kept_retention, scoring
-from retain.core.data.items import Item
 from retain.core.storage.report import REPORT, UpdateReport
 from retain.core.storage.retention import LEARNING_POOL, RETENTION, pool_to_keep
 from retain.core.run import Run
@@ -54,9 +52,11 @@ def commit(run: Run, store: ModelStore, dedupers: list[tuple[str, Any]],
         report = report.model_copy(update=dict(timings=dict(run.timings), replaces=replaces, version=writer.name,
                                                 status=status))
         writer.write_json(REPORT, report.to_json())
-        writer.write_ledger_record(ledger_rows(run))  # the version's own copy: a lost ledger is rebuilt from it
-        # Ledger rows first: they count only once CURRENT's chain includes this version.
+        # Ledger rows first: they count only once CURRENT's chain includes this version. The items
+        # are read and hashed once (a corpus's spool is read from disk): the version's own copy
+        # of its rows, what a lost ledger is rebuilt from, is read back from the ledger.
         store.ledger.add(writer.name, ledger_rows(run))
+        writer.write_ledger_record(store.ledger.rows(writer.name))
         final_manifest = {**manifest(run, report, entry, status, store.ledger.data_hash(writer.name)),
                           "retention": kept.manifest_entry(),
                           "holdout_scored": scoring(run) if held else None}

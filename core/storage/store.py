@@ -406,6 +406,11 @@ class Ledger:
             fault_point("ledger")  # test-only: killed mid-transaction, nothing may count
         fault_point("ledger-committed")  # test-only
 
+    def rows(self, version: str) -> Iterator[tuple[str, str, str, str]]:
+        """``version``'s rows (hash, role, source, origin), in the order they were added."""
+        yield from self.db.execute("SELECT hash, role, source, origin FROM items WHERE version = ? ORDER BY rowid",
+                                   (version,))
+
     def data_hash(self, version: str) -> str:
         """sha256 over the sorted hashes of the items ``version`` trained on (its manifest's
         ``data_hash``): the same data gives the same hash, in any order. SQLite sorts them, so
