@@ -164,6 +164,7 @@ def under_torchrun(nproc: int | None, argv: list[str], device: str, model: str |
                "-m", "retain", *relaunched]
         rc = subprocess.run(cmd, env=env).returncode
         told = int(exit_file.read_text()) if exit_file.exists() else None
+    _remove_dead_scratch(model)
     saved = [v for v in _versions(model) if v not in before]
     return outcome(nproc, rc, told, saved[-1] if saved else None)
 
@@ -180,6 +181,20 @@ def outcome(nproc: int, rc: int, told: int | None, saved: str | None) -> int:
                          + (f", after rank 0 saved version {saved}" if saved else
                             ": nothing was committed, the current model is unchanged"))
     return told
+
+
+def _remove_dead_scratch(model: str | Path) -> None:
+    """The shard scratch folders of ranks that are gone. A rank that torchrun stopped after
+    another died may be killed before its own cleanup runs (seen under load: rank 1 SIGKILLed,
+    rank 0's ``.tmp-shards-<pid>`` left). Every rank has ended here; a live process's folder stays."""
+    import shutil
+
+    from retain.core.storage.store import _alive
+
+    versions = Path(model) / "versions"
+    for p in versions.glob(".tmp-shards-*") if versions.is_dir() else []:
+        if not _alive(p.name):
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def _versions(model: str | Path) -> list[str]:
