@@ -17,7 +17,8 @@ stopped after ``--steps`` steps (the run then saves its version as a stopped tra
     tokens/s      real (non-padding) target tokens of the ``--steps`` steps over their time
 
 ``--paths memory`` runs the same with the tokenized rows built in memory, as before shards
-(``lm.encode``: padded int64 rows), for the comparison.
+(``lm.encode``: padded int64 rows), for the comparison; ``--paths tokenizers`` with every item
+encoded by the ``tokenizers`` library, as before ``plugins/fast_bpe.py`` (tiktoken).
 """
 
 from __future__ import annotations
@@ -82,6 +83,10 @@ def child(args) -> None:
 
     if args.path == "memory":  # the rows as before shards: every padded row in memory
         shards.encode_to_shard = lambda lm, texts, max_len, folder: lm.encode(list(texts), max_len)
+    if args.path == "tokenizers":  # shards, every item encoded by the tokenizers library (before tiktoken)
+        from retain.plugins import gpt
+
+        gpt.fast_encoder = lambda tokenizer, tokenizer_json: None
     counted = {"steps": 0, "tokens": 0, "started": None, "seconds": 0.0}
     original_forward = training.EngineLoop.before_forward
     original_after = training.EngineLoop.after_training_iteration
@@ -271,7 +276,7 @@ def uname() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="10MB,100MB,1GB")
-    ap.add_argument("--paths", default="shards", help="shards, memory, or both (comma-separated)")
+    ap.add_argument("--paths", default="shards", help="shards, memory, tokenizers (comma-separated)")
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--runs", type=int, default=1, help="runs of each (size, path), alternating paths")
     ap.add_argument("--threads", type=int, default=2)

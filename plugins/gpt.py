@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from retain.core.config import ModelConfig
 from retain.core.learning.lm import ENCODE_CHUNK, Rows, Sample, rows_from_ids, token_losses
 from retain.core.storage.store import TOKENIZER, WEIGHTS
+from retain.plugins.fast_bpe import FastEncoder, fast_encoder
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -207,14 +208,22 @@ class GptModel:
         self.context = module.arch.context
         self.eos_id = tokenizer.token_to_id(EOS)
         self.pad_id = tokenizer.token_to_id(PAD)
+        self._fast: FastEncoder | None | bool = False  # built on the first encode (``plugins/fast_bpe.py``)
+
+    def _ids(self, texts: list[str]) -> list[list[int]]:
+        """Each text's ids: tiktoken where it gives exactly this tokenizer's ids, else ``tokenizers``."""
+        if self._fast is False:
+            self._fast = fast_encoder(self.tokenizer, self.tokenizer_json)
+        if self._fast is not None:
+            return self._fast.encode(texts)
+        return [enc.ids for enc in self.tokenizer.encode_batch(texts)]
 
     def encode_ids(self, texts: list[str]) -> list[array]:
         # Each text is EOS + tokens + EOS: the model learns where texts start and end. In chunks,
         # kept as 4-byte ids (``ENCODE_CHUNK``).
         texts, ids = list(texts), []
         for start in range(0, len(texts), ENCODE_CHUNK):
-            ids += [array("i", [self.eos_id, *enc.ids, self.eos_id])
-                    for enc in self.tokenizer.encode_batch(texts[start:start + ENCODE_CHUNK])]
+            ids += [array("i", [self.eos_id, *x, self.eos_id]) for x in self._ids(texts[start:start + ENCODE_CHUNK])]
         return ids
 
     def encode(self, texts: list[str], max_len: int) -> Rows:
@@ -233,7 +242,7 @@ class GptModel:
         was_training = model.training
         model.eval()
         try:
-            ids = [[self.eos_id, *enc.ids] for enc in self.tokenizer.encode_batch(list(prompts))]
+            ids = [[self.eos_id, *x] for x in self._ids(list(prompts))]
             outs = model.generate(ids, max_new_tokens, temperature=temperature, generator=generator, stop=stop,
                                   pad_id=self.pad_id)
         finally:

@@ -25,6 +25,7 @@ import torch  # noqa: E402
 
 from retain.core.errors import ConfigError, ModelError  # noqa: E402
 from retain.core.learning.lm import ENCODE_CHUNK, Rows, Sample, rows_from_ids, token_losses  # noqa: E402
+from retain.plugins.fast_bpe import FastEncoder, fast_encoder  # noqa: E402
 
 try:
     import transformers
@@ -85,6 +86,17 @@ class HfModel:
         # are ignored and padding sits after every real token, so any id would do.
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (self.eos_id if self.eos_id is not None else 0)
+        self._fast: FastEncoder | None | bool = False  # built on the first encode (``plugins/fast_bpe.py``)
+
+    def _ids(self, texts: list[str]) -> list[list[int]]:
+        """Each text's ids: tiktoken where it gives exactly the tokenizer's (a byte-level BPE
+        such as GPT-2's), else the tokenizer itself."""
+        if self._fast is False:
+            backend = getattr(self.tokenizer, "backend_tokenizer", None)  # a fast (Rust) tokenizer's
+            self._fast = fast_encoder(backend, backend.to_str()) if backend is not None else None
+        if self._fast is not None:
+            return self._fast.encode(texts)
+        return [list(x) for x in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
     def _start(self, ids: list[int]) -> list[int]:
         # Each text starts with the model's BOS (GPT-2: its one <|endoftext|>) and ends with EOS.
@@ -97,8 +109,7 @@ class HfModel:
     def encode_ids(self, texts: list[str]) -> list[array]:
         texts, ids = list(texts), []
         for start in range(0, len(texts), ENCODE_CHUNK):  # in chunks, as 4-byte ids (ENCODE_CHUNK)
-            batch = self.tokenizer(texts[start:start + ENCODE_CHUNK], add_special_tokens=False)["input_ids"]
-            ids += [array("i", self._wrap(list(x))) for x in batch]
+            ids += [array("i", self._wrap(x)) for x in self._ids(texts[start:start + ENCODE_CHUNK])]
         return ids
 
     def encode(self, texts: list[str], max_len: int) -> Rows:
@@ -122,7 +133,7 @@ class HfModel:
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 torch.manual_seed(seed)
                 for prompt in prompts:
-                    ids = self._start(list(self.tokenizer(prompt, add_special_tokens=False)["input_ids"]))
+                    ids = self._start(self._ids([prompt])[0])
                     ids = ids[-(self.context - new):]  # room for the continuation in the context
                     x = torch.tensor([ids], device=device)
                     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {

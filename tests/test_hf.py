@@ -91,6 +91,17 @@ def test_import_of_an_hf_directory_records_base_data_and_where_it_came_from(_imp
         assert torch.allclose(source(rows.x).logits, logits(lm, "Some text to compare the logits on."), atol=1e-6)
 
 
+def test_an_hf_byte_level_bpe_encodes_through_tiktoken_with_the_same_ids(_imported, new_texts):
+    """A GPT-2-style tokenizer takes the fast path (plugins/fast_bpe.py), with the ids the
+    transformers tokenizer gives, special-token strings included."""
+    lm = load_version(ModelStore(_imported[0])).lm
+    texts = [*new_texts, "x<|endoftext|>y", "naïve 中文 😀\r\n\t  end"]
+    fast = lm.encode_ids(texts)
+    assert lm._fast is not None
+    lm._fast = None
+    assert [list(x) for x in fast] == [list(x) for x in lm.encode_ids(texts)]
+
+
 def test_tokenizer_without_pad_token_pads_with_its_end_token(_imported, gpt2_dir):
     from transformers import AutoTokenizer
 
