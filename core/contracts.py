@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import typing
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Iterable, Protocol, Sequence, runtime_checkable
 
 if TYPE_CHECKING:  # only for annotations: importing this module imports no torch
     import torch
@@ -150,9 +150,11 @@ class ModelFamily(Protocol):
     is checked when the family registers, not only when a model is first made.
     """
 
-    def create(self, config: "Config", texts: list[str], context: int) -> LanguageModel:
+    def create(self, config: "Config", texts: Sequence[str], context: int) -> LanguageModel:
         """A full training's model: random weights, a tokenizer fitted to ``texts`` if the
-        family trains one; rows of at most ``context`` tokens."""
+        family trains one; rows of at most ``context`` tokens. ``texts`` is a sample of the
+        items (``full_training.tokenizer_sample_mb``), read from disk as it is iterated: iterate
+        it (once is cheapest) rather than copy it into a list."""
         ...
 
     def load(self, files: "VersionFiles", entry: dict[str, Any]) -> LanguageModel:

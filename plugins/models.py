@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from retain.core.config import Config
 from retain.core.errors import ConfigError, ModelError
@@ -50,7 +50,7 @@ class GptFamily:
     """The built-in GPT-style decoder (model.n_layer, n_head, d_model, vocab_size) with a
     byte-level BPE tokenizer trained on the base data."""
 
-    def create(self, config: Config, texts: list[str], context: int):
+    def create(self, config: Config, texts: Sequence[str], context: int):
         from retain.plugins.gpt import Architecture, GptModel, TransformerModel, train_tokenizer
 
         tokenizer = train_tokenizer(texts, config.model.vocab_size)
@@ -117,7 +117,7 @@ class GptFamily:
 class HfFamily:
     """A local Hugging Face transformers causal LM: config, safetensors weights, tokenizer (retain[hf])."""
 
-    def create(self, config: Config, texts: list[str], context: int):
+    def create(self, config: Config, texts: Sequence[str], context: int):
         from retain.plugins.hf import create
 
         return create(config.model.path)
@@ -154,7 +154,7 @@ class HfFamily:
 class PythonFamily:
     """Your own nn.Module (model.factory: package.module:function) and tokenizer (model.tokenizer)."""
 
-    def create(self, config: Config, texts: list[str], context: int):
+    def create(self, config: Config, texts: Sequence[str], context: int):
         from retain.plugins.pymodel import create
 
         return create(config)

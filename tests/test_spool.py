@@ -241,6 +241,7 @@ def test_the_tokenizer_learns_from_every_item_below_the_sample_cap(tmp_path, mon
     seen = []
 
     def create(registry, config, texts, context):
+        assert not isinstance(texts, list)  # read from the spool as it is iterated, not held as strings
         seen.append(list(texts))
         raise RuntimeError("stop here")
 

@@ -203,6 +203,25 @@ class ItemView(Sequence[Item]):
         return Joined(self, other)
 
 
+class Texts(Sequence[str]):
+    """The texts of ``items``, read back as they are iterated: what a new tokenizer learns from
+    (up to ``full_training.tokenizer_sample_mb``) is never held as one list of strings."""
+
+    def __init__(self, items: Sequence[Item]):
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [it.text for it in self.items[i]]
+        return self.items[i].text
+
+    def __iter__(self) -> Iterator[str]:
+        return (it.text for it in self.items)
+
+
 class Joined(Sequence[Item]):
     """Two sequences of items one after the other, neither copied."""
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from retain.core.config import Config, adopt_model
 from retain.core.contracts import LanguageModel, ModelFamily, RenewsModels
@@ -123,7 +123,7 @@ def _size(entry: dict) -> str:
     return f"a '{entry['family']}' model" + (f": {shape}" if shape else "")
 
 
-def create_model(registry: Registry, config: Config, texts: list[str], context: int) -> LanguageModel:
+def create_model(registry: Registry, config: Config, texts: Sequence[str], context: int) -> LanguageModel:
     """A full training's new model: random init, tokenizer fitted to ``texts`` where the family has one."""
     with memory_for(f"creating the '{config.model.family}' model"):
         lm = family(registry, config.model.family).create(config, texts, context)
@@ -230,7 +230,7 @@ def prepare_model(run, registry: Registry, warn, saves: bool = True) -> dict:
     from retain.core.errors import SourceError
     from retain.core.run import FINE_TUNING, FULL_TRAINING, IMPORT
     from retain.core.data.shards import encode_to_shard, scratch_folder
-    from retain.core.data.spool import even_sample
+    from retain.core.data.spool import Texts, even_sample
     from retain.core.learning.strategy import TrainSettings
 
     cfg = run.config
@@ -242,8 +242,7 @@ def prepare_model(run, registry: Registry, warn, saves: bool = True) -> dict:
             run.lm = renew_model(registry, cfg, run.tokenizer_from, block.max_seq_length)
         else:  # the tokenizer learns from a bounded, even sample of the items (all, when they fit)
             sample = even_sample(run.items, int(block.tokenizer_sample_mb * 1_000_000))
-            run.lm = create_model(registry, cfg, [it.text for it in _items_at(run.items, sample)],
-                                  block.max_seq_length)
+            run.lm = create_model(registry, cfg, Texts(_items_at(run.items, sample)), block.max_seq_length)
     elif run.kind == FINE_TUNING:
         run.lm = run.base.lm
     seq_len = min(block.max_seq_length, run.lm.context)

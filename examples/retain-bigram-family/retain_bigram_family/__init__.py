@@ -6,7 +6,7 @@ the torch code is imported when a model is first created or loaded.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 from retain.plugin import Config, VersionFiles, hookimpl, loads_adapters
 
@@ -20,7 +20,7 @@ class BigramFamily:
     def __init__(self, options: None = None):
         pass
 
-    def create(self, config: Config, texts: list[str], context: int) -> "BigramModel":
+    def create(self, config: Config, texts: Sequence[str], context: int) -> "BigramModel":
         from .model import BigramModel
 
         return BigramModel.fresh(context, seed=config.seed)
