@@ -37,10 +37,11 @@ def _peak(fn) -> int:
 
 @pytest.fixture
 def small_batches(monkeypatch):
-    """Batches of 250 items: a few thousand items are many batches."""
+    """Batches of 250 items, 64 KB read at once: a few thousand items are many batches."""
     monkeypatch.setattr(spool, "BATCH_ITEMS", 250)
     monkeypatch.setattr(spool, "READ_ITEMS", 250)
     monkeypatch.setattr(spool, "SPOOL_MEMORY", 1 << 16)
+    monkeypatch.setattr(spool, "READ_CHUNK", 1 << 16)
 
 
 def test_status_data_counts_tokens_a_batch_at_a_time(base_model, tmp_path, small_batches):
@@ -65,3 +66,41 @@ def test_status_data_counts_tokens_a_batch_at_a_time(base_model, tmp_path, small
                                     "bytes": sum(len(t.encode()) for t in texts)})  # as in one encoding
     per_item = (peaks[4000] - peaks[1000] - (ingest[4000] - ingest[1000])) / 3000
     assert per_item < 64, f"the peak grew {per_item:.0f} bytes an item beyond ingest's ({peaks}, {ingest})"
+
+
+def test_a_search_sends_a_corpus_to_its_trials_as_a_file(tmp_path, small_batches):
+    """``--auto`` sends each trial the stage result it goes on from (``Measured.to_json``): a
+    list of every item before, as dicts, in the search and again in every trial. Items a spool
+    holds on disk now go as a file of records, read back into the trial's own spool."""
+    from retain.core.data.items import Item
+    from retain.core.data.spool import ItemSpool
+    from retain.core.run import Measured
+
+    def corpus(n: int) -> ItemSpool:
+        spool = ItemSpool()
+        for start in range(0, n, 250):
+            spool.extend(Item(t, "jsonl", "/d.jsonl", start + i + 1, {"id": start + i} if i % 2 else {})
+                         for i, t in enumerate(_texts(min(250, n - start), seed=start)))
+        return spool
+
+    sent, read = {}, {}
+    for n in (20, 1000, 4000):  # the first: the imports are not the items'
+        view = corpus(n).view()
+        measured = Measured(view, (Item("held out"),), {"new": n}, ("old",), ("held out",), None, None)
+        folder = tmp_path / str(n)
+        folder.mkdir()
+        spec, back = {}, []
+        sent[n] = _peak(lambda: spec.update(measured.to_json(folder)))
+        read[n] = _peak(lambda: back.append(Measured.from_json(spec)))
+        assert back[0].holdout == measured.holdout and back[0].counts == {"new": n}
+        assert ("items" in spec) == (n == 20)  # 20 items: the spool still in memory
+        if n == 1000:
+            assert list(back[0].items) == list(view)
+            assert [it.meta for it in back[0].items] == [it.meta for it in view]
+    for name, peaks in (("to_json", sent), ("from_json", read)):
+        per_item = (peaks[4000] - peaks[1000]) / 3000
+        assert per_item < 64, f"{name}'s peak grew {per_item:.0f} bytes an item ({peaks})"
+    # A day's items (the spool still in memory) are listed, as they always were.
+    small = Measured(corpus(5).view(), (), {}, (), (), None, None)
+    assert len(small.to_json(tmp_path)["items"]) == 5 and not (tmp_path / "items.records").exists()
+
