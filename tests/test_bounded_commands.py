@@ -104,3 +104,55 @@ def test_a_search_sends_a_corpus_to_its_trials_as_a_file(tmp_path, small_batches
     small = Measured(corpus(5).view(), (), {}, (), (), None, None)
     assert len(small.to_json(tmp_path)["items"]) == 5 and not (tmp_path / "items.records").exists()
 
+
+@pytest.fixture(scope="module")
+def _updated_model(tmp_path_factory, _base_model, new_texts):
+    """The base model and an update of it (0002): a version with a parent, to validate."""
+    from conftest import private_copy
+    from retain.core.engine import Engine
+
+    root = tmp_path_factory.mktemp("updated")
+    model = private_copy(_base_model, root)
+    Engine(load_config(None, TINY)).update([str(write_jsonl(root / "new.jsonl", new_texts[:40]))], model)
+    return model
+
+
+def test_validate_scores_its_data_a_batch_at_a_time(_updated_model, tmp_path, monkeypatch):
+    """``retain validate --data`` judges a version on every usable item of the data: before, a
+    list of every item, of every hash and text, and one encoding of them all. Its peak now grows
+    as its ingest's does; the result is the one a single batch gives."""
+    from retain.core.data import ingest as ingesting
+    from retain.core.engine import Engine
+    from retain.core.run import FULL_TRAINING, Run
+    from retain.core.storage.versions import validate_version
+
+    config = load_config(None, TINY)
+    store = ModelStore(_updated_model, read_only=True)
+
+    def validate(data):
+        return validate_version(Engine(config), store, None, data)
+
+    def ingest_only(data):
+        run = Run("r", FULL_TRAINING, config, tmp_path, parent=None, writes=False)
+        ingesting.collect_step(run, Engine(config).registry, store, data, None, strict=False)
+        ingesting.preprocess_step(run, Engine(config).registry, store)
+
+    data = {n: [str(write_jsonl(tmp_path / f"{n}.jsonl", _texts(n)))] for n in (20, 1000, 3000)}
+    whole = validate(data[1000])  # in one batch (8,192 items)
+    monkeypatch.setattr(spool, "BATCH_ITEMS", 250)
+    monkeypatch.setattr(spool, "READ_ITEMS", 250)
+    monkeypatch.setattr(spool, "SPOOL_MEMORY", 1 << 16)
+    monkeypatch.setattr(spool, "READ_CHUNK", 1 << 16)
+    peaks, ingest, results = {}, {}, {}
+    for n in (20, 1000, 3000):  # the first: the imports and the models' load are not the items'
+        ingest[n] = _peak(lambda: ingest_only(data[n]))
+        peaks[n] = _peak(lambda: results.update({n: validate(data[n])}))
+    batched = results[1000]
+    assert batched["items"] == whole["items"] == 1000 and batched["already_learned"] == 0
+    # The same verdicts; losses the same but for the last digits (scoring batches of other rows)
+    assert [(v["validator"], v["status"]) for v in batched["verdicts"]] == \
+        [(v["validator"], v["status"]) for v in whole["verdicts"]] and batched["passed"] == whole["passed"]
+    for key, value in whole["metrics"].items():
+        assert batched["metrics"][key] == pytest.approx(value, rel=1e-7), key
+    per_item = (peaks[3000] - peaks[1000] - (ingest[3000] - ingest[1000])) / 2000
+    assert per_item < 64, f"the peak grew {per_item:.0f} bytes an item beyond ingest's ({peaks}, {ingest})"
