@@ -156,3 +156,36 @@ def test_validate_scores_its_data_a_batch_at_a_time(_updated_model, tmp_path, mo
         assert batched["metrics"][key] == pytest.approx(value, rel=1e-7), key
     per_item = (peaks[3000] - peaks[1000] - (ingest[3000] - ingest[1000])) / 2000
     assert per_item < 64, f"the peak grew {per_item:.0f} bytes an item beyond ingest's ({peaks}, {ingest})"
+
+
+def test_an_auto_trial_given_the_items_as_a_file_trains_as_given_them_listed(base_model, new_texts, tmp_path,
+                                                                              monkeypatch):
+    pytest.importorskip("optuna", reason="--auto needs Optuna, in the test extra: pip install '.[test]'")
+    from retain.core.engine import Engine
+    from retain.tune import auto_update, default_executor
+
+    class Recording:
+        def __init__(self, inner):
+            self.inner, self.specs = inner, []
+
+        def submit(self, fn, spec):
+            self.specs.append(spec)
+            return self.inner.submit(fn, spec)
+
+        def shutdown(self, **kw):
+            self.inner.shutdown(**kw)
+
+    config = load_config(None, [*TINY, "fine_tuning.strategy=rewarm,replay", "tune.max_trials=1"])
+    data = [str(write_jsonl(tmp_path / "new.jsonl", new_texts[:40]))]
+    listed = auto_update(Engine(config), data, base_model, budget=500.0, check=True)
+    monkeypatch.setattr(spool, "SPOOL_MEMORY", 256)  # the search's items on disk: they go as a file
+    executor = Recording(default_executor(1))
+    try:
+        from_file = auto_update(Engine(config), data, base_model, budget=500.0, check=True, executor=executor)
+    finally:
+        executor.shutdown(wait=True)
+    assert "items_file" in executor.specs[0] and "items" not in executor.specs[0]
+    trials = [r["search"]["trials"][0] for r in (listed, from_file)]
+    assert trials[0]["error"] is None and trials[1]["error"] is None
+    for key in ("new_loss_after", "retention_loss_after", "epochs_trained"):
+        assert trials[1][key] == trials[0][key], key
