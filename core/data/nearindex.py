@@ -327,7 +327,7 @@ class RunIndex:
     def __init__(self):
         import sqlite3
 
-        self.db = sqlite3.connect("")
+        self.db = sqlite3.connect("", check_same_thread=False)  # closed wherever its run ends
         self.db.execute(f"PRAGMA cache_size = -{self.CACHE_KB}")
         self.db.execute("PRAGMA journal_mode = OFF")  # scratch: nothing to roll back to
         self.db.execute("CREATE TABLE bands (key INTEGER NOT NULL, item INTEGER NOT NULL,"
