@@ -20,11 +20,11 @@ of the item's ledger hash, so a hit resolves to its ledger row (origin, role).
 Checking n new items costs n*b indexed lookups whatever the ledger's size, plus
 one lookup per candidate, and nothing is held in memory between runs. Rows
 carry their version and are written with ``ledger.mark_version`` in the same
-transaction (one per batch of items), so the chain rule applies as in the ledger, and recover() drops
-rows of versions that were never finished. Items indexed under an earlier
-option set stay findable: new items are hashed once per set found in
-``minhash_specs``, and verified against the current threshold with that set's
-signatures.
+transaction (one per batch of items), so the chain rule applies as in the ledger,
+and recover() drops rows of versions that were never finished. Items indexed
+under an earlier option set stay findable: new items are hashed once per set
+found in ``minhash_specs``, and verified against the current threshold with that
+set's signatures.
 
 Indexes written before signatures were stored have band rows only. Their
 candidates cannot be verified and count as duplicates unverified, as they did
@@ -314,9 +314,10 @@ class RunIndex:
     """The bands and signatures of the items a run kept so far, for ``MinhashDeduper``'s check
     of each item against the run's earlier ones: numbered in the order they were kept, in a
     private temporary SQLite database (an empty file name: SQLite's own unnamed file, gone when
-    it is closed or the process ends). In Python dicts they took about 1 KB an item for the whole
-    run (2 GB at 2 million items); here memory is the page cache (``CACHE_KB``) whatever the
-    run's size, the rest is on disk.
+    it is closed or the process ends). In Python dicts they took 5.4 KB an item for the whole run
+    (10 GB at 2 million items); here memory is the page cache (``CACHE_KB``) whatever the run's
+    size, the rest is on disk. The price is CPU: about a third more for minhash's check within
+    the run (BENCHMARKS.md, "Bounded beyond training").
 
         bands(key, item)                        b rows per kept item
         kept(item, hashvalues, origin, hash)    its signature (little-endian uint32), where it came from
