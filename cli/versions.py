@@ -73,7 +73,7 @@ def _pending_items(data: List[str], store, cfg) -> tuple[int, Optional[dict]]:
     from retain.core.storage.models import load_version
     from retain.core.data.vocabulary import measure_texts
 
-    return len(items), measure_texts(load_version(store, registry=setup.registry).lm, [it.text for it in items])
+    return len(items), measure_texts(load_version(store, registry=setup.registry).lm, (it.text for it in items))
 
 
 @app.command()

@@ -35,7 +35,7 @@ from retain.core.storage.commit import commit as commit_version
 from retain.core.config import Config
 from retain.core.errors import ConfigError, RetainError, SourceError
 from retain.core.data.items import Item
-from retain.core.data.spool import heap_frozen
+from retain.core.data.spool import Joined, heap_frozen
 from retain.core.loggers import Loggers
 from retain.core.storage.models import LoadedVersion, count_parameters, load_version, model_config, prepare_model, \
     resolve_device, resolve_precision
@@ -201,9 +201,10 @@ class Ingested:
         return cls(run.items, tuple(run.holdout), dict(run.counts))
 
     @property
-    def learned(self) -> tuple[Item, ...]:
-        """What an update would learn: the hold-out is split off the same new items."""
-        return (*self.items, *self.holdout)
+    def learned(self) -> Sequence[Item]:
+        """What an update would learn: the hold-out is split off the same new items (the two
+        one after the other, neither copied: iterate them, do not list them all)."""
+        return Joined(self.items, self.holdout)
 
 
 def ingest(setup: Setup, run: Run, store: ModelStore, data: list[str], items: list[Item] | None, *,

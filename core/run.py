@@ -194,16 +194,29 @@ class Measured:
     before: "Scores | None"
     recent_texts: tuple[str, ...] = ()  # the learning pool's earlier items (their losses: ``before.recent``)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, folder: Path | None = None) -> dict[str, Any]:
+        """As plain data. With ``folder``, items a spool holds on disk (past its memory part,
+        ``core/data/spool.py``: a corpus, not a day's data) are not listed: they are written to
+        a file there (``items_file``), which ``from_json`` reads back into a spool of its own."""
         def items(its):
             return [{"text": it.text, "source": it.source, "file": it.file, "line": it.line, "meta": it.meta}
                     for it in its]
+
+        spool = getattr(self.items, "spool", None)
+        if folder is not None and spool is not None and spool.on_disk:
+            from retain.core.data.spool import write_records
+
+            path = Path(folder) / "items.records"
+            write_records(self.items, path)
+            listed = {"items_file": str(path)}
+        else:
+            listed = {"items": items(self.items)}
 
         def losses(t):
             return None if t is None else t.tolist()
         before = None if self.before is None else {"retention": losses(self.before.retention),
                                                    "new": losses(self.before.new), "recent": losses(self.before.recent)}
-        return {"items": items(self.items), "holdout": items(self.holdout), "counts": dict(self.counts),
+        return {**listed, "holdout": items(self.holdout), "counts": dict(self.counts),
                 "retention_texts": list(self.retention_texts), "new_texts": list(self.new_texts),
                 "judged_items": self.judged_items, "before": before, "recent_texts": list(self.recent_texts)}
 
@@ -218,6 +231,12 @@ class Measured:
             def tensor(k):
                 return torch.tensor(before[k], dtype=torch.float64) if before.get(k) is not None else None
             before = Scores(tensor("retention"), tensor("new"), recent=tensor("recent"))
-        return cls(tuple(Item(**d) for d in data["items"]), tuple(Item(**d) for d in data["holdout"]),
+        if "items_file" in data:
+            from retain.core.data.spool import read_records
+
+            items = read_records(data["items_file"]).view()
+        else:
+            items = tuple(Item(**d) for d in data["items"])
+        return cls(items, tuple(Item(**d) for d in data["holdout"]),
                    dict(data["counts"]), tuple(data["retention_texts"]), tuple(data["new_texts"]),
                    data.get("judged_items"), before, tuple(data.get("recent_texts", ())))

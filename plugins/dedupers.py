@@ -3,15 +3,17 @@
 Both check the batch itself and everything the current model learned or
 holds out. A run calls them once per batch of its items, in order, with the same
 ``known`` (``core/data/known.py``): exact asks ``known.in_run`` for what earlier
-batches kept, minhash keeps its band index across the batches of one ``known``. A match with a held-out (validation/retention) item is reported as
-kind ``holdout``: such an item is never trained on, so the gate's numbers stay clean.
+batches kept, minhash keeps the bands of what the run kept in a temporary SQLite
+file across the batches of one ``known`` (``RunIndex``). A match with a held-out
+(validation/retention) item is reported as kind ``holdout``: such an item is never
+trained on, so the gate's numbers stay clean.
 """
 
 from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Sequence
 
 from pydantic import Field
 
@@ -86,9 +88,8 @@ class MinhashDeduper:
         self._spec = None
         self.stats: dict[str, float] = {}  # of the last check against learned items (see NearDuplicateIndex)
         self.warnings: list[str] = []      # of the last check: what it could not see (the run prints them)
-        self._run = None  # the ``known`` (a weak reference) of the run whose batches it has seen: their kept signatures
-        self._owners: dict = {}
-        self._kept: list = []
+        self._run = None  # the ``known`` (a weak reference) of the run whose batches it has seen
+        self._index = None  # ... and the items they kept (``core/data/nearindex.py``: ``RunIndex``)
 
     @property
     def spec(self):
@@ -139,35 +140,54 @@ class MinhashDeduper:
     def _within_batch(self, items: list[Item], sigs: list, dupes: dict[int, str], known) -> None:
         """Each item against the earlier items of the run (this batch's and the earlier batches'
         of the same ``known``) that are not duplicates themselves: the same bands and the same
-        check as against learned items. The run's signatures stay until the next run."""
+        check as against learned items. The earlier batches' kept items are in the run's
+        ``RunIndex`` (on disk: memory stays that of a batch); this batch's are added after it."""
         from collections import defaultdict
 
-        from retain.core.data.nearindex import band_keys
+        from retain.core.data.nearindex import RunIndex, band_keys, signature_bytes, similarity
 
         if self._run is None or self._run() is not known:  # a new run: the batches before were another's
-            self._run, self._owners, self._kept = weakref.ref(known), defaultdict(list), []
-        spec, threshold, owners, kept = self.spec, self.options.threshold, self._owners, self._kept
-        for i, m in enumerate(sigs):
-            if i in dupes:
-                continue
-            keys = band_keys(0, spec, m)
-            candidates = dict.fromkeys(j for key in keys for j in owners.get(key, ()))
-            best = max(((m.jaccard(kept[j][0]), -j) for j in candidates), default=None)
+            self._close_run()
+            self._index = RunIndex()
+            self._run = weakref.ref(known, lambda _: self._close_run())
+        spec, threshold, index = self.spec, self.options.threshold, self._index
+        kept: list[tuple] = []  # this batch's kept items: (band keys, signature bytes, origin, hash)
+        keys = {i: band_keys(0, spec, m) for i, m in enumerate(sigs) if i not in dupes}
+        earlier = index.owners(key for ks in keys.values() for key in ks)
+        known_items = index.signatures(j for js in earlier.values() for j in js)  # j: (signature, origin, hash)
+        owners: dict[int, list[int]] = defaultdict(list)  # this batch's kept items, by band key
+        for i, item_keys in keys.items():
+            candidates = dict.fromkeys(j for key in item_keys for j in (*earlier.get(key, ()), *owners.get(key, ())))
+            best = max(((similarity(sigs[i].hashvalues, known_items[j][0]), -j) for j in candidates), default=None)
             if best is not None and best[0] >= threshold:
-                similarity, j = best[0], -best[1]  # the most similar, the earliest of equals
-                _, origin, h = kept[j]
-                dupes[i] = Duplicate(f"near-duplicate ({similarity:.2f}) of {origin} in this batch",
-                                     kind=BATCH, matched=origin, matched_hash=h, similarity=similarity)
+                similar, j = best[0], -best[1]  # the most similar, the earliest of equals
+                _, origin, h = known_items[j]
+                dupes[i] = Duplicate(f"near-duplicate ({similar:.2f}) of {origin} in this batch",
+                                     kind=BATCH, matched=origin, matched_hash=h, similarity=similar)
             else:
-                for key in keys:
-                    owners[key].append(len(kept))
-                kept.append((m, items[i].origin, items[i].hash))
+                j = index.size + len(kept)
+                for key in item_keys:
+                    owners[key].append(j)
+                known_items[j] = (signature_bytes(sigs[i]), items[i].origin, items[i].hash)
+                kept.append((item_keys, *known_items[j]))
+        index.add(kept)
 
-    def remember(self, items: list[Item], version: str, writer) -> None:
-        """Index the new version's items; they count once the version is in CURRENT's chain."""
+    def _close_run(self) -> None:
+        """The run's index goes (its temp file with it): its ``known`` is gone, or a new run began."""
+        if self._index is not None:
+            self._index.close()
+            self._index = None
+
+    def remember(self, items: Sequence[Item], version: str, writer) -> None:
+        """Index the new version's items; they count once the version is in CURRENT's chain.
+        A batch at a time (``core/data/spool.py``): the items, their signatures and band rows
+        of one batch in memory, not the version's."""
         from retain.core.data.nearindex import NearDuplicateIndex
+        from retain.core.data.spool import batched
 
-        NearDuplicateIndex(writer.store.ledger, self.spec).remember(version, [(it.hash, it.text) for it in items])
+        index = NearDuplicateIndex(writer.store.ledger, self.spec)
+        for batch in batched(items):
+            index.remember(version, [(it.hash, it.text) for it in batch])
 
 
 def unindexed_warning(unindexed: dict[str, int]) -> list[str]:

@@ -253,3 +253,83 @@ def test_minhash_turned_on_after_some_updates_says_what_it_cannot_see(base_model
     model = tmp_path / "from-start"
     Engine(load_config(None, MINHASH)).train([str(write_jsonl(tmp_path / "old.jsonl", old_texts[:80]))], model)
     assert "minhash" not in dry_run(model)
+
+
+def _random_items(rng, n: int, first_line: int) -> list[Item]:
+    """n distinct texts of 30 random words (no two near each other)."""
+    return [Item(" ".join(rng.choice(_VOCAB) for _ in range(30)), file="r", line=first_line + i) for i in range(n)]
+
+
+_VOCAB = ["".join(chr(97 + (i * 7 + j * 13) % 26) for j in range(3 + i % 6)) + str(i) for i in range(5000)]
+
+
+def test_near_duplicates_across_batches_are_found_as_within_one(long_texts):
+    """The run's kept items from earlier batches (``RunIndex``, a temporary SQLite file) give the
+    same decisions as one batch: positions, what each matched, the similarity."""
+    texts = long_texts[:12]
+    stream = [texts[0], texts[1], typo(texts[0]), texts[2], typo(typo(texts[1])), texts[3],
+              *texts[4:9], typo(texts[2]), typo(texts[5]), texts[9], typo(typo(texts[9])), typo(texts[3])]
+    items = [Item(t, file="n", line=i + 1) for i, t in enumerate(stream)]
+    whole = MinhashDeduper(MinhashOptions()).find_duplicates(items, KnownItems(None, []))
+    deduper, known, batched = MinhashDeduper(MinhashOptions()), KnownItems(None, []), {}
+    for start in range(0, len(items), 4):
+        found = deduper.find_duplicates(items[start:start + 4], known)
+        batched.update({start + i: d for i, d in found.items()})
+    assert sorted(whole) == [2, 4, 11, 12, 14, 15]
+    assert {i: (str(d), d.details) for i, d in batched.items()} == {i: (str(d), d.details) for i, d in whole.items()}
+
+
+def test_the_runs_index_holds_no_memory_per_item():
+    """Within a run, minhash checks each item against those earlier batches kept: their bands and
+    signatures are in a temporary SQLite file, not in Python dicts (about 1 KB an item before:
+    2 GB at 2 million items, for the whole run)."""
+    import gc
+    import random
+    import tracemalloc
+
+    rng = random.Random(0)
+    deduper, known = MinhashDeduper(MinhashOptions()), KnownItems(None, [])
+    gc.collect()
+    tracemalloc.start()
+    try:
+        held = []
+        for b in range(5):
+            assert deduper.find_duplicates(_random_items(rng, 500, 500 * b), known) == {}
+            held.append(tracemalloc.get_traced_memory()[0])  # what stays between batches
+    finally:
+        tracemalloc.stop()
+    per_item = (held[-1] - held[0]) / 2000
+    assert per_item < 64, f"{per_item:.0f} bytes an item stay in memory ({held})"
+
+
+def test_indexing_a_versions_items_takes_the_memory_of_a_batch(tmp_path, monkeypatch):
+    """``remember`` (the save) indexes the version's items a batch at a time: before, every
+    item's text, signature and band rows were listed at once (about 3 KB an item)."""
+    import gc
+    import random
+    import tracemalloc
+    from types import SimpleNamespace
+
+    from retain.core.data import spool
+    from retain.core.data.spool import ItemSpool
+    from retain.core.storage.store import Ledger
+
+    monkeypatch.setattr(spool, "BATCH_ITEMS", 250)
+    monkeypatch.setattr(spool, "READ_ITEMS", 250)  # the view reads ahead this many
+    rng = random.Random(1)
+    deduper = MinhashDeduper(MinhashOptions())
+    peaks = {}
+    for n in (10, 500, 2500):  # the first: its imports (datasketch) are not the items
+        items = ItemSpool(_random_items(rng, n, 0), memory=1 << 16)
+        ledger = Ledger(tmp_path / f"{n}.sqlite")
+        gc.collect()
+        tracemalloc.start()
+        try:
+            deduper.remember(items.view(), "0001", SimpleNamespace(store=SimpleNamespace(ledger=ledger)))
+            peaks[n] = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert NearDuplicateIndex(ledger, deduper.spec).count("0001", "minhash_signatures") == n
+        ledger.close()
+    per_item = (peaks[2500] - peaks[500]) / 2000
+    assert per_item < 128, f"the peak grew {per_item:.0f} bytes an item ({peaks})"

@@ -256,6 +256,8 @@ def run_search(run, engine, search: dict, executor: Executor | None, on_trial,
     search.update(spent_seconds=0.0, trials=[], scratch=str(scratch))
     own = executor is None
     executor = executor or default_executor(tune.jobs)
+    # What every trial goes on from, once: a corpus's items as a file in the scratch folder, not listed
+    measured = run.measured().to_json(scratch)
     pending: dict[Any, tuple] = {}  # future -> (trial, its time limit, the seconds it reserved, started)
     results: list[dict] = []
     broken = False
@@ -279,7 +281,7 @@ def run_search(run, engine, search: dict, executor: Executor | None, on_trial,
                 # The configured recipe runs as `retain update` runs it; the others within what is left.
                 limit = None if trial.number == 0 else SAFETY * max(0.0, share - overhead(results))
                 spec = trial_spec(run, engine, recipe, trial.number, limit,
-                                  scratch / f"trial-{trial.number:03d}")
+                                  scratch / f"trial-{trial.number:03d}", measured)
                 if trial.number == 0 and sibling is not None:
                     spec["unaveraged"] = sibling.to_json()
                 try:
@@ -364,8 +366,10 @@ def startable(left: float, results: list[dict]) -> bool:
     return left >= overhead(results) + (min(per_epoch) if per_epoch else 0.0) and left > 0
 
 
-def trial_spec(run, engine, recipe: space.Recipe, number: int, limit: float | None, scratch: Path) -> dict:
-    """Everything a trial needs, as plain data (``limit`` None: the config's own time limit)."""
+def trial_spec(run, engine, recipe: space.Recipe, number: int, limit: float | None, scratch: Path,
+               measured: dict) -> dict:
+    """Everything a trial needs, as plain data (``limit`` None: the config's own time limit;
+    ``measured``: ``run.measured().to_json(...)``, the stage result the trial goes on from)."""
     import torch
 
     data = copy.deepcopy(run.config.to_dict())
@@ -379,7 +383,7 @@ def trial_spec(run, engine, recipe: space.Recipe, number: int, limit: float | No
     return {
         "number": number, "recipe": recipe.to_json(), "config": data, "model_dir": str(run.model_dir),
         "parent": run.parent, "device": engine.device_name, "threads": max(1, torch.get_num_threads() // jobs),
-        **run.measured().to_json(),  # the stage result the trial goes on from (Measured)
+        **measured,
         "evaluate_seconds": run.timings.get("evaluate_before", 0.0), "limit_seconds": limit,
         "scratch": str(scratch), "plugins": plugin_modules(engine.pm),
         "precision": run.precision_choice,  # "before" was scored in it: the trial trains and scores alike

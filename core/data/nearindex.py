@@ -19,12 +19,12 @@ everything lives in ``ledger.sqlite`` instead, as plain integers and bytes:
 of the item's ledger hash, so a hit resolves to its ledger row (origin, role).
 Checking n new items costs n*b indexed lookups whatever the ledger's size, plus
 one lookup per candidate, and nothing is held in memory between runs. Rows
-carry their version and are written with ``ledger.mark_version`` in one
-transaction, so the chain rule applies as in the ledger, and recover() drops
-rows of versions that were never finished. Items indexed under an earlier
-option set stay findable: new items are hashed once per set found in
-``minhash_specs``, and verified against the current threshold with that set's
-signatures.
+carry their version and are written with ``ledger.mark_version`` in the same
+transaction (one per batch of items), so the chain rule applies as in the ledger,
+and recover() drops rows of versions that were never finished. Items indexed
+under an earlier option set stay findable: new items are hashed once per set
+found in ``minhash_specs``, and verified against the current threshold with that
+set's signatures.
 
 Indexes written before signatures were stored have band rows only. Their
 candidates cannot be verified and count as duplicates unverified, as they did
@@ -308,3 +308,61 @@ class NearDuplicateIndex:
             return 0
         return self.ledger.db.execute(f"SELECT COUNT(*) FROM {table} WHERE version = ?",
                                       (version,)).fetchone()[0]
+
+
+class RunIndex:
+    """The bands and signatures of the items a run kept so far, for ``MinhashDeduper``'s check
+    of each item against the run's earlier ones: numbered in the order they were kept, in a
+    private temporary SQLite database (an empty file name: SQLite's own unnamed file, gone when
+    it is closed or the process ends). In Python dicts they took 5.4 KB an item for the whole run
+    (10 GB at 2 million items); here memory is the page cache (``CACHE_KB``) whatever the run's
+    size, the rest is on disk. The price is CPU: about a third more for minhash's check within
+    the run (BENCHMARKS.md, "Bounded beyond training").
+
+        bands(key, item)                        b rows per kept item
+        kept(item, hashvalues, origin, hash)    its signature (little-endian uint32), where it came from
+    """
+
+    CACHE_KB = 32 << 10  # SQLite's page cache: fewer reads of the temp file, a fixed bound
+
+    def __init__(self):
+        import sqlite3
+
+        self.db = sqlite3.connect("", check_same_thread=False)  # closed wherever its run ends
+        self.db.execute(f"PRAGMA cache_size = -{self.CACHE_KB}")
+        self.db.execute("PRAGMA journal_mode = OFF")  # scratch: nothing to roll back to
+        self.db.execute("CREATE TABLE bands (key INTEGER NOT NULL, item INTEGER NOT NULL,"
+                        " PRIMARY KEY (key, item)) WITHOUT ROWID")
+        self.db.execute("CREATE TABLE kept (item INTEGER PRIMARY KEY, hashvalues BLOB NOT NULL,"
+                        " origin TEXT NOT NULL, hash TEXT NOT NULL)")
+        self.size = 0  # items kept so far: the next one's number
+
+    def owners(self, keys: Iterable[int]) -> dict[int, list[int]]:
+        """``{band key: [item, ...]}``: the kept items with each of ``keys``."""
+        found: dict[int, list[int]] = defaultdict(list)
+        for key, item in self._select("SELECT key, item FROM bands WHERE key IN", sorted(set(keys))):
+            found[key].append(item)
+        return found
+
+    def signatures(self, items: Iterable[int]) -> dict[int, tuple[bytes, str, str]]:
+        """``{item: (signature bytes, origin, hash)}`` of these kept items."""
+        q = "SELECT item, hashvalues, origin, hash FROM kept WHERE item IN"
+        return {item: (values, origin, h) for item, values, origin, h in self._select(q, sorted(set(items)))}
+
+    def add(self, entries: Sequence[tuple[Sequence[int], bytes, str, str]]) -> None:
+        """Keep (band keys, signature bytes, origin, hash) items, numbered from ``size`` on."""
+        first = self.size
+        with self.db:
+            self.db.executemany("INSERT OR IGNORE INTO bands (key, item) VALUES (?, ?)",
+                                ((key, first + n) for n, (keys, _, _, _) in enumerate(entries) for key in keys))
+            self.db.executemany("INSERT INTO kept (item, hashvalues, origin, hash) VALUES (?, ?, ?, ?)",
+                                ((first + n, values, origin, h) for n, (_, values, origin, h) in enumerate(entries)))
+        self.size += len(entries)
+
+    def _select(self, query: str, values: list) -> Iterable[tuple]:
+        for start in range(0, len(values), _CHUNK):
+            part = values[start:start + _CHUNK]
+            yield from self.db.execute(f"{query} ({','.join('?' * len(part))})", part)
+
+    def close(self) -> None:
+        self.db.close()

@@ -71,7 +71,11 @@ def _record(item: Item) -> bytes:
 
 
 def _item(record: bytes) -> Item:
-    text, source, file, line, meta = pickle.loads(record)
+    return _fields_item(pickle.loads(record))
+
+
+def _fields_item(fields: tuple) -> Item:
+    text, source, file, line, meta = fields
     item = object.__new__(Item)  # the fields set at once: a frozen dataclass's __init__ sets each
     item.__dict__.update(text=text, source=source, file=file, line=line, meta=meta or {})  # through a call
     return item
@@ -243,6 +247,24 @@ class Joined(Sequence[Item]):
         yield from self.second
 
 
+class Texts(Sequence[str]):
+    """The texts of ``items``, read as the items are: a view's texts are not listed."""
+
+    def __init__(self, items: Sequence[Item]):
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return self.items[i].text
+
+    def __iter__(self) -> Iterator[str]:
+        return (it.text for it in self.items)
+
+
 def without(items: Sequence[Item], positions: Iterable[int]) -> Sequence[Item]:
     """``items`` less those at ``positions``: a narrower view of a spool, or a shorter list."""
     positions = set(positions)
@@ -267,6 +289,28 @@ def batched(items: Iterable[Item], size: int | None = None, max_bytes: int | Non
             batch, chars = [], 0
     if batch:
         yield batch
+
+
+def write_records(items: Iterable[Item], path) -> None:
+    """``items`` to the file ``path``, a batch at a time: a spool's records one after the other
+    (``read_records`` gives them back). How a run's items go to another process of the same
+    user (an ``--auto`` trial, ``tune/trial.py``) without a list of them all."""
+    with open(path, "wb") as f:
+        for batch in batched(items):
+            f.write(b"".join(_record(it) for it in batch))
+
+
+def read_records(path) -> ItemSpool:
+    """The items ``write_records`` wrote to ``path``, into a spool of their own, a batch at a time."""
+    def records() -> Iterator[Item]:
+        with open(path, "rb") as f:
+            while f.peek(1):
+                yield _fields_item(pickle.load(f))
+
+    spool = ItemSpool()
+    for batch in batched(records()):
+        spool.extend(batch)
+    return spool
 
 
 def even_sample(items: Sequence[Item], max_bytes: int) -> list[int]:

@@ -13,7 +13,8 @@ and bytes as UTF-8: the ratio does not depend on how the data is cut into items.
 
 from __future__ import annotations
 
-from typing import Any
+import itertools
+from typing import Any, Iterable
 
 from retain.core.storage.store import ModelStore
 
@@ -23,12 +24,18 @@ def tokens_per_byte(counts: dict[str, Any]) -> float | None:
     return tokens / size if tokens is not None and size else None
 
 
-def measure_texts(lm, texts: list[str]) -> dict[str, int]:
-    """{"tokens", "bytes"} of ``texts`` under ``lm``'s tokenizer."""
+def measure_texts(lm, texts: Iterable[str]) -> dict[str, int]:
+    """{"tokens", "bytes"} of ``texts`` under ``lm``'s tokenizer, encoded a batch at a time
+    (``retain status --data`` on a corpus: one batch's rows in memory, not the corpus's)."""
+    from retain.core.data.spool import BATCH_ITEMS
     from retain.core.storage.models import content_tokens
 
-    rows = lm.encode(texts, lm.context)
-    return {"tokens": content_tokens(rows, len(texts)), "bytes": sum(len(t.encode("utf-8")) for t in texts)}
+    tokens = size = 0
+    texts = iter(texts)
+    while batch := list(itertools.islice(texts, BATCH_ITEMS)):
+        tokens += content_tokens(lm.encode(batch, lm.context), len(batch))
+        size += sum(len(t.encode("utf-8")) for t in batch)
+    return {"tokens": tokens, "bytes": size}
 
 
 def drift(store: ModelStore, root: str | None, since: list[str], pending: dict[str, int] | None,

@@ -219,6 +219,7 @@ def validate_version(engine: Any, store: ModelStore, version: str | None, data: 
     import uuid
 
     from retain.core import cycle
+    from retain.core.data.spool import batched
     from retain.core.errors import SourceError
     from retain.core.storage.models import load_version, resolve_device, resolve_precision
     from retain.core.run import FINE_TUNING, Run
@@ -240,15 +241,19 @@ def validate_version(engine: Any, store: ModelStore, version: str | None, data: 
     run = Run(uuid.uuid4().hex[:12], FINE_TUNING, setup.config, store.root, parent=parent, device=device,
               precision=precision, writes=False, base=base)
     run.lm, run.settings = cand.lm, _settings(store, version, manifest, TrainSettings)
-    items = list(cycle.ingest(setup, run, store, data, None, all_usable=True).items)
+    # A view of the run's spool (core/data/spool.py): read a batch at a time, never listed.
+    items = cycle.ingest(setup, run, store, data, None, all_usable=True).items
     # What the gate's evidence says of the update: its epochs and timings, not this reading's.
     run.epoch_losses, run.timings = list(manifest.get("epoch_losses", [])), dict(manifest.get("timings", {}))
     if not items:
         raise SourceError("no usable items in --data to validate with")
-    store.check_ledger(store.chain(version))
-    seen = store.ledger.find([it.hash for it in items], store.chain(version))
+    chain = store.chain(version)
+    store.check_ledger(chain)
+    seen: set[str] = set()  # only what the version learned: none, for the data it is meant to be given
+    for batch in batched(items):
+        seen.update(store.ledger.find([it.hash for it in batch], chain))
     store.ledger.close()
-    _score_as_the_update(run, store, manifest, base, [it.text for it in items])
+    _score_as_the_update(run, store, manifest, base, items)
     judged = cycle.gate(setup, run, None)
     return {"version": version, "parent": parent, "metrics": judged.metrics,
             "verdicts": [v.to_json() for v in judged.verdicts], "next_steps": judged.next_steps,
@@ -256,9 +261,14 @@ def validate_version(engine: Any, store: ModelStore, version: str | None, data: 
             "already_learned": len(seen)}
 
 
-def _score_as_the_update(run, store: ModelStore, manifest: dict, base, new: list[str]) -> None:
+def _score_as_the_update(run, store: ModelStore, manifest: dict, base, items) -> None:
     """The parent's and the candidate's losses (``run.before``, ``run.after``) on the retention
-    items the update scored (else the parent's whole pool) and the ``new`` texts."""
+    items the update scored (else the parent's whole pool) and the texts of ``items``, a batch at
+    a time (``core/data/spool.py``): the first batch in one pass with the retention items, as an
+    update scores its held-out items (a day's data is one batch), each later one on its own."""
+    import torch
+
+    from retain.core.data.spool import Texts, batched
     from retain.core.storage import retention
     from retain.core.quality.evaluation import measure, scoring_key
 
@@ -266,11 +276,20 @@ def _score_as_the_update(run, store: ModelStore, manifest: dict, base, new: list
     kept = retention.load(store, run.parent, cfg.validation.eval_max_items, cfg.seed)
     scored = manifest.get("metrics", {}).get("retention_items")  # what the update scored, else the pool
     k = scored if isinstance(scored, int) else len(kept.items)
-    run.retention_texts, run.new_texts = kept.texts[:k], new
+    run.retention_texts, run.new_texts = kept.texts[:k], Texts(items)
     seq_len = min(cfg.fine_tuning.max_seq_length, run.lm.context)
-    run.before = measure(base.lm, run.retention_texts, new, seq_len, run.device, run.precision,
-                         kept.losses(scoring_key(seq_len, run.precision, run.device))[:k])
-    run.after = measure(run.lm, run.retention_texts, new, seq_len, run.device, run.precision)
+    stored = kept.losses(scoring_key(seq_len, run.precision, run.device))[:k]
+    more: list = []  # (before, after) losses of each later batch
+    for n, batch in enumerate(batched(items)):
+        texts = [it.text for it in batch]
+        if n == 0:
+            run.before = measure(base.lm, run.retention_texts, texts, seq_len, run.device, run.precision, stored)
+            run.after = measure(run.lm, run.retention_texts, texts, seq_len, run.device, run.precision)
+        else:
+            more.append([measure(lm, [], texts, seq_len, run.device, run.precision).new for lm in (base.lm, run.lm)])
+    if more:
+        run.before.new = torch.cat([run.before.new, *(b for b, _ in more)])
+        run.after.new = torch.cat([run.after.new, *(a for _, a in more)])
 
 
 def _settings(store: ModelStore, version: str, manifest: dict, cls) -> Any:
