@@ -60,24 +60,58 @@ def rows_of(dataset) -> tuple[torch.Tensor, torch.Tensor]:
 
 class ParentAveraging(SupervisedPlugin):
     """At the end of training, each floating-point weight becomes
-    ``parent + weight * (trained - parent)``, the parent being the weights training began with."""
+    ``parent + weight * (trained - parent)``, the parent being the weights training began with.
 
-    def __init__(self, weight: float):
+    With ``branch`` (the unaveraged weights the parent's update trained, ``average``'s
+    ``branch`` option), training begins from those instead, and the parent is still the
+    served weights: the candidate is ``parent + weight * (branch' - parent)``, where
+    ``branch'`` trained on from ``branch``. ``trained`` keeps the weights before averaging
+    (the next branch)."""
+
+    def __init__(self, weight: float, branch: Tensors | None = None):
         super().__init__()
         self.weight = weight
+        self.branch = branch
         self.parent: Tensors = {}
+        self.trained: Tensors | None = None
+        self.served: str | None = None  # the digest of the averaged weights (``fingerprint``)
 
     def before_training(self, strategy, **kw):
-        self.parent = {k: v.detach().clone() for k, v in strategy.model.state_dict().items()
-                       if v.is_floating_point()}
+        state = strategy.model.state_dict()
+        self.parent = {k: v.detach().clone() for k, v in state.items() if v.is_floating_point()}
+        if self.branch:
+            with torch.no_grad():
+                for name, value in self.branch.items():
+                    state[name].copy_(value.to(device=state[name].device, dtype=state[name].dtype))
 
     def after_training(self, strategy, **kw):
         with torch.no_grad():
-            for name, value in strategy.model.state_dict().items():
+            state = strategy.model.state_dict()
+            self.trained = {k: state[k].detach().to("cpu", copy=True) for k in self.parent}
+            seen = set()  # tied weights (the GPT's head and token embedding) share one storage: average it once
+            for name, value in state.items():
                 start = self.parent.get(name)
-                if start is not None:
+                if start is not None and value.data_ptr() not in seen:
+                    seen.add(value.data_ptr())
                     value.copy_(start.to(value.device) + self.weight * (value - start.to(value.device)))
+            self.served = fingerprint(state)
         self.parent = {}
+
+
+def fingerprint(tensors: Tensors) -> str:
+    """A digest of floating-point weights (names, shapes, bytes): which served weights a branch
+    was trained beside."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=16)
+    for name in sorted(tensors):
+        value = tensors[name]
+        if not value.is_floating_point():
+            continue
+        value = value.detach().to("cpu").contiguous()
+        h.update(f"{name}:{tuple(value.shape)}:{value.dtype}".encode())
+        h.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 # --- replay -------------------------------------------------------------------------

@@ -109,6 +109,70 @@ def test_weight_averaging_keeps_the_asked_share_of_the_step():
         assert torch.allclose(value, start[name] + 1.0)  # a quarter of the +4 step
 
 
+def test_with_a_branch_training_starts_from_it_and_the_served_weights_are_the_average():
+    from retain.strategies.adapters import ParentAveraging
+
+    model = torch.nn.Linear(3, 2)
+    served = {k: v.clone() for k, v in model.state_dict().items()}
+    branch = {k: v + 2.0 for k, v in served.items()}
+    fake = type("Template", (), {"model": model})()
+    averaging = ParentAveraging(0.5, branch)
+    averaging.before_training(fake)
+    for name, value in model.state_dict().items():  # training begins from the branch
+        assert torch.equal(value, branch[name])
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(4.0)
+    averaging.after_training(fake)
+    for name, value in model.state_dict().items():
+        assert torch.allclose(averaging.trained[name], served[name] + 6.0)  # the next branch: +2 +4
+        assert torch.allclose(value, served[name] + 3.0)  # served: half-way from the parent to it
+
+
+def _weights(model: Path, version: str) -> dict:
+    return VersionFiles(ModelStore(model), version).tensors("model.safetensors")
+
+
+def _branch(model: Path, version: str) -> dict:
+    state = read_state(VersionFiles(ModelStore(model), version), "average")
+    return {k[len("branch."):]: v for k, v in state.items() if k.startswith("branch.")}
+
+
+def test_the_branch_is_kept_with_the_version_and_the_next_update_trains_on_from_it(base_model, new_texts,
+                                                                                  tmp_path):
+    branch = ["fine_tuning.strategy=[rewarm,average]", "options.average.branch=true", "fine_tuning.epochs=1",
+              "fine_tuning.early_stopping.enabled=false"]
+    first = _update(base_model, new_texts[:20], tmp_path / "d1.jsonl", GATE_OFF, *branch)
+    assert first["status"] == "accepted" and first["counts"]["average_from_branch"] == 0  # the base has none
+    parent, served, kept = _weights(base_model, "0001"), _weights(base_model, first["version"]), \
+        _branch(base_model, first["version"])
+    kept = {k: v for k, v in kept.items() if k in served}  # (a tied head is saved once with the weights)
+    assert kept
+    moved = max(float((kept[k] - parent[k]).abs().max()) for k in kept)
+    assert moved > 1e-3  # the branch holds the trained step
+    for k in kept:  # the served weights: half-way from the parent to the branch
+        assert torch.allclose(served[k], parent[k] + 0.5 * (kept[k] - parent[k]), atol=1e-6)
+
+    # A day that barely trains (a rate of 1e-12): it starts from the branch, so the served weights
+    # move half-way again towards the first branch; from the served weights they would not move.
+    second = _update(base_model, new_texts[20:40], tmp_path / "d2.jsonl", GATE_OFF, *branch,
+                     "options.rewarm.peak_lr=1e-12")
+    assert second["counts"]["average_from_branch"] == 1
+    served2, kept2 = _weights(base_model, second["version"]), _branch(base_model, second["version"])
+    for k in kept:
+        assert torch.allclose(kept2[k], kept[k], atol=1e-6)
+        assert torch.allclose(served2[k], served[k] + 0.5 * (kept[k] - served[k]), atol=1e-6)
+    assert max(float((served2[k] - served[k]).abs().max()) for k in kept) > 1e-4
+
+    # An update without the branch changes the served weights and keeps none: the next one finds the
+    # first branch back in the chain, not beside these served weights, and trains from the served ones.
+    plain = _update(base_model, new_texts[40:50], tmp_path / "d3.jsonl", GATE_OFF,
+                    "fine_tuning.strategy=[rewarm,average]", "fine_tuning.epochs=1")
+    assert plain["status"] == "accepted" and "average_from_branch" not in plain["counts"]
+    third = _update(base_model, new_texts[50:60], tmp_path / "d4.jsonl", GATE_OFF, *branch)
+    assert third["status"] == "accepted" and third["counts"]["average_from_branch"] == 0
+
+
 def _drift(model: Path, version: str) -> float:
     return ModelStore(model).manifest(version)["metrics"]["drift_after"]
 
