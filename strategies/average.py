@@ -26,6 +26,13 @@ branch (it lags it by about ``1/weight - 1`` days). The branch is used only besi
 the served weights it was saved with (a digest of them is kept with it): after a
 rejection, a rollback, an update without ``average`` or an import, the update
 trains from the served weights, as without the option.
+
+Tied weights (the GPT's token embedding and its output head are one tensor under two
+names) keep ``tied_weight`` of their step; 0, the default, keeps ``weight`` squared
+(a quarter at 0.5), which is what the measured default did: until this option the
+tensor was averaged once under each name. Keeping half of it too (``tied_weight:
+0.5``) learns the new domain faster but moved the old domain more and stalled the
+code days (BENCHMARKS.md, "A month of daily updates", "Explored on the way").
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ class AverageOptions:
     max_weight: Annotated[float, Field(ge=0, le=1)] = 0  # steering: the share kept at no drift (0: no steering)
     steer_at: Annotated[float, Field(gt=0)] = 0.02       # cumulative old-domain drift that gets ``weight``
     branch: bool = False  # train on from the parent's unaveraged weights (its branch), serve the average
+    tied_weight: Annotated[float, Field(ge=0, le=1)] = 0  # the share kept of tied weights (0: weight squared)
 
 
 def steered_weight(options: AverageOptions, drift: float | None) -> float:
@@ -89,7 +97,8 @@ class Average(Strategy):
             fits = all(k in state and tuple(state[k].shape) == tuple(v.shape) for k, v in self.branch.items())
             if fits and fingerprint(state) == self.served:
                 branch, self.used_branch = self.branch, True
-        self.plugin = ParentAveraging(weight, branch)
+        tied = self.options.tied_weight or weight * weight
+        self.plugin = ParentAveraging(weight, branch, tied)
         return [self.plugin]
 
     def counts(self) -> dict[str, int]:

@@ -109,6 +109,38 @@ def test_weight_averaging_keeps_the_asked_share_of_the_step():
         assert torch.allclose(value, start[name] + 1.0)  # a quarter of the +4 step
 
 
+@pytest.mark.parametrize("tied_weight, kept", [(None, 2.0), (0.25, 1.0), (0.75, 3.0)])
+def test_averaging_moves_tied_weights_once_by_their_own_share(tied_weight, kept):
+    # The GPT's head shares its token embedding's storage, listed under both names: averaged once per
+    # name it kept weight squared of the step. Now once, by tied_weight (average's default: weight squared).
+    from retain.strategies.adapters import ParentAveraging
+
+    model = torch.nn.Sequential(torch.nn.Embedding(5, 3), torch.nn.Linear(3, 5), torch.nn.Linear(5, 2))
+    model[1].weight = torch.nn.Parameter(torch.zeros(5, 3))
+    model[1].weight = model[0].weight
+    assert model.state_dict()["0.weight"].data_ptr() == model.state_dict()["1.weight"].data_ptr()
+    start = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    fake = type("Template", (), {"model": model})()
+    averaging = ParentAveraging(0.5, None, tied_weight)
+    averaging.before_training(fake)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(4.0)
+    averaging.after_training(fake)
+    now = model.state_dict()
+    assert torch.allclose(now["0.weight"], start["0.weight"] + kept)
+    for name in ("1.bias", "2.weight", "2.bias"):  # untied: half the step
+        assert torch.allclose(now[name], start[name] + 2.0)
+
+
+def test_the_default_keeps_a_quarter_of_the_tied_step_as_measured():
+    from retain.strategies.average import Average, AverageOptions
+
+    assert AverageOptions().tied_weight == 0  # weight squared: what the benchmark's default did
+    config = load_config(None)
+    assert config.options["average"]["tied_weight"] == 0
+
+
 def test_with_a_branch_training_starts_from_it_and_the_served_weights_are_the_average():
     from retain.strategies.adapters import ParentAveraging
 
@@ -141,7 +173,7 @@ def _branch(model: Path, version: str) -> dict:
 def test_the_branch_is_kept_with_the_version_and_the_next_update_trains_on_from_it(base_model, new_texts,
                                                                                   tmp_path):
     branch = ["fine_tuning.strategy=[rewarm,average]", "options.average.branch=true", "fine_tuning.epochs=1",
-              "fine_tuning.early_stopping.enabled=false"]
+              "fine_tuning.early_stopping.enabled=false", "options.average.tied_weight=0.5"]  # every weight alike
     first = _update(base_model, new_texts[:20], tmp_path / "d1.jsonl", GATE_OFF, *branch)
     assert first["status"] == "accepted" and first["counts"]["average_from_branch"] == 0  # the base has none
     parent, served, kept = _weights(base_model, "0001"), _weights(base_model, first["version"]), \
@@ -171,6 +203,36 @@ def test_the_branch_is_kept_with_the_version_and_the_next_update_trains_on_from_
     assert plain["status"] == "accepted" and "average_from_branch" not in plain["counts"]
     third = _update(base_model, new_texts[50:60], tmp_path / "d4.jsonl", GATE_OFF, *branch)
     assert third["status"] == "accepted" and third["counts"]["average_from_branch"] == 0
+
+
+def test_the_work_budget_caps_what_an_update_replays_by_the_base_and_the_horizon(base_model, new_texts, tmp_path):
+    from retain.strategies.replay import replay_budget
+
+    # The formula: base 1,000 tokens over 10 updates, a retrain of 4 epochs; a day of 200 tokens at 2 epochs
+    # may replay 4 x (100 + 200) - 2 x 200 = 800 tokens in all, 400 per epoch (2:1).
+    most = replay_budget(ReplayOptions(horizon=10), 1000, 4)
+    assert most(200, 2) == pytest.approx(400)
+    assert most(2000, 3) == pytest.approx(800)  # a large day: 4 x 2,100 - 3 x 2,000 = 2,400 in all
+    assert most(2000, 5) == 0  # at more epochs than a retrain would spend on it: no replay
+    assert replay_budget(ReplayOptions(horizon=0), 1000, 4) is None  # no budget
+    assert replay_budget(ReplayOptions(horizon=10, consolidate=True), 1000, 4) is None  # a consolidation replays
+
+    common = [GATE_OFF, "fine_tuning.strategy=[rewarm,replay]", "fine_tuning.epochs=2", "options.replay.share=0.75",
+              "options.replay.max_share=0", "fine_tuning.early_stopping.enabled=false"]
+    other = tmp_path / "other"
+    shutil.copytree(base_model, other)
+    free = _update(base_model, new_texts[:30], tmp_path / "a.jsonl", *common)
+    base_tokens = ModelStore(other).summary("0001")["counts"]["tokens"]
+    new = free["counts"]["tokens"]
+    # full_training.epochs 2 (TINY), 2 epochs: 2 x (base / horizon + new) - 2 x new = 2 x new at this horizon,
+    # one past token per new one each epoch (1:1) of the asked 3:1
+    horizon = base_tokens / new
+    capped = _update(other, new_texts[:30], tmp_path / "b.jsonl", *common, f"options.replay.horizon={horizon}")
+    assert "replay_budget_capped" not in free["counts"] and capped["counts"]["replay_budget_capped"] == 1
+    assert capped["counts"]["tokens"] == new
+    assert free["counts"]["replay_tokens"] >= 2 * 3 * new  # 3:1, both epochs
+    assert capped["counts"]["replay_tokens"] <= 2 * new + 2 * 64  # rows drawn whole: one row past, each epoch
+    assert capped["counts"]["replay_share_percent"] == 50 and free["counts"]["replay_share_percent"] == 75
 
 
 def _drift(model: Path, version: str) -> float:
