@@ -116,7 +116,6 @@ def test_averaging_moves_tied_weights_once_by_their_own_share(tied_weight, kept)
     from retain.strategies.adapters import ParentAveraging
 
     model = torch.nn.Sequential(torch.nn.Embedding(5, 3), torch.nn.Linear(3, 5), torch.nn.Linear(5, 2))
-    model[1].weight = torch.nn.Parameter(torch.zeros(5, 3))
     model[1].weight = model[0].weight
     assert model.state_dict()["0.weight"].data_ptr() == model.state_dict()["1.weight"].data_ptr()
     start = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -133,8 +132,31 @@ def test_averaging_moves_tied_weights_once_by_their_own_share(tied_weight, kept)
         assert torch.allclose(now[name], start[name] + 2.0)
 
 
+@pytest.mark.parametrize("tied_weight", [0.25, 0.5])
+def test_auto_undoes_the_averaging_of_tied_weights_exactly(tied_weight):
+    # --auto judges the default's training before averaging for free: it must undo each tensor once,
+    # by the share it kept.
+    from retain.strategies.adapters import ParentAveraging
+    from retain.tune.trial import _undo_averaging
+
+    model = torch.nn.Sequential(torch.nn.Embedding(5, 3), torch.nn.Linear(3, 5))
+    model[1].weight = model[0].weight
+    parent = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    fake = type("Template", (), {"model": model})()
+    averaging = ParentAveraging(0.5, None, tied_weight)
+    averaging.before_training(fake)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(4.0)
+    trained = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    averaging.after_training(fake)
+    _undo_averaging(model, parent, 0.5, tied_weight)
+    for name, value in model.state_dict().items():
+        assert torch.allclose(value, trained[name]), name
+
+
 def test_the_default_keeps_a_quarter_of_the_tied_step_as_measured():
-    from retain.strategies.average import Average, AverageOptions
+    from retain.strategies.average import AverageOptions
 
     assert AverageOptions().tied_weight == 0  # weight squared: what the benchmark's default did
     config = load_config(None)
