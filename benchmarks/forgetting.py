@@ -284,7 +284,9 @@ def run_month(work: Path, name: str, overrides: list[str], auto: bool, files: di
         days.append({"status": r.get("status"), "seconds": r.get("timings", {}).get("train", 0.0) + _trials(r),
                      "work": token_steps(r),
                      "drift": m.get("drift_after"), "failed": [v["validator"] for v in r.get("verdicts", [])
-                                                               if v["status"] == "fail"]})
+                                                               if v["status"] == "fail"],
+                     "epochs": len(r.get("epoch_losses") or []), "counts": r.get("counts") or {},
+                     "pool": [m.get("new_pool_loss_before"), m.get("new_pool_loss_after")]})
         if number in checkpoints(len(files["days"])):
             at[number] = held_out(model, data, args.seq_len)
             print(f"  {name} day {number}: accepted {sum(d['status'] == 'accepted' for d in days)}/{number}, "

@@ -60,24 +60,67 @@ def rows_of(dataset) -> tuple[torch.Tensor, torch.Tensor]:
 
 class ParentAveraging(SupervisedPlugin):
     """At the end of training, each floating-point weight becomes
-    ``parent + weight * (trained - parent)``, the parent being the weights training began with."""
+    ``parent + weight * (trained - parent)``, the parent being the weights training began with
+    (``tied_weight`` instead of ``weight`` for a tensor tied under several names).
 
-    def __init__(self, weight: float):
+    With ``branch`` (the unaveraged weights the parent's update trained, ``average``'s
+    ``branch`` option), training begins from those instead, and the parent is still the
+    served weights: the candidate is ``parent + weight * (branch' - parent)``, where
+    ``branch'`` trained on from ``branch``. ``trained`` keeps the weights before averaging
+    (the next branch)."""
+
+    def __init__(self, weight: float, branch: Tensors | None = None, tied_weight: float | None = None):
         super().__init__()
         self.weight = weight
+        # the share kept of a tensor tied under several names (None: ``weight``)
+        self.tied_share = weight if tied_weight is None else tied_weight
+        self.branch = branch
         self.parent: Tensors = {}
+        self.trained: Tensors | None = None
+        self.served: str | None = None  # the digest of the averaged weights (``fingerprint``)
 
     def before_training(self, strategy, **kw):
-        self.parent = {k: v.detach().clone() for k, v in strategy.model.state_dict().items()
-                       if v.is_floating_point()}
+        state = strategy.model.state_dict()
+        self.parent = {k: v.detach().clone() for k, v in state.items() if v.is_floating_point()}
+        if self.branch:
+            with torch.no_grad():
+                for name, value in self.branch.items():
+                    state[name].copy_(value.to(device=state[name].device, dtype=state[name].dtype))
 
     def after_training(self, strategy, **kw):
         with torch.no_grad():
-            for name, value in strategy.model.state_dict().items():
+            state = strategy.model.state_dict()
+            self.trained = {k: state[k].detach().to("cpu", copy=True) for k in self.parent}
+            # Tied weights (the GPT's head and token embedding) share one storage, listed under each name:
+            # averaged once, with ``tied_weight``.
+            names: dict[int, int] = {}
+            for value in state.values():
+                names[value.data_ptr()] = names.get(value.data_ptr(), 0) + 1
+            seen = set()
+            for name, value in state.items():
                 start = self.parent.get(name)
-                if start is not None:
-                    value.copy_(start.to(value.device) + self.weight * (value - start.to(value.device)))
+                if start is not None and value.data_ptr() not in seen:
+                    seen.add(value.data_ptr())
+                    weight = self.weight if names[value.data_ptr()] == 1 else self.tied_share
+                    value.copy_(start.to(value.device) + weight * (value - start.to(value.device)))
+            self.served = fingerprint(state)
         self.parent = {}
+
+
+def fingerprint(tensors: Tensors) -> str:
+    """A digest of floating-point weights (names, shapes, bytes): which served weights a branch
+    was trained beside."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=16)
+    for name in sorted(tensors):
+        value = tensors[name]
+        if not value.is_floating_point():
+            continue
+        value = value.detach().to("cpu").contiguous()
+        h.update(f"{name}:{tuple(value.shape)}:{value.dtype}".encode())
+        h.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 # --- replay -------------------------------------------------------------------------
@@ -208,9 +251,23 @@ class TokenShareReplay(SupervisedPlugin):
     (``before_training_exp``) and updates the storage as ReplayPlugin does.
     """
 
-    def __init__(self, storage: "TextReservoir", share: float, on_replayed: Callable[[int], None]):
+    def __init__(self, storage: "TextReservoir", share: float, on_replayed: Callable[[int], None],
+                 cap: Callable[[float, int], float] | None = None, on_capped: Callable[[float], None] | None = None):
         super().__init__()
         self.storage, self.share, self.on_replayed = storage, share, on_replayed
+        self.cap, self.on_capped = cap, on_capped  # the work budget: most tokens replayed per epoch
+
+    def pool_tokens(self, strategy, new_tokens: float) -> float:
+        """Past tokens replayed per epoch: ``share`` of the epoch's, within the work budget."""
+        wanted = self.share / (1 - self.share) * new_tokens
+        if self.cap is None:
+            return wanted
+        most = self.cap(new_tokens, strategy.train_epochs)
+        if most >= wanted:
+            return wanted
+        if self.on_capped is not None:
+            self.on_capped(most / (most + new_tokens) if new_tokens else 0.0)
+        return most
 
     def before_training_exp(self, strategy, **kwargs):
         memory = self.storage.buffer
@@ -219,7 +276,9 @@ class TokenShareReplay(SupervisedPlugin):
         new, new_lengths = strategy.adapted_dataset, self.new_lengths(strategy)
         _, y = rows_of(memory)
         pool_lengths = (y != IGNORE_INDEX).sum(1).tolist()
-        pool_tokens = self.share / (1 - self.share) * float(torch.as_tensor(new_lengths).sum())
+        pool_tokens = self.pool_tokens(strategy, float(torch.as_tensor(new_lengths).sum()))
+        if pool_tokens <= 0:
+            return
         sampler = MixedLengthBatches(new_lengths, pool_lengths, pool_tokens, strategy.train_mb_size,
                                      strategy.batch_seed(), self.on_replayed)
         strategy.dataloader = strategy.loader(new.concat(memory), sampler)
@@ -241,8 +300,9 @@ class HistoryReplay(TokenShareReplay):
     batches ask for them. The reservoir is still kept up to date (the state a version saves)."""
 
     def __init__(self, storage: "TextReservoir", share: float, on_replayed: Callable[[int], None],
-                 history, width: int, pad_id: int):
-        super().__init__(storage, share, on_replayed)
+                 history, width: int, pad_id: int, cap: Callable[[float, int], float] | None = None,
+                 on_capped: Callable[[float], None] | None = None):
+        super().__init__(storage, share, on_replayed, cap, on_capped)
         self.history, self.width, self.pad_id = history, width, pad_id
         self.drawn = None  # the past rows this run drew (``DrawnRows``)
 
@@ -252,7 +312,9 @@ class HistoryReplay(TokenShareReplay):
         from retain.core.learning.training import rows_dataset
 
         new, new_lengths = strategy.adapted_dataset, self.new_lengths(strategy)
-        pool_tokens = self.share / (1 - self.share) * float(torch.as_tensor(new_lengths).sum())
+        pool_tokens = self.pool_tokens(strategy, float(torch.as_tensor(new_lengths).sum()))
+        if pool_tokens <= 0:
+            return
         generator = torch.Generator().manual_seed(strategy.batch_seed())
         self.drawn = self.history.draw(pool_tokens * strategy.train_epochs, self.width, self.pad_id, generator)
         if len(self.drawn) == 0:

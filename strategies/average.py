@@ -15,6 +15,24 @@ recorded it (as replay's share rises with it): ``max_weight`` at no drift,
 ``weight`` at ``steer_at`` and beyond, linear between. Days that find the old
 domain where it was keep more of their step; the averaging pulls harder as the
 drift budget is spent.
+
+A never-annealed branch (``branch: true``; Hägele et al. 2024, Kleiman et al. 2025):
+each update trains on from the previous update's weights *before* averaging (its
+branch, kept with the version as ``strategy/average.safetensors``), not from the
+served ones, and the served candidate is still ``parent + weight x (trained -
+parent)``, the parent being the served version. What every day learns then stays in
+the branch at the full rate, and the served model is a running average of the
+branch (it lags it by about ``1/weight - 1`` days). The branch is used only beside
+the served weights it was saved with (a digest of them is kept with it): after a
+rejection, a rollback, an update without ``average`` or an import, the update
+trains from the served weights, as without the option.
+
+Tied weights (the GPT's token embedding and its output head are one tensor under two
+names) keep ``tied_weight`` of their step; 0, the default, keeps ``weight`` squared
+(a quarter at 0.5), which is what the measured default did: until this option the
+tensor was averaged once under each name. Keeping half of it too (``tied_weight:
+0.5``) learns the new domain faster but moved the old domain more and stalled the
+code days (BENCHMARKS.md, "A month of daily updates", "Explored on the way").
 """
 
 from __future__ import annotations
@@ -32,6 +50,8 @@ class AverageOptions:
     weight: Annotated[float, Field(gt=0, le=1)] = 0.5  # share of the update's step kept (1: no averaging)
     max_weight: Annotated[float, Field(ge=0, le=1)] = 0  # steering: the share kept at no drift (0: no steering)
     steer_at: Annotated[float, Field(gt=0)] = 0.02       # cumulative old-domain drift that gets ``weight``
+    branch: bool = False  # train on from the parent's unaveraged weights (its branch), serve the average
+    tied_weight: Annotated[float, Field(ge=0, le=1)] = 0  # the share kept of tied weights (0: weight squared)
 
 
 def steered_weight(options: AverageOptions, drift: float | None) -> float:
@@ -50,13 +70,43 @@ class Average(Strategy):
 
     def __init__(self, options: AverageOptions):
         self.options = options
+        self.branch: dict | None = None   # the parent's branch, as loaded: weights by name
+        self.served: str | None = None    # the digest of the served weights it was saved beside
+        self.plugin = None
+        self.used_branch = False          # this run trained on from the parent's branch
+
+    def load_state_dict(self, state) -> None:
+        prefix = "branch."
+        branch = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        self.branch, self.served = (branch, state.get("served")) if branch else (None, None)
 
     def avalanche_plugins(self, run) -> list:
-        from retain.strategies.adapters import ParentAveraging
+        from retain.strategies.adapters import ParentAveraging, fingerprint
 
         from retain.strategies.replay import start_drift
 
+        self.plugin, self.used_branch = None, False
         if run.new_lineage:  # a full training has no parent to average with
             return []
         weight = steered_weight(self.options, start_drift(run))
-        return [] if weight >= 1 else [ParentAveraging(weight)]
+        if weight >= 1 and not self.options.branch:
+            return []
+        branch = None
+        if self.options.branch and self.branch and self.served is not None:
+            state = run.model.state_dict()
+            fits = all(k in state and tuple(state[k].shape) == tuple(v.shape) for k, v in self.branch.items())
+            if fits and fingerprint(state) == self.served:
+                branch, self.used_branch = self.branch, True
+        tied = self.options.tied_weight or weight * weight
+        self.plugin = ParentAveraging(weight, branch, tied)
+        return [self.plugin]
+
+    def counts(self) -> dict[str, int]:
+        return {"average_from_branch": int(self.used_branch)} if self.options.branch and self.plugin else {}
+
+    def state_dict(self) -> dict:
+        """With ``branch``: the weights before averaging and the served weights' digest."""
+        plugin = self.plugin
+        if not self.options.branch or plugin is None or plugin.trained is None or plugin.served is None:
+            return {}
+        return {**{f"branch.{k}": v for k, v in plugin.trained.items()}, "served": plugin.served}

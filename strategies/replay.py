@@ -48,6 +48,7 @@ class ReplayOptions:
     steer_at: Annotated[float, Field(gt=0)] = 0.02        # cumulative old-domain drift that gets max_share
     consolidate: bool = False                             # this update consolidates (--consolidate): it replays
     consolidate_share: Annotated[float, Field(ge=0, lt=1)] = 0.8  # this share (or max_share if above)
+    horizon: Annotated[float, Field(ge=0)] = 0  # work budget: updates expected before a retrain (0: no budget)
 
     @property
     def per_new(self) -> float:
@@ -64,6 +65,24 @@ def steered_share(options: ReplayOptions, drift: float | None) -> float:
     if top <= options.share or drift is None:
         return options.share
     return options.share + (top - options.share) * min(max(drift / options.steer_at, 0.0), 1.0)
+
+
+def replay_budget(options: ReplayOptions, base_tokens: int | None, full_epochs: int):
+    """The work budget (``horizon`` above 0): a function of an update's new tokens and epochs giving
+    the most tokens it may replay per epoch, or None (no budget, or the base's size not known).
+
+    ``horizon`` updates, each training ``epochs`` x (new + replayed) tokens, cost at most what one
+    retrain on the base and all their data costs (``full_epochs`` x (base + new)) when each replays
+    at most ``full_epochs`` x (base / horizon + new) - ``epochs`` x new tokens in all: the base's
+    share of a retrain, spread over the horizon, and what the retrain would spend on the update's own
+    data beyond its epochs. A large base beside the days leaves the steered share as it is; a small
+    one caps it."""
+    if options.horizon <= 0 or not base_tokens or options.consolidate:
+        return None
+
+    def most(new_tokens: float, epochs: int) -> float:
+        return max(full_epochs * (base_tokens / options.horizon + new_tokens) - epochs * new_tokens, 0.0) / epochs
+    return most
 
 
 def consolidation_overrides(chain: list[str]) -> list[str]:
@@ -101,6 +120,7 @@ class Replay(Strategy):
         self.storage = None
         self.replayed: int | None = None  # tokens replayed by this run's training (None: it replayed nothing)
         self.share: float | None = None     # the share this run replayed (steered), once it trains
+        self.capped = False                 # the work budget (``horizon``) lowered the steered share
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         texts, keys = state.get("texts", []), state.get("keys")
@@ -124,11 +144,25 @@ class Replay(Strategy):
             self.replayed = (self.replayed or 0) + tokens
 
         self.storage = reservoir(self.options, self.texts, self.keys, lambda: (it.text for it in run.items), encode)
+        def shared(share: float) -> None:  # the share replayed once the budget capped it
+            self.share, self.capped = share, True
+
         self.share = steered_share(self.options, start_drift(run))
+        cap = replay_budget(self.options, self.base_tokens(run), run.config.full_training.epochs)
         history = self.history(run)
         if history is not None and history.items:  # the chain's token shards: the whole history
-            return [HistoryReplay(self.storage, self.share, replayed, history, width, pad_id)]
-        return [TokenShareReplay(self.storage, self.share, replayed)]
+            return [HistoryReplay(self.storage, self.share, replayed, history, width, pad_id, cap, shared)]
+        return [TokenShareReplay(self.storage, self.share, replayed, cap, shared)]
+
+    @staticmethod
+    def base_tokens(run) -> int | None:
+        """Tokens of the lineage's full training (its first version), or None: not known."""
+        base = getattr(run, "base", None)
+        if base is None or getattr(base, "reader", None) is None:
+            return None
+        store = base.reader.store
+        root = store.lineage_root(store.chain(base.version))
+        return store.summary(root)["counts"].get("tokens") if root is not None else None
 
     @staticmethod
     def history(run):
@@ -150,7 +184,8 @@ class Replay(Strategy):
     def counts(self) -> dict[str, int]:
         if self.replayed is None:
             return {}
-        return {"replay_tokens": self.replayed, "replay_share_percent": round(100 * (self.share or 0.0))}
+        return {"replay_tokens": self.replayed, "replay_share_percent": round(100 * (self.share or 0.0)),
+                **({"replay_budget_capped": 1} if self.capped else {})}
 
     def state_dict(self) -> dict[str, Any]:
         if self.storage is not None:

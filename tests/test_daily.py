@@ -109,6 +109,154 @@ def test_weight_averaging_keeps_the_asked_share_of_the_step():
         assert torch.allclose(value, start[name] + 1.0)  # a quarter of the +4 step
 
 
+@pytest.mark.parametrize("tied_weight, kept", [(None, 2.0), (0.25, 1.0), (0.75, 3.0)])
+def test_averaging_moves_tied_weights_once_by_their_own_share(tied_weight, kept):
+    # The GPT's head shares its token embedding's storage, listed under both names: averaged once per
+    # name it kept weight squared of the step. Now once, by tied_weight (average's default: weight squared).
+    from retain.strategies.adapters import ParentAveraging
+
+    model = torch.nn.Sequential(torch.nn.Embedding(5, 3), torch.nn.Linear(3, 5), torch.nn.Linear(5, 2))
+    model[1].weight = model[0].weight
+    assert model.state_dict()["0.weight"].data_ptr() == model.state_dict()["1.weight"].data_ptr()
+    start = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    fake = type("Template", (), {"model": model})()
+    averaging = ParentAveraging(0.5, None, tied_weight)
+    averaging.before_training(fake)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(4.0)
+    averaging.after_training(fake)
+    now = model.state_dict()
+    assert torch.allclose(now["0.weight"], start["0.weight"] + kept)
+    for name in ("1.bias", "2.weight", "2.bias"):  # untied: half the step
+        assert torch.allclose(now[name], start[name] + 2.0)
+
+
+@pytest.mark.parametrize("tied_weight", [0.25, 0.5])
+def test_auto_undoes_the_averaging_of_tied_weights_exactly(tied_weight):
+    # --auto judges the default's training before averaging for free: it must undo each tensor once,
+    # by the share it kept.
+    from retain.strategies.adapters import ParentAveraging
+    from retain.tune.trial import _undo_averaging
+
+    model = torch.nn.Sequential(torch.nn.Embedding(5, 3), torch.nn.Linear(3, 5))
+    model[1].weight = model[0].weight
+    parent = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    fake = type("Template", (), {"model": model})()
+    averaging = ParentAveraging(0.5, None, tied_weight)
+    averaging.before_training(fake)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(4.0)
+    trained = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    averaging.after_training(fake)
+    _undo_averaging(model, parent, 0.5, tied_weight)
+    for name, value in model.state_dict().items():
+        assert torch.allclose(value, trained[name]), name
+
+
+def test_the_default_keeps_a_quarter_of_the_tied_step_as_measured():
+    from retain.strategies.average import AverageOptions
+
+    assert AverageOptions().tied_weight == 0  # weight squared: what the benchmark's default did
+    config = load_config(None)
+    assert config.options["average"]["tied_weight"] == 0
+
+
+def test_with_a_branch_training_starts_from_it_and_the_served_weights_are_the_average():
+    from retain.strategies.adapters import ParentAveraging
+
+    model = torch.nn.Linear(3, 2)
+    served = {k: v.clone() for k, v in model.state_dict().items()}
+    branch = {k: v + 2.0 for k, v in served.items()}
+    fake = type("Template", (), {"model": model})()
+    averaging = ParentAveraging(0.5, branch)
+    averaging.before_training(fake)
+    for name, value in model.state_dict().items():  # training begins from the branch
+        assert torch.equal(value, branch[name])
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(4.0)
+    averaging.after_training(fake)
+    for name, value in model.state_dict().items():
+        assert torch.allclose(averaging.trained[name], served[name] + 6.0)  # the next branch: +2 +4
+        assert torch.allclose(value, served[name] + 3.0)  # served: half-way from the parent to it
+
+
+def _weights(model: Path, version: str) -> dict:
+    return VersionFiles(ModelStore(model), version).tensors("model.safetensors")
+
+
+def _branch(model: Path, version: str) -> dict:
+    state = read_state(VersionFiles(ModelStore(model), version), "average")
+    return {k[len("branch."):]: v for k, v in state.items() if k.startswith("branch.")}
+
+
+def test_the_branch_is_kept_with_the_version_and_the_next_update_trains_on_from_it(base_model, new_texts,
+                                                                                  tmp_path):
+    branch = ["fine_tuning.strategy=[rewarm,average]", "options.average.branch=true", "fine_tuning.epochs=1",
+              "fine_tuning.early_stopping.enabled=false", "options.average.tied_weight=0.5"]  # every weight alike
+    first = _update(base_model, new_texts[:20], tmp_path / "d1.jsonl", GATE_OFF, *branch)
+    assert first["status"] == "accepted" and first["counts"]["average_from_branch"] == 0  # the base has none
+    parent, served, kept = _weights(base_model, "0001"), _weights(base_model, first["version"]), \
+        _branch(base_model, first["version"])
+    kept = {k: v for k, v in kept.items() if k in served}  # (a tied head is saved once with the weights)
+    assert kept
+    moved = max(float((kept[k] - parent[k]).abs().max()) for k in kept)
+    assert moved > 1e-3  # the branch holds the trained step
+    for k in kept:  # the served weights: half-way from the parent to the branch
+        assert torch.allclose(served[k], parent[k] + 0.5 * (kept[k] - parent[k]), atol=1e-6)
+
+    # A day that barely trains (a rate of 1e-12): it starts from the branch, so the served weights
+    # move half-way again towards the first branch; from the served weights they would not move.
+    second = _update(base_model, new_texts[20:40], tmp_path / "d2.jsonl", GATE_OFF, *branch,
+                     "options.rewarm.peak_lr=1e-12")
+    assert second["counts"]["average_from_branch"] == 1
+    served2, kept2 = _weights(base_model, second["version"]), _branch(base_model, second["version"])
+    for k in kept:
+        assert torch.allclose(kept2[k], kept[k], atol=1e-6)
+        assert torch.allclose(served2[k], served[k] + 0.5 * (kept[k] - served[k]), atol=1e-6)
+    assert max(float((served2[k] - served[k]).abs().max()) for k in kept) > 1e-4
+
+    # An update without the branch changes the served weights and keeps none: the next one finds the
+    # first branch back in the chain, not beside these served weights, and trains from the served ones.
+    plain = _update(base_model, new_texts[40:50], tmp_path / "d3.jsonl", GATE_OFF,
+                    "fine_tuning.strategy=[rewarm,average]", "fine_tuning.epochs=1")
+    assert plain["status"] == "accepted" and "average_from_branch" not in plain["counts"]
+    third = _update(base_model, new_texts[50:60], tmp_path / "d4.jsonl", GATE_OFF, *branch)
+    assert third["status"] == "accepted" and third["counts"]["average_from_branch"] == 0
+
+
+def test_the_work_budget_caps_what_an_update_replays_by_the_base_and_the_horizon(base_model, new_texts, tmp_path):
+    from retain.strategies.replay import replay_budget
+
+    # The formula: base 1,000 tokens over 10 updates, a retrain of 4 epochs; a day of 200 tokens at 2 epochs
+    # may replay 4 x (100 + 200) - 2 x 200 = 800 tokens in all, 400 per epoch (2:1).
+    most = replay_budget(ReplayOptions(horizon=10), 1000, 4)
+    assert most(200, 2) == pytest.approx(400)
+    assert most(2000, 3) == pytest.approx(800)  # a large day: 4 x 2,100 - 3 x 2,000 = 2,400 in all
+    assert most(2000, 5) == 0  # at more epochs than a retrain would spend on it: no replay
+    assert replay_budget(ReplayOptions(horizon=0), 1000, 4) is None  # no budget
+    assert replay_budget(ReplayOptions(horizon=10, consolidate=True), 1000, 4) is None  # a consolidation replays
+
+    common = [GATE_OFF, "fine_tuning.strategy=[rewarm,replay]", "fine_tuning.epochs=2", "options.replay.share=0.75",
+              "options.replay.max_share=0", "fine_tuning.early_stopping.enabled=false"]
+    other = tmp_path / "other"
+    shutil.copytree(base_model, other)
+    free = _update(base_model, new_texts[:30], tmp_path / "a.jsonl", *common)
+    base_tokens = ModelStore(other).summary("0001")["counts"]["tokens"]
+    new = free["counts"]["tokens"]
+    # full_training.epochs 2 (TINY), 2 epochs: 2 x (base / horizon + new) - 2 x new = 2 x new at this horizon,
+    # one past token per new one each epoch (1:1) of the asked 3:1
+    horizon = base_tokens / new
+    capped = _update(other, new_texts[:30], tmp_path / "b.jsonl", *common, f"options.replay.horizon={horizon}")
+    assert "replay_budget_capped" not in free["counts"] and capped["counts"]["replay_budget_capped"] == 1
+    assert capped["counts"]["tokens"] == new
+    assert free["counts"]["replay_tokens"] >= 2 * 3 * new  # 3:1, both epochs
+    assert capped["counts"]["replay_tokens"] <= 2 * new + 2 * 64  # rows drawn whole: one row past, each epoch
+    assert capped["counts"]["replay_share_percent"] == 50 and free["counts"]["replay_share_percent"] == 75
+
+
 def _drift(model: Path, version: str) -> float:
     return ModelStore(model).manifest(version)["metrics"]["drift_after"]
 

@@ -68,9 +68,9 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     with cycle.strategies_registered(setup, run):
         judged = cycle.train_and_judge(setup, run, store)
         result = _result(run, judged, spec, spec["recipe"], save_candidate(run, spec["scratch"]), started)
-        if parent is not None and (weight := _averaging_weight(run)) is not None:
+        if parent is not None and (weights := _averaging_weight(run)) is not None:
             again = time.perf_counter()
-            _undo_averaging(run.lm.module, parent, weight)
+            _undo_averaging(run.lm.module, parent, *weights)
             run.after = None  # the averaged candidate's scores: these weights are scored anew
             judged = cycle.gate(setup, run, store)
             result["unaveraged"] = _result(run, judged, spec, spec["unaveraged"],
@@ -94,8 +94,9 @@ def _weights(module) -> dict:
     return {k: v.detach().clone() for k, v in module.state_dict().items() if v.is_floating_point()}
 
 
-def _averaging_weight(run) -> float | None:
-    """The share of the step ``average`` kept, if it averaged this candidate (None: it did not)."""
+def _averaging_weight(run) -> tuple[float, float] | None:
+    """The shares of the step ``average`` kept, if it averaged this candidate (None: it did not):
+    of every weight, and of the tied ones (``tied_weight``)."""
     from retain.strategies.average import steered_weight
     from retain.strategies.replay import start_drift
 
@@ -103,18 +104,26 @@ def _averaging_weight(run) -> float | None:
     if options is None or run.new_lineage:
         return None
     weight = steered_weight(options, start_drift(run))  # what it used: steered by the drift, if set so
-    return None if weight >= 1 else float(weight)
+    return None if weight >= 1 else (float(weight), float(options.tied_weight or weight * weight))
 
 
-def _undo_averaging(module, parent: dict, weight: float) -> None:
-    """The trained weights back from ``parent + weight * (trained - parent)``."""
+def _undo_averaging(module, parent: dict, weight: float, tied: float | None = None) -> None:
+    """The trained weights back from ``parent + weight * (trained - parent)`` (``tied`` for a tensor
+    listed under several names, undone once)."""
     import torch
 
     with torch.no_grad():
-        for name, value in module.state_dict().items():
+        state = module.state_dict()
+        names: dict[int, int] = {}
+        for value in state.values():
+            names[value.data_ptr()] = names.get(value.data_ptr(), 0) + 1
+        seen = set()
+        for name, value in state.items():
             start = parent.get(name)
-            if start is not None:
-                value.copy_(start.to(value.device) + (value - start.to(value.device)) / weight)
+            if start is not None and value.data_ptr() not in seen:
+                seen.add(value.data_ptr())
+                share = weight if names[value.data_ptr()] == 1 or tied is None else tied
+                value.copy_(start.to(value.device) + (value - start.to(value.device)) / share)
 
 
 def _drift(store, parent: str, config, retention_texts: list[str]):
