@@ -61,6 +61,19 @@ def _no_module_named_after_the_checkout() -> None:
 _no_module_named_after_the_checkout()
 
 
+@pytest.fixture(autouse=True)
+def _no_import_left_running():
+    # A run that fails before training leaves its background import of the training stack
+    # going (core/runtime/preload.py); the next test would measure its allocations
+    # (tracemalloc) or race it. Each test ends with it finished.
+    yield
+    import threading
+
+    for thread in threading.enumerate():
+        if thread.name.startswith("import retain."):
+            thread.join()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _one_torch_thread():
     # Tiny models: on a busy 2-core machine a second intra-op thread costs far more than

@@ -12,6 +12,7 @@ import pytest
 
 from retain.core.config import load_config
 from retain.core.data import spool
+from retain.core.runtime.preload import Preload
 from retain.core.storage.store import ModelStore
 
 from conftest import TINY, write_jsonl
@@ -26,6 +27,9 @@ def _texts(n: int, seed: int = 0) -> list[str]:
 
 
 def _peak(fn) -> int:
+    # The training stack imported first, and no earlier test's background import still going:
+    # its allocations would count in this peak (core/runtime/preload.py).
+    Preload().wait()
     gc.collect()
     tracemalloc.start()
     try:

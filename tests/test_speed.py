@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 
 import pytest
 import torch
@@ -191,6 +192,26 @@ def test_preload_hands_back_the_import_error():
 
     with pytest.raises(ModuleNotFoundError):
         Preload("retain.no_such_module_%d" % random.randrange(10**6)).wait()
+
+
+def test_a_preload_waits_for_an_import_another_thread_has_not_finished(tmp_path, monkeypatch):
+    """An earlier run's background import still going (the Python API after a run that failed
+    early; seen in the test suite): a new run must get the whole module, not the half-initialized
+    one already in sys.modules."""
+    import time
+
+    from retain.core.runtime.preload import Preload
+
+    name = "retain_slow_import_%d" % random.randrange(10**6)
+    (tmp_path / f"{name}.py").write_text("import time\ntime.sleep(1.0)\ndef train():\n    return 'trained'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    first = Preload(name)
+    deadline = time.monotonic() + 10
+    while name not in sys.modules and time.monotonic() < deadline:  # the first import has begun
+        time.sleep(0.01)
+    second = Preload(name)
+    assert second.wait().train() == "trained" and first.wait().train() == "trained"
+    sys.modules.pop(name, None)
 
 
 def test_status_reads_the_drift_the_update_measured(base_model, new_texts, tmp_path):

@@ -208,8 +208,9 @@ class ItemView(Sequence[Item]):
 
 
 class Texts(Sequence[str]):
-    """The texts of ``items``, read back as they are iterated: what a new tokenizer learns from
-    (up to ``full_training.tokenizer_sample_mb``) is never held as one list of strings."""
+    """The texts of ``items``, read back as they are iterated: a view's texts are never listed
+    (what a new tokenizer learns from, up to ``full_training.tokenizer_sample_mb``; what
+    ``status --data`` and ``validate --data`` encode)."""
 
     def __init__(self, items: Sequence[Item]):
         self.items = items
@@ -219,7 +220,7 @@ class Texts(Sequence[str]):
 
     def __getitem__(self, i):
         if isinstance(i, slice):
-            return [it.text for it in self.items[i]]
+            return [self[j] for j in range(*i.indices(len(self)))]
         return self.items[i].text
 
     def __iter__(self) -> Iterator[str]:
@@ -245,24 +246,6 @@ class Joined(Sequence[Item]):
     def __iter__(self) -> Iterator[Item]:
         yield from self.first
         yield from self.second
-
-
-class Texts(Sequence[str]):
-    """The texts of ``items``, read as the items are: a view's texts are not listed."""
-
-    def __init__(self, items: Sequence[Item]):
-        self.items = items
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        return self.items[i].text
-
-    def __iter__(self) -> Iterator[str]:
-        return (it.text for it in self.items)
 
 
 def without(items: Sequence[Item], positions: Iterable[int]) -> Sequence[Item]:

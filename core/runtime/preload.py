@@ -74,7 +74,12 @@ class Preload:
         self.name = name
         self.seconds = 0.0      # how long the import took, in the thread
         self.waited = 0.0       # how long ``wait`` blocked
-        self._module: ModuleType | None = sys.modules.get(name)
+        module = sys.modules.get(name)
+        # A module another thread is still importing (an earlier run's preload, in a process
+        # that goes on: the Python API, tests) is not loaded yet: its import is waited for in
+        # the thread (the module's import lock), never handed back half initialized.
+        initializing = getattr(getattr(module, "__spec__", None), "_initializing", False)
+        self._module: ModuleType | None = None if initializing else module
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
         if self._module is None:
