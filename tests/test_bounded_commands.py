@@ -167,17 +167,7 @@ def test_an_auto_trial_given_the_items_as_a_file_trains_as_given_them_listed(bas
     pytest.importorskip("optuna", reason="--auto needs Optuna, in the test extra: pip install '.[test]'")
     from retain.core.engine import Engine
     from retain.tune import auto_update, default_executor
-
-    class Recording:
-        def __init__(self, inner):
-            self.inner, self.specs = inner, []
-
-        def submit(self, fn, spec):
-            self.specs.append(spec)
-            return self.inner.submit(fn, spec)
-
-        def shutdown(self, **kw):
-            self.inner.shutdown(**kw)
+    from test_auto import Recording
 
     config = load_config(None, [*TINY, "fine_tuning.strategy=rewarm,replay", "tune.max_trials=1"])
     data = [str(write_jsonl(tmp_path / "new.jsonl", new_texts[:40]))]

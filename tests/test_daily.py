@@ -109,15 +109,13 @@ def test_weight_averaging_keeps_the_asked_share_of_the_step():
         assert torch.allclose(value, start[name] + 1.0)  # a quarter of the +4 step
 
 
-@pytest.mark.parametrize("tied_weight, kept", [(None, 2.0), (0.25, 1.0), (0.75, 3.0)])
-def test_averaging_moves_tied_weights_once_by_their_own_share(tied_weight, kept):
-    # The GPT's head shares its token embedding's storage, listed under both names: averaged once per
-    # name it kept weight squared of the step. Now once, by tied_weight (average's default: weight squared).
+def _tied_model_averaged(tied_weight):
+    """A model whose second layer's weight is its embedding (tied, as the GPT's head), stepped
+    +4 everywhere and averaged at weight 0.5: (model, its weights before, trained before averaging)."""
     from retain.strategies.adapters import ParentAveraging
 
     model = torch.nn.Sequential(torch.nn.Embedding(5, 3), torch.nn.Linear(3, 5), torch.nn.Linear(5, 2))
     model[1].weight = model[0].weight
-    assert model.state_dict()["0.weight"].data_ptr() == model.state_dict()["1.weight"].data_ptr()
     start = {k: v.detach().clone() for k, v in model.state_dict().items()}
     fake = type("Template", (), {"model": model})()
     averaging = ParentAveraging(0.5, None, tied_weight)
@@ -125,7 +123,17 @@ def test_averaging_moves_tied_weights_once_by_their_own_share(tied_weight, kept)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(4.0)
+    trained = {k: v.detach().clone() for k, v in model.state_dict().items()}
     averaging.after_training(fake)
+    return model, start, trained
+
+
+@pytest.mark.parametrize("tied_weight, kept", [(None, 2.0), (0.25, 1.0), (0.75, 3.0)])
+def test_averaging_moves_tied_weights_once_by_their_own_share(tied_weight, kept):
+    # The GPT's head shares its token embedding's storage, listed under both names: averaged once per
+    # name it kept weight squared of the step. Now once, by tied_weight (average's default: weight squared).
+    model, start, _ = _tied_model_averaged(tied_weight)
+    assert model.state_dict()["0.weight"].data_ptr() == model.state_dict()["1.weight"].data_ptr()
     now = model.state_dict()
     assert torch.allclose(now["0.weight"], start["0.weight"] + kept)
     for name in ("1.bias", "2.weight", "2.bias"):  # untied: half the step
@@ -136,20 +144,9 @@ def test_averaging_moves_tied_weights_once_by_their_own_share(tied_weight, kept)
 def test_auto_undoes_the_averaging_of_tied_weights_exactly(tied_weight):
     # --auto judges the default's training before averaging for free: it must undo each tensor once,
     # by the share it kept.
-    from retain.strategies.adapters import ParentAveraging
     from retain.tune.trial import _undo_averaging
 
-    model = torch.nn.Sequential(torch.nn.Embedding(5, 3), torch.nn.Linear(3, 5))
-    model[1].weight = model[0].weight
-    parent = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    fake = type("Template", (), {"model": model})()
-    averaging = ParentAveraging(0.5, None, tied_weight)
-    averaging.before_training(fake)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(4.0)
-    trained = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    averaging.after_training(fake)
+    model, parent, trained = _tied_model_averaged(tied_weight)
     _undo_averaging(model, parent, 0.5, tied_weight)
     for name, value in model.state_dict().items():
         assert torch.allclose(value, trained[name]), name
