@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from typing import Sequence
 
 # GPT-2's pre-tokenization pattern: what `tokenizers`' ByteLevel pre-tokenizer splits with (use_regex).
@@ -72,12 +73,14 @@ class FastEncoder:
     """``encode(texts)``: each text's ids, as the tokenizer gives them (no boundary tokens)."""
 
     def __init__(self, tokenizer, encoding, specials: Sequence[str]):
-        self.tokenizer, self.encoding, self.specials = tokenizer, encoding, tuple(specials)
+        self.tokenizer, self.encoding = tokenizer, encoding
+        # One scan of a text for all special strings (a tokenizer may add hundreds of them).
+        self.special = re.compile("|".join(map(re.escape, specials))).search if specials else None
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         encode = self.encoding.encode_ordinary
         ids = [encode(t) for t in texts]
-        special = [i for i, t in enumerate(texts) if any(s in t for s in self.specials)]
+        special = [i for i, t in enumerate(texts) if self.special(t)] if self.special else []
         if special:  # rare: `tokenizers` turns a special token's string into its id
             for i, enc in zip(special, self.tokenizer.encode_batch([texts[i] for i in special])):
                 ids[i] = enc.ids
