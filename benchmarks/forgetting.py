@@ -61,8 +61,9 @@ REPO = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("RETAIN_DATA", REPO.parent / "shared" / "data"))  # RETAIN_DATA: elsewhere
 
 # name -> (fine_tuning.strategy, extra overrides). "auto" is `retain update --auto`. Replay is 1:1 unless
-# the name says otherwise ("steered": options.replay.max_share, the default since issue 25).
-FIXED = ["options.replay.max_share=0"]
+# the name says otherwise ("steered": options.replay.max_share, the default since issue 25), drawn uniformly
+# over the history (the default caps the base's part since issue 25: options.replay.base_share).
+FIXED = ["options.replay.max_share=0", "options.replay.base_share=null"]  # 1:1, uniform over the history
 RECIPES = {
     "naive (no gate)": (["naive"], ["validators=[]"]),
     "naive": (["naive"], []),

@@ -301,9 +301,11 @@ class HistoryReplay(TokenShareReplay):
 
     def __init__(self, storage: "TextReservoir", share: float, on_replayed: Callable[[int], None],
                  history, width: int, pad_id: int, cap: Callable[[float, int], float] | None = None,
-                 on_capped: Callable[[float], None] | None = None):
+                 on_capped: Callable[[float], None] | None = None, base: str | None = None,
+                 base_share: float | None = None):
         super().__init__(storage, share, on_replayed, cap, on_capped)
         self.history, self.width, self.pad_id = history, width, pad_id
+        self.base, self.base_share = base, base_share  # stratified: this share from the full training's shard
         self.drawn = None  # the past rows this run drew (``DrawnRows``)
 
     def before_training_exp(self, strategy, **kwargs):
@@ -316,7 +318,8 @@ class HistoryReplay(TokenShareReplay):
         if pool_tokens <= 0:
             return
         generator = torch.Generator().manual_seed(strategy.batch_seed())
-        self.drawn = self.history.draw(pool_tokens * strategy.train_epochs, self.width, self.pad_id, generator)
+        self.drawn = self.history.draw(pool_tokens * strategy.train_epochs, self.width, self.pad_id, generator,
+                                       self.base, self.base_share)
         if len(self.drawn) == 0:
             return
         memory, pool_lengths = rows_dataset(self.drawn, self.width, self.pad_id)

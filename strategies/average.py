@@ -3,10 +3,9 @@
 Sequential fine-tuning with weight averaging forgets like replay does (Kleiman et
 al. 2025), and averaging along the way is what lets a never-annealed run serve
 good weights (Hägele et al. 2024). Here each update ends by pulling its trained
-weights back toward the version it started from: ``weight`` 0.5 (the default,
-measured: BENCHMARKS.md "A month of daily updates") keeps half the step. A
-small day then moves the model half as far, its old-domain drift with it, while
-what every day learned still adds up across days. The gate judges
+weights back toward the version it started from, keeping a share of the step. A
+small day then moves the model that much less far, its old-domain drift with it,
+while what every day learned still adds up across days. The gate judges
 the averaged weights (early stopping judges the trained ones, epoch by epoch).
 
 Steering (``max_weight`` above ``weight``): the share kept falls with the old
@@ -14,7 +13,9 @@ domain's cumulative drift since the last full training, as the parent's update
 recorded it (as replay's share rises with it): ``max_weight`` at no drift,
 ``weight`` at ``steer_at`` and beyond, linear between. Days that find the old
 domain where it was keep more of their step; the averaging pulls harder as the
-drift budget is spent.
+drift budget is spent. The default, measured (BENCHMARKS.md "A month of daily
+updates"): 0.6 of the step at no drift, 0.35 from +2% on, beside replay that
+rehearses the earlier days (``options.replay.base_share``).
 
 A never-annealed branch (``branch: true``; Hägele et al. 2024, Kleiman et al. 2025):
 each update trains on from the previous update's weights *before* averaging (its
@@ -28,9 +29,9 @@ rejection, a rollback, an update without ``average`` or an import, the update
 trains from the served weights, as without the option.
 
 Tied weights (the GPT's token embedding and its output head are one tensor under two
-names) keep ``tied_weight`` of their step; 0, the default, keeps ``weight`` squared
-(a quarter at 0.5), which is what the measured default did: until this option the
-tensor was averaged once under each name. Keeping half of it too (``tied_weight:
+names) keep ``tied_weight`` of their step; 0, the default, keeps the steered weight
+squared (a quarter at 0.5), which is what the measured defaults did: until this option
+the tensor was averaged once under each name. Keeping half of it too (``tied_weight:
 0.5``) learns the new domain faster but moved the old domain more and stalled the
 code days (BENCHMARKS.md, "A month of daily updates", "Explored on the way").
 """
@@ -47,8 +48,8 @@ from retain.core.learning.strategy import Strategy
 
 @dataclass
 class AverageOptions:
-    weight: Annotated[float, Field(gt=0, le=1)] = 0.5  # share of the update's step kept (1: no averaging)
-    max_weight: Annotated[float, Field(ge=0, le=1)] = 0  # steering: the share kept at no drift (0: no steering)
+    weight: Annotated[float, Field(gt=0, le=1)] = 0.35  # share of the update's step kept (1: no averaging)
+    max_weight: Annotated[float, Field(ge=0, le=1)] = 0.6  # steering: the share kept at no drift (0: no steering)
     steer_at: Annotated[float, Field(gt=0)] = 0.02       # cumulative old-domain drift that gets ``weight``
     branch: bool = False  # train on from the parent's unaveraged weights (its branch), serve the average
     tied_weight: Annotated[float, Field(ge=0, le=1)] = 0  # the share kept of tied weights (0: weight squared)

@@ -22,6 +22,14 @@ usual share. ``retain update --consolidate`` replays at ``consolidate_share``
 rejection brings the old domain back inside the gate's budget and still learns
 the day's data.
 
+What is replayed (``base_share``): drawn uniformly over the whole history, each past item is
+as likely as any other, so the base's part of the replay is its part of the history. Beside a
+base four times the size of a month of days (Wikipedia under Shakespeare days), that leaves
+earlier days 2-4% of the replay (measured), and what they taught fades day after day. ``base_share``
+caps the full training's part (the old domain) and gives the rest to the updates' items since,
+which then learn across days as a retrain would; where the base's part is below the cap (days
+outweighing the base) the draw stays uniform. A consolidation draws uniformly.
+
 Past items are drawn from the token shards every version keeps of its chain
 (``core/data/shards.py``), so replay reaches everything the model learned, not only what
 a buffer holds. The reservoir of ``buffer_size`` texts is still kept with each version:
@@ -49,6 +57,8 @@ class ReplayOptions:
     consolidate: bool = False                             # this update consolidates (--consolidate): it replays
     consolidate_share: Annotated[float, Field(ge=0, lt=1)] = 0.8  # this share (or max_share if above)
     horizon: Annotated[float, Field(ge=0)] = 0  # work budget: updates expected before a retrain (0: no budget)
+    base_share: Annotated[float, Field(ge=0, le=1)] | None = 0.6  # the most of the replayed tokens drawn from
+                    # the full training's items, the rest from the updates' (None: uniform over the history)
 
     @property
     def per_new(self) -> float:
@@ -121,6 +131,8 @@ class Replay(Strategy):
         self.replayed: int | None = None  # tokens replayed by this run's training (None: it replayed nothing)
         self.share: float | None = None     # the share this run replayed (steered), once it trains
         self.capped = False                 # the work budget (``horizon``) lowered the steered share
+        self.base_share: float | None = None  # the most of the replayed tokens from the full training's items
+        self.plugin = None                    # the run's HistoryReplay, where it replays from the shards
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         texts, keys = state.get("texts", []), state.get("keys")
@@ -148,11 +160,24 @@ class Replay(Strategy):
             self.share, self.capped = share, True
 
         self.share = steered_share(self.options, start_drift(run))
+        # A consolidation pulls the old domain back: no cap on its part of the replay.
+        self.base_share = None if self.options.consolidate else self.options.base_share
         cap = replay_budget(self.options, self.base_tokens(run), run.config.full_training.epochs)
         history = self.history(run)
         if history is not None and history.items:  # the chain's token shards: the whole history
-            return [HistoryReplay(self.storage, self.share, replayed, history, width, pad_id, cap, shared)]
+            self.plugin = HistoryReplay(self.storage, self.share, replayed, history, width, pad_id, cap, shared,
+                                        base=self.lineage_root(run), base_share=self.base_share)
+            return [self.plugin]
         return [TokenShareReplay(self.storage, self.share, replayed, cap, shared)]
+
+    @staticmethod
+    def lineage_root(run) -> str | None:
+        """The version of the lineage's full training (or import): where the old domain's items are."""
+        base = getattr(run, "base", None)
+        if base is None or getattr(base, "reader", None) is None:
+            return None
+        store = base.reader.store
+        return store.lineage_root(store.chain(base.version))
 
     @staticmethod
     def base_tokens(run) -> int | None:
@@ -185,7 +210,16 @@ class Replay(Strategy):
         if self.replayed is None:
             return {}
         return {"replay_tokens": self.replayed, "replay_share_percent": round(100 * (self.share or 0.0)),
-                **({"replay_budget_capped": 1} if self.capped else {})}
+                **({"replay_budget_capped": 1} if self.capped else {}),
+                **({"replay_base_percent": round(100 * part)} if (part := self.base_part()) is not None else {})}
+
+    def base_part(self) -> float | None:
+        """The share of the drawn past tokens that came from the full training's items (None: not drawn)."""
+        drawn = getattr(self.plugin, "drawn", None)
+        if drawn is None or len(drawn) == 0:
+            return None
+        lengths, base = drawn.lengths().tolist(), self.plugin.base
+        return sum(n for n, v in zip(lengths, drawn.versions()) if v == base) / max(sum(lengths), 1)
 
     def state_dict(self) -> dict[str, Any]:
         if self.storage is not None:

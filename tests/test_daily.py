@@ -90,7 +90,9 @@ def test_the_averaging_weight_falls_with_the_drift_when_steered():
     assert steered_weight(steered, -0.02) == 1.0      # an old domain that improved: the whole step
     assert steered_weight(steered, 0.005) == pytest.approx(0.75)
     assert steered_weight(steered, 0.03) == 0.5       # at steer_at and beyond: the plain weight
-    assert steered_weight(AverageOptions(weight=0.5), 0.0) == 0.5  # max_weight 0: no steering
+    assert steered_weight(AverageOptions(weight=0.5, max_weight=0), 0.0) == 0.5  # max_weight 0: no steering
+    default = AverageOptions()  # 0.6 of the step at no drift, 0.35 from +2% (measured: BENCHMARKS.md)
+    assert steered_weight(default, 0.0) == 0.6 and steered_weight(default, 0.02) == 0.35
 
 
 def test_weight_averaging_keeps_the_asked_share_of_the_step():
@@ -192,7 +194,8 @@ def _branch(model: Path, version: str) -> dict:
 def test_the_branch_is_kept_with_the_version_and_the_next_update_trains_on_from_it(base_model, new_texts,
                                                                                   tmp_path):
     branch = ["fine_tuning.strategy=[rewarm,average]", "options.average.branch=true", "fine_tuning.epochs=1",
-              "fine_tuning.early_stopping.enabled=false", "options.average.tied_weight=0.5"]  # every weight alike
+              "fine_tuning.early_stopping.enabled=false", "options.average.tied_weight=0.5",  # every weight alike
+              "options.average.weight=0.5", "options.average.max_weight=0"]  # half the step, whatever the drift
     first = _update(base_model, new_texts[:20], tmp_path / "d1.jsonl", GATE_OFF, *branch)
     assert first["status"] == "accepted" and first["counts"]["average_from_branch"] == 0  # the base has none
     parent, served, kept = _weights(base_model, "0001"), _weights(base_model, first["version"]), \
@@ -252,6 +255,26 @@ def test_the_work_budget_caps_what_an_update_replays_by_the_base_and_the_horizon
     assert free["counts"]["replay_tokens"] >= 2 * 3 * new  # 3:1, both epochs
     assert capped["counts"]["replay_tokens"] <= 2 * new + 2 * 64  # rows drawn whole: one row past, each epoch
     assert capped["counts"]["replay_share_percent"] == 50 and free["counts"]["replay_share_percent"] == 75
+
+
+def test_the_base_share_caps_the_old_domains_part_of_the_replay_so_earlier_days_are_rehearsed(
+        base_model, new_texts, tmp_path):
+    # Uniform over the history, a base much larger than the days leaves them a sliver of the replay;
+    # options.replay.base_share caps the base's part, and the earlier updates' items fill the rest.
+    common = [GATE_OFF, "fine_tuning.strategy=[rewarm,replay]", "fine_tuning.epochs=1", "options.replay.max_share=0",
+              "fine_tuning.early_stopping.enabled=false"]
+    assert _update(base_model, new_texts[:30], tmp_path / "a.jsonl", *common)["status"] == "accepted"
+    capped_model = tmp_path / "capped"
+    shutil.copytree(base_model, capped_model)
+    uniform = _update(base_model, new_texts[30:60], tmp_path / "b.jsonl", *common, "options.replay.base_share=null")
+    capped = _update(capped_model, new_texts[30:60], tmp_path / "c.jsonl", *common, "options.replay.base_share=0.3")
+    assert uniform["counts"]["replay_base_percent"] > 60  # the base's size: most of the history
+    assert capped["counts"]["replay_base_percent"] <= 45  # 30%, give or take whole items
+    assert capped["counts"]["replay_tokens"] >= 0.9 * uniform["counts"]["replay_tokens"]  # the same amount
+    # A consolidation rehearses uniformly (no cap): the old domain is what it pulls back.
+    again = _update(capped_model, [t + " (again)" for t in new_texts[:20]], tmp_path / "d.jsonl", *common, "options.replay.base_share=0.3",
+                    "options.replay.consolidate=true")
+    assert again["counts"]["replay_base_percent"] > 60
 
 
 def _drift(model: Path, version: str) -> float:

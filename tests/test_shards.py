@@ -123,6 +123,22 @@ def test_replay_draws_from_three_earlier_versions_shards(base_model, new_texts, 
     assert 200 <= sum(some.lengths().tolist()) < 200 + 32 * 8
     again = history.draw(200, 32, 1, torch.Generator().manual_seed(0))
     assert again.places == some.places  # reproducible from the seed
+    # Capped (options.replay.base_share): the full training's shard gives at most that share of the
+    # tokens, the updates' the rest; uniform, the base's part follows its size (~87% here).
+    def base_part(drawn) -> float:
+        lengths = drawn.lengths().tolist()
+        return sum(n for n, v in zip(lengths, drawn.versions()) if v == "0001") / sum(lengths)
+
+    uniform = history.draw(4000, 32, 1, torch.Generator().manual_seed(0))
+    assert base_part(uniform) > 0.6
+    for share in (0.2, 0.5):
+        part = base_part(history.draw(4000, 32, 1, torch.Generator().manual_seed(0), "0001", share))
+        assert abs(part - share) < 0.15, (share, part)
+    above = history.draw(4000, 32, 1, torch.Generator().manual_seed(0), "0001", 0.95)
+    assert above.places == uniform.places  # a cap above the base's part changes nothing
+    updates_tokens = sum(int(s.lengths.clip(min=1).sum()) - len(s) for v, s in history.shards if v != "0001")
+    none_left = history.draw(updates_tokens * 3, 32, 1, torch.Generator().manual_seed(0), "0001", 0.0)
+    assert 0 < base_part(none_left) < 1  # the updates ran out: the base fills the rest
     # An update with replay draws from all of them.
     report = _update(base_model, new_texts[40:60], tmp_path / "c.jsonl")
     assert report["version"] == "0004" and report["counts"]["replay_tokens"] > 0

@@ -368,10 +368,33 @@ class History:
     def items(self) -> int:
         return sum(len(s) for _, s in self.shards)
 
-    def draw(self, tokens: float, max_len: int, pad_id: int, generator: torch.Generator) -> "DrawnRows":
-        """Past items in a seeded random order, over the whole history, until their rows hold
-        ``tokens`` target tokens (or every item is drawn): each drawn item with all its rows."""
-        sizes = np.array([len(s) for _, s in self.shards], dtype=np.int64)
+    def draw(self, tokens: float, max_len: int, pad_id: int, generator: torch.Generator,
+             base: str | None = None, base_share: float | None = None) -> "DrawnRows":
+        """Past items in a seeded random order until their rows hold ``tokens`` target tokens (or
+        every item is drawn): each drawn item with all its rows.
+
+        Uniform over the whole history's items by default: each version's part of the tokens is its
+        part of the history's. With ``base_share``, version ``base``'s shard (the lineage's full
+        training: the old domain) gives at most that share of the tokens and the other versions'
+        (the updates since) the rest; a side with too few items leaves its part to the other."""
+        everything = list(range(len(self.shards)))
+        base_shards = [s for s in everything if self.shards[s][0] == base]
+        updates = [s for s in everything if s not in base_shards]
+        if base_share is None or not base_shards or not updates or self._part(base_shards) <= base_share:
+            return DrawnRows(self, self._draw(everything, tokens, generator), max_len, pad_id)
+        picked = self._draw(updates, tokens * (1 - base_share), generator)
+        got = sum(len(self.shards[s][1].ids(i)) - 1 for s, i in picked)
+        return DrawnRows(self, picked + self._draw(base_shards, tokens - got, generator), max_len, pad_id)
+
+    def _part(self, which: list[int]) -> float:
+        """The share of the history's tokens held by the shards ``which``."""
+        sizes = [int(shard.lengths.sum()) for _, shard in self.shards]
+        return sum(sizes[s] for s in which) / max(sum(sizes), 1)
+
+    def _draw(self, which: list[int], tokens: float, generator: torch.Generator) -> list[tuple[int, int]]:
+        """(shard, item) pairs from the shards ``which``, uniform over their items in a seeded random
+        order, until their targets reach ``tokens`` (or every item is drawn)."""
+        sizes = np.array([len(self.shards[s][1]) for s in which], dtype=np.int64)
         total = int(sizes.sum())
         bounds = np.cumsum(sizes)
         picked: list[tuple[int, int]] = []
@@ -385,13 +408,13 @@ class History:
                 continue
             seen.add(k)
             drawn += 1
-            s = int(np.searchsorted(bounds, k, side="right"))
-            i = k - (int(bounds[s - 1]) if s else 0)
-            n = len(self.shards[s][1].ids(i))
+            j = int(np.searchsorted(bounds, k, side="right"))
+            i = k - (int(bounds[j - 1]) if j else 0)
+            n = len(self.shards[which[j]][1].ids(i))
             if n >= 2:
-                picked.append((s, i))
+                picked.append((which[j], i))
                 got += n - 1
-        return DrawnRows(self, picked, max_len, pad_id)
+        return picked
 
 
 class DrawnRows(torch.utils.data.Dataset):
