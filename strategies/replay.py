@@ -179,15 +179,11 @@ class Replay(Strategy):
         store = base.reader.store
         return store.lineage_root(store.chain(base.version))
 
-    @staticmethod
-    def base_tokens(run) -> int | None:
+    @classmethod
+    def base_tokens(cls, run) -> int | None:
         """Tokens of the lineage's full training (its first version), or None: not known."""
-        base = getattr(run, "base", None)
-        if base is None or getattr(base, "reader", None) is None:
-            return None
-        store = base.reader.store
-        root = store.lineage_root(store.chain(base.version))
-        return store.summary(root)["counts"].get("tokens") if root is not None else None
+        root = cls.lineage_root(run)
+        return run.base.reader.store.summary(root)["counts"].get("tokens") if root is not None else None
 
     @staticmethod
     def history(run):
