@@ -305,7 +305,7 @@ class HistoryReplay(TokenShareReplay):
                  base_share: float | None = None):
         super().__init__(storage, share, on_replayed, cap, on_capped)
         self.history, self.width, self.pad_id = history, width, pad_id
-        self.base, self.base_share = base, base_share  # stratified: this share from the full training's shard
+        self.base, self.base_share = base, base_share  # a cap: at most this share from the full training's shard
         self.drawn = None  # the past rows this run drew (``DrawnRows``)
 
     def before_training_exp(self, strategy, **kwargs):

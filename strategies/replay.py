@@ -162,6 +162,7 @@ class Replay(Strategy):
         self.share = steered_share(self.options, start_drift(run))
         # A consolidation pulls the old domain back: no cap on its part of the replay.
         self.base_share = None if self.options.consolidate else self.options.base_share
+        self.plugin = None
         cap = replay_budget(self.options, self.base_tokens(run), run.config.full_training.epochs)
         history = self.history(run)
         if history is not None and history.items:  # the chain's token shards: the whole history
