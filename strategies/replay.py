@@ -131,7 +131,6 @@ class Replay(Strategy):
         self.replayed: int | None = None  # tokens replayed by this run's training (None: it replayed nothing)
         self.share: float | None = None     # the share this run replayed (steered), once it trains
         self.capped = False                 # the work budget (``horizon``) lowered the steered share
-        self.base_share: float | None = None  # the most of the replayed tokens from the full training's items
         self.plugin = None                    # the run's HistoryReplay, where it replays from the shards
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -160,47 +159,43 @@ class Replay(Strategy):
             self.share, self.capped = share, True
 
         self.share = steered_share(self.options, start_drift(run))
-        # A consolidation pulls the old domain back: no cap on its part of the replay.
-        self.base_share = None if self.options.consolidate else self.options.base_share
         self.plugin = None
-        cap = replay_budget(self.options, self.base_tokens(run), run.config.full_training.epochs)
-        history = self.history(run)
+        lineage = self.lineage(run)
+        root, root_tokens = lineage[1:] if lineage is not None else (None, None)
+        cap = replay_budget(self.options, root_tokens, run.config.full_training.epochs)
+        history = self.history(run, lineage)
         if history is not None and history.items:  # the chain's token shards: the whole history
+            # A consolidation pulls the old domain back: no cap on its part of the replay.
+            base_share = None if self.options.consolidate else self.options.base_share
             self.plugin = HistoryReplay(self.storage, self.share, replayed, history, width, pad_id, cap, shared,
-                                        base=self.lineage_root(run), base_share=self.base_share)
+                                        base=root, base_share=base_share)
             return [self.plugin]
         return [TokenShareReplay(self.storage, self.share, replayed, cap, shared)]
 
     @staticmethod
-    def lineage_root(run) -> str | None:
-        """The version of the lineage's full training (or import): where the old domain's items are."""
+    def lineage(run) -> tuple | None:
+        """(store, the version of the lineage's full training or import, its tokens), read once per
+        update; None: a full training (no parent). The root is where the old domain's items are."""
         base = getattr(run, "base", None)
         if base is None or getattr(base, "reader", None) is None:
             return None
         store = base.reader.store
-        return store.lineage_root(store.chain(base.version))
+        root = store.lineage_root(store.chain(base.version))
+        return store, root, (store.summary(root)["counts"].get("tokens") if root is not None else None)
 
     @classmethod
-    def base_tokens(cls, run) -> int | None:
-        """Tokens of the lineage's full training (its first version), or None: not known."""
-        root = cls.lineage_root(run)
-        return run.base.reader.store.summary(root)["counts"].get("tokens") if root is not None else None
-
-    @staticmethod
-    def history(run):
+    def history(cls, run, lineage: tuple | None = None):
         """The shards of the parent's chain (``core/data/shards.py``), or None: a full training, or a
         lineage whose full training (or import) was saved before versions kept shards: its shards
         would hold only the latest updates, and the reservoir's texts reach back to the base."""
         from retain.core.data.shards import History
 
-        base = getattr(run, "base", None)
-        if base is None or getattr(base, "reader", None) is None:
+        lineage = lineage or cls.lineage(run)
+        if lineage is None:
             return None
-        store = base.reader.store
-        history = History.of(store, base.version)
-        root = store.lineage_root(store.chain(base.version))
-        base_data = root is not None and store.summary(root)["counts"].get("tokens", 0) > 0
-        covered = not base_data or root in {version for version, _ in history.shards}
+        store, root, root_tokens = lineage
+        history = History.of(store, run.base.version)
+        covered = not (root_tokens or 0) > 0 or root in {version for version, _ in history.shards}
         return history if covered else None
 
     def counts(self) -> dict[str, int]:

@@ -375,8 +375,8 @@ class History:
 
         Uniform over the whole history's items by default: each version's part of the tokens is its
         part of the history's. With ``base_share``, version ``base``'s shard (the lineage's full
-        training: the old domain) gives at most that share of the tokens and the other versions'
-        (the updates since) the rest; a side with too few items leaves its part to the other."""
+        training: the old domain) gives at most that share of the tokens: the other versions' (the
+        updates since) are drawn first for the rest, and the base's items fill what they leave."""
         everything = list(range(len(self.shards)))
         base_shards = [s for s in everything if self.shards[s][0] == base]
         updates = [s for s in everything if s not in base_shards]
