@@ -64,14 +64,16 @@ class ParentAveraging(SupervisedPlugin):
     (``tied_weight`` instead of ``weight`` for a tensor tied under several names).
 
     With ``branch`` (the unaveraged weights the parent's update trained, ``average``'s
-    ``branch`` option), training begins from those instead, and the parent is still the
-    served weights: the candidate is ``parent + weight * (branch' - parent)``, where
-    ``branch'`` trained on from ``branch``. ``trained`` keeps the weights before averaging
-    (the next branch)."""
+    ``branch`` option), training begins from ``parent + branch_share * (branch - parent)``
+    instead (the whole branch at 1), and the parent is still the served weights: the
+    candidate is ``parent + weight * (branch' - parent)``, where ``branch'`` trained on
+    from there. ``trained`` keeps the weights before averaging (the next branch)."""
 
-    def __init__(self, weight: float, branch: Tensors | None = None, tied_weight: float | None = None):
+    def __init__(self, weight: float, branch: Tensors | None = None, tied_weight: float | None = None,
+                 branch_share: float = 1.0):
         super().__init__()
         self.weight = weight
+        self.branch_share = branch_share  # training begins at parent + branch_share x (branch - parent)
         # the share kept of a tensor tied under several names (None: ``weight``)
         self.tied_share = weight if tied_weight is None else tied_weight
         self.branch = branch
@@ -85,7 +87,8 @@ class ParentAveraging(SupervisedPlugin):
         if self.branch:
             with torch.no_grad():
                 for name, value in self.branch.items():
-                    state[name].copy_(value.to(device=state[name].device, dtype=state[name].dtype))
+                    start = self.parent[name]
+                    state[name].copy_(start + self.branch_share * (value.to(start.device, start.dtype) - start))
 
     def after_training(self, strategy, **kw):
         with torch.no_grad():

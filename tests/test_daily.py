@@ -182,6 +182,28 @@ def test_with_a_branch_training_starts_from_it_and_the_served_weights_are_the_av
         assert torch.allclose(value, served[name] + 3.0)  # served: half-way from the parent to it
 
 
+def test_the_drift_pulls_where_training_starts_from_the_branch_back_to_the_served_weights():
+    from retain.strategies.adapters import ParentAveraging
+    from retain.strategies.average import AverageOptions, steered_branch
+
+    steered = AverageOptions(weight=0.35, max_weight=0.6, steer_at=0.02)
+    assert [steered_branch(steered, d) for d in (None, -0.01, 0.0, 0.01, 0.02, 0.05)] == \
+        pytest.approx([1.0, 1.0, 1.0, 0.5, 0.0, 0.0])  # the whole branch at no drift, the served from +2%
+    assert steered_branch(AverageOptions(weight=0.5, max_weight=0), 0.05) == 1.0  # no steering: the branch
+
+    model = torch.nn.Linear(3, 2)
+    served = {k: v.clone() for k, v in model.state_dict().items()}
+    branch = {k: v + 2.0 for k, v in served.items()}
+    fake = type("Template", (), {"model": model})()
+    averaging = ParentAveraging(0.5, branch, branch_share=0.25)
+    averaging.before_training(fake)
+    for name, value in model.state_dict().items():  # a quarter of the way from the served weights
+        assert torch.allclose(value, served[name] + 0.5)
+    averaging.after_training(fake)
+    for name, value in model.state_dict().items():  # the parent is still the served weights
+        assert torch.allclose(value, served[name] + 0.25)
+
+
 def _weights(model: Path, version: str) -> dict:
     return VersionFiles(ModelStore(model), version).tensors("model.safetensors")
 
@@ -221,10 +243,30 @@ def test_the_branch_is_kept_with_the_version_and_the_next_update_trains_on_from_
     # An update without the branch changes the served weights and keeps none: the next one finds the
     # first branch back in the chain, not beside these served weights, and trains from the served ones.
     plain = _update(base_model, new_texts[40:50], tmp_path / "d3.jsonl", GATE_OFF,
-                    "fine_tuning.strategy=[rewarm,average]", "fine_tuning.epochs=1")
+                    "fine_tuning.strategy=[rewarm,average]", "options.average.branch=false", "fine_tuning.epochs=1")
     assert plain["status"] == "accepted" and "average_from_branch" not in plain["counts"]
     third = _update(base_model, new_texts[50:60], tmp_path / "d4.jsonl", GATE_OFF, *branch)
     assert third["status"] == "accepted" and third["counts"]["average_from_branch"] == 0
+
+
+def test_after_a_rejected_update_the_next_one_trains_from_the_served_weights_not_the_branch(base_model, new_texts,
+                                                                                           tmp_path):
+    branch = ["fine_tuning.strategy=[rewarm,average]", "options.average.branch=true", "fine_tuning.epochs=1",
+              "fine_tuning.early_stopping.enabled=false"]
+    first = _update(base_model, new_texts[:15], tmp_path / "d1.jsonl", GATE_OFF, *branch)
+    assert first["status"] == "accepted" and _branch(base_model, first["version"])
+    # A day the gate rejects (it must learn 1000%): it trained on from the branch, as the day after an
+    # accepted one does.
+    rejected = _update(base_model, new_texts[15:30], tmp_path / "d2.jsonl", "validators=[finite,learning]",
+                       "options.learning.min_drop=10", *branch)
+    assert rejected["status"] == "rejected" and rejected["counts"]["average_from_branch"] == 1
+    # The next day starts from the served weights: the branch led the rejected candidate astray.
+    after = _update(base_model, new_texts[30:45], tmp_path / "d3.jsonl", GATE_OFF, *branch)
+    assert after["status"] == "accepted" and after["parent"] == first["version"]
+    assert after["counts"]["average_from_branch"] == 0
+    # And the day after an accepted one trains on from its branch again.
+    again = _update(base_model, new_texts[45:60], tmp_path / "d4.jsonl", GATE_OFF, *branch)
+    assert again["counts"]["average_from_branch"] == 1
 
 
 def test_the_work_budget_caps_what_an_update_replays_by_the_base_and_the_horizon(base_model, new_texts, tmp_path):
