@@ -93,12 +93,17 @@ class ParentAveraging(SupervisedPlugin):
     def after_training(self, strategy, **kw):
         with torch.no_grad():
             state = strategy.model.state_dict()
-            self.trained = {k: state[k].detach().to("cpu", copy=True) for k in self.parent}
             # Tied weights (the GPT's head and token embedding) share one storage, listed under each name:
-            # averaged once, with ``tied_weight``.
+            # kept once in the branch (the first name; copying it back fills both) and averaged once,
+            # with ``tied_weight``.
             names: dict[int, int] = {}
             for value in state.values():
                 names[value.data_ptr()] = names.get(value.data_ptr(), 0) + 1
+            self.trained, kept = {}, set()
+            for k in self.parent:
+                if state[k].data_ptr() not in kept:
+                    kept.add(state[k].data_ptr())
+                    self.trained[k] = state[k].detach().to("cpu", copy=True)
             seen = set()
             for name, value in state.items():
                 start = self.parent.get(name)

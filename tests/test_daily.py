@@ -154,6 +154,27 @@ def test_auto_undoes_the_averaging_of_tied_weights_exactly(tied_weight):
         assert torch.allclose(value, trained[name]), name
 
 
+def test_the_branch_keeps_a_tied_tensor_once_and_the_next_update_starts_from_it_under_both_names():
+    from retain.strategies.adapters import ParentAveraging
+
+    model = torch.nn.Sequential(torch.nn.Embedding(5, 3), torch.nn.Linear(3, 5), torch.nn.Linear(5, 2))
+    model[1].weight = model[0].weight
+    fake = type("Template", (), {"model": model})()
+    averaging = ParentAveraging(0.5)
+    averaging.before_training(fake)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(4.0)
+    averaging.after_training(fake)
+    branch = averaging.trained
+    assert set(branch) == {"0.weight", "1.bias", "2.weight", "2.bias"}  # "1.weight" is "0.weight"'s storage
+    served = {k: v.clone() for k, v in model.state_dict().items()}
+    ParentAveraging(0.5, branch).before_training(fake)
+    now = model.state_dict()
+    for name in ("0.weight", "1.weight"):
+        assert torch.equal(now[name], branch["0.weight"]) and not torch.equal(now[name], served[name])
+
+
 def test_the_default_keeps_a_quarter_of_the_tied_step_as_measured():
     from retain.strategies.average import AverageOptions
 
