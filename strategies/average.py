@@ -33,8 +33,9 @@ trains from the served weights too: the branch led that candidate astray. Measur
 retrain on the two Shakespeare pairs (8.1% and 3.8% without), at the same old-domain
 drift; it costs one more set of weights per version on disk (``prune.keep_last``
 bounds it). The branch is used only beside the served weights it was saved with (a
-digest of them is kept with it): after a rollback, an update without ``average`` or an
-import, the update trains from the served weights, as without the option.
+digest of them is kept with it): after an update without ``average``, or from an import
+or a full training (they keep none), the update trains from the served weights, as without
+the option; after a rollback, from the branch of the version rolled back to.
 
 Tied weights (the GPT's token embedding and its output head are one tensor under two
 names) keep ``tied_weight`` of their step; 0, the default, keeps the steered weight
