@@ -137,8 +137,23 @@ def test_early_stopping_stops_when_a_threshold_is_crossed_and_prefers_accepted_e
     assert "did not improve for 1 epoch after epoch 1" in quiet.stopped and quiet.best.epoch == 2
 
 
+class SteadyClock:
+    """Test-only: training's clock, 0.05 s further at every read (a step takes 0.05 s, always), so
+    what fits in a time limit does not depend on how busy the machine is."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        self.now += 0.05
+        return self.now
+
+
 def test_a_time_limit_stops_training_with_its_decay_landed_and_keeps_a_judged_epoch(base_model, new_texts,
-                                                                                    tmp_path):
+                                                                                    tmp_path, monkeypatch):
+    from retain.core.learning import training
+
+    monkeypatch.setattr(training, "time", SteadyClock())
     probes = Probes()
     report = _update(base_model, new_texts[:40], tmp_path, "fine_tuning.strategy=rewarm,replay,lrprobe",
                      "fine_tuning.epochs=50", "fine_tuning.max_seconds=4", "validators=[finite]",
