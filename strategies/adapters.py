@@ -99,16 +99,12 @@ class ParentAveraging(SupervisedPlugin):
             names: dict[int, int] = {}
             for value in state.values():
                 names[value.data_ptr()] = names.get(value.data_ptr(), 0) + 1
-            self.trained, kept = {}, set()
-            for k in self.parent:
-                if state[k].data_ptr() not in kept:
-                    kept.add(state[k].data_ptr())
-                    self.trained[k] = state[k].detach().to("cpu", copy=True)
-            seen = set()
+            self.trained, seen = {}, set()
             for name, value in state.items():
                 start = self.parent.get(name)
                 if start is not None and value.data_ptr() not in seen:
                     seen.add(value.data_ptr())
+                    self.trained[name] = value.detach().to("cpu", copy=True)
                     weight = self.weight if names[value.data_ptr()] == 1 else self.tied_share
                     value.copy_(start.to(value.device) + weight * (value - start.to(value.device)))
             self.served = fingerprint(state)
