@@ -95,18 +95,23 @@ def test_the_averaging_weight_falls_with_the_drift_when_steered():
     assert steered_weight(default, 0.0) == 0.6 and steered_weight(default, 0.02) == 0.35
 
 
-def test_weight_averaging_keeps_the_asked_share_of_the_step():
-    from retain.strategies.adapters import ParentAveraging
-
-    model = torch.nn.Linear(3, 2)
-    start = {k: v.clone() for k, v in model.state_dict().items()}
+def _stepped_by_four(model, averaging):
+    """Train ``model`` under ``averaging`` (a ``ParentAveraging``): +4 on every weight; the template."""
     fake = type("Template", (), {"model": model})()
-    averaging = ParentAveraging(0.25)
     averaging.before_training(fake)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(4.0)
     averaging.after_training(fake)
+    return fake
+
+
+def test_weight_averaging_keeps_the_asked_share_of_the_step():
+    from retain.strategies.adapters import ParentAveraging
+
+    model = torch.nn.Linear(3, 2)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    _stepped_by_four(model, ParentAveraging(0.25))
     for name, value in model.state_dict().items():
         assert torch.allclose(value, start[name] + 1.0)  # a quarter of the +4 step
 
@@ -159,13 +164,8 @@ def test_the_branch_keeps_a_tied_tensor_once_and_the_next_update_starts_from_it_
 
     model = torch.nn.Sequential(torch.nn.Embedding(5, 3), torch.nn.Linear(3, 5), torch.nn.Linear(5, 2))
     model[1].weight = model[0].weight
-    fake = type("Template", (), {"model": model})()
     averaging = ParentAveraging(0.5)
-    averaging.before_training(fake)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(4.0)
-    averaging.after_training(fake)
+    fake = _stepped_by_four(model, averaging)
     branch = averaging.trained
     assert set(branch) == {"0.weight", "1.bias", "2.weight", "2.bias"}  # "1.weight" is "0.weight"'s storage
     served = {k: v.clone() for k, v in model.state_dict().items()}
