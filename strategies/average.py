@@ -91,8 +91,7 @@ class Average(Strategy):
         self.branch: dict | None = None   # the parent's branch, as loaded: weights by name
         self.served: str | None = None    # the digest of the served weights it was saved beside
         self.plugin = None
-        self.used_branch = False          # this run trained on from the parent's branch
-        self.branch_share = 0.0           # how far toward it training started (1: the whole branch)
+        self.branch_share = 0.0           # how far toward the parent's branch training started (0: not at all)
 
     def load_state_dict(self, state) -> None:
         prefix = "branch."
@@ -104,21 +103,20 @@ class Average(Strategy):
 
         from retain.strategies.replay import start_drift
 
-        self.plugin, self.used_branch, self.branch_share = None, False, 0.0
+        self.plugin, self.branch_share = None, 0.0
         if run.new_lineage:  # a full training has no parent to average with
             return []
         drift = start_drift(run)
         weight = steered_weight(self.options, drift)
         if weight >= 1 and not self.options.branch:
             return []
-        branch = None
         if self.options.branch and self.branch and self.served is not None and not self.after_rejection(run):
             state = run.model.state_dict()
             fits = all(k in state and tuple(state[k].shape) == tuple(v.shape) for k, v in self.branch.items())
             if fits and fingerprint(state) == self.served:
-                branch, self.used_branch = self.branch, True
+                self.branch_share = steered_branch(self.options, drift)
         tied = self.options.tied_weight or weight * weight
-        self.branch_share = steered_branch(self.options, drift) if branch is not None else 0.0
+        branch = self.branch if self.branch_share > 0 else None
         self.plugin = ParentAveraging(weight, branch, tied, self.branch_share)
         return [self.plugin]
 
@@ -136,7 +134,8 @@ class Average(Strategy):
     def counts(self) -> dict[str, int]:
         if not (self.options.branch and self.plugin):
             return {}
-        return {"average_from_branch": int(self.used_branch), "average_branch_percent": round(100 * self.branch_share)}
+        return {"average_from_branch": int(self.branch_share > 0),
+                "average_branch_percent": round(100 * self.branch_share)}
 
     def state_dict(self) -> dict:
         """With ``branch``: the weights before averaging and the served weights' digest."""
