@@ -110,11 +110,13 @@ class Average(Strategy):
         weight = steered_weight(self.options, drift)
         if weight >= 1 and not self.options.branch:
             return []
-        if self.options.branch and self.branch and self.served is not None and not self.after_rejection(run):
+        share = steered_branch(self.options, drift) if self.options.branch and self.branch else 0.0
+        if share > 0 and self.served is not None and not self.after_rejection(run):
+            # Only beside the served weights it was saved with (hashing them is the costly check: last).
             state = run.model.state_dict()
             fits = all(k in state and tuple(state[k].shape) == tuple(v.shape) for k, v in self.branch.items())
             if fits and fingerprint(state) == self.served:
-                self.branch_share = steered_branch(self.options, drift)
+                self.branch_share = share
         tied = self.options.tied_weight or weight * weight
         branch = self.branch if self.branch_share > 0 else None
         self.plugin = ParentAveraging(weight, branch, tied, self.branch_share)
