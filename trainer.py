@@ -149,7 +149,7 @@ class ModelTrainer:
         as it is on disk (training changed the loaded model's weights in place)."""
         if self.pending is None or self.loaded is None or self.path is None:
             raise ModelError("nothing to discard: fine_tune() has not produced a new model")
-        getattr(self.pending.rows, "release", lambda: None)()  # its token shard's scratch folder
+        cycle.release_scratch(self.pending)  # its token shard's scratch folder
         self.pending, self.pending_engine = None, None
         self.loaded = load_version(ModelStore(self.path), self.loaded.version, registry=self.engine.registry)
         return self

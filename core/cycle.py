@@ -426,18 +426,27 @@ def candidate(setup: Setup, kind: str, data: list[str], store: ModelStore, base:
     return run
 
 
+def release_scratch(run: Run) -> None:
+    """The run's token shard scratch folder (``core/data/shards.py``) removed now, at the end of
+    a run. A saved run's shard has moved into its version (nothing is left to remove); a run
+    that saves nothing (a check, an ``--auto`` trial, a rank that does not write) would leave
+    its folder to a finalizer, which never runs in a pool's process (it ends with ``os._exit``):
+    one ``retain-shards-*`` folder in the system temp folder per trial, after every search."""
+    release = getattr(run.rows, "release", None)
+    if release is not None:
+        release()
+
+
 @contextlib.contextmanager
 def scratch_removed_on_failure(run: Run) -> Iterator[None]:
     """A run that fails before its version holds its token shard removes the shard's scratch
-    folder at once (``core/data/shards.py``): the exception's traceback keeps the run alive, so its
-    finalizer would run only later, and a failed run must leave the model directory as it was.
-    Its item spool goes too (``core/data/spool.py``: a temp file past its memory part)."""
+    folder at once: the exception's traceback keeps the run alive, so its finalizer would run
+    only later, and a failed run must leave the model directory as it was. Its item spool goes
+    too (``core/data/spool.py``: a temp file past its memory part)."""
     try:
         yield
     except BaseException:
-        release = getattr(run.rows, "release", None)
-        if release is not None:
-            release()
+        release_scratch(run)
         ingesting.close_spool(run.items)
         raise
 

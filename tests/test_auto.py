@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -304,9 +306,15 @@ def test_the_dry_runs_trial_count_follows_the_searchs_own_rules():
     assert trials_that_fit([(50.0, 2)], (1.0, 2), budget=2.0, max_trials=12) == 1  # the first always starts
 
 
+def _scratch_folders(pid: int) -> set[str]:
+    """The token shard scratch folders of process ``pid`` in the system temp folder."""
+    return {p.name for p in Path(tempfile.gettempdir()).glob(f"retain-shards-{pid}-*")}
+
+
 def test_auto_check_searches_and_writes_nothing(base_model, new_texts, tmp_path):
     # It crashed after the search (KeyError: 'train' in the renderer), exit 1.
     before = _files(base_model)
+    ours_before = _scratch_folders(os.getpid())
     data = write_jsonl(tmp_path / "new.jsonl", new_texts[:20])
     sets = [f"--set={o}" for o in [*TINY, "fine_tuning.strategy=rewarm,replay", "tune.max_trials=1"]]
     result = CliRunner().invoke(app, ["update", "--model", str(base_model), "--data", str(data), "--auto",
@@ -322,6 +330,10 @@ def test_auto_check_searches_and_writes_nothing(base_model, new_texts, tmp_path)
     assert report["gate"] == gate and result.exit_code == (0 if gate == "accepted" else 10)
     assert "skipped (--check)" in result.stderr and "trial 0: rewarm+replay" in result.stderr
     assert _files(base_model) == before
+    # Nor anywhere else: the check's token shard and its trial's (a pool process, which ends with
+    # os._exit: no finalizer) are gone from the system temp folder; one was left per trial.
+    assert _scratch_folders(os.getpid()) == ours_before
+    assert _scratch_folders(report["search"]["trials"][0]["pid"]) == set()
 
 
 def test_the_dry_run_shows_the_unaveraged_trial_as_free(base_model, new_texts, tmp_path):

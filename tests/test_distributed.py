@@ -89,7 +89,8 @@ def test_a_rank_killed_mid_update_commits_nothing_and_frees_the_lock(_base_model
     before = (model / "CURRENT").read_text()
 
     done = _retain(["update", "--data", str(new_data), "--model", str(model), "--nproc", "2", *_sets(UPDATE)],
-                   env={"RETAIN_FAULT_AT": "train-step", "RETAIN_FAULT_RANK": killed})  # that rank SIGKILLed
+                   env={"RETAIN_FAULT_AT": "train-step", "RETAIN_FAULT_RANK": killed,  # that rank SIGKILLed
+                        "TMPDIR": str(tmp_path)})  # rank 1's scratch folder, which a kill leaves, stays here
     assert done.returncode != 0
     assert "SIGKILL" in done.stderr  # the rank died as planned, not of something else
     assert "nothing was committed" in done.stderr

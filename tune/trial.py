@@ -65,16 +65,19 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     run.timings["evaluate_before"] = spec["evaluate_seconds"]  # the parent's: the same texts were scored
     run.precision_choice = spec.get("precision")  # ... in the search's precision, not measured again here
     parent = _weights(run.base.lm.module) if spec.get("unaveraged") else None
-    with cycle.strategies_registered(setup, run):
-        judged = cycle.train_and_judge(setup, run, store)
-        result = _result(run, judged, spec, spec["recipe"], save_candidate(run, spec["scratch"]), started)
-        if parent is not None and (weights := _averaging_weight(run)) is not None:
-            again = time.perf_counter()
-            _undo_averaging(run.lm.module, parent, *weights)
-            run.after = None  # the averaged candidate's scores: these weights are scored anew
-            judged = cycle.gate(setup, run, store)
-            result["unaveraged"] = _result(run, judged, spec, spec["unaveraged"],
-                                           save_candidate(run, spec["scratch"] + "-unaveraged"), again)
+    try:
+        with cycle.strategies_registered(setup, run):
+            judged = cycle.train_and_judge(setup, run, store)
+            result = _result(run, judged, spec, spec["recipe"], save_candidate(run, spec["scratch"]), started)
+            if parent is not None and (weights := _averaging_weight(run)) is not None:
+                again = time.perf_counter()
+                _undo_averaging(run.lm.module, parent, *weights)
+                run.after = None  # the averaged candidate's scores: these weights are scored anew
+                judged = cycle.gate(setup, run, store)
+                result["unaveraged"] = _result(run, judged, spec, spec["unaveraged"],
+                                               save_candidate(run, spec["scratch"] + "-unaveraged"), again)
+    finally:  # the trial's token shard goes into no version, and its process ends with os._exit
+        cycle.release_scratch(run)
     return result
 
 

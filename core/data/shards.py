@@ -296,7 +296,7 @@ def scratch_folder(model_dir: Path, writes: bool, run_id: str) -> Path:
     if writes and os.access(Path(model_dir) if Path(model_dir).exists() else Path(model_dir).parent, os.W_OK):
         versions.mkdir(parents=True, exist_ok=True)
         return versions / f"{SCRATCH}{os.getpid()}-{run_id}-{uuid.uuid4().hex[:6]}"
-    return Path(tempfile.mkdtemp(prefix="retain-shards-"))
+    return Path(tempfile.mkdtemp(prefix=f"retain-shards-{os.getpid()}-"))  # whose it is, by its name
 
 
 def scratch_owner(name: str) -> int | None:
