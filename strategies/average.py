@@ -81,6 +81,14 @@ def steered_branch(options: AverageOptions, drift: float | None) -> float:
     return 1 - min(max(drift / options.steer_at, 0.0), 1.0)
 
 
+def too_little_learning(verdict: dict) -> bool:
+    """A failed verdict that says only that the update learned too little: ``learning``, its own
+    held-out items' loss did not fall by ``min_drop`` (one whose own items did fall failed for
+    making the earlier days' worse: forgetting)."""
+    numbers = verdict.get("numbers", {})
+    return verdict.get("validator") == "learning" and numbers.get("relative_drop", 0.0) < numbers.get("min_drop", 0.0)
+
+
 class Average(Strategy):
     """Weight averaging: the candidate is parent + weight x (trained - parent)."""
 
@@ -124,14 +132,20 @@ class Average(Strategy):
 
     @staticmethod
     def after_rejection(run) -> bool:
-        """The last update from this parent was rejected: the branch it trained on from led it astray."""
+        """The last update from this parent was rejected for what it did to the model (it forgot,
+        drifted, degenerated): the branch it trained on from led it astray. Not when it only learned
+        too little: starting further back from the branch would learn less still (a month of code
+        days lost four in a row so)."""
         base = getattr(run, "base", None)
         if base is None or getattr(base, "reader", None) is None:
             return False
         store = base.reader.store
         versions = store.versions()
         newest = store.summary(versions[-1]) if versions else None
-        return newest is not None and newest["status"] == "rejected" and newest["parent"] == base.version
+        if newest is None or newest["status"] != "rejected" or newest["parent"] != base.version:
+            return False
+        failed = [v for v in store.manifest(versions[-1]).get("verdicts", []) if v.get("status") == "fail"]
+        return not failed or any(not too_little_learning(v) for v in failed)
 
     def counts(self) -> dict[str, int]:
         if not (self.options.branch and self.plugin):

@@ -19,6 +19,7 @@ from retain.core.engine import Engine
 from retain.core.errors import UpdateRejected
 from retain.core.storage.store import ModelStore, VersionFiles
 from retain.core.learning.strategy import read_state
+from retain.demo import docstring_paragraphs
 from retain.strategies.replay import ReplayOptions, consolidation_overrides, steered_share
 
 from conftest import TINY, write_jsonl
@@ -276,10 +277,10 @@ def test_after_a_rejected_update_the_next_one_trains_from_the_served_weights_not
               "fine_tuning.early_stopping.enabled=false"]
     first = _update(base_model, new_texts[:15], tmp_path / "d1.jsonl", GATE_OFF, *branch)
     assert first["status"] == "accepted" and _branch(base_model, first["version"])
-    # A day the gate rejects (it must learn 1000%): it trained on from the branch, as the day after an
-    # accepted one does.
-    rejected = _update(base_model, new_texts[15:30], tmp_path / "d2.jsonl", "validators=[finite,learning]",
-                       "options.learning.min_drop=10", *branch)
+    # A day the gate rejects for what it did to the old items (any rise fails): it trained on from
+    # the branch, as the day after an accepted one does.
+    rejected = _update(base_model, new_texts[15:30], tmp_path / "d2.jsonl", "validators=[finite,retention]",
+                       "options.retention.max_increase=-1", *branch)
     assert rejected["status"] == "rejected" and rejected["counts"]["average_from_branch"] == 1
     # The next day starts from the served weights: the branch led the rejected candidate astray.
     after = _update(base_model, new_texts[30:45], tmp_path / "d3.jsonl", GATE_OFF, *branch)
@@ -288,6 +289,26 @@ def test_after_a_rejected_update_the_next_one_trains_from_the_served_weights_not
     # And the day after an accepted one trains on from its branch again.
     again = _update(base_model, new_texts[45:60], tmp_path / "d4.jsonl", GATE_OFF, *branch)
     assert again["counts"]["average_from_branch"] == 1
+    # A day rejected only for learning too little (it must learn 1000%) does not send the next one
+    # back to the served weights, which would learn less still.
+    more = docstring_paragraphs()[60:90]  # beyond new_texts
+    too_little = _update(base_model, more[:15], tmp_path / "d5.jsonl", "validators=[finite,learning]",
+                         "options.learning.min_drop=10", *branch)
+    assert too_little["status"] == "rejected" and too_little["verdicts"][-1]["validator"] == "learning"
+    next_day = _update(base_model, more[15:], tmp_path / "d6.jsonl", GATE_OFF, *branch)
+    assert next_day["parent"] == again["version"] and next_day["counts"]["average_from_branch"] == 1
+
+
+def test_only_a_day_that_learned_too_little_keeps_the_branch_after_its_rejection():
+    from retain.strategies.average import too_little_learning
+
+    def learning(own: float, pool: float | None = None) -> dict:
+        numbers = {"relative_drop": own, "min_drop": 0.001, **({"pool_relative_drop": pool} if pool is not None else {})}
+        return {"validator": "learning", "status": "fail", "numbers": numbers}
+
+    assert too_little_learning(learning(0.0)) and too_little_learning(learning(-0.01, -0.002))
+    assert not too_little_learning(learning(0.02, -0.002))  # its own items learned, the earlier days' forgotten
+    assert not too_little_learning({"validator": "retention", "status": "fail", "numbers": {"drift": 0.06}})
 
 
 def test_the_work_budget_caps_what_an_update_replays_by_the_base_and_the_horizon(base_model, new_texts, tmp_path):
