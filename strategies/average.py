@@ -59,7 +59,7 @@ from retain.core.learning.strategy import Strategy
 class AverageOptions:
     weight: Annotated[float, Field(gt=0, le=1)] = 0.35  # share of the update's step kept (1: no averaging)
     max_weight: Annotated[float, Field(ge=0, le=1)] = 0.6  # steering: the share kept at no drift (0: no steering)
-    steer_at: Annotated[float, Field(gt=0)] = 0.02       # cumulative old-domain drift that gets ``weight``
+    steer_at: Annotated[float, Field(gt=0)] = 0.0125      # cumulative old-domain drift that gets ``weight``
     branch: bool = True  # train on from the parent's unaveraged weights (its branch), serve the average
     tied_weight: Annotated[float, Field(ge=0, le=1)] = 0  # the share kept of tied weights (0: weight squared)
 

@@ -53,7 +53,7 @@ class ReplayOptions:
     share: Annotated[float, Field(ge=0, lt=1)] = 0.5     # share of each epoch's tokens replayed from past items
                                                          # (0.5: 1 old : 1 new)
     max_share: Annotated[float, Field(ge=0, lt=1)] = 0.8  # steering: the share at steer_at's drift (0: no steering)
-    steer_at: Annotated[float, Field(gt=0)] = 0.02        # cumulative old-domain drift that gets max_share
+    steer_at: Annotated[float, Field(gt=0)] = 0.0125       # cumulative old-domain drift that gets max_share
     consolidate: bool = False                             # this update consolidates (--consolidate): it replays
     consolidate_share: Annotated[float, Field(ge=0, lt=1)] = 0.8  # this share (or max_share if above)
     horizon: Annotated[float, Field(ge=0)] = 0  # work budget: updates expected before a retrain (0: no budget)
