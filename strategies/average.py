@@ -14,7 +14,7 @@ recorded it (as replay's share rises with it): ``max_weight`` at no drift,
 ``weight`` at ``steer_at`` and beyond, linear between. Days that find the old
 domain where it was keep more of their step; the averaging pulls harder as the
 drift budget is spent. The default, measured (BENCHMARKS.md "A month of daily
-updates"): 0.6 of the step at no drift, 0.35 from +2% on, beside replay that
+updates", "The fifth round"): 0.6 of the step at no drift, 0.35 from +1.25% on, beside replay that
 rehearses the earlier days (``options.replay.base_share``).
 
 A never-annealed branch (``branch: true``, the default; Hägele et al. 2024, Kleiman et al.
@@ -27,8 +27,10 @@ branch (it lags it by about ``1/weight - 1`` days). Nothing pulls a branch back 
 itself, so with steering (``max_weight`` above ``weight``) training starts part of the
 way from the served weights to the branch: all of it at no drift, none from
 ``steer_at`` on (``steered_branch``): where the old domain drifts, the update trains
-from the served weights as without the option. After a rejected update the next one
-trains from the served weights too: the branch led that candidate astray. Measured
+from the served weights as without the option. After an update rejected for what it did
+(drift, forgetting) the next one trains from the served weights too: the branch led that
+candidate astray; after one rejected only for learning too little it keeps the branch
+(``after_rejection``). Measured
 (BENCHMARKS.md, "The fourth round"): the new domain learned within 3.6% and 2.5% of a
 retrain on the two Shakespeare pairs (8.1% and 3.8% without), at the same old-domain
 drift; it costs one more set of weights per version on disk (``prune.keep_last``
