@@ -485,7 +485,15 @@ def not_saved(setup: Setup, run: Run, status: str) -> UpdateReport:
     with step(setup, run, "save") as info:
         info.update(status=status, version=None, accepted=run.accepted if status == "check" else None,
                     train=run.counts.get("trained", 0), held_out=run.counts.get("holdout", 0))
+    release_scratch(run)  # a check's token shard goes into no version
     return report
+
+
+def unsaved_rank(run: Run) -> UpdateReport:
+    """The report of a rank that does not save (rank 0 saves for all of them): its token shard,
+    in a system temp folder, goes into no version."""
+    release_scratch(run)
+    return run.report()
 
 
 # --- 8. advise --------------------------------------------------------------------------------

@@ -100,15 +100,12 @@ class Engine:
             finally:
                 if not writes:
                     store.ledger.close()
-            try:
-                if dry_run or (check and run.trained):
-                    report = cycle.not_saved(self.setup, run, "dry_run" if dry_run else "check")
-                else:
-                    report = cycle.commit(self.setup, run, store)  # nothing trained: "nothing_new"
-                if advise:
-                    report = cycle.advise(self.setup, run, store, report)
-            finally:
-                cycle.release_scratch(run)  # a check's token shard goes into no version
+            if dry_run or (check and run.trained):
+                report = cycle.not_saved(self.setup, run, "dry_run" if dry_run else "check")
+            else:
+                report = cycle.commit(self.setup, run, store)  # nothing trained: "nothing_new"
+            if advise:
+                report = cycle.advise(self.setup, run, store, report)
         return raise_if_rejected(report, store)
 
     def plan(self, data: list[str], store: ModelStore, items: list[Item] | None = None) -> Run:
@@ -130,16 +127,12 @@ class Engine:
             replaces = store.current() if kind == FULL_TRAINING and store.exists() else None
             base = store.current() if kind == FINE_TUNING else None
             run = cycle.candidate(self.setup, kind, data, store, base, items=items)
-            try:
-                with cycle.scratch_removed_on_failure(run):  # a rank that died fails this meeting
-                    world.barrier("the save")
-                report = cycle.commit(self.setup, run, store, replaces=replaces) if world.is_writer else run.report()
-                report = report.model_copy(update=world.broadcast({"version": report.version,
-                                                                   "status": report.status}))
-                if advise and world.is_writer:
-                    report = cycle.advise(self.setup, run, store, report)
-            finally:
-                cycle.release_scratch(run)  # the other ranks' token shards go into no version
+            with cycle.scratch_removed_on_failure(run):  # a rank that died fails this meeting
+                world.barrier("the save")
+            report = cycle.commit(self.setup, run, store, replaces=replaces) if world.is_writer else cycle.unsaved_rank(run)
+            report = report.model_copy(update=world.broadcast({"version": report.version, "status": report.status}))
+            if advise and world.is_writer:
+                report = cycle.advise(self.setup, run, store, report)
         return raise_if_rejected(report, store)
 
     @contextlib.contextmanager
