@@ -28,6 +28,7 @@ class RewarmOptions:
     peak_lr: Annotated[float, Field(ge=0)] = 0.0        # the peak learning rate; 0: full_training.learning_rate
     warmup: Annotated[float, Field(ge=0, le=1)] = 0.1   # share of the update's steps spent warming up from 0
     floor: Annotated[float, Field(ge=0, le=1)] = 0.1    # where the cosine decay ends, as a share of the peak
+    cooldown: Annotated[float, Field(gt=0, le=1)] = 1.0  # the decay's share of the steps after warm-up (peak before)
 
 
 class Rewarm(Strategy):
@@ -47,3 +48,4 @@ class Rewarm(Strategy):
         settings.warmup_steps = 0
         settings.warmup_fraction = o.warmup
         settings.min_lr_ratio = o.floor
+        settings.cooldown_fraction = o.cooldown

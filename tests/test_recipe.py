@@ -33,6 +33,12 @@ def test_schedule_warms_up_then_decays_to_the_floor():
     assert [f(i) for i in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])   # 10 warm-up steps
     assert f(10) == pytest.approx(1.0) and f(55) == pytest.approx(0.6)   # cosine half way
     assert f(99) == pytest.approx(0.2, abs=1e-3) and f(150) == pytest.approx(0.2)  # the floor
+    # A cooldown over the last fifth of the 90 steps after warm-up: the peak until step 82, then
+    # the same cosine, compressed, to the same floor (warm-up, stable, decay).
+    s.cooldown_fraction = 0.2
+    f = lr_lambda(s, 100)
+    assert f(9) == pytest.approx(1.0) and f(50) == pytest.approx(1.0) and f(82) == pytest.approx(1.0)
+    assert f(91) == pytest.approx(0.6) and f(99) == pytest.approx(0.2, abs=0.01) and f(150) == pytest.approx(0.2)
 
 
 class LrProbe(Strategy):
@@ -80,6 +86,20 @@ def test_rewarm_with_replay_rises_to_the_full_training_peak_and_ends_at_the_floo
     # The schedule spans every step, the replayed rows' included: it ends at the floor (10%).
     assert lrs[-1] == pytest.approx(0.1 * peak, rel=0.3)
     assert report["counts"]["replay_tokens"] > 0
+
+
+def test_rewarm_with_a_cooldown_holds_the_peak_and_decays_only_at_the_end(base_model, new_texts, tmp_path):
+    probes = Probes()
+    report = _update(base_model, new_texts[:40], tmp_path, "fine_tuning.strategy=rewarm,lrprobe",
+                     "options.rewarm.cooldown=0.3", "fine_tuning.early_stopping.enabled=false", "validators=[finite]",
+                     pm=make_plugin_manager(extra_plugins=[probes]))
+    lrs, peak = probes.made[0].lrs, report["settings"]["learning_rate"]
+    assert report["settings"]["cooldown_fraction"] == 0.3
+    at_peak = [i for i, lr in enumerate(lrs) if lr == pytest.approx(peak)]
+    # Warm-up (a tenth), then the peak until 70% of the rest, then the decay to the floor (10%).
+    assert at_peak and at_peak[0] < len(lrs) // 5 and at_peak[-1] >= int(0.6 * len(lrs))
+    decay = lrs[at_peak[-1]:]
+    assert decay == sorted(decay, reverse=True) and decay[-1] < 0.25 * peak  # a few steps: near the floor
 
 
 def test_a_default_full_training_records_a_replay_buffer_every_later_update_finds(tmp_path, old_texts, new_texts):

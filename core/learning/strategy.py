@@ -23,6 +23,7 @@ class TrainSettings:
     grad_clip: float = 1.0  # max gradient norm; 0 turns clipping off
     warmup_fraction: float = 0.0  # warm-up over this share of the run's steps (when warmup_steps is 0)
     min_lr_ratio: float = 0.1     # where cosine ends, as a fraction of the peak
+    cooldown_fraction: float = 1.0  # cosine decays over this last share of the steps after warm-up, at the peak before
     max_seconds: float = 0.0      # stop training after this many seconds (0: no limit)
     # Which setting the rate came from (the step line and the report say so): a strategy that
     # sets its own rate names its option; otherwise the block's learning_rate.

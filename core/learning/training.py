@@ -90,7 +90,8 @@ def lr_lambda(settings: TrainSettings, total_steps: int | Callable[[], int]) -> 
             return (step + 1) / warmup
         if settings.schedule == "cosine":
             span = max(1, steps - warmup)
-            progress = min(1.0, (step - warmup) / span)
+            stable = int(round((1 - settings.cooldown_fraction) * span))  # at the peak, then the cooldown
+            progress = min(1.0, max(0.0, (step - warmup - stable) / max(1, span - stable)))
             return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
         return 1.0
     return factor
