@@ -3,7 +3,6 @@ may change, and how its state is kept with a version."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
