@@ -152,24 +152,22 @@ def auto_update(engine, data: list[str], model_dir: str | Path, *, budget: float
         if not check:
             cycle.recover(setup, store)
         run = cycle.load(setup, FINE_TUNING, store, store.current(), writes=not check)
-        try:  # the items' token shard: the winner keeps it, a check or a search without one drops it
-            with cycle.scratch_removed_on_failure(run):
-                with cycle.strategies_registered(setup, run):
-                    cycle.ingest(setup, run, store, data, items)
-                    if run.items:
-                        cycle.prepare(setup, run, store)  # the per-item cap, before the trials get the items
-                        cycle.measure(setup, run, store)
-                if check:
-                    store.ledger.close()
-                if not run.items:
-                    report = run.report()
-                else:
-                    results = run_search(run, engine, search, executor, on_trial, clock)
-                    report = commit_winner(run, engine, store, search, results, check)
-            if advise:
-                report = cycle.advise(setup, run, store, report)
-        finally:
-            cycle.release_scratch(run)
+        with cycle.scratch_removed_on_failure(run):  # the items' token shard, until the winner keeps it
+            with cycle.strategies_registered(setup, run):
+                cycle.ingest(setup, run, store, data, items)
+                if run.items:
+                    cycle.prepare(setup, run, store)  # the per-item cap, before the trials get the items
+                    cycle.measure(setup, run, store)
+            if check:
+                store.ledger.close()
+            if not run.items:
+                report = run.report()
+            else:
+                results = run_search(run, engine, search, executor, on_trial, clock)
+                report = commit_winner(run, engine, store, search, results, check)
+        cycle.release_scratch(run)  # the winner's version holds the shard; without one (or --check), none does
+        if advise:
+            report = cycle.advise(setup, run, store, report)
     return raise_if_rejected(report, store)
 
 
