@@ -110,6 +110,15 @@ class ParentAveraging(SupervisedPlugin):
             self.served = fingerprint(state)
         self.parent = {}
 
+    def restore_trained(self, model) -> None:
+        """``model`` back to the weights training left, before the averaging (``trained``): the
+        same training judged as the recipe without ``average`` (``--auto``'s free trial). A tied
+        tensor, kept once, fills every name it has."""
+        state = model.state_dict()
+        with torch.no_grad():
+            for name, value in self.trained.items():
+                state[name].copy_(value.to(state[name].device, state[name].dtype))
+
 
 def fingerprint(tensors: Tensors) -> str:
     """A digest of floating-point weights (names, shapes, bytes): which served weights a branch

@@ -119,7 +119,8 @@ def test_weight_averaging_keeps_the_asked_share_of_the_step():
 
 def _tied_model_averaged(tied_weight):
     """A model whose second layer's weight is its embedding (tied, as the GPT's head), stepped
-    +4 everywhere and averaged at weight 0.5: (model, its weights before, trained before averaging)."""
+    +4 everywhere and averaged at weight 0.5: (model, its weights before, trained before averaging,
+    the averaging)."""
     from retain.strategies.adapters import ParentAveraging
 
     model = torch.nn.Sequential(torch.nn.Embedding(5, 3), torch.nn.Linear(3, 5), torch.nn.Linear(5, 2))
@@ -133,14 +134,14 @@ def _tied_model_averaged(tied_weight):
             p.add_(4.0)
     trained = {k: v.detach().clone() for k, v in model.state_dict().items()}
     averaging.after_training(fake)
-    return model, start, trained
+    return model, start, trained, averaging
 
 
 @pytest.mark.parametrize("tied_weight, kept", [(None, 2.0), (0.25, 1.0), (0.75, 3.0)])
 def test_averaging_moves_tied_weights_once_by_their_own_share(tied_weight, kept):
     # The GPT's head shares its token embedding's storage, listed under both names: averaged once per
     # name it kept weight squared of the step. Now once, by tied_weight (average's default: weight squared).
-    model, start, _ = _tied_model_averaged(tied_weight)
+    model, start, _, _ = _tied_model_averaged(tied_weight)
     assert model.state_dict()["0.weight"].data_ptr() == model.state_dict()["1.weight"].data_ptr()
     now = model.state_dict()
     assert torch.allclose(now["0.weight"], start["0.weight"] + kept)
@@ -149,15 +150,13 @@ def test_averaging_moves_tied_weights_once_by_their_own_share(tied_weight, kept)
 
 
 @pytest.mark.parametrize("tied_weight", [0.25, 0.5])
-def test_auto_undoes_the_averaging_of_tied_weights_exactly(tied_weight):
-    # --auto judges the default's training before averaging for free: it must undo each tensor once,
-    # by the share it kept.
-    from retain.tune.trial import _undo_averaging
-
-    model, parent, trained = _tied_model_averaged(tied_weight)
-    _undo_averaging(model, parent, 0.5, tied_weight)
+def test_auto_judges_exactly_the_weights_training_left_before_averaging(tied_weight):
+    # --auto judges the default's training before averaging for free: the averaging's own copy of
+    # the trained weights goes back, bit for bit, a tied tensor (kept once) under both its names.
+    model, _, trained, averaging = _tied_model_averaged(tied_weight)
+    averaging.restore_trained(model)
     for name, value in model.state_dict().items():
-        assert torch.allclose(value, trained[name]), name
+        assert torch.equal(value, trained[name]), name
 
 
 def test_the_branch_keeps_a_tied_tensor_once_and_the_next_update_starts_from_it_under_both_names():

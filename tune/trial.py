@@ -17,8 +17,8 @@ One training can be two candidates: a recipe that averages with its parent
 (``average``) trains exactly as the same recipe without averaging, which only
 differs after the last epoch. With ``spec["unaveraged"]`` (the search asks it of
 its first trial) the trial also judges the trained weights before averaging
-(``parent + (averaged - parent) / weight``) and saves them as a candidate of their
-own: the "keep the whole step" remedy, at the cost of one more scoring.
+(what ``average`` kept of them before it averaged, restored) and saves them as a
+candidate of their own: the "keep the whole step" remedy, at the cost of one more scoring.
 """
 
 from __future__ import annotations
@@ -64,14 +64,13 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     run.drift = _drift(store, spec["parent"], config, run.retention_texts)
     run.timings["evaluate_before"] = spec["evaluate_seconds"]  # the parent's: the same texts were scored
     run.precision_choice = spec.get("precision")  # ... in the search's precision, not measured again here
-    parent = _weights(run.base.lm.module) if spec.get("unaveraged") else None
     try:
         with cycle.strategies_registered(setup, run):
             judged = cycle.train_and_judge(setup, run, store)
             result = _result(run, judged, spec, spec["recipe"], save_candidate(run, spec["scratch"]), started)
-            if parent is not None and (weights := _averaging_weight(run)) is not None:
+            if spec.get("unaveraged") and (averaging := _averaging(run)) is not None:
                 again = time.perf_counter()
-                _undo_averaging(run.lm.module, parent, *weights)
+                averaging.restore_trained(run.model)
                 run.after = None  # the averaged candidate's scores: these weights are scored anew
                 judged = cycle.gate(setup, run, store)
                 result["unaveraged"] = _result(run, judged, spec, spec["unaveraged"],
@@ -93,40 +92,13 @@ def _result(run, judged, spec: dict, recipe: dict, candidate: str, started: floa
     }
 
 
-def _weights(module) -> dict:
-    return {k: v.detach().clone() for k, v in module.state_dict().items() if v.is_floating_point()}
-
-
-def _averaging_weight(run) -> tuple[float, float] | None:
-    """The shares of the step ``average`` kept, if it averaged this candidate (None: it did not):
-    of every weight, and of the tied ones (``tied_weight``)."""
-    from retain.strategies.average import steered_weight
-    from retain.strategies.replay import start_drift
-
-    options = next((s.options for s in run.strategies if s.name == "average"), None)
-    if options is None or run.new_lineage:
+def _averaging(run):
+    """``average``'s plugin, if it averaged this candidate (None: no ``average``, or it kept the
+    whole step): it holds the weights training left before averaging (``trained``)."""
+    plugin = next((getattr(s, "plugin", None) for s in run.strategies if s.name == "average"), None)
+    if plugin is None or plugin.trained is None or min(plugin.weight, plugin.tied_share) >= 1:
         return None
-    weight = steered_weight(options, start_drift(run))  # what it used: steered by the drift, if set so
-    return None if weight >= 1 else (float(weight), float(options.tied_weight or weight * weight))
-
-
-def _undo_averaging(module, parent: dict, weight: float, tied: float | None = None) -> None:
-    """The trained weights back from ``parent + weight * (trained - parent)`` (``tied`` for a tensor
-    listed under several names, undone once)."""
-    import torch
-
-    with torch.no_grad():
-        state = module.state_dict()
-        names: dict[int, int] = {}
-        for value in state.values():
-            names[value.data_ptr()] = names.get(value.data_ptr(), 0) + 1
-        seen = set()
-        for name, value in state.items():
-            start = parent.get(name)
-            if start is not None and value.data_ptr() not in seen:
-                seen.add(value.data_ptr())
-                share = weight if names[value.data_ptr()] == 1 or tied is None else tied
-                value.copy_(start.to(value.device) + (value - start.to(value.device)) / share)
+    return plugin
 
 
 def _drift(store, parent: str, config, retention_texts: list[str]):
