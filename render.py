@@ -164,7 +164,9 @@ class ConsoleRenderer:
         how = "from scratch" if run.full else (", ".join(x.name for x in run.strategies) or "no strategy")
         source = getattr(s, "learning_rate_from", "")  # a search trial's settings may not say
         source = f" ({source})" if source and not run.full else ""
-        self.say(f"[bold]6. {label}[/] ({how}): {plural(s.epochs, 'epoch')}, lr {s.learning_rate:g}{source}, "
+        cut = getattr(s, "epochs_from", "")
+        cut = f" ({cut})" if cut and not run.full else ""
+        self.say(f"[bold]6. {label}[/] ({how}): {plural(s.epochs, 'epoch')}{cut}, lr {s.learning_rate:g}{source}, "
                  f"batch {s.batch_size}")
         self.previous = None
 

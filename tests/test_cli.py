@@ -56,6 +56,15 @@ def test_update_prints_the_design_documents_steps(base_model, new_texts, tmp_pat
         assert line in out, line
 
 
+def test_the_step_line_says_when_the_work_budget_cut_the_epochs(base_model, new_texts, tmp_path):
+    new = write_jsonl(tmp_path / "new.jsonl", new_texts[:15])
+    r = runner.invoke(app, ["update", "-d", str(new), "-m", str(base_model), "--epochs", "3", *_sets(),
+                            "--set", "options.replay.horizon=1000"])  # a budget that cannot pay for 3
+    assert r.exit_code == 0, r.output
+    assert "2 epochs (3 asked: the replay's work budget, options.replay.horizon 1000)" in r.stdout
+    assert "Epoch 2/2: Loss=" in r.stdout and "Epoch 3/" not in r.stdout
+
+
 def test_bad_config_key_is_one_clear_line(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("fine_tuning:\n  learning_rat: 0.1\n")

@@ -340,6 +340,37 @@ def test_the_work_budget_caps_what_an_update_replays_by_the_base_and_the_horizon
     assert capped["counts"]["replay_share_percent"] == 50 and free["counts"]["replay_share_percent"] == 75
 
 
+def test_the_work_budget_cuts_the_days_epochs_before_the_replay_the_drift_asks_for(base_model, new_texts, tmp_path):
+    from retain.strategies.replay import budget_epochs, replay_budget
+
+    # base 1,000 tokens over 10 updates, a retrain of 4 epochs: a day of 200 tokens may cost 4 x (100 + 200)
+    # = 1,200 token-steps. At 1:1, 3 epochs cost 1,200: they fit.
+    most = replay_budget(ReplayOptions(horizon=10), 1000, 4)
+    assert budget_epochs(most, 200, 0.5, 3, 2) == 3
+    assert budget_epochs(most, 200, 0.6, 3, 2) == 2  # 1.5:1: 3 epochs cost 1,500, 2 cost 1,000
+    assert budget_epochs(most, 200, 0.75, 3, 2) == 2  # 3:1: not even 2 fit (1,600); the replay is cut there
+    assert budget_epochs(most, 200, 0.75, 3, 1) == 1  # 800 fits
+    assert budget_epochs(most, 200, 0.75, 1, 2) == 1  # never more epochs than configured
+
+    common = [GATE_OFF, "fine_tuning.strategy=[rewarm,replay]", "fine_tuning.epochs=3", "options.replay.max_share=0",
+              "fine_tuning.early_stopping.enabled=false"]
+    other = tmp_path / "other"
+    shutil.copytree(base_model, other)
+    free = _update(base_model, new_texts[:30], tmp_path / "a.jsonl", *common)
+    base_tokens = ModelStore(other).summary("0001")["counts"]["tokens"]
+    new = free["counts"]["tokens"]
+    # full_training.epochs 2 (TINY): 2 x (base / horizon + new) = 5 x new at this horizon; at 1:1, 3 epochs
+    # would cost 6 x new, 2 cost 4 x new: two epochs, with every replayed token the share asks for.
+    cut = _update(other, new_texts[:30], tmp_path / "b.jsonl", *common, f"options.replay.horizon={base_tokens / (1.5 * new)}")
+    assert len(free["epoch_losses"]) == 3 and "replay_budget_epochs" not in free["counts"]
+    assert len(cut["epoch_losses"]) == 2 and cut["counts"]["replay_budget_epochs"] == 2
+    assert cut["settings"]["epochs"] == 2 and "options.replay.horizon" in cut["settings"]["epochs_from"]
+    assert free["settings"]["epochs_from"] == ""  # the step line says why only when the budget cut them
+    assert "replay_budget_capped" not in cut["counts"] and cut["counts"]["replay_share_percent"] == 50
+    assert cut["counts"]["replay_tokens"] >= 2 * new  # 1:1, both epochs
+    assert cut["counts"]["replay_tokens"] + 2 * new < free["counts"]["replay_tokens"] + 3 * new
+
+
 def test_the_base_share_caps_the_old_domains_part_of_the_replay_so_earlier_days_are_rehearsed(
         base_model, new_texts, tmp_path):
     # Uniform over the history, a base much larger than the days leaves them a sliver of the replay;

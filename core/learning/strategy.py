@@ -27,6 +27,7 @@ class TrainSettings:
     # Which setting the rate came from (the step line and the report say so): a strategy that
     # sets its own rate names its option; otherwise the block's learning_rate.
     learning_rate_from: str = ""
+    epochs_from: str = ""   # why fewer epochs than the block's were trained (the replay's work budget), or ""
 
 
 # The config keys an update's explicit learning rate (``retain update --lr``,
