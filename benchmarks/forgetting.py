@@ -62,8 +62,9 @@ DATA = Path(os.environ.get("RETAIN_DATA", REPO.parent / "shared" / "data"))  # R
 
 # name -> (fine_tuning.strategy, extra overrides). "auto" is `retain update --auto`. Replay is 1:1 unless
 # the name says otherwise ("steered": options.replay.max_share, the default since issue 25), drawn uniformly
-# over the history (the default caps the base's part since issue 25: options.replay.base_share).
-FIXED = ["options.replay.max_share=0", "options.replay.base_share=null"]  # 1:1, uniform over the history
+# over the history (the default caps the base's part since issue 25: options.replay.base_share), with no work
+# budget whatever the config says (options.replay.horizon).
+FIXED = ["options.replay.max_share=0", "options.replay.base_share=null", "options.replay.horizon=0"]
 RECIPES = {
     "naive (no gate)": (["naive"], ["validators=[]"]),
     "naive": (["naive"], []),
@@ -435,7 +436,8 @@ def main() -> None:
                         help="config override for every run, e.g. options.replay.share=0.25")
     parser.add_argument("--recipes", default=None,
                         help="comma-separated, from: " + ", ".join([*RECIPES, *MORE]) + "; or NAME=STRATEGIES "
-                        "with STRATEGIES joined by '+', and KEY=VALUE overrides after ';' (a recipe of your own); "
+                        "with STRATEGIES joined by '+' (or auto: --auto), and KEY=VALUE overrides after ';' (a recipe of "
+                        "your own); "
                         f"default: {', '.join(DEFAULT_RECIPES)}; with --days 10 or more: {', '.join(MONTH_RECIPES)}")
     parser.add_argument("--no-retrain", action="store_true", help="skip the full-retrain baselines")
     parser.add_argument("--threads", type=int, default=1,
@@ -518,7 +520,7 @@ def parse_recipes(text: str) -> dict:
         if "=" in spec.split(";")[0]:
             name, rest = spec.split("=", 1)
             chain, *extra = rest.split(";")
-            out[name] = (chain.split("+"), extra)
+            out[name] = (None if chain == "auto" else chain.split("+"), extra)  # name=auto;...: --auto
         else:
             out[spec] = (RECIPES | MORE)[spec]
     return out
