@@ -171,7 +171,12 @@ class Replay(Strategy):
         new_tokens = (getattr(run, "counts", None) or {}).get("tokens") if most is not None else None
         if not new_tokens:
             return
-        epochs = budget_epochs(most, new_tokens, steered_share(self.options, start_drift(run)), settings.epochs,
+        from retain.core.quality.drift import recorded_rise
+
+        # The run's drift reference is scored after it is configured: the parent's recorded drift, the same number.
+        store, root, _ = self.lineage(run)
+        drift = recorded_rise(store, run.base.version, root) if root is not None else None
+        epochs = budget_epochs(most, new_tokens, steered_share(self.options, drift), settings.epochs,
                                self.options.min_epochs)
         if epochs < settings.epochs:
             settings.epochs_from = (f"{settings.epochs} asked: the replay's work budget, "

@@ -371,6 +371,28 @@ def test_the_work_budget_cuts_the_days_epochs_before_the_replay_the_drift_asks_f
     assert cut["counts"]["replay_tokens"] + 2 * new < free["counts"]["replay_tokens"] + 3 * new
 
 
+def test_the_work_budget_sizes_the_epochs_for_the_replay_the_parents_drift_steers(base_model, new_texts, tmp_path):
+    # The epochs are decided before the run scores its drift reference: from the parent's recorded
+    # drift, the share the steering will replay. A drifted parent asks 4:1, which 3 epochs do not fit.
+    drifted = _update(base_model, new_texts[:30], tmp_path / "a.jsonl", GATE_OFF, "fine_tuning.strategy=[naive]",
+                      "options.naive.learning_rate=0.01", "fine_tuning.early_stopping.enabled=false")
+    assert drifted["metrics"]["drift_after"] > 0  # the precondition: a parent that drifted
+    common = [GATE_OFF, "fine_tuning.strategy=[rewarm,replay]", "fine_tuning.epochs=3", "options.replay.max_share=0.8",
+              "options.replay.steer_at=0.000001", "fine_tuning.early_stopping.enabled=false"]
+    other = tmp_path / "other"
+    shutil.copytree(base_model, other)
+    free = _update(base_model, new_texts[30:60], tmp_path / "b.jsonl", *common)
+    assert free["counts"]["replay_share_percent"] == 80 and len(free["epoch_losses"]) == 3
+    store = ModelStore(other)
+    base_tokens = store.summary(store.lineage_root(store.chain()))["counts"]["tokens"]
+    new = free["counts"]["tokens"]
+    # full_training.epochs 2 (TINY): 2 x (base / horizon + new) = 8 x new. At 1:1, 3 epochs (6 x new) would
+    # fit; at the steered 4:1 they cost 15 x new and 2 epochs 10 x new: 2 epochs, the replay trimmed.
+    cut = _update(other, new_texts[30:60], tmp_path / "c.jsonl", *common, f"options.replay.horizon={base_tokens / (3 * new)}")
+    assert len(cut["epoch_losses"]) == 2 and cut["counts"]["replay_budget_epochs"] == 2
+    assert cut["counts"]["replay_budget_capped"] == 1
+
+
 def test_the_base_share_caps_the_old_domains_part_of_the_replay_so_earlier_days_are_rehearsed(
         base_model, new_texts, tmp_path):
     # Uniform over the history, a base much larger than the days leaves them a sliver of the replay;
