@@ -167,14 +167,15 @@ class Replay(Strategy):
         beyond: measured on a month of code days (per-update budget), this kept 30 of 30 and the docs
         1.5% below the base, where 3 epochs with the replay trimmed kept 29, the docs 0.8% below, and
         learned less (BENCHMARKS.md, "The sixth round")."""
-        most = self.budget(run) if self.options.horizon > 0 and settings.epochs > 1 else None
+        from retain.core.quality.drift import recorded_rise
+
+        lineage = self.lineage(run) if self.options.horizon > 0 and settings.epochs > 1 else None
+        most = self.budget(run, lineage) if lineage is not None else None
         new_tokens = (getattr(run, "counts", None) or {}).get("tokens") if most is not None else None
         if not new_tokens:
             return
-        from retain.core.quality.drift import recorded_rise
-
         # The run's drift reference is scored after it is configured: the parent's recorded drift, the same number.
-        store, root, _ = self.lineage(run)
+        store, root, _ = lineage
         drift = recorded_rise(store, run.base.version, root) if root is not None else None
         epochs = budget_epochs(most, new_tokens, steered_share(self.options, drift), settings.epochs,
                                self.options.min_epochs)
