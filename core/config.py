@@ -177,6 +177,7 @@ class RetrainConfig(Block):
     max_retention_drift: Number = Field(0.04, gt=0)    # held-out base loss up >4% since the last full training
     max_rejected_in_row: int = Field(3, gt=0)          # the gate rejected this many updates in a row
     max_token_drift: Number = Field(0.15, gt=0)        # new data needs >15% more tokens per byte than the base data
+    max_update_work: Number = Field(1.0, ge=0)         # the updates since it cost more than this many retrains (0: off)
 
 
 class TuneConfig(Block):

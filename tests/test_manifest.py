@@ -46,9 +46,9 @@ def test_a_first_format_1_manifest_still_reads(base_model):
     store = ModelStore(base_model)
     assert store.manifest("0001") == old
     assert store.summary("0001") == {"parent": None, "kind": "full_training", "status": "accepted", "pruned": False,
-                                     "builds_on": None, "states": ["replay"],
-                                     "counts": {k: old["counts"][k] for k in ("trained", "holdout", "tokens", "bytes")
-                                                if k in old["counts"]}}
+                                     "builds_on": None, "states": ["replay"], "epochs": len(old["epoch_losses"]),
+                                     "counts": {k: old["counts"][k] for k in ("trained", "holdout", "tokens", "bytes",
+                                                                              "replay_tokens") if k in old["counts"]}}
     history = _cli("history", "--model", base_model, "--json")
     assert history.exit_code == 0, history.output
     assert [(r["version"], r["status"]) for r in json.loads(history.output)] == [("0001", "accepted")]

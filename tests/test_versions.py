@@ -246,6 +246,29 @@ def test_status_recommends_retrain_for_many_new_items(history_model, new_texts, 
     assert _check(with_pending, "new_items")["retrain"] and "15 more pending" in with_pending["summary"]
 
 
+def test_status_recommends_retrain_when_the_updates_cost_more_than_a_retrain(history_model):
+    # Token-steps of the updates since the full training (tokens x epochs run + replayed tokens), read
+    # here from the manifests, against a retrain on the base and their tokens at full_training.epochs.
+    model, _ = history_model
+    store = ModelStore(model)
+    since = [v for v in store.chain() if store.manifest(v)["kind"] != "full_training"]
+    steps = sum(store.manifest(v)["counts"]["tokens"] * len(store.manifest(v)["epoch_losses"])
+                + store.manifest(v)["counts"].get("replay_tokens", 0) for v in since)
+    retrain = 2 * (store.manifest("0001")["counts"]["tokens"] + sum(store.manifest(v)["counts"]["tokens"] for v in since))
+    assert steps > 0 and since
+    status = _json("status", "--model", model, *SETS)
+    work = _check(status, "update_work")
+    assert work["numbers"]["token_steps"] == steps and work["numbers"]["retrain_token_steps"] == retrain
+    share = steps / retrain
+    under = _json("status", "--model", model, *SETS, "--set", f"retrain.max_update_work={share * 0.99:.6f}")
+    assert _check(under, "update_work")["retrain"] and under["retrain"]
+    assert "training from scratch is now the cheaper way on" in under["summary"]
+    over = _json("status", "--model", model, *SETS, "--set", f"retrain.max_update_work={share * 1.01:.6f}")
+    assert not _check(over, "update_work")["retrain"]
+    off = _json("status", "--model", model, *SETS, "--set", "retrain.max_update_work=0")
+    assert not _check(off, "update_work")["retrain"]
+
+
 def test_status_recommends_retrain_when_architecture_or_tokenizer_changes(history_model):
     model, _ = history_model
     arch = _json("status", "--model", model, *SETS, "--set", "model.d_model=64")

@@ -1,6 +1,8 @@
 """When to stop fine-tuning and train from scratch: the design document's "Full retrain when".
 
     Major data changes (> 1,000 items)  -> items learned since the last full training
+    (and its cost)                      -> the updates since then cost more than a retrain
+                                           on the base and their data would
     Architecture changes                -> what the config explicitly asks of the model
                                            (model.*) vs what made it (its manifest)
     Quality degradation                 -> retention drift since the last full training,
@@ -86,6 +88,7 @@ def assess(store: ModelStore, config: Config, pending_items: int = 0, device: st
         _retention_drift(store, config, current, root, device, registry),
         vocabulary_drift(store, root, since, pending_text, config.retrain.max_token_drift),
         _rejections(store, config),
+        _update_work(store, config, root, since),
     ]
     return Assessment(str(store.root), current, root, checks)
 
@@ -111,6 +114,41 @@ def _new_items(store: ModelStore, config: Config, since: list[str], pending: int
                      "(a major data change)", numbers)
     return Check("new_items", False, f"{what} ({total:,}, at most {limit:,})", numbers,
                  f"{plural(total, 'new item')} since the last full training (retrain above {limit:,})")
+
+
+def update_work(store: ModelStore, since: list[str]) -> tuple[int, int]:
+    """(token-steps, new tokens) of the updates ``since``: each one's tokens times the epochs it
+    ran, plus the tokens it replayed. Machine-independent, unlike their seconds."""
+    steps = tokens = 0
+    for version in since:
+        summary = store.summary(version)
+        counts = summary["counts"]
+        steps += int(counts.get("tokens", 0)) * summary.get("epochs", 0) + int(counts.get("replay_tokens", 0))
+        tokens += int(counts.get("tokens", 0))
+    return steps, tokens
+
+
+def _update_work(store: ModelStore, config: Config, root: str | None, since: list[str]) -> Check:
+    """What the updates since the last full training cost, against a retrain on its data and
+    theirs at ``full_training.epochs``: past ``retrain.max_update_work`` retrains, training from
+    scratch is the cheaper way to keep learning (where the days outweigh the base, replay makes a
+    month of updates cost more than one retrain: BENCHMARKS.md, "A month of daily updates")."""
+    limit = config.retrain.max_update_work
+    base = int(store.summary(root)["counts"].get("tokens", 0)) if root is not None else 0
+    if not since or not base or not limit:
+        return Check("update_work", False, "no update since the last full training to weigh"
+                     if not since else "the updates' work is not weighed", {}, "no update work to weigh yet")
+    steps, tokens = update_work(store, since)
+    retrain = config.full_training.epochs * (base + tokens)
+    share = steps / retrain
+    numbers = {"token_steps": steps, "retrain_token_steps": retrain, "share": round(share, 4), "threshold": limit}
+    what = (f"the {plural(len(since), 'update')} since the last full training cost {share:.2f}x a retrain on "
+            f"its data and theirs ({steps:,} token-steps against {retrain:,} at {config.full_training.epochs} "
+            "epochs)")
+    if share > limit:
+        return Check("update_work", True, f"{what}: training from scratch is now the cheaper way on", numbers)
+    return Check("update_work", False, f"{what}, at most {limit:g}x", numbers,
+                 f"updates at {share:.2f}x a retrain's work (retrain above {limit:g}x)")
 
 
 def _architecture(store: ModelStore, config: Config, current: str, root: str | None,

@@ -56,7 +56,7 @@ LEDGER_PIECE = 65536            # ledger rows written to it at a time
 ROOT_KINDS = ("full_training", "import")  # versions that start a lineage: a model made, not updated
 
 
-SUMMARY_FIELDS = frozenset({"parent", "kind", "status", "pruned", "builds_on", "counts", "states"})
+SUMMARY_FIELDS = frozenset({"parent", "kind", "status", "pruned", "builds_on", "counts", "epochs", "states"})
 
 
 def summarize(manifest: dict) -> dict:
@@ -65,8 +65,9 @@ def summarize(manifest: dict) -> dict:
     states = {f.split("/", 1)[1].rsplit(".", 1)[0] for f in m.files if f.startswith("strategy/")}
     return {"parent": m.parent, "kind": m.kind, "status": m.status, "pruned": "pruned" in m.model_fields_set,
             "builds_on": m.builds_on,
-            "counts": {k: m.counts[k] for k in ("trained", "holdout", "tokens", "bytes") if k in m.counts},
-            "states": sorted(states)}
+            "counts": {k: m.counts[k] for k in ("trained", "holdout", "tokens", "bytes", "replay_tokens")
+                       if k in m.counts},
+            "epochs": len(m.epoch_losses), "states": sorted(states)}
 
 
 def _alive(scratch: str) -> bool:
@@ -832,7 +833,7 @@ class ModelStore:
     def summary(self, version: str) -> dict:
         """What walks over many versions read of a version's manifest: ``parent``, ``kind``,
         ``status``, ``pruned`` (bool), ``builds_on`` (the version its adapter weights apply to),
-        ``counts`` (trained, holdout, tokens, bytes) and ``states`` (the strategies whose state it
+        ``counts`` (trained, holdout, tokens, bytes, replay_tokens), ``epochs`` (run) and ``states`` (the strategies whose state it
         keeps, ``strategy/<name>.*``). From the index while the manifest's
         (mtime, size) are those it was summarized at; else from the manifest (checked)."""
         path = f"{self._versions_str}/{version}/{MANIFEST}"
