@@ -833,8 +833,8 @@ class ModelStore:
     def summary(self, version: str) -> dict:
         """What walks over many versions read of a version's manifest: ``parent``, ``kind``,
         ``status``, ``pruned`` (bool), ``builds_on`` (the version its adapter weights apply to),
-        ``counts`` (trained, holdout, tokens, bytes, replay_tokens), ``epochs`` (run) and ``states`` (the strategies whose state it
-        keeps, ``strategy/<name>.*``). From the index while the manifest's
+        ``counts`` (trained, holdout, tokens, bytes, replay_tokens), ``epochs`` (those it ran) and
+        ``states`` (the strategies whose state it keeps, ``strategy/<name>.*``). From the index while the manifest's
         (mtime, size) are those it was summarized at; else from the manifest (checked)."""
         path = f"{self._versions_str}/{version}/{MANIFEST}"
         try:
