@@ -301,10 +301,11 @@ def run_month(work: Path, name: str, overrides: list[str], auto: bool, files: di
 
 
 def token_steps(report: dict) -> int:
-    """Token-steps of an update or a training: its tokens times the epochs it ran, and every
-    replayed token (a rejected day trained too). Counts what a wall clock on a shared machine cannot."""
-    counts = report.get("counts") or {}
-    return int(counts.get("tokens", 0) * len(report.get("epoch_losses") or []) + counts.get("replay_tokens", 0))
+    """Token-steps of an update or a training (a rejected day trained too), as `retain status` weighs
+    the updates since a full training. Counts what a wall clock on a shared machine cannot."""
+    from retain.core.quality.retrain import token_steps as work
+
+    return work(report.get("counts") or {}, len(report.get("epoch_losses") or []))
 
 
 def retrain_days(n: int) -> list[int]:

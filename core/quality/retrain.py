@@ -116,15 +116,19 @@ def _new_items(store: ModelStore, config: Config, since: list[str], pending: int
                  f"{plural(total, 'new item')} since the last full training (retrain above {limit:,})")
 
 
+def token_steps(counts: dict, epochs: int) -> int:
+    """A training's work: its tokens times the epochs it ran, plus the tokens it replayed
+    (``counts`` as a report or a summary keeps them). Machine-independent, unlike its seconds."""
+    return int(counts.get("tokens", 0)) * epochs + int(counts.get("replay_tokens", 0))
+
+
 def update_work(store: ModelStore, since: list[str]) -> tuple[int, int]:
-    """(token-steps, new tokens) of the updates ``since``: each one's tokens times the epochs it
-    ran, plus the tokens it replayed. Machine-independent, unlike their seconds."""
+    """(token-steps, new tokens) of the updates ``since``."""
     steps = tokens = 0
     for version in since:
         summary = store.summary(version)
-        counts = summary["counts"]
-        steps += int(counts.get("tokens", 0)) * summary.get("epochs", 0) + int(counts.get("replay_tokens", 0))
-        tokens += int(counts.get("tokens", 0))
+        steps += token_steps(summary["counts"], summary.get("epochs", 0))
+        tokens += int(summary["counts"].get("tokens", 0))
     return steps, tokens
 
 
