@@ -127,6 +127,21 @@ def test_a_budget_that_holds_only_the_default_says_so(base_model, new_texts, tmp
     assert "held no training beyond the configured recipe's" in search["note"]
 
 
+def test_a_trial_the_work_budget_cut_says_the_epochs_it_trained(base_model, new_texts, tmp_path):
+    # The recipe asks for 3 epochs; a work budget that cannot pay for them leaves 2, and the
+    # trial's line says so instead of naming the 3 it asked for.
+    engine = Engine(load_config(None, [*TINY, "fine_tuning.epochs=3", "options.replay.horizon=1000"]))
+    report = auto_update(engine, [str(write_jsonl(tmp_path / "new.jsonl", new_texts[:40]))], base_model,
+                         budget=0.01, clock=FakeClock(1e6))
+    first = report["search"]["trials"][0]
+    assert first["recipe"]["epochs"] == 3 and first["epochs_trained"] <= 2
+    assert first["describe"].endswith(
+        "3 epochs, replay 0.5 steered to 0.8; trained 2 epochs "
+        "(3 asked: the replay's work budget, options.replay.horizon 1000)"), first["describe"]
+    won = report["search"]["trials"][report["search"]["winner"]]
+    assert "; trained 2 epochs (3 asked" in won["describe"] and report["search"]["describe"] == won["describe"]
+
+
 def test_the_search_starts_from_the_default_exactly_and_judges_it_unaveraged_for_free(base_model, new_texts,
                                                                                        tmp_path):
     # The default recipe [rewarm, replay, average] with steered replay: trial 0 is the update a

@@ -428,12 +428,23 @@ def objective(result: dict) -> float:
     return float(value) + (0.0 if result["accepted"] else FAILED_PENALTY)
 
 
+def described(result: dict) -> str:
+    """A trial's recipe in words, and the epochs it trained where a strategy (replay's work budget)
+    cut those the recipe asked for."""
+    if result.get("error"):
+        return ""
+    describe = space.Recipe(**result["recipe"]).describe()
+    settings = result.get("settings") or {}
+    if settings.get("epochs_from") and settings.get("epochs") != result["recipe"]["epochs"]:
+        describe += f"; trained {settings['epochs']} epochs ({settings['epochs_from']})"
+    return describe
+
+
 def summary(result: dict) -> dict:
     """One trial's line in the report: recipe, numbers, verdict."""
     m = result.get("metrics", {})
     failed = [v["validator"] for v in result.get("verdicts", []) if v["status"] == "fail"]
-    return {"number": result["number"], "recipe": result["recipe"],
-            "describe": space.Recipe(**result["recipe"]).describe() if not result.get("error") else "",
+    return {"number": result["number"], "recipe": result["recipe"], "describe": described(result),
             "timings": result.get("timings"),
             "accepted": result["accepted"], "failed": failed, "error": result.get("error"),
             "seconds": result["seconds"], "cost_seconds": result.get("cost_seconds", result["seconds"]),
@@ -487,7 +498,7 @@ def commit_winner(run, engine, store: ModelStore, search: dict, results: list[di
                                  "the current model is unchanged", run.report().model_copy(update={"search": search}).to_json())
         search["winner"] = best["number"]
         search["recipe"] = best["recipe"]
-        search["describe"] = space.Recipe(**best["recipe"]).describe()
+        search["describe"] = described(best)
         # The search's first trial is the configured recipe: its winning is a confirmation, not a find.
         search["confirmed_default"] = best["number"] == 0
         if len(trained(results)) == 1:  # what the search could try beyond the default was what it gave for free
