@@ -321,6 +321,9 @@ def test_the_work_budget_caps_what_an_update_replays_by_the_base_and_the_horizon
     assert most(2000, 5) == 0  # at more epochs than a retrain would spend on it: no replay
     assert replay_budget(ReplayOptions(horizon=0), 1000, 4) is None  # no budget
     assert replay_budget(ReplayOptions(horizon=10, consolidate=True), 1000, 4) is None  # a consolidation replays
+    assert replay_budget(ReplayOptions(horizon=10), 1000, 4, drift=0.019) is not None
+    assert replay_budget(ReplayOptions(horizon=10), 1000, 4, drift=0.02) is None  # budget_max_drift: it yields
+    assert replay_budget(ReplayOptions(horizon=10, budget_max_drift=0), 1000, 4, drift=0.5) is not None
 
     common = [GATE_OFF, "fine_tuning.strategy=[rewarm,replay]", "fine_tuning.epochs=2", "options.replay.share=0.75",
               "options.replay.max_share=0", "fine_tuning.early_stopping.enabled=false"]
@@ -371,7 +374,7 @@ def test_the_work_budget_cuts_the_days_epochs_before_the_replay_the_drift_asks_f
     assert cut["counts"]["replay_tokens"] + 2 * new < free["counts"]["replay_tokens"] + 3 * new
 
 
-def test_the_work_budget_sizes_the_epochs_for_the_replay_the_parents_drift_steers(base_model, new_texts, tmp_path):
+def test_the_work_budget_sizes_the_epochs_for_the_replay_the_parents_drift_steers_and_yields_to_a_drifted_one(base_model, new_texts, tmp_path):
     # The epochs are decided before the run scores its drift reference: from the parent's recorded
     # drift, the share the steering will replay. A drifted parent asks 4:1, which 3 epochs do not fit.
     drifted = _update(base_model, new_texts[:30], tmp_path / "a.jsonl", GATE_OFF, "fine_tuning.strategy=[naive]",
@@ -379,8 +382,9 @@ def test_the_work_budget_sizes_the_epochs_for_the_replay_the_parents_drift_steer
     assert drifted["metrics"]["drift_after"] > 0  # the precondition: a parent that drifted
     common = [GATE_OFF, "fine_tuning.strategy=[rewarm,replay]", "fine_tuning.epochs=3", "options.replay.max_share=0.8",
               "options.replay.steer_at=0.000001", "fine_tuning.early_stopping.enabled=false"]
-    other = tmp_path / "other"
+    other, yielding = tmp_path / "other", tmp_path / "yielding"
     shutil.copytree(base_model, other)
+    shutil.copytree(base_model, yielding)
     free = _update(base_model, new_texts[30:60], tmp_path / "b.jsonl", *common)
     assert free["counts"]["replay_share_percent"] == 80 and len(free["epoch_losses"]) == 3
     store = ModelStore(other)
@@ -388,9 +392,16 @@ def test_the_work_budget_sizes_the_epochs_for_the_replay_the_parents_drift_steer
     new = free["counts"]["tokens"]
     # full_training.epochs 2 (TINY): 2 x (base / horizon + new) = 8 x new. At 1:1, 3 epochs (6 x new) would
     # fit; at the steered 4:1 they cost 15 x new and 2 epochs 10 x new: 2 epochs, the replay trimmed.
-    cut = _update(other, new_texts[30:60], tmp_path / "c.jsonl", *common, f"options.replay.horizon={base_tokens / (3 * new)}")
+    horizon = f"options.replay.horizon={base_tokens / (3 * new)}"
+    cut = _update(other, new_texts[30:60], tmp_path / "c.jsonl", *common, horizon, "options.replay.budget_max_drift=0")
     assert len(cut["epoch_losses"]) == 2 and cut["counts"]["replay_budget_epochs"] == 2
     assert cut["counts"]["replay_budget_capped"] == 1
+    # A parent drifted to budget_max_drift or beyond: the budget yields, the update replays what the steering asks.
+    limit = drifted["metrics"]["drift_after"] / 2
+    held = _update(yielding, new_texts[30:60], tmp_path / "d.jsonl", *common, horizon,
+                   f"options.replay.budget_max_drift={limit}")
+    assert len(held["epoch_losses"]) == 3 and held["counts"]["replay_share_percent"] == 80
+    assert "replay_budget_epochs" not in held["counts"] and "replay_budget_capped" not in held["counts"]
 
 
 def test_the_base_share_caps_the_old_domains_part_of_the_replay_so_earlier_days_are_rehearsed(
