@@ -374,7 +374,8 @@ def test_the_work_budget_cuts_the_days_epochs_before_the_replay_the_drift_asks_f
     assert cut["counts"]["replay_tokens"] + 2 * new < free["counts"]["replay_tokens"] + 3 * new
 
 
-def test_the_work_budget_sizes_the_epochs_for_the_replay_the_parents_drift_steers_and_yields_to_a_drifted_one(base_model, new_texts, tmp_path):
+def test_the_work_budget_sizes_the_epochs_for_the_replay_the_parents_drift_steers_and_yields_to_a_drifted_one(
+        base_model, new_texts, tmp_path):
     # The epochs are decided before the run scores its drift reference: from the parent's recorded
     # drift, the share the steering will replay. A drifted parent asks 4:1, which 3 epochs do not fit.
     drifted = _update(base_model, new_texts[:30], tmp_path / "a.jsonl", GATE_OFF, "fine_tuning.strategy=[naive]",
@@ -393,7 +394,8 @@ def test_the_work_budget_sizes_the_epochs_for_the_replay_the_parents_drift_steer
     # full_training.epochs 2 (TINY): 2 x (base / horizon + new) = 8 x new. At 1:1, 3 epochs (6 x new) would
     # fit; at the steered 4:1 they cost 15 x new and 2 epochs 10 x new: 2 epochs, the replay trimmed.
     horizon = f"options.replay.horizon={base_tokens / (3 * new)}"
-    cut = _update(other, new_texts[30:60], tmp_path / "c.jsonl", *common, horizon, "options.replay.budget_max_drift=0")
+    cut = _update(other, new_texts[30:60], tmp_path / "c.jsonl", *common, horizon,
+                  "options.replay.budget_max_drift=0")  # a budget at any drift
     assert len(cut["epoch_losses"]) == 2 and cut["counts"]["replay_budget_epochs"] == 2
     assert cut["counts"]["replay_budget_capped"] == 1
     # A parent drifted to budget_max_drift or beyond: the budget yields, the update replays what the steering asks.
